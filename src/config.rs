@@ -1,0 +1,231 @@
+//! Validated relay configuration, and the duration syntax shared by the
+//! binaries' flags (`250ms`, `30s`, `5m`, `1h`).
+//!
+//! This module owns the meaning of every setting and its default. It depends on
+//! nothing else in the crate, so the core and the driver can both take it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use thiserror::Error;
+
+/// Largest message payload one datagram can carry (a deliver frame adds 32
+/// bytes with its headers; IPv4 UDP carries 65,507).
+pub const MAX_UNFRAGMENTED_MESSAGE: usize = 65_000;
+
+/// Why a configuration was refused.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A duration string did not parse.
+    #[error("invalid duration {0:?}: expected a number with a unit, like 250ms, 30s, 5m or 1h")]
+    BadDuration(String),
+    /// A `--raw-in` or `--raw-out` mapping did not parse.
+    #[error("invalid mapping {0:?}: {1}")]
+    BadMapping(String, &'static str),
+    /// A setting is outside its allowed range.
+    #[error("{0}")]
+    OutOfRange(String),
+}
+
+/// Everything the relay needs to run. Built by the `udprelay` binary from its
+/// flags; tests build it directly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayConfig {
+    /// Address of the protocol socket.
+    pub listen: SocketAddr,
+    /// Directory for the relay's data.
+    pub data_dir: PathBuf,
+    /// How long a subscription lives without hearing from its subscriber.
+    pub lease: Duration,
+    /// Largest message payload accepted, in bytes.
+    pub max_message_size: usize,
+    /// Size up to which the relay packs frames for one destination into one
+    /// datagram. A single larger frame still goes alone.
+    pub datagram_size: usize,
+    /// Most channels the relay will hold; publishing to a new channel past it
+    /// is refused.
+    pub max_channels: usize,
+    /// Most subscriptions across all clients.
+    pub max_subscriptions: usize,
+    /// Most subscriptions one client address may hold.
+    pub max_subscriptions_per_client: usize,
+    /// Most error replies per second; the rest are counted and not sent, so a
+    /// flood of bad datagrams cannot turn the relay into an amplifier.
+    pub error_replies_per_sec: u32,
+    /// Plain-UDP ingest: every datagram arriving at the address is one message
+    /// of the channel.
+    pub raw_in: Vec<(SocketAddr, String)>,
+    /// Plain-UDP egress: every message of the channel is sent as-is to the
+    /// address.
+    pub raw_out: Vec<(String, SocketAddr)>,
+    /// Most datagrams waiting for a full socket to drain before new ones are
+    /// dropped (and counted).
+    pub send_queue_limit: usize,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            data_dir: PathBuf::from("./udprelay-data"),
+            lease: Duration::from_secs(30),
+            max_message_size: MAX_UNFRAGMENTED_MESSAGE,
+            datagram_size: 1400,
+            max_channels: 10_000,
+            max_subscriptions: 100_000,
+            max_subscriptions_per_client: 4096,
+            error_replies_per_sec: 1000,
+            raw_in: Vec::new(),
+            raw_out: Vec::new(),
+            send_queue_limit: 65_536,
+        }
+    }
+}
+
+impl RelayConfig {
+    /// Checks every setting against its allowed range and every channel name.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let range = |what: &str, v: usize, lo: usize, hi: usize| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(ConfigError::OutOfRange(format!(
+                    "{what} must be between {lo} and {hi}, got {v}"
+                )))
+            }
+        };
+        range(
+            "max message size",
+            self.max_message_size,
+            1,
+            MAX_UNFRAGMENTED_MESSAGE,
+        )?;
+        range("datagram size", self.datagram_size, 64, 65_507)?;
+        range("max channels", self.max_channels, 1, 10_000_000)?;
+        range("max subscriptions", self.max_subscriptions, 1, 10_000_000)?;
+        range(
+            "max subscriptions per client",
+            self.max_subscriptions_per_client,
+            1,
+            10_000_000,
+        )?;
+        if self.lease < Duration::from_millis(10) || self.lease > Duration::from_secs(86_400) {
+            return Err(ConfigError::OutOfRange(format!(
+                "lease must be between 10ms and 24h, got {:?}",
+                self.lease
+            )));
+        }
+        let channels = self
+            .raw_in
+            .iter()
+            .map(|(_, c)| c)
+            .chain(self.raw_out.iter().map(|(c, _)| c));
+        for c in channels {
+            if !valid_channel_name(c) {
+                return Err(ConfigError::OutOfRange(format!(
+                    "invalid channel name {c:?}: 1 to 255 bytes of UTF-8, no control characters"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Channel name rule, repeated here so config stays free of crate dependencies;
+/// `wire::validate_channel` is the same rule on bytes.
+fn valid_channel_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 255 && !name.chars().any(char::is_control)
+}
+
+/// Parses `250ms`, `30s`, `5m`, `1h` (and `1.5s`). A bare number is refused:
+/// the unit is the part people get wrong.
+pub fn parse_duration(s: &str) -> Result<Duration, ConfigError> {
+    let bad = || ConfigError::BadDuration(s.to_string());
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(bad)?;
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num.parse().map_err(|_| bad())?;
+    let scale = match unit.trim() {
+        "us" | "µs" => 1e-6,
+        "ms" => 1e-3,
+        "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(bad()),
+    };
+    Duration::try_from_secs_f64(value * scale).map_err(|_| bad())
+}
+
+/// Parses `ADDR=CHANNEL` (for `--raw-in`).
+pub fn parse_raw_in(s: &str) -> Result<(SocketAddr, String), ConfigError> {
+    let (addr, channel) = s.split_once('=').ok_or(ConfigError::BadMapping(
+        s.to_string(),
+        "expected ADDR=CHANNEL",
+    ))?;
+    let addr = addr.parse().map_err(|_| {
+        ConfigError::BadMapping(s.to_string(), "ADDR must be IP:PORT, like 127.0.0.1:5514")
+    })?;
+    Ok((addr, channel.to_string()))
+}
+
+/// Parses `CHANNEL=ADDR` (for `--raw-out`). The channel is everything before
+/// the last `=`, so a channel name may itself hold `=`.
+pub fn parse_raw_out(s: &str) -> Result<(String, SocketAddr), ConfigError> {
+    let (channel, addr) = s.rsplit_once('=').ok_or(ConfigError::BadMapping(
+        s.to_string(),
+        "expected CHANNEL=ADDR",
+    ))?;
+    let addr = addr.parse().map_err(|_| {
+        ConfigError::BadMapping(s.to_string(), "ADDR must be IP:PORT, like 127.0.0.1:9000")
+    })?;
+    Ok((channel.to_string(), addr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_need_a_unit() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in ["30", "", "s", "10 parsecs", "-1s", "1e400s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should not parse");
+        }
+    }
+
+    #[test]
+    fn raw_mappings_parse_both_ways() {
+        assert_eq!(
+            parse_raw_in("127.0.0.1:5514=syslog"),
+            Ok(("127.0.0.1:5514".parse().unwrap(), "syslog".to_string()))
+        );
+        assert_eq!(
+            parse_raw_out("a=b=127.0.0.1:9000"),
+            Ok(("a=b".to_string(), "127.0.0.1:9000".parse().unwrap()))
+        );
+        assert!(parse_raw_in("syslog").is_err());
+        assert!(parse_raw_out("x=localhost").is_err());
+    }
+
+    #[test]
+    fn validation_catches_out_of_range_settings() {
+        assert_eq!(RelayConfig::default().validate(), Ok(()));
+        let c = RelayConfig {
+            max_message_size: MAX_UNFRAGMENTED_MESSAGE + 1,
+            ..RelayConfig::default()
+        };
+        assert!(c.validate().is_err());
+        let c = RelayConfig {
+            raw_out: vec![("bad\nname".into(), "127.0.0.1:1".parse().unwrap())],
+            ..RelayConfig::default()
+        };
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,78 @@
+//! The relay's counters: plain integers bumped on the hot path, listed by name
+//! for the STATS reply and the exit log.
+
+macro_rules! counters {
+    ($( $(#[doc = $doc:literal])* $name:ident ),* $(,)?) => {
+        /// Everything the relay counts. Drops are counted by reason, so an
+        /// operator can tell an attack from a misconfigured client.
+        #[derive(Debug, Default, Clone, PartialEq, Eq)]
+        pub struct Counters {
+            $( $(#[doc = $doc])* pub $name: u64, )*
+        }
+
+        impl Counters {
+            /// Every counter by name, followed by the gauges `channels` and
+            /// `subscriptions` that the caller supplies.
+            pub fn entries(&self, channels: usize, subscriptions: usize) -> Vec<(&'static str, u64)> {
+                vec![
+                    $( (stringify!($name), self.$name), )*
+                    ("channels", channels as u64),
+                    ("subscriptions", subscriptions as u64),
+                ]
+            }
+        }
+    };
+}
+
+counters! {
+    /// Datagrams that arrived at the protocol socket.
+    datagrams_received,
+    /// Bytes that arrived at the protocol socket and the raw ports.
+    bytes_received,
+    /// Frames decoded from protocol datagrams.
+    frames_received,
+    /// Messages published through the protocol.
+    messages_published,
+    /// Datagrams that arrived at raw ingest ports (each one a message).
+    raw_received,
+    /// Deliver frames queued for subscribers.
+    messages_delivered,
+    /// Messages forwarded as plain datagrams to raw egress addresses.
+    raw_forwarded,
+    /// Datagrams without the udprelay magic, dropped without reply.
+    dropped_not_protocol,
+    /// Datagrams or frames that did not decode.
+    dropped_malformed,
+    /// Datagrams of another protocol version.
+    dropped_bad_version,
+    /// Requests for something this relay does not serve.
+    dropped_unsupported,
+    /// Messages over the maximum message size.
+    dropped_too_large,
+    /// Requests refused by a channel or subscription limit.
+    dropped_limit,
+    /// Unsubscribes naming no subscription.
+    dropped_unknown_subscription,
+    /// Frames only a relay sends (deliver, pong, error...), received.
+    dropped_unexpected,
+    /// Error frames sent.
+    errors_sent,
+    /// Error replies withheld by the rate limit.
+    errors_suppressed,
+    /// Subscriptions created.
+    subscriptions_opened,
+    /// Subscriptions ended by their subscriber.
+    subscriptions_closed,
+    /// Subscriptions dropped because their lease lapsed.
+    subscriptions_expired,
+    /// Datagrams handed to the kernel.
+    datagrams_sent,
+    /// Datagrams that waited in the send queue for a full socket buffer.
+    send_queued,
+    /// Datagrams dropped because the send queue was full.
+    send_dropped,
+    /// Sends that failed with an error other than a full buffer.
+    send_errors,
+    /// Receives that failed with an error.
+    recv_errors,
+}

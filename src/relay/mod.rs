@@ -1,0 +1,607 @@
+//! The sans-IO relay core: channels, offsets, subscriptions as leases, fan-out,
+//! plain-UDP ingest and egress, and the counters that say what happened.
+//!
+//! It owns no socket and reads no clock. The driver feeds it datagrams with
+//! [`Relay::handle_datagram`] and [`Relay::handle_raw`], calls
+//! [`Relay::handle_timeout`] when [`Relay::poll_timeout`] says so, and sends
+//! whatever [`Relay::poll_transmit`] hands back. Everything a peer sends is
+//! hostile until decoded: bad input becomes a counted drop (and a rate-limited
+//! ERROR reply where the sender speaks the protocol), never a panic.
+
+mod counters;
+mod outbox;
+
+pub use counters::Counters;
+pub use outbox::Transmit;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::config::RelayConfig;
+use crate::wire::{self, DeliveryMode, ErrorCode, Frame, StartPosition, WireError};
+use outbox::Outbox;
+
+/// The current time, as the core sees it: a monotonic instant for timers and
+/// a wall-clock stamp for message timestamps. Only the driver makes one from
+/// the real clocks; tests make them at will.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// Monotonic time, for leases and deadlines.
+    pub instant: Instant,
+    /// Wall-clock time in nanoseconds since the Unix epoch, stamped on messages.
+    pub unix_nanos: u64,
+}
+
+impl Now {
+    /// Reads the real clocks.
+    pub fn system() -> Now {
+        let unix_nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        Now {
+            instant: Instant::now(),
+            unix_nanos,
+        }
+    }
+
+    /// This time moved forward by `d` on both clocks.
+    pub fn after(self, d: Duration) -> Now {
+        Now {
+            instant: self.instant + d,
+            unix_nanos: self.unix_nanos + d.as_nanos() as u64,
+        }
+    }
+}
+
+/// Index of a channel in [`Relay::channels`]; stable for the relay's life.
+type ChannelId = usize;
+
+/// One named stream of messages.
+#[derive(Debug)]
+struct Channel {
+    /// The channel's name, as clients spell it.
+    name: Box<str>,
+    /// Offset the next appended message gets.
+    next_offset: u64,
+    /// Who receives live messages.
+    subscribers: Vec<Subscriber>,
+    /// Plain-UDP destinations that get every message as-is.
+    raw_out: Vec<SocketAddr>,
+}
+
+/// A subscription as seen from its channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Subscriber {
+    /// The subscriber's address.
+    peer: SocketAddr,
+    /// The id the subscriber chose.
+    sub_id: u32,
+    /// Messages below this offset are not sent (a start in the future).
+    from: u64,
+}
+
+/// A client address that holds subscriptions. Publishers that never subscribe
+/// get no entry, so they cost the relay no memory.
+#[derive(Debug)]
+struct Peer {
+    /// Last time anything arrived from this address; the lease runs from here.
+    last_seen: Instant,
+    /// The address's subscriptions: id and channel.
+    subscriptions: Vec<(u32, ChannelId)>,
+}
+
+/// Allows a burst of `capacity` events, refilled at `per_sec`.
+#[derive(Debug)]
+struct TokenBucket {
+    tokens: u32,
+    capacity: u32,
+    per_sec: u32,
+    last_refill: Option<Instant>,
+}
+
+impl TokenBucket {
+    fn new(per_sec: u32) -> Self {
+        let capacity = per_sec.clamp(1, 1000);
+        TokenBucket {
+            tokens: capacity,
+            capacity,
+            per_sec,
+            last_refill: None,
+        }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        let last = *self.last_refill.get_or_insert(now);
+        let earned =
+            now.saturating_duration_since(last).as_millis() as u64 * u64::from(self.per_sec) / 1000;
+        if earned > 0 {
+            self.tokens = (u64::from(self.tokens) + earned).min(u64::from(self.capacity)) as u32;
+            self.last_refill = Some(now);
+        }
+        if self.tokens > 0 {
+            self.tokens -= 1;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The relay's whole state, driven by calls that carry the time.
+#[derive(Debug)]
+pub struct Relay {
+    /// Lease length handed to subscribers.
+    lease: Duration,
+    /// Largest payload accepted.
+    max_message_size: usize,
+    /// Channel limit.
+    max_channels: usize,
+    /// Limit on all subscriptions.
+    max_subscriptions: usize,
+    /// Limit on one address's subscriptions.
+    max_subscriptions_per_client: usize,
+    /// Channels by id.
+    channels: Vec<Channel>,
+    /// Channel ids by name.
+    by_name: HashMap<Box<str>, ChannelId>,
+    /// Addresses holding subscriptions.
+    peers: HashMap<SocketAddr, Peer>,
+    /// Lease deadlines, earliest first. An entry may be stale (its peer was
+    /// heard from since, or is gone): it is checked when it comes due, so a
+    /// refresh costs one field write, not a heap update.
+    leases: BinaryHeap<Reverse<(Instant, SocketAddr)>>,
+    /// Total live subscriptions.
+    subscription_count: usize,
+    /// Channel of each raw ingest port, by the driver's index.
+    raw_in: Vec<ChannelId>,
+    /// Limits error replies.
+    error_replies: TokenBucket,
+    /// Datagrams waiting to be sent.
+    outbox: Outbox,
+    /// What happened, for operators.
+    counters: Counters,
+}
+
+impl Relay {
+    /// A relay with the channels named by the raw ports already created.
+    pub fn new(config: &RelayConfig) -> Relay {
+        let mut relay = Relay {
+            lease: config.lease,
+            max_message_size: config.max_message_size,
+            max_channels: config.max_channels,
+            max_subscriptions: config.max_subscriptions,
+            max_subscriptions_per_client: config.max_subscriptions_per_client,
+            channels: Vec::new(),
+            by_name: HashMap::new(),
+            peers: HashMap::new(),
+            leases: BinaryHeap::new(),
+            subscription_count: 0,
+            raw_in: Vec::new(),
+            error_replies: TokenBucket::new(config.error_replies_per_sec),
+            outbox: Outbox::new(config.datagram_size),
+            counters: Counters::default(),
+        };
+        // Channels named in the configuration exist from the start, whatever
+        // the limit on channels that clients create.
+        for (_, name) in &config.raw_in {
+            let id = relay.find_or_create_channel(name);
+            relay.raw_in.push(id);
+        }
+        for (name, addr) in &config.raw_out {
+            let id = relay.find_or_create_channel(name);
+            relay.channels[id].raw_out.push(*addr);
+        }
+        relay
+    }
+
+    /// What happened so far.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// For the driver to count what happens at the socket.
+    pub fn counters_mut(&mut self) -> &mut Counters {
+        &mut self.counters
+    }
+
+    /// Live subscriptions across all clients.
+    pub fn subscription_count(&self) -> usize {
+        self.subscription_count
+    }
+
+    /// Number of channels.
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// The offset the channel's next message will get, if the channel exists.
+    pub fn next_offset(&self, channel: &str) -> Option<u64> {
+        self.by_name
+            .get(channel)
+            .map(|&id| self.channels[id].next_offset)
+    }
+
+    /// Handles one datagram that arrived at the protocol socket from `from`.
+    pub fn handle_datagram(&mut self, now: Now, from: SocketAddr, datagram: &[u8]) {
+        self.counters.datagrams_received += 1;
+        self.counters.bytes_received += datagram.len() as u64;
+        if let Some(peer) = self.peers.get_mut(&from) {
+            peer.last_seen = now.instant;
+        }
+        let frames = match wire::decode_datagram(datagram) {
+            Ok(frames) => frames,
+            Err(WireError::BadMagic) => {
+                // Not our protocol at all: answering could aim us at a third party.
+                self.counters.dropped_not_protocol += 1;
+                return;
+            }
+            Err(e @ WireError::UnsupportedVersion(_)) => {
+                self.counters.dropped_bad_version += 1;
+                self.reply_error(now, from, ErrorCode::UNSUPPORTED_VERSION, &e.to_string());
+                return;
+            }
+            Err(e @ WireError::UnsupportedFlags(_)) => {
+                self.counters.dropped_unsupported += 1;
+                self.reply_error(now, from, ErrorCode::UNSUPPORTED, &e.to_string());
+                return;
+            }
+            Err(_) => {
+                self.counters.dropped_malformed += 1;
+                return;
+            }
+        };
+        for frame in frames {
+            match frame {
+                Ok(frame) => {
+                    self.counters.frames_received += 1;
+                    self.handle_frame(now, from, frame);
+                }
+                Err(e) => {
+                    self.counters.dropped_malformed += 1;
+                    self.reply_error(now, from, ErrorCode::MALFORMED, &e.to_string());
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Handles one datagram that arrived at raw ingest port `index` (in the
+    /// order of the configuration's `raw_in`): it becomes one message.
+    pub fn handle_raw(&mut self, now: Now, index: usize, datagram: &[u8]) {
+        self.counters.raw_received += 1;
+        self.counters.bytes_received += datagram.len() as u64;
+        let Some(&channel) = self.raw_in.get(index) else {
+            self.counters.dropped_malformed += 1;
+            return;
+        };
+        if datagram.len() > self.max_message_size {
+            self.counters.dropped_too_large += 1;
+            return;
+        }
+        self.append(now, channel, datagram);
+    }
+
+    /// The earliest time at which [`Relay::handle_timeout`] has work to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.leases.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Expires the leases that are due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&Reverse((at, addr))) = self.leases.peek() {
+            if at > now {
+                break;
+            }
+            self.leases.pop();
+            let Some(peer) = self.peers.get(&addr) else {
+                continue;
+            };
+            let expires = peer.last_seen + self.lease;
+            if expires > now {
+                self.leases.push(Reverse((expires, addr)));
+                continue;
+            }
+            let expired = self.remove_peer(addr);
+            self.counters.subscriptions_expired += expired as u64;
+        }
+    }
+
+    /// The next datagram to send, if any. Call until `None` after every batch
+    /// of input: frames for one destination are packed into one datagram until
+    /// this is called.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.outbox.pop()
+    }
+
+    fn handle_frame(&mut self, now: Now, from: SocketAddr, frame: Frame<'_>) {
+        match frame {
+            Frame::Publish { channel, payload } => self.publish(now, from, channel, payload),
+            Frame::Subscribe {
+                sub_id,
+                mode,
+                start,
+                channel,
+            } => self.subscribe(now, from, sub_id, mode, start, channel),
+            Frame::Unsubscribe { sub_id } => {
+                if self.unsubscribe(from, sub_id) {
+                    self.counters.subscriptions_closed += 1;
+                } else {
+                    self.counters.dropped_unknown_subscription += 1;
+                    self.reply_error(
+                        now,
+                        from,
+                        ErrorCode::UNKNOWN_SUBSCRIPTION,
+                        &format!("no subscription {sub_id} for this address"),
+                    );
+                }
+            }
+            Frame::Ping { nonce } => {
+                self.outbox.push_frame(from, &Frame::Pong { nonce });
+            }
+            Frame::StatsRequest => {
+                let list = self
+                    .counters
+                    .entries(self.channels.len(), self.subscription_count);
+                self.outbox.push_frame(
+                    from,
+                    &Frame::Stats {
+                        entries: wire::StatEntries::List(&list),
+                    },
+                );
+            }
+            Frame::Ack { .. } => {
+                self.counters.dropped_unsupported += 1;
+                self.reply_error(
+                    now,
+                    from,
+                    ErrorCode::UNSUPPORTED,
+                    "reliable delivery is not supported by this relay yet",
+                );
+            }
+            // Frames a relay sends, never receives. No reply: answering an
+            // ERROR with an ERROR could loop between two relays forever.
+            Frame::Subscribed { .. }
+            | Frame::Deliver { .. }
+            | Frame::Pong { .. }
+            | Frame::Error { .. }
+            | Frame::Stats { .. } => self.counters.dropped_unexpected += 1,
+        }
+    }
+
+    fn publish(&mut self, now: Now, from: SocketAddr, channel: &str, payload: &[u8]) {
+        if payload.len() > self.max_message_size {
+            self.counters.dropped_too_large += 1;
+            let reason = format!(
+                "message of {} bytes exceeds the maximum of {}",
+                payload.len(),
+                self.max_message_size
+            );
+            self.reply_error(now, from, ErrorCode::TOO_LARGE, &reason);
+            return;
+        }
+        let Some(id) = self.client_channel(channel) else {
+            self.counters.dropped_limit += 1;
+            self.reply_error(now, from, ErrorCode::LIMIT_REACHED, "too many channels");
+            return;
+        };
+        self.counters.messages_published += 1;
+        self.append(now, id, payload);
+    }
+
+    /// Gives `payload` the channel's next offset and sends it to every
+    /// subscriber and raw egress of the channel.
+    fn append(&mut self, now: Now, id: ChannelId, payload: &[u8]) {
+        let channel = &mut self.channels[id];
+        let offset = channel.next_offset;
+        channel.next_offset += 1;
+        for sub in &channel.subscribers {
+            if offset < sub.from {
+                continue;
+            }
+            let frame = Frame::Deliver {
+                sub_id: sub.sub_id,
+                offset,
+                timestamp: now.unix_nanos,
+                payload,
+            };
+            if self.outbox.push_frame(sub.peer, &frame) {
+                self.counters.messages_delivered += 1;
+            } else {
+                self.counters.send_dropped += 1;
+            }
+        }
+        for &addr in &channel.raw_out {
+            self.outbox.push_raw(addr, payload);
+            self.counters.raw_forwarded += 1;
+        }
+    }
+
+    fn subscribe(
+        &mut self,
+        now: Now,
+        from: SocketAddr,
+        sub_id: u32,
+        mode: DeliveryMode,
+        start: StartPosition,
+        channel: &str,
+    ) {
+        if mode == DeliveryMode::Reliable {
+            self.counters.dropped_unsupported += 1;
+            let reason = "reliable subscriptions are not supported by this relay yet";
+            self.reply_error(now, from, ErrorCode::UNSUPPORTED, reason);
+            return;
+        }
+        let Some(id) = self.client_channel(channel) else {
+            self.counters.dropped_limit += 1;
+            self.reply_error(now, from, ErrorCode::LIMIT_REACHED, "too many channels");
+            return;
+        };
+        let next_offset = self.channels[id].next_offset;
+        // Messages are not kept yet, so every start is live: an older start is
+        // answered with the offset delivery really begins at.
+        let from_offset = match start {
+            StartPosition::Offset(o) => o.max(next_offset),
+            StartPosition::Latest | StartPosition::Earliest => next_offset,
+        };
+        let existing = self
+            .peers
+            .get(&from)
+            .and_then(|p| p.subscriptions.iter().find(|(s, _)| *s == sub_id))
+            .copied();
+        match existing {
+            Some((_, ch)) if ch == id => {
+                // A keepalive or a retried subscribe: the subscription stays
+                // as it is; tell the client where it stands.
+            }
+            _ => {
+                if existing.is_some() {
+                    self.unsubscribe(from, sub_id);
+                }
+                if let Err(reason) = self.add_subscription(now, from, sub_id, id, from_offset) {
+                    self.counters.dropped_limit += 1;
+                    self.reply_error(now, from, ErrorCode::LIMIT_REACHED, reason);
+                    return;
+                }
+                self.counters.subscriptions_opened += 1;
+            }
+        }
+        let first_offset = self.channels[id]
+            .subscribers
+            .iter()
+            .find(|s| s.peer == from && s.sub_id == sub_id)
+            .map_or(next_offset, |s| s.from.max(next_offset));
+        let lease_ms = self.lease.as_millis().min(u128::from(u32::MAX)) as u32;
+        self.outbox.push_frame(
+            from,
+            &Frame::Subscribed {
+                sub_id,
+                first_offset,
+                next_offset,
+                lease_ms,
+            },
+        );
+    }
+
+    fn add_subscription(
+        &mut self,
+        now: Now,
+        from: SocketAddr,
+        sub_id: u32,
+        id: ChannelId,
+        from_offset: u64,
+    ) -> Result<(), &'static str> {
+        if self.subscription_count >= self.max_subscriptions {
+            return Err("the relay holds its maximum number of subscriptions");
+        }
+        let lease = self.lease;
+        let peer = self.peers.entry(from).or_insert_with(|| {
+            self.leases.push(Reverse((now.instant + lease, from)));
+            Peer {
+                last_seen: now.instant,
+                subscriptions: Vec::new(),
+            }
+        });
+        if peer.subscriptions.len() >= self.max_subscriptions_per_client {
+            return Err("this address holds its maximum number of subscriptions");
+        }
+        peer.subscriptions.push((sub_id, id));
+        self.channels[id].subscribers.push(Subscriber {
+            peer: from,
+            sub_id,
+            from: from_offset,
+        });
+        self.subscription_count += 1;
+        Ok(())
+    }
+
+    /// Removes one subscription; false if there was none.
+    fn unsubscribe(&mut self, from: SocketAddr, sub_id: u32) -> bool {
+        let Some(peer) = self.peers.get_mut(&from) else {
+            return false;
+        };
+        let Some(pos) = peer.subscriptions.iter().position(|(s, _)| *s == sub_id) else {
+            return false;
+        };
+        let (_, ch) = peer.subscriptions.swap_remove(pos);
+        if peer.subscriptions.is_empty() {
+            self.peers.remove(&from);
+        }
+        self.detach(ch, from, sub_id);
+        true
+    }
+
+    /// Removes a peer and all its subscriptions; returns how many there were.
+    fn remove_peer(&mut self, addr: SocketAddr) -> usize {
+        let Some(peer) = self.peers.remove(&addr) else {
+            return 0;
+        };
+        for &(sub_id, ch) in &peer.subscriptions {
+            self.detach(ch, addr, sub_id);
+        }
+        peer.subscriptions.len()
+    }
+
+    fn detach(&mut self, ch: ChannelId, peer: SocketAddr, sub_id: u32) {
+        let subs = &mut self.channels[ch].subscribers;
+        if let Some(pos) = subs
+            .iter()
+            .position(|s| s.peer == peer && s.sub_id == sub_id)
+        {
+            subs.swap_remove(pos);
+            self.subscription_count -= 1;
+        }
+    }
+
+    /// The id of a channel a client names, creating the channel if it is new
+    /// and the channel limit allows.
+    fn client_channel(&mut self, name: &str) -> Option<ChannelId> {
+        if !self.by_name.contains_key(name) && self.channels.len() >= self.max_channels {
+            return None;
+        }
+        Some(self.find_or_create_channel(name))
+    }
+
+    fn find_or_create_channel(&mut self, name: &str) -> ChannelId {
+        if let Some(&id) = self.by_name.get(name) {
+            return id;
+        }
+        let id = self.channels.len();
+        self.channels.push(Channel {
+            name: name.into(),
+            next_offset: 0,
+            subscribers: Vec::new(),
+            raw_out: Vec::new(),
+        });
+        self.by_name.insert(self.channels[id].name.clone(), id);
+        id
+    }
+
+    fn reply_error(&mut self, now: Now, to: SocketAddr, code: ErrorCode, reason: &str) {
+        if self.error_replies.take(now.instant) {
+            self.counters.errors_sent += 1;
+            let reason = truncate_utf8(reason, 200);
+            self.outbox.push_frame(to, &Frame::Error { code, reason });
+        } else {
+            self.counters.errors_suppressed += 1;
+        }
+    }
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character
+/// boundary.
+fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,99 @@
+//! Outgoing datagrams: frames for one destination are packed together until
+//! the datagram is full or the driver collects them.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+
+use crate::wire::{DatagramBuilder, Frame, MAX_DATAGRAM};
+
+/// One datagram to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where to send it.
+    pub destination: SocketAddr,
+    /// The datagram's bytes.
+    pub payload: Vec<u8>,
+}
+
+/// Datagrams being filled, one per destination, and datagrams ready to go.
+#[derive(Debug)]
+pub(super) struct Outbox {
+    /// Packing limit for one datagram.
+    datagram_size: usize,
+    /// Datagrams still open for more frames, by destination.
+    open: HashMap<SocketAddr, DatagramBuilder>,
+    /// Destinations of `open` in the order they were opened, so flushing is
+    /// deterministic.
+    open_order: Vec<SocketAddr>,
+    /// Finished datagrams, in send order.
+    ready: VecDeque<Transmit>,
+}
+
+impl Outbox {
+    pub(super) fn new(datagram_size: usize) -> Self {
+        Outbox {
+            datagram_size,
+            open: HashMap::new(),
+            open_order: Vec::new(),
+            ready: VecDeque::new(),
+        }
+    }
+
+    /// Queues `frame` for `to`; false if it cannot be encoded at all (larger
+    /// than the largest datagram).
+    pub(super) fn push_frame(&mut self, to: SocketAddr, frame: &Frame<'_>) -> bool {
+        let builder = self.open.entry(to).or_insert_with(|| {
+            self.open_order.push(to);
+            DatagramBuilder::new(self.datagram_size)
+        });
+        if builder.push(frame).is_ok() {
+            return true;
+        }
+        if !builder.is_empty() {
+            let payload = builder.finish();
+            self.ready.push_back(Transmit {
+                destination: to,
+                payload,
+            });
+            if builder.push(frame).is_ok() {
+                return true;
+            }
+        }
+        // Larger than the packing limit: it goes alone, as large as UDP allows.
+        let mut alone = DatagramBuilder::new(MAX_DATAGRAM);
+        if alone.push(frame).is_err() {
+            return false;
+        }
+        self.ready.push_back(Transmit {
+            destination: to,
+            payload: alone.finish(),
+        });
+        true
+    }
+
+    /// Queues a plain datagram (raw egress) for `to`.
+    pub(super) fn push_raw(&mut self, to: SocketAddr, payload: &[u8]) {
+        self.ready.push_back(Transmit {
+            destination: to,
+            payload: payload.to_vec(),
+        });
+    }
+
+    /// The next datagram to send; closes the open datagrams when the ready
+    /// ones run out.
+    pub(super) fn pop(&mut self) -> Option<Transmit> {
+        if self.ready.is_empty() {
+            for to in self.open_order.drain(..) {
+                if let Some(mut builder) = self.open.remove(&to)
+                    && !builder.is_empty()
+                {
+                    self.ready.push_back(Transmit {
+                        destination: to,
+                        payload: builder.finish(),
+                    });
+                }
+            }
+        }
+        self.ready.pop_front()
+    }
+}

@@ -1,0 +1,603 @@
+//! Frames: the typed units inside a datagram, and their byte layout.
+
+use super::{FRAME_HEADER_LEN, MAX_FRAME_BODY, WireError, validate_channel};
+
+/// Frame type codes (the first byte of every frame).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FrameType {
+    /// A message for a channel, client to relay.
+    Publish = 0x01,
+    /// Start (or keep alive) a subscription, client to relay.
+    Subscribe = 0x02,
+    /// End a subscription, client to relay.
+    Unsubscribe = 0x03,
+    /// A subscription was accepted, relay to client.
+    Subscribed = 0x04,
+    /// A stored message for a subscription, relay to client.
+    Deliver = 0x05,
+    /// Cumulative and selective acknowledgement (reliable mode).
+    Ack = 0x06,
+    /// Keepalive and round-trip probe; answered by a pong.
+    Ping = 0x07,
+    /// Answer to a ping, echoing its nonce.
+    Pong = 0x08,
+    /// Something the peer sent was refused, and why.
+    Error = 0x09,
+    /// Ask the relay for its counters.
+    StatsRequest = 0x0A,
+    /// The relay's counters, as name and value pairs.
+    Stats = 0x0B,
+}
+
+impl FrameType {
+    fn from_u8(v: u8) -> Option<FrameType> {
+        Some(match v {
+            0x01 => FrameType::Publish,
+            0x02 => FrameType::Subscribe,
+            0x03 => FrameType::Unsubscribe,
+            0x04 => FrameType::Subscribed,
+            0x05 => FrameType::Deliver,
+            0x06 => FrameType::Ack,
+            0x07 => FrameType::Ping,
+            0x08 => FrameType::Pong,
+            0x09 => FrameType::Error,
+            0x0A => FrameType::StatsRequest,
+            0x0B => FrameType::Stats,
+            _ => return None,
+        })
+    }
+}
+
+/// How a subscription wants its messages delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryMode {
+    /// Best effort: a lost datagram is a lost message.
+    Unreliable,
+    /// Acknowledged and retransmitted: no loss, no duplicates, in order.
+    Reliable,
+}
+
+/// Where a subscription starts reading its channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartPosition {
+    /// Only messages published from now on.
+    Latest,
+    /// The oldest message the relay still holds.
+    Earliest,
+    /// A given offset (or the oldest retained one, if that is later).
+    Offset(u64),
+}
+
+/// What an [`Frame::Ack`] acknowledges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckKind {
+    /// Sequence numbers of a reliable publishing session (relay to publisher).
+    Publish,
+    /// Offsets delivered on a reliable subscription (subscriber to relay).
+    Subscription,
+}
+
+/// An error code carried by [`Frame::Error`]. Unknown codes decode as they are,
+/// so a newer peer's codes still reach the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ErrorCode(pub u16);
+
+impl ErrorCode {
+    /// A frame could not be decoded.
+    pub const MALFORMED: ErrorCode = ErrorCode(1);
+    /// The datagram's protocol version is not spoken here.
+    pub const UNSUPPORTED_VERSION: ErrorCode = ErrorCode(2);
+    /// A known request this relay does not (yet) serve.
+    pub const UNSUPPORTED: ErrorCode = ErrorCode(3);
+    /// The channel name is not valid.
+    pub const BAD_CHANNEL: ErrorCode = ErrorCode(4);
+    /// The message exceeds the relay's maximum message size.
+    pub const TOO_LARGE: ErrorCode = ErrorCode(5);
+    /// The subscription id is not known for this address.
+    pub const UNKNOWN_SUBSCRIPTION: ErrorCode = ErrorCode(6);
+    /// A relay limit (channels, subscriptions) is reached.
+    pub const LIMIT_REACHED: ErrorCode = ErrorCode(7);
+    /// The channel exists but cannot be served right now.
+    pub const UNAVAILABLE: ErrorCode = ErrorCode(8);
+
+    /// A short lowercase name for the code.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorCode::MALFORMED => "malformed",
+            ErrorCode::UNSUPPORTED_VERSION => "unsupported-version",
+            ErrorCode::UNSUPPORTED => "unsupported",
+            ErrorCode::BAD_CHANNEL => "bad-channel",
+            ErrorCode::TOO_LARGE => "too-large",
+            ErrorCode::UNKNOWN_SUBSCRIPTION => "unknown-subscription",
+            ErrorCode::LIMIT_REACHED => "limit-reached",
+            ErrorCode::UNAVAILABLE => "unavailable",
+            _ => "unknown",
+        }
+    }
+}
+
+/// A list of `(name, value)` counters: a slice when encoding, the raw bytes of
+/// a received frame when decoding (iterate with [`StatEntries::iter`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatEntries<'a> {
+    /// Entries to encode.
+    List(&'a [(&'a str, u64)]),
+    /// Entries as received, already validated by the decoder.
+    Encoded(&'a [u8]),
+}
+
+impl<'a> StatEntries<'a> {
+    /// Iterates over the entries in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'a str, u64)> + 'a {
+        let (list, mut raw): (&'a [(&'a str, u64)], &'a [u8]) = match *self {
+            StatEntries::List(l) => (l, &[]),
+            StatEntries::Encoded(b) => (&[], b),
+        };
+        let decoded = std::iter::from_fn(move || {
+            let mut r = Reader::new(raw);
+            let entry = r.stat_entry().ok()?;
+            raw = r.rest();
+            Some(entry)
+        });
+        list.iter().copied().chain(decoded)
+    }
+
+    fn encoded_len(&self) -> usize {
+        match *self {
+            StatEntries::List(l) => l.iter().map(|(n, _)| 1 + n.len() + 8).sum(),
+            StatEntries::Encoded(b) => b.len(),
+        }
+    }
+}
+
+/// One decoded frame, borrowing its variable-length fields from the datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Frame<'a> {
+    /// Append `payload` to `channel` and deliver it to the channel's subscribers.
+    Publish {
+        /// Channel name, validated.
+        channel: &'a str,
+        /// Message bytes.
+        payload: &'a [u8],
+    },
+    /// Subscribe to `channel`, or refresh the subscription `sub_id` if it exists.
+    Subscribe {
+        /// Chosen by the client; names the subscription in later frames.
+        sub_id: u32,
+        /// Reliable or best effort.
+        mode: DeliveryMode,
+        /// Where to start reading.
+        start: StartPosition,
+        /// Channel name, validated.
+        channel: &'a str,
+    },
+    /// End subscription `sub_id`.
+    Unsubscribe {
+        /// The subscription to end.
+        sub_id: u32,
+    },
+    /// The relay accepted (or refreshed) subscription `sub_id`.
+    Subscribed {
+        /// The subscription.
+        sub_id: u32,
+        /// Offset of the first message this subscription will be sent.
+        first_offset: u64,
+        /// Offset the channel's next published message will get.
+        next_offset: u64,
+        /// How long the relay keeps the subscription without hearing from the
+        /// client, in milliseconds.
+        lease_ms: u32,
+    },
+    /// A message of the channel behind `sub_id`.
+    Deliver {
+        /// The subscription this is for.
+        sub_id: u32,
+        /// The message's offset in its channel.
+        offset: u64,
+        /// When the relay stored it, in nanoseconds since the Unix epoch.
+        timestamp: u64,
+        /// Message bytes.
+        payload: &'a [u8],
+    },
+    /// Acknowledges everything below `cumulative`, plus the given ranges.
+    Ack {
+        /// Which stream the numbers belong to.
+        kind: AckKind,
+        /// Publishing session id, or subscription id.
+        id: u64,
+        /// Every number below this was received.
+        cumulative: u64,
+        /// Further received ranges above `cumulative`, `[start, end)`, as raw
+        /// little-endian pairs of u64 (16 bytes each).
+        ranges: &'a [u8],
+    },
+    /// Keepalive and round-trip probe.
+    Ping {
+        /// Echoed in the pong.
+        nonce: u64,
+    },
+    /// Answer to a ping.
+    Pong {
+        /// The ping's nonce.
+        nonce: u64,
+    },
+    /// A refusal, with a code and a human-readable reason.
+    Error {
+        /// What kind of refusal.
+        code: ErrorCode,
+        /// Why, in words (UTF-8).
+        reason: &'a str,
+    },
+    /// Ask for the relay's counters.
+    StatsRequest,
+    /// The relay's counters.
+    Stats {
+        /// Counter names and values.
+        entries: StatEntries<'a>,
+    },
+}
+
+impl<'a> Frame<'a> {
+    /// The frame's type code.
+    pub fn frame_type(&self) -> FrameType {
+        match self {
+            Frame::Publish { .. } => FrameType::Publish,
+            Frame::Subscribe { .. } => FrameType::Subscribe,
+            Frame::Unsubscribe { .. } => FrameType::Unsubscribe,
+            Frame::Subscribed { .. } => FrameType::Subscribed,
+            Frame::Deliver { .. } => FrameType::Deliver,
+            Frame::Ack { .. } => FrameType::Ack,
+            Frame::Ping { .. } => FrameType::Ping,
+            Frame::Pong { .. } => FrameType::Pong,
+            Frame::Error { .. } => FrameType::Error,
+            Frame::StatsRequest => FrameType::StatsRequest,
+            Frame::Stats { .. } => FrameType::Stats,
+        }
+    }
+
+    fn body_len(&self) -> usize {
+        match self {
+            Frame::Publish { channel, payload } => 1 + channel.len() + payload.len(),
+            Frame::Subscribe { channel, .. } => 4 + 1 + 1 + 8 + 1 + channel.len(),
+            Frame::Unsubscribe { .. } => 4,
+            Frame::Subscribed { .. } => 4 + 8 + 8 + 4,
+            Frame::Deliver { payload, .. } => DELIVER_FIXED + payload.len(),
+            Frame::Ack { ranges, .. } => 1 + 8 + 8 + ranges.len(),
+            Frame::Ping { .. } | Frame::Pong { .. } => 8,
+            Frame::Error { reason, .. } => 2 + reason.len(),
+            Frame::StatsRequest => 0,
+            Frame::Stats { entries } => entries.encoded_len(),
+        }
+    }
+
+    /// Bytes this frame takes on the wire, frame header included.
+    pub fn encoded_len(&self) -> usize {
+        FRAME_HEADER_LEN + self.body_len()
+    }
+
+    /// Appends the frame to `out`. Fails with [`WireError::TooLarge`] when the
+    /// body exceeds 65,535 bytes and with [`WireError::BadChannel`] for an
+    /// invalid channel name; `out` is unchanged on error.
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), WireError> {
+        let body = self.body_len();
+        if body > MAX_FRAME_BODY {
+            return Err(WireError::TooLarge);
+        }
+        match self {
+            Frame::Publish { channel, .. } | Frame::Subscribe { channel, .. } => {
+                validate_channel(channel.as_bytes())?;
+            }
+            Frame::Ack { ranges, .. } if ranges.len() % 16 != 0 => {
+                return Err(WireError::BadLength);
+            }
+            _ => {}
+        }
+        out.reserve(FRAME_HEADER_LEN + body);
+        out.push(self.frame_type() as u8);
+        out.push(0);
+        out.extend_from_slice(&(body as u16).to_le_bytes());
+        match *self {
+            Frame::Publish { channel, payload } => {
+                out.push(channel.len() as u8);
+                out.extend_from_slice(channel.as_bytes());
+                out.extend_from_slice(payload);
+            }
+            Frame::Subscribe {
+                sub_id,
+                mode,
+                start,
+                channel,
+            } => {
+                out.extend_from_slice(&sub_id.to_le_bytes());
+                out.push(match mode {
+                    DeliveryMode::Unreliable => 0,
+                    DeliveryMode::Reliable => 1,
+                });
+                let (kind, offset) = match start {
+                    StartPosition::Latest => (0, 0),
+                    StartPosition::Earliest => (1, 0),
+                    StartPosition::Offset(o) => (2, o),
+                };
+                out.push(kind);
+                out.extend_from_slice(&offset.to_le_bytes());
+                out.push(channel.len() as u8);
+                out.extend_from_slice(channel.as_bytes());
+            }
+            Frame::Unsubscribe { sub_id } => out.extend_from_slice(&sub_id.to_le_bytes()),
+            Frame::Subscribed {
+                sub_id,
+                first_offset,
+                next_offset,
+                lease_ms,
+            } => {
+                out.extend_from_slice(&sub_id.to_le_bytes());
+                out.extend_from_slice(&first_offset.to_le_bytes());
+                out.extend_from_slice(&next_offset.to_le_bytes());
+                out.extend_from_slice(&lease_ms.to_le_bytes());
+            }
+            Frame::Deliver {
+                sub_id,
+                offset,
+                timestamp,
+                payload,
+            } => {
+                out.extend_from_slice(&sub_id.to_le_bytes());
+                out.extend_from_slice(&offset.to_le_bytes());
+                out.extend_from_slice(&timestamp.to_le_bytes());
+                out.extend_from_slice(payload);
+            }
+            Frame::Ack {
+                kind,
+                id,
+                cumulative,
+                ranges,
+            } => {
+                out.push(match kind {
+                    AckKind::Publish => 0,
+                    AckKind::Subscription => 1,
+                });
+                out.extend_from_slice(&id.to_le_bytes());
+                out.extend_from_slice(&cumulative.to_le_bytes());
+                out.extend_from_slice(ranges);
+            }
+            Frame::Ping { nonce } | Frame::Pong { nonce } => {
+                out.extend_from_slice(&nonce.to_le_bytes())
+            }
+            Frame::Error { code, reason } => {
+                out.extend_from_slice(&code.0.to_le_bytes());
+                out.extend_from_slice(reason.as_bytes());
+            }
+            Frame::StatsRequest => {}
+            Frame::Stats { entries } => match entries {
+                StatEntries::List(list) => {
+                    for (name, value) in list {
+                        let name = &name.as_bytes()[..name.len().min(255)];
+                        out.push(name.len() as u8);
+                        out.extend_from_slice(name);
+                        out.extend_from_slice(&value.to_le_bytes());
+                    }
+                }
+                StatEntries::Encoded(raw) => out.extend_from_slice(raw),
+            },
+        }
+        Ok(())
+    }
+
+    /// Decodes the frame at the start of `input`, returning it and the bytes
+    /// after it.
+    pub fn decode(input: &'a [u8]) -> Result<(Frame<'a>, &'a [u8]), WireError> {
+        let Some((head, rest)) = input.split_first_chunk::<FRAME_HEADER_LEN>() else {
+            return Err(WireError::Truncated);
+        };
+        let kind = FrameType::from_u8(head[0]).ok_or(WireError::UnknownFrame(head[0]))?;
+        if head[1] != 0 {
+            return Err(WireError::BadFrameFlags(head[0], head[1]));
+        }
+        let len = u16::from_le_bytes([head[2], head[3]]) as usize;
+        if rest.len() < len {
+            return Err(WireError::Truncated);
+        }
+        let (body, after) = rest.split_at(len);
+        let mut r = Reader::new(body);
+        let frame = match kind {
+            FrameType::Publish => {
+                let channel = r.channel()?;
+                Frame::Publish {
+                    channel,
+                    payload: r.rest(),
+                }
+            }
+            FrameType::Subscribe => {
+                let sub_id = r.u32()?;
+                let mode = match r.u8()? {
+                    0 => DeliveryMode::Unreliable,
+                    1 => DeliveryMode::Reliable,
+                    _ => return Err(WireError::InvalidField("delivery mode")),
+                };
+                let kind = r.u8()?;
+                let offset = r.u64()?;
+                let start = match kind {
+                    0 => StartPosition::Latest,
+                    1 => StartPosition::Earliest,
+                    2 => StartPosition::Offset(offset),
+                    _ => return Err(WireError::InvalidField("start position")),
+                };
+                let channel = r.channel()?;
+                r.end()?;
+                Frame::Subscribe {
+                    sub_id,
+                    mode,
+                    start,
+                    channel,
+                }
+            }
+            FrameType::Unsubscribe => {
+                let sub_id = r.u32()?;
+                r.end()?;
+                Frame::Unsubscribe { sub_id }
+            }
+            FrameType::Subscribed => {
+                let f = Frame::Subscribed {
+                    sub_id: r.u32()?,
+                    first_offset: r.u64()?,
+                    next_offset: r.u64()?,
+                    lease_ms: r.u32()?,
+                };
+                r.end()?;
+                f
+            }
+            FrameType::Deliver => Frame::Deliver {
+                sub_id: r.u32()?,
+                offset: r.u64()?,
+                timestamp: r.u64()?,
+                payload: r.rest(),
+            },
+            FrameType::Ack => {
+                let kind = match r.u8()? {
+                    0 => AckKind::Publish,
+                    1 => AckKind::Subscription,
+                    _ => return Err(WireError::InvalidField("ack kind")),
+                };
+                let id = r.u64()?;
+                let cumulative = r.u64()?;
+                let ranges = r.rest();
+                if ranges.len() % 16 != 0 {
+                    return Err(WireError::BadLength);
+                }
+                Frame::Ack {
+                    kind,
+                    id,
+                    cumulative,
+                    ranges,
+                }
+            }
+            FrameType::Ping | FrameType::Pong => {
+                let nonce = r.u64()?;
+                r.end()?;
+                if kind == FrameType::Ping {
+                    Frame::Ping { nonce }
+                } else {
+                    Frame::Pong { nonce }
+                }
+            }
+            FrameType::Error => {
+                let code = ErrorCode(r.u16()?);
+                let reason = std::str::from_utf8(r.rest())
+                    .map_err(|_| WireError::InvalidField("error reason"))?;
+                Frame::Error { code, reason }
+            }
+            FrameType::StatsRequest => {
+                r.end()?;
+                Frame::StatsRequest
+            }
+            FrameType::Stats => {
+                // Validate every entry now so that iteration later cannot fail.
+                let raw = body;
+                while !r.rest_is_empty() {
+                    r.stat_entry()?;
+                }
+                Frame::Stats {
+                    entries: StatEntries::Encoded(raw),
+                }
+            }
+        };
+        Ok((frame, after))
+    }
+}
+
+/// Fixed part of a deliver frame body: sub_id, offset, timestamp.
+pub(crate) const DELIVER_FIXED: usize = 4 + 8 + 8;
+
+/// A bounds-checked cursor over a frame body.
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Reader { buf }
+    }
+
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
+        let (head, rest) = self
+            .buf
+            .split_first_chunk::<N>()
+            .ok_or(WireError::BadLength)?;
+        self.buf = rest;
+        Ok(*head)
+    }
+
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        if self.buf.len() < n {
+            return Err(WireError::BadLength);
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, WireError> {
+        Ok(self.take::<1>()?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, WireError> {
+        self.take().map(u16::from_le_bytes)
+    }
+
+    fn u32(&mut self) -> Result<u32, WireError> {
+        self.take().map(u32::from_le_bytes)
+    }
+
+    fn u64(&mut self) -> Result<u64, WireError> {
+        self.take().map(u64::from_le_bytes)
+    }
+
+    fn channel(&mut self) -> Result<&'a str, WireError> {
+        let len = self.u8()? as usize;
+        validate_channel(self.bytes(len)?)
+    }
+
+    fn stat_entry(&mut self) -> Result<(&'a str, u64), WireError> {
+        let len = self.u8()? as usize;
+        let name = std::str::from_utf8(self.bytes(len)?)
+            .map_err(|_| WireError::InvalidField("stat name"))?;
+        Ok((name, self.u64()?))
+    }
+
+    fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.buf)
+    }
+
+    fn rest_is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    fn end(&self) -> Result<(), WireError> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(WireError::BadLength)
+        }
+    }
+}
+
+/// Encodes acknowledgement ranges `[start, end)` into the raw form carried by
+/// [`Frame::Ack`].
+pub fn encode_ack_ranges(ranges: &[(u64, u64)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ranges.len() * 16);
+    for (start, end) in ranges {
+        out.extend_from_slice(&start.to_le_bytes());
+        out.extend_from_slice(&end.to_le_bytes());
+    }
+    out
+}
+
+/// Iterates over the raw ranges of a decoded [`Frame::Ack`].
+pub fn ack_ranges(raw: &[u8]) -> impl Iterator<Item = (u64, u64)> + '_ {
+    raw.chunks_exact(16).map(|c| {
+        let mut r = Reader::new(c);
+        // chunks_exact guarantees 16 bytes, so both reads succeed.
+        (r.u64().unwrap_or(0), r.u64().unwrap_or(0))
+    })
+}
