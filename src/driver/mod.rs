@@ -1,1 +1,281 @@
+//! The I/O shell: a mio event loop that feeds a [`Relay`] from its sockets,
+//! sends what it hands back, and sleeps exactly until its next deadline.
+//!
+//! This is the only module that touches sockets, the clock and signals. It
+//! owns no protocol logic: every decision is the core's. Sockets are drained
+//! until `WouldBlock` (mio is edge-triggered), in bounded rounds so that one
+//! busy socket cannot starve sending; a send that would block waits in a
+//! bounded queue for WRITABLE instead of being dropped.
 
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use socket2::{Domain, Protocol, Socket, Type};
+use thiserror::Error;
+use tracing::{debug, info, warn};
+
+use crate::config::{ConfigError, RelayConfig};
+use crate::relay::{Now, Relay, Transmit};
+
+/// Socket buffer size asked of the kernel (it caps this at net.core.rmem_max
+/// and wmem_max). Large buffers absorb bursts that arrive while the loop is
+/// busy sending.
+const SOCKET_BUFFER: usize = 8 << 20;
+/// Most datagrams read from one socket before the loop sends what they caused.
+const READ_BUDGET: usize = 512;
+
+const SIGNAL_TOKEN: Token = Token(0);
+/// Token of socket `i` (0 is the protocol socket, then the raw ingest ports).
+const fn socket_token(i: usize) -> Token {
+    Token(i + 1)
+}
+
+/// Why the relay could not start or had to stop.
+#[derive(Debug, Error)]
+pub enum DriverError {
+    /// The configuration was refused.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// A socket could not be opened or bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// The poller or signal handling failed.
+    #[error("event loop: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// A relay bound to its sockets, ready to [`Driver::run`].
+pub struct Driver {
+    poll: Poll,
+    /// Signals that stop the loop.
+    signals: Signals,
+    /// The protocol socket first, then one per raw ingest port.
+    sockets: Vec<UdpSocket>,
+    /// Per socket: readable data may remain (the last drain hit its budget).
+    pending_read: Vec<bool>,
+    /// Whether the protocol socket is registered for WRITABLE too.
+    want_writable: bool,
+    /// Datagrams waiting for the protocol socket to accept them, in order.
+    send_queue: VecDeque<Transmit>,
+    /// Most datagrams `send_queue` holds before dropping.
+    send_queue_limit: usize,
+    relay: Relay,
+    /// Receive buffer, big enough for any UDP datagram.
+    buf: Vec<u8>,
+}
+
+impl Driver {
+    /// Validates `config`, binds every socket and installs the SIGINT/SIGTERM
+    /// handlers. Nothing is read until [`Driver::run`].
+    pub fn bind(config: &RelayConfig) -> Result<Driver, DriverError> {
+        config.validate()?;
+        let poll = Poll::new()?;
+        let mut sockets = vec![bind_udp(config.listen)?];
+        for (addr, _) in &config.raw_in {
+            sockets.push(bind_udp(*addr)?);
+        }
+        for (i, socket) in sockets.iter_mut().enumerate() {
+            poll.registry()
+                .register(socket, socket_token(i), Interest::READABLE)?;
+        }
+        let mut signals = Signals::new([SIGINT, SIGTERM])?;
+        poll.registry()
+            .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)?;
+        Ok(Driver {
+            poll,
+            signals,
+            pending_read: vec![true; sockets.len()],
+            sockets,
+            want_writable: false,
+            send_queue: VecDeque::new(),
+            send_queue_limit: config.send_queue_limit,
+            relay: Relay::new(config),
+            buf: vec![0; 65_536],
+        })
+    }
+
+    /// The protocol socket's address (with the real port when 0 was asked).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.sockets[0].local_addr()
+    }
+
+    /// The raw ingest ports' addresses, in configuration order.
+    pub fn raw_in_addrs(&self) -> io::Result<Vec<SocketAddr>> {
+        self.sockets[1..].iter().map(|s| s.local_addr()).collect()
+    }
+
+    /// The relay core, for its counters.
+    pub fn relay(&self) -> &Relay {
+        &self.relay
+    }
+
+    /// Runs until SIGINT or SIGTERM, then sends what is queued and returns.
+    pub fn run(&mut self) -> Result<(), DriverError> {
+        let mut events = Events::with_capacity(256);
+        loop {
+            let timeout = if self.pending_read.iter().any(|&p| p) {
+                Some(Duration::ZERO)
+            } else {
+                self.relay
+                    .poll_timeout()
+                    .map(|at| at.saturating_duration_since(Instant::now()))
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e.into());
+            }
+            let mut stop = false;
+            for event in events.iter() {
+                match event.token() {
+                    SIGNAL_TOKEN => {
+                        for signal in self.signals.pending() {
+                            info!(signal, "stopping on signal");
+                            stop = true;
+                        }
+                    }
+                    Token(t) => {
+                        let i = t - 1;
+                        if event.is_readable() {
+                            self.pending_read[i] = true;
+                        }
+                        if i == 0 && event.is_writable() {
+                            self.flush_queue();
+                        }
+                    }
+                }
+            }
+            if stop {
+                break;
+            }
+            for i in 0..self.sockets.len() {
+                if self.pending_read[i] {
+                    self.pending_read[i] = self.drain(i);
+                }
+            }
+            self.relay.handle_timeout(Instant::now());
+            self.send_all()?;
+        }
+        self.send_all()?;
+        if !self.send_queue.is_empty() {
+            warn!(
+                queued = self.send_queue.len(),
+                "exiting with datagrams still queued"
+            );
+        }
+        Ok(())
+    }
+
+    /// Reads socket `i` until it would block or the budget is spent; returns
+    /// true if data may remain.
+    fn drain(&mut self, i: usize) -> bool {
+        let now = Now::system();
+        for _ in 0..READ_BUDGET {
+            match self.sockets[i].recv_from(&mut self.buf) {
+                Ok((n, from)) => {
+                    let datagram = &self.buf[..n];
+                    if i == 0 {
+                        self.relay.handle_datagram(now, from, datagram);
+                    } else {
+                        self.relay.handle_raw(now, i - 1, datagram);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // ICMP errors from earlier sends surface here on some
+                    // systems; they say nothing about the next datagram.
+                    debug!(error = %e, "receive failed");
+                    self.relay.counters_mut().recv_errors += 1;
+                }
+            }
+        }
+        true
+    }
+
+    /// Sends every datagram the core has ready, queueing behind a full socket.
+    fn send_all(&mut self) -> io::Result<()> {
+        self.flush_queue();
+        while let Some(t) = self.relay.poll_transmit() {
+            if self.send_queue.is_empty() && self.try_send(&t) {
+                continue;
+            }
+            if self.send_queue.len() >= self.send_queue_limit {
+                self.relay.counters_mut().send_dropped += 1;
+            } else {
+                self.relay.counters_mut().send_queued += 1;
+                self.send_queue.push_back(t);
+            }
+        }
+        let want = !self.send_queue.is_empty();
+        if want != self.want_writable {
+            let interest = if want {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            self.poll
+                .registry()
+                .reregister(&mut self.sockets[0], socket_token(0), interest)?;
+            self.want_writable = want;
+        }
+        Ok(())
+    }
+
+    /// Sends queued datagrams until the socket is full again.
+    fn flush_queue(&mut self) {
+        while let Some(t) = self.send_queue.pop_front() {
+            if !self.try_send(&t) {
+                self.send_queue.push_front(t);
+                return;
+            }
+        }
+    }
+
+    /// Sends one datagram; false if the socket is full (try again later).
+    /// Other errors are counted and the datagram is dropped: UDP promises no
+    /// delivery, and one bad destination must not block the rest.
+    fn try_send(&mut self, t: &Transmit) -> bool {
+        loop {
+            match self.sockets[0].send_to(&t.payload, t.destination) {
+                Ok(_) => {
+                    self.relay.counters_mut().datagrams_sent += 1;
+                    return true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    debug!(error = %e, to = %t.destination, "send failed");
+                    self.relay.counters_mut().send_errors += 1;
+                    return true;
+                }
+            }
+        }
+    }
+}
+
+/// A non-blocking UDP socket bound to `addr`, with large buffers. No
+/// SO_REUSEADDR: a second relay on the same port must fail, not share it.
+fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, DriverError> {
+    let bind_err = |source| DriverError::Bind { addr, source };
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+        .map_err(bind_err)?;
+    // Best effort: the kernel caps these, and a smaller buffer still works.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    socket.set_nonblocking(true).map_err(bind_err)?;
+    socket.bind(&addr.into()).map_err(bind_err)?;
+    Ok(UdpSocket::from_std(socket.into()))
+}

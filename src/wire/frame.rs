@@ -288,7 +288,7 @@ impl<'a> Frame<'a> {
             Frame::Publish { channel, .. } | Frame::Subscribe { channel, .. } => {
                 validate_channel(channel.as_bytes())?;
             }
-            Frame::Ack { ranges, .. } if ranges.len() % 16 != 0 => {
+            Frame::Ack { ranges, .. } if !ranges.len().is_multiple_of(16) => {
                 return Err(WireError::BadLength);
             }
             _ => {}
@@ -462,7 +462,7 @@ impl<'a> Frame<'a> {
                 let id = r.u64()?;
                 let cumulative = r.u64()?;
                 let ranges = r.rest();
-                if ranges.len() % 16 != 0 {
+                if !ranges.len().is_multiple_of(16) {
                     return Err(WireError::BadLength);
                 }
                 Frame::Ack {

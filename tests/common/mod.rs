@@ -1,0 +1,438 @@
+//! Harness for end-to-end tests: the real binaries on free 127.0.0.1 ports,
+//! killed on drop, with every wait bounded by a deadline that fails loudly.
+
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+use udprelay::wire::{self, DeliveryMode, Frame, StartPosition};
+
+/// Generous: the machine is shared and CI may be slow.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+pub fn udprelay_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_udprelay")
+}
+
+pub fn udpcat_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_udpcat")
+}
+
+/// A child process that is killed when dropped, so a failing test leaves
+/// nothing running.
+pub struct ChildGuard {
+    pub child: Option<Child>,
+    pub name: String,
+}
+
+impl ChildGuard {
+    pub fn spawn(name: &str, cmd: &mut Command) -> ChildGuard {
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        ChildGuard {
+            child: Some(child),
+            name: name.to_string(),
+        }
+    }
+
+    pub fn child(&mut self) -> &mut Child {
+        self.child.as_mut().expect("child already waited for")
+    }
+
+    /// Waits for the process to exit, failing the test past the deadline.
+    pub fn wait_deadline(&mut self, deadline: Duration) -> ExitStatus {
+        let until = Instant::now() + deadline;
+        loop {
+            if let Some(status) = self.child().try_wait().expect("try_wait") {
+                return status;
+            }
+            if Instant::now() >= until {
+                panic!("{} did not exit within {deadline:?}", self.name);
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits for exit and collects stdout and stderr (both must be piped).
+    pub fn output_deadline(mut self, deadline: Duration) -> Output {
+        let child = self.child.as_mut().unwrap();
+        let stdout = child.stdout.take().map(drain_in_background);
+        let stderr = child.stderr.take().map(drain_in_background);
+        let status = self.wait_deadline(deadline);
+        let collect = |h: Option<thread::JoinHandle<Vec<u8>>>| {
+            h.map(|h| h.join().unwrap()).unwrap_or_default()
+        };
+        Output {
+            status,
+            stdout: collect(stdout),
+            stderr: collect(stderr),
+        }
+    }
+}
+
+fn drain_in_background(mut r: impl Read + Send + 'static) -> thread::JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = r.read_to_end(&mut buf);
+        buf
+    })
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A running `udprelay` with its own temporary data directory.
+pub struct Relay {
+    pub process: ChildGuard,
+    pub addr: SocketAddr,
+    pub raw_in: Vec<SocketAddr>,
+    pub dir: TempDir,
+    stderr_path: PathBuf,
+}
+
+impl Relay {
+    /// Starts a relay on a free port with `args` added, and waits until it
+    /// reports its addresses.
+    pub fn start(args: &[&str]) -> Relay {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Relay::start_in(dir, args)
+    }
+
+    pub fn start_in(dir: TempDir, args: &[&str]) -> Relay {
+        let stderr_path = dir.path().join("relay.stderr");
+        let stderr = File::create(&stderr_path).expect("stderr file");
+        let data_dir = dir.path().join("data");
+        let mut cmd = Command::new(udprelay_bin());
+        cmd.arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        let mut process = ChildGuard::spawn("udprelay", &mut cmd);
+        let lines = line_reader(process.child().stdout.take().unwrap());
+        let raw_count = args.iter().filter(|a| **a == "--raw-in").count();
+        let mut addr = None;
+        let mut raw_in = Vec::new();
+        let until = Instant::now() + DEADLINE;
+        while addr.is_none() || raw_in.len() < raw_count {
+            let left = until.saturating_duration_since(Instant::now());
+            let line = match lines.recv_timeout(left) {
+                Ok(line) => line,
+                Err(_) => panic!(
+                    "udprelay did not report its addresses within {DEADLINE:?}; stderr:\n{}",
+                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
+                ),
+            };
+            if let Some(a) = line.strip_prefix("udprelay listening on ") {
+                addr = Some(a.trim().parse().expect("listen address"));
+            } else if let Some(rest) = line.strip_prefix("raw-in ") {
+                let a = rest.split_whitespace().next().unwrap();
+                raw_in.push(a.parse().expect("raw-in address"));
+            }
+        }
+        Relay {
+            process,
+            addr: addr.unwrap(),
+            raw_in,
+            dir,
+            stderr_path,
+        }
+    }
+
+    pub fn addr_str(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> (ExitStatus, String, TempDir) {
+        let pid = self.process.child().id();
+        signal(pid, "TERM");
+        let status = self.process.wait_deadline(DEADLINE);
+        let stderr = self.stderr();
+        (status, stderr, self.dir)
+    }
+
+    /// Kills the relay with SIGKILL: no chance to flush or clean up.
+    pub fn kill9(mut self) -> TempDir {
+        let pid = self.process.child().id();
+        signal(pid, "KILL");
+        self.process.wait_deadline(DEADLINE);
+        self.dir
+    }
+}
+
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+/// Lines of a child's stdout, read on a thread, so waits can have deadlines.
+pub fn line_reader(stdout: ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Runs `udpcat` with `args` to completion (stdin from `input`).
+pub fn udpcat(args: &[&str], input: &[u8]) -> Output {
+    let mut cmd = Command::new(udpcat_bin());
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut guard = ChildGuard::spawn("udpcat", &mut cmd);
+    let mut stdin = guard.child().stdin.take().unwrap();
+    let input = input.to_vec();
+    let writer = thread::spawn(move || {
+        use std::io::Write;
+        let _ = stdin.write_all(&input);
+    });
+    let out = guard.output_deadline(DEADLINE);
+    writer.join().unwrap();
+    out
+}
+
+/// A `udpcat sub` running in the background that has been accepted by the
+/// relay (its "subscribed" line was seen) before this returns.
+pub struct Subscriber {
+    guard: ChildGuard,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Subscriber {
+    pub fn start(args: &[&str]) -> Subscriber {
+        let mut cmd = Command::new(udpcat_bin());
+        cmd.arg("sub")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut guard = ChildGuard::spawn("udpcat sub", &mut cmd);
+        let stderr = guard.child().stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let line = rx
+            .recv_timeout(DEADLINE)
+            .unwrap_or_else(|_| panic!("udpcat sub {args:?} did not report a subscription"));
+        assert!(
+            line.contains("subscribed to"),
+            "unexpected first line: {line}"
+        );
+        Subscriber { guard, stderr: rx }
+    }
+
+    /// Waits for exit; returns status, stdout and the rest of stderr.
+    pub fn finish(self) -> (ExitStatus, String, String) {
+        let out = self.guard.output_deadline(DEADLINE);
+        let stderr: Vec<String> = self.stderr.try_iter().collect();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr.join("\n"),
+        )
+    }
+}
+
+/// A frame as a test sees it, owning its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Got {
+    Deliver {
+        sub_id: u32,
+        offset: u64,
+        payload: Vec<u8>,
+    },
+    Subscribed {
+        sub_id: u32,
+        first_offset: u64,
+    },
+    Pong(u64),
+    Error(u16, String),
+    Stats(Vec<(String, u64)>),
+    Other(String),
+}
+
+impl Got {
+    fn from_frame(f: &Frame<'_>) -> Got {
+        match *f {
+            Frame::Deliver {
+                sub_id,
+                offset,
+                payload,
+                ..
+            } => Got::Deliver {
+                sub_id,
+                offset,
+                payload: payload.to_vec(),
+            },
+            Frame::Subscribed {
+                sub_id,
+                first_offset,
+                ..
+            } => Got::Subscribed {
+                sub_id,
+                first_offset,
+            },
+            Frame::Pong { nonce } => Got::Pong(nonce),
+            Frame::Error { code, reason } => Got::Error(code.0, reason.to_string()),
+            Frame::Stats { entries } => {
+                Got::Stats(entries.iter().map(|(k, v)| (k.to_string(), v)).collect())
+            }
+            ref other => Got::Other(format!("{other:?}")),
+        }
+    }
+}
+
+/// A protocol client on a plain socket, for tests that need to see frames.
+pub struct TestClient {
+    pub socket: UdpSocket,
+    pub relay: SocketAddr,
+    nonce: u64,
+}
+
+impl TestClient {
+    pub fn new(relay: SocketAddr) -> TestClient {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket.connect(relay).expect("connect");
+        TestClient {
+            socket,
+            relay,
+            nonce: 0,
+        }
+    }
+
+    pub fn send(&self, frames: &[Frame<'_>]) {
+        let d = wire::encode_datagram(frames).expect("encode");
+        self.socket.send(&d).expect("send");
+    }
+
+    pub fn send_raw(&self, bytes: &[u8]) {
+        self.socket.send(bytes).expect("send");
+    }
+
+    /// Sends a ping and returns every frame that arrived before its pong. The
+    /// relay handles datagrams from one socket in order and answers in order,
+    /// so once the pong is here, everything the relay sent this client in
+    /// reaction to earlier datagrams is here too.
+    ///
+    /// The ping is sent again every 250 ms: a client that floods its own
+    /// socket buffer may lose the pong, and the guarantee holds for any copy.
+    pub fn barrier(&mut self) -> Vec<Got> {
+        self.nonce += 1;
+        let nonce = self.nonce;
+        let until = Instant::now() + DEADLINE;
+        let mut resend = Instant::now();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            let now = Instant::now();
+            assert!(
+                now < until,
+                "no pong {nonce} within {DEADLINE:?}; got {got:?}"
+            );
+            if now >= resend {
+                self.send(&[Frame::Ping { nonce }]);
+                resend = now + Duration::from_millis(250);
+            }
+            self.socket.set_read_timeout(Some(resend - now)).unwrap();
+            let Ok(n) = self.socket.recv(&mut buf) else {
+                continue;
+            };
+            let Ok(frames) = wire::decode_datagram(&buf[..n]) else {
+                continue;
+            };
+            for f in frames.flatten() {
+                match Got::from_frame(&f) {
+                    Got::Pong(n) if n == nonce => return got,
+                    g => got.push(g),
+                }
+            }
+        }
+    }
+
+    pub fn subscribe(&mut self, sub_id: u32, channel: &str) {
+        self.send(&[Frame::Subscribe {
+            sub_id,
+            mode: DeliveryMode::Unreliable,
+            start: StartPosition::Latest,
+            channel,
+        }]);
+        let got = self.barrier();
+        assert!(
+            got.iter()
+                .any(|g| matches!(g, Got::Subscribed { sub_id: s, .. } if *s == sub_id)),
+            "subscribe {sub_id} to {channel} not accepted: {got:?}"
+        );
+    }
+
+    pub fn publish(&mut self, channel: &str, payload: &[u8]) {
+        self.send(&[Frame::Publish { channel, payload }]);
+    }
+
+    pub fn stats(&mut self) -> HashMap<String, u64> {
+        self.send(&[Frame::StatsRequest]);
+        let got = self.barrier();
+        for g in got {
+            if let Got::Stats(entries) = g {
+                return entries.into_iter().collect();
+            }
+        }
+        panic!("no stats reply before the pong");
+    }
+}
+
+/// Polls `check` until it returns true, failing with `what` past the deadline.
+pub fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let until = Instant::now() + DEADLINE;
+    while !check() {
+        assert!(
+            Instant::now() < until,
+            "timed out after {DEADLINE:?} waiting for {what}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,679 @@
+//! `udpcat`: netcat for udprelay. Publish lines, subscribe and print, ping the
+//! relay, read its counters. A thin shell of blocking sockets around the
+//! sans-IO pieces in `udprelay::client`.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use socket2::{Domain, Protocol, Socket, Type};
+use udprelay::client::{ClientError, Publisher, Subscription, SubscriptionEvent};
+use udprelay::config::parse_duration;
+use udprelay::rng::Rng;
+use udprelay::wire::{self, ErrorCode, Frame, StartPosition};
+
+/// netcat for udprelay: publish, subscribe, ping, stats.
+#[derive(Debug, Parser)]
+#[command(name = "udpcat", version)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Publish messages to a channel: each stdin line (or file line) is one message.
+    Pub {
+        /// Relay address, like 127.0.0.1:7070.
+        addr: String,
+        /// Channel name.
+        channel: String,
+        /// Send this one message instead of reading stdin.
+        #[arg(long, conflicts_with = "file")]
+        message: Option<String>,
+        /// Send the lines of this file instead of reading stdin.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Send the input this many times.
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        /// Pack messages into datagrams of up to this many bytes.
+        #[arg(long, default_value_t = 1400)]
+        datagram_size: usize,
+        /// How long to wait for the relay to answer before giving up.
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        reply_timeout: Duration,
+        /// Print a summary on stderr when done.
+        #[arg(short, long)]
+        verbose: bool,
+    },
+    /// Subscribe to a channel and print each message.
+    Sub {
+        /// Relay address, like 127.0.0.1:7070.
+        addr: String,
+        /// Channel name.
+        channel: String,
+        /// Output: `line` (payload and a newline), `raw` (payload bytes only) or
+        /// `json` (one object per line: channel, offset, timestamp, payload).
+        #[arg(long, value_enum, default_value_t = Format::Line)]
+        format: Format,
+        /// Exit 0 after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Stop after this long (exit 1 if --count messages had not arrived by then).
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<Duration>,
+        /// Where to start: `latest` (new messages only), `earliest`, or an offset.
+        #[arg(long, default_value = "latest", value_parser = parse_start)]
+        from: StartPosition,
+        /// How long to wait for the relay to accept the subscription.
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        reply_timeout: Duration,
+    },
+    /// Measure the round trip to the relay.
+    Ping {
+        /// Relay address, like 127.0.0.1:7070.
+        addr: String,
+        /// Number of pings.
+        #[arg(long, default_value_t = 3)]
+        count: u32,
+        /// Time between pings.
+        #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+        interval: Duration,
+        /// How long to wait for each pong.
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        reply_timeout: Duration,
+    },
+    /// Print the relay's counters, one `name value` per line.
+    Stats {
+        /// Relay address, like 127.0.0.1:7070.
+        addr: String,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        reply_timeout: Duration,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Line,
+    Raw,
+    Json,
+}
+
+/// Why udpcat failed.
+#[derive(Debug, thiserror::Error)]
+enum CatError {
+    #[error("cannot resolve relay address {0:?}")]
+    BadAddress(String),
+    #[error("no answer from the relay at {addr} within {waited:?}")]
+    NoAnswer { addr: SocketAddr, waited: Duration },
+    #[error("no relay at {0} (connection refused)")]
+    Refused(SocketAddr),
+    #[error("cannot read {0}: {1}")]
+    Input(String, io::Error),
+    #[error("{0}")]
+    Client(#[from] ClientError),
+    #[error("received {got} of {want} messages before the timeout")]
+    Incomplete { got: u64, want: u64 },
+    #[error("the relay refused {0} request(s)")]
+    Refusals(u64),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+fn parse_start(s: &str) -> Result<StartPosition, String> {
+    match s {
+        "latest" => Ok(StartPosition::Latest),
+        "earliest" => Ok(StartPosition::Earliest),
+        n => n
+            .parse()
+            .map(StartPosition::Offset)
+            .map_err(|_| format!("expected latest, earliest or an offset, got {n:?}")),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let result = match args.command {
+        Command::Pub {
+            addr,
+            channel,
+            message,
+            file,
+            count,
+            datagram_size,
+            reply_timeout,
+            verbose,
+        } => {
+            let input = match (message, file) {
+                (Some(m), _) => Input::Message(m),
+                (None, Some(f)) => Input::File(f),
+                (None, None) => Input::Stdin,
+            };
+            let opts = PubOptions {
+                channel,
+                input,
+                count,
+                datagram_size,
+                verbose,
+            };
+            Conn::open(&addr, reply_timeout).and_then(|mut c| publish(&mut c, &opts))
+        }
+        Command::Sub {
+            addr,
+            channel,
+            format,
+            count,
+            timeout,
+            from,
+            reply_timeout,
+        } => {
+            let opts = SubOptions {
+                channel,
+                format,
+                count,
+                timeout,
+                from,
+            };
+            Conn::open(&addr, reply_timeout).and_then(|mut c| subscribe(&mut c, &opts))
+        }
+        Command::Ping {
+            addr,
+            count,
+            interval,
+            reply_timeout,
+        } => Conn::open(&addr, reply_timeout).and_then(|mut c| ping(&mut c, count, interval)),
+        Command::Stats {
+            addr,
+            reply_timeout,
+        } => Conn::open(&addr, reply_timeout).and_then(|mut c| stats(&mut c)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("udpcat: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A UDP socket connected to the relay, so only the relay's datagrams reach
+/// it and a missing relay shows up as "connection refused".
+struct Conn {
+    socket: UdpSocket,
+    relay: SocketAddr,
+    reply_timeout: Duration,
+    buf: Vec<u8>,
+    next_nonce: u64,
+    /// Error frames the relay sent.
+    refusals: u64,
+}
+
+impl Conn {
+    fn open(addr: &str, reply_timeout: Duration) -> Result<Conn, CatError> {
+        let relay = addr
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| CatError::BadAddress(addr.to_string()))?;
+        let local: SocketAddr = if relay.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            ([0u16; 8], 0).into()
+        };
+        let socket = Socket::new(Domain::for_address(relay), Type::DGRAM, Some(Protocol::UDP))?;
+        // A subscriber reading a burst must not lose it in a small default
+        // buffer (the kernel caps this at net.core.rmem_max).
+        let _ = socket.set_recv_buffer_size(8 << 20);
+        socket.bind(&local.into())?;
+        socket.connect(&relay.into())?;
+        let socket: UdpSocket = socket.into();
+        Ok(Conn {
+            socket,
+            relay,
+            reply_timeout,
+            buf: vec![0; 65_536],
+            next_nonce: Rng::from_entropy().next_u64(),
+            refusals: 0,
+        })
+    }
+
+    fn send(&self, datagram: &[u8]) -> Result<(), CatError> {
+        match self.socket.send(datagram) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                Err(CatError::Refused(self.relay))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Receives one datagram before `deadline`; `None` at the deadline.
+    fn recv_until(&mut self, deadline: Instant) -> Result<Option<&[u8]>, CatError> {
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(None);
+        }
+        self.socket
+            .set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))))?;
+        match self.socket.recv(&mut self.buf) {
+            Ok(n) => Ok(Some(&self.buf[..n])),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                Err(CatError::Refused(self.relay))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Sends a ping and returns its nonce.
+    fn send_ping(&mut self) -> Result<u64, CatError> {
+        let nonce = self.next_nonce;
+        self.next_nonce = self.next_nonce.wrapping_add(1);
+        self.send(&wire::encode_datagram(&[Frame::Ping { nonce }]).unwrap_or_default())?;
+        Ok(nonce)
+    }
+
+    /// Waits for the pong of `nonce`, sending the ping again every 250 ms (it
+    /// may have been lost), reporting relay errors seen on the way.
+    fn await_pong(&mut self, nonce: u64) -> Result<Duration, CatError> {
+        let start = Instant::now();
+        let deadline = start + self.reply_timeout;
+        let ping = wire::encode_datagram(&[Frame::Ping { nonce }]).unwrap_or_default();
+        let mut resend = start + Duration::from_millis(250);
+        loop {
+            let Some(datagram) = self.recv_until(resend.min(deadline))? else {
+                if Instant::now() >= deadline {
+                    return Err(CatError::NoAnswer {
+                        addr: self.relay,
+                        waited: self.reply_timeout,
+                    });
+                }
+                self.send(&ping)?;
+                resend += Duration::from_millis(250);
+                continue;
+            };
+            let mut answered = false;
+            let mut refusals = 0;
+            for frame in wire::decode_datagram(datagram)
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                match frame {
+                    Frame::Pong { nonce: n } if n == nonce => answered = true,
+                    Frame::Error { code, reason } => {
+                        report_refusal(code, reason);
+                        refusals += 1;
+                    }
+                    _ => {}
+                }
+            }
+            self.refusals += refusals;
+            if answered {
+                return Ok(start.elapsed());
+            }
+        }
+    }
+}
+
+fn report_refusal(code: ErrorCode, reason: &str) {
+    eprintln!("udpcat: relay refused ({}): {reason}", code.name());
+}
+
+enum Input {
+    Message(String),
+    File(PathBuf),
+    Stdin,
+}
+
+struct PubOptions {
+    channel: String,
+    input: Input,
+    count: u64,
+    datagram_size: usize,
+    verbose: bool,
+}
+
+/// Datagrams sent between flow-control pings. The relay answers a ping only
+/// after everything before it, so at most two windows are ever in flight: the
+/// relay's socket buffer cannot overflow however fast the input comes.
+const PING_EVERY: u64 = 64;
+
+/// Sends datagrams with ping-paced flow control.
+struct PacedSender<'c> {
+    conn: &'c mut Conn,
+    datagrams: u64,
+    outstanding: Option<u64>,
+}
+
+impl PacedSender<'_> {
+    fn send(&mut self, datagram: &[u8]) -> Result<(), CatError> {
+        self.conn.send(datagram)?;
+        self.datagrams += 1;
+        if self.datagrams.is_multiple_of(PING_EVERY) {
+            if let Some(nonce) = self.outstanding.take() {
+                self.conn.await_pong(nonce)?;
+            }
+            self.outstanding = Some(self.conn.send_ping()?);
+        }
+        Ok(())
+    }
+
+    /// Returns once the relay has processed everything sent.
+    fn finish(self) -> Result<u64, CatError> {
+        if let Some(nonce) = self.outstanding {
+            self.conn.await_pong(nonce)?;
+        }
+        let nonce = self.conn.send_ping()?;
+        self.conn.await_pong(nonce)?;
+        Ok(self.datagrams)
+    }
+}
+
+fn publish(conn: &mut Conn, opts: &PubOptions) -> Result<(), CatError> {
+    // Make sure someone is listening before reading any input.
+    let nonce = conn.send_ping()?;
+    conn.await_pong(nonce)?;
+    let mut publisher = Publisher::new(&opts.channel, opts.datagram_size)?;
+    let mut sender = PacedSender {
+        conn,
+        datagrams: 0,
+        outstanding: None,
+    };
+    let mut messages = 0u64;
+    {
+        let mut send_message = |msg: &[u8], more_buffered: bool| -> Result<(), CatError> {
+            for datagram in publisher.push(msg)? {
+                sender.send(&datagram)?;
+            }
+            if !more_buffered && let Some(datagram) = publisher.flush() {
+                // Input paused (a person typing): send now rather than wait.
+                sender.send(&datagram)?;
+            }
+            messages += 1;
+            Ok(())
+        };
+        match &opts.input {
+            Input::Message(m) => {
+                for i in 0..opts.count {
+                    send_message(m.as_bytes(), i + 1 < opts.count)?;
+                }
+            }
+            Input::File(path) => {
+                let name = path.display().to_string();
+                let file = File::open(path).map_err(|e| CatError::Input(name.clone(), e))?;
+                let lines = read_lines(BufReader::new(file), |e| CatError::Input(name.clone(), e))?;
+                send_repeated(&lines, opts.count, &mut send_message)?;
+            }
+            Input::Stdin if opts.count == 1 => {
+                let mut reader = BufReader::with_capacity(1 << 16, io::stdin());
+                let mut line = Vec::new();
+                loop {
+                    line.clear();
+                    let n = reader
+                        .read_until(b'\n', &mut line)
+                        .map_err(|e| CatError::Input("stdin".into(), e))?;
+                    if n == 0 {
+                        break;
+                    }
+                    let more = !reader.buffer().is_empty();
+                    send_message(trim_newline(&line), more)?;
+                }
+            }
+            Input::Stdin => {
+                let lines = read_lines(io::stdin().lock(), |e| CatError::Input("stdin".into(), e))?;
+                send_repeated(&lines, opts.count, &mut send_message)?;
+            }
+        }
+    }
+    if let Some(datagram) = publisher.flush() {
+        sender.send(&datagram)?;
+    }
+    let datagrams = sender.finish()?;
+    if opts.verbose {
+        eprintln!(
+            "udpcat: published {messages} messages to {} in {datagrams} datagrams",
+            opts.channel
+        );
+    }
+    match conn.refusals {
+        0 => Ok(()),
+        n => Err(CatError::Refusals(n)),
+    }
+}
+
+fn read_lines(
+    mut reader: impl Read,
+    err: impl Fn(io::Error) -> CatError,
+) -> Result<Vec<Vec<u8>>, CatError> {
+    let mut all = Vec::new();
+    reader.read_to_end(&mut all).map_err(err)?;
+    let mut lines: Vec<Vec<u8>> = all
+        .split(|&b| b == b'\n')
+        .map(|l| trim_newline(l).to_vec())
+        .collect();
+    // A final newline ends the last line; it does not start an empty one.
+    if all.last() == Some(&b'\n') || all.is_empty() {
+        lines.pop();
+    }
+    Ok(lines)
+}
+
+fn send_repeated(
+    lines: &[Vec<u8>],
+    count: u64,
+    send: &mut impl FnMut(&[u8], bool) -> Result<(), CatError>,
+) -> Result<(), CatError> {
+    for round in 0..count {
+        for (i, line) in lines.iter().enumerate() {
+            let last = round + 1 == count && i + 1 == lines.len();
+            send(line, !last)?;
+        }
+    }
+    Ok(())
+}
+
+fn trim_newline(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+struct SubOptions {
+    channel: String,
+    format: Format,
+    count: Option<u64>,
+    timeout: Option<Duration>,
+    from: StartPosition,
+}
+
+fn subscribe(conn: &mut Conn, opts: &SubOptions) -> Result<(), CatError> {
+    let start = Instant::now();
+    let sub_id = Rng::from_entropy().next_u64() as u32;
+    let mut sub = Subscription::new(sub_id, &opts.channel, opts.from, start)?;
+    let stop_at = opts.timeout.map(|t| start + t);
+    let answer_by = start + conn.reply_timeout;
+    let mut received = 0u64;
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    let result = loop {
+        let now = Instant::now();
+        if opts.count.is_some_and(|c| received >= c) {
+            break Ok(());
+        }
+        if stop_at.is_some_and(|s| now >= s) {
+            break match opts.count {
+                Some(want) => Err(CatError::Incomplete {
+                    got: received,
+                    want,
+                }),
+                None => Ok(()),
+            };
+        }
+        if !sub.is_active() && now >= answer_by {
+            break Err(CatError::NoAnswer {
+                addr: conn.relay,
+                waited: conn.reply_timeout,
+            });
+        }
+        if let Some(datagram) = sub.poll_transmit(now) {
+            conn.send(&datagram)?;
+        }
+        let mut wake = sub.poll_timeout();
+        if let Some(s) = stop_at {
+            wake = wake.min(s);
+        }
+        if !sub.is_active() {
+            wake = wake.min(answer_by);
+        }
+        let Some(datagram) = conn.recv_until(wake)? else {
+            continue;
+        };
+        let mut write_result = Ok(());
+        sub.handle_datagram(Instant::now(), datagram, |event| match event {
+            SubscriptionEvent::Subscribed { first_offset, .. } => {
+                eprintln!("udpcat: subscribed to {} at offset {first_offset}", opts.channel);
+                if let StartPosition::Offset(asked) = opts.from
+                    && first_offset > asked
+                {
+                    eprintln!(
+                        "udpcat: offsets {asked}..{first_offset} are not available; starting at {first_offset}"
+                    );
+                }
+            }
+            SubscriptionEvent::Message {
+                offset,
+                timestamp,
+                payload,
+            } => {
+                if opts.count.is_some_and(|c| received >= c) {
+                    return;
+                }
+                received += 1;
+                if write_result.is_ok() {
+                    write_result = write_message(&mut out, opts, offset, timestamp, payload);
+                }
+            }
+            SubscriptionEvent::Error { code, reason } => report_refusal(code, reason),
+        });
+        out.flush()?;
+        if let Err(e) = write_result {
+            // A closed stdout (udpcat sub | head -1) ends the subscription quietly.
+            if e.kind() == io::ErrorKind::BrokenPipe {
+                break Ok(());
+            }
+            break Err(e.into());
+        }
+    };
+    // Best effort: the lease ends it anyway if this datagram is lost.
+    let _ = conn.send(&sub.unsubscribe());
+    result
+}
+
+fn write_message(
+    out: &mut impl Write,
+    opts: &SubOptions,
+    offset: u64,
+    timestamp: u64,
+    payload: &[u8],
+) -> io::Result<()> {
+    match opts.format {
+        Format::Line => {
+            out.write_all(payload)?;
+            out.write_all(b"\n")
+        }
+        Format::Raw => out.write_all(payload),
+        Format::Json => {
+            let mut obj = serde_json::json!({
+                "channel": opts.channel,
+                "offset": offset,
+                "timestamp": timestamp,
+            });
+            match std::str::from_utf8(payload) {
+                Ok(text) => obj["payload"] = text.into(),
+                Err(_) => {
+                    let hex: String = payload.iter().map(|b| format!("{b:02x}")).collect();
+                    obj["payload_hex"] = hex.into();
+                }
+            }
+            writeln!(out, "{obj}")
+        }
+    }
+}
+
+fn ping(conn: &mut Conn, count: u32, interval: Duration) -> Result<(), CatError> {
+    let mut answered = 0;
+    let mut last_err = None;
+    for seq in 1..=count {
+        if seq > 1 {
+            std::thread::sleep(interval);
+        }
+        let nonce = conn.send_ping()?;
+        match conn.await_pong(nonce) {
+            Ok(rtt) => {
+                answered += 1;
+                println!(
+                    "pong from {}: seq={seq} time={:.3} ms",
+                    conn.relay,
+                    rtt.as_secs_f64() * 1000.0
+                );
+            }
+            Err(e @ CatError::NoAnswer { .. }) => last_err = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    println!("{count} pings, {answered} answered");
+    match (answered, last_err) {
+        (0, Some(e)) => Err(e),
+        _ => Ok(()),
+    }
+}
+
+fn stats(conn: &mut Conn) -> Result<(), CatError> {
+    let request = wire::encode_datagram(&[Frame::StatsRequest]).unwrap_or_default();
+    let start = Instant::now();
+    let deadline = start + conn.reply_timeout;
+    let mut resend = start;
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(CatError::NoAnswer {
+                addr: conn.relay,
+                waited: conn.reply_timeout,
+            });
+        }
+        if now >= resend {
+            conn.send(&request)?;
+            resend = now + Duration::from_millis(250);
+        }
+        let Some(datagram) = conn.recv_until(resend.min(deadline))? else {
+            continue;
+        };
+        for frame in wire::decode_datagram(datagram)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if let Frame::Stats { entries } = frame {
+                let mut out = io::stdout().lock();
+                for (name, value) in entries.iter() {
+                    writeln!(out, "{name} {value}")?;
+                }
+                return Ok(());
+            }
+        }
+    }
+}
