@@ -280,3 +280,20 @@ fn decoder_survives_random_and_mutated_input() {
         "only {decoded_some} inputs decoded (seed {seed})"
     );
 }
+
+#[test]
+fn protocol_md_example_is_exact() {
+    let dgram = encode_datagram(&[Frame::Publish {
+        channel: "news",
+        payload: b"a",
+    }])
+    .unwrap();
+    assert_eq!(
+        dgram,
+        [
+            0x55, 0x52, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, // header
+            0x01, 0x00, 0x06, 0x00, // PUBLISH, flags 0, length 6
+            0x04, b'n', b'e', b'w', b's', b'a',
+        ]
+    );
+}
