@@ -29,6 +29,7 @@
 pub mod client;
 pub mod config;
 pub mod driver;
+pub mod log;
 pub mod relay;
 pub mod rng;
 pub mod wire;

@@ -1,0 +1,381 @@
+//! One segment file: a fixed-size, preallocated, memory-mapped run of records.
+//!
+//! Layout (little-endian):
+//!
+//! ```text
+//! segment header, 32 bytes:
+//!   0  magic      8  "URSEG\0\0\x01"
+//!   8  base       8  offset of the first record
+//!   16 capacity   8  file size in bytes
+//!   24 reserved   8  zero
+//! records from byte 32, each 8-byte aligned:
+//!   0  length     4  header + payload bytes, unpadded; 0 = not written
+//!   4  crc        4  CRC-32 of bytes 0..4 and 8..length
+//!   8  offset     8  the record's channel offset
+//!   16 timestamp  8  ns since the Unix epoch
+//!   24 flags      4  0 (reserved)
+//!   28 payload
+//! ```
+//!
+//! The record body is written first and the length last, so a reader that
+//! sees a length sees a whole record (and the CRC catches a torn one).
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use memmap2::{Mmap, MmapMut};
+
+use super::LogError;
+
+/// Magic bytes at the start of every segment file.
+pub const SEGMENT_MAGIC: [u8; 8] = *b"URSEG\0\0\x01";
+/// Bytes before the first record.
+pub const SEGMENT_HEADER: usize = 32;
+/// Bytes of a record before its payload.
+pub const RECORD_HEADER: usize = 28;
+
+/// Rounds up to the 8-byte record alignment.
+pub const fn align8(n: usize) -> usize {
+    (n + 7) & !7
+}
+
+/// Space a record with `payload_len` bytes of payload takes in a segment.
+pub const fn record_size(payload_len: usize) -> usize {
+    align8(RECORD_HEADER + payload_len)
+}
+
+/// The file name of the segment whose first offset is `base`.
+pub fn file_name(base: u64) -> String {
+    format!("{base:020}.seg")
+}
+
+/// The base offset in a segment file name, if it is one.
+pub fn parse_file_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".seg")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// A record as stored, borrowed from the mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record<'a> {
+    /// The record's channel offset.
+    pub offset: u64,
+    /// When it was appended, ns since the Unix epoch.
+    pub timestamp: u64,
+    /// Reserved flags (0).
+    pub flags: u32,
+    /// The message.
+    pub payload: &'a [u8],
+}
+
+/// What was found at a position of a segment.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Slot<'a> {
+    /// A valid record, and the position of the next one.
+    Record(Record<'a>, usize),
+    /// Nothing written here: the end of the segment's records.
+    End,
+    /// Something that is not a valid record with the expected offset.
+    Bad(&'static str),
+}
+
+fn u32_at(buf: &[u8], pos: usize) -> u32 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&buf[pos..pos + 4]);
+    u32::from_le_bytes(b)
+}
+
+fn u64_at(buf: &[u8], pos: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&buf[pos..pos + 8]);
+    u64::from_le_bytes(b)
+}
+
+/// CRC of a record: its length field, then everything after the CRC field.
+fn record_crc(length: &[u8], rest: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(length);
+    h.update(rest);
+    h.finalize()
+}
+
+/// Reads the slot at `pos` of segment bytes `buf`, expecting offset
+/// `expected`. With `check_crc` false only the structure is checked (for
+/// records this process wrote or recovery already verified).
+pub fn read_slot(buf: &[u8], pos: usize, expected: u64, check_crc: bool) -> Slot<'_> {
+    if pos + RECORD_HEADER > buf.len() {
+        return Slot::End;
+    }
+    let length = u32_at(buf, pos) as usize;
+    if length == 0 {
+        return Slot::End;
+    }
+    if length < RECORD_HEADER {
+        return Slot::Bad("length shorter than a record header");
+    }
+    // The padding may be missing from a file that was cut short; the record
+    // itself must be whole.
+    if pos + length > buf.len() {
+        return Slot::Bad("length runs past the end of the segment");
+    }
+    let end = pos + align8(length);
+    let offset = u64_at(buf, pos + 8);
+    if offset != expected {
+        return Slot::Bad("offset out of sequence");
+    }
+    if check_crc {
+        let stored = u32_at(buf, pos + 4);
+        if record_crc(&buf[pos..pos + 4], &buf[pos + 8..pos + length]) != stored {
+            return Slot::Bad("checksum mismatch");
+        }
+    }
+    Slot::Record(
+        Record {
+            offset,
+            timestamp: u64_at(buf, pos + 16),
+            flags: u32_at(buf, pos + 24),
+            payload: &buf[pos + RECORD_HEADER..pos + length],
+        },
+        end,
+    )
+}
+
+/// True if a complete, checksummed record with an offset at least `min_offset`
+/// starts at `pos`: used to tell a torn tail (nothing valid after the damage)
+/// from corruption in the middle (valid records after it).
+pub fn valid_record_at(buf: &[u8], pos: usize, min_offset: u64) -> bool {
+    if pos + RECORD_HEADER > buf.len() {
+        return false;
+    }
+    let offset = u64_at(buf, pos + 8);
+    offset >= min_offset && matches!(read_slot(buf, pos, offset, true), Slot::Record(..))
+}
+
+/// Writes a record at `pos` of `buf` (which must have room): body first, then
+/// the length. Returns the position after it.
+pub fn write_record(
+    buf: &mut [u8],
+    pos: usize,
+    offset: u64,
+    timestamp: u64,
+    payload: &[u8],
+) -> usize {
+    let length = RECORD_HEADER + payload.len();
+    let len_bytes = (length as u32).to_le_bytes();
+    buf[pos + 8..pos + 16].copy_from_slice(&offset.to_le_bytes());
+    buf[pos + 16..pos + 24].copy_from_slice(&timestamp.to_le_bytes());
+    buf[pos + 24..pos + 28].copy_from_slice(&0u32.to_le_bytes());
+    buf[pos + RECORD_HEADER..pos + length].copy_from_slice(payload);
+    let crc = record_crc(&len_bytes, &buf[pos + 8..pos + length]);
+    buf[pos + 4..pos + 8].copy_from_slice(&crc.to_le_bytes());
+    // The length goes last: keep the compiler (and the CPU) from moving the
+    // body writes after it, so a reader of the mapping never sees a length
+    // whose body is not there yet.
+    std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+    buf[pos..pos + 4].copy_from_slice(&len_bytes);
+    pos + align8(length)
+}
+
+/// Reserves `len` bytes of disk for `file` so that writes through the mapping
+/// can never hit a hole on a full disk (which would be SIGBUS).
+fn allocate(file: &File, len: u64, path: &Path) -> Result<(), LogError> {
+    let len = libc::off_t::try_from(len).map_err(|_| LogError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::from_raw_os_error(libc::EFBIG),
+    })?;
+    // SAFETY: posix_fallocate only reads its integer arguments; the fd is
+    // open for writing and owned by `file`, which outlives the call.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
+    if rc == 0 {
+        Ok(())
+    } else if rc == libc::ENOSPC {
+        Err(LogError::NoSpace(path.to_path_buf()))
+    } else {
+        Err(LogError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::from_raw_os_error(rc),
+        })
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LogError + '_ {
+    move |source| LogError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A segment file mapped for appending.
+#[derive(Debug)]
+pub struct Segment {
+    /// The file's path, for error messages.
+    pub path: PathBuf,
+    /// Offset of the first record.
+    pub base: u64,
+    /// The whole file, mapped once for its lifetime: never truncated or
+    /// remapped while this exists.
+    map: MmapMut,
+    /// Kept open for the lifetime of the mapping.
+    _file: File,
+}
+
+impl Segment {
+    /// Creates a segment of `capacity` bytes: written under a temporary name,
+    /// allocated, given its header, then renamed into place, so a crash never
+    /// leaves a half-made segment under a real name.
+    pub fn create(dir: &Path, base: u64, capacity: usize) -> Result<Segment, LogError> {
+        let path = dir.join(file_name(base));
+        let tmp = dir.join(format!("{}.tmp", file_name(base)));
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(io_err(&tmp))?;
+        if let Err(e) = allocate(&file, capacity as u64, &tmp) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        let mut header = [0u8; SEGMENT_HEADER];
+        header[..8].copy_from_slice(&SEGMENT_MAGIC);
+        header[8..16].copy_from_slice(&base.to_le_bytes());
+        header[16..24].copy_from_slice(&(capacity as u64).to_le_bytes());
+        file.write_all(&header).map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        Segment::map(path, file, base, capacity)
+    }
+
+    /// Opens an existing segment for appending, re-allocating it to its full
+    /// capacity if the file was cut short.
+    pub fn open(path: &Path, base: u64) -> Result<Segment, LogError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io_err(path))?;
+        let capacity = read_header(&file, path, base)?;
+        let len = file.metadata().map_err(io_err(path))?.len();
+        if len < capacity as u64 {
+            allocate(&file, capacity as u64, path)?;
+        }
+        Segment::map(path.to_path_buf(), file, base, capacity)
+    }
+
+    fn map(path: PathBuf, file: File, base: u64, capacity: usize) -> Result<Segment, LogError> {
+        // SAFETY: the data directory is locked by this process, so no other
+        // process of ours changes the file; the file is never truncated while
+        // mapped (it is only deleted after the mapping is dropped), and its
+        // blocks were allocated up front, so no access can fault.
+        let map = unsafe { MmapMut::map_mut(&file) }.map_err(io_err(&path))?;
+        if map.len() != capacity {
+            return Err(LogError::Corrupt {
+                path,
+                position: 16,
+                reason: "segment size differs from its header",
+            });
+        }
+        Ok(Segment {
+            path,
+            base,
+            map,
+            _file: file,
+        })
+    }
+
+    /// The segment's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
+    /// The segment's bytes, for writing.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.map
+    }
+
+    /// Size of the file.
+    pub fn capacity(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Writes the byte range `[start, end)` to disk (msync, MS_SYNC).
+    pub fn sync_range(&self, start: usize, end: usize) -> Result<(), LogError> {
+        if end <= start {
+            return Ok(());
+        }
+        self.map
+            .flush_range(start, end - start)
+            .map_err(io_err(&self.path))
+    }
+}
+
+/// Checks a segment header and returns the capacity it states.
+fn read_header(file: &File, path: &Path, base: u64) -> Result<usize, LogError> {
+    use std::os::unix::fs::FileExt;
+    let mut header = [0u8; SEGMENT_HEADER];
+    file.read_exact_at(&mut header, 0)
+        .map_err(|_| LogError::Corrupt {
+            path: path.to_path_buf(),
+            position: 0,
+            reason: "segment shorter than its header",
+        })?;
+    let corrupt = |position, reason| LogError::Corrupt {
+        path: path.to_path_buf(),
+        position,
+        reason,
+    };
+    if header[..8] != SEGMENT_MAGIC {
+        return Err(corrupt(0, "not a segment file (bad magic)"));
+    }
+    if u64_at(&header, 8) != base {
+        return Err(corrupt(8, "base offset differs from the file name"));
+    }
+    let capacity = u64_at(&header, 16);
+    if capacity < (SEGMENT_HEADER + RECORD_HEADER) as u64 || capacity > (1 << 40) {
+        return Err(corrupt(16, "implausible segment size"));
+    }
+    Ok(capacity as usize)
+}
+
+/// A segment mapped read-only, for the offline tools: they may run beside a
+/// live relay and never write.
+pub struct ReadOnlySegment {
+    /// The file's path.
+    pub path: PathBuf,
+    /// Offset of the first record.
+    pub base: u64,
+    map: Option<Mmap>,
+}
+
+impl ReadOnlySegment {
+    /// Opens and checks the header of a segment.
+    pub fn open(path: &Path, base: u64) -> Result<ReadOnlySegment, LogError> {
+        let file = File::open(path).map_err(io_err(path))?;
+        read_header(&file, path, base)?;
+        let len = file.metadata().map_err(io_err(path))?.len();
+        let map = if len == 0 {
+            None
+        } else {
+            // SAFETY: read-only mapping. A live relay may append to the file
+            // meanwhile; every length read from it is bounds-checked and every
+            // record checksummed, so concurrent writes can only make a record
+            // look invalid, never make a read go out of bounds.
+            Some(unsafe { Mmap::map(&file) }.map_err(io_err(path))?)
+        };
+        Ok(ReadOnlySegment {
+            path: path.to_path_buf(),
+            base,
+            map,
+        })
+    }
+
+    /// The mapped bytes (the file may be shorter than its header says if cut).
+    pub fn bytes(&self) -> &[u8] {
+        self.map.as_deref().unwrap_or(&[])
+    }
+}

@@ -1,0 +1,355 @@
+//! The log against the real filesystem, in temporary directories.
+
+use super::segment::{RECORD_HEADER, SEGMENT_HEADER, Segment, align8};
+use super::*;
+
+fn config() -> LogConfig {
+    LogConfig::default()
+}
+
+fn payload(i: u64) -> Vec<u8> {
+    // Varying sizes so records do not all line up the same way.
+    format!("message-{i}-{}", "x".repeat((i % 13) as usize)).into_bytes()
+}
+
+fn all(log: &mut ChannelLog, from: u64) -> Vec<(u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    log.scan(from, |r| {
+        out.push((r.offset, r.payload.to_vec()));
+        true
+    })
+    .unwrap();
+    out
+}
+
+fn open_one(
+    dir: &Path,
+    config: LogConfig,
+    truncate: bool,
+) -> Result<(ChannelLog, Recovery), LogError> {
+    let data = DataDir::open(dir, config)?;
+    let names: Vec<String> = if truncate { vec!["c".into()] } else { vec![] };
+    let mut opened = data.open_channels(&names)?;
+    assert_eq!(opened.len(), 1);
+    opened.pop().unwrap().log
+}
+
+#[test]
+fn appended_records_survive_reopen_and_offsets_continue() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let data = DataDir::open(tmp.path(), config()).unwrap();
+        let mut log = data.create_channel("c").unwrap();
+        for i in 0..100 {
+            assert_eq!(log.append(1000 + i, &payload(i)).unwrap(), i);
+        }
+    }
+    let (mut log, recovery) = open_one(tmp.path(), config(), false).unwrap();
+    assert_eq!(recovery, Recovery::default());
+    assert_eq!(log.next_offset(), 100);
+    let records = all(&mut log, 0);
+    assert_eq!(records.len(), 100);
+    for (i, (offset, p)) in records.iter().enumerate() {
+        assert_eq!(*offset, i as u64);
+        assert_eq!(*p, payload(i as u64));
+    }
+    assert_eq!(log.append(0, b"next").unwrap(), 100);
+}
+
+#[test]
+fn scan_finds_any_offset_across_rolled_segments() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = LogConfig {
+        segment_size: 8192,
+        ..config()
+    };
+    let data = DataDir::open(tmp.path(), cfg.clone()).unwrap();
+    let mut log = data.create_channel("c").unwrap();
+    for i in 0..2000 {
+        log.append(i, &payload(i)).unwrap();
+    }
+    assert!(log.stats().segments > 10, "{:?}", log.stats());
+    for from in [0, 1, 77, 500, 1234, 1999] {
+        let got = all(&mut log, from);
+        assert_eq!(got.len() as u64, 2000 - from);
+        assert_eq!(got[0], (from, payload(from)));
+    }
+    assert!(all(&mut log, 2000).is_empty());
+    // A fresh open indexes sealed segments lazily and finds the same.
+    drop(log);
+    drop(data);
+    let (mut log, _) = open_one(tmp.path(), cfg, false).unwrap();
+    assert_eq!(all(&mut log, 1500)[0], (1500, payload(1500)));
+    let mut stop_after_three = 0;
+    let next = log
+        .scan(10, |_| {
+            stop_after_three += 1;
+            stop_after_three < 3
+        })
+        .unwrap();
+    assert_eq!(
+        next, 12,
+        "scan returns the offset of the record it stopped at"
+    );
+}
+
+/// Writes `n` records to a fresh channel and returns the directory, the path
+/// of its only segment and each record's (start, unpadded length).
+fn written(n: u64) -> (tempfile::TempDir, PathBuf, Vec<(usize, usize)>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = DataDir::open(tmp.path(), config()).unwrap();
+    let mut log = data.create_channel("c").unwrap();
+    let mut spans = Vec::new();
+    let mut pos = SEGMENT_HEADER;
+    for i in 0..n {
+        log.append(i, &payload(i)).unwrap();
+        let len = RECORD_HEADER + payload(i).len();
+        spans.push((pos, len));
+        pos += align8(len);
+    }
+    let seg = tmp.path().join("channels/c/00000000000000000000.seg");
+    assert!(seg.exists());
+    (tmp, seg, spans)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else if e.file_name() != "LOCK" {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn cutting_the_tail_anywhere_keeps_exactly_the_whole_records() {
+    let (tmp, _, spans) = written(20);
+    let last3 = spans[17].0;
+    let end = spans[19].0 + align8(spans[19].1);
+    for cut in last3..=end {
+        let case = tempfile::tempdir().unwrap();
+        copy_dir(tmp.path(), case.path());
+        let seg = case.path().join("channels/c/00000000000000000000.seg");
+        let file = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+        file.set_len(cut as u64).unwrap();
+        drop(file);
+
+        let whole = spans.iter().filter(|(p, l)| p + l <= cut).count() as u64;
+        let torn = spans.iter().any(|(p, l)| *p < cut && cut < p + l);
+        let (problems, _) = inspect::verify(case.path()).unwrap();
+        assert_eq!(!problems.is_empty(), torn, "cut at {cut}: {problems:?}");
+
+        let (mut log, recovery) =
+            open_one(case.path(), config(), false).unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+        assert_eq!(log.next_offset(), whole, "cut at {cut}");
+        assert_eq!(
+            recovery.damage_at.is_some(),
+            torn,
+            "cut at {cut}: {recovery:?}"
+        );
+        let records = all(&mut log, 0);
+        assert_eq!(records.len() as u64, whole);
+        assert_eq!(records.last().map(|r| r.0), whole.checked_sub(1));
+        // The log is whole again: appends continue at the next offset, and
+        // a second open finds nothing to repair.
+        assert_eq!(log.append(0, b"after").unwrap(), whole);
+        drop(log);
+        let (log, recovery) = open_one(case.path(), config(), false).unwrap();
+        assert_eq!(recovery, Recovery::default(), "cut at {cut}");
+        assert_eq!(log.next_offset(), whole + 1);
+        assert!(inspect::verify(case.path()).unwrap().0.is_empty());
+    }
+}
+
+#[test]
+fn flipped_bits_keep_the_valid_prefix_and_refuse_damage_in_the_middle() {
+    let (tmp, _, spans) = written(12);
+    let first = spans[9].0;
+    let end = spans[11].0 + align8(spans[11].1);
+    for byte in first..end {
+        for bit in 0..8 {
+            let case = tempfile::tempdir().unwrap();
+            copy_dir(tmp.path(), case.path());
+            let seg = case.path().join("channels/c/00000000000000000000.seg");
+            let mut bytes = std::fs::read(&seg).unwrap();
+            bytes[byte] ^= 1 << bit;
+            std::fs::write(&seg, &bytes).unwrap();
+
+            let (j, &(pos, len)) = spans
+                .iter()
+                .enumerate()
+                .find(|(_, (p, l))| *p <= byte && byte < p + align8(*l))
+                .unwrap();
+            let what = format!("bit {bit} of byte {byte} (record {j})");
+            let (problems, _) = inspect::verify(case.path()).unwrap();
+            if byte >= pos + len {
+                // Padding is not part of the record: nothing is damaged.
+                assert!(problems.is_empty(), "{what}: {problems:?}");
+                let (log, _) = open_one(case.path(), config(), false).unwrap();
+                assert_eq!(log.next_offset(), 12, "{what}");
+                continue;
+            }
+            assert!(!problems.is_empty(), "{what}: verify saw nothing");
+            if j == spans.len() - 1 {
+                let (mut log, recovery) = open_one(case.path(), config(), false).unwrap();
+                assert_eq!(log.next_offset(), j as u64, "{what}");
+                assert_eq!(recovery.damage_at, Some(pos), "{what}");
+                assert_eq!(all(&mut log, 0).len(), j);
+            } else {
+                match open_one(case.path(), config(), false) {
+                    Err(LogError::MidLogCorruption { position, .. }) => {
+                        assert_eq!(position, pos, "{what}")
+                    }
+                    other => panic!("{what}: expected mid-log corruption, got {other:?}"),
+                }
+                assert!(
+                    problems[0].reason.contains("mid-log"),
+                    "{what}: {problems:?}"
+                );
+                // The operator's choice: cut everything from the damage on.
+                let (log, recovery) = open_one(case.path(), config(), true).unwrap();
+                assert!(recovery.truncated_corruption, "{what}");
+                assert_eq!(log.next_offset(), j as u64, "{what}");
+            }
+        }
+    }
+}
+
+#[test]
+fn retention_by_bytes_deletes_whole_oldest_segments() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = LogConfig {
+        segment_size: 4096,
+        retain_bytes: Some(3 * 4096),
+        ..config()
+    };
+    let data = DataDir::open(tmp.path(), cfg).unwrap();
+    let mut log = data.create_channel("c").unwrap();
+    for i in 0..1000 {
+        log.append(i, &payload(i)).unwrap();
+        log.enforce_retention(i).unwrap();
+    }
+    let stats = log.stats();
+    assert!(stats.bytes <= 3 * 4096, "{stats:?}");
+    let first = log.first_offset();
+    assert!(first > 0);
+    let records = all(&mut log, 0);
+    assert_eq!(
+        records[0].0, first,
+        "a scan from 0 starts at the first retained offset"
+    );
+    assert_eq!(records.len() as u64, 1000 - first);
+    let files = std::fs::read_dir(tmp.path().join("channels/c"))
+        .unwrap()
+        .count();
+    assert_eq!(files, stats.segments + 1, "segments plus NAME");
+}
+
+#[test]
+fn retention_by_age_uses_the_newest_record_of_a_segment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = LogConfig {
+        segment_size: 4096,
+        retain_age: Some(Duration::from_secs(10)),
+        ..config()
+    };
+    let data = DataDir::open(tmp.path(), cfg).unwrap();
+    let mut log = data.create_channel("c").unwrap();
+    let sec = 1_000_000_000u64;
+    for i in 0..200 {
+        log.append(i * sec / 10, &payload(i)).unwrap(); // 10 records a second
+    }
+    let before = log.stats().segments;
+    // At t = 20 s, records up to t = 10 s are too old.
+    let deleted = log.enforce_retention(20 * sec).unwrap();
+    assert!(deleted > 0 && deleted < before);
+    let first = log.first_offset();
+    // Record k was written at k/10 s: the deleted segments ended before 10 s,
+    // so the first kept offset is at most 100.
+    assert!(first > 0 && first <= 100, "first kept offset {first}");
+    assert_eq!(all(&mut log, 0)[0].0, first);
+    // Much later, everything but the segment being written goes.
+    log.enforce_retention(1000 * sec).unwrap();
+    assert_eq!(log.stats().segments, 1);
+    assert!(first > 0);
+}
+
+#[test]
+fn a_data_directory_has_one_owner() {
+    let tmp = tempfile::tempdir().unwrap();
+    let _first = DataDir::open(tmp.path(), config()).unwrap();
+    match DataDir::open(tmp.path(), config()) {
+        Err(LogError::Locked(p)) => assert_eq!(p, tmp.path()),
+        other => panic!("expected Locked, got {other:?}"),
+    }
+}
+
+#[test]
+fn impossible_allocation_is_an_error_not_a_crash() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = Segment::create(tmp.path(), 0, 1 << 46).unwrap_err();
+    assert!(
+        matches!(err, LogError::NoSpace(_) | LogError::Io { .. }),
+        "{err:?}"
+    );
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert!(left.is_empty(), "no half-made segment is left behind");
+}
+
+#[test]
+fn a_failed_roll_leaves_the_stored_records_readable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = LogConfig {
+        segment_size: 4096,
+        ..config()
+    };
+    let data = DataDir::open(tmp.path(), cfg).unwrap();
+    let mut log = data.create_channel("c").unwrap();
+    let mut n = 0;
+    while log.stats().segments == 1 {
+        log.append(n, &payload(n)).unwrap();
+        n += 1;
+    }
+    // Take the directory away: the next roll cannot create its file.
+    let sealed_records = log.first_offset();
+    std::fs::remove_dir_all(tmp.path().join("channels/c")).unwrap();
+    let mut failures = 0;
+    for i in 0..200 {
+        if log.append(i, &payload(i)).is_err() {
+            failures += 1;
+        }
+    }
+    assert!(failures > 0, "a roll must have failed");
+    let before = log.next_offset();
+    assert_eq!(all(&mut log, 0).len() as u64, before - sealed_records);
+}
+
+#[test]
+fn channel_names_become_safe_directory_names() {
+    assert_eq!(escape_channel("news"), "news");
+    assert_eq!(escape_channel("a/b"), "a%2Fb");
+    assert_eq!(escape_channel(".."), "%2E.");
+    assert_eq!(escape_channel(".hidden"), "%2Ehidden");
+    assert_eq!(escape_channel("ü"), "%C3%BC");
+    let long = "é".repeat(120);
+    let escaped = escape_channel(&long);
+    assert!(escaped.len() <= 200, "{}", escaped.len());
+    assert_ne!(escaped, escape_channel(&"é".repeat(121)));
+    assert!(!escaped.contains('/'));
+}
+
+#[test]
+fn fsync_modes_parse() {
+    assert_eq!("none".parse(), Ok(FsyncMode::None));
+    assert_eq!("always".parse(), Ok(FsyncMode::Always));
+    assert_eq!(
+        "interval=50".parse(),
+        Ok(FsyncMode::Interval(Duration::from_millis(50)))
+    );
+    assert!("interval=0".parse::<FsyncMode>().is_err());
+    assert!("sometimes".parse::<FsyncMode>().is_err());
+}
