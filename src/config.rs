@@ -1,14 +1,17 @@
 //! Validated relay configuration, and the duration syntax shared by the
 //! binaries' flags (`250ms`, `30s`, `5m`, `1h`).
 //!
-//! This module owns the meaning of every setting and its default. It depends on
-//! nothing else in the crate, so the core and the driver can both take it.
+//! This module owns the meaning of every setting and its default. It depends
+//! only on the log's settings type, so the core and the driver can both take
+//! it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use thiserror::Error;
+
+use crate::log::LogConfig;
 
 /// Largest message payload one datagram can carry (a deliver frame adds 32
 /// bytes with its headers; IPv4 UDP carries 65,507).
@@ -62,6 +65,14 @@ pub struct RelayConfig {
     /// Most datagrams waiting for a full socket to drain before new ones are
     /// dropped (and counted).
     pub send_queue_limit: usize,
+    /// The message log's settings.
+    pub log: LogConfig,
+    /// Channels whose mid-log corruption the operator agreed to cut off at
+    /// the first damaged record.
+    pub truncate_corrupt: Vec<String>,
+    /// Bytes per second one subscription starting in the past is sent from
+    /// the log, so a replay does not overrun the subscriber.
+    pub replay_rate: u64,
 }
 
 impl Default for RelayConfig {
@@ -79,6 +90,9 @@ impl Default for RelayConfig {
             raw_in: Vec::new(),
             raw_out: Vec::new(),
             send_queue_limit: 65_536,
+            log: LogConfig::default(),
+            truncate_corrupt: Vec::new(),
+            replay_rate: 32_000_000,
         }
     }
 }
@@ -102,6 +116,16 @@ impl RelayConfig {
             MAX_UNFRAGMENTED_MESSAGE,
         )?;
         range("datagram size", self.datagram_size, 64, 65_507)?;
+        // A segment must hold the largest record with its headers.
+        let min_segment = crate::log::segment::SEGMENT_HEADER
+            + crate::log::segment::record_size(self.max_message_size);
+        range("segment size", self.log.segment_size, min_segment, 1 << 40)?;
+        if self.replay_rate < 1000 {
+            return Err(ConfigError::OutOfRange(format!(
+                "replay rate must be at least 1000 bytes/s, got {}",
+                self.replay_rate
+            )));
+        }
         range("max channels", self.max_channels, 1, 10_000_000)?;
         range("max subscriptions", self.max_subscriptions, 1, 10_000_000)?;
         range(
@@ -159,6 +183,26 @@ pub fn parse_duration(s: &str) -> Result<Duration, ConfigError> {
     Duration::try_from_secs_f64(value * scale).map_err(|_| bad())
 }
 
+/// Parses a byte count: a number with an optional binary unit, `4096`,
+/// `64K`, `64M`, `2G` (K = 1024).
+pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
+    let bad = || {
+        ConfigError::OutOfRange(format!(
+            "invalid size {s:?}: expected a number like 4096, 64K, 64M or 2G"
+        ))
+    };
+    let t = s.trim();
+    let (num, scale) = match t.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&t[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&t[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&t[..i], 1 << 30),
+        Some((i, 'T' | 't')) => (&t[..i], 1 << 40),
+        _ => (t, 1),
+    };
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    n.checked_mul(scale).ok_or_else(bad)
+}
+
 /// Parses `ADDR=CHANNEL` (for `--raw-in`).
 pub fn parse_raw_in(s: &str) -> Result<(SocketAddr, String), ConfigError> {
     let (addr, channel) = s.split_once('=').ok_or(ConfigError::BadMapping(
@@ -197,6 +241,17 @@ mod tests {
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         for bad in ["30", "", "s", "10 parsecs", "-1s", "1e400s"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should not parse");
+        }
+    }
+
+    #[test]
+    fn sizes_take_binary_units() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(65_536));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        for bad in ["", "M", "1.5M", "-1", "99999999999T"] {
+            assert!(parse_size(bad).is_err(), "{bad:?} should not parse");
         }
     }
 

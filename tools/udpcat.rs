@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use socket2::{Domain, Protocol, Socket, Type};
-use udprelay::client::{ClientError, Publisher, Subscription, SubscriptionEvent};
+use udprelay::client::{ClientError, Publisher, Subscription, SubscriptionEvent, message_json};
 use udprelay::config::parse_duration;
 use udprelay::rng::Rng;
 use udprelay::wire::{self, ErrorCode, Frame, StartPosition};
@@ -597,18 +597,7 @@ fn write_message(
         }
         Format::Raw => out.write_all(payload),
         Format::Json => {
-            let mut obj = serde_json::json!({
-                "channel": opts.channel,
-                "offset": offset,
-                "timestamp": timestamp,
-            });
-            match std::str::from_utf8(payload) {
-                Ok(text) => obj["payload"] = text.into(),
-                Err(_) => {
-                    let hex: String = payload.iter().map(|b| format!("{b:02x}")).collect();
-                    obj["payload_hex"] = hex.into();
-                }
-            }
+            let obj = message_json(&opts.channel, offset, timestamp, payload);
             writeln!(out, "{obj}")
         }
     }

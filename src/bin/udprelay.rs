@@ -1,26 +1,105 @@
-//! `udprelay`: the relay daemon. Parses flags, builds the configuration, runs
-//! the driver until SIGINT/SIGTERM.
+//! `udprelay`: the relay daemon, and `udprelay log` to inspect its data
+//! directory. Parses flags, builds the configuration, runs the driver until
+//! SIGINT/SIGTERM.
 
+use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use udprelay::client::message_json;
 use udprelay::config::{self, RelayConfig};
 use udprelay::driver::Driver;
+use udprelay::log::{FsyncMode, LogConfig, inspect};
 
-/// A UDP datagram relay: clients publish to named channels, subscribers
-/// receive every message with its channel offset.
+/// A UDP datagram relay: clients publish to named channels, the relay stores
+/// every message in the channel's log and delivers it to the subscribers.
 #[derive(Debug, Parser)]
-#[command(name = "udprelay", version)]
-struct Args {
+#[command(name = "udprelay", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Inspect a data directory (read-only; works beside a running relay).
+    #[command(subcommand)]
+    Log(LogCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum LogCommand {
+    /// List channels: offset range, messages, segments, bytes.
+    Ls {
+        /// The data directory.
+        #[arg(long, default_value = "./udprelay-data")]
+        data_dir: PathBuf,
+    },
+    /// Print a channel's stored messages.
+    Dump {
+        /// The channel.
+        channel: String,
+        /// First offset to print (or the oldest stored, if later).
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Most messages to print [default: all].
+        #[arg(long)]
+        count: Option<u64>,
+        /// `line`: offset, timestamp and payload, tab-separated; `json`: one
+        /// object per line (channel, offset, timestamp, payload).
+        #[arg(long, value_enum, default_value_t = DumpFormat::Line)]
+        format: DumpFormat,
+        /// The data directory.
+        #[arg(long, default_value = "./udprelay-data")]
+        data_dir: PathBuf,
+    },
+    /// Check every record's checksum and sequence; exits 1 if anything is damaged.
+    Verify {
+        /// The data directory.
+        #[arg(long, default_value = "./udprelay-data")]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DumpFormat {
+    Line,
+    Json,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
     /// Address of the protocol socket (port 0 picks a free port, printed at start).
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
-    /// Directory for the relay's data (the message log; created if missing).
+    /// Directory for the message log (created if missing; one relay at a time).
     #[arg(long, default_value = "./udprelay-data")]
     data_dir: PathBuf,
+    /// When stored messages are forced to disk: `none` (page cache: survives a
+    /// crash of the relay, not of the machine), `interval=MS` (in groups every
+    /// MS milliseconds) or `always` (before anything depending on them is sent).
+    #[arg(long, default_value = "none", value_parser = clap::value_parser!(FsyncMode))]
+    fsync: FsyncMode,
+    /// Largest segment file of a channel's log (e.g. 64M); new channels start at 64K and double.
+    #[arg(long, default_value = "64M", value_parser = config::parse_size)]
+    segment_size: u64,
+    /// Keep at most this many bytes per channel, deleting whole oldest segments [default: unlimited].
+    #[arg(long, value_parser = config::parse_size)]
+    retain_bytes: Option<u64>,
+    /// Delete whole oldest segments whose newest message is older than this (e.g. 7d as 168h) [default: unlimited].
+    #[arg(long, value_parser = config::parse_duration)]
+    retain_age: Option<Duration>,
+    /// Serve CHANNEL even though its log is corrupt in the middle, dropping every record from the first damaged one (repeatable).
+    #[arg(long, value_name = "CHANNEL")]
+    truncate_corrupt: Vec<String>,
+    /// Bytes per second sent to one subscription that starts in the past.
+    #[arg(long, default_value = "32000000", value_parser = config::parse_size)]
+    replay_rate: u64,
     /// How long a subscription lives without hearing from its subscriber (e.g. 500ms, 30s, 5m).
     #[arg(long, default_value = "30s", value_parser = config::parse_duration)]
     lease: Duration,
@@ -51,7 +130,23 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Log(cmd)) => log_command(cmd),
+        None => run(cli.run),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("udprelay: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+fn run(args: RunArgs) -> Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_max_level(args.log_level)
@@ -68,19 +163,17 @@ fn main() -> ExitCode {
         max_subscriptions_per_client: args.max_subscriptions_per_client,
         raw_in: args.raw_in,
         raw_out: args.raw_out,
+        log: LogConfig {
+            segment_size: usize::try_from(args.segment_size)?,
+            fsync: args.fsync,
+            retain_bytes: args.retain_bytes,
+            retain_age: args.retain_age,
+        },
+        truncate_corrupt: args.truncate_corrupt,
+        replay_rate: args.replay_rate,
         ..RelayConfig::default()
     };
-    match run(&config) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("udprelay: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn run(config: &RelayConfig) -> Result<(), Box<dyn std::error::Error>> {
-    let mut driver = Driver::bind(config)?;
+    let mut driver = Driver::bind(&config)?;
     // These lines are the relay's contract with scripts and tests: they name
     // the real ports when 0 was asked for.
     println!("udprelay listening on {}", driver.local_addr()?);
@@ -97,5 +190,106 @@ fn run(config: &RelayConfig) -> Result<(), Box<dyn std::error::Error>> {
         .entries(relay.channel_count(), relay.subscription_count());
     let summary: Vec<String> = counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
     tracing::info!("stopped: {}", summary.join(" "));
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+fn require_dir(dir: &Path) -> Result<()> {
+    if dir.join("channels").is_dir() {
+        Ok(())
+    } else {
+        Err(format!("{} is not a udprelay data directory", dir.display()).into())
+    }
+}
+
+fn log_command(cmd: LogCommand) -> Result<ExitCode> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match cmd {
+        LogCommand::Ls { data_dir } => {
+            require_dir(&data_dir)?;
+            writeln!(
+                out,
+                "{:<24} {:>12} {:>12} {:>12} {:>8} {:>14}",
+                "CHANNEL", "FIRST", "NEXT", "MESSAGES", "SEGMENTS", "BYTES"
+            )?;
+            for c in inspect::list(&data_dir)? {
+                writeln!(
+                    out,
+                    "{:<24} {:>12} {:>12} {:>12} {:>8} {:>14}",
+                    c.name,
+                    c.first_offset,
+                    c.next_offset,
+                    c.next_offset - c.first_offset,
+                    c.segments,
+                    c.bytes
+                )?;
+            }
+        }
+        LogCommand::Dump {
+            channel,
+            from,
+            count,
+            format,
+            data_dir,
+        } => {
+            require_dir(&data_dir)?;
+            let mut write_err = None;
+            inspect::dump(
+                &data_dir,
+                &channel,
+                from,
+                count.unwrap_or(u64::MAX),
+                &mut |r| {
+                    if write_err.is_some() {
+                        return;
+                    }
+                    let result = match format {
+                        DumpFormat::Line => writeln!(
+                            out,
+                            "{}\t{}\t{}",
+                            r.offset,
+                            r.timestamp,
+                            String::from_utf8_lossy(r.payload)
+                        ),
+                        DumpFormat::Json => writeln!(
+                            out,
+                            "{}",
+                            message_json(&channel, r.offset, r.timestamp, r.payload)
+                        ),
+                    };
+                    if let Err(e) = result {
+                        write_err = Some(e);
+                    }
+                },
+            )?;
+            match write_err {
+                Some(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                Some(e) => return Err(e.into()),
+                None => {}
+            }
+        }
+        LogCommand::Verify { data_dir } => {
+            require_dir(&data_dir)?;
+            let (problems, checked) = inspect::verify(&data_dir)?;
+            for p in &problems {
+                writeln!(
+                    out,
+                    "{}: {}: byte {}: {}",
+                    p.channel,
+                    p.path.display(),
+                    p.position,
+                    p.reason
+                )?;
+            }
+            writeln!(
+                out,
+                "checked {checked} records: {} problem(s)",
+                problems.len()
+            )?;
+            if !problems.is_empty() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -247,6 +247,30 @@ impl Subscription {
     }
 }
 
+/// A message as one JSON object: channel, offset, timestamp and the payload
+/// as text, or as `payload_hex` when it is not UTF-8. The format of
+/// `udpcat sub --format json` and `udprelay log dump --format json`.
+pub fn message_json(
+    channel: &str,
+    offset: u64,
+    timestamp: u64,
+    payload: &[u8],
+) -> serde_json::Value {
+    let mut obj = serde_json::json!({
+        "channel": channel,
+        "offset": offset,
+        "timestamp": timestamp,
+    });
+    match std::str::from_utf8(payload) {
+        Ok(text) => obj["payload"] = text.into(),
+        Err(_) => {
+            let hex: String = payload.iter().map(|b| format!("{b:02x}")).collect();
+            obj["payload_hex"] = hex.into();
+        }
+    }
+    obj
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,14 +314,17 @@ mod tests {
             .expect("retry after 250 ms");
 
         // Let a real relay core answer it.
-        let mut relay = Relay::new(&RelayConfig {
-            lease: Duration::from_secs(3),
-            ..RelayConfig::default()
-        });
+        let dir = tempfile::tempdir().unwrap();
         let now = Now {
             instant: t,
             unix_nanos: 0,
         };
+        let config = RelayConfig {
+            lease: Duration::from_secs(3),
+            data_dir: dir.path().to_path_buf(),
+            ..RelayConfig::default()
+        };
+        let mut relay = Relay::open(&config, now).unwrap();
         let me = "127.0.0.1:4000".parse().unwrap();
         relay.handle_datagram(now, me, &retry);
         let publish = wire::encode_datagram(&[Frame::Publish {

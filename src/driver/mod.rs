@@ -50,6 +50,9 @@ pub enum DriverError {
         /// What the OS said.
         source: io::Error,
     },
+    /// The data directory could not be opened.
+    #[error("{0}")]
+    Log(#[from] crate::log::LogError),
     /// The poller or signal handling failed.
     #[error("event loop: {0}")]
     Io(#[from] io::Error),
@@ -81,6 +84,9 @@ impl Driver {
     pub fn bind(config: &RelayConfig) -> Result<Driver, DriverError> {
         config.validate()?;
         let poll = Poll::new()?;
+        // The data directory first: a second relay on it must fail before it
+        // touches any port.
+        let relay = Relay::open(config, Now::system())?;
         let mut sockets = vec![bind_udp(config.listen)?];
         for (addr, _) in &config.raw_in {
             sockets.push(bind_udp(*addr)?);
@@ -100,7 +106,7 @@ impl Driver {
             want_writable: false,
             send_queue: VecDeque::new(),
             send_queue_limit: config.send_queue_limit,
-            relay: Relay::new(config),
+            relay,
             buf: vec![0; 65_536],
         })
     }
@@ -165,7 +171,7 @@ impl Driver {
                     self.pending_read[i] = self.drain(i);
                 }
             }
-            self.relay.handle_timeout(Instant::now());
+            self.relay.handle_timeout(Now::system());
             self.send_all()?;
         }
         self.send_all()?;

@@ -55,6 +55,22 @@ counters! {
     dropped_unknown_subscription,
     /// Frames only a relay sends (deliver, pong, error...), received.
     dropped_unexpected,
+    /// Messages refused because their channel is not served (damaged log).
+    dropped_unavailable,
+    /// Messages refused because the disk had no room for them.
+    dropped_log_full,
+    /// Messages refused because the log failed to write them.
+    dropped_log_error,
+    /// Stored messages sent to subscriptions that started in the past.
+    messages_replayed,
+    /// Subscriptions that asked for offsets no longer (or never) stored.
+    replay_gaps,
+    /// Log syncs (msync) done.
+    log_syncs,
+    /// Log failures: failed syncs, damage found while reading, retention errors.
+    log_errors,
+    /// Segments deleted by retention.
+    segments_deleted,
     /// Error frames sent.
     errors_sent,
     /// Error replies withheld by the rate limit.

@@ -15,11 +15,12 @@ pub use counters::Counters;
 pub use outbox::Transmit;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::RelayConfig;
+use crate::log::{ChannelLog, DataDir, FsyncMode, LogError};
 use crate::wire::{self, DeliveryMode, ErrorCode, Frame, StartPosition, WireError};
 use outbox::Outbox;
 
@@ -59,13 +60,42 @@ impl Now {
 /// Index of a channel in [`Relay::channels`]; stable for the relay's life.
 type ChannelId = usize;
 
+/// Where a channel's messages are kept.
+#[derive(Debug)]
+enum Storage {
+    /// Nothing published yet: no files on disk (a subscription alone creates
+    /// none, so subscribing to typos costs no disk).
+    Empty,
+    /// The channel's log.
+    Open(ChannelLog),
+    /// The log cannot be trusted or written (corruption, failed sync): the
+    /// channel is not served until an operator acts.
+    Failed(String),
+}
+
+impl Storage {
+    /// The stored offset range (first, next), or `None` if not served.
+    fn offsets(&self) -> Option<(u64, u64)> {
+        match self {
+            Storage::Empty => Some((0, 0)),
+            Storage::Open(log) => Some((log.first_offset(), log.next_offset())),
+            Storage::Failed(_) => None,
+        }
+    }
+}
+
+/// How often replaying subscriptions are fed from the log.
+const REPLAY_TICK: Duration = Duration::from_millis(1);
+/// How often retention limits are checked, when any are set.
+const RETENTION_CHECK: Duration = Duration::from_secs(1);
+
 /// One named stream of messages.
 #[derive(Debug)]
 struct Channel {
     /// The channel's name, as clients spell it.
     name: Box<str>,
-    /// Offset the next appended message gets.
-    next_offset: u64,
+    /// Its log.
+    storage: Storage,
     /// Who receives live messages.
     subscribers: Vec<Subscriber>,
     /// Plain-UDP destinations that get every message as-is.
@@ -79,8 +109,12 @@ struct Subscriber {
     peer: SocketAddr,
     /// The id the subscriber chose.
     sub_id: u32,
-    /// Messages below this offset are not sent (a start in the future).
-    from: u64,
+    /// The next offset to send. Equal to the channel's next offset for a live
+    /// subscription; below it while replaying from the log; above it for a
+    /// start in the future.
+    cursor: u64,
+    /// True while the subscription is in the replay queue.
+    replaying: bool,
 }
 
 /// A client address that holds subscriptions. Publishers that never subscribe
@@ -163,11 +197,33 @@ pub struct Relay {
     outbox: Outbox,
     /// What happened, for operators.
     counters: Counters,
+    /// The locked data directory, where new channel logs are created.
+    data_dir: DataDir,
+    /// When appended records are synced.
+    fsync: FsyncMode,
+    /// Channels with appended records not yet synced.
+    dirty: Vec<ChannelId>,
+    /// When the interval sync is due, if anything is dirty.
+    next_sync: Option<Instant>,
+    /// When retention is next checked (None: no retention configured).
+    next_retention: Option<Instant>,
+    /// Subscriptions behind their channel's head, fed from the log in turn:
+    /// (channel, subscriber address, sub_id).
+    replay_queue: VecDeque<(ChannelId, SocketAddr, u32)>,
+    /// Bytes of deliveries one replaying subscription gets per tick.
+    replay_budget: usize,
+    /// When the next replay tick is due, while the queue is not empty.
+    next_replay: Option<Instant>,
 }
 
 impl Relay {
-    /// A relay with the channels named by the raw ports already created.
-    pub fn new(config: &RelayConfig) -> Relay {
+    /// Opens (and locks) the data directory, recovers every channel in it,
+    /// and creates the channels named by the raw ports. A channel whose log
+    /// cannot be trusted is kept, refused to clients, and logged.
+    pub fn open(config: &RelayConfig, now: Now) -> Result<Relay, LogError> {
+        let data_dir = DataDir::open(&config.data_dir, config.log.clone())?;
+        let opened = data_dir.open_channels(&config.truncate_corrupt)?;
+        let retention = config.log.retain_bytes.is_some() || config.log.retain_age.is_some();
         let mut relay = Relay {
             lease: config.lease,
             max_message_size: config.max_message_size,
@@ -183,7 +239,37 @@ impl Relay {
             error_replies: TokenBucket::new(config.error_replies_per_sec),
             outbox: Outbox::new(config.datagram_size),
             counters: Counters::default(),
+            data_dir,
+            fsync: config.log.fsync,
+            dirty: Vec::new(),
+            next_sync: None,
+            next_retention: retention.then_some(now.instant),
+            replay_queue: VecDeque::new(),
+            replay_budget: (config.replay_rate / 1000).max(1) as usize,
+            next_replay: None,
         };
+        for opened in opened {
+            let storage = match opened.log {
+                Ok((log, recovery)) => {
+                    if let Some(at) = recovery.damage_at {
+                        tracing::warn!(
+                            channel = %opened.name,
+                            position = at,
+                            zeroed_bytes = recovery.torn_bytes,
+                            truncated_corruption = recovery.truncated_corruption,
+                            "recovered a damaged log tail; kept every record before it"
+                        );
+                    }
+                    Storage::Open(log)
+                }
+                Err(e) => {
+                    tracing::error!(channel = %opened.name, "not serving channel: {e}");
+                    Storage::Failed(e.to_string())
+                }
+            };
+            let id = relay.find_or_create_channel(&opened.name);
+            relay.channels[id].storage = storage;
+        }
         // Channels named in the configuration exist from the start, whatever
         // the limit on channels that clients create.
         for (_, name) in &config.raw_in {
@@ -194,7 +280,12 @@ impl Relay {
             let id = relay.find_or_create_channel(name);
             relay.channels[id].raw_out.push(*addr);
         }
-        relay
+        Ok(relay)
+    }
+
+    /// The data directory's path.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.data_dir.path()
     }
 
     /// What happened so far.
@@ -221,7 +312,19 @@ impl Relay {
     pub fn next_offset(&self, channel: &str) -> Option<u64> {
         self.by_name
             .get(channel)
-            .map(|&id| self.channels[id].next_offset)
+            .and_then(|&id| self.channels[id].storage.offsets())
+            .map(|(_, next)| next)
+    }
+
+    /// Channels that cannot be served, with the reason.
+    pub fn failed_channels(&self) -> Vec<(&str, &str)> {
+        self.channels
+            .iter()
+            .filter_map(|c| match &c.storage {
+                Storage::Failed(reason) => Some((&*c.name, reason.as_str())),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Handles one datagram that arrived at the protocol socket from `from`.
@@ -281,16 +384,37 @@ impl Relay {
             self.counters.dropped_too_large += 1;
             return;
         }
-        self.append(now, channel, datagram);
+        // A plain sender cannot be told why; the drop is counted.
+        let _ = self.append(now, channel, datagram);
     }
 
     /// The earliest time at which [`Relay::handle_timeout`] has work to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.leases.peek().map(|Reverse((at, _))| *at)
+        let lease = self.leases.peek().map(|Reverse((at, _))| *at);
+        [lease, self.next_replay, self.next_sync, self.next_retention]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
-    /// Expires the leases that are due at `now`.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    /// Does whatever is due at `now`: lapsed leases, replay, interval sync,
+    /// retention.
+    pub fn handle_timeout(&mut self, now: Now) {
+        self.expire_leases(now.instant);
+        if self.next_replay.is_some_and(|at| at <= now.instant) {
+            self.replay_tick();
+            self.next_replay = (!self.replay_queue.is_empty()).then(|| now.instant + REPLAY_TICK);
+        }
+        if self.next_sync.is_some_and(|at| at <= now.instant) {
+            self.sync_dirty();
+        }
+        if self.next_retention.is_some_and(|at| at <= now.instant) {
+            self.enforce_retention(now);
+            self.next_retention = Some(now.instant + RETENTION_CHECK);
+        }
+    }
+
+    fn expire_leases(&mut self, now: Instant) {
         while let Some(&Reverse((at, addr))) = self.leases.peek() {
             if at > now {
                 break;
@@ -309,10 +433,112 @@ impl Relay {
         }
     }
 
+    /// Syncs every channel with unsynced records. A failed sync stops the
+    /// channel: its writes are refused from then on, never retried into
+    /// silence.
+    fn sync_dirty(&mut self) {
+        self.next_sync = None;
+        for id in std::mem::take(&mut self.dirty) {
+            let channel = &mut self.channels[id];
+            if let Storage::Open(log) = &mut channel.storage {
+                self.counters.log_syncs += 1;
+                if let Err(e) = log.sync() {
+                    tracing::error!(channel = %channel.name, "sync failed, channel stopped: {e}");
+                    self.counters.log_errors += 1;
+                    channel.storage = Storage::Failed(format!("sync failed: {e}"));
+                }
+            }
+        }
+    }
+
+    fn enforce_retention(&mut self, now: Now) {
+        for channel in &mut self.channels {
+            if let Storage::Open(log) = &mut channel.storage {
+                match log.enforce_retention(now.unix_nanos) {
+                    Ok(n) => self.counters.segments_deleted += n as u64,
+                    Err(e) => {
+                        tracing::warn!(channel = %channel.name, "retention: {e}");
+                        self.counters.log_errors += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Feeds each subscription that is behind its channel's head up to
+    /// its budget of stored messages, read straight from the log.
+    fn replay_tick(&mut self) {
+        for _ in 0..self.replay_queue.len() {
+            let Some((id, peer, sub_id)) = self.replay_queue.pop_front() else {
+                break;
+            };
+            let Channel {
+                storage,
+                subscribers,
+                name,
+                ..
+            } = &mut self.channels[id];
+            let Some(sub) = subscribers
+                .iter_mut()
+                .find(|s| s.peer == peer && s.sub_id == sub_id)
+            else {
+                continue; // unsubscribed or expired meanwhile
+            };
+            let Storage::Open(log) = storage else {
+                sub.replaying = false;
+                continue;
+            };
+            if sub.cursor < log.first_offset() {
+                // Retention removed what it was about to read.
+                self.counters.replay_gaps += 1;
+                sub.cursor = log.first_offset();
+            }
+            let mut spent = 0;
+            let mut cursor = sub.cursor;
+            let budget = self.replay_budget;
+            let outbox = &mut self.outbox;
+            let counters = &mut self.counters;
+            let result = log.scan(cursor, |record| {
+                let frame = Frame::Deliver {
+                    sub_id,
+                    offset: record.offset,
+                    timestamp: record.timestamp,
+                    payload: record.payload,
+                };
+                spent += frame.encoded_len();
+                if outbox.push_frame(peer, &frame) {
+                    counters.messages_replayed += 1;
+                }
+                cursor = record.offset + 1;
+                spent < budget
+            });
+            if let Err(e) = result {
+                tracing::error!(channel = %name, "not serving channel: {e}");
+                counters.log_errors += 1;
+                *storage = Storage::Failed(e.to_string());
+                sub.replaying = false;
+                continue;
+            }
+            sub.cursor = cursor;
+            if cursor >= log.next_offset() {
+                sub.replaying = false;
+            } else {
+                self.replay_queue.push_back((id, peer, sub_id));
+            }
+        }
+    }
+
     /// The next datagram to send, if any. Call until `None` after every batch
     /// of input: frames for one destination are packed into one datagram until
     /// this is called.
+    ///
+    /// Under `--fsync always`, records appended since the last call are
+    /// synced first, so nothing that depends on them leaves before they are
+    /// on disk; one sync covers the whole batch (group commit).
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        if self.fsync == FsyncMode::Always && !self.dirty.is_empty() {
+            self.sync_dirty();
+        }
         self.outbox.pop()
     }
 
@@ -387,20 +613,64 @@ impl Relay {
             self.reply_error(now, from, ErrorCode::LIMIT_REACHED, "too many channels");
             return;
         };
-        self.counters.messages_published += 1;
-        self.append(now, id, payload);
+        match self.append(now, id, payload) {
+            Ok(()) => self.counters.messages_published += 1,
+            Err(reason) => self.reply_error(now, from, ErrorCode::UNAVAILABLE, &reason),
+        }
     }
 
-    /// Gives `payload` the channel's next offset and sends it to every
-    /// subscriber and raw egress of the channel.
-    fn append(&mut self, now: Now, id: ChannelId, payload: &[u8]) {
+    /// Appends `payload` to the channel's log, then sends it to every live
+    /// subscriber and raw egress of the channel. On error nothing was stored
+    /// or sent; the drop is counted and the reason returned.
+    fn append(&mut self, now: Now, id: ChannelId, payload: &[u8]) -> Result<(), String> {
         let channel = &mut self.channels[id];
-        let offset = channel.next_offset;
-        channel.next_offset += 1;
-        for sub in &channel.subscribers {
-            if offset < sub.from {
+        if matches!(channel.storage, Storage::Empty) {
+            match self.data_dir.create_channel(&channel.name) {
+                Ok(log) => channel.storage = Storage::Open(log),
+                Err(e) => {
+                    // Most likely a full disk: the channel stays empty and
+                    // the next message tries again.
+                    self.counters.dropped_log_full += 1;
+                    tracing::warn!(channel = %channel.name, "cannot create log: {e}");
+                    return Err(format!("cannot store the message: {e}"));
+                }
+            }
+        }
+        let log = match &mut channel.storage {
+            Storage::Open(log) => log,
+            Storage::Failed(reason) => {
+                self.counters.dropped_unavailable += 1;
+                return Err(format!("channel not served: {reason}"));
+            }
+            Storage::Empty => unreachable!("created above"),
+        };
+        let offset = match log.append(now.unix_nanos, payload) {
+            Ok(offset) => offset,
+            Err(e @ LogError::NoSpace(_)) => {
+                self.counters.dropped_log_full += 1;
+                tracing::warn!(channel = %channel.name, "{e}");
+                return Err(format!("cannot store the message: {e}"));
+            }
+            Err(e) => {
+                self.counters.dropped_log_error += 1;
+                tracing::error!(channel = %channel.name, "append failed, channel stopped: {e}");
+                channel.storage = Storage::Failed(e.to_string());
+                return Err(format!("cannot store the message: {e}"));
+            }
+        };
+        if self.fsync != FsyncMode::None && !self.dirty.contains(&id) {
+            self.dirty.push(id);
+            if let FsyncMode::Interval(every) = self.fsync {
+                self.next_sync.get_or_insert(now.instant + every);
+            }
+        }
+        for sub in &mut channel.subscribers {
+            // Only a subscription at the head gets it live; one that is
+            // replaying reads it from the log when it gets there.
+            if sub.cursor != offset {
                 continue;
             }
+            sub.cursor += 1;
             let frame = Frame::Deliver {
                 sub_id: sub.sub_id,
                 offset,
@@ -417,6 +687,7 @@ impl Relay {
             self.outbox.push_raw(addr, payload);
             self.counters.raw_forwarded += 1;
         }
+        Ok(())
     }
 
     fn subscribe(
@@ -439,12 +710,21 @@ impl Relay {
             self.reply_error(now, from, ErrorCode::LIMIT_REACHED, "too many channels");
             return;
         };
-        let next_offset = self.channels[id].next_offset;
-        // Messages are not kept yet, so every start is live: an older start is
-        // answered with the offset delivery really begins at.
-        let from_offset = match start {
-            StartPosition::Offset(o) => o.max(next_offset),
-            StartPosition::Latest | StartPosition::Earliest => next_offset,
+        let (first, next_offset) = match self.channels[id].storage.offsets() {
+            Some(range) => range,
+            None => {
+                self.counters.dropped_unavailable += 1;
+                let reason = format!("channel {channel} is not served: its log is damaged");
+                self.reply_error(now, from, ErrorCode::UNAVAILABLE, &reason);
+                return;
+            }
+        };
+        // A start before the oldest stored message begins at the oldest one;
+        // SUBSCRIBED then shows the gap. A start in the future waits for it.
+        let cursor = match start {
+            StartPosition::Latest => next_offset,
+            StartPosition::Earliest => first,
+            StartPosition::Offset(o) => o.max(first),
         };
         let existing = self
             .peers
@@ -460,19 +740,30 @@ impl Relay {
                 if existing.is_some() {
                     self.unsubscribe(from, sub_id);
                 }
-                if let Err(reason) = self.add_subscription(now, from, sub_id, id, from_offset) {
+                if let Err(reason) = self.add_subscription(now, from, sub_id, id, cursor) {
                     self.counters.dropped_limit += 1;
                     self.reply_error(now, from, ErrorCode::LIMIT_REACHED, reason);
                     return;
                 }
                 self.counters.subscriptions_opened += 1;
+                if matches!(start, StartPosition::Offset(o) if o < first) {
+                    self.counters.replay_gaps += 1;
+                }
             }
         }
-        let first_offset = self.channels[id]
+        let Some(sub) = self.channels[id]
             .subscribers
-            .iter()
+            .iter_mut()
             .find(|s| s.peer == from && s.sub_id == sub_id)
-            .map_or(next_offset, |s| s.from.max(next_offset));
+        else {
+            return; // cannot happen: it was found or added above
+        };
+        let first_offset = sub.cursor;
+        if sub.cursor < next_offset && !sub.replaying {
+            sub.replaying = true;
+            self.replay_queue.push_back((id, from, sub_id));
+            self.next_replay.get_or_insert(now.instant);
+        }
         let lease_ms = self.lease.as_millis().min(u128::from(u32::MAX)) as u32;
         self.outbox.push_frame(
             from,
@@ -491,7 +782,7 @@ impl Relay {
         from: SocketAddr,
         sub_id: u32,
         id: ChannelId,
-        from_offset: u64,
+        cursor: u64,
     ) -> Result<(), &'static str> {
         if self.subscription_count >= self.max_subscriptions {
             return Err("the relay holds its maximum number of subscriptions");
@@ -511,7 +802,8 @@ impl Relay {
         self.channels[id].subscribers.push(Subscriber {
             peer: from,
             sub_id,
-            from: from_offset,
+            cursor,
+            replaying: false,
         });
         self.subscription_count += 1;
         Ok(())
@@ -571,7 +863,7 @@ impl Relay {
         let id = self.channels.len();
         self.channels.push(Channel {
             name: name.into(),
-            next_offset: 0,
+            storage: Storage::Empty,
             subscribers: Vec::new(),
             raw_out: Vec::new(),
         });

@@ -1,6 +1,7 @@
 //! The relay core at exact simulated times: no sockets, no sleeps.
 
 use super::*;
+use crate::log::LogError;
 use crate::wire::{ErrorCode, Frame, encode_datagram};
 
 const ALICE: &str = "127.0.0.1:1001";
@@ -18,13 +19,18 @@ fn start() -> Now {
     }
 }
 
-fn relay_with(f: impl FnOnce(&mut RelayConfig)) -> Relay {
-    let mut config = RelayConfig::default();
+/// A relay on a fresh temporary data directory (removed when dropped).
+fn relay_with(f: impl FnOnce(&mut RelayConfig)) -> (Relay, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = RelayConfig {
+        data_dir: dir.path().to_path_buf(),
+        ..RelayConfig::default()
+    };
     f(&mut config);
-    Relay::new(&config)
+    (Relay::open(&config, start()).unwrap(), dir)
 }
 
-fn relay() -> Relay {
+fn relay() -> (Relay, tempfile::TempDir) {
     relay_with(|_| {})
 }
 
@@ -112,7 +118,7 @@ fn describe(f: &Frame<'_>) -> String {
 
 #[test]
 fn publish_fans_out_to_every_subscriber_with_dense_offsets() {
-    let mut r = relay();
+    let (mut r, _dir) = relay();
     let t = start();
     subscribe(&mut r, t, ALICE, 1, "news");
     subscribe(&mut r, t, BOB, 9, "news");
@@ -146,7 +152,7 @@ fn publish_fans_out_to_every_subscriber_with_dense_offsets() {
 
 #[test]
 fn channels_are_independent() {
-    let mut r = relay();
+    let (mut r, _dir) = relay();
     let t = start();
     subscribe(&mut r, t, ALICE, 1, "a");
     subscribe(&mut r, t, BOB, 1, "b");
@@ -161,7 +167,7 @@ fn channels_are_independent() {
 
 #[test]
 fn a_late_subscriber_starts_at_the_next_offset() {
-    let mut r = relay();
+    let (mut r, _dir) = relay();
     let t = start();
     publish(&mut r, t, "news", b"old");
     subscribe(&mut r, t, ALICE, 1, "news");
@@ -176,29 +182,228 @@ fn a_late_subscriber_starts_at_the_next_offset() {
     );
 }
 
+fn subscribe_from(relay: &mut Relay, now: Now, from: &str, sub_id: u32, start: StartPosition) {
+    let frame = Frame::Subscribe {
+        sub_id,
+        mode: DeliveryMode::Unreliable,
+        start,
+        channel: "news",
+    };
+    send(relay, now, from, &[frame]);
+}
+
+/// Runs every due timer until the relay has nothing left to do before `until`.
+fn run_timers(relay: &mut Relay, mut now: Now, until: Now) -> Now {
+    while let Some(at) = relay.poll_timeout() {
+        if at > until.instant {
+            break;
+        }
+        now = now.after(at.saturating_duration_since(now.instant));
+        relay.handle_timeout(now);
+    }
+    now
+}
+
+fn delivered_offsets(frames: &[String]) -> Vec<u64> {
+    frames
+        .iter()
+        .filter_map(|f| f.strip_prefix("deliver "))
+        .map(|f| f.split(['@', ' ']).nth(2).unwrap().parse().unwrap())
+        .collect()
+}
+
 #[test]
-fn earliest_without_stored_messages_is_answered_with_the_real_start() {
-    let mut r = relay();
+fn earliest_replays_stored_messages_then_continues_live() {
+    let (mut r, _dir) = relay();
     let t = start();
     publish(&mut r, t, "news", b"0");
     publish(&mut r, t, "news", b"1");
-    let frame = Frame::Subscribe {
-        sub_id: 4,
-        mode: DeliveryMode::Unreliable,
-        start: StartPosition::Earliest,
-        channel: "news",
-    };
-    send(&mut r, t, ALICE, &[frame]);
+    subscribe_from(&mut r, t, ALICE, 4, StartPosition::Earliest);
+    // Live messages published while it replays are read from the log later.
+    publish(&mut r, t, "news", b"2");
     let sent = Sent::collect(&mut r);
     assert_eq!(
         sent.frames_to(ALICE),
-        ["subscribed 4 first=2 next=2 lease=30000"]
+        ["subscribed 4 first=0 next=2 lease=30000"]
+    );
+    let t = run_timers(&mut r, t, t.after(Duration::from_millis(5)));
+    publish(&mut r, t, "news", b"3");
+    let frames = Sent::collect(&mut r).frames_to(ALICE);
+    assert_eq!(
+        frames,
+        [
+            "deliver 4 @0 0",
+            "deliver 4 @1 1",
+            "deliver 4 @2 2",
+            "deliver 4 @3 3"
+        ]
+    );
+    assert_eq!(r.counters().messages_replayed, 3);
+    assert_eq!(r.counters().messages_delivered, 1);
+    assert_eq!(
+        r.poll_timeout(),
+        Some(t.instant + Duration::from_secs(30)),
+        "replay done"
     );
 }
 
 #[test]
+fn replay_is_paced_by_the_budget_and_stays_in_order() {
+    // 1000 bytes/s is 1 byte per 1 ms tick: one message per tick.
+    let (mut r, _dir) = relay_with(|c| c.replay_rate = 1000);
+    let t = start();
+    for i in 0..10 {
+        publish(&mut r, t, "news", format!("{i}").as_bytes());
+    }
+    subscribe_from(&mut r, t, ALICE, 1, StartPosition::Offset(3));
+    Sent::collect(&mut r);
+    let mut offsets = Vec::new();
+    let mut now = t;
+    for tick in 0..7 {
+        let at = r.poll_timeout().unwrap();
+        assert_eq!(
+            at,
+            t.instant + Duration::from_millis(tick),
+            "one tick per ms"
+        );
+        now = now.after(at.saturating_duration_since(now.instant));
+        r.handle_timeout(now);
+        let got = delivered_offsets(&Sent::collect(&mut r).frames_to(ALICE));
+        assert_eq!(got.len(), 1, "tick {tick}: {got:?}");
+        offsets.extend(got);
+        publish(&mut r, now, "news", b"live");
+    }
+    assert_eq!(offsets, [3, 4, 5, 6, 7, 8, 9]);
+    // Meanwhile 7 more were published; it keeps reading until it catches up.
+    let now = run_timers(&mut r, now, now.after(Duration::from_millis(20)));
+    let rest = delivered_offsets(&Sent::collect(&mut r).frames_to(ALICE));
+    assert_eq!(rest, (10..17).collect::<Vec<_>>());
+    publish(&mut r, now, "news", b"live");
+    assert_eq!(
+        delivered_offsets(&Sent::collect(&mut r).frames_to(ALICE)),
+        [17]
+    );
+}
+
+#[test]
+fn offsets_continue_after_the_relay_reopens_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = RelayConfig {
+        data_dir: dir.path().to_path_buf(),
+        ..RelayConfig::default()
+    };
+    let t = start();
+    {
+        let mut r = Relay::open(&config, t).unwrap();
+        for p in ["a", "b", "c"] {
+            publish(&mut r, t, "news", p.as_bytes());
+        }
+    }
+    let mut r = Relay::open(&config, t).unwrap();
+    assert_eq!(r.next_offset("news"), Some(3));
+    subscribe_from(&mut r, t, ALICE, 1, StartPosition::Offset(1));
+    publish(&mut r, t, "news", b"d");
+    let t = run_timers(&mut r, t, t.after(Duration::from_millis(5)));
+    let _ = t;
+    let frames = Sent::collect(&mut r).frames_to(ALICE);
+    assert_eq!(
+        frames,
+        [
+            "subscribed 1 first=1 next=3 lease=30000",
+            "deliver 1 @1 b",
+            "deliver 1 @2 c",
+            "deliver 1 @3 d"
+        ]
+    );
+}
+
+#[test]
+fn a_start_before_retention_begins_at_the_first_kept_offset() {
+    let (mut r, _dir) = relay_with(|c| {
+        c.log.segment_size = 4096;
+        c.log.retain_bytes = Some(2 * 4096);
+        c.max_message_size = 1000;
+    });
+    let t = start();
+    // 40-byte records, 101 to a 4 KiB segment: 400 fill four segments.
+    for i in 0..400 {
+        publish(&mut r, t, "news", format!("message {i:04}").as_bytes());
+    }
+    let t = run_timers(&mut r, t, t.after(Duration::from_secs(2)));
+    assert!(r.counters().segments_deleted > 0);
+    subscribe_from(&mut r, t, ALICE, 1, StartPosition::Offset(0));
+    let frames = Sent::collect(&mut r).frames_to(ALICE);
+    let first: u64 = frames[0]
+        .split("first=")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(first > 0, "{frames:?}");
+    assert_eq!(r.counters().replay_gaps, 1);
+    run_timers(&mut r, t, t.after(Duration::from_millis(50)));
+    let offsets = delivered_offsets(&Sent::collect(&mut r).frames_to(ALICE));
+    assert_eq!(offsets, (first..400).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_second_relay_cannot_open_the_same_data_directory() {
+    let (r, dir) = relay();
+    let config = RelayConfig {
+        data_dir: dir.path().to_path_buf(),
+        ..RelayConfig::default()
+    };
+    assert!(matches!(
+        Relay::open(&config, start()),
+        Err(LogError::Locked(_))
+    ));
+    drop(r);
+    assert!(
+        Relay::open(&config, start()).is_ok(),
+        "free again once the first is gone"
+    );
+}
+
+#[test]
+fn fsync_always_syncs_before_anything_is_sent() {
+    let (mut r, _dir) = relay_with(|c| c.log.fsync = crate::log::FsyncMode::Always);
+    let t = start();
+    subscribe(&mut r, t, ALICE, 1, "news");
+    Sent::collect(&mut r);
+    publish(&mut r, t, "news", b"x");
+    publish(&mut r, t, "news", b"y");
+    assert_eq!(r.counters().log_syncs, 0);
+    let sent = Sent::collect(&mut r);
+    assert_eq!(
+        r.counters().log_syncs,
+        1,
+        "one sync for the batch, before sending"
+    );
+    assert_eq!(sent.frames_to(ALICE).len(), 2);
+}
+
+#[test]
+fn fsync_interval_syncs_at_the_interval() {
+    let every = Duration::from_millis(50);
+    let (mut r, _dir) = relay_with(|c| c.log.fsync = crate::log::FsyncMode::Interval(every));
+    let t = start();
+    publish(&mut r, t, "news", b"x");
+    Sent::collect(&mut r);
+    assert_eq!(r.counters().log_syncs, 0, "not synced on the send path");
+    assert_eq!(r.poll_timeout(), Some(t.instant + every));
+    r.handle_timeout(t.after(every - Duration::from_millis(1)));
+    assert_eq!(r.counters().log_syncs, 0);
+    r.handle_timeout(t.after(every));
+    assert_eq!(r.counters().log_syncs, 1);
+    assert_eq!(r.poll_timeout(), None);
+}
+
+#[test]
 fn a_start_in_the_future_skips_earlier_messages() {
-    let mut r = relay();
+    let (mut r, _dir) = relay();
     let t = start();
     let frame = Frame::Subscribe {
         sub_id: 4,
@@ -219,7 +424,7 @@ fn a_start_in_the_future_skips_earlier_messages() {
 
 #[test]
 fn unsubscribed_client_receives_nothing_more() {
-    let mut r = relay();
+    let (mut r, _dir) = relay();
     let t = start();
     subscribe(&mut r, t, ALICE, 1, "news");
     subscribe(&mut r, t, BOB, 1, "news");
@@ -237,7 +442,7 @@ fn unsubscribed_client_receives_nothing_more() {
 
 #[test]
 fn unsubscribing_an_unknown_id_is_an_error() {
-    let mut r = relay();
+    let (mut r, _dir) = relay();
     let t = start();
     send(&mut r, t, ALICE, &[Frame::Unsubscribe { sub_id: 5 }]);
     let sent = Sent::collect(&mut r);
@@ -248,7 +453,7 @@ fn unsubscribing_an_unknown_id_is_an_error() {
 #[test]
 fn lease_lapses_exactly_at_its_length_after_the_last_packet() {
     let lease = Duration::from_millis(500);
-    let mut r = relay_with(|c| c.lease = lease);
+    let (mut r, _dir) = relay_with(|c| c.lease = lease);
     let t = start();
     subscribe(&mut r, t, ALICE, 1, "news");
     assert_eq!(r.poll_timeout(), Some(t.instant + lease));
@@ -256,7 +461,7 @@ fn lease_lapses_exactly_at_its_length_after_the_last_packet() {
     // Any packet refreshes the lease: a ping at +300 ms moves expiry to +800 ms.
     let t300 = t.after(Duration::from_millis(300));
     send(&mut r, t300, ALICE, &[Frame::Ping { nonce: 1 }]);
-    r.handle_timeout(t.instant + lease);
+    r.handle_timeout(t.after(lease));
     assert_eq!(
         r.subscription_count(),
         1,
@@ -264,9 +469,9 @@ fn lease_lapses_exactly_at_its_length_after_the_last_packet() {
     );
     assert_eq!(r.poll_timeout(), Some(t300.instant + lease));
 
-    r.handle_timeout(t300.instant + lease - Duration::from_millis(1));
+    r.handle_timeout(t300.after(lease - Duration::from_millis(1)));
     assert_eq!(r.subscription_count(), 1, "alive 1 ms before expiry");
-    r.handle_timeout(t300.instant + lease);
+    r.handle_timeout(t300.after(lease));
     assert_eq!(r.subscription_count(), 0, "gone at expiry");
     assert_eq!(r.counters().subscriptions_expired, 1);
     assert_eq!(r.poll_timeout(), None, "nothing left to wake up for");
@@ -278,12 +483,12 @@ fn lease_lapses_exactly_at_its_length_after_the_last_packet() {
 
 #[test]
 fn resubscribing_is_idempotent_and_keeps_the_lease_alive() {
-    let mut r = relay();
+    let (mut r, _dir) = relay();
     let t = start();
     subscribe(&mut r, t, ALICE, 1, "news");
     subscribe(&mut r, t.after(Duration::from_secs(20)), ALICE, 1, "news");
     assert_eq!(r.subscription_count(), 1);
-    r.handle_timeout(t.instant + Duration::from_secs(45));
+    r.handle_timeout(t.after(Duration::from_secs(45)));
     assert_eq!(r.subscription_count(), 1);
     publish(&mut r, t, "news", b"x");
     let frames = Sent::collect(&mut r).frames_to(ALICE);
@@ -295,7 +500,7 @@ fn resubscribing_is_idempotent_and_keeps_the_lease_alive() {
 
 #[test]
 fn reliable_requests_are_refused_until_supported() {
-    let mut r = relay();
+    let (mut r, _dir) = relay();
     let t = start();
     let frame = Frame::Subscribe {
         sub_id: 1,
@@ -313,14 +518,14 @@ fn reliable_requests_are_refused_until_supported() {
 
 #[test]
 fn ping_is_answered_with_its_nonce() {
-    let mut r = relay();
+    let (mut r, _dir) = relay();
     send(&mut r, start(), ALICE, &[Frame::Ping { nonce: 77 }]);
     assert_eq!(Sent::collect(&mut r).frames_to(ALICE), ["pong 77"]);
 }
 
 #[test]
 fn stats_reply_lists_the_counters() {
-    let mut r = relay();
+    let (mut r, _dir) = relay();
     let t = start();
     publish(&mut r, t, "news", b"x");
     send(&mut r, t, ALICE, &[Frame::StatsRequest]);
@@ -342,7 +547,7 @@ fn stats_reply_lists_the_counters() {
 
 #[test]
 fn bad_input_is_counted_and_answered_only_when_it_speaks_the_protocol() {
-    let mut r = relay();
+    let (mut r, _dir) = relay();
     let t = start();
     r.handle_datagram(t, addr(ALICE), b"hello, not a relay datagram");
     assert_eq!(r.counters().dropped_not_protocol, 1);
@@ -372,7 +577,7 @@ fn bad_input_is_counted_and_answered_only_when_it_speaks_the_protocol() {
 
 #[test]
 fn frames_before_a_bad_one_still_count() {
-    let mut r = relay();
+    let (mut r, _dir) = relay();
     let t = start();
     let mut dgram = encode_datagram(&[Frame::Ping { nonce: 1 }]).unwrap();
     dgram.extend_from_slice(&[0x7F, 0, 0, 0]);
@@ -385,7 +590,7 @@ fn frames_before_a_bad_one_still_count() {
 
 #[test]
 fn error_replies_are_rate_limited() {
-    let mut r = relay_with(|c| c.error_replies_per_sec = 10);
+    let (mut r, _dir) = relay_with(|c| c.error_replies_per_sec = 10);
     let t = start();
     for _ in 0..25 {
         r.handle_datagram(t, addr(ALICE), b"UR\x09\x00\0\0\0\0");
@@ -402,7 +607,7 @@ fn error_replies_are_rate_limited() {
 
 #[test]
 fn oversized_messages_are_refused() {
-    let mut r = relay_with(|c| c.max_message_size = 10);
+    let (mut r, _dir) = relay_with(|c| c.max_message_size = 10);
     let t = start();
     subscribe(&mut r, t, ALICE, 1, "news");
     Sent::collect(&mut r);
@@ -419,7 +624,7 @@ fn oversized_messages_are_refused() {
 
 #[test]
 fn channel_and_subscription_limits_hold() {
-    let mut r = relay_with(|c| {
+    let (mut r, _dir) = relay_with(|c| {
         c.max_channels = 2;
         c.max_subscriptions_per_client = 1;
     });
@@ -438,7 +643,7 @@ fn channel_and_subscription_limits_hold() {
 #[test]
 fn raw_ports_carry_plain_datagrams_in_and_out() {
     let egress = addr("127.0.0.1:9000");
-    let mut r = relay_with(|c| {
+    let (mut r, _dir) = relay_with(|c| {
         c.raw_in = vec![(addr("127.0.0.1:5514"), "syslog".into())];
         c.raw_out = vec![("syslog".into(), egress)];
     });
@@ -461,7 +666,7 @@ fn raw_ports_carry_plain_datagrams_in_and_out() {
 
 #[test]
 fn large_deliveries_go_alone_and_small_ones_pack() {
-    let mut r = relay_with(|c| c.datagram_size = 200);
+    let (mut r, _dir) = relay_with(|c| c.datagram_size = 200);
     let t = start();
     subscribe(&mut r, t, ALICE, 1, "news");
     Sent::collect(&mut r);
