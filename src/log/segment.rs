@@ -272,6 +272,8 @@ impl Segment {
         // process of ours changes the file; the file is never truncated while
         // mapped (it is only deleted after the mapping is dropped), and its
         // blocks were allocated up front, so no access can fault.
+        // Not MAP_POPULATE: measured slower (benches/log.rs), since a new
+        // segment's pages would all be faulted in before the first append.
         let map = unsafe { MmapMut::map_mut(&file) }.map_err(io_err(&path))?;
         if map.len() != capacity {
             return Err(LogError::Corrupt {
