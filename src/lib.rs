@@ -1,8 +1,9 @@
 //! udprelay: a UDP datagram relay with a reliability layer and a memory-mapped
 //! message log.
 //!
-//! Clients publish datagrams to named channels; the relay gives every message
-//! the channel's next offset and delivers it to the channel's subscribers.
+//! Clients publish datagrams to named channels; the relay appends every
+//! message to the channel's log, which gives it the channel's next offset, and
+//! delivers it to the channel's subscribers, who may also start in the past.
 //! See `README.md` for how to run it and `docs/PROTOCOL.md` for the wire format.
 //!
 //! # Layout
@@ -10,15 +11,20 @@
 //! The protocol logic is sans-IO: it owns no sockets and reads no clock. Data
 //! and the current time go in; datagrams to send and the next deadline come
 //! out. Only [`driver`] touches sockets, timers and signals. Dependencies point
-//! one way: `wire` → `relay`/`client` → `driver` → binaries.
+//! one way: `wire` → `relay`/`client` → `driver` → binaries; `log` and
+//! `config` depend on nothing above them.
 //!
 //! - [`wire`]: the datagram header and frames; pure encode/decode on byte slices.
-//! - [`relay`]: the sans-IO relay core: channels, offsets, subscriptions as
-//!   leases, fan-out, raw ingest and egress, counters.
+//! - [`relay`]: the relay core: channels, subscriptions as leases, fan-out,
+//!   replay from the log, raw ingest and egress, counters. No sockets, no
+//!   clock: its only I/O is its channels' logs.
 //! - [`client`]: sans-IO client pieces used by `udpcat` and the tests:
 //!   batching publisher, subscriber state with keepalive.
+//! - [`log`]: the message log: per-channel memory-mapped segment files,
+//!   checksummed records, recovery, retention, sync, and the read-only
+//!   inspection behind `udprelay log`. Knows nothing of the network.
 //! - [`driver`]: the mio event loop around a [`relay::Relay`]: sockets,
-//!   send queue, deadlines, SIGINT/SIGTERM.
+//!   send queue, deadlines, the background sync thread, SIGINT/SIGTERM.
 //! - [`config`]: validated relay configuration and the duration parser shared
 //!   by the binaries.
 //! - [`rng`]: the seeded generator used wherever randomness is needed.

@@ -271,3 +271,33 @@ fn log_tools_explain_bad_input() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no channel named"));
 }
+
+fn stat(client: &mut TestClient, name: &str) -> u64 {
+    client.stats()[name]
+}
+
+#[test]
+fn fsync_always_syncs_before_delivering_and_interval_syncs_in_the_background() {
+    let relay = Relay::start(&["--fsync", "always"]);
+    let mut c = TestClient::new(relay.addr);
+    c.subscribe(1, "d");
+    c.publish("d", b"x");
+    let got = c.barrier();
+    assert!(
+        got.iter()
+            .any(|g| matches!(g, Got::Deliver { offset: 0, .. })),
+        "{got:?}"
+    );
+    assert_eq!(
+        stat(&mut c, "log_syncs"),
+        1,
+        "the delivery waited for one sync"
+    );
+
+    let relay = Relay::start(&["--fsync", "interval=20"]);
+    let mut c = TestClient::new(relay.addr);
+    c.publish("d", b"x");
+    c.barrier();
+    wait_until("a background sync", || stat(&mut c, "log_syncs") >= 1);
+    assert_eq!(stat(&mut c, "log_errors"), 0);
+}

@@ -10,10 +10,12 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use mio::net::UdpSocket;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -21,7 +23,8 @@ use thiserror::Error;
 use tracing::{debug, info, warn};
 
 use crate::config::{ConfigError, RelayConfig};
-use crate::relay::{Now, Relay, Transmit};
+use crate::log::LogError;
+use crate::relay::{Now, Relay, SyncRequest, Transmit};
 
 /// Socket buffer size asked of the kernel (it caps this at net.core.rmem_max
 /// and wmem_max). Large buffers absorb bursts that arrive while the loop is
@@ -31,6 +34,8 @@ const SOCKET_BUFFER: usize = 8 << 20;
 const READ_BUDGET: usize = 512;
 
 const SIGNAL_TOKEN: Token = Token(0);
+/// The sync thread wakes the loop with this when a sync finished.
+const SYNC_DONE_TOKEN: Token = Token(usize::MAX);
 /// Token of socket `i` (0 is the protocol socket, then the raw ingest ports).
 const fn socket_token(i: usize) -> Token {
     Token(i + 1)
@@ -76,6 +81,75 @@ pub struct Driver {
     relay: Relay,
     /// Receive buffer, big enough for any UDP datagram.
     buf: Vec<u8>,
+    /// Background syncs (`--fsync interval`): requests out, results back.
+    syncer: Syncer,
+}
+
+/// A thread that runs log syncs so the event loop never waits for the disk
+/// (except under `--fsync always`, where waiting is the point).
+struct Syncer {
+    requests: Option<mpsc::Sender<SyncRequest>>,
+    results: mpsc::Receiver<(usize, Result<u64, LogError>)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Syncer {
+    fn start(waker: Waker) -> io::Result<Syncer> {
+        let (req_tx, req_rx) = mpsc::channel::<SyncRequest>();
+        let (res_tx, res_rx) = mpsc::channel();
+        let waker = Arc::new(waker);
+        let thread = std::thread::Builder::new()
+            .name("udprelay-sync".into())
+            .spawn(move || {
+                for request in req_rx {
+                    let result = request.job.run();
+                    if res_tx.send((request.channel, result)).is_err() {
+                        break;
+                    }
+                    // A failed wake only delays the result to the next event.
+                    let _ = waker.wake();
+                }
+            })?;
+        Ok(Syncer {
+            requests: Some(req_tx),
+            results: res_rx,
+            thread: Some(thread),
+        })
+    }
+
+    /// Hands every sync the core asks for to the thread.
+    fn submit(&mut self, relay: &mut Relay) {
+        while let Some(request) = relay.poll_sync() {
+            let channel = request.channel;
+            let sent = self.requests.as_ref().map(|tx| tx.send(request));
+            if !matches!(sent, Some(Ok(()))) {
+                let gone = io::Error::other("sync thread stopped");
+                relay.handle_sync_done(
+                    channel,
+                    Err(LogError::Io {
+                        path: "sync".into(),
+                        source: gone,
+                    }),
+                );
+            }
+        }
+    }
+
+    /// Reports finished syncs to the core.
+    fn collect(&mut self, relay: &mut Relay) {
+        while let Ok((channel, result)) = self.results.try_recv() {
+            relay.handle_sync_done(channel, result);
+        }
+    }
+
+    /// Lets the thread finish what it was given, then reports it.
+    fn finish(&mut self, relay: &mut Relay) {
+        self.requests = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        self.collect(relay);
+    }
 }
 
 impl Driver {
@@ -98,6 +172,7 @@ impl Driver {
         let mut signals = Signals::new([SIGINT, SIGTERM])?;
         poll.registry()
             .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)?;
+        let syncer = Syncer::start(Waker::new(poll.registry(), SYNC_DONE_TOKEN)?)?;
         Ok(Driver {
             poll,
             signals,
@@ -108,6 +183,7 @@ impl Driver {
             send_queue_limit: config.send_queue_limit,
             relay,
             buf: vec![0; 65_536],
+            syncer,
         })
     }
 
@@ -126,7 +202,8 @@ impl Driver {
         &self.relay
     }
 
-    /// Runs until SIGINT or SIGTERM, then sends what is queued and returns.
+    /// Runs until SIGINT or SIGTERM, then sends what is queued, syncs the log
+    /// and returns.
     pub fn run(&mut self) -> Result<(), DriverError> {
         let mut events = Events::with_capacity(256);
         loop {
@@ -152,6 +229,7 @@ impl Driver {
                             stop = true;
                         }
                     }
+                    SYNC_DONE_TOKEN => self.syncer.collect(&mut self.relay),
                     Token(t) => {
                         let i = t - 1;
                         if event.is_readable() {
@@ -172,8 +250,11 @@ impl Driver {
                 }
             }
             self.relay.handle_timeout(Now::system());
+            self.syncer.submit(&mut self.relay);
             self.send_all()?;
         }
+        self.syncer.finish(&mut self.relay);
+        self.relay.sync_all();
         self.send_all()?;
         if !self.send_queue.is_empty() {
             warn!(

@@ -2,7 +2,9 @@
 //! retention and sync.
 
 use std::collections::VecDeque;
+use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::segment::{self, Record, SEGMENT_HEADER, Segment, Slot, read_slot, record_size};
 use super::{FsyncMode, LogConfig, LogError};
@@ -92,6 +94,30 @@ pub struct Recovery {
     /// True if valid records after the damage were dropped on the operator's
     /// request (mid-log corruption, truncated).
     pub truncated_corruption: bool,
+}
+
+/// A sync of a channel's newest segment, to run off the event loop
+/// (`fdatasync`, which writes the file's dirty pages whichever mapping dirtied
+/// them).
+#[derive(Debug, Clone)]
+pub struct SyncJob {
+    /// The segment file.
+    pub file: Arc<File>,
+    /// Its path, for errors.
+    pub path: PathBuf,
+    /// Every record below this offset is on disk once the job succeeds.
+    pub durable_to: u64,
+}
+
+impl SyncJob {
+    /// Runs the sync; returns the offset below which all is durable.
+    pub fn run(&self) -> Result<u64, LogError> {
+        self.file.sync_data().map_err(|source| LogError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        Ok(self.durable_to)
+    }
 }
 
 /// Bytes and segments a channel's log occupies.
@@ -346,6 +372,19 @@ impl ChannelLog {
             self.dirty_from = None;
         }
         Ok(())
+    }
+
+    /// Hands the unsynced records over to a sync that runs elsewhere (see
+    /// [`SyncJob`]); `None` if nothing is waiting. Older segments were synced
+    /// when they were sealed.
+    pub fn begin_sync(&mut self) -> Option<SyncJob> {
+        self.dirty_from.take()?;
+        let active = self.active();
+        Some(SyncJob {
+            file: active.file(),
+            path: active.path.clone(),
+            durable_to: self.next_offset,
+        })
     }
 
     /// Calls `visit` with each record from offset `from` (or the oldest

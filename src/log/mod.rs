@@ -19,7 +19,7 @@ mod channel;
 pub mod inspect;
 pub mod segment;
 
-pub use channel::{ChannelLog, LogStats, Recovery};
+pub use channel::{ChannelLog, LogStats, Recovery, SyncJob};
 pub use segment::Record;
 
 use std::fs::{File, OpenOptions};

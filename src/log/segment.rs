@@ -24,6 +24,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::{Mmap, MmapMut};
 
@@ -220,8 +221,9 @@ pub struct Segment {
     /// The whole file, mapped once for its lifetime: never truncated or
     /// remapped while this exists.
     map: MmapMut,
-    /// Kept open for the lifetime of the mapping.
-    _file: File,
+    /// Kept open for the lifetime of the mapping; shared with background
+    /// syncs, which may outlive the segment (the descriptor stays valid).
+    file: Arc<File>,
 }
 
 impl Segment {
@@ -286,7 +288,7 @@ impl Segment {
             path,
             base,
             map,
-            _file: file,
+            file: Arc::new(file),
         })
     }
 
@@ -298,6 +300,11 @@ impl Segment {
     /// The segment's bytes, for writing.
     pub fn bytes_mut(&mut self) -> &mut [u8] {
         &mut self.map
+    }
+
+    /// The open file, for a sync on another thread.
+    pub fn file(&self) -> Arc<File> {
+        Arc::clone(&self.file)
     }
 
     /// Size of the file.

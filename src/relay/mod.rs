@@ -1,7 +1,10 @@
-//! The sans-IO relay core: channels, offsets, subscriptions as leases, fan-out,
-//! plain-UDP ingest and egress, and the counters that say what happened.
+//! The relay core: channels and their logs, subscriptions as leases, fan-out,
+//! replay from the log, plain-UDP ingest and egress, and the counters that say
+//! what happened.
 //!
-//! It owns no socket and reads no clock. The driver feeds it datagrams with
+//! It owns no socket and reads no clock; its only I/O is appending to and
+//! reading from its channels' logs (memory writes and reads, except the syncs
+//! it asks the driver to run). The driver feeds it datagrams with
 //! [`Relay::handle_datagram`] and [`Relay::handle_raw`], calls
 //! [`Relay::handle_timeout`] when [`Relay::poll_timeout`] says so, and sends
 //! whatever [`Relay::poll_transmit`] hands back. Everything a peer sends is
@@ -20,7 +23,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::RelayConfig;
-use crate::log::{ChannelLog, DataDir, FsyncMode, LogError};
+use crate::log::{ChannelLog, DataDir, FsyncMode, LogError, SyncJob};
 use crate::wire::{self, DeliveryMode, ErrorCode, Frame, StartPosition, WireError};
 use outbox::Outbox;
 
@@ -59,6 +62,16 @@ impl Now {
 
 /// Index of a channel in [`Relay::channels`]; stable for the relay's life.
 type ChannelId = usize;
+
+/// A sync the driver should run off the event loop, then report with
+/// [`Relay::handle_sync_done`].
+#[derive(Debug)]
+pub struct SyncRequest {
+    /// Which channel (opaque to the driver; hand it back).
+    pub channel: usize,
+    /// The work.
+    pub job: SyncJob,
+}
 
 /// Where a channel's messages are kept.
 #[derive(Debug)]
@@ -205,6 +218,8 @@ pub struct Relay {
     dirty: Vec<ChannelId>,
     /// When the interval sync is due, if anything is dirty.
     next_sync: Option<Instant>,
+    /// Syncs for the driver to run in the background.
+    sync_requests: VecDeque<SyncRequest>,
     /// When retention is next checked (None: no retention configured).
     next_retention: Option<Instant>,
     /// Subscriptions behind their channel's head, fed from the log in turn:
@@ -243,6 +258,7 @@ impl Relay {
             fsync: config.log.fsync,
             dirty: Vec::new(),
             next_sync: None,
+            sync_requests: VecDeque::new(),
             next_retention: retention.then_some(now.instant),
             replay_queue: VecDeque::new(),
             replay_budget: (config.replay_rate / 1000).max(1) as usize,
@@ -261,6 +277,12 @@ impl Relay {
                         );
                     }
                     Storage::Open(log)
+                }
+                Err(e @ LogError::NoSpace(_)) => {
+                    // A channel whose first segment could not be allocated
+                    // holds nothing yet; its next message tries again.
+                    tracing::warn!(channel = %opened.name, "{e}");
+                    Storage::Empty
                 }
                 Err(e) => {
                     tracing::error!(channel = %opened.name, "not serving channel: {e}");
@@ -406,7 +428,7 @@ impl Relay {
             self.next_replay = (!self.replay_queue.is_empty()).then(|| now.instant + REPLAY_TICK);
         }
         if self.next_sync.is_some_and(|at| at <= now.instant) {
-            self.sync_dirty();
+            self.request_syncs();
         }
         if self.next_retention.is_some_and(|at| at <= now.instant) {
             self.enforce_retention(now);
@@ -433,14 +455,54 @@ impl Relay {
         }
     }
 
-    /// Syncs every channel with unsynced records. A failed sync stops the
-    /// channel: its writes are refused from then on, never retried into
-    /// silence.
+    /// Hands the dirty channels' syncs to the driver (`--fsync interval`).
+    fn request_syncs(&mut self) {
+        self.next_sync = None;
+        for id in std::mem::take(&mut self.dirty) {
+            if let Storage::Open(log) = &mut self.channels[id].storage
+                && let Some(job) = log.begin_sync()
+            {
+                self.sync_requests
+                    .push_back(SyncRequest { channel: id, job });
+            }
+        }
+    }
+
+    /// The next sync to run in the background, if any.
+    pub fn poll_sync(&mut self) -> Option<SyncRequest> {
+        self.sync_requests.pop_front()
+    }
+
+    /// Reports how a background sync ended. A failed sync stops the channel:
+    /// its writes are refused from then on, never retried into silence.
+    pub fn handle_sync_done(&mut self, channel: usize, result: Result<u64, LogError>) {
+        let Some(ch) = self.channels.get_mut(channel) else {
+            return;
+        };
+        self.counters.log_syncs += 1;
+        if let Err(e) = result {
+            tracing::error!(channel = %ch.name, "sync failed, channel stopped: {e}");
+            self.counters.log_errors += 1;
+            ch.storage = Storage::Failed(format!("sync failed: {e}"));
+        }
+    }
+
+    /// Syncs every channel's unsynced records now, whatever the mode: for a
+    /// clean shutdown.
+    pub fn sync_all(&mut self) {
+        self.dirty = (0..self.channels.len()).collect();
+        self.sync_dirty();
+    }
+
+    /// Syncs every channel with unsynced records, here and now. A failed sync
+    /// stops the channel, as in [`Relay::handle_sync_done`].
     fn sync_dirty(&mut self) {
         self.next_sync = None;
         for id in std::mem::take(&mut self.dirty) {
             let channel = &mut self.channels[id];
-            if let Storage::Open(log) = &mut channel.storage {
+            if let Storage::Open(log) = &mut channel.storage
+                && log.is_dirty()
+            {
                 self.counters.log_syncs += 1;
                 if let Err(e) = log.sync() {
                     tracing::error!(channel = %channel.name, "sync failed, channel stopped: {e}");

@@ -386,19 +386,55 @@ fn fsync_always_syncs_before_anything_is_sent() {
 }
 
 #[test]
-fn fsync_interval_syncs_at_the_interval() {
+fn fsync_interval_hands_syncs_to_the_driver_at_the_interval() {
     let every = Duration::from_millis(50);
     let (mut r, _dir) = relay_with(|c| c.log.fsync = crate::log::FsyncMode::Interval(every));
     let t = start();
     publish(&mut r, t, "news", b"x");
     Sent::collect(&mut r);
-    assert_eq!(r.counters().log_syncs, 0, "not synced on the send path");
+    assert!(r.poll_sync().is_none(), "nothing on the send path");
     assert_eq!(r.poll_timeout(), Some(t.instant + every));
     r.handle_timeout(t.after(every - Duration::from_millis(1)));
-    assert_eq!(r.counters().log_syncs, 0);
+    assert!(r.poll_sync().is_none());
     r.handle_timeout(t.after(every));
+    let request = r.poll_sync().expect("a sync is due");
+    assert!(r.poll_sync().is_none());
+    assert_eq!(
+        r.poll_timeout(),
+        None,
+        "nothing dirty until the next append"
+    );
+    let durable = request.job.run().unwrap();
+    assert_eq!(durable, 1, "offset 0 is on disk");
+    r.handle_sync_done(request.channel, Ok(durable));
     assert_eq!(r.counters().log_syncs, 1);
-    assert_eq!(r.poll_timeout(), None);
+}
+
+#[test]
+fn a_failed_sync_stops_the_channel() {
+    let every = Duration::from_millis(50);
+    let (mut r, _dir) = relay_with(|c| c.log.fsync = crate::log::FsyncMode::Interval(every));
+    let t = start();
+    publish(&mut r, t, "news", b"x");
+    publish(&mut r, t, "other", b"x");
+    r.handle_timeout(t.after(every));
+    let request = r.poll_sync().unwrap();
+    let failure = LogError::Io {
+        path: "test".into(),
+        source: std::io::Error::from_raw_os_error(5), // EIO
+    };
+    r.handle_sync_done(request.channel, Err(failure));
+    Sent::collect(&mut r);
+    publish(&mut r, t, "news", b"refused");
+    publish(&mut r, t, "other", b"still fine");
+    assert_eq!(
+        Sent::collect(&mut r).frames_to(PUBLISHER),
+        ["error unavailable"]
+    );
+    assert_eq!(r.counters().dropped_unavailable, 1);
+    assert_eq!(r.counters().log_errors, 1);
+    assert_eq!(r.failed_channels().len(), 1);
+    assert_eq!(r.next_offset("other"), Some(2));
 }
 
 #[test]
