@@ -20,13 +20,6 @@ fn log_cmd(action: &str, data_dir: &Path, extra: &[&str]) -> Output {
     udprelay(&args)
 }
 
-fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
-    String::from_utf8_lossy(out)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad json {l:?}: {e}")))
-        .collect()
-}
-
 fn lines(n: usize, prefix: &str) -> String {
     (0..n).map(|i| format!("{prefix}-{i}\n")).collect()
 }
@@ -80,7 +73,7 @@ fn acknowledged_messages_survive_kill_9() {
     assert!(out.status.success());
     let (status, stdout, stderr) = sub.finish();
     assert!(status.success(), "{stderr}");
-    let got = json_lines(stdout.as_bytes());
+    let got = json_lines(&stdout);
     assert_eq!(got[0]["offset"], 10_000);
     assert_eq!(got[0]["payload"], "after restart");
 }
@@ -122,7 +115,7 @@ fn subscriber_from_an_offset_resumes_there() {
     ]);
     let (status, stdout, _) = sub.finish();
     assert!(status.success());
-    let offsets: Vec<_> = json_lines(stdout.as_bytes())
+    let offsets: Vec<_> = json_lines(&stdout)
         .iter()
         .map(|r| r["offset"].clone())
         .collect();
@@ -162,7 +155,7 @@ fn retention_removes_old_segments_and_reports_the_gap() {
     ]);
     let (status, stdout, stderr) = sub.finish();
     assert!(status.success(), "{stderr}");
-    assert_eq!(json_lines(stdout.as_bytes())[0]["offset"], first);
+    assert_eq!(json_lines(&stdout)[0]["offset"], first);
     assert!(
         stderr.contains(&format!("offsets 0..{first} are not available")),
         "the gap is reported: {stderr}"
@@ -252,7 +245,7 @@ fn corruption_in_the_middle_is_refused_until_the_operator_truncates() {
     let (status, stdout, _) = sub.finish();
     assert!(status.success());
     assert_eq!(
-        json_lines(stdout.as_bytes())[0]["offset"],
+        json_lines(&stdout)[0]["offset"],
         50,
         "records 0..50 are kept"
     );

@@ -8,13 +8,6 @@ use common::*;
 use udprelay::rng::Rng;
 use udprelay::wire::{self, DeliveryMode, Frame, StartPosition, WireError};
 
-fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
-    stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad json {l:?}: {e}")))
-        .collect()
-}
-
 #[test]
 fn quick_start_publishes_three_lines_in_order() {
     let relay = Relay::start(&[]);

@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -197,11 +197,11 @@ pub fn signal(pid: u32, name: &str) {
     assert!(status.success(), "kill -{name} {pid} failed");
 }
 
-/// Lines of a child's stdout, read on a thread, so waits can have deadlines.
-pub fn line_reader(stdout: ChildStdout) -> mpsc::Receiver<String> {
+/// Lines of a child's output, read on a thread, so waits can have deadlines.
+pub fn line_reader(output: impl Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
+        for line in BufReader::new(output).lines() {
             let Ok(line) = line else { break };
             if tx.send(line).is_err() {
                 break;
@@ -246,16 +246,7 @@ impl Subscriber {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut guard = ChildGuard::spawn("udpcat sub", &mut cmd);
-        let stderr = guard.child().stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = line_reader(guard.child().stderr.take().unwrap());
         let line = rx
             .recv_timeout(DEADLINE)
             .unwrap_or_else(|_| panic!("udpcat sub {args:?} did not report a subscription"));
@@ -423,6 +414,14 @@ impl TestClient {
         }
         panic!("no stats reply before the pong");
     }
+}
+
+/// Parses one JSON object per line (udpcat and `log dump` output).
+pub fn json_lines(out: impl AsRef<[u8]>) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(out.as_ref())
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad json {l:?}: {e}")))
+        .collect()
 }
 
 /// Polls `check` until it returns true, failing with `what` past the deadline.
