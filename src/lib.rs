@@ -37,5 +37,6 @@ pub mod config;
 pub mod driver;
 pub mod log;
 pub mod relay;
+pub mod reliable;
 pub mod rng;
 pub mod wire;

@@ -1,0 +1,297 @@
+//! The ARQ at exact simulated times: "nothing at RTO - 1 ms, the
+//! retransmission at RTO".
+
+use super::*;
+
+const MS: Duration = Duration::from_millis(1);
+
+fn cfg() -> ArqConfig {
+    ArqConfig::default()
+}
+
+fn send_n(s: &mut Sender, n: u64, now: Instant) -> Vec<u64> {
+    (0..n).map(|_| s.on_send(now)).collect()
+}
+
+fn retransmits(s: &mut Sender, now: Instant) -> Vec<u64> {
+    let mut out = Vec::new();
+    while let Some(seq) = s.poll_retransmit(now) {
+        out.push(seq);
+    }
+    out
+}
+
+#[test]
+fn no_retransmit_before_the_rto_and_one_at_it() {
+    let t = Instant::now();
+    let mut s = Sender::new(cfg(), 0);
+    // Only one message, and an answer for the probe: isolate the RTO.
+    s.on_send(t);
+    let rto = cfg().initial_rto;
+    let tlp = rto / 2;
+    assert_eq!(
+        s.poll_timeout(),
+        Some(t + tlp),
+        "the tail-loss probe comes first"
+    );
+    s.handle_timeout(t + tlp - MS);
+    assert!(retransmits(&mut s, t + tlp - MS).is_empty());
+    s.handle_timeout(t + tlp);
+    assert_eq!(retransmits(&mut s, t + tlp), [0], "probe at PTO");
+    assert_eq!(s.poll_timeout(), Some(t + rto));
+    s.handle_timeout(t + rto - MS);
+    assert!(
+        retransmits(&mut s, t + rto - MS).is_empty(),
+        "nothing at RTO - 1 ms"
+    );
+    s.handle_timeout(t + rto);
+    assert_eq!(
+        retransmits(&mut s, t + rto),
+        [0],
+        "the retransmission at RTO"
+    );
+    assert_eq!(s.stats().timeouts, 1);
+}
+
+#[test]
+fn rto_backs_off_exponentially_and_the_peer_is_declared_lost() {
+    let t = Instant::now();
+    let config = ArqConfig {
+        max_timeouts: 3,
+        ..cfg()
+    };
+    let mut s = Sender::new(config, 0);
+    s.on_send(t);
+    s.handle_timeout(t + config.initial_rto / 2); // the probe
+    retransmits(&mut s, t);
+    let mut now = t + config.initial_rto;
+    let mut expected = config.initial_rto;
+    for round in 1..=4 {
+        assert_eq!(s.poll_timeout(), Some(now), "round {round}");
+        s.handle_timeout(now);
+        assert_eq!(retransmits(&mut s, now), [0]);
+        expected *= 2;
+        assert_eq!(s.rto(), expected.min(config.max_rto), "round {round}");
+        now += s.rto();
+    }
+    assert!(s.is_failed(), "4 timeouts > max_timeouts 3");
+    assert!(!s.can_send(now));
+}
+
+#[test]
+fn rtt_follows_rfc_6298_and_karn_skips_retransmitted_samples() {
+    let t = Instant::now();
+    let mut s = Sender::new(cfg(), 0);
+    s.on_send(t);
+    s.on_ack(1, [], 100, t + 40 * MS);
+    // First sample R: SRTT = R, RTTVAR = R/2, RTO = SRTT + 4 RTTVAR = 120 ms.
+    assert_eq!(s.srtt(), Some(40 * MS));
+    assert_eq!(s.rto(), 120 * MS);
+    let t2 = t + 100 * MS;
+    s.on_send(t2);
+    s.on_ack(2, [], 100, t2 + 80 * MS);
+    // RTTVAR = 3/4 * 20 + 1/4 * |40 - 80| = 25; SRTT = 7/8 * 40 + 1/8 * 80 = 45.
+    assert_eq!(s.srtt(), Some(45 * MS));
+    assert_eq!(s.rto(), 145 * MS);
+
+    // A retransmitted message gives no sample, however late its ack.
+    let t3 = t2 + 200 * MS;
+    s.on_send(t3);
+    s.handle_timeout(t3 + 90 * MS); // tail-loss probe (PTO = 2 * SRTT)
+    assert_eq!(retransmits(&mut s, t3 + 90 * MS), [2]);
+    s.on_ack(3, [], 100, t3 + 500 * MS);
+    assert_eq!(
+        s.srtt(),
+        Some(45 * MS),
+        "Karn: no sample from a retransmission"
+    );
+}
+
+#[test]
+fn three_later_acks_trigger_fast_retransmit_without_a_timer() {
+    let t = Instant::now();
+    let mut s = Sender::new(cfg(), 10);
+    send_n(&mut s, 6, t);
+    // 10 lost; 11 and 12 acknowledged: not yet (only two later).
+    s.on_ack(10, [(11, 13)], 100, t + 10 * MS);
+    assert!(retransmits(&mut s, t + 10 * MS).is_empty());
+    // 13 too: three later ones, so 10 is lost, at once.
+    s.on_ack(10, [(11, 14)], 100, t + 11 * MS);
+    assert_eq!(retransmits(&mut s, t + 11 * MS), [10]);
+    assert_eq!(s.stats().fast_retransmits, 1);
+    // 32 + 2 (for 11 and 12) + 1 (for 13), halved once.
+    assert_eq!(s.cwnd(), 17, "the window halves once");
+    s.on_ack(14, [], 100, t + 20 * MS);
+    assert_eq!(s.snd_una(), 14);
+    assert_eq!(s.stats().timeouts, 0);
+}
+
+#[test]
+fn tail_loss_probe_resends_the_last_message_before_the_rto() {
+    let t = Instant::now();
+    let mut s = Sender::new(cfg(), 0);
+    send_n(&mut s, 4, t);
+    s.on_ack(3, [], 100, t + 30 * MS); // srtt 30 ms; 3 is the lost tail
+    let pto = 60 * MS; // 2 * SRTT
+    let acked_at = t + 30 * MS;
+    assert_eq!(s.poll_timeout(), Some(acked_at + pto));
+    s.handle_timeout(acked_at + pto - MS);
+    assert!(retransmits(&mut s, acked_at + pto - MS).is_empty());
+    s.handle_timeout(acked_at + pto);
+    assert_eq!(retransmits(&mut s, acked_at + pto), [3]);
+    assert_eq!(s.stats().tail_loss_probes, 1);
+    assert!(acked_at + pto < acked_at + s.rto(), "probe before the RTO");
+}
+
+#[test]
+fn the_window_limits_what_is_in_flight() {
+    let t = Instant::now();
+    let mut s = Sender::new(cfg(), 0);
+    let mut sent = 0;
+    while s.can_send(t) {
+        s.on_send(t);
+        sent += 1;
+    }
+    assert_eq!(sent, 32, "initial congestion window");
+    s.on_ack(32, [], 5, t + 10 * MS);
+    let mut more = 0;
+    let mut now = t + 10 * MS;
+    while more < 100 {
+        if !s.can_send(now) {
+            match s.poll_timeout() {
+                Some(at) if at > now && at < now + 5 * MS => {
+                    now = at;
+                    s.handle_timeout(now);
+                    continue;
+                }
+                _ => break,
+            }
+        }
+        s.on_send(now);
+        more += 1;
+    }
+    assert_eq!(
+        more, 5,
+        "the receiver's window of 5 holds, whatever cwnd says"
+    );
+    // Hostile acks beyond what was sent change nothing.
+    assert_eq!(s.on_ack(1_000_000, [(2_000_000, 3_000_000)], 5, now), 5);
+    assert_eq!(s.snd_una(), 37);
+}
+
+#[test]
+fn receiver_orders_suppresses_duplicates_and_acks_gaps_at_once() {
+    let t = Instant::now();
+    let mut r: Receiver<&str> = Receiver::new(cfg(), 0);
+    assert_eq!(r.on_data(0, "a", t), Arrival::New);
+    assert_eq!(
+        r.poll_timeout(),
+        Some(t + cfg().delayed_ack),
+        "one message: delayed"
+    );
+    assert!(r.poll_ack(t + cfg().delayed_ack - MS).is_none());
+    let ack = r
+        .poll_ack(t + cfg().delayed_ack)
+        .expect("ack at the delayed-ack time");
+    assert_eq!(ack.cumulative, 1);
+
+    assert_eq!(r.on_data(2, "c", t), Arrival::New);
+    let ack = r.poll_ack(t).expect("a gap is acknowledged at once");
+    assert_eq!((ack.cumulative, ack.ranges.clone()), (1, vec![(2, 3)]));
+    assert_eq!(r.on_data(2, "c", t), Arrival::Duplicate);
+    assert_eq!(r.on_data(1, "b", t), Arrival::New);
+    assert_eq!(r.on_data(0, "a", t), Arrival::Duplicate);
+    let got: Vec<_> = std::iter::from_fn(|| r.pop()).collect();
+    assert_eq!(got, [(0, "a"), (1, "b"), (2, "c")]);
+    assert_eq!(r.stats().duplicates, 2);
+    assert_eq!(r.poll_ack(t).unwrap().cumulative, 3);
+}
+
+#[test]
+fn two_in_order_messages_are_acked_without_waiting() {
+    let t = Instant::now();
+    let mut r: Receiver<()> = Receiver::new(cfg(), 5);
+    r.on_data(5, (), t);
+    assert!(r.poll_ack(t).is_none());
+    r.on_data(6, (), t);
+    assert_eq!(r.poll_ack(t).unwrap().cumulative, 7);
+}
+
+#[test]
+fn the_advertised_window_shrinks_until_the_application_reads() {
+    let t = Instant::now();
+    let config = ArqConfig {
+        receive_window: 4,
+        ..cfg()
+    };
+    let mut r: Receiver<u8> = Receiver::new(config, 0);
+    for seq in 0..4 {
+        assert_eq!(r.on_data(seq, 0, t), Arrival::New);
+    }
+    assert_eq!(r.on_data(4, 0, t), Arrival::OutOfWindow);
+    assert_eq!(r.poll_ack(t).unwrap().window, 0);
+    r.pop();
+    let ack = r.poll_ack(t).expect("the window reopened: say so");
+    assert_eq!(ack.window, 1);
+}
+
+#[test]
+fn sender_and_receiver_converge_over_a_lossy_exchange() {
+    // 30 % of data and acks lost, decided by a seeded generator.
+    let mut rng = crate::rng::Rng::new(7);
+    let t0 = Instant::now();
+    let mut now = t0;
+    let mut s = Sender::new(cfg(), 0);
+    let mut r: Receiver<u64> = Receiver::new(cfg(), 0);
+    let total = 2000;
+    let mut delivered = Vec::new();
+    let rtt = 10 * MS;
+    let mut in_network: Vec<(Instant, u64)> = Vec::new();
+    let mut acks: Vec<(Instant, Ack)> = Vec::new();
+    while delivered.len() < total as usize {
+        assert!(
+            now < t0 + Duration::from_secs(600),
+            "stuck at {}: una {} next {} failed {} rto {:?} stats {:?} timeout {:?} cwnd {}",
+            delivered.len(),
+            s.snd_una(),
+            s.next_seq(),
+            s.is_failed(),
+            s.rto(),
+            s.stats(),
+            s.poll_timeout().map(|t| t - now),
+            s.cwnd()
+        );
+        s.handle_timeout(now);
+        while let Some(seq) = s.poll_retransmit(now) {
+            if !rng.chance(0.3) {
+                in_network.push((now + rtt / 2, seq));
+            }
+        }
+        while s.can_send(now) && s.next_seq() < total {
+            let seq = s.on_send(now);
+            if !rng.chance(0.3) {
+                in_network.push((now + rtt / 2, seq));
+            }
+        }
+        for (_, seq) in in_network.iter().filter(|(at, _)| *at <= now) {
+            r.on_data(*seq, *seq, now);
+        }
+        in_network.retain(|(at, _)| *at > now);
+        while let Some((seq, v)) = r.pop() {
+            assert_eq!(seq, v);
+            delivered.push(seq);
+        }
+        if let Some(ack) = r.poll_ack(now)
+            && !rng.chance(0.3)
+        {
+            acks.push((now + rtt / 2, ack));
+        }
+        for (_, ack) in acks.iter().filter(|(at, _)| *at <= now) {
+            s.on_ack(ack.cumulative, ack.ranges.iter().copied(), ack.window, now);
+        }
+        acks.retain(|(at, _)| *at > now);
+        now += MS;
+    }
+    assert_eq!(delivered, (0..total).collect::<Vec<_>>());
+    assert!(s.stats().retransmits > 0);
+}
