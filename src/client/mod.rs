@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
+mod reliable;
+pub use reliable::{ReliablePublisher, ReliableSubscription};
+
 use crate::wire::{
     self, DatagramBuilder, DeliveryMode, ErrorCode, Frame, HEADER_LEN, MAX_DATAGRAM, StartPosition,
     WireError,

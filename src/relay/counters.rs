@@ -71,6 +71,17 @@ counters! {
     log_errors,
     /// Segments deleted by retention.
     segments_deleted,
+    /// Reliable publishing sessions started.
+    sessions_opened,
+    /// Reliable publishing sessions dropped with their client's lease.
+    sessions_expired,
+    /// Retransmitted reliable messages that were already received, dropped.
+    duplicates_dropped,
+    /// Messages sent again to reliable subscribers (re-read from the log).
+    reliable_retransmits,
+    /// Reliable subscriptions dropped because the subscriber stopped
+    /// answering or needed what retention deleted.
+    subscribers_lost,
     /// Error frames sent.
     errors_sent,
     /// Error replies withheld by the rate limit.

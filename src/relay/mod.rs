@@ -24,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::RelayConfig;
 use crate::log::{ChannelLog, DataDir, FsyncMode, LogError, SyncJob};
+use crate::reliable::{ArqConfig, Receiver, Sender};
 use crate::wire::{self, DeliveryMode, ErrorCode, Frame, StartPosition, WireError};
 use outbox::Outbox;
 
@@ -113,10 +114,12 @@ struct Channel {
     subscribers: Vec<Subscriber>,
     /// Plain-UDP destinations that get every message as-is.
     raw_out: Vec<SocketAddr>,
+    /// Offsets below this are known to be on disk (`--fsync interval`).
+    durable_to: u64,
 }
 
 /// A subscription as seen from its channel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 struct Subscriber {
     /// The subscriber's address.
     peer: SocketAddr,
@@ -128,6 +131,16 @@ struct Subscriber {
     cursor: u64,
     /// True while the subscription is in the replay queue.
     replaying: bool,
+    /// For a reliable subscription, the send half of the ARQ over the
+    /// channel's offsets: its whole state is this and the log; no copy of a
+    /// message is kept.
+    arq: Option<Box<Sender>>,
+}
+
+impl Subscriber {
+    fn sub_id_and_peer(&self) -> (u32, SocketAddr) {
+        (self.sub_id, self.peer)
+    }
 }
 
 /// A client address that holds subscriptions. Publishers that never subscribe
@@ -138,6 +151,37 @@ struct Peer {
     last_seen: Instant,
     /// The address's subscriptions: id and channel.
     subscriptions: Vec<(u32, ChannelId)>,
+    /// The address's reliable publishing sessions.
+    sessions: Vec<PublishSession>,
+}
+
+impl Peer {
+    fn new(now: Instant) -> Peer {
+        Peer {
+            last_seen: now,
+            subscriptions: Vec::new(),
+            sessions: Vec::new(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.subscriptions.is_empty() && self.sessions.is_empty()
+    }
+}
+
+/// The relay's side of a reliable publishing session: the receive half of the
+/// ARQ, holding out-of-order messages until the gap before them fills, so
+/// that each message is appended exactly once and in the session's order.
+#[derive(Debug)]
+struct PublishSession {
+    /// Chosen by the client.
+    id: u64,
+    /// Duplicate suppression and reordering; items are (channel, payload).
+    receiver: Receiver<(ChannelId, Vec<u8>)>,
+    /// Under `--fsync interval`: appended messages not yet known durable, as
+    /// (sequence number, channel, offset), in order. Acknowledgements stop at
+    /// the first of them.
+    not_durable: VecDeque<(u64, ChannelId, u64)>,
 }
 
 /// Allows a burst of `capacity` events, refilled at `per_sec`.
@@ -227,6 +271,14 @@ pub struct Relay {
     replay_queue: VecDeque<(ChannelId, SocketAddr, u32)>,
     /// Bytes of deliveries one replaying subscription gets per tick.
     replay_budget: usize,
+    /// ARQ settings for reliable sessions and subscriptions.
+    arq: ArqConfig,
+    /// Sessions waiting for a sync before they can be acknowledged further.
+    awaiting_sync: Vec<(SocketAddr, u64)>,
+    /// Deadlines of reliable subscriptions' ARQ timers, earliest first:
+    /// (when, subscriber, sub_id, channel). Pushed whenever a deadline
+    /// changes; an entry that is no longer the sender's deadline is skipped.
+    arq_timers: BinaryHeap<Reverse<(Instant, SocketAddr, u32, ChannelId)>>,
     /// When the next replay tick is due, while the queue is not empty.
     next_replay: Option<Instant>,
 }
@@ -262,6 +314,9 @@ impl Relay {
             next_retention: retention.then_some(now.instant),
             replay_queue: VecDeque::new(),
             replay_budget: (config.replay_rate / 1000).max(1) as usize,
+            arq: ArqConfig::default(),
+            awaiting_sync: Vec::new(),
+            arq_timers: BinaryHeap::new(),
             next_replay: None,
         };
         for opened in opened {
@@ -413,16 +468,39 @@ impl Relay {
     /// The earliest time at which [`Relay::handle_timeout`] has work to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let lease = self.leases.peek().map(|Reverse((at, _))| *at);
-        [lease, self.next_replay, self.next_sync, self.next_retention]
-            .into_iter()
-            .flatten()
-            .min()
+        let arq = self.arq_timers.peek().map(|Reverse((at, ..))| *at);
+        [
+            lease,
+            arq,
+            self.next_replay,
+            self.next_sync,
+            self.next_retention,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Does whatever is due at `now`: lapsed leases, replay, interval sync,
     /// retention.
     pub fn handle_timeout(&mut self, now: Now) {
         self.expire_leases(now.instant);
+        while let Some(&Reverse((at, peer, sub_id, ch))) = self.arq_timers.peek() {
+            if at > now.instant {
+                break;
+            }
+            self.arq_timers.pop();
+            let due = self.channels[ch]
+                .subscribers
+                .iter_mut()
+                .find(|s| s.peer == peer && s.sub_id == sub_id)
+                .and_then(|s| s.arq.as_deref_mut())
+                .filter(|arq| arq.poll_timeout().is_some_and(|t| t <= now.instant));
+            if let Some(arq) = due {
+                arq.handle_timeout(now.instant);
+                self.pump(now, ch, peer, sub_id);
+            }
+        }
         if self.next_replay.is_some_and(|at| at <= now.instant) {
             self.replay_tick();
             self.next_replay = (!self.replay_queue.is_empty()).then(|| now.instant + REPLAY_TICK);
@@ -480,10 +558,16 @@ impl Relay {
             return;
         };
         self.counters.log_syncs += 1;
-        if let Err(e) = result {
-            tracing::error!(channel = %ch.name, "sync failed, channel stopped: {e}");
-            self.counters.log_errors += 1;
-            ch.storage = Storage::Failed(format!("sync failed: {e}"));
+        match result {
+            Ok(durable_to) => ch.durable_to = ch.durable_to.max(durable_to),
+            Err(e) => {
+                tracing::error!(channel = %ch.name, "sync failed, channel stopped: {e}");
+                self.counters.log_errors += 1;
+                ch.storage = Storage::Failed(format!("sync failed: {e}"));
+            }
+        }
+        for (addr, session) in std::mem::take(&mut self.awaiting_sync) {
+            self.ack_session(addr, session);
         }
     }
 
@@ -626,6 +710,13 @@ impl Relay {
                     );
                 }
             }
+            Frame::ReliablePublish {
+                session,
+                seq,
+                acked_below,
+                channel,
+                payload,
+            } => self.reliable_publish(now, from, session, seq, acked_below, channel, payload),
             Frame::Ping { nonce } => {
                 self.outbox.push_frame(from, &Frame::Pong { nonce });
             }
@@ -640,18 +731,17 @@ impl Relay {
                     },
                 );
             }
-            Frame::Ack { .. } => {
-                self.counters.dropped_unsupported += 1;
-                self.reply_error(
-                    now,
-                    from,
-                    ErrorCode::UNSUPPORTED,
-                    "reliable delivery is not supported by this relay yet",
-                );
-            }
+            Frame::Ack {
+                kind: wire::AckKind::Subscription,
+                id,
+                cumulative,
+                window,
+                ranges,
+            } => self.subscription_ack(now, from, id, cumulative, window, ranges),
             // Frames a relay sends, never receives. No reply: answering an
             // ERROR with an ERROR could loop between two relays forever.
             Frame::Subscribed { .. }
+            | Frame::Ack { .. }
             | Frame::Deliver { .. }
             | Frame::Pong { .. }
             | Frame::Error { .. }
@@ -676,7 +766,7 @@ impl Relay {
             return;
         };
         match self.append(now, id, payload) {
-            Ok(()) => self.counters.messages_published += 1,
+            Ok(_) => self.counters.messages_published += 1,
             Err(reason) => self.reply_error(now, from, ErrorCode::UNAVAILABLE, &reason),
         }
     }
@@ -684,7 +774,7 @@ impl Relay {
     /// Appends `payload` to the channel's log, then sends it to every live
     /// subscriber and raw egress of the channel. On error nothing was stored
     /// or sent; the drop is counted and the reason returned.
-    fn append(&mut self, now: Now, id: ChannelId, payload: &[u8]) -> Result<(), String> {
+    fn append(&mut self, now: Now, id: ChannelId, payload: &[u8]) -> Result<u64, String> {
         let channel = &mut self.channels[id];
         if matches!(channel.storage, Storage::Empty) {
             match self.data_dir.create_channel(&channel.name) {
@@ -726,7 +816,12 @@ impl Relay {
                 self.next_sync.get_or_insert(now.instant + every);
             }
         }
+        let mut reliable = Vec::new();
         for sub in &mut channel.subscribers {
+            if sub.arq.is_some() {
+                reliable.push(sub.sub_id_and_peer());
+                continue;
+            }
             // Only a subscription at the head gets it live; one that is
             // replaying reads it from the log when it gets there.
             if sub.cursor != offset {
@@ -749,7 +844,147 @@ impl Relay {
             self.outbox.push_raw(addr, payload);
             self.counters.raw_forwarded += 1;
         }
-        Ok(())
+        for (sub_id, peer) in reliable {
+            self.pump(now, id, peer, sub_id);
+        }
+        Ok(offset)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn reliable_publish(
+        &mut self,
+        now: Now,
+        from: SocketAddr,
+        session: u64,
+        seq: u64,
+        acked_below: u64,
+        channel: &str,
+        payload: &[u8],
+    ) {
+        if payload.len() > self.max_message_size {
+            self.counters.dropped_too_large += 1;
+            let reason = format!(
+                "message of {} bytes exceeds the maximum of {}",
+                payload.len(),
+                self.max_message_size
+            );
+            self.reply_error(now, from, ErrorCode::TOO_LARGE, &reason);
+            return;
+        }
+        let Some(id) = self.client_channel(channel) else {
+            self.counters.dropped_limit += 1;
+            self.reply_error(now, from, ErrorCode::LIMIT_REACHED, "too many channels");
+            return;
+        };
+        let arq = self.arq;
+        let max = self.max_subscriptions_per_client;
+        self.peer_entry(now.instant, from);
+        let Some(peer) = self.peers.get_mut(&from) else {
+            return;
+        };
+        let index = match peer.sessions.iter().position(|s| s.id == session) {
+            Some(i) => i,
+            None if peer.sessions.len() >= max => {
+                if peer.is_empty() {
+                    self.peers.remove(&from);
+                }
+                self.counters.dropped_limit += 1;
+                let reason = "this address holds its maximum number of sessions";
+                self.reply_error(now, from, ErrorCode::LIMIT_REACHED, reason);
+                return;
+            }
+            None => {
+                // A session starts where the client says everything before
+                // was acknowledged: 0 for a new one, later if this relay
+                // restarted under it.
+                peer.sessions.push(PublishSession {
+                    id: session,
+                    receiver: Receiver::new(arq, acked_below),
+                    not_durable: VecDeque::new(),
+                });
+                self.counters.sessions_opened += 1;
+                peer.sessions.len() - 1
+            }
+        };
+        let s = &mut peer.sessions[index];
+        let arrival = s.receiver.on_data(seq, (id, payload.to_vec()), now.instant);
+        let ready: Vec<_> = std::iter::from_fn(|| s.receiver.pop()).collect();
+        if arrival == crate::reliable::Arrival::Duplicate {
+            self.counters.duplicates_dropped += 1;
+        }
+        for (seq, (ch, payload)) in ready {
+            match self.append(now, ch, &payload) {
+                Ok(offset) => {
+                    self.counters.messages_published += 1;
+                    if matches!(self.fsync, FsyncMode::Interval(_))
+                        && let Some(s) = self
+                            .peers
+                            .get_mut(&from)
+                            .and_then(|p| p.sessions.iter_mut().find(|s| s.id == session))
+                    {
+                        s.not_durable.push_back((seq, ch, offset));
+                    }
+                }
+                Err(reason) => {
+                    // Not stored, so never acknowledged: drop the session
+                    // and let the client's retransmissions start it again.
+                    self.reply_error(now, from, ErrorCode::UNAVAILABLE, &reason);
+                    self.ack_session(from, session);
+                    if let Some(peer) = self.peers.get_mut(&from) {
+                        peer.sessions.retain(|s| s.id != session);
+                    }
+                    return;
+                }
+            }
+        }
+        self.ack_session(from, session);
+    }
+
+    /// Sends session `session` of `from` its acknowledgement: cumulative up
+    /// to what is stored (and durable, under `--fsync interval`), selective
+    /// above it.
+    fn ack_session(&mut self, from: SocketAddr, session: u64) {
+        let Some(s) = self
+            .peers
+            .get_mut(&from)
+            .and_then(|p| p.sessions.iter_mut().find(|s| s.id == session))
+        else {
+            return;
+        };
+        let channels = &self.channels;
+        while let Some(&(_, ch, offset)) = s.not_durable.front() {
+            if channels[ch].durable_to > offset {
+                s.not_durable.pop_front();
+            } else {
+                break;
+            }
+        }
+        let ack = s.receiver.ack();
+        let mut ranges = Vec::with_capacity(ack.ranges.len() + 1);
+        let cumulative = match s.not_durable.front() {
+            Some(&(seq, _, _)) => {
+                // Stored, not yet durable: "received, do not resend", but
+                // not acknowledged until the sync.
+                ranges.push((seq, ack.cumulative));
+                if !self.awaiting_sync.contains(&(from, session)) {
+                    self.awaiting_sync.push((from, session));
+                }
+                seq
+            }
+            None => ack.cumulative,
+        };
+        ranges.extend(ack.ranges);
+        let raw = wire::encode_ack_ranges(&ranges);
+        self.outbox.push_frame(
+            from,
+            &Frame::Ack {
+                kind: wire::AckKind::Publish,
+                id: session,
+                cumulative,
+                window: ack.window,
+                ranges: &raw,
+            },
+        );
     }
 
     fn subscribe(
@@ -761,12 +996,6 @@ impl Relay {
         start: StartPosition,
         channel: &str,
     ) {
-        if mode == DeliveryMode::Reliable {
-            self.counters.dropped_unsupported += 1;
-            let reason = "reliable subscriptions are not supported by this relay yet";
-            self.reply_error(now, from, ErrorCode::UNSUPPORTED, reason);
-            return;
-        }
         let Some(id) = self.client_channel(channel) else {
             self.counters.dropped_limit += 1;
             self.reply_error(now, from, ErrorCode::LIMIT_REACHED, "too many channels");
@@ -802,7 +1031,9 @@ impl Relay {
                 if existing.is_some() {
                     self.unsubscribe(from, sub_id);
                 }
-                if let Err(reason) = self.add_subscription(now, from, sub_id, id, cursor) {
+                let arq = (mode == DeliveryMode::Reliable)
+                    .then(|| Box::new(Sender::new(self.arq, cursor)));
+                if let Err(reason) = self.add_subscription(now, from, sub_id, id, cursor, arq) {
                     self.counters.dropped_limit += 1;
                     self.reply_error(now, from, ErrorCode::LIMIT_REACHED, reason);
                     return;
@@ -820,8 +1051,12 @@ impl Relay {
         else {
             return; // cannot happen: it was found or added above
         };
-        let first_offset = sub.cursor;
-        if sub.cursor < next_offset && !sub.replaying {
+        let first_offset = match &sub.arq {
+            Some(arq) => arq.snd_una(),
+            None => sub.cursor,
+        };
+        let reliable = sub.arq.is_some();
+        if !reliable && sub.cursor < next_offset && !sub.replaying {
             sub.replaying = true;
             self.replay_queue.push_back((id, from, sub_id));
             self.next_replay.get_or_insert(now.instant);
@@ -836,6 +1071,119 @@ impl Relay {
                 lease_ms,
             },
         );
+        if reliable {
+            self.pump(now, id, from, sub_id);
+        }
+    }
+
+    /// An acknowledgement from a reliable subscriber.
+    fn subscription_ack(
+        &mut self,
+        now: Now,
+        from: SocketAddr,
+        id: u64,
+        cumulative: u64,
+        window: u32,
+        ranges: &[u8],
+    ) {
+        let found = u32::try_from(id).ok().and_then(|sub_id| {
+            let peer = self.peers.get(&from)?;
+            let &(_, ch) = peer.subscriptions.iter().find(|(s, _)| *s == sub_id)?;
+            Some((sub_id, ch))
+        });
+        let Some((sub_id, ch)) = found else {
+            self.counters.dropped_unknown_subscription += 1;
+            return;
+        };
+        let arq = self.channels[ch]
+            .subscribers
+            .iter_mut()
+            .find(|s| s.peer == from && s.sub_id == sub_id)
+            .and_then(|s| s.arq.as_deref_mut());
+        let Some(arq) = arq else {
+            self.counters.dropped_unexpected += 1;
+            return;
+        };
+        arq.on_ack(cumulative, wire::ack_ranges(ranges), window, now.instant);
+        self.pump(now, ch, from, sub_id);
+    }
+
+    /// Sends a reliable subscription what its ARQ allows: retransmissions
+    /// re-read from the log, then new messages from its next offset. Drops
+    /// the subscription if its subscriber stopped answering or retention
+    /// deleted what it still needed.
+    fn pump(&mut self, now: Now, ch: ChannelId, peer: SocketAddr, sub_id: u32) {
+        let Channel {
+            storage,
+            subscribers,
+            ..
+        } = &mut self.channels[ch];
+        let Some(arq) = subscribers
+            .iter_mut()
+            .find(|s| s.peer == peer && s.sub_id == sub_id)
+            .and_then(|s| s.arq.as_deref_mut())
+        else {
+            return;
+        };
+        let mut trouble: Option<String> = None;
+        if let Storage::Open(log) = storage {
+            let outbox = &mut self.outbox;
+            let counters = &mut self.counters;
+            let mut deliver = |record: crate::log::Record<'_>| {
+                let frame = Frame::Deliver {
+                    sub_id,
+                    offset: record.offset,
+                    timestamp: record.timestamp,
+                    payload: record.payload,
+                };
+                outbox.push_frame(peer, &frame);
+            };
+            while let Some(seq) = arq.poll_retransmit(now.instant) {
+                if seq < log.first_offset() {
+                    trouble = Some(format!(
+                        "offset {seq} was deleted before it was acknowledged"
+                    ));
+                    break;
+                }
+                counters.reliable_retransmits += 1;
+                if let Err(e) = log.scan(seq, |r| {
+                    deliver(r);
+                    false
+                }) {
+                    trouble = Some(e.to_string());
+                    break;
+                }
+            }
+            let next = arq.next_seq();
+            if trouble.is_none() && next < log.next_offset() && arq.can_send(now.instant) {
+                if next < log.first_offset() {
+                    trouble = Some(format!("offset {next} was deleted before it was sent"));
+                } else if let Err(e) = log.scan(next, |r| {
+                    if !arq.can_send(now.instant) {
+                        return false;
+                    }
+                    arq.on_send(now.instant);
+                    counters.messages_delivered += 1;
+                    deliver(r);
+                    true
+                }) {
+                    trouble = Some(e.to_string());
+                }
+            }
+        }
+        if arq.is_failed() {
+            trouble = Some("no acknowledgement from the subscriber".into());
+        }
+        if let Some(at) = arq.poll_timeout() {
+            self.arq_timers.push(Reverse((at, peer, sub_id, ch)));
+        }
+        if let Some(reason) = trouble {
+            self.unsubscribe(peer, sub_id);
+            self.counters.subscribers_lost += 1;
+            let reason = format!("reliable subscription {sub_id} dropped: {reason}");
+            tracing::info!(%peer, "{reason}");
+            self.reply_error(now, peer, ErrorCode::UNAVAILABLE, &reason);
+        }
     }
 
     fn add_subscription(
@@ -845,19 +1193,14 @@ impl Relay {
         sub_id: u32,
         id: ChannelId,
         cursor: u64,
+        arq: Option<Box<Sender>>,
     ) -> Result<(), &'static str> {
         if self.subscription_count >= self.max_subscriptions {
             return Err("the relay holds its maximum number of subscriptions");
         }
-        let lease = self.lease;
-        let peer = self.peers.entry(from).or_insert_with(|| {
-            self.leases.push(Reverse((now.instant + lease, from)));
-            Peer {
-                last_seen: now.instant,
-                subscriptions: Vec::new(),
-            }
-        });
-        if peer.subscriptions.len() >= self.max_subscriptions_per_client {
+        let max = self.max_subscriptions_per_client;
+        let peer = self.peer_entry(now.instant, from);
+        if peer.subscriptions.len() >= max {
             return Err("this address holds its maximum number of subscriptions");
         }
         peer.subscriptions.push((sub_id, id));
@@ -866,6 +1209,7 @@ impl Relay {
             sub_id,
             cursor,
             replaying: false,
+            arq,
         });
         self.subscription_count += 1;
         Ok(())
@@ -880,18 +1224,29 @@ impl Relay {
             return false;
         };
         let (_, ch) = peer.subscriptions.swap_remove(pos);
-        if peer.subscriptions.is_empty() {
+        if peer.is_empty() {
             self.peers.remove(&from);
         }
         self.detach(ch, from, sub_id);
         true
     }
 
-    /// Removes a peer and all its subscriptions; returns how many there were.
+    /// The peer entry of `addr`, created (with its lease) if new.
+    fn peer_entry(&mut self, now: Instant, addr: SocketAddr) -> &mut Peer {
+        let lease = self.lease;
+        self.peers.entry(addr).or_insert_with(|| {
+            self.leases.push(Reverse((now + lease, addr)));
+            Peer::new(now)
+        })
+    }
+
+    /// Removes a peer, its subscriptions and its sessions; returns how many
+    /// subscriptions there were.
     fn remove_peer(&mut self, addr: SocketAddr) -> usize {
         let Some(peer) = self.peers.remove(&addr) else {
             return 0;
         };
+        self.counters.sessions_expired += peer.sessions.len() as u64;
         for &(sub_id, ch) in &peer.subscriptions {
             self.detach(ch, addr, sub_id);
         }
@@ -928,6 +1283,7 @@ impl Relay {
             storage: Storage::Empty,
             subscribers: Vec::new(),
             raw_out: Vec::new(),
+            durable_to: 0,
         });
         self.by_name.insert(self.channels[id].name.clone(), id);
         id

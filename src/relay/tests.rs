@@ -534,22 +534,159 @@ fn resubscribing_is_idempotent_and_keeps_the_lease_alive() {
     );
 }
 
+fn rpublish(relay: &mut Relay, now: Now, session: u64, seq: u64, payload: &[u8]) {
+    let frame = Frame::ReliablePublish {
+        session,
+        seq,
+        acked_below: 0,
+        channel: "news",
+        payload,
+    };
+    send(relay, now, PUBLISHER, &[frame]);
+}
+
+/// The publish acknowledgements the relay sent: (cumulative, ranges).
+fn publish_acks(sent: &Sent) -> Vec<(u64, Vec<(u64, u64)>)> {
+    let mut out = Vec::new();
+    for t in &sent.datagrams {
+        for f in wire::decode_datagram(&t.payload).unwrap().flatten() {
+            if let Frame::Ack {
+                kind: wire::AckKind::Publish,
+                cumulative,
+                ranges,
+                ..
+            } = f
+            {
+                out.push((cumulative, wire::ack_ranges(ranges).collect()));
+            }
+        }
+    }
+    out
+}
+
 #[test]
-fn reliable_requests_are_refused_until_supported() {
+fn reliable_publish_appends_each_message_once_in_session_order() {
     let (mut r, _dir) = relay();
     let t = start();
+    subscribe(&mut r, t, ALICE, 1, "news");
+    Sent::collect(&mut r);
+    rpublish(&mut r, t, 7, 1, b"second");
+    let sent = Sent::collect(&mut r);
+    assert_eq!(
+        publish_acks(&sent),
+        [(0, vec![(1, 2)])],
+        "early: held, not appended"
+    );
+    assert!(sent.frames_to(ALICE).is_empty());
+    rpublish(&mut r, t, 7, 0, b"first");
+    rpublish(&mut r, t, 7, 1, b"second"); // a retransmission
+    let sent = Sent::collect(&mut r);
+    assert_eq!(publish_acks(&sent), [(2, vec![]), (2, vec![])]);
+    assert_eq!(
+        sent.frames_to(ALICE),
+        ["deliver 1 @0 first", "deliver 1 @1 second"]
+    );
+    assert_eq!(r.counters().duplicates_dropped, 1);
+    assert_eq!(r.next_offset("news"), Some(2));
+}
+
+#[test]
+fn reliable_publish_under_interval_fsync_is_acked_after_the_sync() {
+    let every = Duration::from_millis(10);
+    let (mut r, _dir) = relay_with(|c| c.log.fsync = crate::log::FsyncMode::Interval(every));
+    let t = start();
+    rpublish(&mut r, t, 7, 0, b"a");
+    let sent = Sent::collect(&mut r);
+    assert_eq!(
+        publish_acks(&sent),
+        [(0, vec![(0, 1)])],
+        "stored, not yet durable"
+    );
+    r.handle_timeout(t.after(every));
+    let request = r.poll_sync().unwrap();
+    let durable = request.job.run().unwrap();
+    r.handle_sync_done(request.channel, Ok(durable));
+    assert_eq!(publish_acks(&Sent::collect(&mut r)), [(1, vec![])]);
+}
+
+#[test]
+fn reliable_subscription_retransmits_from_the_log_until_acknowledged() {
+    let (mut r, _dir) = relay();
+    let t = start();
+    for p in ["a", "b", "c"] {
+        publish(&mut r, t, "news", p.as_bytes());
+    }
     let frame = Frame::Subscribe {
-        sub_id: 1,
+        sub_id: 5,
         mode: DeliveryMode::Reliable,
-        start: StartPosition::Latest,
+        start: StartPosition::Offset(1),
         channel: "news",
     };
     send(&mut r, t, ALICE, &[frame]);
     assert_eq!(
         Sent::collect(&mut r).frames_to(ALICE),
-        ["error unsupported"]
+        [
+            "subscribed 5 first=1 next=3 lease=30000",
+            "deliver 5 @1 b",
+            "deliver 5 @2 c"
+        ]
     );
+    // Offset 2 is acknowledged, 1 is not: 1 comes again, re-read from the log.
+    let ranges = wire::encode_ack_ranges(&[(2, 3)]);
+    let ack = Frame::Ack {
+        kind: wire::AckKind::Subscription,
+        id: 5,
+        cumulative: 1,
+        window: 100,
+        ranges: &ranges,
+    };
+    send(&mut r, t.after(Duration::from_millis(10)), ALICE, &[ack]);
+    assert!(Sent::collect(&mut r).frames_to(ALICE).is_empty());
+    let t2 = run_timers(&mut r, t, t.after(Duration::from_millis(400)));
+    let again = Sent::collect(&mut r).frames_to(ALICE);
+    assert!(again.contains(&"deliver 5 @1 b".to_string()), "{again:?}");
+    assert!(
+        !again.iter().any(|f| f.contains("@2")),
+        "2 was acknowledged: {again:?}"
+    );
+    assert!(r.counters().reliable_retransmits >= 1);
+    // Once everything is acknowledged, new messages go out as published.
+    let ack = Frame::Ack {
+        kind: wire::AckKind::Subscription,
+        id: 5,
+        cumulative: 3,
+        window: 100,
+        ranges: &[],
+    };
+    send(&mut r, t2, ALICE, &[ack]);
+    publish(&mut r, t2, "news", b"d");
+    let frames = Sent::collect(&mut r).frames_to(ALICE);
+    assert!(frames.contains(&"deliver 5 @3 d".to_string()), "{frames:?}");
+}
+
+#[test]
+fn a_silent_reliable_subscriber_is_declared_lost() {
+    let (mut r, _dir) = relay_with(|c| c.lease = Duration::from_secs(3600));
+    let t = start();
+    publish(&mut r, t, "news", b"a");
+    let frame = Frame::Subscribe {
+        sub_id: 5,
+        mode: DeliveryMode::Reliable,
+        start: StartPosition::Earliest,
+        channel: "news",
+    };
+    send(&mut r, t, ALICE, &[frame]);
+    run_timers(&mut r, t, t.after(Duration::from_secs(120)));
     assert_eq!(r.subscription_count(), 0);
+    assert_eq!(r.counters().subscribers_lost, 1);
+    let frames = Sent::collect(&mut r).frames_to(ALICE);
+    assert_eq!(frames.last().unwrap(), "error unavailable");
+    let later = t.after(Duration::from_secs(120));
+    run_timers(&mut r, later, later.after(Duration::from_secs(60)));
+    assert!(
+        Sent::collect(&mut r).datagrams.is_empty(),
+        "nothing more is sent"
+    );
 }
 
 #[test]

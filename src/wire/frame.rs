@@ -28,6 +28,8 @@ pub enum FrameType {
     StatsRequest = 0x0A,
     /// The relay's counters, as name and value pairs.
     Stats = 0x0B,
+    /// A message of a reliable publishing session, client to relay.
+    ReliablePublish = 0x0C,
 }
 
 impl FrameType {
@@ -44,6 +46,7 @@ impl FrameType {
             0x09 => FrameType::Error,
             0x0A => FrameType::StatsRequest,
             0x0B => FrameType::Stats,
+            0x0C => FrameType::ReliablePublish,
             _ => return None,
         })
     }
@@ -208,9 +211,26 @@ pub enum Frame<'a> {
         id: u64,
         /// Every number below this was received.
         cumulative: u64,
+        /// How many more messages past `cumulative` the receiver will take.
+        window: u32,
         /// Further received ranges above `cumulative`, `[start, end)`, as raw
         /// little-endian pairs of u64 (16 bytes each).
         ranges: &'a [u8],
+    },
+    /// Message `seq` of reliable publishing session `session`.
+    ReliablePublish {
+        /// Chosen by the client, unique per run; with the client's address it
+        /// names the session.
+        session: u64,
+        /// The message's sequence number in the session, from 0.
+        seq: u64,
+        /// Everything below this was acknowledged already: a relay that does
+        /// not know the session (it restarted) starts it here.
+        acked_below: u64,
+        /// Channel name, validated.
+        channel: &'a str,
+        /// Message bytes.
+        payload: &'a [u8],
     },
     /// Keepalive and round-trip probe.
     Ping {
@@ -253,6 +273,7 @@ impl<'a> Frame<'a> {
             Frame::Error { .. } => FrameType::Error,
             Frame::StatsRequest => FrameType::StatsRequest,
             Frame::Stats { .. } => FrameType::Stats,
+            Frame::ReliablePublish { .. } => FrameType::ReliablePublish,
         }
     }
 
@@ -263,7 +284,10 @@ impl<'a> Frame<'a> {
             Frame::Unsubscribe { .. } => 4,
             Frame::Subscribed { .. } => 4 + 8 + 8 + 4,
             Frame::Deliver { payload, .. } => DELIVER_FIXED + payload.len(),
-            Frame::Ack { ranges, .. } => 1 + 8 + 8 + ranges.len(),
+            Frame::Ack { ranges, .. } => 1 + 8 + 8 + 4 + ranges.len(),
+            Frame::ReliablePublish {
+                channel, payload, ..
+            } => 8 + 8 + 8 + 1 + channel.len() + payload.len(),
             Frame::Ping { .. } | Frame::Pong { .. } => 8,
             Frame::Error { reason, .. } => 2 + reason.len(),
             Frame::StatsRequest => 0,
@@ -285,7 +309,9 @@ impl<'a> Frame<'a> {
             return Err(WireError::TooLarge);
         }
         match self {
-            Frame::Publish { channel, .. } | Frame::Subscribe { channel, .. } => {
+            Frame::Publish { channel, .. }
+            | Frame::Subscribe { channel, .. }
+            | Frame::ReliablePublish { channel, .. } => {
                 validate_channel(channel.as_bytes())?;
             }
             Frame::Ack { ranges, .. } if !ranges.len().is_multiple_of(16) => {
@@ -351,6 +377,7 @@ impl<'a> Frame<'a> {
                 kind,
                 id,
                 cumulative,
+                window,
                 ranges,
             } => {
                 out.push(match kind {
@@ -359,7 +386,22 @@ impl<'a> Frame<'a> {
                 });
                 out.extend_from_slice(&id.to_le_bytes());
                 out.extend_from_slice(&cumulative.to_le_bytes());
+                out.extend_from_slice(&window.to_le_bytes());
                 out.extend_from_slice(ranges);
+            }
+            Frame::ReliablePublish {
+                session,
+                seq,
+                acked_below,
+                channel,
+                payload,
+            } => {
+                out.extend_from_slice(&session.to_le_bytes());
+                out.extend_from_slice(&seq.to_le_bytes());
+                out.extend_from_slice(&acked_below.to_le_bytes());
+                out.push(channel.len() as u8);
+                out.extend_from_slice(channel.as_bytes());
+                out.extend_from_slice(payload);
             }
             Frame::Ping { nonce } | Frame::Pong { nonce } => {
                 out.extend_from_slice(&nonce.to_le_bytes())
@@ -461,6 +503,7 @@ impl<'a> Frame<'a> {
                 };
                 let id = r.u64()?;
                 let cumulative = r.u64()?;
+                let window = r.u32()?;
                 let ranges = r.rest();
                 if !ranges.len().is_multiple_of(16) {
                     return Err(WireError::BadLength);
@@ -469,7 +512,21 @@ impl<'a> Frame<'a> {
                     kind,
                     id,
                     cumulative,
+                    window,
                     ranges,
+                }
+            }
+            FrameType::ReliablePublish => {
+                let session = r.u64()?;
+                let seq = r.u64()?;
+                let acked_below = r.u64()?;
+                let channel = r.channel()?;
+                Frame::ReliablePublish {
+                    session,
+                    seq,
+                    acked_below,
+                    channel,
+                    payload: r.rest(),
                 }
             }
             FrameType::Ping | FrameType::Pong => {

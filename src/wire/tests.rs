@@ -51,13 +51,22 @@ fn sample_frames() -> Vec<Frame<'static>> {
             kind: AckKind::Subscription,
             id: 9,
             cumulative: 4,
+            window: 100,
             ranges: &RANGES,
         },
         Frame::Ack {
             kind: AckKind::Publish,
             id: u64::MAX,
             cumulative: 0,
+            window: 0,
             ranges: &[],
+        },
+        Frame::ReliablePublish {
+            session: 0xDEAD_BEEF,
+            seq: 17,
+            acked_below: 12,
+            channel: "orders",
+            payload: b"reliable",
         },
         Frame::Ping { nonce: 1 },
         Frame::Pong { nonce: u64::MAX },
@@ -165,8 +174,8 @@ fn frame_errors_are_typed() {
     // Channel length byte pointing past the body.
     assert_eq!(decode(&[0x01, 0, 2, 0, 5, b'a']), Err(WireError::BadLength));
     // Ack ranges that are not whole pairs.
-    let mut ack = vec![0x06, 0, 18, 0, 0];
-    ack.extend_from_slice(&[0; 17]);
+    let mut ack = vec![0x06, 0, 22, 0, 0];
+    ack.extend_from_slice(&[0; 21]);
     assert_eq!(decode(&ack), Err(WireError::BadLength));
 }
 

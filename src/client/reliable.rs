@@ -1,0 +1,354 @@
+//! The client halves of reliable mode: a publishing session that keeps each
+//! message until the relay acknowledges it, and a reliable subscription that
+//! acknowledges offsets and hands messages over in order, exactly once.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use super::{ClientError, SUBSCRIBE_RETRY, SubscriptionEvent};
+use crate::reliable::{ArqConfig, Receiver, ReceiverStats, Sender, SenderStats};
+use crate::wire::{
+    self, AckKind, DatagramBuilder, DeliveryMode, ErrorCode, Frame, HEADER_LEN, MAX_DATAGRAM,
+    StartPosition,
+};
+
+/// Fixed bytes of a reliable publish frame besides channel and payload.
+const RELIABLE_PUBLISH_FIXED: usize = wire::FRAME_HEADER_LEN + 8 + 8 + 8 + 1;
+
+/// A reliable publishing session: messages are numbered, kept until the
+/// relay acknowledges them (which it does once they are in its log), and sent
+/// again when the ARQ says they were lost.
+#[derive(Debug)]
+pub struct ReliablePublisher {
+    session: u64,
+    channel: String,
+    sender: Sender,
+    /// Payloads of the sequence numbers `snd_una..next_seq`, for resending.
+    in_flight: VecDeque<Vec<u8>>,
+    /// Messages not sent yet.
+    queued: VecDeque<Vec<u8>>,
+    /// Packing limit for one datagram.
+    datagram_size: usize,
+    /// A retransmission that did not fit in the last datagram.
+    carry: Option<u64>,
+}
+
+impl ReliablePublisher {
+    /// A session `session` (unique per run) publishing to `channel`.
+    pub fn new(
+        session: u64,
+        channel: &str,
+        config: ArqConfig,
+        datagram_size: usize,
+    ) -> Result<ReliablePublisher, ClientError> {
+        wire::validate_channel(channel.as_bytes())
+            .map_err(|_| ClientError::BadChannel(channel.to_string()))?;
+        Ok(ReliablePublisher {
+            session,
+            channel: channel.to_string(),
+            sender: Sender::new(config, 0),
+            in_flight: VecDeque::new(),
+            queued: VecDeque::new(),
+            datagram_size,
+            carry: None,
+        })
+    }
+
+    /// Queues a message.
+    pub fn push(&mut self, payload: Vec<u8>) -> Result<(), ClientError> {
+        let max = MAX_DATAGRAM - HEADER_LEN - RELIABLE_PUBLISH_FIXED - self.channel.len();
+        if payload.len() > max {
+            return Err(ClientError::TooLarge {
+                size: payload.len(),
+                max,
+            });
+        }
+        self.queued.push_back(payload);
+        Ok(())
+    }
+
+    /// True while fewer messages wait to be sent than one window: read more
+    /// input only then, so memory stays bounded however large the input.
+    pub fn wants_input(&self) -> bool {
+        self.queued.len() < 4096
+    }
+
+    /// True when every message pushed was acknowledged.
+    pub fn is_done(&self) -> bool {
+        self.queued.is_empty() && self.sender.is_idle()
+    }
+
+    /// True once the relay stopped answering (the ARQ gave up).
+    pub fn is_failed(&self) -> bool {
+        self.sender.is_failed()
+    }
+
+    /// Messages not yet acknowledged (queued or in flight).
+    pub fn unacknowledged(&self) -> u64 {
+        self.queued.len() as u64 + self.sender.in_flight()
+    }
+
+    /// Messages acknowledged so far.
+    pub fn acknowledged(&self) -> u64 {
+        self.sender.snd_una()
+    }
+
+    /// The ARQ's counters.
+    pub fn stats(&self) -> SenderStats {
+        self.sender.stats()
+    }
+
+    /// When [`ReliablePublisher::handle_timeout`] is next due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.sender.poll_timeout()
+    }
+
+    /// Fires the ARQ's timers.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.sender.handle_timeout(now);
+    }
+
+    /// The next datagram to send at `now`: retransmissions first, then new
+    /// messages, as many as the windows allow and the datagram holds.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
+        let mut b = DatagramBuilder::new(self.datagram_size);
+        loop {
+            let seq = match self
+                .carry
+                .take()
+                .or_else(|| self.sender.poll_retransmit(now))
+            {
+                Some(seq) => seq,
+                None => {
+                    let Some(next) = self.queued.front() else {
+                        break;
+                    };
+                    let len = RELIABLE_PUBLISH_FIXED + self.channel.len() + next.len();
+                    if !self.sender.can_send(now) || (!b.is_empty() && len > b.remaining()) {
+                        break;
+                    }
+                    let payload = self.queued.pop_front().expect("front() was Some");
+                    self.in_flight.push_back(payload);
+                    self.sender.on_send(now)
+                }
+            };
+            let index = (seq - self.sender.snd_una()) as usize;
+            let frame = Frame::ReliablePublish {
+                session: self.session,
+                seq,
+                acked_below: self.sender.snd_una(),
+                channel: &self.channel,
+                payload: &self.in_flight[index],
+            };
+            if b.push(&frame).is_ok() {
+                continue;
+            }
+            if b.is_empty() {
+                // Larger than the packing limit: alone, as large as UDP allows.
+                let mut alone = DatagramBuilder::new(MAX_DATAGRAM);
+                // push() checked the size, so this fits.
+                let _ = alone.push(&frame);
+                return Some(alone.finish());
+            }
+            self.carry = Some(seq);
+            break;
+        }
+        (!b.is_empty()).then(|| b.finish())
+    }
+
+    /// Reads a datagram from the relay: acknowledgements advance the session,
+    /// errors go to `on_error`.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        datagram: &[u8],
+        mut on_error: impl FnMut(ErrorCode, &str),
+    ) {
+        let Ok(frames) = wire::decode_datagram(datagram) else {
+            return;
+        };
+        for frame in frames.flatten() {
+            match frame {
+                Frame::Ack {
+                    kind: AckKind::Publish,
+                    id,
+                    cumulative,
+                    window,
+                    ranges,
+                } if id == self.session => {
+                    self.sender
+                        .on_ack(cumulative, wire::ack_ranges(ranges), window, now);
+                    let in_flight = self.sender.in_flight() as usize;
+                    while self.in_flight.len() > in_flight {
+                        self.in_flight.pop_front();
+                    }
+                    if self.carry.is_some_and(|c| c < self.sender.snd_una()) {
+                        self.carry = None;
+                    }
+                }
+                Frame::Error { code, reason } => on_error(code, reason),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A reliable subscription's client side: asks (and keeps asking, as a
+/// keepalive) for the subscription, acknowledges offsets, and hands messages
+/// over in offset order, each exactly once, whatever the network did.
+#[derive(Debug)]
+pub struct ReliableSubscription {
+    sub_id: u32,
+    channel: String,
+    start: StartPosition,
+    config: ArqConfig,
+    /// Created by the relay's first answer, at the offset it starts from.
+    receiver: Option<Receiver<(u64, Vec<u8>)>>,
+    /// Lease the relay granted; `None` until the first answer.
+    lease: Option<std::time::Duration>,
+    /// When the next subscribe (retry or keepalive) is due.
+    next_subscribe: Instant,
+}
+
+impl ReliableSubscription {
+    /// A subscription that sends its first request at `now`.
+    pub fn new(
+        sub_id: u32,
+        channel: &str,
+        start: StartPosition,
+        config: ArqConfig,
+        now: Instant,
+    ) -> Result<ReliableSubscription, ClientError> {
+        wire::validate_channel(channel.as_bytes())
+            .map_err(|_| ClientError::BadChannel(channel.to_string()))?;
+        Ok(ReliableSubscription {
+            sub_id,
+            channel: channel.to_string(),
+            start,
+            config,
+            receiver: None,
+            lease: None,
+            next_subscribe: now,
+        })
+    }
+
+    /// True once the relay has answered.
+    pub fn is_active(&self) -> bool {
+        self.receiver.is_some()
+    }
+
+    /// The offset of the next message expected (resume from here).
+    pub fn next_offset(&self) -> Option<u64> {
+        self.receiver.as_ref().map(|r| r.cumulative())
+    }
+
+    /// The receive side's counters.
+    pub fn stats(&self) -> ReceiverStats {
+        self.receiver
+            .as_ref()
+            .map(|r| r.stats())
+            .unwrap_or_default()
+    }
+
+    /// When [`ReliableSubscription::poll_transmit`] next has something to send.
+    pub fn poll_timeout(&self) -> Instant {
+        let ack = self.receiver.as_ref().and_then(|r| r.poll_timeout());
+        ack.map_or(self.next_subscribe, |a| a.min(self.next_subscribe))
+    }
+
+    /// The datagram due at `now`, if any: the subscribe (retry or keepalive)
+    /// and the acknowledgement.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
+        let mut frames_due = Vec::new();
+        let ack = self.receiver.as_mut().and_then(|r| r.poll_ack(now));
+        let ranges = ack.as_ref().map(|a| wire::encode_ack_ranges(&a.ranges));
+        if let (Some(ack), Some(ranges)) = (&ack, &ranges) {
+            frames_due.push(Frame::Ack {
+                kind: AckKind::Subscription,
+                id: u64::from(self.sub_id),
+                cumulative: ack.cumulative,
+                window: ack.window,
+                ranges,
+            });
+        }
+        if now >= self.next_subscribe {
+            self.next_subscribe = now + self.lease.map_or(SUBSCRIBE_RETRY, |l| l / 3);
+            let start = self.next_offset().map_or(self.start, StartPosition::Offset);
+            frames_due.push(Frame::Subscribe {
+                sub_id: self.sub_id,
+                mode: DeliveryMode::Reliable,
+                start,
+                channel: &self.channel,
+            });
+        }
+        if frames_due.is_empty() {
+            return None;
+        }
+        wire::encode_datagram(&frames_due).ok()
+    }
+
+    /// Reads a datagram from the relay, reporting the subscription, each
+    /// message in order, and errors.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        datagram: &[u8],
+        mut on_event: impl FnMut(SubscriptionEvent<'_>),
+    ) {
+        let Ok(frames) = wire::decode_datagram(datagram) else {
+            return;
+        };
+        for frame in frames.flatten() {
+            match frame {
+                Frame::Subscribed {
+                    sub_id,
+                    first_offset,
+                    next_offset,
+                    lease_ms,
+                } if sub_id == self.sub_id => {
+                    let lease = std::time::Duration::from_millis(u64::from(lease_ms).max(30));
+                    self.lease = Some(lease);
+                    if self.receiver.is_none() {
+                        self.receiver = Some(Receiver::new(self.config, first_offset));
+                        self.next_subscribe = now + lease / 3;
+                        on_event(SubscriptionEvent::Subscribed {
+                            first_offset,
+                            next_offset,
+                        });
+                    }
+                }
+                Frame::Deliver {
+                    sub_id,
+                    offset,
+                    timestamp,
+                    payload,
+                } if sub_id == self.sub_id => {
+                    if let Some(r) = self.receiver.as_mut() {
+                        r.on_data(offset, (timestamp, payload.to_vec()), now);
+                    }
+                }
+                Frame::Error { code, reason } => {
+                    on_event(SubscriptionEvent::Error { code, reason })
+                }
+                _ => {}
+            }
+        }
+        if let Some(r) = self.receiver.as_mut() {
+            while let Some((offset, (timestamp, payload))) = r.pop() {
+                on_event(SubscriptionEvent::Message {
+                    offset,
+                    timestamp,
+                    payload: &payload,
+                });
+            }
+        }
+    }
+
+    /// The datagram that ends the subscription.
+    pub fn unsubscribe(&self) -> Vec<u8> {
+        let frame = Frame::Unsubscribe {
+            sub_id: self.sub_id,
+        };
+        wire::encode_datagram(&[frame]).unwrap_or_default()
+    }
+}
