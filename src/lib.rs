@@ -39,4 +39,5 @@ pub mod log;
 pub mod relay;
 pub mod reliable;
 pub mod rng;
+pub mod sim;
 pub mod wire;

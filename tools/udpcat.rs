@@ -7,12 +7,17 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use socket2::{Domain, Protocol, Socket, Type};
-use udprelay::client::{ClientError, Publisher, Subscription, SubscriptionEvent, message_json};
+use udprelay::client::{
+    ClientError, Publisher, ReliablePublisher, ReliableSubscription, Subscription,
+    SubscriptionEvent, message_json,
+};
 use udprelay::config::parse_duration;
+use udprelay::reliable::ArqConfig;
 use udprelay::rng::Rng;
 use udprelay::wire::{self, ErrorCode, Frame, StartPosition};
 
@@ -50,6 +55,10 @@ enum Command {
         /// Print a summary on stderr when done.
         #[arg(short, long)]
         verbose: bool,
+        /// Guaranteed delivery: every message is retransmitted until the relay
+        /// acknowledges it (once it is in the log); exit 0 only if all were.
+        #[arg(long)]
+        reliable: bool,
     },
     /// Subscribe to a channel and print each message.
     Sub {
@@ -73,6 +82,10 @@ enum Command {
         /// How long to wait for the relay to accept the subscription.
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
         reply_timeout: Duration,
+        /// Guaranteed delivery: acknowledged, retransmitted, in offset order,
+        /// each message exactly once; resume with --from the next offset.
+        #[arg(long)]
+        reliable: bool,
     },
     /// Measure the round trip to the relay.
     Ping {
@@ -122,6 +135,8 @@ enum CatError {
     Incomplete { got: u64, want: u64 },
     #[error("the relay refused {0} request(s)")]
     Refusals(u64),
+    #[error("{count} message(s) were not acknowledged: {why}")]
+    Unacknowledged { count: u64, why: String },
     #[error("{0}")]
     Io(#[from] io::Error),
 }
@@ -149,6 +164,7 @@ fn main() -> ExitCode {
             datagram_size,
             reply_timeout,
             verbose,
+            reliable,
         } => {
             let input = match (message, file) {
                 (Some(m), _) => Input::Message(m),
@@ -162,7 +178,13 @@ fn main() -> ExitCode {
                 datagram_size,
                 verbose,
             };
-            Conn::open(&addr, reply_timeout).and_then(|mut c| publish(&mut c, &opts))
+            Conn::open(&addr, reply_timeout).and_then(|mut c| {
+                if reliable {
+                    publish_reliably(&mut c, opts)
+                } else {
+                    publish(&mut c, &opts)
+                }
+            })
         }
         Command::Sub {
             addr,
@@ -172,6 +194,7 @@ fn main() -> ExitCode {
             timeout,
             from,
             reply_timeout,
+            reliable,
         } => {
             let opts = SubOptions {
                 channel,
@@ -179,6 +202,7 @@ fn main() -> ExitCode {
                 count,
                 timeout,
                 from,
+                reliable,
             };
             Conn::open(&addr, reply_timeout).and_then(|mut c| subscribe(&mut c, &opts))
         }
@@ -456,6 +480,133 @@ fn publish(conn: &mut Conn, opts: &PubOptions) -> Result<(), CatError> {
     }
 }
 
+/// Reads the input on a thread, one message per line, so the reliable
+/// loop can wait for the network and the input at once.
+fn spawn_input(input: Input, count: u64) -> mpsc::Receiver<Result<Vec<u8>, CatError>> {
+    let (tx, rx) = mpsc::sync_channel(4096);
+    std::thread::spawn(move || {
+        let result = (|| -> Result<(), CatError> {
+            let send = |m: Vec<u8>| tx.send(Ok(m)).is_ok();
+            match input {
+                Input::Message(m) => {
+                    for _ in 0..count {
+                        if !send(m.clone().into_bytes()) {
+                            break;
+                        }
+                    }
+                }
+                Input::File(path) => {
+                    let name = path.display().to_string();
+                    let file = File::open(&path).map_err(|e| CatError::Input(name.clone(), e))?;
+                    let lines =
+                        read_lines(BufReader::new(file), |e| CatError::Input(name.clone(), e))?;
+                    'all: for _ in 0..count {
+                        for line in &lines {
+                            if !send(line.clone()) {
+                                break 'all;
+                            }
+                        }
+                    }
+                }
+                Input::Stdin if count == 1 => {
+                    let mut reader = BufReader::with_capacity(1 << 16, io::stdin());
+                    let mut line = Vec::new();
+                    loop {
+                        line.clear();
+                        let n = reader
+                            .read_until(b'\n', &mut line)
+                            .map_err(|e| CatError::Input("stdin".into(), e))?;
+                        if n == 0 || !send(trim_newline(&line).to_vec()) {
+                            break;
+                        }
+                    }
+                }
+                Input::Stdin => {
+                    let lines =
+                        read_lines(io::stdin().lock(), |e| CatError::Input("stdin".into(), e))?;
+                    'all: for _ in 0..count {
+                        for line in &lines {
+                            if !send(line.clone()) {
+                                break 'all;
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let _ = tx.send(Err(e));
+        }
+    });
+    rx
+}
+
+/// Publishes with acknowledgements: exits 0 only when the relay acknowledged
+/// every message.
+fn publish_reliably(conn: &mut Conn, opts: PubOptions) -> Result<(), CatError> {
+    let nonce = conn.send_ping()?;
+    conn.await_pong(nonce)?;
+    let session = Rng::from_entropy().next_u64();
+    let mut rp = ReliablePublisher::new(
+        session,
+        &opts.channel,
+        ArqConfig::default(),
+        opts.datagram_size,
+    )?;
+    let input = spawn_input(opts.input, opts.count);
+    let mut input_done = false;
+    let mut refusal: Option<String> = None;
+    loop {
+        while !input_done && rp.wants_input() {
+            match input.try_recv() {
+                Ok(Ok(message)) => rp.push(message)?,
+                Ok(Err(e)) => return Err(e),
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => input_done = true,
+            }
+        }
+        if input_done && rp.is_done() {
+            break;
+        }
+        if rp.is_failed() || refusal.is_some() {
+            let why = refusal.unwrap_or_else(|| "the relay stopped answering".into());
+            return Err(CatError::Unacknowledged {
+                count: rp.unacknowledged(),
+                why,
+            });
+        }
+        let now = Instant::now();
+        if rp.poll_timeout().is_some_and(|t| t <= now) {
+            rp.handle_timeout(now);
+        }
+        while let Some(datagram) = rp.poll_transmit(now) {
+            conn.send(&datagram)?;
+        }
+        // Wake for the next timer, or soon if input may be waiting.
+        let mut wake = rp.poll_timeout().unwrap_or(now + Duration::from_secs(1));
+        if !input_done && rp.wants_input() {
+            wake = wake.min(now + Duration::from_millis(2));
+        }
+        if let Some(datagram) = conn.recv_until(wake)? {
+            rp.handle_datagram(Instant::now(), datagram, |code, reason| {
+                report_refusal(code, reason);
+                refusal = Some(format!("refused ({}): {reason}", code.name()));
+            });
+        }
+    }
+    if opts.verbose {
+        let stats = rp.stats();
+        eprintln!(
+            "udpcat: published {} messages to {} reliably ({} retransmissions)",
+            rp.acknowledged(),
+            opts.channel,
+            stats.retransmits
+        );
+    }
+    Ok(())
+}
+
 fn read_lines(
     mut reader: impl Read,
     err: impl Fn(io::Error) -> CatError,
@@ -498,12 +649,74 @@ struct SubOptions {
     count: Option<u64>,
     timeout: Option<Duration>,
     from: StartPosition,
+    reliable: bool,
+}
+
+/// Either kind of subscription, behind one interface for the receive loop.
+enum AnySubscription {
+    Plain(Subscription),
+    Reliable(Box<ReliableSubscription>),
+}
+
+impl AnySubscription {
+    fn is_active(&self) -> bool {
+        match self {
+            AnySubscription::Plain(s) => s.is_active(),
+            AnySubscription::Reliable(s) => s.is_active(),
+        }
+    }
+
+    fn poll_timeout(&self) -> Instant {
+        match self {
+            AnySubscription::Plain(s) => s.poll_timeout(),
+            AnySubscription::Reliable(s) => s.poll_timeout(),
+        }
+    }
+
+    fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
+        match self {
+            AnySubscription::Plain(s) => s.poll_transmit(now),
+            AnySubscription::Reliable(s) => s.poll_transmit(now),
+        }
+    }
+
+    fn handle_datagram(
+        &mut self,
+        now: Instant,
+        datagram: &[u8],
+        on_event: &mut dyn FnMut(SubscriptionEvent<'_>),
+    ) {
+        match self {
+            AnySubscription::Plain(s) => {
+                s.handle_datagram(now, datagram, &mut *on_event);
+            }
+            AnySubscription::Reliable(s) => s.handle_datagram(now, datagram, on_event),
+        }
+    }
+
+    fn unsubscribe(&self) -> Vec<u8> {
+        match self {
+            AnySubscription::Plain(s) => s.unsubscribe(),
+            AnySubscription::Reliable(s) => s.unsubscribe(),
+        }
+    }
 }
 
 fn subscribe(conn: &mut Conn, opts: &SubOptions) -> Result<(), CatError> {
     let start = Instant::now();
     let sub_id = Rng::from_entropy().next_u64() as u32;
-    let mut sub = Subscription::new(sub_id, &opts.channel, opts.from, start)?;
+    let mut sub = if opts.reliable {
+        let arq = ArqConfig::default();
+        AnySubscription::Reliable(Box::new(ReliableSubscription::new(
+            sub_id,
+            &opts.channel,
+            opts.from,
+            arq,
+            start,
+        )?))
+    } else {
+        AnySubscription::Plain(Subscription::new(sub_id, &opts.channel, opts.from, start)?)
+    };
     let stop_at = opts.timeout.map(|t| start + t);
     let answer_by = start + conn.reply_timeout;
     let mut received = 0u64;
@@ -543,7 +756,7 @@ fn subscribe(conn: &mut Conn, opts: &SubOptions) -> Result<(), CatError> {
             continue;
         };
         let mut write_result = Ok(());
-        sub.handle_datagram(Instant::now(), datagram, |event| match event {
+        sub.handle_datagram(Instant::now(), datagram, &mut |event| match event {
             SubscriptionEvent::Subscribed { first_offset, .. } => {
                 eprintln!("udpcat: subscribed to {} at offset {first_offset}", opts.channel);
                 if let StartPosition::Offset(asked) = opts.from

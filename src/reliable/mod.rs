@@ -34,6 +34,13 @@ pub struct ArqConfig {
     pub max_timeouts: u32,
     /// Congestion window at the start and after idle, in messages.
     pub initial_cwnd: u32,
+    /// The congestion window never shrinks below this, in messages. RFC 5681
+    /// goes down to one after a timeout; on a lossy but uncongested path
+    /// (30 % random loss) that starves the ack clock, so every loss becomes
+    /// a timeout. A floor keeps enough in flight for losses to be found by
+    /// later acknowledgements instead (KCP's fast mode goes further and has
+    /// no window at all).
+    pub min_cwnd: u32,
     /// Largest congestion window, in messages.
     pub max_cwnd: u32,
     /// Later messages acknowledged before one is declared lost.
@@ -49,9 +56,10 @@ impl Default for ArqConfig {
         ArqConfig {
             initial_rto: Duration::from_millis(200),
             min_rto: Duration::from_millis(20),
-            max_rto: Duration::from_secs(5),
-            max_timeouts: 10,
+            max_rto: Duration::from_secs(2),
+            max_timeouts: 20,
             initial_cwnd: 32,
+            min_cwnd: 16,
             max_cwnd: 8192,
             dupthresh: 3,
             delayed_ack: Duration::from_millis(5),
@@ -70,6 +78,9 @@ enum Timer {
     Tlp = 1,
     /// Pacing: the next new message may go at this time.
     Pacing = 2,
+    /// Time-based loss detection: a message sent before a delivered one is
+    /// lost once it is a round trip and a reordering window old.
+    Rack = 3,
 }
 
 /// State of one sent sequence number.
@@ -131,7 +142,16 @@ pub struct Sender {
     /// How far past `snd_una` the receiver allows.
     peer_window: u64,
     /// Every timer, indexed by [`Timer`].
-    timers: [Option<Instant>; 3],
+    timers: [Option<Instant>; 4],
+    /// (send time, sequence number) of the most recently sent message known
+    /// delivered: anything sent before it and still unacknowledged a round
+    /// trip plus `reo_wnd` later is lost (RACK, RFC 8985, simplified).
+    rack: Option<(Instant, u64)>,
+    /// How much reordering to tolerate; grows when a retransmission turns
+    /// out to have been spurious.
+    reo_wnd: Duration,
+    /// RTO expiries since the peer last acknowledged anything at all.
+    silent_timeouts: u32,
     /// The tail-loss probe of this flight was sent.
     probed: bool,
     stats: SenderStats,
@@ -156,7 +176,10 @@ impl Sender {
             recovery_until: first,
             highest_acked: first,
             peer_window: u64::from(config.receive_window),
-            timers: [None; 3],
+            timers: [None; 4],
+            rack: None,
+            reo_wnd: Duration::ZERO,
+            silent_timeouts: 0,
             probed: false,
             stats: SenderStats::default(),
         }
@@ -179,7 +202,7 @@ impl Sender {
 
     /// True once the peer stopped answering for `max_timeouts` RTOs.
     pub fn is_failed(&self) -> bool {
-        self.backoff > self.config.max_timeouts
+        self.silent_timeouts > self.config.max_timeouts
     }
 
     /// Smoothed round-trip time, once measured.
@@ -305,7 +328,11 @@ impl Sender {
     ) -> u64 {
         let cumulative = cumulative.min(self.next_seq);
         self.peer_window = u64::from(window).max(1);
+        self.silent_timeouts = 0;
         let mut newly = 0u64;
+        let srtt = self.srtt;
+        let mut rack = self.rack;
+        let mut spurious = false;
         // The RTT sample comes from the newest message this ack newly covers
         // (the one whose arrival most likely triggered it), and only if it
         // was sent once and never suspected lost (Karn's rule, widened: an
@@ -314,6 +341,16 @@ impl Sender {
         let mut sample = |seq: u64, slot: &Slot| {
             if newest.is_none_or(|(s, _)| seq > s) {
                 newest = Some((seq, *slot));
+            }
+            if rack.is_none_or(|r| (slot.sent_at, seq) > r) {
+                rack = Some((slot.sent_at, seq));
+            }
+            // Acknowledged within half a round trip of its retransmission:
+            // the original got there, the retransmission was spurious.
+            if slot.transmissions > 1
+                && srtt.is_some_and(|r| now.saturating_duration_since(slot.sent_at) < r / 2)
+            {
+                spurious = true;
             }
         };
         for (start, end) in ranges {
@@ -358,12 +395,16 @@ impl Sender {
         {
             self.update_rtt(now.saturating_duration_since(slot.sent_at));
         }
+        self.rack = rack;
+        if spurious && let Some(srtt) = self.srtt {
+            self.reo_wnd = (self.reo_wnd + srtt / 4).min(srtt);
+        }
         if newly > 0 {
             self.backoff = 0;
             self.probed = false;
             self.grow_window(newly);
         }
-        self.detect_losses();
+        self.detect_losses(now);
         if self.is_idle() {
             self.timers[Timer::Rto as usize] = None;
             self.timers[Timer::Tlp as usize] = None;
@@ -406,28 +447,44 @@ impl Sender {
         self.cwnd = self.cwnd.min(f64::from(self.config.max_cwnd));
     }
 
-    /// Declares lost every unacknowledged message with `dupthresh` later
-    /// ones acknowledged (RFC 6675's rule, simplified to the highest SACK).
-    fn detect_losses(&mut self) {
-        let limit = self.highest_acked.saturating_sub(self.config.dupthresh);
+    /// Declares lost every unacknowledged message that was sent before a
+    /// delivered one (by send time, then sequence number) and is older than
+    /// a round trip plus the reordering window. Until reordering was seen (a
+    /// spurious retransmission), `dupthresh` later acknowledged messages are
+    /// enough, at once: classic fast retransmit. A message not old enough yet
+    /// arms the RACK timer for when it will be.
+    fn detect_losses(&mut self, now: Instant) {
+        self.timers[Timer::Rack as usize] = None;
+        let Some(rack) = self.rack else {
+            return;
+        };
+        let srtt = self.srtt.unwrap_or(self.config.initial_rto);
+        let wait = srtt + self.reo_wnd.max(srtt / 4).max(Duration::from_millis(1));
+        let end = self.highest_acked.saturating_sub(self.snd_una) as usize;
         let mut found = false;
-        for (i, slot) in self.slots.iter_mut().enumerate() {
+        let mut next_check: Option<Instant> = None;
+        for (i, slot) in self.slots.iter_mut().enumerate().take(end) {
             let seq = self.snd_una + i as u64;
-            if seq >= limit {
-                break;
+            if slot.acked || slot.lost || (slot.sent_at, seq) >= rack {
+                continue;
             }
-            if !slot.acked && !slot.lost {
-                slot.lost = true;
-                slot.suspect = true;
-                self.pipe -= 1;
-                self.lost.push_back(seq);
-                self.stats.fast_retransmits += 1;
-                found = true;
+            let dupthresh_hit = seq + self.config.dupthresh < self.highest_acked;
+            let deadline = slot.sent_at + wait;
+            if now < deadline && !(dupthresh_hit && self.reo_wnd.is_zero()) {
+                next_check = Some(next_check.map_or(deadline, |n| n.min(deadline)));
+                continue;
             }
+            slot.lost = true;
+            slot.suspect = true;
+            self.pipe -= 1;
+            self.lost.push_back(seq);
+            self.stats.fast_retransmits += 1;
+            found = true;
         }
+        self.timers[Timer::Rack as usize] = next_check;
         if found && self.snd_una >= self.recovery_until {
             // One reduction per window of data.
-            self.ssthresh = (self.cwnd / 2.0).max(2.0);
+            self.ssthresh = (self.cwnd / 2.0).max(f64::from(self.config.min_cwnd));
             self.cwnd = self.ssthresh;
             self.recovery_until = self.next_seq;
         }
@@ -439,7 +496,8 @@ impl Sender {
         let tlp = self.timers[Timer::Tlp as usize];
         // Pacing only matters while it is what holds the next message back.
         let pacing = self.timers[Timer::Pacing as usize];
-        [rto, tlp, pacing].into_iter().flatten().min()
+        let rack = self.timers[Timer::Rack as usize];
+        [rto, tlp, pacing, rack].into_iter().flatten().min()
     }
 
     /// Fires the timers due at `now`: a tail-loss probe resends the newest
@@ -448,6 +506,9 @@ impl Sender {
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.timers[Timer::Pacing as usize].is_some_and(|t| t <= now) {
             self.timers[Timer::Pacing as usize] = None;
+        }
+        if self.timers[Timer::Rack as usize].is_some_and(|t| t <= now) {
+            self.detect_losses(now);
         }
         if self.timers[Timer::Tlp as usize].is_some_and(|t| t <= now) {
             self.timers[Timer::Tlp as usize] = None;
@@ -469,6 +530,8 @@ impl Sender {
         if self.timers[Timer::Rto as usize].is_some_and(|t| t <= now) {
             self.stats.timeouts += 1;
             self.backoff += 1;
+            self.silent_timeouts += 1;
+            self.timers[Timer::Rack as usize] = None;
             self.probed = true; // no probe until new data is acknowledged
             self.timers[Timer::Tlp as usize] = None;
             self.lost.clear();
@@ -482,8 +545,8 @@ impl Sender {
                     self.lost.push_back(self.snd_una + i as u64);
                 }
             }
-            self.ssthresh = (self.cwnd / 2.0).max(2.0);
-            self.cwnd = 1.0;
+            self.ssthresh = (self.cwnd / 2.0).max(f64::from(self.config.min_cwnd));
+            self.cwnd = f64::from(self.config.min_cwnd);
             self.recovery_until = self.next_seq;
             self.timers[Timer::Pacing as usize] = None;
             self.timers[Timer::Rto as usize] = (!self.is_idle()).then(|| now + self.rto());
