@@ -598,10 +598,15 @@ fn publish_reliably(conn: &mut Conn, opts: PubOptions) -> Result<(), CatError> {
     if opts.verbose {
         let stats = rp.stats();
         eprintln!(
-            "udpcat: published {} messages to {} reliably ({} retransmissions)",
+            "udpcat: published {} messages to {} reliably: {} retransmissions, {} timeouts, \
+             {} tail-loss probes, srtt {:?}, window {}",
             rp.acknowledged(),
             opts.channel,
-            stats.retransmits
+            stats.retransmits,
+            stats.timeouts,
+            stats.tail_loss_probes,
+            rp.path().0.unwrap_or_default(),
+            rp.path().1,
         );
     }
     Ok(())

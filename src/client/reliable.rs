@@ -98,6 +98,11 @@ impl ReliablePublisher {
         self.sender.stats()
     }
 
+    /// The ARQ's smoothed round-trip time and congestion window.
+    pub fn path(&self) -> (Option<std::time::Duration>, u64) {
+        (self.sender.srtt(), self.sender.cwnd())
+    }
+
     /// When [`ReliablePublisher::handle_timeout`] is next due.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.sender.poll_timeout()

@@ -68,6 +68,13 @@ impl Default for ArqConfig {
     }
 }
 
+/// How far ahead of its pacing schedule the sender may run.
+const PACING_BURST: Duration = Duration::from_millis(1);
+/// Window growth per acknowledged message above ssthresh.
+const CA_GROWTH: f64 = 0.05;
+/// Fraction of the window given up on congestion.
+const CA_DECREASE: f64 = 0.3;
+
 /// The sender's timers; every timer lives in [`Sender::timers`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(usize)]
@@ -152,6 +159,22 @@ pub struct Sender {
     reo_wnd: Duration,
     /// RTO expiries since the peer last acknowledged anything at all.
     silent_timeouts: u32,
+    /// When the next message may go, by the pacing rate; up to
+    /// [`PACING_BURST`] ahead of now is allowed, so messages still share
+    /// datagrams.
+    pace_next: Option<Instant>,
+    /// The current round ends when `snd_una` reaches this.
+    round_end: u64,
+    /// Transmissions in the current round.
+    round_sent: u64,
+    /// Losses found in the current round.
+    round_lost: u64,
+    /// Smoothed loss rate per round: the path's usual random loss.
+    loss_ewma: f64,
+    /// Rounds completed (the loss rate is learned over the first few).
+    rounds: u64,
+    /// Smallest RTT seen: the path without queues.
+    min_rtt: Option<Duration>,
     /// The tail-loss probe of this flight was sent.
     probed: bool,
     stats: SenderStats,
@@ -180,6 +203,13 @@ impl Sender {
             rack: None,
             reo_wnd: Duration::ZERO,
             silent_timeouts: 0,
+            pace_next: None,
+            round_end: first,
+            round_sent: 0,
+            round_lost: 0,
+            loss_ewma: 0.0,
+            rounds: 0,
+            min_rtt: None,
             probed: false,
             stats: SenderStats::default(),
         }
@@ -238,7 +268,7 @@ impl Sender {
             && self.lost.is_empty()
             && (self.pipe as f64) < self.cwnd
             && self.next_seq < self.snd_una + self.peer_window
-            && self.timers[Timer::Pacing as usize].is_none_or(|t| now >= t)
+            && self.pace_next.is_none_or(|t| t <= now + PACING_BURST)
     }
 
     /// Records that the next new message was sent; returns its sequence number.
@@ -292,15 +322,16 @@ impl Sender {
             self.timers[Timer::Rto as usize] = Some(now + self.rto());
         }
         self.arm_tlp(now);
-        // Pacing: spread a window over a round trip; the first few of a
-        // burst go back to back.
-        if let Some(srtt) = self.srtt
-            && self.pipe > 4
-        {
+        self.round_sent += 1;
+        // Pacing: a window per round trip, at 1.25 times the rate so the
+        // window, not the pacer, is what limits; bursts of up to
+        // PACING_BURST go back to back.
+        if let Some(srtt) = self.srtt {
             let gap = srtt.div_f64(self.cwnd.max(1.0) * 1.25);
-            self.timers[Timer::Pacing as usize] = Some(now + gap);
-        } else {
-            self.timers[Timer::Pacing as usize] = None;
+            let next = self.pace_next.map_or(now, |t| t.max(now)) + gap;
+            self.pace_next = Some(next);
+            self.timers[Timer::Pacing as usize] =
+                (next > now + PACING_BURST).then(|| next - PACING_BURST);
         }
     }
 
@@ -405,6 +436,9 @@ impl Sender {
             self.grow_window(newly);
         }
         self.detect_losses(now);
+        if self.snd_una >= self.round_end {
+            self.end_round();
+        }
         if self.is_idle() {
             self.timers[Timer::Rto as usize] = None;
             self.timers[Timer::Tlp as usize] = None;
@@ -418,6 +452,7 @@ impl Sender {
 
     /// RFC 6298 section 2, with alpha 1/8, beta 1/4, K 4 and a 1 ms clock.
     fn update_rtt(&mut self, r: Duration) {
+        self.min_rtt = Some(self.min_rtt.map_or(r, |m| m.min(r)));
         match self.srtt {
             None => {
                 self.srtt = Some(r);
@@ -430,21 +465,57 @@ impl Sender {
             }
         }
         let srtt = self.srtt.expect("set above");
-        let rto = srtt + (self.rttvar * 4).max(Duration::from_millis(1));
+        // As QUIC's PTO: the peer may hold an acknowledgement back for up to
+        // its delayed-ack time, which the variance alone does not cover
+        // on a steady path.
+        let rto = srtt + (self.rttvar * 4).max(Duration::from_millis(1)) + self.config.delayed_ack;
         self.rto = rto.clamp(self.config.min_rto, self.config.max_rto);
     }
 
     fn grow_window(&mut self, acked: u64) {
-        // Slow start below ssthresh (also right after an RTO), congestion
-        // avoidance above it.
-        for _ in 0..acked {
-            if self.cwnd < self.ssthresh {
-                self.cwnd += 1.0;
-            } else {
-                self.cwnd += 1.0 / self.cwnd;
-            }
+        // Slow start below ssthresh (also right after an RTO); above it the
+        // window grows by a twentieth per round trip (scalable, not Reno's
+        // one message per round trip, which takes minutes to refill a large
+        // window after a reduction).
+        let step = if self.cwnd < self.ssthresh {
+            1.0
+        } else {
+            CA_GROWTH
+        };
+        self.cwnd = (self.cwnd + step * acked as f64).min(f64::from(self.config.max_cwnd));
+    }
+
+    /// Closes a round (one window of data acknowledged) and decides whether
+    /// the path is congested: queues building (the smoothed RTT well above
+    /// the smallest seen), or a round whose loss rate clearly exceeds the
+    /// path's usual rate, once that rate has been learned. Random loss at a
+    /// steady rate (a lossy radio link) is not congestion: reacting to every
+    /// loss, as Reno does, would hold the window at its floor on a path with
+    /// 10 % random loss.
+    fn end_round(&mut self) {
+        let rate = self.round_lost as f64 / self.round_sent.max(1) as f64;
+        let queueing = match (self.srtt, self.min_rtt) {
+            (Some(srtt), Some(min)) => srtt > min.mul_f64(1.5) + Duration::from_millis(5),
+            _ => false,
+        };
+        // More losses than the usual rate explains: three standard deviations
+        // above the expected count (binomial), so a small window's bad luck
+        // is not taken for congestion.
+        let expected = self.loss_ewma * self.round_sent as f64;
+        let loss_spike = self.rounds >= 8
+            && self.round_lost as f64 > expected + 3.0 * expected.sqrt() + 2.0
+            && rate > self.loss_ewma * 1.5 + 0.02;
+        let congested = queueing || loss_spike;
+        self.rounds += 1;
+        if congested && self.snd_una >= self.recovery_until {
+            self.ssthresh = (self.cwnd * (1.0 - CA_DECREASE)).max(f64::from(self.config.min_cwnd));
+            self.cwnd = self.ssthresh;
+            self.recovery_until = self.next_seq;
         }
-        self.cwnd = self.cwnd.min(f64::from(self.config.max_cwnd));
+        self.loss_ewma = self.loss_ewma * 0.875 + rate * 0.125;
+        self.round_end = self.next_seq.max(self.snd_una + 1);
+        self.round_sent = 0;
+        self.round_lost = 0;
     }
 
     /// Declares lost every unacknowledged message that was sent before a
@@ -461,7 +532,6 @@ impl Sender {
         let srtt = self.srtt.unwrap_or(self.config.initial_rto);
         let wait = srtt + self.reo_wnd.max(srtt / 4).max(Duration::from_millis(1));
         let end = self.highest_acked.saturating_sub(self.snd_una) as usize;
-        let mut found = false;
         let mut next_check: Option<Instant> = None;
         for (i, slot) in self.slots.iter_mut().enumerate().take(end) {
             let seq = self.snd_una + i as u64;
@@ -479,15 +549,9 @@ impl Sender {
             self.pipe -= 1;
             self.lost.push_back(seq);
             self.stats.fast_retransmits += 1;
-            found = true;
+            self.round_lost += 1;
         }
         self.timers[Timer::Rack as usize] = next_check;
-        if found && self.snd_una >= self.recovery_until {
-            // One reduction per window of data.
-            self.ssthresh = (self.cwnd / 2.0).max(f64::from(self.config.min_cwnd));
-            self.cwnd = self.ssthresh;
-            self.recovery_until = self.next_seq;
-        }
     }
 
     /// The earliest time [`Sender::handle_timeout`] has something to do.
@@ -545,9 +609,15 @@ impl Sender {
                     self.lost.push_back(self.snd_una + i as u64);
                 }
             }
-            self.ssthresh = (self.cwnd / 2.0).max(f64::from(self.config.min_cwnd));
-            self.cwnd = f64::from(self.config.min_cwnd);
-            self.recovery_until = self.next_seq;
+            // A timeout on a lossy path is often just a lost tail, not a
+            // dead or congested one: give up a congestion step, once per
+            // round, and let the doubling timer slow a path that is gone.
+            if self.snd_una >= self.recovery_until {
+                self.ssthresh =
+                    (self.cwnd * (1.0 - CA_DECREASE)).max(f64::from(self.config.min_cwnd));
+                self.cwnd = self.ssthresh;
+                self.recovery_until = self.next_seq;
+            }
             self.timers[Timer::Pacing as usize] = None;
             self.timers[Timer::Rto as usize] = (!self.is_idle()).then(|| now + self.rto());
         }

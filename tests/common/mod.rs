@@ -435,3 +435,42 @@ pub fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
         thread::sleep(Duration::from_millis(20));
     }
 }
+
+pub fn udpchaos_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_udpchaos")
+}
+
+/// A running `udpchaos` in front of `upstream`, killed on drop.
+pub struct Chaos {
+    pub process: ChildGuard,
+    pub addr: SocketAddr,
+}
+
+impl Chaos {
+    pub fn start(upstream: SocketAddr, args: &[&str]) -> Chaos {
+        let mut cmd = Command::new(udpchaos_bin());
+        cmd.arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--upstream")
+            .arg(upstream.to_string())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut process = ChildGuard::spawn("udpchaos", &mut cmd);
+        let lines = line_reader(process.child().stdout.take().unwrap());
+        let line = lines
+            .recv_timeout(DEADLINE)
+            .unwrap_or_else(|_| panic!("udpchaos did not report its address within {DEADLINE:?}"));
+        let addr = line
+            .strip_prefix("udpchaos listening on ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line from udpchaos: {line}"));
+        Chaos { process, addr }
+    }
+
+    pub fn addr_str(&self) -> String {
+        self.addr.to_string()
+    }
+}

@@ -1,0 +1,178 @@
+//! End to end: reliable publishing and subscribing with the real binaries,
+//! through `udpchaos` for a lossy path.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use common::*;
+
+fn numbered(n: usize, prefix: &str) -> String {
+    (0..n).map(|i| format!("{prefix}-{i:05}\n")).collect()
+}
+
+#[test]
+fn ten_thousand_messages_cross_lossy_paths_complete_and_in_order() {
+    let relay = Relay::start(&[]);
+    let lossy = ["--loss", "0.1", "--delay", "20ms", "--seed"];
+    let to_publisher = Chaos::start(relay.addr, &[&lossy[..], &["1"]].concat());
+    let to_subscriber = Chaos::start(relay.addr, &[&lossy[..], &["2"]].concat());
+    let sub = Subscriber::start(&[
+        &to_subscriber.addr_str(),
+        "lossy",
+        "--reliable",
+        "--count",
+        "10000",
+        "--reply-timeout",
+        "10s",
+    ]);
+    let input = numbered(10_000, "m");
+    let out = udpcat(
+        &[
+            "pub",
+            &to_publisher.addr_str(),
+            "lossy",
+            "--reliable",
+            "--reply-timeout",
+            "10s",
+        ],
+        input.as_bytes(),
+    );
+    assert!(
+        out.status.success(),
+        "pub: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, stdout, stderr) = sub.finish();
+    assert!(status.success(), "sub: {stderr}");
+    assert!(
+        stdout == input,
+        "the subscriber got {} lines, not the 10,000 in order",
+        stdout.lines().count()
+    );
+    // And the log holds each exactly once.
+    let dump = Command::new(udprelay_bin())
+        .args(["log", "dump", "lossy", "--data-dir"])
+        .arg(relay.data_dir())
+        .output()
+        .unwrap();
+    let payloads: String = String::from_utf8_lossy(&dump.stdout)
+        .lines()
+        .map(|l| format!("{}\n", l.split('\t').nth(2).unwrap()))
+        .collect();
+    assert!(
+        payloads == input,
+        "the log holds {} records",
+        payloads.lines().count()
+    );
+}
+
+#[test]
+fn a_killed_reliable_subscriber_resumes_with_no_gap_and_no_duplicate() {
+    let relay = Relay::start(&[]);
+    let addr = relay.addr_str();
+    let input = numbered(3000, "r");
+    let out = udpcat(&["pub", &addr, "resume", "--reliable"], input.as_bytes());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A subscriber reads part of the channel, then dies without a word.
+    let mut cmd = Command::new(udpcat_bin());
+    cmd.args([
+        "sub",
+        &addr,
+        "resume",
+        "--reliable",
+        "--from",
+        "earliest",
+        "--format",
+        "json",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
+    let mut first = ChildGuard::spawn("udpcat sub", &mut cmd);
+    let mut lines = BufReader::new(first.child().stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    while seen.len() < 1000 {
+        let line = lines
+            .next()
+            .expect("the subscriber stopped before 1000 messages")
+            .unwrap();
+        seen.push(serde_json::from_str::<serde_json::Value>(&line).unwrap());
+    }
+    signal(first.child().id(), "KILL");
+    first.wait_deadline(DEADLINE);
+    let last = seen.last().unwrap()["offset"].as_u64().unwrap();
+
+    // A new one resumes after the last offset it printed.
+    let from = (last + 1).to_string();
+    let rest = 3000 - (last + 1);
+    let sub = Subscriber::start(&[
+        &addr,
+        "resume",
+        "--reliable",
+        "--from",
+        &from,
+        "--count",
+        &rest.to_string(),
+        "--format",
+        "json",
+    ]);
+    let (status, stdout, stderr) = sub.finish();
+    assert!(status.success(), "{stderr}");
+    let offsets: Vec<u64> = seen
+        .iter()
+        .chain(json_lines(&stdout).iter())
+        .map(|r| r["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        offsets,
+        (0..3000).collect::<Vec<_>>(),
+        "no gap, no duplicate"
+    );
+}
+
+#[test]
+fn reliable_publish_fails_clearly_when_the_relay_is_gone() {
+    let relay = Relay::start(&[]);
+    let addr = relay.addr_str();
+    let (status, _, _dir) = relay.terminate();
+    assert!(status.success());
+    let out = udpcat(
+        &[
+            "pub",
+            &addr,
+            "x",
+            "--reliable",
+            "--message",
+            "m",
+            "--reply-timeout",
+            "1s",
+        ],
+        b"",
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no relay at") || stderr.contains("no answer"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn relay_refusals_end_a_reliable_publish_with_the_count_not_acknowledged() {
+    let relay = Relay::start(&["--max-message-size", "10"]);
+    let out = udpcat(
+        &["pub", &relay.addr_str(), "x", "--reliable"],
+        b"short\nthis one is far too long\n",
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("too-large"), "{stderr}");
+    assert!(stderr.contains("were not acknowledged"), "{stderr}");
+}
