@@ -11,15 +11,22 @@
 //! The protocol logic is sans-IO: it owns no sockets and reads no clock. Data
 //! and the current time go in; datagrams to send and the next deadline come
 //! out. Only [`driver`] touches sockets, timers and signals. Dependencies point
-//! one way: `wire` → `relay`/`client` → `driver` → binaries; `log` and
-//! `config` depend on nothing above them.
+//! one way: `wire` → `reliable` → `relay`/`client` → `driver` → binaries;
+//! `log` and `config` depend on nothing above them.
 //!
 //! - [`wire`]: the datagram header and frames; pure encode/decode on byte slices.
 //! - [`relay`]: the relay core: channels, subscriptions as leases, fan-out,
 //!   replay from the log, raw ingest and egress, counters. No sockets, no
 //!   clock: its only I/O is its channels' logs.
+//! - [`reliable`]: the sans-IO ARQ: a sender (RTO, RACK loss detection,
+//!   tail-loss probe, congestion window, pacing, flow window) and a receiver
+//!   (reordering, duplicate suppression, delayed acknowledgements), over
+//!   sequence numbers only; timers in one table.
 //! - [`client`]: sans-IO client pieces used by `udpcat` and the tests:
-//!   batching publisher, subscriber state with keepalive.
+//!   batching publisher, subscriber state with keepalive, and the reliable
+//!   publishing session and subscription.
+//! - [`sim`]: the seeded network simulator that drives the cores in
+//!   simulated time.
 //! - [`log`]: the message log: per-channel memory-mapped segment files,
 //!   checksummed records, recovery, retention, sync, and the read-only
 //!   inspection behind `udprelay log`. Knows nothing of the network.
@@ -30,7 +37,8 @@
 //! - [`rng`]: the seeded generator used wherever randomness is needed.
 //!
 //! Binaries: `udprelay` (src/bin) runs the driver; `udpcat` (tools/) publishes,
-//! subscribes, pings and reads counters.
+//! subscribes, pings and reads counters; `udpchaos` (tools/) is the
+//! impairment proxy.
 
 pub mod client;
 pub mod config;
