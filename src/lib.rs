@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! udprelay: a UDP datagram relay with a reliability layer and a memory-mapped
 //! message log.
 //!

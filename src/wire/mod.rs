@@ -35,7 +35,7 @@ pub const MAX_FRAME_BODY: usize = u16::MAX as usize;
 /// Longest channel name in bytes.
 pub const MAX_CHANNEL_LEN: usize = 255;
 /// Header flag: an authentication trailer follows the frames (reserved; v1 peers
-/// reject it with [`ErrorCode::Unsupported`]).
+/// reject it with [`ErrorCode::UNSUPPORTED`]).
 pub const FLAG_AUTH: u8 = 0x01;
 
 /// Why a datagram or frame could not be decoded or encoded.
