@@ -13,9 +13,11 @@ use thiserror::Error;
 
 use crate::log::LogConfig;
 
-/// Largest message payload one datagram can carry (a deliver frame adds 32
-/// bytes with its headers; IPv4 UDP carries 65,507).
-pub const MAX_UNFRAGMENTED_MESSAGE: usize = 65_000;
+/// Default largest message: larger than a datagram, so messages travel in
+/// pieces and are reassembled before they are stored.
+pub const DEFAULT_MAX_MESSAGE: usize = 1 << 20;
+/// The most `--max-message-size` may be.
+pub const MAX_MESSAGE_LIMIT: usize = 64 << 20;
 
 /// Why a configuration was refused.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -81,7 +83,7 @@ impl Default for RelayConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             data_dir: PathBuf::from("./udprelay-data"),
             lease: Duration::from_secs(30),
-            max_message_size: MAX_UNFRAGMENTED_MESSAGE,
+            max_message_size: DEFAULT_MAX_MESSAGE,
             datagram_size: 1400,
             max_channels: 10_000,
             max_subscriptions: 100_000,
@@ -113,7 +115,7 @@ impl RelayConfig {
             "max message size",
             self.max_message_size,
             1,
-            MAX_UNFRAGMENTED_MESSAGE,
+            MAX_MESSAGE_LIMIT,
         )?;
         range("datagram size", self.datagram_size, 64, 65_507)?;
         // A segment must hold the largest record with its headers.
@@ -273,7 +275,7 @@ mod tests {
     fn validation_catches_out_of_range_settings() {
         assert_eq!(RelayConfig::default().validate(), Ok(()));
         let c = RelayConfig {
-            max_message_size: MAX_UNFRAGMENTED_MESSAGE + 1,
+            max_message_size: MAX_MESSAGE_LIMIT + 1,
             ..RelayConfig::default()
         };
         assert!(c.validate().is_err());

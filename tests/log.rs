@@ -124,7 +124,14 @@ fn subscriber_from_an_offset_resumes_there() {
 
 #[test]
 fn retention_removes_old_segments_and_reports_the_gap() {
-    let relay = Relay::start(&["--segment-size", "64K", "--retain-bytes", "128K"]);
+    let relay = Relay::start(&[
+        "--segment-size",
+        "64K",
+        "--retain-bytes",
+        "128K",
+        "--max-message-size",
+        "60000",
+    ]);
     let addr = relay.addr_str();
     // ~140-byte records: about 470 per 64 KiB segment, so 3000 fill several.
     let payload: String = (0..3000)

@@ -293,7 +293,7 @@ fn bad_flags_are_refused() {
         &["--lease", "5"][..],
         &["--listen", "nowhere"],
         &["--raw-in", "syslog"],
-        &["--max-message-size", "100000"],
+        &["--max-message-size", "100000000"],
         &["--no-such-flag"],
     ] {
         let out = std::process::Command::new(udprelay_bin())

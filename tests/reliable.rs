@@ -176,3 +176,55 @@ fn relay_refusals_end_a_reliable_publish_with_the_count_not_acknowledged() {
     assert!(stderr.contains("too-large"), "{stderr}");
     assert!(stderr.contains("were not acknowledged"), "{stderr}");
 }
+
+#[test]
+fn a_one_megabyte_message_crosses_a_lossy_path_intact() {
+    let relay = Relay::start(&[]);
+    let lossy = ["--loss", "0.1", "--delay", "5ms", "--seed"];
+    let to_publisher = Chaos::start(relay.addr, &[&lossy[..], &["7"]].concat());
+    let to_subscriber = Chaos::start(relay.addr, &[&lossy[..], &["8"]].concat());
+    let mut rng = udprelay::rng::Rng::new(99);
+    let mut big = vec![0u8; 1 << 20];
+    rng.fill(&mut big);
+    let file = relay.dir.path().join("big.bin");
+    std::fs::write(&file, &big).unwrap();
+
+    let sub = Subscriber::start(&[
+        &to_subscriber.addr_str(),
+        "blobs",
+        "--reliable",
+        "--count",
+        "1",
+        "--format",
+        "raw",
+        "--reply-timeout",
+        "10s",
+    ]);
+    let out = udpcat(
+        &[
+            "pub",
+            &to_publisher.addr_str(),
+            "blobs",
+            "--reliable",
+            "--whole",
+            "--file",
+            file.to_str().unwrap(),
+            "--reply-timeout",
+            "10s",
+        ],
+        b"",
+    );
+    assert!(
+        out.status.success(),
+        "pub: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, stdout, stderr) = sub.finish_bytes();
+    assert!(status.success(), "sub: {stderr}");
+    assert_eq!(stdout.len(), big.len());
+    assert_eq!(
+        crc32fast::hash(&stdout),
+        crc32fast::hash(&big),
+        "checksums match"
+    );
+}

@@ -46,6 +46,11 @@ enum Command {
         /// Send the input this many times.
         #[arg(long, default_value_t = 1)]
         count: u64,
+        /// Send all of the input (stdin or --file) as one message, bytes as
+        /// they are, instead of one message per line. Messages larger than a
+        /// datagram travel in pieces (up to the relay's --max-message-size).
+        #[arg(long, conflicts_with = "message")]
+        whole: bool,
         /// Pack messages into datagrams of up to this many bytes.
         #[arg(long, default_value_t = 1400)]
         datagram_size: usize,
@@ -165,11 +170,29 @@ fn main() -> ExitCode {
             reply_timeout,
             verbose,
             reliable,
+            whole,
         } => {
-            let input = match (message, file) {
-                (Some(m), _) => Input::Message(m),
-                (None, Some(f)) => Input::File(f),
-                (None, None) => Input::Stdin,
+            let input = match (message, file, whole) {
+                (Some(m), _, _) => Ok(Input::Message(m.into_bytes())),
+                (None, Some(f), true) => std::fs::read(&f)
+                    .map(Input::Message)
+                    .map_err(|e| CatError::Input(f.display().to_string(), e)),
+                (None, None, true) => {
+                    let mut all = Vec::new();
+                    io::stdin()
+                        .read_to_end(&mut all)
+                        .map(|_| Input::Message(all))
+                        .map_err(|e| CatError::Input("stdin".into(), e))
+                }
+                (None, Some(f), false) => Ok(Input::File(f)),
+                (None, None, false) => Ok(Input::Stdin),
+            };
+            let input = match input {
+                Ok(input) => input,
+                Err(e) => {
+                    eprintln!("udpcat: {e}");
+                    return ExitCode::FAILURE;
+                }
             };
             let opts = PubOptions {
                 channel,
@@ -359,7 +382,7 @@ fn report_refusal(code: ErrorCode, reason: &str) {
 }
 
 enum Input {
-    Message(String),
+    Message(Vec<u8>),
     File(PathBuf),
     Stdin,
 }
@@ -434,7 +457,7 @@ fn publish(conn: &mut Conn, opts: &PubOptions) -> Result<(), CatError> {
         match &opts.input {
             Input::Message(m) => {
                 for i in 0..opts.count {
-                    send_message(m.as_bytes(), i + 1 < opts.count)?;
+                    send_message(m, i + 1 < opts.count)?;
                 }
             }
             Input::File(path) => {
@@ -490,7 +513,7 @@ fn spawn_input(input: Input, count: u64) -> mpsc::Receiver<Result<Vec<u8>, CatEr
             match input {
                 Input::Message(m) => {
                     for _ in 0..count {
-                        if !send(m.clone().into_bytes()) {
+                        if !send(m.clone()) {
                             break;
                         }
                     }
@@ -598,8 +621,8 @@ fn publish_reliably(conn: &mut Conn, opts: PubOptions) -> Result<(), CatError> {
     if opts.verbose {
         let stats = rp.stats();
         eprintln!(
-            "udpcat: published {} messages to {} reliably: {} retransmissions, {} timeouts, \
-             {} tail-loss probes, srtt {:?}, window {}",
+            "udpcat: {} pieces acknowledged on {} (a message larger than a datagram is several): \
+             {} retransmissions, {} timeouts, {} tail-loss probes, srtt {:?}, window {}",
             rp.acknowledged(),
             opts.channel,
             stats.retransmits,

@@ -16,6 +16,7 @@ use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
+use socket2::{Domain, Protocol, Socket, Type};
 use udprelay::config::{parse_duration, parse_size};
 use udprelay::rng::Rng;
 use udprelay::sim::{LinkConfig, Network};
@@ -56,6 +57,18 @@ struct Args {
     /// A client silent for this long loses its upstream socket.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     idle: Duration,
+}
+
+/// A non-blocking UDP socket with large buffers: the proxy must not be what
+/// drops a burst (a relay sends a large message as hundreds of datagrams at
+/// once); only the simulated network drops.
+fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    let _ = socket.set_recv_buffer_size(8 << 20);
+    let _ = socket.set_send_buffer_size(8 << 20);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(UdpSocket::from_std(socket.into()))
 }
 
 fn probability(s: &str) -> Result<f64, String> {
@@ -102,7 +115,7 @@ fn run(args: Args) -> io::Result<()> {
     };
     let mut net = Network::new(seed, link);
     let mut poll = Poll::new()?;
-    let mut listen = UdpSocket::bind(args.listen)
+    let mut listen = bind(args.listen)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", args.listen)))?;
     poll.registry()
         .register(&mut listen, LISTEN, Interest::READABLE)?;
@@ -152,8 +165,7 @@ fn run(args: Args) -> io::Result<()> {
                                 refused += 1;
                                 continue;
                             }
-                            let mut upstream =
-                                UdpSocket::bind(SocketAddr::new(args.listen.ip(), 0))?;
+                            let mut upstream = bind(SocketAddr::new(args.listen.ip(), 0))?;
                             let i = flows
                                 .iter()
                                 .position(Option::is_none)

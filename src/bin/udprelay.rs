@@ -103,8 +103,8 @@ struct RunArgs {
     /// How long a subscription lives without hearing from its subscriber (e.g. 500ms, 30s, 5m).
     #[arg(long, default_value = "30s", value_parser = config::parse_duration)]
     lease: Duration,
-    /// Largest message payload accepted, in bytes (at most 65000).
-    #[arg(long, default_value_t = config::MAX_UNFRAGMENTED_MESSAGE)]
+    /// Largest message accepted, in bytes; larger than a datagram travels in pieces (at most 64 MiB).
+    #[arg(long, default_value_t = config::DEFAULT_MAX_MESSAGE)]
     max_message_size: usize,
     /// Size up to which messages for one subscriber are packed into one datagram, in bytes.
     #[arg(long, default_value_t = 1400)]

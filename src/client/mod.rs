@@ -5,6 +5,7 @@
 //! Like the relay core, nothing here owns a socket or reads a clock: time is an
 //! argument, datagrams go in and out as bytes.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -41,6 +42,8 @@ pub enum ClientError {
 pub struct Publisher {
     channel: String,
     builder: DatagramBuilder,
+    /// Id of the next message sent in pieces.
+    next_msg_id: u32,
 }
 
 impl Publisher {
@@ -52,24 +55,25 @@ impl Publisher {
         Ok(Publisher {
             channel: channel.to_string(),
             builder: DatagramBuilder::new(datagram_size),
+            next_msg_id: 0,
         })
     }
 
-    /// The largest message this publisher can send in one datagram.
+    /// The largest message this publisher can send in one datagram; larger
+    /// ones go in pieces.
     pub fn max_message_size(&self) -> usize {
         MAX_DATAGRAM - HEADER_LEN - wire::FRAME_HEADER_LEN - 1 - self.channel.len()
     }
 
     /// Adds a message. Returns the datagrams that closed to make room for it
-    /// (zero, one, or two when the message itself had to go alone).
+    /// (zero, one, or two when the message itself had to go alone), or, for
+    /// a message larger than one datagram, its pieces (FRAGMENT frames, each
+    /// a datagram of its own).
     pub fn push(&mut self, payload: &[u8]) -> Result<Vec<Vec<u8>>, ClientError> {
-        let max = self.max_message_size();
-        if payload.len() > max {
-            return Err(ClientError::TooLarge {
-                size: payload.len(),
-                max,
-            });
+        if payload.len() > self.max_message_size() {
+            return self.push_in_pieces(payload);
         }
+        let max = self.max_message_size();
         let frame = Frame::Publish {
             channel: &self.channel,
             payload,
@@ -91,9 +95,110 @@ impl Publisher {
         Ok(done)
     }
 
+    fn push_in_pieces(&mut self, payload: &[u8]) -> Result<Vec<Vec<u8>>, ClientError> {
+        let piece = self
+            .builder_limit()
+            .saturating_sub(HEADER_LEN + 4 + 9 + self.channel.len());
+        let piece = piece.max(256);
+        let count = payload.len().div_ceil(piece);
+        let Ok(count) = u16::try_from(count) else {
+            return Err(ClientError::TooLarge {
+                size: payload.len(),
+                max: piece * usize::from(u16::MAX),
+            });
+        };
+        let msg_id = self.next_msg_id;
+        self.next_msg_id = self.next_msg_id.wrapping_add(1);
+        let mut done: Vec<Vec<u8>> = self.flush().into_iter().collect();
+        for (index, chunk) in payload.chunks(piece).enumerate() {
+            let frame = Frame::Fragment {
+                msg_id,
+                index: index as u16,
+                count,
+                channel: &self.channel,
+                chunk,
+            };
+            let datagram = wire::encode_datagram(&[frame]).map_err(|_| ClientError::TooLarge {
+                size: payload.len(),
+                max: piece,
+            })?;
+            done.push(datagram);
+        }
+        Ok(done)
+    }
+
+    fn builder_limit(&self) -> usize {
+        self.builder.len() + self.builder.remaining()
+    }
+
     /// The datagram being filled, if it holds any message.
     pub fn flush(&mut self) -> Option<Vec<u8>> {
         (!self.builder.is_empty()).then(|| self.builder.finish())
+    }
+}
+
+/// Largest message a client puts together from pieces: a relay's pieces
+/// announcing more are ignored, so a bad relay cannot make it allocate
+/// without bound.
+pub const MAX_REASSEMBLED: usize = 64 << 20;
+
+/// Large messages arriving in pieces (DELIVER_FRAGMENT), by offset. Holds at
+/// most a few at once: an unreliable one whose pieces stop coming is
+/// evicted by newer ones.
+#[derive(Debug, Default)]
+pub struct Reassembler {
+    partial: VecDeque<PartialMessage>,
+}
+
+/// A message some of whose pieces arrived.
+#[derive(Debug)]
+struct PartialMessage {
+    offset: u64,
+    total: usize,
+    bytes: Vec<u8>,
+    /// Start of every piece in, so a duplicate is not counted twice.
+    starts: Vec<u32>,
+    /// Bytes in so far.
+    received: usize,
+}
+
+impl Reassembler {
+    const MAX_PARTIAL: usize = 16;
+
+    /// Adds a piece; returns the whole message once every byte is in.
+    pub fn add(&mut self, offset: u64, total: u32, at: u32, chunk: &[u8]) -> Option<Vec<u8>> {
+        let total = total as usize;
+        let end = at as usize + chunk.len();
+        if total > MAX_REASSEMBLED || end > total || chunk.is_empty() {
+            return None;
+        }
+        let i = match self.partial.iter().position(|p| p.offset == offset) {
+            Some(i) => i,
+            None => {
+                if self.partial.len() == Self::MAX_PARTIAL {
+                    self.partial.pop_front();
+                }
+                self.partial.push_back(PartialMessage {
+                    offset,
+                    total,
+                    bytes: vec![0; total],
+                    starts: Vec::new(),
+                    received: 0,
+                });
+                self.partial.len() - 1
+            }
+        };
+        let p = &mut self.partial[i];
+        if p.total != total || p.starts.contains(&at) {
+            return None;
+        }
+        p.bytes[at as usize..end].copy_from_slice(chunk);
+        p.starts.push(at);
+        p.received += chunk.len();
+        if p.received < total {
+            return None;
+        }
+        self.partial.remove(i).map(|p| p.bytes)
     }
 }
 
@@ -140,6 +245,8 @@ pub struct Subscription {
     lease: Option<Duration>,
     /// When the next subscribe (retry or keepalive) is due.
     next_send: Instant,
+    /// Large messages arriving in pieces.
+    pieces: Reassembler,
 }
 
 impl Subscription {
@@ -159,6 +266,7 @@ impl Subscription {
             next_expected: None,
             lease: None,
             next_send: now,
+            pieces: Reassembler::default(),
         })
     }
 
@@ -199,11 +307,11 @@ impl Subscription {
 
     /// Reads a datagram from the relay and reports what it holds for this
     /// subscription. Returns false if the datagram did not decode.
-    pub fn handle_datagram<'a>(
+    pub fn handle_datagram(
         &mut self,
         now: Instant,
-        datagram: &'a [u8],
-        mut on_event: impl FnMut(SubscriptionEvent<'a>),
+        datagram: &[u8],
+        mut on_event: impl FnMut(SubscriptionEvent<'_>),
     ) -> bool {
         let Ok(frames) = wire::decode_datagram(datagram) else {
             return false;
@@ -239,6 +347,23 @@ impl Subscription {
                         timestamp,
                         payload,
                     });
+                }
+                Frame::DeliverFragment {
+                    sub_id,
+                    offset,
+                    timestamp,
+                    total,
+                    at,
+                    chunk,
+                } if sub_id == self.sub_id => {
+                    if let Some(whole) = self.pieces.add(offset, total, at, chunk) {
+                        self.next_expected = Some(offset + 1);
+                        on_event(SubscriptionEvent::Message {
+                            offset,
+                            timestamp,
+                            payload: &whole,
+                        });
+                    }
                 }
                 Frame::Error { code, reason } => {
                     on_event(SubscriptionEvent::Error { code, reason })
@@ -296,11 +421,43 @@ mod tests {
             "the open datagram closes, the big one goes alone"
         );
         assert!(p.flush().is_none());
+        // Larger than a datagram: pieces, each a datagram of its own.
+        let pieces = p.push(&vec![7; MAX_DATAGRAM]).unwrap();
+        assert_eq!(pieces.len(), MAX_DATAGRAM.div_ceil(256));
+        for (i, d) in pieces.iter().enumerate() {
+            let frame = wire::decode_datagram(d).unwrap().next().unwrap().unwrap();
+            assert!(
+                matches!(frame, Frame::Fragment { index, count, .. } if usize::from(index) == i && usize::from(count) == pieces.len()),
+                "{frame:?}"
+            );
+        }
         assert!(matches!(
-            p.push(&vec![0; MAX_DATAGRAM]),
+            p.push(&vec![0; 256 * 65_536]),
             Err(ClientError::TooLarge { .. })
         ));
         assert!(Publisher::new("bad\nname", 100).is_err());
+    }
+
+    #[test]
+    fn reassembler_joins_pieces_in_any_order_once() {
+        let mut r = Reassembler::default();
+        let msg: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+        let pieces: Vec<(u32, &[u8])> = msg
+            .chunks(300)
+            .enumerate()
+            .map(|(i, c)| (i as u32 * 300, c))
+            .collect();
+        assert!(r.add(5, 1000, pieces[3].0, pieces[3].1).is_none());
+        assert!(r.add(5, 1000, pieces[0].0, pieces[0].1).is_none());
+        assert!(
+            r.add(5, 1000, pieces[0].0, pieces[0].1).is_none(),
+            "a duplicate piece"
+        );
+        assert!(r.add(5, 1000, pieces[2].0, pieces[2].1).is_none());
+        assert_eq!(r.add(5, 1000, pieces[1].0, pieces[1].1), Some(msg));
+        // Hostile sizes are ignored.
+        assert!(r.add(6, u32::MAX, 0, b"x").is_none());
+        assert!(r.add(6, 10, 8, b"xyz").is_none());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use super::{ClientError, SUBSCRIBE_RETRY, SubscriptionEvent};
+use super::{ClientError, Reassembler, SUBSCRIBE_RETRY, SubscriptionEvent};
 use crate::reliable::{ArqConfig, Receiver, ReceiverStats, Sender, SenderStats};
 use crate::wire::{
     self, AckKind, DatagramBuilder, DeliveryMode, ErrorCode, Frame, HEADER_LEN, MAX_DATAGRAM,
@@ -23,10 +23,13 @@ pub struct ReliablePublisher {
     session: u64,
     channel: String,
     sender: Sender,
-    /// Payloads of the sequence numbers `snd_una..next_seq`, for resending.
-    in_flight: VecDeque<Vec<u8>>,
-    /// Messages not sent yet.
-    queued: VecDeque<Vec<u8>>,
+    /// Pieces of the sequence numbers `snd_una..next_seq`, for resending,
+    /// each with its "more follows" flag.
+    in_flight: VecDeque<(Vec<u8>, bool)>,
+    /// Pieces not sent yet. A message larger than the packing limit is
+    /// split into several, one sequence number each, so a loss costs one
+    /// piece, not the message.
+    queued: VecDeque<(Vec<u8>, bool)>,
     /// Packing limit for one datagram.
     datagram_size: usize,
     /// A retransmission that did not fit in the last datagram.
@@ -54,16 +57,20 @@ impl ReliablePublisher {
         })
     }
 
-    /// Queues a message.
+    /// Queues a message (of any size; the relay enforces its maximum).
     pub fn push(&mut self, payload: Vec<u8>) -> Result<(), ClientError> {
-        let max = MAX_DATAGRAM - HEADER_LEN - RELIABLE_PUBLISH_FIXED - self.channel.len();
-        if payload.len() > max {
-            return Err(ClientError::TooLarge {
-                size: payload.len(),
-                max,
-            });
+        let piece = self
+            .datagram_size
+            .saturating_sub(HEADER_LEN + RELIABLE_PUBLISH_FIXED + self.channel.len());
+        let piece = piece.max(256);
+        if payload.len() <= piece {
+            self.queued.push_back((payload, false));
+            return Ok(());
         }
-        self.queued.push_back(payload);
+        let pieces = payload.len().div_ceil(piece);
+        for (i, chunk) in payload.chunks(piece).enumerate() {
+            self.queued.push_back((chunk.to_vec(), i + 1 < pieces));
+        }
         Ok(())
     }
 
@@ -83,12 +90,13 @@ impl ReliablePublisher {
         self.sender.is_failed()
     }
 
-    /// Messages not yet acknowledged (queued or in flight).
+    /// Pieces not yet acknowledged (queued or in flight; a large message
+    /// counts once per piece).
     pub fn unacknowledged(&self) -> u64 {
         self.queued.len() as u64 + self.sender.in_flight()
     }
 
-    /// Messages acknowledged so far.
+    /// Pieces acknowledged so far (a large message counts once per piece).
     pub fn acknowledged(&self) -> u64 {
         self.sender.snd_una()
     }
@@ -125,7 +133,7 @@ impl ReliablePublisher {
             {
                 Some(seq) => seq,
                 None => {
-                    let Some(next) = self.queued.front() else {
+                    let Some((next, _)) = self.queued.front() else {
                         break;
                     };
                     let len = RELIABLE_PUBLISH_FIXED + self.channel.len() + next.len();
@@ -138,12 +146,14 @@ impl ReliablePublisher {
                 }
             };
             let index = (seq - self.sender.snd_una()) as usize;
+            let (payload, more) = &self.in_flight[index];
             let frame = Frame::ReliablePublish {
                 session: self.session,
                 seq,
                 acked_below: self.sender.snd_una(),
+                more: *more,
                 channel: &self.channel,
-                payload: &self.in_flight[index],
+                payload,
             };
             if b.push(&frame).is_ok() {
                 continue;
@@ -213,6 +223,8 @@ pub struct ReliableSubscription {
     lease: Option<std::time::Duration>,
     /// When the next subscribe (retry or keepalive) is due.
     next_subscribe: Instant,
+    /// Large messages arriving in pieces.
+    pieces: Reassembler,
 }
 
 impl ReliableSubscription {
@@ -234,6 +246,7 @@ impl ReliableSubscription {
             receiver: None,
             lease: None,
             next_subscribe: now,
+            pieces: Reassembler::default(),
         })
     }
 
@@ -330,6 +343,27 @@ impl ReliableSubscription {
                 } if sub_id == self.sub_id => {
                     if let Some(r) = self.receiver.as_mut() {
                         r.on_data(offset, (timestamp, payload.to_vec()), now);
+                    }
+                }
+                Frame::DeliverFragment {
+                    sub_id,
+                    offset,
+                    timestamp,
+                    total,
+                    at,
+                    chunk,
+                } if sub_id == self.sub_id => {
+                    // Pieces of a message already received (a retransmission)
+                    // are not collected again.
+                    let Some(r) = self.receiver.as_mut() else {
+                        continue;
+                    };
+                    if offset < r.cumulative() {
+                        r.on_data(offset, (timestamp, Vec::new()), now);
+                        continue;
+                    }
+                    if let Some(whole) = self.pieces.add(offset, total, at, chunk) {
+                        r.on_data(offset, (timestamp, whole), now);
                     }
                 }
                 Frame::Error { code, reason } => {

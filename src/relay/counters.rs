@@ -82,6 +82,8 @@ counters! {
     /// Reliable subscriptions dropped because the subscriber stopped
     /// answering or needed what retention deleted.
     subscribers_lost,
+    /// Unreliable messages dropped because a piece did not arrive in time.
+    fragments_expired,
     /// Error frames sent.
     errors_sent,
     /// Error replies withheld by the rate limit.

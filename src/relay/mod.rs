@@ -98,6 +98,34 @@ impl Storage {
     }
 }
 
+/// One piece of a reliable publishing session's message.
+#[derive(Debug, Clone, Copy)]
+struct Piece<'a> {
+    /// Its sequence number.
+    seq: u64,
+    /// The message continues in the next sequence number.
+    more: bool,
+    /// Its bytes.
+    payload: &'a [u8],
+}
+
+/// An unreliable message arriving in pieces.
+#[derive(Debug)]
+struct Reassembly {
+    channel: ChannelId,
+    /// Pieces by index; `None` until it arrives.
+    pieces: Vec<Option<Vec<u8>>>,
+    /// Pieces arrived.
+    have: usize,
+    /// Bytes arrived.
+    bytes: usize,
+}
+
+/// How long an unreliable message may take to arrive in full.
+const FRAGMENT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most bytes held in incomplete unreliable messages, across all clients.
+const FRAGMENT_MEMORY: usize = 64 << 20;
+
 /// How often replaying subscriptions are fed from the log.
 const REPLAY_TICK: Duration = Duration::from_millis(1);
 /// How often retention limits are checked, when any are set.
@@ -176,8 +204,12 @@ impl Peer {
 struct PublishSession {
     /// Chosen by the client.
     id: u64,
-    /// Duplicate suppression and reordering; items are (channel, payload).
-    receiver: Receiver<(ChannelId, Vec<u8>)>,
+    /// Duplicate suppression and reordering; items are (channel, payload,
+    /// the message continues in the next sequence number).
+    receiver: Receiver<(ChannelId, Vec<u8>, bool)>,
+    /// A large message being put together: its first sequence number,
+    /// channel and bytes so far. Not acknowledged until complete and stored.
+    partial: Option<(u64, ChannelId, Vec<u8>)>,
     /// Under `--fsync interval`: appended messages not yet known durable, as
     /// (sequence number, channel, offset), in order. Acknowledgements stop at
     /// the first of them.
@@ -275,6 +307,13 @@ pub struct Relay {
     arq: ArqConfig,
     /// Sessions waiting for a sync before they can be acknowledged further.
     awaiting_sync: Vec<(SocketAddr, u64)>,
+    /// Unreliable messages arriving in pieces, by sender and message id.
+    reassembly: HashMap<(SocketAddr, u32), Reassembly>,
+    /// When each reassembly gives up, in arrival order (one timeout for
+    /// all, so this is also deadline order).
+    reassembly_deadlines: VecDeque<(Instant, SocketAddr, u32)>,
+    /// Bytes held in `reassembly`.
+    reassembly_bytes: usize,
     /// Deadlines of reliable subscriptions' ARQ timers, earliest first:
     /// (when, subscriber, sub_id, channel). Pushed whenever a deadline
     /// changes; an entry that is no longer the sender's deadline is skipped.
@@ -317,6 +356,9 @@ impl Relay {
             arq: ArqConfig::default(),
             awaiting_sync: Vec::new(),
             arq_timers: BinaryHeap::new(),
+            reassembly: HashMap::new(),
+            reassembly_deadlines: VecDeque::new(),
+            reassembly_bytes: 0,
             next_replay: None,
         };
         for opened in opened {
@@ -469,9 +511,11 @@ impl Relay {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let lease = self.leases.peek().map(|Reverse((at, _))| *at);
         let arq = self.arq_timers.peek().map(|Reverse((at, ..))| *at);
+        let pieces = self.reassembly_deadlines.front().map(|(at, ..)| *at);
         [
             lease,
             arq,
+            pieces,
             self.next_replay,
             self.next_sync,
             self.next_retention,
@@ -485,6 +529,16 @@ impl Relay {
     /// retention.
     pub fn handle_timeout(&mut self, now: Now) {
         self.expire_leases(now.instant);
+        while let Some(&(at, addr, msg_id)) = self.reassembly_deadlines.front() {
+            if at > now.instant {
+                break;
+            }
+            self.reassembly_deadlines.pop_front();
+            if let Some(r) = self.reassembly.remove(&(addr, msg_id)) {
+                self.reassembly_bytes -= r.bytes;
+                self.counters.fragments_expired += 1;
+            }
+        }
         while let Some(&Reverse((at, peer, sub_id, ch))) = self.arq_timers.peek() {
             if at > now.instant {
                 break;
@@ -645,14 +699,15 @@ impl Relay {
             let outbox = &mut self.outbox;
             let counters = &mut self.counters;
             let result = log.scan(cursor, |record| {
-                let frame = Frame::Deliver {
+                let queued = outbox.push_delivery(
+                    peer,
                     sub_id,
-                    offset: record.offset,
-                    timestamp: record.timestamp,
-                    payload: record.payload,
-                };
-                spent += frame.encoded_len();
-                if outbox.push_frame(peer, &frame) {
+                    record.offset,
+                    record.timestamp,
+                    record.payload,
+                );
+                spent += queued;
+                if queued > 0 {
                     counters.messages_replayed += 1;
                 }
                 cursor = record.offset + 1;
@@ -714,9 +769,20 @@ impl Relay {
                 session,
                 seq,
                 acked_below,
+                more,
                 channel,
                 payload,
-            } => self.reliable_publish(now, from, session, seq, acked_below, channel, payload),
+            } => {
+                let piece = Piece { seq, more, payload };
+                self.reliable_publish(now, from, session, acked_below, channel, piece)
+            }
+            Frame::Fragment {
+                msg_id,
+                index,
+                count,
+                channel,
+                chunk,
+            } => self.fragment(now, from, msg_id, index, count, channel, chunk),
             Frame::Ping { nonce } => {
                 self.outbox.push_frame(from, &Frame::Pong { nonce });
             }
@@ -743,6 +809,7 @@ impl Relay {
             Frame::Subscribed { .. }
             | Frame::Ack { .. }
             | Frame::Deliver { .. }
+            | Frame::DeliverFragment { .. }
             | Frame::Pong { .. }
             | Frame::Error { .. }
             | Frame::Stats { .. } => self.counters.dropped_unexpected += 1,
@@ -828,13 +895,10 @@ impl Relay {
                 continue;
             }
             sub.cursor += 1;
-            let frame = Frame::Deliver {
-                sub_id: sub.sub_id,
-                offset,
-                timestamp: now.unix_nanos,
-                payload,
-            };
-            if self.outbox.push_frame(sub.peer, &frame) {
+            let queued =
+                self.outbox
+                    .push_delivery(sub.peer, sub.sub_id, offset, now.unix_nanos, payload);
+            if queued > 0 {
                 self.counters.messages_delivered += 1;
             } else {
                 self.counters.send_dropped += 1;
@@ -850,17 +914,16 @@ impl Relay {
         Ok(offset)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn reliable_publish(
         &mut self,
         now: Now,
         from: SocketAddr,
         session: u64,
-        seq: u64,
         acked_below: u64,
         channel: &str,
-        payload: &[u8],
+        piece: Piece<'_>,
     ) {
+        let Piece { seq, more, payload } = piece;
         if payload.len() > self.max_message_size {
             self.counters.dropped_too_large += 1;
             let reason = format!(
@@ -900,6 +963,7 @@ impl Relay {
                 peer.sessions.push(PublishSession {
                     id: session,
                     receiver: Receiver::new(arq, acked_below),
+                    partial: None,
                     not_durable: VecDeque::new(),
                 });
                 self.counters.sessions_opened += 1;
@@ -907,10 +971,44 @@ impl Relay {
             }
         };
         let s = &mut peer.sessions[index];
-        let arrival = s.receiver.on_data(seq, (id, payload.to_vec()), now.instant);
-        let ready: Vec<_> = std::iter::from_fn(|| s.receiver.pop()).collect();
+        let arrival = s
+            .receiver
+            .on_data(seq, (id, payload.to_vec(), more), now.instant);
+        // Whole messages, in order: pieces of a large one are joined first.
+        let mut ready = Vec::new();
+        let mut too_large = false;
+        while let Some((seq, (ch, bytes, more))) = s.receiver.pop() {
+            let (first, ch, mut whole) = match s.partial.take() {
+                Some((first, partial_ch, mut buf)) => {
+                    buf.extend_from_slice(&bytes);
+                    (first, partial_ch, buf)
+                }
+                None => (seq, ch, bytes),
+            };
+            if whole.len() > self.max_message_size {
+                too_large = true;
+                whole.clear();
+            }
+            if more {
+                s.partial = Some((first, ch, whole));
+            } else {
+                ready.push((seq, (ch, whole)));
+            }
+        }
         if arrival == crate::reliable::Arrival::Duplicate {
             self.counters.duplicates_dropped += 1;
+        }
+        if too_large {
+            self.counters.dropped_too_large += 1;
+            let reason = format!(
+                "a message exceeds the maximum of {} bytes",
+                self.max_message_size
+            );
+            self.reply_error(now, from, ErrorCode::TOO_LARGE, &reason);
+            if let Some(peer) = self.peers.get_mut(&from) {
+                peer.sessions.retain(|s| s.id != session);
+            }
+            return;
         }
         for (seq, (ch, payload)) in ready {
             match self.append(now, ch, &payload) {
@@ -940,6 +1038,76 @@ impl Relay {
         self.ack_session(from, session);
     }
 
+    /// A piece of an unreliable message too large for one datagram: held
+    /// until all pieces are in, then published as one message; dropped (and
+    /// counted) if they are not all in within [`FRAGMENT_TIMEOUT`].
+    #[allow(clippy::too_many_arguments)]
+    fn fragment(
+        &mut self,
+        now: Now,
+        from: SocketAddr,
+        msg_id: u32,
+        index: u16,
+        count: u16,
+        channel: &str,
+        chunk: &[u8],
+    ) {
+        let Some(id) = self.client_channel(channel) else {
+            self.counters.dropped_limit += 1;
+            self.reply_error(now, from, ErrorCode::LIMIT_REACHED, "too many channels");
+            return;
+        };
+        if self.reassembly_bytes + chunk.len() > FRAGMENT_MEMORY {
+            self.counters.dropped_limit += 1;
+            return;
+        }
+        let key = (from, msg_id);
+        let entry = self.reassembly.entry(key).or_insert_with(|| {
+            self.reassembly_deadlines
+                .push_back((now.instant + FRAGMENT_TIMEOUT, from, msg_id));
+            Reassembly {
+                channel: id,
+                pieces: vec![None; usize::from(count)],
+                have: 0,
+                bytes: 0,
+            }
+        });
+        if entry.pieces.len() != usize::from(count) || entry.channel != id {
+            self.counters.dropped_malformed += 1;
+            return;
+        }
+        let slot = &mut entry.pieces[usize::from(index)];
+        if slot.is_some() {
+            return; // a duplicate piece
+        }
+        *slot = Some(chunk.to_vec());
+        entry.have += 1;
+        entry.bytes += chunk.len();
+        self.reassembly_bytes += chunk.len();
+        let too_large = entry.bytes > self.max_message_size;
+        if entry.have < entry.pieces.len() && !too_large {
+            return;
+        }
+        let Some(done) = self.reassembly.remove(&key) else {
+            return;
+        };
+        self.reassembly_bytes -= done.bytes;
+        if too_large {
+            self.counters.dropped_too_large += 1;
+            let reason = format!(
+                "a message exceeds the maximum of {} bytes",
+                self.max_message_size
+            );
+            self.reply_error(now, from, ErrorCode::TOO_LARGE, &reason);
+            return;
+        }
+        let message: Vec<u8> = done.pieces.into_iter().flatten().flatten().collect();
+        match self.append(now, id, &message) {
+            Ok(_) => self.counters.messages_published += 1,
+            Err(reason) => self.reply_error(now, from, ErrorCode::UNAVAILABLE, &reason),
+        }
+    }
+
     /// Sends session `session` of `from` its acknowledgement: cumulative up
     /// to what is stored (and durable, under `--fsync interval`), selective
     /// above it.
@@ -961,6 +1129,20 @@ impl Relay {
         }
         let ack = s.receiver.ack();
         let mut ranges = Vec::with_capacity(ack.ranges.len() + 1);
+        // Pieces of a message not yet complete are held, not stored: report
+        // them received (so they are not resent), not acknowledged.
+        let stored = s
+            .partial
+            .as_ref()
+            .map_or(ack.cumulative, |(first, ..)| *first);
+        let ack = crate::reliable::Ack {
+            cumulative: stored,
+            ranges: std::iter::once((stored, ack.cumulative))
+                .filter(|(a, b)| a < b)
+                .chain(ack.ranges)
+                .collect(),
+            window: ack.window,
+        };
         let cumulative = match s.not_durable.front() {
             Some(&(seq, _, _)) => {
                 // Stored, not yet durable: "received, do not resend", but
@@ -1130,13 +1312,13 @@ impl Relay {
             let outbox = &mut self.outbox;
             let counters = &mut self.counters;
             let mut deliver = |record: crate::log::Record<'_>| {
-                let frame = Frame::Deliver {
+                outbox.push_delivery(
+                    peer,
                     sub_id,
-                    offset: record.offset,
-                    timestamp: record.timestamp,
-                    payload: record.payload,
-                };
-                outbox.push_frame(peer, &frame);
+                    record.offset,
+                    record.timestamp,
+                    record.payload,
+                );
             };
             while let Some(seq) = arq.poll_retransmit(now.instant) {
                 if seq < log.first_offset() {

@@ -4,7 +4,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 
-use crate::wire::{DatagramBuilder, Frame, MAX_DATAGRAM};
+use crate::wire::{
+    DELIVER_FRAGMENT_OVERHEAD, DELIVER_OVERHEAD, DatagramBuilder, Frame, HEADER_LEN, MAX_DATAGRAM,
+};
 
 /// One datagram to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +71,49 @@ impl Outbox {
             payload: alone.finish(),
         });
         true
+    }
+
+    /// Queues a stored message for subscription `sub_id` of `to`: one
+    /// DELIVER frame, or DELIVER_FRAGMENT pieces that each fit the packing
+    /// limit when the message does not fit in one datagram. Returns the bytes
+    /// queued.
+    pub(super) fn push_delivery(
+        &mut self,
+        to: SocketAddr,
+        sub_id: u32,
+        offset: u64,
+        timestamp: u64,
+        payload: &[u8],
+    ) -> usize {
+        if payload.len() <= MAX_DATAGRAM - HEADER_LEN - DELIVER_OVERHEAD {
+            let frame = Frame::Deliver {
+                sub_id,
+                offset,
+                timestamp,
+                payload,
+            };
+            return if self.push_frame(to, &frame) {
+                frame.encoded_len()
+            } else {
+                0
+            };
+        }
+        let piece = (self.datagram_size - HEADER_LEN - DELIVER_FRAGMENT_OVERHEAD).max(256);
+        let mut queued = 0;
+        for (i, chunk) in payload.chunks(piece).enumerate() {
+            let frame = Frame::DeliverFragment {
+                sub_id,
+                offset,
+                timestamp,
+                total: payload.len() as u32,
+                at: (i * piece) as u32,
+                chunk,
+            };
+            if self.push_frame(to, &frame) {
+                queued += frame.encoded_len();
+            }
+        }
+        queued
     }
 
     /// Queues a plain datagram (raw egress) for `to`.

@@ -539,6 +539,7 @@ fn rpublish(relay: &mut Relay, now: Now, session: u64, seq: u64, payload: &[u8])
         session,
         seq,
         acked_below: 0,
+        more: false,
         channel: "news",
         payload,
     };
@@ -856,4 +857,141 @@ fn large_deliveries_go_alone_and_small_ones_pack() {
     assert_eq!(offsets.len(), 4);
     assert!(offsets[1].starts_with("deliver 1 @1 LLL"));
     assert_eq!(offsets[3], "deliver 1 @3 small");
+}
+
+#[test]
+fn unreliable_pieces_make_one_message_and_a_missing_piece_expires() {
+    let (mut r, _dir) = relay();
+    let t = start();
+    subscribe(&mut r, t, ALICE, 1, "news");
+    Sent::collect(&mut r);
+    let big: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+    let chunks: Vec<&[u8]> = big.chunks(1300).collect();
+    let piece = |msg_id, i: usize| Frame::Fragment {
+        msg_id,
+        index: i as u16,
+        count: chunks.len() as u16,
+        channel: "news",
+        chunk: chunks[i],
+    };
+    for i in [2, 0, 3, 1] {
+        send(&mut r, t, PUBLISHER, &[piece(9, i)]);
+    }
+    assert_eq!(
+        r.next_offset("news"),
+        Some(1),
+        "all pieces in: one message stored"
+    );
+    // It fits one datagram on the way out, so it goes whole.
+    let sent = Sent::collect(&mut r);
+    let delivered: Vec<Vec<u8>> = sent
+        .datagrams
+        .iter()
+        .filter(|d| d.destination == addr(ALICE))
+        .flat_map(|d| wire::decode_datagram(&d.payload).unwrap().flatten())
+        .filter_map(|f| match f {
+            Frame::Deliver { payload, .. } => Some(payload.to_vec()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(delivered.len(), 1);
+    assert!(delivered[0] == big, "the message arrives as it was sent");
+
+    // A message missing a piece is dropped after the timeout, and counted.
+    send(&mut r, t, PUBLISHER, &[piece(10, 0)]);
+    assert_eq!(r.poll_timeout(), Some(t.instant + FRAGMENT_TIMEOUT));
+    r.handle_timeout(t.after(FRAGMENT_TIMEOUT));
+    assert_eq!(r.counters().fragments_expired, 1);
+    send(
+        &mut r,
+        t.after(FRAGMENT_TIMEOUT),
+        PUBLISHER,
+        &[piece(10, 1)],
+    );
+    assert_eq!(
+        r.next_offset("news"),
+        Some(1),
+        "nothing stored from a broken message"
+    );
+}
+
+#[test]
+fn reliable_pieces_are_stored_as_one_message_and_acknowledged_only_then() {
+    let (mut r, _dir) = relay();
+    let t = start();
+    let piece = |seq, more, payload: &'static [u8]| Frame::ReliablePublish {
+        session: 3,
+        seq,
+        acked_below: 0,
+        more,
+        channel: "news",
+        payload,
+    };
+    send(&mut r, t, PUBLISHER, &[piece(0, true, b"hello, ")]);
+    let acks = publish_acks(&Sent::collect(&mut r));
+    assert_eq!(
+        acks,
+        [(0, vec![(0, 1)])],
+        "held, reported received, not acknowledged"
+    );
+    assert_eq!(r.next_offset("news"), Some(0), "nothing stored yet");
+    send(&mut r, t, PUBLISHER, &[piece(1, false, b"world")]);
+    assert_eq!(publish_acks(&Sent::collect(&mut r)), [(2, vec![])]);
+    assert_eq!(r.next_offset("news"), Some(1));
+    subscribe_from(&mut r, t, ALICE, 1, StartPosition::Earliest);
+    run_timers(&mut r, t, t.after(Duration::from_millis(5)));
+    let frames = Sent::collect(&mut r).frames_to(ALICE);
+    assert!(
+        frames.contains(&"deliver 1 @0 hello, world".to_string()),
+        "{frames:?}"
+    );
+}
+
+#[test]
+fn messages_larger_than_a_datagram_reach_subscribers_in_pieces() {
+    let (mut r, _dir) = relay();
+    let t = start();
+    subscribe(&mut r, t, ALICE, 1, "news");
+    Sent::collect(&mut r);
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+    let chunks: Vec<&[u8]> = big.chunks(60_000).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let frame = Frame::Fragment {
+            msg_id: 1,
+            index: i as u16,
+            count: chunks.len() as u16,
+            channel: "news",
+            chunk,
+        };
+        send(&mut r, t, PUBLISHER, &[frame]);
+    }
+    let sent = Sent::collect(&mut r);
+    let mut pieces = crate::client::Reassembler::default();
+    let mut whole = None;
+    let mut count = 0;
+    for d in sent
+        .datagrams
+        .iter()
+        .filter(|d| d.destination == addr(ALICE))
+    {
+        assert!(d.payload.len() <= 1400, "each piece fits the packing limit");
+        for f in wire::decode_datagram(&d.payload).unwrap().flatten() {
+            if let Frame::DeliverFragment {
+                offset,
+                total,
+                at,
+                chunk,
+                ..
+            } = f
+            {
+                count += 1;
+                whole = whole.or(pieces.add(offset, total, at, chunk));
+            }
+        }
+    }
+    assert!(count > 100, "{count} pieces");
+    assert!(
+        whole.as_deref() == Some(&big[..]),
+        "put back together exactly"
+    );
 }

@@ -30,7 +30,16 @@ pub enum FrameType {
     Stats = 0x0B,
     /// A message of a reliable publishing session, client to relay.
     ReliablePublish = 0x0C,
+    /// A piece of a message too large for one datagram, client to relay.
+    Fragment = 0x0D,
+    /// A piece of a stored message too large for one datagram, relay to
+    /// client.
+    DeliverFragment = 0x0E,
 }
+
+/// Frame flag of RELIABLE_PUBLISH: the message continues in the next
+/// sequence number.
+pub const FLAG_MORE: u8 = 0x01;
 
 impl FrameType {
     fn from_u8(v: u8) -> Option<FrameType> {
@@ -47,6 +56,8 @@ impl FrameType {
             0x0A => FrameType::StatsRequest,
             0x0B => FrameType::Stats,
             0x0C => FrameType::ReliablePublish,
+            0x0D => FrameType::Fragment,
+            0x0E => FrameType::DeliverFragment,
             _ => return None,
         })
     }
@@ -227,10 +238,44 @@ pub enum Frame<'a> {
         /// Everything below this was acknowledged already: a relay that does
         /// not know the session (it restarted) starts it here.
         acked_below: u64,
+        /// The message continues in `seq + 1` (frame flag [`FLAG_MORE`]):
+        /// a large message is sent as consecutive sequence numbers, so only
+        /// lost pieces are sent again.
+        more: bool,
         /// Channel name, validated.
         channel: &'a str,
         /// Message bytes.
         payload: &'a [u8],
+    },
+    /// Piece `index` of `count` of unreliable message `msg_id` (a message
+    /// too large for one datagram).
+    Fragment {
+        /// Chosen by the client; with its address it names the message.
+        msg_id: u32,
+        /// This piece's position, from 0.
+        index: u16,
+        /// How many pieces the message has.
+        count: u16,
+        /// Channel name, validated.
+        channel: &'a str,
+        /// This piece's bytes.
+        chunk: &'a [u8],
+    },
+    /// Bytes `at..at + chunk.len()` of the stored message at `offset`, which
+    /// is `total` bytes long.
+    DeliverFragment {
+        /// The subscription this is for.
+        sub_id: u32,
+        /// The message's offset in its channel.
+        offset: u64,
+        /// When the relay stored it, in nanoseconds since the Unix epoch.
+        timestamp: u64,
+        /// The whole message's length.
+        total: u32,
+        /// Where this piece starts in the message.
+        at: u32,
+        /// This piece's bytes.
+        chunk: &'a [u8],
     },
     /// Keepalive and round-trip probe.
     Ping {
@@ -274,6 +319,8 @@ impl<'a> Frame<'a> {
             Frame::StatsRequest => FrameType::StatsRequest,
             Frame::Stats { .. } => FrameType::Stats,
             Frame::ReliablePublish { .. } => FrameType::ReliablePublish,
+            Frame::Fragment { .. } => FrameType::Fragment,
+            Frame::DeliverFragment { .. } => FrameType::DeliverFragment,
         }
     }
 
@@ -288,6 +335,8 @@ impl<'a> Frame<'a> {
             Frame::ReliablePublish {
                 channel, payload, ..
             } => 8 + 8 + 8 + 1 + channel.len() + payload.len(),
+            Frame::Fragment { channel, chunk, .. } => 4 + 2 + 2 + 1 + channel.len() + chunk.len(),
+            Frame::DeliverFragment { chunk, .. } => DELIVER_FRAGMENT_FIXED + chunk.len(),
             Frame::Ping { .. } | Frame::Pong { .. } => 8,
             Frame::Error { reason, .. } => 2 + reason.len(),
             Frame::StatsRequest => 0,
@@ -311,7 +360,8 @@ impl<'a> Frame<'a> {
         match self {
             Frame::Publish { channel, .. }
             | Frame::Subscribe { channel, .. }
-            | Frame::ReliablePublish { channel, .. } => {
+            | Frame::ReliablePublish { channel, .. }
+            | Frame::Fragment { channel, .. } => {
                 validate_channel(channel.as_bytes())?;
             }
             Frame::Ack { ranges, .. } if !ranges.len().is_multiple_of(16) => {
@@ -321,7 +371,10 @@ impl<'a> Frame<'a> {
         }
         out.reserve(FRAME_HEADER_LEN + body);
         out.push(self.frame_type() as u8);
-        out.push(0);
+        out.push(match self {
+            Frame::ReliablePublish { more: true, .. } => FLAG_MORE,
+            _ => 0,
+        });
         out.extend_from_slice(&(body as u16).to_le_bytes());
         match *self {
             Frame::Publish { channel, payload } => {
@@ -395,6 +448,7 @@ impl<'a> Frame<'a> {
                 acked_below,
                 channel,
                 payload,
+                more: _,
             } => {
                 out.extend_from_slice(&session.to_le_bytes());
                 out.extend_from_slice(&seq.to_le_bytes());
@@ -402,6 +456,35 @@ impl<'a> Frame<'a> {
                 out.push(channel.len() as u8);
                 out.extend_from_slice(channel.as_bytes());
                 out.extend_from_slice(payload);
+            }
+            Frame::Fragment {
+                msg_id,
+                index,
+                count,
+                channel,
+                chunk,
+            } => {
+                out.extend_from_slice(&msg_id.to_le_bytes());
+                out.extend_from_slice(&index.to_le_bytes());
+                out.extend_from_slice(&count.to_le_bytes());
+                out.push(channel.len() as u8);
+                out.extend_from_slice(channel.as_bytes());
+                out.extend_from_slice(chunk);
+            }
+            Frame::DeliverFragment {
+                sub_id,
+                offset,
+                timestamp,
+                total,
+                at,
+                chunk,
+            } => {
+                out.extend_from_slice(&sub_id.to_le_bytes());
+                out.extend_from_slice(&offset.to_le_bytes());
+                out.extend_from_slice(&timestamp.to_le_bytes());
+                out.extend_from_slice(&total.to_le_bytes());
+                out.extend_from_slice(&at.to_le_bytes());
+                out.extend_from_slice(chunk);
             }
             Frame::Ping { nonce } | Frame::Pong { nonce } => {
                 out.extend_from_slice(&nonce.to_le_bytes())
@@ -433,7 +516,12 @@ impl<'a> Frame<'a> {
             return Err(WireError::Truncated);
         };
         let kind = FrameType::from_u8(head[0]).ok_or(WireError::UnknownFrame(head[0]))?;
-        if head[1] != 0 {
+        let allowed = if kind == FrameType::ReliablePublish {
+            FLAG_MORE
+        } else {
+            0
+        };
+        if head[1] & !allowed != 0 {
             return Err(WireError::BadFrameFlags(head[0], head[1]));
         }
         let len = u16::from_le_bytes([head[2], head[3]]) as usize;
@@ -525,8 +613,44 @@ impl<'a> Frame<'a> {
                     session,
                     seq,
                     acked_below,
+                    more: head[1] & FLAG_MORE != 0,
                     channel,
                     payload: r.rest(),
+                }
+            }
+            FrameType::Fragment => {
+                let msg_id = r.u32()?;
+                let index = r.u16()?;
+                let count = r.u16()?;
+                if count < 2 || index >= count {
+                    return Err(WireError::InvalidField("fragment index"));
+                }
+                let channel = r.channel()?;
+                Frame::Fragment {
+                    msg_id,
+                    index,
+                    count,
+                    channel,
+                    chunk: r.rest(),
+                }
+            }
+            FrameType::DeliverFragment => {
+                let sub_id = r.u32()?;
+                let offset = r.u64()?;
+                let timestamp = r.u64()?;
+                let total = r.u32()?;
+                let at = r.u32()?;
+                let chunk = r.rest();
+                if u64::from(at) + chunk.len() as u64 > u64::from(total) || chunk.is_empty() {
+                    return Err(WireError::InvalidField("fragment position"));
+                }
+                Frame::DeliverFragment {
+                    sub_id,
+                    offset,
+                    timestamp,
+                    total,
+                    at,
+                    chunk,
                 }
             }
             FrameType::Ping | FrameType::Pong => {
@@ -565,6 +689,9 @@ impl<'a> Frame<'a> {
 
 /// Fixed part of a deliver frame body: sub_id, offset, timestamp.
 pub(crate) const DELIVER_FIXED: usize = 4 + 8 + 8;
+/// Fixed part of a deliver-fragment frame body: sub_id, offset, timestamp,
+/// total, at.
+pub(crate) const DELIVER_FRAGMENT_FIXED: usize = 4 + 8 + 8 + 4 + 4;
 
 /// A bounds-checked cursor over a frame body.
 struct Reader<'a> {

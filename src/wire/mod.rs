@@ -10,13 +10,15 @@
 mod frame;
 
 pub use frame::{
-    AckKind, DeliveryMode, ErrorCode, Frame, FrameType, StartPosition, StatEntries, ack_ranges,
-    encode_ack_ranges,
+    AckKind, DeliveryMode, ErrorCode, FLAG_MORE, Frame, FrameType, StartPosition, StatEntries,
+    ack_ranges, encode_ack_ranges,
 };
 
 /// Bytes a deliver frame adds around its payload (frame header, subscription id,
 /// offset, timestamp).
 pub const DELIVER_OVERHEAD: usize = FRAME_HEADER_LEN + frame::DELIVER_FIXED;
+/// Bytes a deliver-fragment frame adds around its piece.
+pub const DELIVER_FRAGMENT_OVERHEAD: usize = FRAME_HEADER_LEN + frame::DELIVER_FRAGMENT_FIXED;
 
 use thiserror::Error;
 

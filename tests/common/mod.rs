@@ -257,6 +257,13 @@ impl Subscriber {
         Subscriber { guard, stderr: rx }
     }
 
+    /// Waits for exit; returns status, stdout as bytes and the rest of stderr.
+    pub fn finish_bytes(self) -> (ExitStatus, Vec<u8>, String) {
+        let out = self.guard.output_deadline(DEADLINE);
+        let stderr: Vec<String> = self.stderr.try_iter().collect();
+        (out.status, out.stdout, stderr.join("\n"))
+    }
+
     /// Waits for exit; returns status, stdout and the rest of stderr.
     pub fn finish(self) -> (ExitStatus, String, String) {
         let out = self.guard.output_deadline(DEADLINE);
