@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use crate::rng::Rng;
 
+pub mod scenario;
+
 /// How one direction of the network treats datagrams.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LinkConfig {
