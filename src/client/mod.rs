@@ -143,8 +143,8 @@ impl Publisher {
 pub const MAX_REASSEMBLED: usize = 64 << 20;
 
 /// Large messages arriving in pieces (DELIVER_FRAGMENT), by offset. Holds at
-/// most a few at once: an unreliable one whose pieces stop coming is
-/// evicted by newer ones.
+/// most [`MAX_REASSEMBLED`] bytes at once: an unreliable message whose pieces
+/// stop coming is evicted by newer ones.
 #[derive(Debug, Default)]
 pub struct Reassembler {
     partial: VecDeque<PartialMessage>,
@@ -163,8 +163,6 @@ struct PartialMessage {
 }
 
 impl Reassembler {
-    const MAX_PARTIAL: usize = 16;
-
     /// Adds a piece; returns the whole message once every byte is in.
     pub fn add(&mut self, offset: u64, total: u32, at: u32, chunk: &[u8]) -> Option<Vec<u8>> {
         let total = total as usize;
@@ -175,8 +173,13 @@ impl Reassembler {
         let i = match self.partial.iter().position(|p| p.offset == offset) {
             Some(i) => i,
             None => {
-                if self.partial.len() == Self::MAX_PARTIAL {
-                    self.partial.pop_front();
+                let held: usize = self.partial.iter().map(|p| p.total).sum();
+                let mut room = MAX_REASSEMBLED.saturating_sub(held);
+                while room < total {
+                    let Some(evicted) = self.partial.pop_front() else {
+                        break;
+                    };
+                    room += evicted.total;
                 }
                 self.partial.push_back(PartialMessage {
                     offset,

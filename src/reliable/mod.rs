@@ -339,8 +339,12 @@ impl Sender {
         if self.probed {
             return;
         }
+        // As QUIC's probe timeout, less the variance margin of the RTO: a
+        // probe costs one message, a late one costs a round trip.
         let pto = match self.srtt {
-            Some(srtt) => (srtt * 2).max(Duration::from_millis(10)),
+            Some(srtt) => {
+                (srtt + self.rttvar * 2 + self.config.delayed_ack).max(Duration::from_millis(10))
+            }
             None => self.config.initial_rto / 2,
         };
         self.timers[Timer::Tlp as usize] = Some(now + pto);
@@ -428,7 +432,7 @@ impl Sender {
         }
         self.rack = rack;
         if spurious && let Some(srtt) = self.srtt {
-            self.reo_wnd = (self.reo_wnd + srtt / 4).min(srtt);
+            self.reo_wnd = (self.reo_wnd + srtt / 8).min(srtt / 2);
         }
         if newly > 0 {
             self.backoff = 0;
@@ -598,9 +602,14 @@ impl Sender {
             self.timers[Timer::Rack as usize] = None;
             self.probed = true; // no probe until new data is acknowledged
             self.timers[Timer::Tlp as usize] = None;
+            // Everything unacknowledged that has been out for a whole
+            // timeout is lost; what was sent since may still arrive and is
+            // left alone (resending it would only add to a bad moment).
             self.lost.clear();
+            let rto = self.rto();
             for (i, slot) in self.slots.iter_mut().enumerate() {
-                if !slot.acked {
+                let old = now.saturating_duration_since(slot.sent_at) >= rto / 2 || i == 0;
+                if !slot.acked && (slot.lost || old) {
                     if !slot.lost {
                         self.pipe -= 1;
                     }
@@ -660,7 +669,7 @@ pub struct ReceiverStats {
 }
 
 /// Most selective ranges in one acknowledgement.
-pub const MAX_ACK_RANGES: usize = 16;
+pub const MAX_ACK_RANGES: usize = 32;
 
 /// The receive side of a reliable stream, holding out-of-order items until
 /// the gap before them fills.
@@ -783,18 +792,22 @@ impl<T> Receiver<T> {
     }
 
     /// The acknowledgement as it stands, whether due or not.
+    ///
+    /// With more received ranges than fit, it keeps the lowest few (the
+    /// holes to fill first) and the highest (what arrived last, which is how
+    /// the sender tells that older messages are lost).
     pub fn ack(&self) -> Ack {
         let mut ranges: Vec<(u64, u64)> = Vec::new();
         for &seq in self.early.keys() {
             match ranges.last_mut() {
                 Some((_, end)) if *end == seq => *end += 1,
-                _ => {
-                    if ranges.len() == MAX_ACK_RANGES {
-                        break;
-                    }
-                    ranges.push((seq, seq + 1));
-                }
+                _ => ranges.push((seq, seq + 1)),
             }
+        }
+        if ranges.len() > MAX_ACK_RANGES {
+            let keep_low = MAX_ACK_RANGES / 4;
+            let cut = ranges.len() - (MAX_ACK_RANGES - keep_low);
+            ranges.drain(keep_low..cut);
         }
         Ack {
             cumulative: self.cumulative,

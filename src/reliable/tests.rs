@@ -98,8 +98,9 @@ fn rtt_follows_rfc_6298_and_karn_skips_retransmitted_samples() {
     // A retransmitted message gives no sample, however late its ack.
     let t3 = t2 + 200 * MS;
     s.on_send(t3);
-    s.handle_timeout(t3 + 90 * MS); // tail-loss probe (PTO = 2 * SRTT)
-    assert_eq!(retransmits(&mut s, t3 + 90 * MS), [2]);
+    // Tail-loss probe: PTO = SRTT + 2 RTTVAR + delayed-ack time = 100 ms.
+    s.handle_timeout(t3 + 100 * MS);
+    assert_eq!(retransmits(&mut s, t3 + 100 * MS), [2]);
     s.on_ack(3, [], 100, t3 + 500 * MS);
     assert_eq!(
         s.srtt(),
@@ -133,7 +134,7 @@ fn tail_loss_probe_resends_the_last_message_before_the_rto() {
     let mut s = Sender::new(cfg(), 0);
     send_n(&mut s, 4, t);
     s.on_ack(3, [], 100, t + 30 * MS); // srtt 30 ms; 3 is the lost tail
-    let pto = 60 * MS; // 2 * SRTT
+    let pto = 65 * MS; // SRTT 30 + 2 RTTVAR 30 + delayed ack 5
     let acked_at = t + 30 * MS;
     assert_eq!(s.poll_timeout(), Some(acked_at + pto));
     s.handle_timeout(acked_at + pto - MS);
