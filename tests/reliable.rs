@@ -228,3 +228,63 @@ fn a_one_megabyte_message_crosses_a_lossy_path_intact() {
         "checksums match"
     );
 }
+
+#[test]
+fn counters_of_each_reliable_stream_are_visible() {
+    let relay = Relay::start(&[]);
+    let addr = relay.addr_str();
+    // The subscriber waits for one more message than the first publish sends,
+    // so it is still subscribed when the counters are read.
+    let sub = Subscriber::start(&[&addr, "seen", "--reliable", "--count", "101", "-v"]);
+    let input = numbered(100, "s");
+    let out = udpcat(
+        &["pub", &addr, "seen", "--reliable", "-v"],
+        input.as_bytes(),
+    );
+    assert!(out.status.success());
+    let pub_report = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        pub_report.contains("100 pieces acknowledged"),
+        "{pub_report}"
+    );
+    assert!(
+        pub_report.contains("retransmissions") && pub_report.contains("srtt"),
+        "{pub_report}"
+    );
+
+    // While the subscriber is still there, the relay lists both streams.
+    let value = |text: &str, kind: &str, what: &str| -> Option<u64> {
+        text.lines()
+            .find(|l| l.starts_with(kind) && l.split(' ').nth(2) == Some(what))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    };
+    let mut text = String::new();
+    wait_until(
+        "the relay to report the subscription's 100 messages sent",
+        || {
+            let stats = udpcat(&["stats", &addr], b"");
+            text = String::from_utf8_lossy(&stats.stdout).into_owned();
+            value(&text, "subscription ", "sent").is_some_and(|v| v >= 100)
+        },
+    );
+    assert_eq!(value(&text, "session ", "received"), Some(100), "{text}");
+    assert!(value(&text, "subscription ", "rtt_us").is_some(), "{text}");
+    assert!(
+        value(&text, "subscription ", "window").is_some_and(|w| w >= 16),
+        "{text}"
+    );
+
+    let last = udpcat(
+        &["pub", &addr, "seen", "--reliable", "--message", "last"],
+        b"",
+    );
+    assert!(last.status.success());
+    let (status, stdout, stderr) = sub.finish();
+    assert!(status.success(), "{stderr}");
+    assert_eq!(stdout, format!("{input}last\n"));
+    assert!(
+        stderr.contains("101 messages received in order"),
+        "{stderr}"
+    );
+}

@@ -91,6 +91,9 @@ enum Command {
         /// each message exactly once; resume with --from the next offset.
         #[arg(long)]
         reliable: bool,
+        /// Print the subscription's counters on stderr when done.
+        #[arg(short, long)]
+        verbose: bool,
     },
     /// Measure the round trip to the relay.
     Ping {
@@ -218,6 +221,7 @@ fn main() -> ExitCode {
             from,
             reply_timeout,
             reliable,
+            verbose,
         } => {
             let opts = SubOptions {
                 channel,
@@ -226,6 +230,7 @@ fn main() -> ExitCode {
                 timeout,
                 from,
                 reliable,
+                verbose,
             };
             Conn::open(&addr, reply_timeout).and_then(|mut c| subscribe(&mut c, &opts))
         }
@@ -678,6 +683,7 @@ struct SubOptions {
     timeout: Option<Duration>,
     from: StartPosition,
     reliable: bool,
+    verbose: bool,
 }
 
 /// Either kind of subscription, behind one interface for the receive loop.
@@ -821,6 +827,15 @@ fn subscribe(conn: &mut Conn, opts: &SubOptions) -> Result<(), CatError> {
     };
     // Best effort: the lease ends it anyway if this datagram is lost.
     let _ = conn.send(&sub.unsubscribe());
+    if opts.verbose
+        && let AnySubscription::Reliable(r) = &sub
+    {
+        let st = r.stats();
+        eprintln!(
+            "udpcat: {} messages received in order; {} duplicates dropped, {} arrived out of order",
+            st.received, st.duplicates, st.out_of_order
+        );
+    }
     result
 }
 

@@ -787,9 +787,12 @@ impl Relay {
                 self.outbox.push_frame(from, &Frame::Pong { nonce });
             }
             Frame::StatsRequest => {
-                let list = self
+                let counters = self
                     .counters
                     .entries(self.channels.len(), self.subscription_count);
+                let per_stream = self.stream_stats();
+                let mut list: Vec<(&str, u64)> = counters;
+                list.extend(per_stream.iter().map(|(k, v)| (k.as_str(), *v)));
                 self.outbox.push_frame(
                     from,
                     &Frame::Stats {
@@ -1256,6 +1259,51 @@ impl Relay {
         if reliable {
             self.pump(now, id, from, sub_id);
         }
+    }
+
+    /// Counters of each reliable publishing session and reliable
+    /// subscription, named `session ADDR/ID NAME` and `subscription ADDR/ID
+    /// NAME`, for as many streams as fit one STATS frame.
+    fn stream_stats(&self) -> Vec<(String, u64)> {
+        /// Streams listed at most (a STATS frame body holds 64 KiB).
+        const MAX_STREAMS: usize = 100;
+        let mut out = Vec::new();
+        let mut streams = 0;
+        for (addr, peer) in &self.peers {
+            for s in &peer.sessions {
+                if streams == MAX_STREAMS {
+                    return out;
+                }
+                streams += 1;
+                let r = s.receiver.stats();
+                let name = |what: &str| format!("session {addr}/{} {what}", s.id);
+                out.push((name("received"), r.received));
+                out.push((name("duplicates"), r.duplicates));
+                out.push((name("out_of_order"), r.out_of_order));
+                out.push((name("window"), u64::from(s.receiver.ack().window)));
+            }
+        }
+        for channel in &self.channels {
+            for sub in &channel.subscribers {
+                let Some(arq) = &sub.arq else { continue };
+                if streams == MAX_STREAMS {
+                    return out;
+                }
+                streams += 1;
+                let st = arq.stats();
+                let name = |what: &str| format!("subscription {}/{} {what}", sub.peer, sub.sub_id);
+                out.push((name("sent"), st.sent));
+                out.push((name("retransmits"), st.retransmits));
+                out.push((name("timeouts"), st.timeouts));
+                out.push((
+                    name("rtt_us"),
+                    arq.srtt().map_or(0, |d| d.as_micros() as u64),
+                ));
+                out.push((name("window"), arq.cwnd()));
+                out.push((name("in_flight"), arq.in_flight()));
+            }
+        }
+        out
     }
 
     /// An acknowledgement from a reliable subscriber.
