@@ -432,7 +432,7 @@ impl Sender {
         }
         self.rack = rack;
         if spurious && let Some(srtt) = self.srtt {
-            self.reo_wnd = (self.reo_wnd + srtt / 8).min(srtt / 2);
+            self.reo_wnd = (self.reo_wnd + srtt / 16).min(srtt / 4);
         }
         if newly > 0 {
             self.backoff = 0;
@@ -534,7 +534,8 @@ impl Sender {
             return;
         };
         let srtt = self.srtt.unwrap_or(self.config.initial_rto);
-        let wait = srtt + self.reo_wnd.max(srtt / 4).max(Duration::from_millis(1));
+        let min_rtt = self.min_rtt.unwrap_or(srtt);
+        let wait = srtt + self.reo_wnd.max(min_rtt / 4).max(Duration::from_millis(1));
         let end = self.highest_acked.saturating_sub(self.snd_una) as usize;
         let mut next_check: Option<Instant> = None;
         for (i, slot) in self.slots.iter_mut().enumerate().take(end) {
