@@ -37,6 +37,13 @@ pub enum ClientError {
     },
 }
 
+/// Checks a channel name before anything is sent with it.
+fn check_channel(channel: &str) -> Result<(), ClientError> {
+    wire::validate_channel(channel.as_bytes())
+        .map(|_| ())
+        .map_err(|_| ClientError::BadChannel(channel.to_string()))
+}
+
 /// Packs publish frames for one channel into datagrams of at most a given size.
 #[derive(Debug)]
 pub struct Publisher {
@@ -50,8 +57,7 @@ impl Publisher {
     /// A publisher for `channel` that fills datagrams up to `datagram_size`
     /// bytes (a message too large for that still goes, alone).
     pub fn new(channel: &str, datagram_size: usize) -> Result<Publisher, ClientError> {
-        wire::validate_channel(channel.as_bytes())
-            .map_err(|_| ClientError::BadChannel(channel.to_string()))?;
+        check_channel(channel)?;
         Ok(Publisher {
             channel: channel.to_string(),
             builder: DatagramBuilder::new(datagram_size),
@@ -260,8 +266,7 @@ impl Subscription {
         start: StartPosition,
         now: Instant,
     ) -> Result<Subscription, ClientError> {
-        wire::validate_channel(channel.as_bytes())
-            .map_err(|_| ClientError::BadChannel(channel.to_string()))?;
+        check_channel(channel)?;
         Ok(Subscription {
             sub_id,
             channel: channel.to_string(),

@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use super::{ClientError, Reassembler, SUBSCRIBE_RETRY, SubscriptionEvent};
+use super::{ClientError, Reassembler, SUBSCRIBE_RETRY, SubscriptionEvent, check_channel};
 use crate::reliable::{ArqConfig, Receiver, ReceiverStats, Sender, SenderStats};
 use crate::wire::{
     self, AckKind, DatagramBuilder, DeliveryMode, ErrorCode, Frame, HEADER_LEN, MAX_DATAGRAM,
@@ -44,8 +44,7 @@ impl ReliablePublisher {
         config: ArqConfig,
         datagram_size: usize,
     ) -> Result<ReliablePublisher, ClientError> {
-        wire::validate_channel(channel.as_bytes())
-            .map_err(|_| ClientError::BadChannel(channel.to_string()))?;
+        check_channel(channel)?;
         Ok(ReliablePublisher {
             session,
             channel: channel.to_string(),
@@ -236,8 +235,7 @@ impl ReliableSubscription {
         config: ArqConfig,
         now: Instant,
     ) -> Result<ReliableSubscription, ClientError> {
-        wire::validate_channel(channel.as_bytes())
-            .map_err(|_| ClientError::BadChannel(channel.to_string()))?;
+        check_channel(channel)?;
         Ok(ReliableSubscription {
             sub_id,
             channel: channel.to_string(),

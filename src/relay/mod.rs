@@ -819,20 +819,39 @@ impl Relay {
         }
     }
 
-    fn publish(&mut self, now: Now, from: SocketAddr, channel: &str, payload: &[u8]) {
-        if payload.len() > self.max_message_size {
-            self.counters.dropped_too_large += 1;
-            let reason = format!(
-                "message of {} bytes exceeds the maximum of {}",
-                payload.len(),
-                self.max_message_size
-            );
-            self.reply_error(now, from, ErrorCode::TOO_LARGE, &reason);
-            return;
+    /// The channel a client's message of `len` bytes goes to, or `None`
+    /// (counted, and the client told why) if it is too large or the channel
+    /// cannot be created.
+    fn accept_message(
+        &mut self,
+        now: Now,
+        from: SocketAddr,
+        channel: &str,
+        len: usize,
+    ) -> Option<ChannelId> {
+        if len > self.max_message_size {
+            self.refuse_too_large(now, from, len);
+            return None;
         }
-        let Some(id) = self.client_channel(channel) else {
+        let id = self.client_channel(channel);
+        if id.is_none() {
             self.counters.dropped_limit += 1;
             self.reply_error(now, from, ErrorCode::LIMIT_REACHED, "too many channels");
+        }
+        id
+    }
+
+    fn refuse_too_large(&mut self, now: Now, from: SocketAddr, len: usize) {
+        self.counters.dropped_too_large += 1;
+        let reason = format!(
+            "message of {len} bytes exceeds the maximum of {}",
+            self.max_message_size
+        );
+        self.reply_error(now, from, ErrorCode::TOO_LARGE, &reason);
+    }
+
+    fn publish(&mut self, now: Now, from: SocketAddr, channel: &str, payload: &[u8]) {
+        let Some(id) = self.accept_message(now, from, channel, payload.len()) else {
             return;
         };
         match self.append(now, id, payload) {
@@ -927,19 +946,7 @@ impl Relay {
         piece: Piece<'_>,
     ) {
         let Piece { seq, more, payload } = piece;
-        if payload.len() > self.max_message_size {
-            self.counters.dropped_too_large += 1;
-            let reason = format!(
-                "message of {} bytes exceeds the maximum of {}",
-                payload.len(),
-                self.max_message_size
-            );
-            self.reply_error(now, from, ErrorCode::TOO_LARGE, &reason);
-            return;
-        }
-        let Some(id) = self.client_channel(channel) else {
-            self.counters.dropped_limit += 1;
-            self.reply_error(now, from, ErrorCode::LIMIT_REACHED, "too many channels");
+        let Some(id) = self.accept_message(now, from, channel, payload.len()) else {
             return;
         };
         let arq = self.arq;
@@ -1002,12 +1009,7 @@ impl Relay {
             self.counters.duplicates_dropped += 1;
         }
         if too_large {
-            self.counters.dropped_too_large += 1;
-            let reason = format!(
-                "a message exceeds the maximum of {} bytes",
-                self.max_message_size
-            );
-            self.reply_error(now, from, ErrorCode::TOO_LARGE, &reason);
+            self.refuse_too_large(now, from, self.max_message_size + 1);
             if let Some(peer) = self.peers.get_mut(&from) {
                 peer.sessions.retain(|s| s.id != session);
             }
@@ -1055,9 +1057,7 @@ impl Relay {
         channel: &str,
         chunk: &[u8],
     ) {
-        let Some(id) = self.client_channel(channel) else {
-            self.counters.dropped_limit += 1;
-            self.reply_error(now, from, ErrorCode::LIMIT_REACHED, "too many channels");
+        let Some(id) = self.accept_message(now, from, channel, 0) else {
             return;
         };
         if self.reassembly_bytes + chunk.len() > FRAGMENT_MEMORY {
@@ -1096,12 +1096,7 @@ impl Relay {
         };
         self.reassembly_bytes -= done.bytes;
         if too_large {
-            self.counters.dropped_too_large += 1;
-            let reason = format!(
-                "a message exceeds the maximum of {} bytes",
-                self.max_message_size
-            );
-            self.reply_error(now, from, ErrorCode::TOO_LARGE, &reason);
+            self.refuse_too_large(now, from, done.bytes);
             return;
         }
         let message: Vec<u8> = done.pieces.into_iter().flatten().flatten().collect();
