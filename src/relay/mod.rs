@@ -1176,9 +1176,7 @@ impl Relay {
         start: StartPosition,
         channel: &str,
     ) {
-        let Some(id) = self.client_channel(channel) else {
-            self.counters.dropped_limit += 1;
-            self.reply_error(now, from, ErrorCode::LIMIT_REACHED, "too many channels");
+        let Some(id) = self.accept_message(now, from, channel, 0) else {
             return;
         };
         let (first, next_offset) = match self.channels[id].storage.offsets() {
