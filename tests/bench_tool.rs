@@ -1,0 +1,52 @@
+//! `udpbench` end to end: it spawns its own relay, measures, and reports.
+
+use std::process::Command;
+
+fn udpbench(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_udpbench"))
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("run udpbench");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("udpbench --json prints one JSON object")
+}
+
+#[test]
+fn paced_run_through_a_spawned_relay_loses_nothing() {
+    let r = udpbench(&[
+        "--spawn",
+        "--duration",
+        "1s",
+        "--rate",
+        "2000",
+        "--subscribers",
+        "2",
+    ]);
+    assert_eq!(r["mode"], "relay");
+    let sent = r["sent"].as_u64().unwrap();
+    assert!(sent >= 1000, "{r}");
+    assert_eq!(r["received"].as_u64().unwrap(), 2 * sent, "{r}");
+    assert_eq!(r["lost"], 0);
+    assert!(r["latency_us"]["p50"].as_f64().unwrap() > 0.0);
+    assert!(r["relay_cpu_seconds"].as_f64().is_some(), "{r}");
+}
+
+#[test]
+fn reliable_run_delivers_everything_it_sent() {
+    let r = udpbench(&["--spawn", "--duration", "1s", "--reliable"]);
+    assert_eq!(r["mode"], "relay-reliable");
+    assert_eq!(r["received"], r["sent"], "{r}");
+    assert_eq!(r["duplicated"], 0);
+}
+
+#[test]
+fn kernel_baseline_runs_without_a_relay() {
+    let r = udpbench(&["--baseline", "kernel", "--duration", "1s", "--rate", "2000"]);
+    assert_eq!(r["mode"], "baseline-kernel");
+    assert_eq!(r["received"], r["sent"], "{r}");
+}

@@ -1,0 +1,654 @@
+//! `udpbench`: end-to-end throughput and latency through a relay, on real
+//! sockets. P publishers and S subscribers exchange timestamped messages;
+//! the report counts what was sent, received, lost, duplicated and reordered,
+//! with one-way latency percentiles (hdrhistogram) and the relay's CPU time.
+//! `--baseline kernel` sends the same traffic straight from publishers to
+//! subscribers and `--baseline relay` through a minimal forwarder (receive,
+//! send, nothing else), so a result reads as a fraction of what the machine
+//! can do at all.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use hdrhistogram::Histogram;
+use udprelay::client::{
+    Publisher, ReliablePublisher, ReliableSubscription, Subscription, SubscriptionEvent,
+};
+use udprelay::config::parse_duration;
+use udprelay::reliable::ArqConfig;
+use udprelay::wire::StartPosition;
+
+/// Throughput and latency benchmark for udprelay.
+#[derive(Debug, Parser)]
+#[command(name = "udpbench", version)]
+struct Args {
+    /// Relay to measure, like 127.0.0.1:7070 (or use --spawn).
+    #[arg(long, conflicts_with = "spawn")]
+    relay: Option<SocketAddr>,
+    /// Start a relay (the udprelay next to this binary) on a free port with a temporary data directory.
+    #[arg(long)]
+    spawn: bool,
+    /// Publishers, each on its own socket and thread.
+    #[arg(long, default_value_t = 1)]
+    publishers: usize,
+    /// Subscribers, each on its own socket and thread; every one gets every message.
+    #[arg(long, default_value_t = 1)]
+    subscribers: usize,
+    /// Message size in bytes (at least 20: publisher, number and send time lead).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Messages per second per publisher; 0 sends as fast as possible.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// How long to publish (e.g. 10s).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Stop each publisher after this many messages instead.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Reliable publishing and subscribing (acknowledged, retransmitted).
+    #[arg(long)]
+    reliable: bool,
+    /// Pack messages into datagrams up to this size; 0 sends one message per datagram.
+    #[arg(long, default_value_t = 1400)]
+    batch: usize,
+    /// Measure the same traffic without the relay: `kernel` straight from
+    /// publishers to subscribers, `relay` through a minimal forwarder.
+    #[arg(long, value_enum)]
+    baseline: Option<Baseline>,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Baseline {
+    Kernel,
+    Relay,
+}
+
+/// Bytes at the start of every message: publisher, number, send time.
+const HEADER: usize = 4 + 8 + 8;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(report) => {
+            if args.json {
+                println!("{report}");
+            } else {
+                print_report(&args, &report);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("udpbench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A relay started for the run, stopped when dropped.
+struct Spawned {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_relay() -> Result<Spawned, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let relay_bin = exe.with_file_name("udprelay");
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut child = Command::new(&relay_bin)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--log-level",
+            "warn",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", relay_bin.display()))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    let addr = line
+        .trim()
+        .strip_prefix("udprelay listening on ")
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| format!("unexpected first line from udprelay: {line:?}"))?;
+    Ok(Spawned {
+        child,
+        addr,
+        _dir: dir,
+    })
+}
+
+/// CPU seconds (user + system) a process has used, from /proc.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some((utime + stime) / ticks.max(1.0))
+}
+
+/// What every subscriber counted.
+#[derive(Default)]
+struct Tally {
+    received: u64,
+    duplicates: u64,
+    reordered: u64,
+    bytes: u64,
+    latency: Option<Histogram<u64>>,
+}
+
+fn socket() -> Result<UdpSocket, String> {
+    let s = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .map_err(|e| e.to_string())?;
+    let _ = s.set_recv_buffer_size(8 << 20);
+    let _ = s.set_send_buffer_size(8 << 20);
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .map_err(|e| e.to_string())?;
+    let s: UdpSocket = s.into();
+    s.set_read_timeout(Some(Duration::from_millis(5)))
+        .map_err(|e| e.to_string())?;
+    Ok(s)
+}
+
+fn epoch_ns(epoch: Instant) -> u64 {
+    epoch.elapsed().as_nanos() as u64
+}
+
+/// Per subscriber: the highest number seen from each publisher, and whether
+/// a number was seen (for duplicates), kept as a bitmap.
+struct Seen {
+    highest: Vec<Option<u64>>,
+    bits: Vec<Vec<u64>>,
+}
+
+impl Seen {
+    fn new(publishers: usize) -> Seen {
+        Seen {
+            highest: vec![None; publishers],
+            bits: vec![Vec::new(); publishers],
+        }
+    }
+
+    fn record(&mut self, tally: &mut Tally, message: &[u8], now_ns: u64, progress: &AtomicU64) {
+        if message.len() < HEADER {
+            return;
+        }
+        let publisher = u32::from_le_bytes(message[0..4].try_into().unwrap_or_default()) as usize;
+        let number = u64::from_le_bytes(message[4..12].try_into().unwrap_or_default());
+        let sent = u64::from_le_bytes(message[12..20].try_into().unwrap_or_default());
+        let (Some(highest), Some(bits)) = (
+            self.highest.get_mut(publisher),
+            self.bits.get_mut(publisher),
+        ) else {
+            return;
+        };
+        let (word, bit) = ((number / 64) as usize, number % 64);
+        if bits.len() <= word {
+            bits.resize(word + 1, 0);
+        }
+        if bits[word] & (1 << bit) != 0 {
+            tally.duplicates += 1;
+            return;
+        }
+        bits[word] |= 1 << bit;
+        if highest.is_some_and(|h| number < h) {
+            tally.reordered += 1;
+        }
+        *highest = Some(highest.map_or(number, |h| h.max(number)));
+        tally.received += 1;
+        progress.fetch_add(1, Ordering::Relaxed);
+        tally.bytes += message.len() as u64;
+        if let Some(h) = tally.latency.as_mut() {
+            let _ = h.record(now_ns.saturating_sub(sent).max(1));
+        }
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Runs the subscribers until `stop`, returning their tallies.
+fn subscribe_all(
+    args: &Args,
+    target: SocketAddr,
+    epoch: Instant,
+    stop: Arc<AtomicBool>,
+    ready: Arc<AtomicU64>,
+    progress: Arc<AtomicU64>,
+) -> Result<(Vec<thread::JoinHandle<Tally>>, Vec<SocketAddr>), String> {
+    let mut handles = Vec::new();
+    let mut addrs = Vec::new();
+    for i in 0..args.subscribers {
+        let socket = socket()?;
+        addrs.push(socket.local_addr().map_err(|e| e.to_string())?);
+        let publishers = args.publishers;
+        let reliable = args.reliable;
+        let via_relay = args.baseline.is_none();
+        let stop = Arc::clone(&stop);
+        let ready = Arc::clone(&ready);
+        let progress = Arc::clone(&progress);
+        handles.push(thread::spawn(move || {
+            let mut tally = Tally {
+                latency: Some(new_histogram()),
+                ..Tally::default()
+            };
+            let mut seen = Seen::new(publishers);
+            let mut buf = vec![0u8; 65_536];
+            let now = Instant::now();
+            let mut plain =
+                Subscription::new(i as u32 + 1, "bench", StartPosition::Latest, now).ok();
+            let mut rel = ReliableSubscription::new(
+                i as u32 + 1,
+                "bench",
+                StartPosition::Latest,
+                ArqConfig::default(),
+                now,
+            )
+            .ok();
+            if !via_relay {
+                ready.fetch_add(1, Ordering::SeqCst);
+            }
+            let mut counted_ready = !via_relay;
+            if via_relay {
+                let _ = socket.connect(target);
+            }
+            while !stop.load(Ordering::SeqCst) {
+                let now = Instant::now();
+                if via_relay {
+                    let out = if reliable {
+                        rel.as_mut().and_then(|s| s.poll_transmit(now))
+                    } else {
+                        plain.as_mut().and_then(|s| s.poll_transmit(now))
+                    };
+                    if let Some(d) = out {
+                        let _ = socket.send(&d);
+                    }
+                }
+                let Ok(n) = socket.recv(&mut buf) else {
+                    continue;
+                };
+                let now_ns = epoch_ns(epoch);
+                if !via_relay {
+                    seen.record(&mut tally, &buf[..n], now_ns, &progress);
+                    continue;
+                }
+                let mut on_event = |e: SubscriptionEvent<'_>| {
+                    if let SubscriptionEvent::Message { payload, .. } = e {
+                        seen.record(&mut tally, payload, now_ns, &progress);
+                    }
+                };
+                if reliable {
+                    if let Some(s) = rel.as_mut() {
+                        s.handle_datagram(now, &buf[..n], &mut on_event);
+                    }
+                } else if let Some(s) = plain.as_mut() {
+                    s.handle_datagram(now, &buf[..n], &mut on_event);
+                }
+                let active = if reliable {
+                    rel.as_ref().is_some_and(|s| s.is_active())
+                } else {
+                    plain.as_ref().is_some_and(|s| s.is_active())
+                };
+                if active && !counted_ready {
+                    counted_ready = true;
+                    ready.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            tally
+        }));
+    }
+    Ok((handles, addrs))
+}
+
+/// The payload of message `number` of publisher `p`.
+fn message(p: usize, number: u64, size: usize, epoch: Instant) -> Vec<u8> {
+    let mut m = Vec::with_capacity(size.max(HEADER));
+    m.extend_from_slice(&(p as u32).to_le_bytes());
+    m.extend_from_slice(&number.to_le_bytes());
+    m.extend_from_slice(&epoch_ns(epoch).to_le_bytes());
+    m.resize(size.max(HEADER), 0x5A);
+    m
+}
+
+/// Runs one publisher; returns how many messages it sent.
+fn publish(
+    args: &Args,
+    p: usize,
+    target: SocketAddr,
+    direct: &[SocketAddr],
+    epoch: Instant,
+) -> Result<u64, String> {
+    let socket = socket()?;
+    let deadline = Instant::now() + args.duration;
+    let limit = args.count.unwrap_or(u64::MAX);
+    let gap = (args.rate > 0).then(|| Duration::from_secs_f64(1.0 / args.rate as f64));
+    let start = Instant::now();
+    let mut sent = 0u64;
+    let due = |sent: u64| gap.map_or(start, |g| start + g * sent as u32);
+    if let Some(baseline) = args.baseline {
+        // Plain datagrams, one message each: straight to every subscriber,
+        // or to the forwarder.
+        let forwarder = [target];
+        let destinations: &[SocketAddr] = match baseline {
+            Baseline::Kernel => direct,
+            Baseline::Relay => &forwarder,
+        };
+        while sent < limit && Instant::now() < deadline {
+            if Instant::now() < due(sent) {
+                continue;
+            }
+            let m = message(p, sent, args.size, epoch);
+            for to in destinations {
+                let _ = socket.send_to(&m, to);
+            }
+            sent += 1;
+        }
+        return Ok(sent);
+    }
+    socket.connect(target).map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 65_536];
+    if args.reliable {
+        let mut rp = ReliablePublisher::new(
+            p as u64 + 1,
+            "bench",
+            ArqConfig::default(),
+            args.batch.max(64),
+        )
+        .map_err(|e| e.to_string())?;
+        socket
+            .set_read_timeout(Some(Duration::from_micros(200)))
+            .map_err(|e| e.to_string())?;
+        loop {
+            let now = Instant::now();
+            let sending = sent < limit && now < deadline;
+            while sending && rp.wants_input() && now >= due(sent) && sent < limit {
+                rp.push(message(p, sent, args.size, epoch))
+                    .map_err(|e| e.to_string())?;
+                sent += 1;
+                if gap.is_some() {
+                    break;
+                }
+            }
+            if !sending && rp.is_done() {
+                break;
+            }
+            if rp.is_failed() || now > deadline + Duration::from_secs(30) {
+                return Err(format!(
+                    "publisher {p}: {} messages not acknowledged",
+                    rp.unacknowledged()
+                ));
+            }
+            if rp.poll_timeout().is_some_and(|t| t <= now) {
+                rp.handle_timeout(now);
+            }
+            while let Some(d) = rp.poll_transmit(now) {
+                let _ = socket.send(&d);
+            }
+            if let Ok(n) = socket.recv(&mut buf) {
+                rp.handle_datagram(Instant::now(), &buf[..n], |_, _| {});
+            }
+        }
+        return Ok(sent);
+    }
+    let mut publisher = Publisher::new("bench", args.batch.max(64)).map_err(|e| e.to_string())?;
+    while sent < limit && Instant::now() < deadline {
+        if Instant::now() < due(sent) {
+            continue;
+        }
+        let m = message(p, sent, args.size, epoch);
+        sent += 1;
+        if args.batch == 0 {
+            let _ = socket.send(
+                &udprelay::wire::encode_datagram(&[udprelay::wire::Frame::Publish {
+                    channel: "bench",
+                    payload: &m,
+                }])
+                .unwrap_or_default(),
+            );
+            continue;
+        }
+        for d in publisher.push(&m).map_err(|e| e.to_string())? {
+            let _ = socket.send(&d);
+        }
+        if gap.is_some()
+            && let Some(d) = publisher.flush()
+        {
+            let _ = socket.send(&d);
+        }
+    }
+    if let Some(d) = publisher.flush() {
+        let _ = socket.send(&d);
+    }
+    Ok(sent)
+}
+
+/// A minimal forwarder: every datagram it receives goes to every subscriber
+/// as it is. The floor of what any relay costs.
+/// Where the forwarder sends: filled in once the subscribers have sockets.
+type Targets = Arc<std::sync::Mutex<Vec<SocketAddr>>>;
+
+fn forwarder(
+    stop: Arc<AtomicBool>,
+) -> Result<(SocketAddr, thread::JoinHandle<()>, Targets), String> {
+    let socket = socket()?;
+    let addr = socket.local_addr().map_err(|e| e.to_string())?;
+    let targets = Arc::new(std::sync::Mutex::new(Vec::<SocketAddr>::new()));
+    let t = Arc::clone(&targets);
+    let handle = thread::spawn(move || {
+        let mut buf = vec![0u8; 65_536];
+        while !stop.load(Ordering::SeqCst) {
+            let Ok(n) = socket.recv(&mut buf) else {
+                continue;
+            };
+            let targets = t.lock().map(|g| g.clone()).unwrap_or_default();
+            for to in targets {
+                let _ = socket.send_to(&buf[..n], to);
+            }
+        }
+    });
+    Ok((addr, handle, targets))
+}
+
+fn run(args: &Args) -> Result<serde_json::Value, String> {
+    if args.size < HEADER {
+        return Err(format!("--size must be at least {HEADER}"));
+    }
+    if args.baseline.is_some() && args.reliable {
+        return Err("--baseline measures plain UDP; drop --reliable".into());
+    }
+    let spawned = if args.spawn && args.baseline.is_none() {
+        Some(spawn_relay()?)
+    } else {
+        None
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut forward = None;
+    let target = match (args.baseline, &spawned, args.relay) {
+        (Some(Baseline::Relay), _, _) => {
+            let (addr, handle, targets) = forwarder(Arc::clone(&stop))?;
+            forward = Some((handle, targets));
+            addr
+        }
+        (Some(Baseline::Kernel), _, _) => SocketAddr::from(([127, 0, 0, 1], 9)),
+        (None, Some(s), _) => s.addr,
+        (None, None, Some(a)) => a,
+        (None, None, None) => return Err("give --relay ADDR, --spawn or --baseline".into()),
+    };
+    let relay_pid = spawned.as_ref().map(|s| s.child.id());
+    let cpu_before = relay_pid.and_then(cpu_seconds);
+    let epoch = Instant::now();
+    let ready = Arc::new(AtomicU64::new(0));
+    let progress = Arc::new(AtomicU64::new(0));
+    let (subs, sub_addrs) = subscribe_all(
+        args,
+        target,
+        epoch,
+        Arc::clone(&stop),
+        Arc::clone(&ready),
+        Arc::clone(&progress),
+    )?;
+    if let Some((_, targets)) = &forward
+        && let Ok(mut t) = targets.lock()
+    {
+        *t = sub_addrs.clone();
+    }
+    let wait = Instant::now() + Duration::from_secs(5);
+    while ready.load(Ordering::SeqCst) < args.subscribers as u64 && args.baseline.is_none() {
+        if Instant::now() > wait {
+            stop.store(true, Ordering::SeqCst);
+            return Err(format!(
+                "the relay at {target} did not accept the subscriptions within 5 s"
+            ));
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    let started = Instant::now();
+    thread::scope(|scope| {
+        let mut pubs = Vec::new();
+        for p in 0..args.publishers {
+            let addrs = &sub_addrs;
+            pubs.push(scope.spawn(move || publish(args, p, target, addrs, epoch)));
+        }
+        let results: Vec<Result<u64, String>> = pubs
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("publisher panicked".into())))
+            .collect();
+        results
+    })
+    .into_iter()
+    .try_fold(0u64, |acc, r| r.map(|n| acc + n))
+    .and_then(|sent| {
+        let publishing = started.elapsed();
+        // Let what is in flight arrive: until everything did, or nothing more
+        // came for a second (what is lost stays lost), at most 30 s.
+        let expected = sent * args.subscribers as u64;
+        let give_up = Instant::now() + Duration::from_secs(30);
+        let mut last = (progress.load(Ordering::SeqCst), Instant::now());
+        while progress.load(Ordering::SeqCst) < expected && Instant::now() < give_up {
+            thread::sleep(Duration::from_millis(10));
+            let now = progress.load(Ordering::SeqCst);
+            if now != last.0 {
+                last = (now, Instant::now());
+            } else if last.1.elapsed() > Duration::from_secs(1) {
+                break;
+            }
+        }
+        stop.store(true, Ordering::SeqCst);
+        let mut total = Tally {
+            latency: Some(new_histogram()),
+            ..Tally::default()
+        };
+        for h in subs {
+            let t = h.join().map_err(|_| "subscriber panicked".to_string())?;
+            total.received += t.received;
+            total.duplicates += t.duplicates;
+            total.reordered += t.reordered;
+            total.bytes += t.bytes;
+            if let (Some(all), Some(one)) = (total.latency.as_mut(), t.latency.as_ref()) {
+                let _ = all.add(one);
+            }
+        }
+        if let Some((handle, _)) = forward {
+            let _ = handle.join();
+        }
+        let cpu = match (cpu_before, relay_pid.and_then(cpu_seconds)) {
+            (Some(a), Some(b)) => Some(b - a),
+            _ => None,
+        };
+        let h = total.latency.unwrap_or_else(new_histogram);
+        let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        let secs = publishing.as_secs_f64().max(1e-9);
+        Ok(serde_json::json!({
+            "mode": match args.baseline {
+                Some(Baseline::Kernel) => "baseline-kernel",
+                Some(Baseline::Relay) => "baseline-forwarder",
+                None if args.reliable => "relay-reliable",
+                None => "relay",
+            },
+            "publishers": args.publishers,
+            "subscribers": args.subscribers,
+            "size": args.size,
+            "seconds": secs,
+            "sent": sent,
+            "received": total.received,
+            "lost": expected.saturating_sub(total.received),
+            "duplicated": total.duplicates,
+            "reordered": total.reordered,
+            "delivered_per_sec": total.received as f64 / secs,
+            "delivered_mb_per_sec": total.bytes as f64 / secs / 1e6,
+            "latency_us": {
+                "p50": us(0.5), "p90": us(0.9), "p99": us(0.99), "p999": us(0.999), "max": h.max() as f64 / 1000.0,
+            },
+            "relay_cpu_seconds": cpu,
+        }))
+    })
+}
+
+fn print_report(args: &Args, r: &serde_json::Value) {
+    let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
+    println!(
+        "udpbench: {} ({} publishers x {} subscribers, {} B messages)",
+        r["mode"].as_str().unwrap_or(""),
+        args.publishers,
+        args.subscribers,
+        args.size
+    );
+    println!("  sent       {:>14}", r["sent"]);
+    println!(
+        "  received   {:>14}   lost {}  duplicated {}  reordered {}",
+        r["received"], r["lost"], r["duplicated"], r["reordered"]
+    );
+    println!(
+        "  throughput {:>14.0} msg/s  {:.1} MB/s  over {:.2} s",
+        f("delivered_per_sec"),
+        f("delivered_mb_per_sec"),
+        f("seconds")
+    );
+    let l = &r["latency_us"];
+    println!(
+        "  latency µs p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
+        l["p50"].as_f64().unwrap_or(0.0),
+        l["p90"].as_f64().unwrap_or(0.0),
+        l["p99"].as_f64().unwrap_or(0.0),
+        l["p999"].as_f64().unwrap_or(0.0),
+        l["max"].as_f64().unwrap_or(0.0)
+    );
+    if let Some(cpu) = r["relay_cpu_seconds"].as_f64() {
+        println!(
+            "  relay CPU  {cpu:.2} s ({:.0} % of one core)",
+            cpu / f("seconds").max(1e-9) * 100.0
+        );
+    }
+}
