@@ -121,6 +121,10 @@ struct Reassembly {
     bytes: usize,
 }
 
+/// Most bytes held in reliable sessions' out-of-order messages, across all
+/// clients: a hostile publisher cannot make the relay hold more.
+const SESSION_MEMORY: usize = 64 << 20;
+
 /// How long an unreliable message may take to arrive in full.
 const FRAGMENT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most bytes held in incomplete unreliable messages, across all clients.
@@ -210,6 +214,8 @@ struct PublishSession {
     /// A large message being put together: its first sequence number,
     /// channel and bytes so far. Not acknowledged until complete and stored.
     partial: Option<(u64, ChannelId, Vec<u8>)>,
+    /// Bytes of messages held here, received out of order.
+    held: usize,
     /// Under `--fsync interval`: appended messages not yet known durable, as
     /// (sequence number, channel, offset), in order. Acknowledgements stop at
     /// the first of them.
@@ -314,6 +320,8 @@ pub struct Relay {
     reassembly_deadlines: VecDeque<(Instant, SocketAddr, u32)>,
     /// Bytes held in `reassembly`.
     reassembly_bytes: usize,
+    /// Bytes held out of order in publishing sessions (see SESSION_MEMORY).
+    session_bytes: usize,
     /// Deadlines of reliable subscriptions' ARQ timers, earliest first:
     /// (when, subscriber, sub_id, channel). Pushed whenever a deadline
     /// changes; an entry that is no longer the sender's deadline is skipped.
@@ -359,6 +367,7 @@ impl Relay {
             reassembly: HashMap::new(),
             reassembly_deadlines: VecDeque::new(),
             reassembly_bytes: 0,
+            session_bytes: 0,
             next_replay: None,
         };
         for opened in opened {
@@ -974,6 +983,7 @@ impl Relay {
                     id: session,
                     receiver: Receiver::new(arq, acked_below),
                     partial: None,
+                    held: 0,
                     not_durable: VecDeque::new(),
                 });
                 self.counters.sessions_opened += 1;
@@ -981,13 +991,25 @@ impl Relay {
             }
         };
         let s = &mut peer.sessions[index];
+        if seq > s.receiver.cumulative() && self.session_bytes + payload.len() > SESSION_MEMORY {
+            // Out-of-order messages across all sessions fill their budget:
+            // this one is not taken; its sender will send it again.
+            self.counters.dropped_limit += 1;
+            return;
+        }
         let arrival = s
             .receiver
             .on_data(seq, (id, payload.to_vec(), more), now.instant);
+        if arrival == crate::reliable::Arrival::New {
+            s.held += payload.len();
+            self.session_bytes += payload.len();
+        }
         // Whole messages, in order: pieces of a large one are joined first.
         let mut ready = Vec::new();
         let mut too_large = false;
         while let Some((seq, (ch, bytes, more))) = s.receiver.pop() {
+            s.held -= bytes.len();
+            self.session_bytes -= bytes.len();
             let (first, ch, mut whole) = match s.partial.take() {
                 Some((first, partial_ch, mut buf)) => {
                     buf.extend_from_slice(&bytes);
@@ -1010,9 +1032,7 @@ impl Relay {
         }
         if too_large {
             self.refuse_too_large(now, from, self.max_message_size + 1);
-            if let Some(peer) = self.peers.get_mut(&from) {
-                peer.sessions.retain(|s| s.id != session);
-            }
+            self.drop_session(from, session);
             return;
         }
         for (seq, (ch, payload)) in ready {
@@ -1033,9 +1053,7 @@ impl Relay {
                     // and let the client's retransmissions start it again.
                     self.reply_error(now, from, ErrorCode::UNAVAILABLE, &reason);
                     self.ack_session(from, session);
-                    if let Some(peer) = self.peers.get_mut(&from) {
-                        peer.sessions.retain(|s| s.id != session);
-                    }
+                    self.drop_session(from, session);
                     return;
                 }
             }
@@ -1103,6 +1121,16 @@ impl Relay {
         match self.append(now, id, &message) {
             Ok(_) => self.counters.messages_published += 1,
             Err(reason) => self.reply_error(now, from, ErrorCode::UNAVAILABLE, &reason),
+        }
+    }
+
+    /// Forgets a publishing session (and what it held); the client's
+    /// retransmissions start it again.
+    fn drop_session(&mut self, from: SocketAddr, session: u64) {
+        if let Some(peer) = self.peers.get_mut(&from)
+            && let Some(i) = peer.sessions.iter().position(|s| s.id == session)
+        {
+            self.session_bytes -= peer.sessions.swap_remove(i).held;
         }
     }
 
@@ -1470,6 +1498,7 @@ impl Relay {
             return 0;
         };
         self.counters.sessions_expired += peer.sessions.len() as u64;
+        self.session_bytes -= peer.sessions.iter().map(|s| s.held).sum::<usize>();
         for &(sub_id, ch) in &peer.subscriptions {
             self.detach(ch, addr, sub_id);
         }

@@ -995,3 +995,29 @@ fn messages_larger_than_a_datagram_reach_subscribers_in_pieces() {
         "put back together exactly"
     );
 }
+
+#[test]
+fn out_of_order_reliable_messages_are_held_within_a_budget() {
+    let (mut r, _dir) = relay();
+    let t = start();
+    let payload = vec![7u8; 60_000];
+    let frame = |seq| Frame::ReliablePublish {
+        session: 5,
+        seq,
+        acked_below: 0,
+        more: false,
+        channel: "news",
+        payload: &payload,
+    };
+    // Message 0 is missing: everything after it waits, up to the budget.
+    let fits = (SESSION_MEMORY / payload.len()) as u64;
+    for seq in 1..=fits + 10 {
+        send(&mut r, t, PUBLISHER, &[frame(seq)]);
+    }
+    assert_eq!(r.counters().dropped_limit, 10, "the ones past the budget are not taken");
+    assert!(r.session_bytes <= SESSION_MEMORY);
+    Sent::collect(&mut r);
+    send(&mut r, t, PUBLISHER, &[frame(0)]);
+    assert_eq!(r.next_offset("news"), Some(fits + 1), "0 and all it held are stored, in order");
+    assert_eq!(r.session_bytes, 0, "and the budget is free again");
+}

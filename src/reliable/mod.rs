@@ -388,7 +388,9 @@ impl Sender {
                 spurious = true;
             }
         };
-        for (start, end) in ranges {
+        // A hostile peer could send thousands of ranges, each spanning the
+        // window: no more are read than an honest receiver sends.
+        for (start, end) in ranges.into_iter().take(MAX_ACK_RANGES) {
             let start = start.max(cumulative);
             let end = end.min(self.next_seq);
             for seq in start..end {
