@@ -50,3 +50,28 @@ fn kernel_baseline_runs_without_a_relay() {
     assert_eq!(r["mode"], "baseline-kernel");
     assert_eq!(r["received"], r["sent"], "{r}");
 }
+
+#[test]
+fn baseline_beside_the_relay_reports_the_ratio_and_plots_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("bench.svg");
+    let r = udpbench(&[
+        "--spawn",
+        "--baseline",
+        "kernel",
+        "--duration",
+        "1s",
+        "--rate",
+        "2000",
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    assert_eq!(r["relay"]["mode"], "relay");
+    assert_eq!(r["baseline"]["mode"], "baseline-kernel");
+    let ratio = r["ratio"]["throughput"].as_f64().unwrap();
+    assert!(ratio > 0.5 && ratio < 1.5, "paced runs deliver alike: {ratio}");
+    let drawing = std::fs::read_to_string(&svg).unwrap();
+    assert!(drawing.starts_with("<svg"), "{drawing}");
+    assert_eq!(drawing.matches("<polyline").count(), 4, "two panels, two runs each");
+    assert!(drawing.trim_end().ends_with("</svg>"));
+}

@@ -25,7 +25,7 @@ use udprelay::reliable::ArqConfig;
 use udprelay::wire::StartPosition;
 
 /// Throughput and latency benchmark for udprelay.
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(name = "udpbench", version)]
 struct Args {
     /// Relay to measure, like 127.0.0.1:7070 (or use --spawn).
@@ -59,12 +59,16 @@ struct Args {
     #[arg(long, default_value_t = 1400)]
     batch: usize,
     /// Measure the same traffic without the relay: `kernel` straight from
-    /// publishers to subscribers, `relay` through a minimal forwarder.
+    /// publishers to subscribers, `relay` through a minimal forwarder. With
+    /// --spawn or --relay too, both run and the report shows the ratio.
     #[arg(long, value_enum)]
     baseline: Option<Baseline>,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Draw throughput over time and latency percentiles to an SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -78,20 +82,190 @@ const HEADER: usize = 4 + 8 + 8;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    match run(&args) {
-        Ok(report) => {
-            if args.json {
-                println!("{report}");
-            } else {
-                print_report(&args, &report);
-            }
-            ExitCode::SUCCESS
-        }
+    match run_all(&args) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("udpbench: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The relay run, the baseline run, or both (then with their ratio).
+fn run_all(args: &Args) -> Result<(), String> {
+    let mut runs = Vec::new();
+    if args.spawn || args.relay.is_some() {
+        let relay_args = Args {
+            baseline: None,
+            ..args.clone()
+        };
+        runs.push(run(&relay_args)?);
+    }
+    if let Some(baseline) = args.baseline {
+        let base_args = Args {
+            baseline: Some(baseline),
+            reliable: false,
+            spawn: false,
+            relay: None,
+            ..args.clone()
+        };
+        runs.push(run(&base_args)?);
+    }
+    if runs.is_empty() {
+        return Err("give --relay ADDR, --spawn or --baseline".into());
+    }
+    let ratio = (runs.len() == 2).then(|| {
+        let f = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap_or(0.0);
+        let p50 = |r: &serde_json::Value| r["latency_us"]["p50"].as_f64().unwrap_or(0.0);
+        serde_json::json!({
+            "throughput": f(&runs[0], "delivered_per_sec") / f(&runs[1], "delivered_per_sec").max(1e-9),
+            "latency_p50": p50(&runs[0]) / p50(&runs[1]).max(1e-9),
+        })
+    });
+    if let Some(path) = &args.plot {
+        std::fs::write(path, plot(&runs))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    if args.json {
+        let out = match (&ratio, runs.as_slice()) {
+            (Some(ratio), [relay, baseline]) => serde_json::json!({
+                "relay": relay, "baseline": baseline, "ratio": ratio,
+            }),
+            _ => runs[0].clone(),
+        };
+        println!("{out}");
+        return Ok(());
+    }
+    for r in &runs {
+        print_report(args, r);
+    }
+    if let Some(ratio) = ratio {
+        println!(
+            "relay / baseline: throughput {:.2}x, latency p50 {:.2}x",
+            ratio["throughput"].as_f64().unwrap_or(0.0),
+            ratio["latency_p50"].as_f64().unwrap_or(0.0)
+        );
+    }
+    Ok(())
+}
+
+/// An SVG with two panels: delivered messages per second over time, and
+/// latency at each percentile (log scale), one line per run.
+fn plot(runs: &[serde_json::Value]) -> String {
+    const W: f64 = 900.0;
+    const H: f64 = 360.0;
+    const PANEL: f64 = 380.0;
+    let colors = ["#1f77b4", "#d62728"];
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
+    // Panel 1: throughput over time.
+    let series: Vec<Vec<f64>> = runs
+        .iter()
+        .map(|r| {
+            r["timeline"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|v| v.as_f64()).collect())
+                .unwrap_or_default()
+        })
+        .collect();
+    let max_rate = series.iter().flatten().cloned().fold(1.0, f64::max);
+    let max_len = series.iter().map(Vec::len).max().unwrap_or(1).max(2);
+    let (x0, y0, pw, ph) = (60.0, 30.0, PANEL - 70.0, H - 80.0);
+    svg += &format!(
+        "<text x=\"{x0}\" y=\"18\">delivered msg/s over time (0.1 s steps, max {max_rate:.0})</text>\n\
+         <rect x=\"{x0}\" y=\"{y0}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"#999\"/>\n"
+    );
+    for (i, s) in series.iter().enumerate() {
+        let points: Vec<String> = s
+            .iter()
+            .enumerate()
+            .map(|(j, v)| {
+                let x = x0 + pw * j as f64 / (max_len - 1) as f64;
+                let y = y0 + ph - ph * v / max_rate;
+                format!("{x:.1},{y:.1}")
+            })
+            .collect();
+        svg += &format!(
+            "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"1.5\" points=\"{}\"/>\n",
+            colors[i % 2],
+            points.join(" ")
+        );
+    }
+    // Panel 2: latency by percentile, log scale.
+    let quantiles = ["p50", "p90", "p99", "p999", "max"];
+    let lat: Vec<Vec<f64>> = runs
+        .iter()
+        .map(|r| {
+            quantiles
+                .iter()
+                .map(|q| r["latency_us"][q].as_f64().unwrap_or(0.0).max(0.1))
+                .collect()
+        })
+        .collect();
+    let hi = lat
+        .iter()
+        .flatten()
+        .cloned()
+        .fold(1.0, f64::max)
+        .log10()
+        .ceil()
+        .max(1.0);
+    let lo = lat
+        .iter()
+        .flatten()
+        .cloned()
+        .fold(f64::MAX, f64::min)
+        .log10()
+        .floor()
+        .min(hi - 1.0);
+    let (x1, pw2) = (PANEL + 100.0, W - PANEL - 130.0);
+    svg += &format!(
+        "<text x=\"{x1}\" y=\"18\">one-way latency, µs (log scale)</text>\n\
+         <rect x=\"{x1}\" y=\"{y0}\" width=\"{pw2}\" height=\"{ph}\" fill=\"none\" stroke=\"#999\"/>\n"
+    );
+    for decade in (lo as i32)..=(hi as i32) {
+        let y = y0 + ph - ph * (f64::from(decade) - lo) / (hi - lo);
+        svg += &format!(
+            "<text x=\"{}\" y=\"{y:.1}\" text-anchor=\"end\">{}</text>\n",
+            x1 - 6.0,
+            10f64.powi(decade)
+        );
+    }
+    for (k, q) in quantiles.iter().enumerate() {
+        let x = x1 + pw2 * k as f64 / (quantiles.len() - 1) as f64;
+        svg += &format!(
+            "<text x=\"{x:.1}\" y=\"{}\" text-anchor=\"middle\">{q}</text>\n",
+            y0 + ph + 16.0
+        );
+    }
+    for (i, l) in lat.iter().enumerate() {
+        let points: Vec<String> = l
+            .iter()
+            .enumerate()
+            .map(|(k, v)| {
+                let x = x1 + pw2 * k as f64 / (quantiles.len() - 1) as f64;
+                let y = y0 + ph - ph * (v.log10() - lo) / (hi - lo);
+                format!("{x:.1},{y:.1}")
+            })
+            .collect();
+        svg += &format!(
+            "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\" points=\"{}\"/>\n",
+            colors[i % 2],
+            points.join(" ")
+        );
+    }
+    for (i, r) in runs.iter().enumerate() {
+        svg += &format!(
+            "<text x=\"{x0}\" y=\"{}\" fill=\"{}\">{}</text>\n",
+            H - 22.0 + 14.0 * i as f64 - 14.0 * (runs.len() as f64 - 1.0),
+            colors[i % 2],
+            r["mode"].as_str().unwrap_or("")
+        );
+    }
+    svg += "</svg>\n";
+    svg
 }
 
 /// A relay started for the run, stopped when dropped.
@@ -162,7 +336,12 @@ struct Tally {
     reordered: u64,
     bytes: u64,
     latency: Option<Histogram<u64>>,
+    /// Messages received per 100 ms since the epoch.
+    buckets: Vec<u64>,
 }
+
+/// Width of one step of the throughput timeline.
+const STEP_NS: u64 = 100_000_000;
 
 fn socket() -> Result<UdpSocket, String> {
     let s = socket2::Socket::new(
@@ -228,6 +407,11 @@ impl Seen {
         *highest = Some(highest.map_or(number, |h| h.max(number)));
         tally.received += 1;
         progress.fetch_add(1, Ordering::Relaxed);
+        let step = (now_ns / STEP_NS) as usize;
+        if tally.buckets.len() <= step {
+            tally.buckets.resize(step + 1, 0);
+        }
+        tally.buckets[step] += 1;
         tally.bytes += message.len() as u64;
         if let Some(h) = tally.latency.as_mut() {
             let _ = h.record(now_ns.saturating_sub(sent).max(1));
@@ -485,9 +669,6 @@ fn run(args: &Args) -> Result<serde_json::Value, String> {
     if args.size < HEADER {
         return Err(format!("--size must be at least {HEADER}"));
     }
-    if args.baseline.is_some() && args.reliable {
-        return Err("--baseline measures plain UDP; drop --reliable".into());
-    }
     let spawned = if args.spawn && args.baseline.is_none() {
         Some(spawn_relay()?)
     } else {
@@ -504,7 +685,7 @@ fn run(args: &Args) -> Result<serde_json::Value, String> {
         (Some(Baseline::Kernel), _, _) => SocketAddr::from(([127, 0, 0, 1], 9)),
         (None, Some(s), _) => s.addr,
         (None, None, Some(a)) => a,
-        (None, None, None) => return Err("give --relay ADDR, --spawn or --baseline".into()),
+        (None, None, None) => return Err("give --relay ADDR or --spawn".into()),
     };
     let relay_pid = spawned.as_ref().map(|s| s.child.id());
     let cpu_before = relay_pid.and_then(cpu_seconds);
@@ -576,6 +757,12 @@ fn run(args: &Args) -> Result<serde_json::Value, String> {
             total.duplicates += t.duplicates;
             total.reordered += t.reordered;
             total.bytes += t.bytes;
+            if total.buckets.len() < t.buckets.len() {
+                total.buckets.resize(t.buckets.len(), 0);
+            }
+            for (a, b) in total.buckets.iter_mut().zip(&t.buckets) {
+                *a += b;
+            }
             if let (Some(all), Some(one)) = (total.latency.as_mut(), t.latency.as_ref()) {
                 let _ = all.add(one);
             }
@@ -612,6 +799,11 @@ fn run(args: &Args) -> Result<serde_json::Value, String> {
                 "p50": us(0.5), "p90": us(0.9), "p99": us(0.99), "p999": us(0.999), "max": h.max() as f64 / 1000.0,
             },
             "relay_cpu_seconds": cpu,
+            "timeline": total.buckets
+                .iter()
+                .skip((started.duration_since(epoch).as_nanos() as u64 / STEP_NS) as usize)
+                .map(|n| *n as f64 * 1e9 / STEP_NS as f64)
+                .collect::<Vec<f64>>(),
         }))
     })
 }

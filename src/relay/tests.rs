@@ -1014,10 +1014,18 @@ fn out_of_order_reliable_messages_are_held_within_a_budget() {
     for seq in 1..=fits + 10 {
         send(&mut r, t, PUBLISHER, &[frame(seq)]);
     }
-    assert_eq!(r.counters().dropped_limit, 10, "the ones past the budget are not taken");
+    assert_eq!(
+        r.counters().dropped_limit,
+        10,
+        "the ones past the budget are not taken"
+    );
     assert!(r.session_bytes <= SESSION_MEMORY);
     Sent::collect(&mut r);
     send(&mut r, t, PUBLISHER, &[frame(0)]);
-    assert_eq!(r.next_offset("news"), Some(fits + 1), "0 and all it held are stored, in order");
+    assert_eq!(
+        r.next_offset("news"),
+        Some(fits + 1),
+        "0 and all it held are stored, in order"
+    );
     assert_eq!(r.session_bytes, 0, "and the budget is free again");
 }
