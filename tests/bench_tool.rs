@@ -69,9 +69,16 @@ fn baseline_beside_the_relay_reports_the_ratio_and_plots_both() {
     assert_eq!(r["relay"]["mode"], "relay");
     assert_eq!(r["baseline"]["mode"], "baseline-kernel");
     let ratio = r["ratio"]["throughput"].as_f64().unwrap();
-    assert!(ratio > 0.5 && ratio < 1.5, "paced runs deliver alike: {ratio}");
+    assert!(
+        ratio > 0.5 && ratio < 1.5,
+        "paced runs deliver alike: {ratio}"
+    );
     let drawing = std::fs::read_to_string(&svg).unwrap();
     assert!(drawing.starts_with("<svg"), "{drawing}");
-    assert_eq!(drawing.matches("<polyline").count(), 4, "two panels, two runs each");
+    assert_eq!(
+        drawing.matches("<polyline").count(),
+        4,
+        "two panels, two runs each"
+    );
     assert!(drawing.trim_end().ends_with("</svg>"));
 }

@@ -716,6 +716,31 @@ fn run(args: &Args) -> Result<serde_json::Value, String> {
         thread::sleep(Duration::from_millis(5));
     }
     let started = Instant::now();
+    // A progress bar on a terminal only: scripts get clean output.
+    let show = !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let publishing_done = Arc::new(AtomicBool::new(false));
+    let bar = show.then(|| {
+        let total = args.duration.as_millis() as u64;
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {elapsed}/{msg} {prefix}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_message(format!("{:?}", args.duration));
+        let (bar2, done, progress) = (
+            bar.clone(),
+            Arc::clone(&publishing_done),
+            Arc::clone(&progress),
+        );
+        thread::spawn(move || {
+            while !done.load(Ordering::SeqCst) {
+                bar2.set_position(started.elapsed().as_millis() as u64);
+                bar2.set_prefix(format!("{} received", progress.load(Ordering::Relaxed)));
+                thread::sleep(Duration::from_millis(100));
+            }
+        });
+        bar
+    });
     thread::scope(|scope| {
         let mut pubs = Vec::new();
         for p in 0..args.publishers {
@@ -732,6 +757,10 @@ fn run(args: &Args) -> Result<serde_json::Value, String> {
     .try_fold(0u64, |acc, r| r.map(|n| acc + n))
     .and_then(|sent| {
         let publishing = started.elapsed();
+        publishing_done.store(true, Ordering::SeqCst);
+        if let Some(bar) = &bar {
+            bar.finish_and_clear();
+        }
         // Let what is in flight arrive: until everything did, or nothing more
         // came for a second (what is lost stays lost), at most 30 s.
         let expected = sent * args.subscribers as u64;
