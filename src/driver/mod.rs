@@ -22,6 +22,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
+mod batch;
+
 use crate::config::{ConfigError, RelayConfig};
 use crate::log::LogError;
 use crate::relay::{Now, Relay, SyncRequest, Transmit};
@@ -79,8 +81,8 @@ pub struct Driver {
     /// Most datagrams `send_queue` holds before dropping.
     send_queue_limit: usize,
     relay: Relay,
-    /// Receive buffer, big enough for any UDP datagram.
-    buf: Vec<u8>,
+    /// Buffers for receiving many datagrams per call.
+    recv: batch::RecvBatch,
     /// Background syncs (`--fsync interval`): requests out, results back.
     syncer: Syncer,
 }
@@ -182,7 +184,7 @@ impl Driver {
             send_queue: VecDeque::new(),
             send_queue_limit: config.send_queue_limit,
             relay,
-            buf: vec![0; 65_536],
+            recv: batch::RecvBatch::new(),
             syncer,
         })
     }
@@ -269,15 +271,19 @@ impl Driver {
     /// true if data may remain.
     fn drain(&mut self, i: usize) -> bool {
         let now = Now::system();
-        for _ in 0..READ_BUDGET {
-            match self.sockets[i].recv_from(&mut self.buf) {
-                Ok((n, from)) => {
-                    let datagram = &self.buf[..n];
-                    if i == 0 {
-                        self.relay.handle_datagram(now, from, datagram);
-                    } else {
-                        self.relay.handle_raw(now, i - 1, datagram);
+        let mut read = 0;
+        while read < READ_BUDGET {
+            match self.recv.recv(&self.sockets[i]) {
+                Ok(n) => {
+                    for k in 0..n {
+                        let (datagram, from) = self.recv.get(k);
+                        match (i, from) {
+                            (0, Some(from)) => self.relay.handle_datagram(now, from, datagram),
+                            (0, None) => self.relay.counters_mut().recv_errors += 1,
+                            _ => self.relay.handle_raw(now, i - 1, datagram),
+                        }
                     }
+                    read += n.max(1);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -292,18 +298,32 @@ impl Driver {
         true
     }
 
-    /// Sends every datagram the core has ready, queueing behind a full socket.
+    /// Sends every datagram the core has ready, many per system call,
+    /// queueing behind a full socket.
     fn send_all(&mut self) -> io::Result<()> {
         self.flush_queue();
-        while let Some(t) = self.relay.poll_transmit() {
-            if self.send_queue.is_empty() && self.try_send(&t) {
-                continue;
+        let mut ready = Vec::with_capacity(batch::BATCH);
+        loop {
+            ready.clear();
+            while ready.len() < batch::BATCH
+                && let Some(t) = self.relay.poll_transmit()
+            {
+                ready.push(t);
             }
-            if self.send_queue.len() >= self.send_queue_limit {
-                self.relay.counters_mut().send_dropped += 1;
-            } else {
-                self.relay.counters_mut().send_queued += 1;
-                self.send_queue.push_back(t);
+            if ready.is_empty() {
+                break;
+            }
+            let mut sent = 0;
+            if self.send_queue.is_empty() {
+                sent = self.send_batch(&ready);
+            }
+            for t in ready.drain(sent..) {
+                if self.send_queue.len() >= self.send_queue_limit {
+                    self.relay.counters_mut().send_dropped += 1;
+                } else {
+                    self.relay.counters_mut().send_queued += 1;
+                    self.send_queue.push_back(t);
+                }
             }
         }
         let want = !self.send_queue.is_empty();
@@ -323,33 +343,43 @@ impl Driver {
 
     /// Sends queued datagrams until the socket is full again.
     fn flush_queue(&mut self) {
-        while let Some(t) = self.send_queue.pop_front() {
-            if !self.try_send(&t) {
-                self.send_queue.push_front(t);
+        while !self.send_queue.is_empty() {
+            let (front, _) = self.send_queue.as_slices();
+            let n = front.len().min(batch::BATCH);
+            let chunk: Vec<Transmit> = self.send_queue.drain(..n).collect();
+            let sent = self.send_batch(&chunk);
+            if sent < chunk.len() {
+                for t in chunk.into_iter().skip(sent).rev() {
+                    self.send_queue.push_front(t);
+                }
                 return;
             }
         }
     }
 
-    /// Sends one datagram; false if the socket is full (try again later).
-    /// Other errors are counted and the datagram is dropped: UDP promises no
-    /// delivery, and one bad destination must not block the rest.
-    fn try_send(&mut self, t: &Transmit) -> bool {
-        loop {
-            match self.sockets[0].send_to(&t.payload, t.destination) {
-                Ok(_) => {
-                    self.relay.counters_mut().datagrams_sent += 1;
-                    return true;
+    /// Sends datagrams in order, many per call, until the socket is full;
+    /// returns how many are done with (sent, or dropped on an error other
+    /// than a full buffer: UDP promises no delivery, and one bad destination
+    /// must not block the rest).
+    fn send_batch(&mut self, batch: &[Transmit]) -> usize {
+        let mut done = 0;
+        while done < batch.len() {
+            match batch::send(&self.sockets[0], &batch[done..]) {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.relay.counters_mut().datagrams_sent += n as u64;
+                    done += n;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    debug!(error = %e, to = %t.destination, "send failed");
+                    debug!(error = %e, to = %batch[done].destination, "send failed");
                     self.relay.counters_mut().send_errors += 1;
-                    return true;
+                    done += 1;
                 }
             }
         }
+        done
     }
 }
 
