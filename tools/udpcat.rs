@@ -208,7 +208,7 @@ fn main() -> ExitCode {
                 if reliable {
                     publish_reliably(&mut c, opts)
                 } else {
-                    publish(&mut c, &opts)
+                    publish(&mut c, opts)
                 }
             })
         }
@@ -436,7 +436,7 @@ impl PacedSender<'_> {
     }
 }
 
-fn publish(conn: &mut Conn, opts: &PubOptions) -> Result<(), CatError> {
+fn publish(conn: &mut Conn, opts: PubOptions) -> Result<(), CatError> {
     // Make sure someone is listening before reading any input.
     let nonce = conn.send_ping()?;
     conn.await_pong(nonce)?;
@@ -447,50 +447,24 @@ fn publish(conn: &mut Conn, opts: &PubOptions) -> Result<(), CatError> {
         outstanding: None,
     };
     let mut messages = 0u64;
-    {
-        let mut send_message = |msg: &[u8], more_buffered: bool| -> Result<(), CatError> {
-            for datagram in publisher.push(msg)? {
-                sender.send(&datagram)?;
-            }
-            if !more_buffered && let Some(datagram) = publisher.flush() {
-                // Input paused (a person typing): send now rather than wait.
-                sender.send(&datagram)?;
-            }
-            messages += 1;
-            Ok(())
-        };
-        match &opts.input {
-            Input::Message(m) => {
-                for i in 0..opts.count {
-                    send_message(m, i + 1 < opts.count)?;
-                }
-            }
-            Input::File(path) => {
-                let name = path.display().to_string();
-                let file = File::open(path).map_err(|e| CatError::Input(name.clone(), e))?;
-                let lines = read_lines(BufReader::new(file), |e| CatError::Input(name.clone(), e))?;
-                send_repeated(&lines, opts.count, &mut send_message)?;
-            }
-            Input::Stdin if opts.count == 1 => {
-                let mut reader = BufReader::with_capacity(1 << 16, io::stdin());
-                let mut line = Vec::new();
-                loop {
-                    line.clear();
-                    let n = reader
-                        .read_until(b'\n', &mut line)
-                        .map_err(|e| CatError::Input("stdin".into(), e))?;
-                    if n == 0 {
-                        break;
-                    }
-                    let more = !reader.buffer().is_empty();
-                    send_message(trim_newline(&line), more)?;
-                }
-            }
-            Input::Stdin => {
-                let lines = read_lines(io::stdin().lock(), |e| CatError::Input("stdin".into(), e))?;
-                send_repeated(&lines, opts.count, &mut send_message)?;
-            }
+    let input = spawn_input(opts.input, opts.count);
+    let mut next = input.recv().ok();
+    while let Some(message) = next.take() {
+        for datagram in publisher.push(&message?)? {
+            sender.send(&datagram)?;
         }
+        messages += 1;
+        next = match input.try_recv() {
+            Ok(m) => Some(m),
+            Err(mpsc::TryRecvError::Disconnected) => None,
+            Err(mpsc::TryRecvError::Empty) => {
+                // Input paused (a person typing): send what we have now.
+                if let Some(datagram) = publisher.flush() {
+                    sender.send(&datagram)?;
+                }
+                input.recv().ok()
+            }
+        };
     }
     if let Some(datagram) = publisher.flush() {
         sender.send(&datagram)?;
@@ -508,8 +482,9 @@ fn publish(conn: &mut Conn, opts: &PubOptions) -> Result<(), CatError> {
     }
 }
 
-/// Reads the input on a thread, one message per line, so the reliable
-/// loop can wait for the network and the input at once.
+/// Reads the input on a thread, one message per line (or the one message of
+/// --message and --whole), so the sending loop can wait for the network and
+/// the input at once.
 fn spawn_input(input: Input, count: u64) -> mpsc::Receiver<Result<Vec<u8>, CatError>> {
     let (tx, rx) = mpsc::sync_channel(4096);
     std::thread::spawn(move || {
@@ -655,20 +630,6 @@ fn read_lines(
         lines.pop();
     }
     Ok(lines)
-}
-
-fn send_repeated(
-    lines: &[Vec<u8>],
-    count: u64,
-    send: &mut impl FnMut(&[u8], bool) -> Result<(), CatError>,
-) -> Result<(), CatError> {
-    for round in 0..count {
-        for (i, line) in lines.iter().enumerate() {
-            let last = round + 1 == count && i + 1 == lines.len();
-            send(line, !last)?;
-        }
-    }
-    Ok(())
 }
 
 fn trim_newline(line: &[u8]) -> &[u8] {
