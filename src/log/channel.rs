@@ -132,8 +132,6 @@ pub struct LogStats {
 /// The log of one channel.
 #[derive(Debug)]
 pub struct ChannelLog {
-    /// The channel's name.
-    name: String,
     /// Its directory.
     dir: PathBuf,
     config: LogConfig,
@@ -149,24 +147,13 @@ pub struct ChannelLog {
 
 impl ChannelLog {
     /// Creates an empty log in `dir` (which must exist).
-    pub(super) fn create(
-        dir: &Path,
-        name: &str,
-        config: &LogConfig,
-    ) -> Result<ChannelLog, LogError> {
+    pub(super) fn create(dir: &Path, config: &LogConfig) -> Result<ChannelLog, LogError> {
         let segment = Segment::create(dir, 0, config.first_segment_size(0))?;
-        Ok(ChannelLog::assemble(
-            dir,
-            name,
-            config,
-            VecDeque::new(),
-            segment,
-        ))
+        Ok(ChannelLog::assemble(dir, config, VecDeque::new(), segment))
     }
 
     fn assemble(
         dir: &Path,
-        name: &str,
         config: &LogConfig,
         mut segments: VecDeque<IndexedSegment>,
         last: Segment,
@@ -180,7 +167,6 @@ impl ChannelLog {
             }),
         });
         ChannelLog {
-            name: name.to_string(),
             dir: dir.to_path_buf(),
             config: config.clone(),
             segments,
@@ -196,7 +182,6 @@ impl ChannelLog {
     /// damage are mid-log corruption, refused unless `truncate_corrupt`.
     pub(super) fn open(
         dir: &Path,
-        name: &str,
         config: &LogConfig,
         truncate_corrupt: bool,
     ) -> Result<(ChannelLog, Recovery), LogError> {
@@ -220,7 +205,7 @@ impl ChannelLog {
         }
         bases.sort_unstable();
         let Some(&last_base) = bases.last() else {
-            return Ok((ChannelLog::create(dir, name, config)?, Recovery::default()));
+            return Ok((ChannelLog::create(dir, config)?, Recovery::default()));
         };
         let mut sealed = VecDeque::new();
         for &base in &bases[..bases.len() - 1] {
@@ -231,7 +216,7 @@ impl ChannelLog {
             });
         }
         let last = Segment::open(&dir.join(segment::file_name(last_base)), last_base)?;
-        let mut log = ChannelLog::assemble(dir, name, config, sealed, last);
+        let mut log = ChannelLog::assemble(dir, config, sealed, last);
         let recovery = log.recover_tail(truncate_corrupt)?;
         Ok((log, recovery))
     }
@@ -283,11 +268,6 @@ impl ChannelLog {
         self.write_pos = pos;
         self.next_offset = offset;
         Ok(recovery)
-    }
-
-    /// The channel's name.
-    pub fn name(&self) -> &str {
-        &self.name
     }
 
     /// The oldest offset still stored.

@@ -207,11 +207,6 @@ impl DataDir {
         })
     }
 
-    /// The directory.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Opens every channel on disk. `truncate_corrupt` names channels whose
     /// mid-log corruption the operator agreed to cut off.
     pub fn open_channels(
@@ -221,7 +216,7 @@ impl DataDir {
         let mut out = Vec::new();
         for (name, dir) in channel_dirs(&self.path)? {
             let truncate = truncate_corrupt.contains(&name);
-            let log = ChannelLog::open(&dir, &name, &self.config, truncate);
+            let log = ChannelLog::open(&dir, &self.config, truncate);
             out.push(OpenedChannel { name, log });
         }
         Ok(out)
@@ -241,7 +236,7 @@ impl DataDir {
             std::fs::write(&tmp, name).map_err(io)?;
             std::fs::rename(&tmp, &name_file).map_err(io)?;
         }
-        ChannelLog::open(&dir, name, &self.config, false).map(|(log, _)| log)
+        ChannelLog::open(&dir, &self.config, false).map(|(log, _)| log)
     }
 }
 

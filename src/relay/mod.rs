@@ -411,11 +411,6 @@ impl Relay {
         Ok(relay)
     }
 
-    /// The data directory's path.
-    pub fn data_dir(&self) -> &std::path::Path {
-        self.data_dir.path()
-    }
-
     /// What happened so far.
     pub fn counters(&self) -> &Counters {
         &self.counters
