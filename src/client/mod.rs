@@ -211,6 +211,92 @@ impl Reassembler {
     }
 }
 
+/// What a datagram from the relay holds for one subscription, as both kinds
+/// of subscription read it.
+pub(crate) enum FromRelay<'a> {
+    /// The relay accepted the subscription.
+    Subscribed {
+        first_offset: u64,
+        next_offset: u64,
+        lease: Duration,
+    },
+    /// A message, whole (put back together if it came in pieces), or empty
+    /// for a piece of an offset below `received_below`.
+    Message {
+        offset: u64,
+        timestamp: u64,
+        payload: std::borrow::Cow<'a, [u8]>,
+    },
+    /// A refusal.
+    Error { code: ErrorCode, reason: &'a str },
+}
+
+/// Reads the frames of `datagram` meant for subscription `sub_id`, joining
+/// the pieces of large messages in `pieces`. Pieces of offsets below
+/// `received_below` (retransmissions of what is already whole) are not
+/// collected again but reported as an empty message. Returns false if the
+/// datagram did not decode.
+pub(crate) fn read_from_relay<'a>(
+    datagram: &'a [u8],
+    sub_id: u32,
+    pieces: &mut Reassembler,
+    received_below: u64,
+    mut on: impl FnMut(FromRelay<'a>),
+) -> bool {
+    let Ok(frames) = wire::decode_datagram(datagram) else {
+        return false;
+    };
+    for frame in frames {
+        let Ok(frame) = frame else { return false };
+        match frame {
+            Frame::Subscribed {
+                sub_id: s,
+                first_offset,
+                next_offset,
+                lease_ms,
+            } if s == sub_id => on(FromRelay::Subscribed {
+                first_offset,
+                next_offset,
+                lease: Duration::from_millis(u64::from(lease_ms).max(30)),
+            }),
+            Frame::Deliver {
+                sub_id: s,
+                offset,
+                timestamp,
+                payload,
+            } if s == sub_id => on(FromRelay::Message {
+                offset,
+                timestamp,
+                payload: payload.into(),
+            }),
+            Frame::DeliverFragment {
+                sub_id: s,
+                offset,
+                timestamp,
+                total,
+                at,
+                chunk,
+            } if s == sub_id => {
+                let payload = if offset < received_below {
+                    Some(Vec::new())
+                } else {
+                    pieces.add(offset, total, at, chunk)
+                };
+                if let Some(payload) = payload {
+                    on(FromRelay::Message {
+                        offset,
+                        timestamp,
+                        payload: payload.into(),
+                    });
+                }
+            }
+            Frame::Error { code, reason } => on(FromRelay::Error { code, reason }),
+            _ => {}
+        }
+    }
+    true
+}
+
 /// What a subscription saw in a datagram from the relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SubscriptionEvent<'a> {
@@ -321,65 +407,38 @@ impl Subscription {
         datagram: &[u8],
         mut on_event: impl FnMut(SubscriptionEvent<'_>),
     ) -> bool {
-        let Ok(frames) = wire::decode_datagram(datagram) else {
-            return false;
-        };
-        for frame in frames {
-            let Ok(frame) = frame else { return false };
-            match frame {
-                Frame::Subscribed {
-                    sub_id,
-                    first_offset,
-                    next_offset,
-                    lease_ms,
-                } if sub_id == self.sub_id => {
-                    let lease = Duration::from_millis(u64::from(lease_ms).max(30));
-                    if self.lease.is_none() {
-                        self.next_send = now + lease / 3;
-                        on_event(SubscriptionEvent::Subscribed {
-                            first_offset,
-                            next_offset,
-                        });
-                    }
-                    self.lease = Some(lease);
-                }
-                Frame::Deliver {
-                    sub_id,
-                    offset,
-                    timestamp,
-                    payload,
-                } if sub_id == self.sub_id => {
-                    self.next_expected = Some(offset + 1);
-                    on_event(SubscriptionEvent::Message {
-                        offset,
-                        timestamp,
-                        payload,
+        let (sub_id, pieces) = (self.sub_id, &mut self.pieces);
+        read_from_relay(datagram, sub_id, pieces, 0, |item| match item {
+            FromRelay::Subscribed {
+                first_offset,
+                next_offset,
+                lease,
+            } => {
+                if self.lease.is_none() {
+                    self.next_send = now + lease / 3;
+                    on_event(SubscriptionEvent::Subscribed {
+                        first_offset,
+                        next_offset,
                     });
                 }
-                Frame::DeliverFragment {
-                    sub_id,
+                self.lease = Some(lease);
+            }
+            FromRelay::Message {
+                offset,
+                timestamp,
+                payload,
+            } => {
+                self.next_expected = Some(offset + 1);
+                on_event(SubscriptionEvent::Message {
                     offset,
                     timestamp,
-                    total,
-                    at,
-                    chunk,
-                } if sub_id == self.sub_id => {
-                    if let Some(whole) = self.pieces.add(offset, total, at, chunk) {
-                        self.next_expected = Some(offset + 1);
-                        on_event(SubscriptionEvent::Message {
-                            offset,
-                            timestamp,
-                            payload: &whole,
-                        });
-                    }
-                }
-                Frame::Error { code, reason } => {
-                    on_event(SubscriptionEvent::Error { code, reason })
-                }
-                _ => {}
+                    payload: &payload,
+                });
             }
-        }
-        true
+            FromRelay::Error { code, reason } => {
+                on_event(SubscriptionEvent::Error { code, reason })
+            }
+        })
     }
 }
 

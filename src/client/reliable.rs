@@ -5,7 +5,10 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use super::{ClientError, Reassembler, SUBSCRIBE_RETRY, SubscriptionEvent, check_channel};
+use super::{
+    ClientError, FromRelay, Reassembler, SUBSCRIBE_RETRY, SubscriptionEvent, check_channel,
+    read_from_relay,
+};
 use crate::reliable::{ArqConfig, Receiver, ReceiverStats, Sender, SenderStats};
 use crate::wire::{
     self, AckKind, DatagramBuilder, DeliveryMode, ErrorCode, Frame, HEADER_LEN, MAX_DATAGRAM,
@@ -311,18 +314,20 @@ impl ReliableSubscription {
         datagram: &[u8],
         mut on_event: impl FnMut(SubscriptionEvent<'_>),
     ) {
-        let Ok(frames) = wire::decode_datagram(datagram) else {
-            return;
-        };
-        for frame in frames.flatten() {
-            match frame {
-                Frame::Subscribed {
-                    sub_id,
+        // Before the relay answers, no piece is worth collecting.
+        let received_below = self.receiver.as_ref().map_or(u64::MAX, |r| r.cumulative());
+        let (sub_id, pieces) = (self.sub_id, &mut self.pieces);
+        read_from_relay(
+            datagram,
+            sub_id,
+            pieces,
+            received_below,
+            |item| match item {
+                FromRelay::Subscribed {
                     first_offset,
                     next_offset,
-                    lease_ms,
-                } if sub_id == self.sub_id => {
-                    let lease = std::time::Duration::from_millis(u64::from(lease_ms).max(30));
+                    lease,
+                } => {
                     self.lease = Some(lease);
                     if self.receiver.is_none() {
                         self.receiver = Some(Receiver::new(self.config, first_offset));
@@ -333,43 +338,22 @@ impl ReliableSubscription {
                         });
                     }
                 }
-                Frame::Deliver {
-                    sub_id,
+                FromRelay::Message {
                     offset,
                     timestamp,
                     payload,
-                } if sub_id == self.sub_id => {
+                } => {
+                    // An empty payload for an offset already received still
+                    // counts as a duplicate, which asks for an acknowledgement.
                     if let Some(r) = self.receiver.as_mut() {
-                        r.on_data(offset, (timestamp, payload.to_vec()), now);
+                        r.on_data(offset, (timestamp, payload.into_owned()), now);
                     }
                 }
-                Frame::DeliverFragment {
-                    sub_id,
-                    offset,
-                    timestamp,
-                    total,
-                    at,
-                    chunk,
-                } if sub_id == self.sub_id => {
-                    // Pieces of a message already received (a retransmission)
-                    // are not collected again.
-                    let Some(r) = self.receiver.as_mut() else {
-                        continue;
-                    };
-                    if offset < r.cumulative() {
-                        r.on_data(offset, (timestamp, Vec::new()), now);
-                        continue;
-                    }
-                    if let Some(whole) = self.pieces.add(offset, total, at, chunk) {
-                        r.on_data(offset, (timestamp, whole), now);
-                    }
-                }
-                Frame::Error { code, reason } => {
+                FromRelay::Error { code, reason } => {
                     on_event(SubscriptionEvent::Error { code, reason })
                 }
-                _ => {}
-            }
-        }
+            },
+        );
         if let Some(r) = self.receiver.as_mut() {
             while let Some((offset, (timestamp, payload))) = r.pop() {
                 on_event(SubscriptionEvent::Message {
