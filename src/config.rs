@@ -12,6 +12,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::log::LogConfig;
+use crate::reliable::ArqConfig;
 
 /// Default largest message: larger than a datagram, so messages travel in
 /// pieces and are reassembled before they are stored.
@@ -75,6 +76,8 @@ pub struct RelayConfig {
     /// Bytes per second one subscription starting in the past is sent from
     /// the log, so a replay does not overrun the subscriber.
     pub replay_rate: u64,
+    /// The ARQ settings of reliable publish sessions and subscriptions.
+    pub arq: ArqConfig,
 }
 
 impl Default for RelayConfig {
@@ -95,6 +98,7 @@ impl Default for RelayConfig {
             log: LogConfig::default(),
             truncate_corrupt: Vec::new(),
             replay_rate: 32_000_000,
+            arq: ArqConfig::default(),
         }
     }
 }

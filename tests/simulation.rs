@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use udprelay::log::inspect;
+use udprelay::reliable::ArqConfig;
 use udprelay::sim::scenario::{self, Scenario};
 use udprelay::sim::{LinkConfig, seed_from_env};
 
@@ -53,12 +54,14 @@ fn matrix(loss: f64, default_seed: u64) {
             delay: Duration::from_millis(10),
             jitter: Duration::from_millis(4),
             rate: None,
+            fifo: false,
         },
         messages: 100_000,
         payload: 16,
         interval: None,
         subscribers: 2,
         limit: Duration::from_secs(3600),
+        arq: ArqConfig::default(),
     });
 }
 
@@ -96,6 +99,7 @@ fn bandwidth_cap_slows_but_loses_nothing() {
         interval: None,
         subscribers: 2,
         limit: Duration::from_secs(3600),
+        arq: ArqConfig::default(),
     });
     assert!(
         out.simulated > Duration::from_millis(200),
@@ -118,5 +122,69 @@ fn large_messages_arrive_whole_through_loss() {
         interval: None,
         subscribers: 2,
         limit: Duration::from_secs(3600),
+        arq: ArqConfig::default(),
     });
+}
+
+/// A thin stream (a message every 20 ms over a 60 to 124 ms round trip, 10 %
+/// loss each way on both legs): with redundant bundling, a lost datagram is
+/// repaired by the next one, so almost nothing waits for loss detection and
+/// a retransmission; without it, every loss costs a round trip or more.
+#[test]
+fn thin_streams_repair_losses_with_the_next_datagram() {
+    let seed = seed_from_env(7);
+    let run = |bundle_limit| {
+        let dir = tempfile::tempdir().unwrap();
+        let out = scenario::run(
+            &Scenario {
+                seed,
+                link: LinkConfig {
+                    loss: 0.10,
+                    delay: Duration::from_millis(30),
+                    jitter: Duration::from_millis(32),
+                    fifo: true,
+                    ..LinkConfig::default()
+                },
+                messages: 500,
+                payload: 8,
+                interval: Some(Duration::from_millis(20)),
+                subscribers: 1,
+                limit: Duration::from_secs(3600),
+                arq: ArqConfig {
+                    bundle_limit,
+                    ..ArqConfig::default()
+                },
+            },
+            dir.path(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mean = out.latencies.iter().sum::<Duration>() / out.latencies.len() as u32;
+        (out.publisher, mean, out.network)
+    };
+    let (with, with_mean, with_net) = run(ArqConfig::default().bundle_limit);
+    let (without, without_mean, without_net) = run(0);
+    eprintln!("seed {seed}: bundled {with:?} mean {with_mean:?} {with_net:?}");
+    eprintln!("seed {seed}: plain   {without:?} mean {without_mean:?} {without_net:?}");
+    assert_eq!(without.bundled, 0);
+    assert!(
+        with.bundled > 400,
+        "seed {seed}: copies rode along: {with:?}"
+    );
+    assert!(
+        without.retransmits >= 20 && with.retransmits * 4 <= without.retransmits,
+        "seed {seed}: bundling repairs most losses without a retransmission: \
+         {} against {}",
+        with.retransmits,
+        without.retransmits
+    );
+    assert!(
+        with_mean + Duration::from_millis(15) < without_mean,
+        "seed {seed}: bundling cuts the mean latency: {with_mean:?} against {without_mean:?}"
+    );
+    assert!(
+        with_net.sent <= without_net.sent + without_net.sent / 10,
+        "seed {seed}: bundling adds bytes, not datagrams: {} against {}",
+        with_net.sent,
+        without_net.sent
+    );
 }

@@ -64,6 +64,9 @@ enum Command {
         /// acknowledges it (once it is in the log); exit 0 only if all were.
         #[arg(long)]
         reliable: bool,
+        /// With --reliable: while at most this many messages are unacknowledged, a datagram with room carries them again beside new ones, so a lost datagram is repaired by the next (costs bytes, not datagrams; 0 turns it off).
+        #[arg(long, default_value_t = ArqConfig::default().bundle_limit)]
+        bundle_limit: u32,
     },
     /// Subscribe to a channel and print each message.
     Sub {
@@ -173,6 +176,7 @@ fn main() -> ExitCode {
             reply_timeout,
             verbose,
             reliable,
+            bundle_limit,
             whole,
         } => {
             let input = match (message, file, whole) {
@@ -203,6 +207,7 @@ fn main() -> ExitCode {
                 count,
                 datagram_size,
                 verbose,
+                bundle_limit,
             };
             Conn::open(&addr, reply_timeout).and_then(|mut c| {
                 if reliable {
@@ -398,6 +403,7 @@ struct PubOptions {
     count: u64,
     datagram_size: usize,
     verbose: bool,
+    bundle_limit: u32,
 }
 
 /// Datagrams sent between flow-control pings. The relay answers a ping only
@@ -554,7 +560,10 @@ fn publish_reliably(conn: &mut Conn, opts: PubOptions) -> Result<(), CatError> {
     let mut rp = ReliablePublisher::new(
         session,
         &opts.channel,
-        ArqConfig::default(),
+        ArqConfig {
+            bundle_limit: opts.bundle_limit,
+            ..ArqConfig::default()
+        },
         opts.datagram_size,
     )?;
     let input = spawn_input(opts.input, opts.count);

@@ -48,6 +48,10 @@ struct Args {
     /// Extra random delay, uniform between 0 and this.
     #[arg(long, default_value = "0ms", value_parser = parse_duration)]
     jitter: Duration,
+    /// Keep each flow's datagrams in order: jitter then holds back the ones
+    /// behind a delayed datagram instead of letting them overtake it.
+    #[arg(long)]
+    in_order: bool,
     /// Bytes per second each sender may put through (e.g. 1M) [default: no cap].
     #[arg(long, value_parser = parse_size)]
     rate: Option<u64>,
@@ -112,6 +116,7 @@ fn run(args: Args) -> io::Result<()> {
         delay: args.delay,
         jitter: args.jitter,
         rate: args.rate,
+        fifo: args.in_order,
     };
     let mut net = Network::new(seed, link);
     let mut poll = Poll::new()?;

@@ -13,6 +13,7 @@ use udprelay::client::message_json;
 use udprelay::config::{self, RelayConfig};
 use udprelay::driver::Driver;
 use udprelay::log::{FsyncMode, LogConfig, inspect};
+use udprelay::reliable::ArqConfig;
 
 /// A UDP datagram relay: clients publish to named channels, the relay stores
 /// every message in the channel's log and delivers it to the subscribers.
@@ -103,6 +104,9 @@ struct RunArgs {
     /// How long a subscription lives without hearing from its subscriber (e.g. 500ms, 30s, 5m).
     #[arg(long, default_value = "30s", value_parser = config::parse_duration)]
     lease: Duration,
+    /// Thin-stream redundancy of reliable subscriptions: while at most this many messages are unacknowledged, a datagram with room carries them again beside new ones, so a lost datagram is repaired by the next (costs bytes, not datagrams; 0 turns it off).
+    #[arg(long, default_value_t = ArqConfig::default().bundle_limit)]
+    bundle_limit: u32,
     /// Largest message accepted, in bytes; larger than a datagram travels in pieces (at most 64 MiB).
     #[arg(long, default_value_t = config::DEFAULT_MAX_MESSAGE)]
     max_message_size: usize,
@@ -171,6 +175,10 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         },
         truncate_corrupt: args.truncate_corrupt,
         replay_rate: args.replay_rate,
+        arq: ArqConfig {
+            bundle_limit: args.bundle_limit,
+            ..ArqConfig::default()
+        },
         ..RelayConfig::default()
     };
     let mut driver = Driver::bind(&config)?;

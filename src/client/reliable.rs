@@ -39,6 +39,25 @@ pub struct ReliablePublisher {
     carry: Option<u64>,
 }
 
+/// A RELIABLE_PUBLISH frame.
+fn publish_frame<'a>(
+    session: u64,
+    seq: u64,
+    acked_below: u64,
+    more: bool,
+    channel: &'a str,
+    payload: &'a [u8],
+) -> Frame<'a> {
+    Frame::ReliablePublish {
+        session,
+        seq,
+        acked_below,
+        more,
+        channel,
+        payload,
+    }
+}
+
 impl ReliablePublisher {
     /// A session `session` (unique per run) publishing to `channel`.
     pub fn new(
@@ -127,13 +146,20 @@ impl ReliablePublisher {
     /// messages, as many as the windows allow and the datagram holds.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
         let mut b = DatagramBuilder::new(self.datagram_size);
+        // The first new message in this datagram, and whether it carries a
+        // retransmission (then it is not a thin stream's datagram).
+        let mut first_new = None;
+        let mut resent = false;
         loop {
             let seq = match self
                 .carry
                 .take()
                 .or_else(|| self.sender.poll_retransmit(now))
             {
-                Some(seq) => seq,
+                Some(seq) => {
+                    resent = true;
+                    seq
+                }
                 None => {
                     let Some((next, _)) = self.queued.front() else {
                         break;
@@ -144,19 +170,12 @@ impl ReliablePublisher {
                     }
                     let payload = self.queued.pop_front().expect("front() was Some");
                     self.in_flight.push_back(payload);
-                    self.sender.on_send(now)
+                    let seq = self.sender.on_send(now);
+                    first_new.get_or_insert(seq);
+                    seq
                 }
             };
-            let index = (seq - self.sender.snd_una()) as usize;
-            let (payload, more) = &self.in_flight[index];
-            let frame = Frame::ReliablePublish {
-                session: self.session,
-                seq,
-                acked_below: self.sender.snd_una(),
-                more: *more,
-                channel: &self.channel,
-                payload,
-            };
+            let frame = self.frame(seq);
             if b.push(&frame).is_ok() {
                 continue;
             }
@@ -170,7 +189,25 @@ impl ReliablePublisher {
             self.carry = Some(seq);
             break;
         }
+        if let (Some(below), false, None) = (first_new, resent, self.carry) {
+            let (session, channel, in_flight) = (self.session, &self.channel, &self.in_flight);
+            let snd_una = self.sender.snd_una();
+            self.sender.bundle(below, |seq| {
+                let (payload, more) = &in_flight[(seq - snd_una) as usize];
+                b.push(&publish_frame(
+                    session, seq, snd_una, *more, channel, payload,
+                ))
+                .is_ok()
+            });
+        }
         (!b.is_empty()).then(|| b.finish())
+    }
+
+    /// The RELIABLE_PUBLISH frame for in-flight message `seq`.
+    fn frame(&self, seq: u64) -> Frame<'_> {
+        let snd_una = self.sender.snd_una();
+        let (payload, more) = &self.in_flight[(seq - snd_una) as usize];
+        publish_frame(self.session, seq, snd_una, *more, &self.channel, payload)
     }
 
     /// Reads a datagram from the relay: acknowledgements advance the session,

@@ -361,7 +361,7 @@ impl Relay {
             next_retention: retention.then_some(now.instant),
             replay_queue: VecDeque::new(),
             replay_budget: (config.replay_rate / 1000).max(1) as usize,
-            arq: ArqConfig::default(),
+            arq: config.arq,
             awaiting_sync: Vec::new(),
             arq_timers: BinaryHeap::new(),
             reassembly: HashMap::new(),
@@ -1384,7 +1384,9 @@ impl Relay {
                     record.payload,
                 );
             };
+            let mut resent = false;
             while let Some(seq) = arq.poll_retransmit(now.instant) {
+                resent = true;
                 if seq < log.first_offset() {
                     trouble = Some(format!(
                         "offset {seq} was deleted before it was acknowledged"
@@ -1415,6 +1417,25 @@ impl Relay {
                 }) {
                     trouble = Some(e.to_string());
                 }
+            }
+            // Thin-stream redundancy: new messages went out; earlier
+            // unacknowledged ones ride along where the datagram has room.
+            if trouble.is_none() && !resent && arq.next_seq() > next {
+                arq.bundle(next, |seq| {
+                    let mut fitted = false;
+                    let read = log.scan(seq, |r| {
+                        fitted = r.offset == seq
+                            && outbox.push_delivery_if_room(
+                                peer,
+                                sub_id,
+                                r.offset,
+                                r.timestamp,
+                                r.payload,
+                            );
+                        false
+                    });
+                    read.is_ok() && fitted
+                });
             }
         }
         if arq.is_failed() {

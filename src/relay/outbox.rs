@@ -116,6 +116,31 @@ impl Outbox {
         queued
     }
 
+    /// Queues a stored message for `to` only if it fits in the datagram
+    /// already open for `to`, so it adds bytes but never a datagram. Returns
+    /// whether it was queued.
+    pub(super) fn push_delivery_if_room(
+        &mut self,
+        to: SocketAddr,
+        sub_id: u32,
+        offset: u64,
+        timestamp: u64,
+        payload: &[u8],
+    ) -> bool {
+        let frame = Frame::Deliver {
+            sub_id,
+            offset,
+            timestamp,
+            payload,
+        };
+        match self.open.get_mut(&to) {
+            Some(b) if !b.is_empty() && frame.encoded_len() <= b.remaining() => {
+                b.push(&frame).is_ok()
+            }
+            _ => false,
+        }
+    }
+
     /// Queues a plain datagram (raw egress) for `to`.
     pub(super) fn push_raw(&mut self, to: SocketAddr, payload: &[u8]) {
         self.ready.push_back(Transmit {

@@ -49,6 +49,12 @@ pub struct ArqConfig {
     pub delayed_ack: Duration,
     /// Messages the receiver may buffer beyond what the application took.
     pub receive_window: u32,
+    /// Thin-stream redundancy: while at most this many messages are in
+    /// flight, a datagram of new messages that has room also carries the
+    /// unacknowledged earlier ones again, so the loss of one datagram is
+    /// repaired by the next instead of a round trip later. It costs bytes,
+    /// never datagrams; 0 turns it off.
+    pub bundle_limit: u32,
 }
 
 impl Default for ArqConfig {
@@ -64,6 +70,7 @@ impl Default for ArqConfig {
             dupthresh: 3,
             delayed_ack: Duration::from_millis(5),
             receive_window: 4096,
+            bundle_limit: 8,
         }
     }
 }
@@ -119,6 +126,8 @@ pub struct SenderStats {
     pub tail_loss_probes: u64,
     /// RTO expiries.
     pub timeouts: u64,
+    /// Copies carried again beside new messages (thin-stream redundancy).
+    pub bundled: u64,
 }
 
 /// The send side of a reliable stream.
@@ -286,6 +295,27 @@ impl Sender {
         self.stats.sent += 1;
         self.after_transmission(now);
         seq
+    }
+
+    /// Thin-stream redundancy (see [`ArqConfig::bundle_limit`]): while few
+    /// messages are in flight, calls `carry` with each unacknowledged message
+    /// below `below` that is not waiting for a retransmission, oldest first,
+    /// until `carry` returns false because the datagram is full. Call it
+    /// after putting new messages from `below` on into a datagram.
+    pub fn bundle(&mut self, below: u64, mut carry: impl FnMut(u64) -> bool) {
+        if self.in_flight() > u64::from(self.config.bundle_limit) || self.is_failed() {
+            return;
+        }
+        for seq in self.snd_una..below.min(self.next_seq) {
+            let slot = &self.slots[(seq - self.snd_una) as usize];
+            if slot.acked || slot.lost {
+                continue;
+            }
+            if !carry(seq) {
+                break;
+            }
+            self.stats.bundled += 1;
+        }
     }
 
     /// The next sequence number to send again, if one is due and the window

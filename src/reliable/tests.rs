@@ -145,6 +145,48 @@ fn tail_loss_probe_resends_the_last_message_before_the_rto() {
     assert!(acked_at + pto < acked_at + s.rto(), "probe before the RTO");
 }
 
+fn bundled(s: &mut Sender, below: u64, room: usize) -> Vec<u64> {
+    let mut out = Vec::new();
+    s.bundle(below, |seq| {
+        if out.len() == room {
+            return false;
+        }
+        out.push(seq);
+        true
+    });
+    out
+}
+
+#[test]
+fn a_thin_stream_carries_its_unacknowledged_messages_again() {
+    let t = Instant::now();
+    let mut s = Sender::new(cfg(), 100);
+    send_n(&mut s, 5, t);
+    // 102 arrived on its own; 103 is not yet lost.
+    s.on_ack(100, [(102, 103)], 100, t + MS);
+    // A datagram starting with new message 104: the older unacknowledged
+    // ones ride along, oldest first, skipping the acknowledged one.
+    assert_eq!(bundled(&mut s, 104, 10), [100, 101, 103]);
+    // Only what fits: the datagram filled up after two.
+    assert_eq!(bundled(&mut s, 104, 2), [100, 101]);
+    assert_eq!(s.stats().bundled, 5);
+    // What is waiting for a retransmission goes as one, not as a copy.
+    s.handle_timeout(t + MS + s.rto()); // restarted by the acknowledgement
+    assert_eq!(s.stats().timeouts, 1);
+    assert!(bundled(&mut s, 104, 10).is_empty());
+    // A stream with more in flight than the limit is not thin: no copies.
+    let mut s = Sender::new(cfg(), 0);
+    send_n(&mut s, u64::from(cfg().bundle_limit) + 1, t);
+    assert!(bundled(&mut s, 8, 10).is_empty());
+    let off = ArqConfig {
+        bundle_limit: 0,
+        ..cfg()
+    };
+    let mut s = Sender::new(off, 0);
+    send_n(&mut s, 2, t);
+    assert!(bundled(&mut s, 1, 10).is_empty(), "0 turns it off");
+}
+
 #[test]
 fn the_window_limits_what_is_in_flight() {
     let t = Instant::now();

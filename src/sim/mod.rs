@@ -31,6 +31,10 @@ pub struct LinkConfig {
     pub jitter: Duration,
     /// Bytes per second one sender can put on the wire; `None` for no cap.
     pub rate: Option<u64>,
+    /// Datagrams from one address to another arrive in the order sent: one
+    /// given a long delay holds back those behind it, like a queue in a
+    /// router (and like KCP's test simulator). Jitter then never reorders.
+    pub fifo: bool,
 }
 
 impl Default for LinkConfig {
@@ -42,6 +46,7 @@ impl Default for LinkConfig {
             delay: Duration::from_millis(5),
             jitter: Duration::ZERO,
             rate: None,
+            fifo: false,
         }
     }
 }
@@ -62,6 +67,8 @@ pub struct Datagram {
 pub struct NetworkStats {
     /// Datagrams sent into the network.
     pub sent: u64,
+    /// Bytes of those datagrams.
+    pub bytes: u64,
     /// Lost on the way.
     pub lost: u64,
     /// Delivered twice.
@@ -93,6 +100,8 @@ pub struct Network {
     counter: u64,
     /// When each sender's link is free again (bandwidth cap).
     link_free_at: HashMap<SocketAddr, Instant>,
+    /// The latest arrival so far per path, under `fifo`.
+    last_arrival: HashMap<(SocketAddr, SocketAddr), Instant>,
     stats: NetworkStats,
 }
 
@@ -107,6 +116,7 @@ impl Network {
             free: Vec::new(),
             counter: 0,
             link_free_at: HashMap::new(),
+            last_arrival: HashMap::new(),
             stats: NetworkStats::default(),
         }
     }
@@ -119,6 +129,7 @@ impl Network {
     /// Puts a datagram on the network at `now`.
     pub fn send(&mut self, now: Instant, from: SocketAddr, to: SocketAddr, bytes: Vec<u8>) {
         self.stats.sent += 1;
+        self.stats.bytes += bytes.len() as u64;
         let c = self.config;
         let mut depart = now;
         if let Some(rate) = c.rate {
@@ -143,12 +154,18 @@ impl Network {
                 self.stats.reordered += 1;
                 delay += c.delay + self.jitter();
             }
+            let mut arrive = depart + delay;
+            if c.fifo {
+                let last = self.last_arrival.entry((from, to)).or_insert(arrive);
+                arrive = arrive.max(*last);
+                *last = arrive;
+            }
             let datagram = Datagram {
                 from,
                 to,
                 bytes: bytes.clone(),
             };
-            self.schedule(depart + delay, datagram);
+            self.schedule(arrive, datagram);
         }
     }
 
@@ -225,6 +242,59 @@ mod tests {
         assert_eq!(got.len() as u64, 1000 - stats.lost + stats.duplicated);
         let in_order = got.windows(2).all(|w| w[0] < w[1]);
         assert!(!in_order, "reordering happened");
+    }
+
+    #[test]
+    fn fifo_paths_never_reorder_but_hold_back() {
+        let config = LinkConfig {
+            delay: Duration::from_millis(30),
+            jitter: Duration::from_millis(32),
+            fifo: true,
+            ..LinkConfig::default()
+        };
+        let t = Instant::now();
+        let mut n = Network::new(9, config);
+        for i in 0..200u32 {
+            let at = t + Duration::from_millis(i as u64);
+            n.send(at, addr(1), addr(2), i.to_le_bytes().to_vec());
+            n.send(at, addr(3), addr(2), (1000 + i).to_le_bytes().to_vec());
+        }
+        let mut from_1 = Vec::new();
+        let mut from_3 = Vec::new();
+        let mut interleaved = false;
+        let mut last_from = None;
+        while let Some(d) = n.poll_arrival(t + Duration::from_secs(1)) {
+            let v = u32::from_le_bytes(d.bytes[..4].try_into().unwrap());
+            if last_from.is_some_and(|f| f != d.from) {
+                interleaved = true;
+            }
+            last_from = Some(d.from);
+            if d.from == addr(1) {
+                from_1.push(v)
+            } else {
+                from_3.push(v)
+            }
+        }
+        assert_eq!(from_1, (0..200).collect::<Vec<_>>());
+        assert_eq!(from_3, (1000..1200).collect::<Vec<_>>());
+        assert!(interleaved, "two paths are independent queues");
+        // Without fifo, the same jitter reorders.
+        let mut n = Network::new(
+            9,
+            LinkConfig {
+                fifo: false,
+                ..config
+            },
+        );
+        for i in 0..200u32 {
+            let at = t + Duration::from_millis(i as u64);
+            n.send(at, addr(1), addr(2), i.to_le_bytes().to_vec());
+        }
+        let mut got = Vec::new();
+        while let Some(d) = n.poll_arrival(t + Duration::from_secs(1)) {
+            got.push(u32::from_le_bytes(d.bytes[..4].try_into().unwrap()));
+        }
+        assert!(got.windows(2).any(|w| w[0] > w[1]), "jitter reorders");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::{LinkConfig, Network};
+use super::{LinkConfig, Network, NetworkStats};
 use crate::client::{ReliablePublisher, ReliableSubscription, SubscriptionEvent};
 use crate::config::RelayConfig;
 use crate::relay::{Now, Relay};
@@ -25,11 +25,14 @@ pub struct Scenario {
     /// Bytes per message (at least 8: the message number leads).
     pub payload: usize,
     /// Time between messages; `None` publishes as fast as the windows allow.
+    /// Publishing starts once every subscriber is subscribed.
     pub interval: Option<Duration>,
     /// Reliable subscribers, all from the earliest offset.
     pub subscribers: usize,
     /// Give up after this much simulated time.
     pub limit: Duration,
+    /// The ARQ settings of the publisher and the subscribers.
+    pub arq: ArqConfig,
 }
 
 /// What happened.
@@ -44,6 +47,8 @@ pub struct Outcome {
     pub simulated: Duration,
     /// The publisher's ARQ counters.
     pub publisher: SenderStats,
+    /// What the network carried, both directions of every path.
+    pub network: NetworkStats,
 }
 
 const RELAY: SocketAddr =
@@ -67,11 +72,12 @@ pub fn run(scenario: &Scenario, data_dir: &Path) -> Result<Outcome, String> {
     let config = RelayConfig {
         data_dir: data_dir.to_path_buf(),
         lease: Duration::from_secs(3600),
+        arq: scenario.arq,
         ..RelayConfig::default()
     };
     let mut relay = Relay::open(&config, at(start)).map_err(|e| e.to_string())?;
     let mut net = Network::new(seed, scenario.link);
-    let arq = ArqConfig::default();
+    let arq = scenario.arq;
     let publisher_addr = client(1000);
     let mut publisher =
         ReliablePublisher::new(seed, "sim", arq, 1400).map_err(|e| e.to_string())?;
@@ -91,6 +97,8 @@ pub fn run(scenario: &Scenario, data_dir: &Path) -> Result<Outcome, String> {
     let mut latencies = Vec::with_capacity(total as usize);
     let mut failure: Option<String> = None;
     let mut now = start;
+    // When publishing started: once every subscriber was subscribed.
+    let mut first_at: Option<Instant> = None;
     let limit = start + scenario.limit;
     loop {
         if let Some(f) = failure {
@@ -148,9 +156,13 @@ pub fn run(scenario: &Scenario, data_dir: &Path) -> Result<Outcome, String> {
         while let Some(t) = relay.poll_transmit() {
             net.send(now, RELAY, t.destination, t.payload);
         }
-        let next_message_at = match scenario.interval {
-            Some(every) => start + every * pushed_at.len() as u32,
-            None => now,
+        if first_at.is_none() && subs.iter().all(|s| s.is_active()) {
+            first_at = Some(now);
+        }
+        let next_message_at = match (scenario.interval, first_at) {
+            (Some(every), Some(first)) => first + every * pushed_at.len() as u32,
+            (None, Some(_)) => now,
+            (_, None) => limit,
         };
         while (pushed_at.len() as u64) < total && publisher.wants_input() && next_message_at <= now
         {
@@ -186,9 +198,10 @@ pub fn run(scenario: &Scenario, data_dir: &Path) -> Result<Outcome, String> {
         .chain(subs.iter().map(|s| s.poll_timeout()))
         .min()
         .unwrap_or(now + Duration::from_millis(1));
-        if scenario.interval.is_some() && (pushed_at.len() as u64) < total {
-            let every = scenario.interval.unwrap_or_default();
-            next = next.min(start + every * pushed_at.len() as u32);
+        if let (Some(every), Some(first)) = (scenario.interval, first_at)
+            && (pushed_at.len() as u64) < total
+        {
+            next = next.min(first + every * pushed_at.len() as u32);
         }
         now = next.max(now + Duration::from_micros(10));
     }
@@ -197,5 +210,6 @@ pub fn run(scenario: &Scenario, data_dir: &Path) -> Result<Outcome, String> {
         latencies,
         simulated: now - start,
         publisher: publisher.stats(),
+        network: net.stats(),
     })
 }
