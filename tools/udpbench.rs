@@ -21,6 +21,8 @@ use udprelay::client::{
     Publisher, ReliablePublisher, ReliableSubscription, Subscription, SubscriptionEvent,
 };
 use udprelay::config::parse_duration;
+use udprelay::driver::batch::{BatchSender, RecvBatch, enable_gro};
+use udprelay::relay::Transmit;
 use udprelay::reliable::ArqConfig;
 use udprelay::wire::StartPosition;
 
@@ -449,7 +451,10 @@ fn subscribe_all(
                 ..Tally::default()
             };
             let mut seen = Seen::new(publishers);
-            let mut buf = vec![0u8; 65_536];
+            // Many datagrams per call; runs the relay sent as one GSO
+            // buffer may arrive as one (GRO).
+            let mut received = RecvBatch::new();
+            enable_gro(&socket);
             let now = Instant::now();
             let mut plain =
                 Subscription::new(i as u32 + 1, "bench", StartPosition::Latest, now).ok();
@@ -480,25 +485,29 @@ fn subscribe_all(
                         let _ = socket.send(&d);
                     }
                 }
-                let Ok(n) = socket.recv(&mut buf) else {
+                let Ok(n) = received.recv_wait(&socket) else {
                     continue;
                 };
                 let now_ns = epoch_ns(epoch);
-                if !via_relay {
-                    seen.record(&mut tally, &buf[..n], now_ns, &progress);
-                    continue;
-                }
-                let mut on_event = |e: SubscriptionEvent<'_>| {
-                    if let SubscriptionEvent::Message { payload, .. } = e {
-                        seen.record(&mut tally, payload, now_ns, &progress);
+                for k in 0..n {
+                    for datagram in received.get(k).0 {
+                        if !via_relay {
+                            seen.record(&mut tally, datagram, now_ns, &progress);
+                            continue;
+                        }
+                        let mut on_event = |e: SubscriptionEvent<'_>| {
+                            if let SubscriptionEvent::Message { payload, .. } = e {
+                                seen.record(&mut tally, payload, now_ns, &progress);
+                            }
+                        };
+                        if reliable {
+                            if let Some(s) = rel.as_mut() {
+                                s.handle_datagram(now, datagram, &mut on_event);
+                            }
+                        } else if let Some(s) = plain.as_mut() {
+                            s.handle_datagram(now, datagram, &mut on_event);
+                        }
                     }
-                };
-                if reliable {
-                    if let Some(s) = rel.as_mut() {
-                        s.handle_datagram(now, &buf[..n], &mut on_event);
-                    }
-                } else if let Some(s) = plain.as_mut() {
-                    s.handle_datagram(now, &buf[..n], &mut on_event);
                 }
                 let active = if reliable {
                     rel.as_ref().is_some_and(|s| s.is_active())
@@ -537,10 +546,16 @@ fn publish(
     let socket = socket()?;
     let deadline = Instant::now() + args.duration;
     let limit = args.count.unwrap_or(u64::MAX);
-    let gap = (args.rate > 0).then(|| Duration::from_secs_f64(1.0 / args.rate as f64));
+    let paced = args.rate > 0;
     let start = Instant::now();
     let mut sent = 0u64;
-    let due = |sent: u64| gap.map_or(start, |g| start + g * sent as u32);
+    let due = |sent: u64| {
+        if paced {
+            start + Duration::from_secs_f64(sent as f64 / args.rate as f64)
+        } else {
+            start
+        }
+    };
     if let Some(baseline) = args.baseline {
         // Plain datagrams, one message each: straight to every subscriber,
         // or to the forwarder.
@@ -563,6 +578,9 @@ fn publish(
     }
     socket.connect(target).map_err(|e| e.to_string())?;
     let mut buf = vec![0u8; 65_536];
+    // Datagrams go out many per call, as GSO runs where the kernel can.
+    let mut batch = BatchSender::new();
+    let mut out: Vec<Transmit> = Vec::new();
     if args.reliable {
         let mut rp = ReliablePublisher::new(
             p as u64 + 1,
@@ -577,13 +595,12 @@ fn publish(
         loop {
             let now = Instant::now();
             let sending = sent < limit && now < deadline;
+            // Everything due by now: one message at a low rate, a batch at
+            // a high one.
             while sending && rp.wants_input() && now >= due(sent) && sent < limit {
                 rp.push(message(p, sent, args.size, epoch))
                     .map_err(|e| e.to_string())?;
                 sent += 1;
-                if gap.is_some() {
-                    break;
-                }
             }
             if !sending && rp.is_done() {
                 break;
@@ -598,8 +615,12 @@ fn publish(
                 rp.handle_timeout(now);
             }
             while let Some(d) = rp.poll_transmit(now) {
-                let _ = socket.send(&d);
+                out.push(Transmit {
+                    destination: target,
+                    payload: d,
+                });
             }
+            send_all(&mut batch, &socket, &mut out);
             if let Ok(n) = socket.recv(&mut buf) {
                 rp.handle_datagram(Instant::now(), &buf[..n], |_, _| {});
             }
@@ -608,7 +629,8 @@ fn publish(
     }
     let mut publisher = Publisher::new("bench", args.batch.max(64)).map_err(|e| e.to_string())?;
     while sent < limit && Instant::now() < deadline {
-        if Instant::now() < due(sent) {
+        let now = Instant::now();
+        if now < due(sent) {
             continue;
         }
         let m = message(p, sent, args.size, epoch);
@@ -623,19 +645,54 @@ fn publish(
             );
             continue;
         }
-        for d in publisher.push(&m).map_err(|e| e.to_string())? {
-            let _ = socket.send(&d);
+        let to_transmit = |payload| Transmit {
+            destination: target,
+            payload,
+        };
+        out.extend(
+            publisher
+                .push(&m)
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .map(to_transmit),
+        );
+        // Paced: once nothing more is due, what is packed goes out, so a
+        // low rate sends each message at once and a high one still batches.
+        let idle = paced && (sent >= limit || now < due(sent));
+        if idle {
+            out.extend(publisher.flush().map(to_transmit));
         }
-        if gap.is_some()
-            && let Some(d) = publisher.flush()
-        {
-            let _ = socket.send(&d);
+        if idle || out.len() >= SEND_BATCH {
+            send_all(&mut batch, &socket, &mut out);
         }
     }
-    if let Some(d) = publisher.flush() {
-        let _ = socket.send(&d);
-    }
+    out.extend(publisher.flush().map(|payload| Transmit {
+        destination: target,
+        payload,
+    }));
+    send_all(&mut batch, &socket, &mut out);
     Ok(sent)
+}
+
+/// Full datagrams an unpaced publisher gathers before sending them in one
+/// call.
+const SEND_BATCH: usize = 64;
+
+/// Sends `out` in as few calls as the kernel allows, waiting out a full
+/// socket buffer, and empties it. A datagram the kernel refuses outright is
+/// skipped: the subscribers count it lost.
+fn send_all(batch: &mut BatchSender, socket: &UdpSocket, out: &mut Vec<Transmit>) {
+    let mut done = 0;
+    while done < out.len() {
+        match batch.send(socket, &out[done..]) {
+            Ok(0) => thread::yield_now(),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => thread::yield_now(),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => done += 1,
+        }
+    }
+    out.clear();
 }
 
 /// A minimal forwarder: every datagram it receives goes to every subscriber

@@ -22,7 +22,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
-mod batch;
+pub mod batch;
 
 use crate::config::{ConfigError, RelayConfig};
 use crate::log::LogError;
@@ -83,6 +83,8 @@ pub struct Driver {
     relay: Relay,
     /// Buffers for receiving many datagrams per call.
     recv: batch::RecvBatch,
+    /// Sends many datagrams per call, as GSO runs where the kernel can.
+    sender: batch::BatchSender,
     /// Background syncs (`--fsync interval`): requests out, results back.
     syncer: Syncer,
 }
@@ -185,6 +187,7 @@ impl Driver {
             send_queue_limit: config.send_queue_limit,
             relay,
             recv: batch::RecvBatch::new(),
+            sender: batch::BatchSender::new(),
             syncer,
         })
     }
@@ -276,11 +279,13 @@ impl Driver {
             match self.recv.recv(&self.sockets[i]) {
                 Ok(n) => {
                     for k in 0..n {
-                        let (datagram, from) = self.recv.get(k);
-                        match (i, from) {
-                            (0, Some(from)) => self.relay.handle_datagram(now, from, datagram),
-                            (0, None) => self.relay.counters_mut().recv_errors += 1,
-                            _ => self.relay.handle_raw(now, i - 1, datagram),
+                        let (datagrams, from) = self.recv.get(k);
+                        for datagram in datagrams {
+                            match (i, from) {
+                                (0, Some(from)) => self.relay.handle_datagram(now, from, datagram),
+                                (0, None) => self.relay.counters_mut().recv_errors += 1,
+                                _ => self.relay.handle_raw(now, i - 1, datagram),
+                            }
                         }
                     }
                     read += n.max(1);
@@ -364,7 +369,7 @@ impl Driver {
     fn send_batch(&mut self, batch: &[Transmit]) -> usize {
         let mut done = 0;
         while done < batch.len() {
-            match batch::send(&self.sockets[0], &batch[done..]) {
+            match self.sender.send(&self.sockets[0], &batch[done..]) {
                 Ok(0) => break,
                 Ok(n) => {
                     self.relay.counters_mut().datagrams_sent += n as u64;
@@ -394,5 +399,9 @@ fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, DriverError> {
     let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
     socket.set_nonblocking(true).map_err(bind_err)?;
     socket.bind(&addr.into()).map_err(bind_err)?;
-    Ok(UdpSocket::from_std(socket.into()))
+    let socket = UdpSocket::from_std(socket.into());
+    // Best effort too: runs of datagrams from one sender then arrive as one
+    // buffer, which the receive batch cuts up again.
+    batch::enable_gro(&socket);
+    Ok(socket)
 }

@@ -211,6 +211,24 @@ pub fn line_reader(output: impl Read + Send + 'static) -> mpsc::Receiver<String>
     rx
 }
 
+/// Every line left in `lines` once the child has exited: the reader thread
+/// may still be passing on the last ones, so this waits for it to reach the
+/// end of the output (the channel closes), within the deadline.
+pub fn rest_of(lines: &mpsc::Receiver<String>) -> String {
+    let deadline = Instant::now() + DEADLINE;
+    let mut rest = Vec::new();
+    loop {
+        match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => rest.push(line),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!("the child's output did not end: {rest:?}")
+            }
+        }
+    }
+    rest.join("\n")
+}
+
 /// Runs `udpcat` with `args` to completion (stdin from `input`).
 pub fn udpcat(args: &[&str], input: &[u8]) -> Output {
     let mut cmd = Command::new(udpcat_bin());
@@ -260,19 +278,13 @@ impl Subscriber {
     /// Waits for exit; returns status, stdout as bytes and the rest of stderr.
     pub fn finish_bytes(self) -> (ExitStatus, Vec<u8>, String) {
         let out = self.guard.output_deadline(DEADLINE);
-        let stderr: Vec<String> = self.stderr.try_iter().collect();
-        (out.status, out.stdout, stderr.join("\n"))
+        (out.status, out.stdout, rest_of(&self.stderr))
     }
 
     /// Waits for exit; returns status, stdout and the rest of stderr.
     pub fn finish(self) -> (ExitStatus, String, String) {
-        let out = self.guard.output_deadline(DEADLINE);
-        let stderr: Vec<String> = self.stderr.try_iter().collect();
-        (
-            out.status,
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr.join("\n"),
-        )
+        let (status, stdout, stderr) = self.finish_bytes();
+        (status, String::from_utf8_lossy(&stdout).into_owned(), stderr)
     }
 }
 
