@@ -42,31 +42,25 @@ pub trait DatagramSocket {
     fn fd(&self) -> std::os::fd::RawFd;
 }
 
-impl DatagramSocket for mio::net::UdpSocket {
-    fn send_one(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
-        self.send_to(buf, to)
-    }
-    fn recv_one(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        self.recv_from(buf)
-    }
-    #[cfg(target_os = "linux")]
-    fn fd(&self) -> std::os::fd::RawFd {
-        std::os::fd::AsRawFd::as_raw_fd(self)
-    }
+/// Both socket types have the same methods under the same names.
+macro_rules! datagram_socket {
+    ($($socket:ty),*) => {$(
+        impl DatagramSocket for $socket {
+            fn send_one(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+                self.send_to(buf, to)
+            }
+            fn recv_one(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+                self.recv_from(buf)
+            }
+            #[cfg(target_os = "linux")]
+            fn fd(&self) -> std::os::fd::RawFd {
+                std::os::fd::AsRawFd::as_raw_fd(self)
+            }
+        }
+    )*};
 }
 
-impl DatagramSocket for std::net::UdpSocket {
-    fn send_one(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
-        self.send_to(buf, to)
-    }
-    fn recv_one(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        self.recv_from(buf)
-    }
-    #[cfg(target_os = "linux")]
-    fn fd(&self) -> std::os::fd::RawFd {
-        std::os::fd::AsRawFd::as_raw_fd(self)
-    }
-}
+datagram_socket!(mio::net::UdpSocket, std::net::UdpSocket);
 
 /// Asks the kernel to hand runs of datagrams from one sender to `socket` as
 /// one buffer (UDP GRO). Returns whether it agreed; a [`RecvBatch`] must then
