@@ -60,11 +60,24 @@ struct Args {
     /// Pack messages into datagrams up to this size; 0 sends one message per datagram.
     #[arg(long, default_value_t = 1400)]
     batch: usize,
+    /// Plain UDP through the relay's raw ports: publishers send bare messages
+    /// to a --raw-in port, one per datagram, and each subscriber gets them
+    /// from a --raw-out address (needs --spawn; unreliable).
+    #[arg(long, requires = "spawn", conflicts_with = "reliable")]
+    raw: bool,
     /// Measure the same traffic without the relay: `kernel` straight from
-    /// publishers to subscribers, `relay` through a minimal forwarder. With
-    /// --spawn or --relay too, both run and the report shows the ratio.
+    /// publishers to subscribers, `relay` through a minimal forwarder,
+    /// `socat` through socat (`socat -u UDP4-RECV UDP4-SENDTO`; one
+    /// subscriber; socat must be installed). All send one message per
+    /// datagram. With --spawn or --relay too, both run and the report shows
+    /// the ratio.
     #[arg(long, value_enum)]
     baseline: Option<Baseline>,
+    /// Find the highest rate with under 0.1 % loss: an unpaced run, then
+    /// bisection over --rate (7 more runs of --duration each), for the relay
+    /// and the baseline alike; reports the fastest lossless run of each.
+    #[arg(long, conflicts_with = "rate")]
+    find_lossless: bool,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
@@ -77,6 +90,7 @@ struct Args {
 enum Baseline {
     Kernel,
     Relay,
+    Socat,
 }
 
 /// Bytes at the start of every message: publisher, number, send time.
@@ -101,17 +115,18 @@ fn run_all(args: &Args) -> Result<(), String> {
             baseline: None,
             ..args.clone()
         };
-        runs.push(run(&relay_args)?);
+        runs.push(measure(&relay_args)?);
     }
     if let Some(baseline) = args.baseline {
         let base_args = Args {
             baseline: Some(baseline),
             reliable: false,
+            raw: false,
             spawn: false,
             relay: None,
             ..args.clone()
         };
-        runs.push(run(&base_args)?);
+        runs.push(measure(&base_args)?);
     }
     if runs.is_empty() {
         return Err("give --relay ADDR, --spawn or --baseline".into());
@@ -143,12 +158,68 @@ fn run_all(args: &Args) -> Result<(), String> {
     }
     if let Some(ratio) = ratio {
         println!(
-            "relay / baseline: throughput {:.2}x, latency p50 {:.2}x",
+            "relay / baseline: throughput {:.2}x, latency p50 {:.3}x",
             ratio["throughput"].as_f64().unwrap_or(0.0),
             ratio["latency_p50"].as_f64().unwrap_or(0.0)
         );
     }
     Ok(())
+}
+
+/// Loss allowed in a run `--find-lossless` counts as lossless.
+const LOSSLESS: f64 = 0.001;
+/// Bisection steps of `--find-lossless` after the unpaced run.
+const PROBES: usize = 7;
+
+/// One run, or with --find-lossless the fastest lossless one found.
+fn measure(args: &Args) -> Result<serde_json::Value, String> {
+    if !args.find_lossless {
+        return run(args);
+    }
+    let f = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap_or(0.0);
+    let lossless = |r: &serde_json::Value| {
+        f(r, "lost") <= f(r, "sent") * args.subscribers as f64 * LOSSLESS
+    };
+    let say = |r: &serde_json::Value| {
+        if !args.json {
+            eprintln!(
+                "udpbench: {}, {}: {:.0} msg/s delivered, {} lost",
+                r["mode"].as_str().unwrap_or("?"),
+                match f(r, "rate") {
+                    0.0 => "full speed".to_string(),
+                    rate => format!("{rate:.0} msg/s per publisher"),
+                },
+                f(r, "delivered_per_sec"),
+                f(r, "lost")
+            );
+        }
+    };
+    let first = run(&Args {
+        rate: 0,
+        ..args.clone()
+    })?;
+    say(&first);
+    if lossless(&first) {
+        return Ok(first); // the senders, not the path, were the limit
+    }
+    let mut hi = f(&first, "sent") / f(&first, "seconds").max(1e-9) / args.publishers as f64;
+    let mut lo = 0.0;
+    let mut best = None;
+    for _ in 0..PROBES {
+        let mid = ((lo + hi) / 2.0 / 1000.0).round().max(1.0) * 1000.0;
+        let r = run(&Args {
+            rate: mid as u64,
+            ..args.clone()
+        })?;
+        say(&r);
+        if lossless(&r) {
+            lo = mid;
+            best = Some(r);
+        } else {
+            hi = mid;
+        }
+    }
+    best.ok_or_else(|| format!("no lossless rate found below {hi:.0} msg/s"))
 }
 
 /// An SVG with two panels: delivered messages per second over time, and
@@ -272,6 +343,8 @@ fn plot(runs: &[serde_json::Value]) -> String {
 
 /// A relay started for the run, stopped when dropped.
 struct Spawned {
+    /// The relay's raw-in address, when it was given one.
+    raw_in: Option<SocketAddr>,
     child: Child,
     addr: SocketAddr,
     _dir: tempfile::TempDir,
@@ -284,7 +357,7 @@ impl Drop for Spawned {
     }
 }
 
-fn spawn_relay() -> Result<Spawned, String> {
+fn spawn_relay(extra: &[String]) -> Result<Spawned, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let relay_bin = exe.with_file_name("udprelay");
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -297,25 +370,95 @@ fn spawn_relay() -> Result<Spawned, String> {
             "--data-dir",
         ])
         .arg(dir.path())
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", relay_bin.display()))?;
     let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut stdout = BufReader::new(stdout);
     let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .map_err(|e| e.to_string())?;
+    stdout.read_line(&mut line).map_err(|e| e.to_string())?;
     let addr = line
         .trim()
         .strip_prefix("udprelay listening on ")
         .and_then(|a| a.parse().ok())
         .ok_or_else(|| format!("unexpected first line from udprelay: {line:?}"))?;
+    let mut raw_in = None;
+    if extra.iter().any(|a| a == "--raw-in") {
+        line.clear();
+        stdout.read_line(&mut line).map_err(|e| e.to_string())?;
+        raw_in = line
+            .strip_prefix("raw-in ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok());
+    }
     Ok(Spawned {
         child,
         addr,
+        raw_in,
         _dir: dir,
     })
+}
+
+/// A free UDP port on 127.0.0.1, for a program that must be told its port.
+fn free_udp_port() -> Result<SocketAddr, String> {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map_err(|e| e.to_string())
+}
+
+/// socat, killed when dropped.
+struct Socat(Child);
+
+impl Drop for Socat {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts socat forwarding datagrams from `listen` to the one subscriber,
+/// and waits until it has bound its port.
+fn spawn_socat(listen: SocketAddr, subscribers: &[SocketAddr]) -> Result<Socat, String> {
+    let [to] = subscribers else {
+        return Err("--baseline socat forwards to one subscriber: use --subscribers 1".into());
+    };
+    let child = Command::new("socat")
+        .args([
+            "-u".to_string(),
+            "-b".to_string(),
+            "65536".to_string(),
+            format!(
+                "UDP4-RECV:{},bind={},rcvbuf=8388608",
+                listen.port(),
+                listen.ip()
+            ),
+            format!("UDP4-SENDTO:{to},sndbuf=8388608"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start socat (is it installed?): {e}"))?;
+    let socat = Socat(child);
+    // Bound once /proc/net/udp lists its port (hex, after the address).
+    let needle = format!(":{:04X} ", listen.port());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let table = std::fs::read_to_string("/proc/net/udp").unwrap_or_default();
+        if table.lines().any(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|local| format!("{local} ").ends_with(&needle))
+        }) {
+            return Ok(socat);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("socat did not bind {listen} within 5 s"));
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// CPU seconds (user + system) a process has used, from /proc.
@@ -441,7 +584,7 @@ fn subscribe_all(
         addrs.push(socket.local_addr().map_err(|e| e.to_string())?);
         let publishers = args.publishers;
         let reliable = args.reliable;
-        let via_relay = args.baseline.is_none();
+        let via_relay = args.baseline.is_none() && !args.raw;
         let stop = Arc::clone(&stop);
         let ready = Arc::clone(&ready);
         let progress = Arc::clone(&progress);
@@ -556,13 +699,13 @@ fn publish(
             start
         }
     };
-    if let Some(baseline) = args.baseline {
+    if args.baseline.is_some() || args.raw {
         // Plain datagrams, one message each: straight to every subscriber,
-        // or to the forwarder.
+        // or to the forwarder, socat or the relay's raw-in port.
         let forwarder = [target];
-        let destinations: &[SocketAddr] = match baseline {
-            Baseline::Kernel => direct,
-            Baseline::Relay => &forwarder,
+        let destinations: &[SocketAddr] = match args.baseline {
+            Some(Baseline::Kernel) => direct,
+            _ => &forwarder,
         };
         while sent < limit && Instant::now() < deadline {
             if Instant::now() < due(sent) {
@@ -726,8 +869,10 @@ fn run(args: &Args) -> Result<serde_json::Value, String> {
     if args.size < HEADER {
         return Err(format!("--size must be at least {HEADER}"));
     }
-    let spawned = if args.spawn && args.baseline.is_none() {
-        Some(spawn_relay()?)
+    // A raw run starts its relay once the subscribers have addresses (the
+    // relay's --raw-out needs them); every other relay starts first.
+    let mut spawned = if args.spawn && args.baseline.is_none() && !args.raw {
+        Some(spawn_relay(&[])?)
     } else {
         None
     };
@@ -740,12 +885,12 @@ fn run(args: &Args) -> Result<serde_json::Value, String> {
             addr
         }
         (Some(Baseline::Kernel), _, _) => SocketAddr::from(([127, 0, 0, 1], 9)),
+        (Some(Baseline::Socat), _, _) => free_udp_port()?,
         (None, Some(s), _) => s.addr,
         (None, None, Some(a)) => a,
+        (None, None, None) if args.raw => SocketAddr::from(([127, 0, 0, 1], 9)),
         (None, None, None) => return Err("give --relay ADDR or --spawn".into()),
     };
-    let relay_pid = spawned.as_ref().map(|s| s.child.id());
-    let cpu_before = relay_pid.and_then(cpu_seconds);
     let epoch = Instant::now();
     let ready = Arc::new(AtomicU64::new(0));
     let progress = Arc::new(AtomicU64::new(0));
@@ -762,8 +907,27 @@ fn run(args: &Args) -> Result<serde_json::Value, String> {
     {
         *t = sub_addrs.clone();
     }
+    let mut target = target;
+    if args.raw {
+        let mut relay_args = vec!["--raw-in".to_string(), "127.0.0.1:0=bench".to_string()];
+        for a in &sub_addrs {
+            relay_args.extend(["--raw-out".to_string(), format!("bench={a}")]);
+        }
+        let relay = spawn_relay(&relay_args)?;
+        target = relay.raw_in.ok_or("the relay did not report its raw-in port")?;
+        spawned = Some(relay);
+    }
+    let _socat = match args.baseline {
+        Some(Baseline::Socat) => Some(spawn_socat(target, &sub_addrs)?),
+        _ => None,
+    };
+    let relay_pid = spawned.as_ref().map(|s| s.child.id());
+    let cpu_before = relay_pid.and_then(cpu_seconds);
     let wait = Instant::now() + Duration::from_secs(5);
-    while ready.load(Ordering::SeqCst) < args.subscribers as u64 && args.baseline.is_none() {
+    while ready.load(Ordering::SeqCst) < args.subscribers as u64
+        && args.baseline.is_none()
+        && !args.raw
+    {
         if Instant::now() > wait {
             stop.store(true, Ordering::SeqCst);
             return Err(format!(
@@ -867,12 +1031,15 @@ fn run(args: &Args) -> Result<serde_json::Value, String> {
             "mode": match args.baseline {
                 Some(Baseline::Kernel) => "baseline-kernel",
                 Some(Baseline::Relay) => "baseline-forwarder",
+                Some(Baseline::Socat) => "baseline-socat",
+                None if args.raw => "relay-raw",
                 None if args.reliable => "relay-reliable",
                 None => "relay",
             },
             "publishers": args.publishers,
             "subscribers": args.subscribers,
             "size": args.size,
+            "rate": args.rate,
             "seconds": secs,
             "sent": sent,
             "received": total.received,
