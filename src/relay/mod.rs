@@ -167,6 +167,11 @@ struct Subscriber {
     /// channel's offsets: its whole state is this and the log; no copy of a
     /// message is kept.
     arq: Option<Box<Sender>>,
+    /// The time of this subscription's live entry in `Relay::arq_timers`.
+    /// A later deadline is not pushed while an earlier one waits (when that
+    /// one fires, the current deadline is pushed), so acknowledgements that
+    /// move the deadline do not pile stale entries into the heap.
+    timer_at: Option<Instant>,
 }
 
 impl Subscriber {
@@ -548,16 +553,22 @@ impl Relay {
                 break;
             }
             self.arq_timers.pop();
-            let due = self.channels[ch]
+            let live = self.channels[ch]
                 .subscribers
                 .iter_mut()
                 .find(|s| s.peer == peer && s.sub_id == sub_id)
-                .and_then(|s| s.arq.as_deref_mut())
-                .filter(|arq| arq.poll_timeout().is_some_and(|t| t <= now.instant));
-            if let Some(arq) = due {
+                .filter(|s| s.timer_at == Some(at));
+            let Some(sub) = live else {
+                continue; // stale: the subscription has a later entry, or is gone
+            };
+            sub.timer_at = None;
+            if let Some(arq) = sub.arq.as_deref_mut()
+                && arq.poll_timeout().is_some_and(|t| t <= now.instant)
+            {
                 arq.handle_timeout(now.instant);
-                self.pump(now, ch, peer, sub_id);
             }
+            // Sends what is due and arms the timer again.
+            self.pump(now, ch, peer, sub_id);
         }
         if self.next_replay.is_some_and(|at| at <= now.instant) {
             self.replay_tick();
@@ -1364,11 +1375,13 @@ impl Relay {
             subscribers,
             ..
         } = &mut self.channels[ch];
-        let Some(arq) = subscribers
+        let Some(sub) = subscribers
             .iter_mut()
             .find(|s| s.peer == peer && s.sub_id == sub_id)
-            .and_then(|s| s.arq.as_deref_mut())
         else {
+            return;
+        };
+        let Some(arq) = sub.arq.as_deref_mut() else {
             return;
         };
         let mut trouble: Option<String> = None;
@@ -1441,7 +1454,10 @@ impl Relay {
         if arq.is_failed() {
             trouble = Some("no acknowledgement from the subscriber".into());
         }
-        if let Some(at) = arq.poll_timeout() {
+        if let Some(at) = arq.poll_timeout()
+            && sub.timer_at.is_none_or(|t| at < t)
+        {
+            sub.timer_at = Some(at);
             self.arq_timers.push(Reverse((at, peer, sub_id, ch)));
         }
         if let Some(reason) = trouble {
@@ -1477,6 +1493,7 @@ impl Relay {
             cursor,
             replaying: false,
             arq,
+            timer_at: None,
         });
         self.subscription_count += 1;
         Ok(())

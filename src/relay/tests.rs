@@ -666,6 +666,48 @@ fn reliable_subscription_retransmits_from_the_log_until_acknowledged() {
 }
 
 #[test]
+fn acknowledgements_do_not_pile_up_timer_entries() {
+    let (mut r, _dir) = relay();
+    let t = start();
+    let frame = Frame::Subscribe {
+        sub_id: 5,
+        mode: DeliveryMode::Reliable,
+        start: StartPosition::Latest,
+        channel: "news",
+    };
+    send(&mut r, t, ALICE, &[frame]);
+    // A thousand messages, each acknowledged: each acknowledgement moves
+    // the subscription's deadline later.
+    for i in 0..1000u64 {
+        let now = t.after(Duration::from_micros(100 * i));
+        publish(&mut r, now, "news", b"m");
+        let ack = Frame::Ack {
+            kind: wire::AckKind::Subscription,
+            id: 5,
+            cumulative: i + 1,
+            window: 100,
+            ranges: &[],
+        };
+        send(&mut r, now, ALICE, &[ack]);
+    }
+    assert!(
+        r.arq_timers.len() <= 2,
+        "{} timer entries for one subscription",
+        r.arq_timers.len()
+    );
+    // The timer still works: an unacknowledged message is sent again.
+    let now = t.after(Duration::from_millis(100));
+    publish(&mut r, now, "news", b"last");
+    Sent::collect(&mut r);
+    run_timers(&mut r, now, now.after(Duration::from_secs(1)));
+    let again = Sent::collect(&mut r).frames_to(ALICE);
+    assert!(
+        again.contains(&"deliver 5 @1000 last".to_string()),
+        "{again:?}"
+    );
+}
+
+#[test]
 fn a_silent_reliable_subscriber_is_declared_lost() {
     let (mut r, _dir) = relay_with(|c| c.lease = Duration::from_secs(3600));
     let t = start();
