@@ -281,6 +281,9 @@ pub struct Relay {
     channels: Vec<Channel>,
     /// Channel ids by name.
     by_name: HashMap<Box<str>, ChannelId>,
+    /// The channel found last: a batch of messages names the same channel
+    /// over and over, and comparing the name is cheaper than hashing it.
+    last_channel: Option<ChannelId>,
     /// Addresses holding subscriptions.
     peers: HashMap<SocketAddr, Peer>,
     /// Lease deadlines, earliest first. An entry may be stale (its peer was
@@ -351,6 +354,7 @@ impl Relay {
             max_subscriptions_per_client: config.max_subscriptions_per_client,
             channels: Vec::new(),
             by_name: HashMap::new(),
+            last_channel: None,
             peers: HashMap::new(),
             leases: BinaryHeap::new(),
             subscription_count: 0,
@@ -1559,7 +1563,13 @@ impl Relay {
     }
 
     fn find_or_create_channel(&mut self, name: &str) -> ChannelId {
+        if let Some(id) = self.last_channel
+            && *self.channels[id].name == *name
+        {
+            return id;
+        }
         if let Some(&id) = self.by_name.get(name) {
+            self.last_channel = Some(id);
             return id;
         }
         let id = self.channels.len();
