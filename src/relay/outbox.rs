@@ -1,7 +1,9 @@
 //! Outgoing datagrams: frames for one destination are packed together until
 //! the datagram is full or the driver collects them.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::{HashMap, HashMapExt};
 use std::net::SocketAddr;
 
 use crate::wire::{
