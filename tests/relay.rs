@@ -33,7 +33,16 @@ fn quick_start_publishes_three_lines_in_order() {
 
 #[test]
 fn two_subscribers_each_receive_every_message() {
-    let relay = Relay::start(&[]);
+    fan_out(&[]);
+}
+
+#[test]
+fn a_busy_polling_relay_delivers_the_same() {
+    fan_out(&["--busy-poll", "2ms"]);
+}
+
+fn fan_out(relay_flags: &[&str]) {
+    let relay = Relay::start(relay_flags);
     let addr = relay.addr_str();
     let subs: Vec<_> = (0..2)
         .map(|_| Subscriber::start(&[&addr, "fan", "--count", "50"]))

@@ -36,6 +36,14 @@ struct Args {
     /// Start a relay (the udprelay next to this binary) on a free port with a temporary data directory.
     #[arg(long)]
     spawn: bool,
+    /// A flag for the relay --spawn starts, like --relay-arg=--busy-poll=200us (repeatable).
+    #[arg(
+        long,
+        requires = "spawn",
+        allow_hyphen_values = true,
+        value_name = "ARG"
+    )]
+    relay_arg: Vec<String>,
     /// Publishers, each on its own socket and thread.
     #[arg(long, default_value_t = 1)]
     publishers: usize,
@@ -177,9 +185,8 @@ fn measure(args: &Args) -> Result<serde_json::Value, String> {
         return run(args);
     }
     let f = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap_or(0.0);
-    let lossless = |r: &serde_json::Value| {
-        f(r, "lost") <= f(r, "sent") * args.subscribers as f64 * LOSSLESS
-    };
+    let lossless =
+        |r: &serde_json::Value| f(r, "lost") <= f(r, "sent") * args.subscribers as f64 * LOSSLESS;
     let say = |r: &serde_json::Value| {
         if !args.json {
             eprintln!(
@@ -678,6 +685,34 @@ fn message(p: usize, number: u64, size: usize, epoch: Instant) -> Vec<u8> {
     m
 }
 
+/// Spun at the end of a wait rather than slept: a sleep may end late.
+const SPIN: Duration = Duration::from_micros(20);
+
+/// Waits until `at`: sleeps while it is far off, then spins the last
+/// stretch. A publisher spinning all the time would take a core from the
+/// relay and the subscribers on a small machine, and change what is
+/// measured.
+fn pace(at: Instant) {
+    let now = Instant::now();
+    if at > now + SPIN {
+        thread::sleep(at - now - SPIN);
+    }
+    while Instant::now() < at {
+        std::hint::spin_loop();
+    }
+}
+
+/// Asks the kernel to end this thread's sleeps within a microsecond of
+/// their time instead of the default 50 µs slack.
+fn precise_sleeps() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_TIMERSLACK takes one integer argument and only changes
+    // this thread's timer slack.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong);
+    }
+}
+
 /// Runs one publisher; returns how many messages it sent.
 fn publish(
     args: &Args,
@@ -687,6 +722,7 @@ fn publish(
     epoch: Instant,
 ) -> Result<u64, String> {
     let socket = socket()?;
+    precise_sleeps();
     let deadline = Instant::now() + args.duration;
     let limit = args.count.unwrap_or(u64::MAX);
     let paced = args.rate > 0;
@@ -708,9 +744,7 @@ fn publish(
             _ => &forwarder,
         };
         while sent < limit && Instant::now() < deadline {
-            if Instant::now() < due(sent) {
-                continue;
-            }
+            pace(due(sent));
             let m = message(p, sent, args.size, epoch);
             for to in destinations {
                 let _ = socket.send_to(&m, to);
@@ -774,6 +808,7 @@ fn publish(
     while sent < limit && Instant::now() < deadline {
         let now = Instant::now();
         if now < due(sent) {
+            pace(due(sent));
             continue;
         }
         let m = message(p, sent, args.size, epoch);
@@ -872,7 +907,7 @@ fn run(args: &Args) -> Result<serde_json::Value, String> {
     // A raw run starts its relay once the subscribers have addresses (the
     // relay's --raw-out needs them); every other relay starts first.
     let mut spawned = if args.spawn && args.baseline.is_none() && !args.raw {
-        Some(spawn_relay(&[])?)
+        Some(spawn_relay(&args.relay_arg)?)
     } else {
         None
     };
@@ -909,12 +944,15 @@ fn run(args: &Args) -> Result<serde_json::Value, String> {
     }
     let mut target = target;
     if args.raw {
-        let mut relay_args = vec!["--raw-in".to_string(), "127.0.0.1:0=bench".to_string()];
+        let mut relay_args = args.relay_arg.clone();
+        relay_args.extend(["--raw-in".to_string(), "127.0.0.1:0=bench".to_string()]);
         for a in &sub_addrs {
             relay_args.extend(["--raw-out".to_string(), format!("bench={a}")]);
         }
         let relay = spawn_relay(&relay_args)?;
-        target = relay.raw_in.ok_or("the relay did not report its raw-in port")?;
+        target = relay
+            .raw_in
+            .ok_or("the relay did not report its raw-in port")?;
         spawned = Some(relay);
     }
     let _socat = match args.baseline {

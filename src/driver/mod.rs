@@ -74,6 +74,10 @@ pub struct Driver {
     sockets: Vec<UdpSocket>,
     /// Per socket: readable data may remain (the last drain hit its budget).
     pending_read: Vec<bool>,
+    /// See [`RelayConfig::busy_poll`].
+    busy_poll: Duration,
+    /// When a datagram last arrived.
+    last_datagram: Instant,
     /// Whether the protocol socket is registered for WRITABLE too.
     want_writable: bool,
     /// Datagrams waiting for the protocol socket to accept them, in order.
@@ -181,6 +185,8 @@ impl Driver {
             poll,
             signals,
             pending_read: vec![true; sockets.len()],
+            busy_poll: config.busy_poll,
+            last_datagram: Instant::now(),
             sockets,
             want_writable: false,
             send_queue: VecDeque::new(),
@@ -212,7 +218,9 @@ impl Driver {
     pub fn run(&mut self) -> Result<(), DriverError> {
         let mut events = Events::with_capacity(256);
         loop {
-            let timeout = if self.pending_read.iter().any(|&p| p) {
+            let spinning =
+                !self.busy_poll.is_zero() && self.last_datagram.elapsed() < self.busy_poll;
+            let timeout = if spinning || self.pending_read.iter().any(|&p| p) {
                 Some(Duration::ZERO)
             } else {
                 self.relay
@@ -278,6 +286,9 @@ impl Driver {
         while read < READ_BUDGET {
             match self.recv.recv(&self.sockets[i]) {
                 Ok(n) => {
+                    if !self.busy_poll.is_zero() {
+                        self.last_datagram = Instant::now();
+                    }
                     for k in 0..n {
                         let (datagrams, from) = self.recv.get(k);
                         for datagram in datagrams {

@@ -286,7 +286,11 @@ impl Subscriber {
     /// Waits for exit; returns status, stdout and the rest of stderr.
     pub fn finish(self) -> (ExitStatus, String, String) {
         let (status, stdout, stderr) = self.finish_bytes();
-        (status, String::from_utf8_lossy(&stdout).into_owned(), stderr)
+        (
+            status,
+            String::from_utf8_lossy(&stdout).into_owned(),
+            stderr,
+        )
     }
 }
 
