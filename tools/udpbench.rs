@@ -678,11 +678,18 @@ fn subscribe_all(
 /// The payload of message `number` of publisher `p`.
 fn message(p: usize, number: u64, size: usize, epoch: Instant) -> Vec<u8> {
     let mut m = Vec::with_capacity(size.max(HEADER));
+    fill_message(&mut m, p, number, size, epoch_ns(epoch));
+    m
+}
+
+/// Writes message `number` of publisher `p`, sent at `stamp` nanoseconds
+/// after the epoch, into `m`.
+fn fill_message(m: &mut Vec<u8>, p: usize, number: u64, size: usize, stamp: u64) {
+    m.clear();
     m.extend_from_slice(&(p as u32).to_le_bytes());
     m.extend_from_slice(&number.to_le_bytes());
-    m.extend_from_slice(&epoch_ns(epoch).to_le_bytes());
+    m.extend_from_slice(&stamp.to_le_bytes());
     m.resize(size.max(HEADER), 0x5A);
-    m
 }
 
 /// Spun at the end of a wait rather than slept: a sleep may end late.
@@ -805,52 +812,63 @@ fn publish(
         return Ok(sent);
     }
     let mut publisher = Publisher::new("bench", args.batch.max(64)).map_err(|e| e.to_string())?;
-    while sent < limit && Instant::now() < deadline {
+    let mut m = Vec::with_capacity(args.size.max(HEADER));
+    let to_transmit = |payload| Transmit {
+        destination: target,
+        payload,
+    };
+    while sent < limit {
         let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
         if now < due(sent) {
             pace(due(sent));
             continue;
         }
-        let m = message(p, sent, args.size, epoch);
-        sent += 1;
-        if args.batch == 0 {
-            let _ = socket.send(
-                &udprelay::wire::encode_datagram(&[udprelay::wire::Frame::Publish {
-                    channel: "bench",
-                    payload: &m,
-                }])
-                .unwrap_or_default(),
+        // Everything due by now (unpaced: a burst), stamped with one send
+        // time: reading the clock per message cost the publisher more than
+        // packing the message.
+        let stamp = now.duration_since(epoch).as_nanos() as u64;
+        let mut burst = 0;
+        while sent < limit && burst < BURST && (!paced || due(sent) <= now) {
+            fill_message(&mut m, p, sent, args.size, stamp);
+            sent += 1;
+            burst += 1;
+            if args.batch == 0 {
+                let _ = socket.send(
+                    &udprelay::wire::encode_datagram(&[udprelay::wire::Frame::Publish {
+                        channel: "bench",
+                        payload: &m,
+                    }])
+                    .unwrap_or_default(),
+                );
+                continue;
+            }
+            out.extend(
+                publisher
+                    .push(&m)
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .map(to_transmit),
             );
-            continue;
         }
-        let to_transmit = |payload| Transmit {
-            destination: target,
-            payload,
-        };
-        out.extend(
-            publisher
-                .push(&m)
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .map(to_transmit),
-        );
-        // Paced: once nothing more is due, what is packed goes out, so a
-        // low rate sends each message at once and a high one still batches.
-        let idle = paced && (sent >= limit || now < due(sent));
-        if idle {
+        // Paced: nothing more is due, so what is packed goes out now; a low
+        // rate sends each message at once and a high one still batches.
+        if paced {
             out.extend(publisher.flush().map(to_transmit));
         }
-        if idle || out.len() >= SEND_BATCH {
+        if paced || out.len() >= SEND_BATCH {
             send_all(&mut batch, &socket, &mut out);
         }
     }
-    out.extend(publisher.flush().map(|payload| Transmit {
-        destination: target,
-        payload,
-    }));
+    out.extend(publisher.flush().map(to_transmit));
     send_all(&mut batch, &socket, &mut out);
     Ok(sent)
 }
+
+/// Most messages a publisher packs between two looks at the clock.
+const BURST: usize = 256;
 
 /// Full datagrams an unpaced publisher gathers before sending them in one
 /// call.
