@@ -82,3 +82,58 @@ fn baseline_beside_the_relay_reports_the_ratio_and_plots_both() {
     );
     assert!(drawing.trim_end().ends_with("</svg>"));
 }
+
+#[test]
+fn raw_run_goes_through_the_relays_plain_udp_ports() {
+    let r = udpbench(&[
+        "--spawn",
+        "--raw",
+        "--duration",
+        "1s",
+        "--rate",
+        "2000",
+        "--subscribers",
+        "2",
+    ]);
+    assert_eq!(r["mode"], "relay-raw");
+    let sent = r["sent"].as_u64().unwrap();
+    assert!(sent >= 1000, "{r}");
+    assert_eq!(r["received"].as_u64().unwrap(), 2 * sent, "{r}");
+    assert!(r["relay_cpu_seconds"].as_f64().is_some(), "{r}");
+}
+
+#[test]
+fn find_lossless_reports_a_run_under_a_thousandth_lost() {
+    // The minimal forwarder loses at full speed on this machine, so the
+    // search bisects the rate; whatever it settles on must be lossless.
+    let r = udpbench(&[
+        "--baseline",
+        "relay",
+        "--find-lossless",
+        "--duration",
+        "300ms",
+    ]);
+    assert_eq!(r["mode"], "baseline-forwarder");
+    let (sent, lost) = (r["sent"].as_u64().unwrap(), r["lost"].as_u64().unwrap());
+    assert!(sent > 0 && lost * 1000 <= sent, "{r}");
+}
+
+#[test]
+fn relay_args_reach_the_spawned_relay() {
+    let r = udpbench(&[
+        "--spawn",
+        "--relay-arg=--busy-poll=1ms",
+        "--duration",
+        "1s",
+        "--rate",
+        "2000",
+    ]);
+    assert_eq!(r["received"], r["sent"], "{r}");
+    let out = Command::new(env!("CARGO_BIN_EXE_udpbench"))
+        .args(["--spawn", "--relay-arg=--no-such-flag", "--duration", "1s"])
+        .output()
+        .expect("run udpbench");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--no-such-flag"), "{stderr}");
+}
