@@ -32,7 +32,9 @@
 //!   checksummed records, recovery, retention, sync, and the read-only
 //!   inspection behind `udprelay log`. Knows nothing of the network.
 //! - [`driver`]: the mio event loop around a [`relay::Relay`]: sockets,
-//!   send queue, deadlines, the background sync thread, SIGINT/SIGTERM.
+//!   send queue, deadlines, the background sync thread, SIGINT/SIGTERM;
+//!   [`driver::batch`] sends and receives many datagrams per system call
+//!   (recvmmsg/sendmmsg, UDP GSO/GRO), also for udpbench.
 //! - [`config`]: validated relay configuration and the duration parser shared
 //!   by the binaries.
 //! - [`rng`]: the seeded generator used wherever randomness is needed.
