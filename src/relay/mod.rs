@@ -19,13 +19,13 @@ pub use outbox::Transmit;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 // Seeded per process: fast on the per-frame lookups (SipHash was 17 % of
 // the relay's CPU under reliable load), and an attacker who cannot learn
 // the seed cannot aim collisions; the relay's limits bound every map anyway.
 use foldhash::{HashMap, HashMapExt};
-use std::net::SocketAddr;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::RelayConfig;
 use crate::log::{ChannelLog, DataDir, FsyncMode, LogError, SyncJob};

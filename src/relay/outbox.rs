@@ -2,9 +2,9 @@
 //! the datagram is full or the driver collects them.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 
 use foldhash::{HashMap, HashMapExt};
-use std::net::SocketAddr;
 
 use crate::wire::{
     DELIVER_FRAGMENT_OVERHEAD, DELIVER_OVERHEAD, DatagramBuilder, Frame, HEADER_LEN, MAX_DATAGRAM,
