@@ -162,8 +162,9 @@ struct PartialMessage {
     offset: u64,
     total: usize,
     bytes: Vec<u8>,
-    /// Start of every piece in, so a duplicate is not counted twice.
-    starts: Vec<u32>,
+    /// `[start, end)` of every piece in, so a duplicate is not counted twice
+    /// and the sender can be told what arrived.
+    pieces: Vec<(u32, u32)>,
     /// Bytes in so far.
     received: usize,
 }
@@ -191,23 +192,53 @@ impl Reassembler {
                     offset,
                     total,
                     bytes: vec![0; total],
-                    starts: Vec::new(),
+                    pieces: Vec::new(),
                     received: 0,
                 });
                 self.partial.len() - 1
             }
         };
         let p = &mut self.partial[i];
-        if p.total != total || p.starts.contains(&at) {
+        if p.total != total || p.pieces.iter().any(|&(start, _)| start == at) {
             return None;
         }
         p.bytes[at as usize..end].copy_from_slice(chunk);
-        p.starts.push(at);
+        p.pieces.push((at, end as u32));
         p.received += chunk.len();
         if p.received < total {
             return None;
         }
         self.partial.remove(i).map(|p| p.bytes)
+    }
+
+    /// The offsets of the messages held in part, lowest first.
+    pub fn offsets(&self) -> Vec<u64> {
+        let mut offsets: Vec<u64> = self.partial.iter().map(|p| p.offset).collect();
+        offsets.sort_unstable();
+        offsets
+    }
+
+    /// The byte ranges of message `offset` that arrived, merged and in
+    /// order, at most `max` of them (the lowest); `None` if none of its
+    /// pieces is held.
+    pub fn received(&self, offset: u64, max: usize) -> Option<Vec<(u64, u64)>> {
+        let p = self.partial.iter().find(|p| p.offset == offset)?;
+        let mut pieces = p.pieces.clone();
+        pieces.sort_unstable();
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        for (start, end) in pieces {
+            let (start, end) = (u64::from(start), u64::from(end));
+            if let Some(last) = ranges.last_mut()
+                && start <= last.1
+            {
+                last.1 = last.1.max(end);
+            } else if ranges.len() == max {
+                break;
+            } else {
+                ranges.push((start, end));
+            }
+        }
+        Some(ranges)
     }
 }
 
@@ -521,7 +552,13 @@ mod tests {
             "a duplicate piece"
         );
         assert!(r.add(5, 1000, pieces[2].0, pieces[2].1).is_none());
+        // What it holds, merged: [0, 300) and [600, 1000).
+        assert_eq!(r.offsets(), [5]);
+        assert_eq!(r.received(5, 32), Some(vec![(0, 300), (600, 1000)]));
+        assert_eq!(r.received(5, 1), Some(vec![(0, 300)]), "the lowest first");
+        assert_eq!(r.received(4, 32), None);
         assert_eq!(r.add(5, 1000, pieces[1].0, pieces[1].1), Some(msg));
+        assert!(r.offsets().is_empty(), "a whole message is no longer held");
         // Hostile sizes are ignored.
         assert!(r.add(6, u32::MAX, 0, b"x").is_none());
         assert!(r.add(6, 10, 8, b"xyz").is_none());

@@ -9,7 +9,7 @@ use super::{
     ClientError, FromRelay, Reassembler, SUBSCRIBE_RETRY, SubscriptionEvent, check_channel,
     read_from_relay,
 };
-use crate::reliable::{ArqConfig, Receiver, ReceiverStats, Sender, SenderStats};
+use crate::reliable::{ArqConfig, MAX_ACK_RANGES, Receiver, ReceiverStats, Sender, SenderStats};
 use crate::wire::{
     self, AckKind, DatagramBuilder, DeliveryMode, ErrorCode, Frame, HEADER_LEN, MAX_DATAGRAM,
     StartPosition,
@@ -318,6 +318,32 @@ impl ReliableSubscription {
         let mut frames_due = Vec::new();
         let ack = self.receiver.as_mut().and_then(|r| r.poll_ack(now));
         let ranges = ack.as_ref().map(|a| wire::encode_ack_ranges(&a.ranges));
+        // Messages that came in part: say which pieces are in, so the relay
+        // resends only the others. The lowest first: everything waits for
+        // them.
+        let pieces: Vec<(u64, Vec<u8>)> = match &ack {
+            Some(a) => self
+                .pieces
+                .offsets()
+                .into_iter()
+                .filter(|&offset| offset >= a.cumulative)
+                .take(wire::MAX_PIECES_REPORTED)
+                .filter_map(|offset| {
+                    let have = self.pieces.received(offset, MAX_ACK_RANGES)?;
+                    Some((offset, wire::encode_ack_ranges(&have)))
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        for (offset, have) in &pieces {
+            frames_due.push(Frame::Ack {
+                kind: AckKind::Pieces,
+                id: u64::from(self.sub_id),
+                cumulative: *offset,
+                window: 0,
+                ranges: have,
+            });
+        }
         if let (Some(ack), Some(ranges)) = (&ack, &ranges) {
             frames_due.push(Frame::Ack {
                 kind: AckKind::Subscription,
@@ -392,6 +418,12 @@ impl ReliableSubscription {
             },
         );
         if let Some(r) = self.receiver.as_mut() {
+            // Pieces of the message everything waits for: acknowledge them
+            // soon (see poll_transmit), or a lost piece costs the whole
+            // message again.
+            if !self.pieces.offsets().is_empty() {
+                r.ack_by(now + self.config.delayed_ack);
+            }
             while let Some((offset, (timestamp, payload))) = r.pop() {
                 on_event(SubscriptionEvent::Message {
                     offset,

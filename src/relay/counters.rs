@@ -79,6 +79,9 @@ counters! {
     duplicates_dropped,
     /// Messages sent again to reliable subscribers (re-read from the log).
     reliable_retransmits,
+    /// Pieces of large messages not sent again because the reliable
+    /// subscriber said it had them.
+    pieces_not_resent,
     /// Reliable subscriptions dropped because the subscriber stopped
     /// answering or needed what retention deleted.
     subscribers_lost,

@@ -29,7 +29,7 @@ use foldhash::{HashMap, HashMapExt};
 
 use crate::config::RelayConfig;
 use crate::log::{ChannelLog, DataDir, FsyncMode, LogError, SyncJob};
-use crate::reliable::{ArqConfig, Receiver, Sender};
+use crate::reliable::{ArqConfig, MAX_ACK_RANGES, Receiver, Sender};
 use crate::wire::{self, DeliveryMode, ErrorCode, Frame, StartPosition, WireError};
 use outbox::Outbox;
 
@@ -177,6 +177,11 @@ struct Subscriber {
     /// one fires, the current deadline is pushed), so acknowledgements that
     /// move the deadline do not pile stale entries into the heap.
     timer_at: Option<Instant>,
+    /// For a reliable subscription, the byte ranges the subscriber holds of
+    /// large messages it has only in part (`AckKind::Pieces`), lowest offset
+    /// first, at most `wire::MAX_PIECES_REPORTED`: resending one leaves them
+    /// out.
+    pieces_in: Vec<(u64, Vec<(u64, u64)>)>,
 }
 
 impl Subscriber {
@@ -825,12 +830,12 @@ impl Relay {
                 );
             }
             Frame::Ack {
-                kind: wire::AckKind::Subscription,
+                kind: kind @ (wire::AckKind::Subscription | wire::AckKind::Pieces),
                 id,
                 cumulative,
                 window,
                 ranges,
-            } => self.subscription_ack(now, from, id, cumulative, window, ranges),
+            } => self.subscription_ack(now, from, kind, id, cumulative, window, ranges),
             // Frames a relay sends, never receives. No reply: answering an
             // ERROR with an ERROR could loop between two relays forever.
             Frame::Subscribed { .. }
@@ -1343,10 +1348,12 @@ impl Relay {
     }
 
     /// An acknowledgement from a reliable subscriber.
+    #[allow(clippy::too_many_arguments)] // the ACK frame's fields, as decoded
     fn subscription_ack(
         &mut self,
         now: Now,
         from: SocketAddr,
+        kind: wire::AckKind,
         id: u64,
         cumulative: u64,
         window: u32,
@@ -1361,16 +1368,31 @@ impl Relay {
             self.counters.dropped_unknown_subscription += 1;
             return;
         };
-        let arq = self.channels[ch]
+        let sub = self.channels[ch]
             .subscribers
             .iter_mut()
-            .find(|s| s.peer == from && s.sub_id == sub_id)
-            .and_then(|s| s.arq.as_deref_mut());
-        let Some(arq) = arq else {
+            .find(|s| s.peer == from && s.sub_id == sub_id);
+        let Some((arq, pieces_in)) =
+            sub.and_then(|s| Some((s.arq.as_deref_mut()?, &mut s.pieces_in)))
+        else {
             self.counters.dropped_unexpected += 1;
             return;
         };
+        if kind == wire::AckKind::Pieces {
+            // Kept for messages still in flight, as many messages and ranges
+            // as an honest subscriber sends; the ACK beside it does the rest.
+            if (arq.snd_una()..arq.next_seq()).contains(&cumulative) {
+                let have = wire::ack_ranges(ranges).take(MAX_ACK_RANGES).collect();
+                pieces_in.retain(|(offset, _)| *offset != cumulative);
+                let at = pieces_in.partition_point(|(offset, _)| *offset < cumulative);
+                pieces_in.insert(at, (cumulative, have));
+                pieces_in.truncate(wire::MAX_PIECES_REPORTED);
+            }
+            return;
+        }
         arq.on_ack(cumulative, wire::ack_ranges(ranges), window, now.instant);
+        let done = arq.snd_una();
+        pieces_in.retain(|(offset, _)| *offset >= done);
         self.pump(now, ch, from, sub_id);
     }
 
@@ -1397,15 +1419,6 @@ impl Relay {
         if let Storage::Open(log) = storage {
             let outbox = &mut self.outbox;
             let counters = &mut self.counters;
-            let mut deliver = |record: crate::log::Record<'_>| {
-                outbox.push_delivery(
-                    peer,
-                    sub_id,
-                    record.offset,
-                    record.timestamp,
-                    record.payload,
-                );
-            };
             let mut resent = false;
             while let Some(seq) = arq.poll_retransmit(now.instant) {
                 resent = true;
@@ -1416,14 +1429,36 @@ impl Relay {
                     break;
                 }
                 counters.reliable_retransmits += 1;
+                let have = sub
+                    .pieces_in
+                    .iter()
+                    .find(|(offset, _)| *offset == seq)
+                    .map_or(&[][..], |(_, have)| have.as_slice());
                 if let Err(e) = log.scan(seq, |r| {
-                    deliver(r);
+                    let (_, left_out) = outbox.push_delivery_except(
+                        peer,
+                        sub_id,
+                        r.offset,
+                        r.timestamp,
+                        r.payload,
+                        have,
+                    );
+                    counters.pieces_not_resent += left_out;
                     false
                 }) {
                     trouble = Some(e.to_string());
                     break;
                 }
             }
+            let mut deliver = |record: crate::log::Record<'_>| {
+                outbox.push_delivery(
+                    peer,
+                    sub_id,
+                    record.offset,
+                    record.timestamp,
+                    record.payload,
+                );
+            };
             let next = arq.next_seq();
             if trouble.is_none() && next < log.next_offset() && arq.can_send(now.instant) {
                 if next < log.first_offset() {
@@ -1503,6 +1538,7 @@ impl Relay {
             replaying: false,
             arq,
             timer_at: None,
+            pieces_in: Vec::new(),
         });
         self.subscription_count += 1;
         Ok(())

@@ -87,6 +87,23 @@ impl Outbox {
         timestamp: u64,
         payload: &[u8],
     ) -> usize {
+        self.push_delivery_except(to, sub_id, offset, timestamp, payload, &[])
+            .0
+    }
+
+    /// As [`Outbox::push_delivery`], but a message that goes in pieces
+    /// leaves out each piece inside the byte ranges `have` (what the
+    /// subscriber said it holds). Returns the bytes queued and the pieces
+    /// left out.
+    pub(super) fn push_delivery_except(
+        &mut self,
+        to: SocketAddr,
+        sub_id: u32,
+        offset: u64,
+        timestamp: u64,
+        payload: &[u8],
+        have: &[(u64, u64)],
+    ) -> (usize, u64) {
         if payload.len() <= MAX_DATAGRAM - HEADER_LEN - DELIVER_OVERHEAD {
             let frame = Frame::Deliver {
                 sub_id,
@@ -94,15 +111,22 @@ impl Outbox {
                 timestamp,
                 payload,
             };
-            return if self.push_frame(to, &frame) {
+            let queued = if self.push_frame(to, &frame) {
                 frame.encoded_len()
             } else {
                 0
             };
+            return (queued, 0);
         }
         let piece = (self.datagram_size - HEADER_LEN - DELIVER_FRAGMENT_OVERHEAD).max(256);
         let mut queued = 0;
+        let mut left_out = 0;
         for (i, chunk) in payload.chunks(piece).enumerate() {
+            let (start, end) = ((i * piece) as u64, (i * piece + chunk.len()) as u64);
+            if have.iter().any(|&(s, e)| s <= start && end <= e) {
+                left_out += 1;
+                continue;
+            }
             let frame = Frame::DeliverFragment {
                 sub_id,
                 offset,
@@ -115,7 +139,7 @@ impl Outbox {
                 queued += frame.encoded_len();
             }
         }
-        queued
+        (queued, left_out)
     }
 
     /// Queues a stored message for `to` only if it fits in the datagram

@@ -1038,6 +1038,78 @@ fn messages_larger_than_a_datagram_reach_subscribers_in_pieces() {
     );
 }
 
+/// The DELIVER_FRAGMENT pieces sent to `to`, as (byte position, length).
+fn pieces_to(sent: &Sent, to: &str) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    for d in sent.datagrams.iter().filter(|d| d.destination == addr(to)) {
+        for f in wire::decode_datagram(&d.payload).unwrap().flatten() {
+            if let Frame::DeliverFragment { at, chunk, .. } = f {
+                out.push((u64::from(at), chunk.len() as u64));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_reliable_subscriber_gets_again_only_the_pieces_it_lacks() {
+    let (mut r, _dir) = relay();
+    let t = start();
+    // Larger than a datagram: it travels in pieces.
+    let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    for (i, chunk) in big.chunks(50_000).enumerate() {
+        let frame = Frame::Fragment {
+            msg_id: 1,
+            index: i as u16,
+            count: 2,
+            channel: "news",
+            chunk,
+        };
+        send(&mut r, t, PUBLISHER, &[frame]);
+    }
+    let frame = Frame::Subscribe {
+        sub_id: 5,
+        mode: DeliveryMode::Reliable,
+        start: StartPosition::Earliest,
+        channel: "news",
+    };
+    send(&mut r, t, ALICE, &[frame]);
+    let first = pieces_to(&Sent::collect(&mut r), ALICE);
+    assert!(first.len() >= 8, "{first:?}");
+    // Pieces 2 and 5 were lost; the subscriber says what it holds.
+    let have: Vec<(u64, u64)> = [(0, 2), (3, 5), (6, first.len())]
+        .iter()
+        .map(|&(a, b)| (first[a].0, first[b - 1].0 + first[b - 1].1))
+        .collect();
+    let ranges = wire::encode_ack_ranges(&have);
+    let ack = Frame::Ack {
+        kind: wire::AckKind::Pieces,
+        id: 5,
+        cumulative: 0,
+        window: 0,
+        ranges: &ranges,
+    };
+    send(&mut r, t.after(Duration::from_millis(5)), ALICE, &[ack]);
+    run_timers(&mut r, t, t.after(Duration::from_millis(500)));
+    let again = pieces_to(&Sent::collect(&mut r), ALICE);
+    assert!(!again.is_empty(), "the message went out again");
+    assert!(
+        again.iter().all(|p| *p == first[2] || *p == first[5]),
+        "only the lost pieces: {again:?} of {first:?}"
+    );
+    assert!(r.counters().pieces_not_resent >= first.len() as u64 - 2);
+    // A forged pieces ACK for an offset not in flight is ignored.
+    let ack = Frame::Ack {
+        kind: wire::AckKind::Pieces,
+        id: 5,
+        cumulative: 99,
+        window: 0,
+        ranges: &ranges,
+    };
+    send(&mut r, t.after(Duration::from_millis(600)), ALICE, &[ack]);
+    assert!(Sent::collect(&mut r).frames_to(ALICE).is_empty());
+}
+
 #[test]
 fn out_of_order_reliable_messages_are_held_within_a_budget() {
     let (mut r, _dir) = relay();

@@ -802,6 +802,11 @@ impl<T> Receiver<T> {
         item
     }
 
+    /// Asks for an acknowledgement by `at` at the latest.
+    pub fn ack_by(&mut self, at: Instant) {
+        self.ack_at = Some(self.ack_at.map_or(at, |t| t.min(at)));
+    }
+
     /// Asks for an acknowledgement at the next [`Receiver::poll_ack`].
     pub fn request_ack(&mut self) {
         self.ack_now = true;

@@ -90,6 +90,11 @@ pub enum AckKind {
     Publish,
     /// Offsets delivered on a reliable subscription (subscriber to relay).
     Subscription,
+    /// The pieces received so far of one large message of a reliable
+    /// subscription (subscriber to relay): `id` is the subscription,
+    /// `cumulative` the message's offset, `window` 0, and the ranges are byte
+    /// ranges of the message. The relay then resends only the other pieces.
+    Pieces,
 }
 
 /// An error code carried by [`Frame::Error`]. Unknown codes decode as they are,
@@ -436,6 +441,7 @@ impl<'a> Frame<'a> {
                 out.push(match kind {
                     AckKind::Publish => 0,
                     AckKind::Subscription => 1,
+                    AckKind::Pieces => 2,
                 });
                 out.extend_from_slice(&id.to_le_bytes());
                 out.extend_from_slice(&cumulative.to_le_bytes());
@@ -587,6 +593,7 @@ impl<'a> Frame<'a> {
                 let kind = match r.u8()? {
                     0 => AckKind::Publish,
                     1 => AckKind::Subscription,
+                    2 => AckKind::Pieces,
                     _ => return Err(WireError::InvalidField("ack kind")),
                 };
                 let id = r.u64()?;

@@ -36,6 +36,9 @@ pub const MAX_DATAGRAM: usize = 65_507;
 pub const MAX_FRAME_BODY: usize = u16::MAX as usize;
 /// Longest channel name in bytes.
 pub const MAX_CHANNEL_LEN: usize = 255;
+/// Messages held in part whose pieces one acknowledgement reports (ACK kind
+/// 2, one frame each); a relay keeps as many per subscription.
+pub const MAX_PIECES_REPORTED: usize = 8;
 /// Header flag: an authentication trailer follows the frames (reserved; v1 peers
 /// reject it with [`ErrorCode::UNSUPPORTED`]).
 pub const FLAG_AUTH: u8 = 0x01;

@@ -55,6 +55,13 @@ fn sample_frames() -> Vec<Frame<'static>> {
             ranges: &RANGES,
         },
         Frame::Ack {
+            kind: AckKind::Pieces,
+            id: 9,
+            cumulative: 5,
+            window: 0,
+            ranges: &RANGES,
+        },
+        Frame::Ack {
             kind: AckKind::Publish,
             id: u64::MAX,
             cumulative: 0,
