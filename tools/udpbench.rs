@@ -1152,4 +1152,13 @@ fn print_report(args: &Args, r: &serde_json::Value) {
             cpu / f("seconds").max(1e-9) * 100.0
         );
     }
+    let offered = f("sent") * args.subscribers as f64;
+    if f("rate") == 0.0 && f("lost") > offered * 0.01 {
+        println!(
+            "  (at full speed the publishers offered {:.0} msg/s, more than the path \
+             carries, so the throughput above is a capacity and the latency is queueing; \
+             --find-lossless or --rate give a lossless figure)",
+            f("sent") / f("seconds").max(1e-9)
+        );
+    }
 }
