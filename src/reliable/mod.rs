@@ -195,8 +195,6 @@ pub struct Sender {
     round_acked: u64,
     /// Smoothed loss rate per round: the path's usual random loss.
     loss_ewma: f64,
-    /// Rounds completed.
-    rounds: u64,
     /// Fates learned so far, acknowledged or lost, and the losses among
     /// them: the loss rate is their plain ratio until `LOSS_LEARNED` fates
     /// are known, and only then can a round be a spike.
@@ -237,7 +235,6 @@ impl Sender {
             round_lost: 0,
             round_acked: 0,
             loss_ewma: 0.0,
-            rounds: 0,
             fates: 0,
             fates_lost: 0,
             min_rtt: None,
@@ -567,7 +564,6 @@ impl Sender {
             && self.round_lost as f64 > expected + 3.0 * (expected * LOSS_CLUMP).sqrt() + 2.0
             && rate > self.loss_ewma * 1.5 + 0.02;
         let congested = queueing || loss_spike;
-        self.rounds += 1;
         if congested && self.snd_una >= self.recovery_until {
             self.ssthresh = (self.cwnd * (1.0 - CA_DECREASE)).max(f64::from(self.config.min_cwnd));
             self.cwnd = self.ssthresh;
