@@ -169,8 +169,8 @@ impl ReliablePublisher {
                         break;
                     }
                     let payload = self.queued.pop_front().expect("front() was Some");
+                    let seq = self.sender.on_send_bytes(now, payload.0.len());
                     self.in_flight.push_back(payload);
-                    let seq = self.sender.on_send(now);
                     first_new.get_or_insert(seq);
                     seq
                 }

@@ -1467,7 +1467,7 @@ impl Relay {
                     if !arq.can_send(now.instant) {
                         return false;
                     }
-                    arq.on_send(now.instant);
+                    arq.on_send_bytes(now.instant, r.payload.len());
                     counters.messages_delivered += 1;
                     deliver(r);
                     true

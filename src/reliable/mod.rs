@@ -55,6 +55,11 @@ pub struct ArqConfig {
     /// repaired by the next instead of a round trip later. It costs bytes,
     /// never datagrams; 0 turns it off.
     pub bundle_limit: u32,
+    /// Most bytes of messages sent and not yet acknowledged (one message
+    /// may always go when none is in flight). The windows count messages;
+    /// this bounds a window of large ones, each many datagrams: 8 MiB holds
+    /// eight 1 MiB messages, as many as a subscriber reports pieces of.
+    pub max_in_flight_bytes: u64,
 }
 
 impl Default for ArqConfig {
@@ -71,6 +76,7 @@ impl Default for ArqConfig {
             delayed_ack: Duration::from_millis(5),
             receive_window: 4096,
             bundle_limit: 8,
+            max_in_flight_bytes: 8 << 20,
         }
     }
 }
@@ -121,6 +127,8 @@ struct Slot {
     /// Was ever declared lost: its acknowledgement may have waited behind
     /// a gap, so it gives no RTT sample even if sent once.
     suspect: bool,
+    /// The message's size, for `Sender::in_flight_bytes`.
+    bytes: u64,
 }
 
 /// What the sender counted.
@@ -202,6 +210,8 @@ pub struct Sender {
     fates_lost: u64,
     /// Smallest RTT seen: the path without queues.
     min_rtt: Option<Duration>,
+    /// Bytes of the messages sent and not yet acknowledged.
+    in_flight_bytes: u64,
     /// The tail-loss probe of this flight was sent.
     probed: bool,
     stats: SenderStats,
@@ -238,6 +248,7 @@ impl Sender {
             fates: 0,
             fates_lost: 0,
             min_rtt: None,
+            in_flight_bytes: 0,
             probed: false,
             stats: SenderStats::default(),
         }
@@ -297,10 +308,17 @@ impl Sender {
             && (self.pipe as f64) < self.cwnd
             && self.next_seq < self.snd_una + self.peer_window
             && self.pace_next.is_none_or(|t| t <= now + PACING_BURST)
+            && (self.in_flight_bytes < self.config.max_in_flight_bytes || self.in_flight() == 0)
     }
 
     /// Records that the next new message was sent; returns its sequence number.
     pub fn on_send(&mut self, now: Instant) -> u64 {
+        self.on_send_bytes(now, 0)
+    }
+
+    /// As [`Sender::on_send`], for a message of `bytes` bytes: counted
+    /// against [`ArqConfig::max_in_flight_bytes`] until acknowledged.
+    pub fn on_send_bytes(&mut self, now: Instant, bytes: usize) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.slots.push_back(Slot {
@@ -309,7 +327,9 @@ impl Sender {
             acked: false,
             lost: false,
             suspect: false,
+            bytes: bytes as u64,
         });
+        self.in_flight_bytes += bytes as u64;
         self.pipe += 1;
         self.stats.sent += 1;
         self.after_transmission(now);
@@ -453,6 +473,7 @@ impl Sender {
                         self.pipe -= 1;
                     }
                     slot.acked = true;
+                    self.in_flight_bytes -= slot.bytes;
                     newly += 1;
                     sample(seq, slot);
                 }
@@ -468,6 +489,7 @@ impl Sender {
                 if !slot.lost {
                     self.pipe -= 1;
                 }
+                self.in_flight_bytes -= slot.bytes;
                 newly += 1;
                 sample(self.snd_una, &slot);
             }

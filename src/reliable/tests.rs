@@ -188,6 +188,35 @@ fn a_thin_stream_carries_its_unacknowledged_messages_again() {
 }
 
 #[test]
+fn large_messages_are_bounded_by_bytes_in_flight() {
+    let t = Instant::now();
+    let config = ArqConfig {
+        max_in_flight_bytes: 3000,
+        ..cfg()
+    };
+    let mut s = Sender::new(config, 0);
+    // A message larger than the bound still goes when nothing is in flight.
+    assert!(s.can_send(t));
+    s.on_send_bytes(t, 5000);
+    assert!(!s.can_send(t), "5000 bytes out: nothing more");
+    s.on_ack(1, [], 100, t + 10 * MS);
+    // 1000-byte messages: three fit, the fourth waits for an acknowledgement.
+    for _ in 0..3 {
+        assert!(s.can_send(t + 10 * MS));
+        s.on_send_bytes(t + 10 * MS, 1000);
+    }
+    assert!(!s.can_send(t + 10 * MS));
+    // A selective acknowledgement frees its bytes as a cumulative one does.
+    s.on_ack(1, [(2, 3)], 100, t + 20 * MS);
+    assert!(s.can_send(t + 20 * MS));
+    s.on_send_bytes(t + 20 * MS, 1000);
+    assert!(!s.can_send(t + 20 * MS));
+    s.on_ack(5, [], 100, t + 30 * MS);
+    assert!(s.can_send(t + 30 * MS));
+    assert_eq!(s.in_flight(), 0);
+}
+
+#[test]
 fn the_window_limits_what_is_in_flight() {
     let t = Instant::now();
     let mut s = Sender::new(cfg(), 0);
