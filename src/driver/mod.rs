@@ -310,7 +310,9 @@ impl Driver {
                     // path: p50 at 10,000 msg/s 31-34 -> 26-28 us, and
                     // reliable throughput 1.9-2.3 -> 2.9-3.0 M msg/s, as
                     // acknowledgements leave sooner.
-                    if self.answer_each_batch && let Err(e) = self.send_all() {
+                    if self.answer_each_batch
+                        && let Err(e) = self.send_all()
+                    {
                         debug!(error = %e, "send failed");
                     }
                 }
