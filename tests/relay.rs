@@ -411,3 +411,38 @@ fn udpcat_publishes_a_file_many_times_without_loss() {
     assert_eq!(stdout.lines().count(), 20_000);
     assert_eq!(stdout, lines.repeat(200));
 }
+
+#[test]
+fn a_relay_whose_stdout_is_closed_keeps_relaying() {
+    // Whoever started it stopped reading before it printed its ports (as
+    // `udprelay | head -1` does): its writes fail, and it must not die.
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(udprelay_bin());
+    cmd.args([
+        "--listen",
+        &addr,
+        "--raw-out",
+        "x=127.0.0.1:9",
+        "--data-dir",
+    ])
+    .arg(dir.path())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::null());
+    let mut relay = ChildGuard::spawn("udprelay", &mut cmd);
+    drop(relay.child().stdout.take());
+    wait_until("the relay to answer a ping", || {
+        udpcat(&["ping", &addr, "--count", "1"], b"")
+            .status
+            .success()
+    });
+    assert!(
+        relay.child().try_wait().unwrap().is_none(),
+        "the relay exited"
+    );
+}

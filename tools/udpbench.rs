@@ -369,15 +369,16 @@ fn spawn_relay(extra: &[String]) -> Result<Spawned, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let relay_bin = exe.with_file_name("udprelay");
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    // Quiet unless a --relay-arg asks for another log level.
+    let quiet: &[&str] = if extra.iter().any(|a| a.starts_with("--log-level")) {
+        &[]
+    } else {
+        &["--log-level", "warn"]
+    };
     let mut child = Command::new(&relay_bin)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--log-level",
-            "warn",
-            "--data-dir",
-        ])
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
+        .args(quiet)
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -401,6 +402,8 @@ fn spawn_relay(extra: &[String]) -> Result<Spawned, String> {
             .and_then(|rest| rest.split_whitespace().next())
             .and_then(|a| a.parse().ok());
     }
+    // Keep reading what else it prints, so it never writes to a closed pipe.
+    thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
     Ok(Spawned {
         child,
         addr,

@@ -187,14 +187,19 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     };
     let mut driver = Driver::bind(&config)?;
     // These lines are the relay's contract with scripts and tests: they name
-    // the real ports when 0 was asked for.
-    println!("udprelay listening on {}", driver.local_addr()?);
+    // the real ports when 0 was asked for. Whoever started the relay may
+    // stop reading its output after the line it wanted: a closed stdout is
+    // not a reason to stop relaying (println! would panic on it).
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "udprelay listening on {}", driver.local_addr()?);
     for (addr, (_, channel)) in driver.raw_in_addrs()?.iter().zip(&config.raw_in) {
-        println!("raw-in {addr} -> channel {channel}");
+        let _ = writeln!(out, "raw-in {addr} -> channel {channel}");
     }
     for (channel, addr) in &config.raw_out {
-        println!("raw-out channel {channel} -> {addr}");
+        let _ = writeln!(out, "raw-out channel {channel} -> {addr}");
     }
+    let _ = out.flush();
+    drop(out);
     driver.run()?;
     let relay = driver.relay();
     let counters = relay
