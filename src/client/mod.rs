@@ -211,6 +211,11 @@ impl Reassembler {
         self.partial.remove(i).map(|p| p.bytes)
     }
 
+    /// True if no message is held in part.
+    pub fn is_empty(&self) -> bool {
+        self.partial.is_empty()
+    }
+
     /// The offsets of the messages held in part, lowest first.
     pub fn offsets(&self) -> Vec<u64> {
         let mut offsets: Vec<u64> = self.partial.iter().map(|p| p.offset).collect();

@@ -39,20 +39,21 @@ pub struct ReliablePublisher {
     carry: Option<u64>,
 }
 
-/// A RELIABLE_PUBLISH frame.
-fn publish_frame<'a>(
+/// The RELIABLE_PUBLISH frame of session `session` for in-flight message
+/// `seq`, where `in_flight[0]` is message `snd_una`.
+fn in_flight_frame<'a>(
     session: u64,
-    seq: u64,
-    acked_below: u64,
-    more: bool,
     channel: &'a str,
-    payload: &'a [u8],
+    in_flight: &'a VecDeque<(Vec<u8>, bool)>,
+    snd_una: u64,
+    seq: u64,
 ) -> Frame<'a> {
+    let (payload, more) = &in_flight[(seq - snd_una) as usize];
     Frame::ReliablePublish {
         session,
         seq,
-        acked_below,
-        more,
+        acked_below: snd_una,
+        more: *more,
         channel,
         payload,
     }
@@ -175,7 +176,13 @@ impl ReliablePublisher {
                     seq
                 }
             };
-            let frame = self.frame(seq);
+            let frame = in_flight_frame(
+                self.session,
+                &self.channel,
+                &self.in_flight,
+                self.sender.snd_una(),
+                seq,
+            );
             if b.push(&frame).is_ok() {
                 continue;
             }
@@ -193,21 +200,11 @@ impl ReliablePublisher {
             let (session, channel, in_flight) = (self.session, &self.channel, &self.in_flight);
             let snd_una = self.sender.snd_una();
             self.sender.bundle(below, |seq| {
-                let (payload, more) = &in_flight[(seq - snd_una) as usize];
-                b.push(&publish_frame(
-                    session, seq, snd_una, *more, channel, payload,
-                ))
-                .is_ok()
+                b.push(&in_flight_frame(session, channel, in_flight, snd_una, seq))
+                    .is_ok()
             });
         }
         (!b.is_empty()).then(|| b.finish())
-    }
-
-    /// The RELIABLE_PUBLISH frame for in-flight message `seq`.
-    fn frame(&self, seq: u64) -> Frame<'_> {
-        let snd_una = self.sender.snd_una();
-        let (payload, more) = &self.in_flight[(seq - snd_una) as usize];
-        publish_frame(self.session, seq, snd_una, *more, &self.channel, payload)
     }
 
     /// Reads a datagram from the relay: acknowledgements advance the session,
@@ -421,7 +418,7 @@ impl ReliableSubscription {
             // Pieces of the message everything waits for: acknowledge them
             // soon (see poll_transmit), or a lost piece costs the whole
             // message again.
-            if !self.pieces.offsets().is_empty() {
+            if !self.pieces.is_empty() {
                 r.ack_by(now + self.config.delayed_ack);
             }
             while let Some((offset, (timestamp, payload))) = r.pop() {

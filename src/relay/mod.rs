@@ -184,6 +184,17 @@ struct Subscriber {
     pieces_in: Vec<(u64, Vec<(u64, u64)>)>,
 }
 
+/// Subscription `sub_id` of `peer` among a channel's `subscribers`.
+fn subscriber(
+    subscribers: &mut [Subscriber],
+    peer: SocketAddr,
+    sub_id: u32,
+) -> Option<&mut Subscriber> {
+    subscribers
+        .iter_mut()
+        .find(|s| s.peer == peer && s.sub_id == sub_id)
+}
+
 impl Subscriber {
     fn sub_id_and_peer(&self) -> (u32, SocketAddr) {
         (self.sub_id, self.peer)
@@ -567,10 +578,7 @@ impl Relay {
                 break;
             }
             self.arq_timers.pop();
-            let live = self.channels[ch]
-                .subscribers
-                .iter_mut()
-                .find(|s| s.peer == peer && s.sub_id == sub_id)
+            let live = subscriber(&mut self.channels[ch].subscribers, peer, sub_id)
                 .filter(|s| s.timer_at == Some(at));
             let Some(sub) = live else {
                 continue; // stale: the subscription has a later entry, or is gone
@@ -707,10 +715,7 @@ impl Relay {
                 name,
                 ..
             } = &mut self.channels[id];
-            let Some(sub) = subscribers
-                .iter_mut()
-                .find(|s| s.peer == peer && s.sub_id == sub_id)
-            else {
+            let Some(sub) = subscriber(subscribers, peer, sub_id) else {
                 continue; // unsubscribed or expired meanwhile
             };
             let Storage::Open(log) = storage else {
@@ -1270,11 +1275,7 @@ impl Relay {
                 }
             }
         }
-        let Some(sub) = self.channels[id]
-            .subscribers
-            .iter_mut()
-            .find(|s| s.peer == from && s.sub_id == sub_id)
-        else {
+        let Some(sub) = subscriber(&mut self.channels[id].subscribers, from, sub_id) else {
             return; // cannot happen: it was found or added above
         };
         let first_offset = match &sub.arq {
@@ -1368,10 +1369,7 @@ impl Relay {
             self.counters.dropped_unknown_subscription += 1;
             return;
         };
-        let sub = self.channels[ch]
-            .subscribers
-            .iter_mut()
-            .find(|s| s.peer == from && s.sub_id == sub_id);
+        let sub = subscriber(&mut self.channels[ch].subscribers, from, sub_id);
         let Some((arq, pieces_in)) =
             sub.and_then(|s| Some((s.arq.as_deref_mut()?, &mut s.pieces_in)))
         else {
@@ -1406,10 +1404,7 @@ impl Relay {
             subscribers,
             ..
         } = &mut self.channels[ch];
-        let Some(sub) = subscribers
-            .iter_mut()
-            .find(|s| s.peer == peer && s.sub_id == sub_id)
-        else {
+        let Some(sub) = subscriber(subscribers, peer, sub_id) else {
             return;
         };
         let Some(arq) = sub.arq.as_deref_mut() else {
@@ -1450,15 +1445,6 @@ impl Relay {
                     break;
                 }
             }
-            let mut deliver = |record: crate::log::Record<'_>| {
-                outbox.push_delivery(
-                    peer,
-                    sub_id,
-                    record.offset,
-                    record.timestamp,
-                    record.payload,
-                );
-            };
             let next = arq.next_seq();
             if trouble.is_none() && next < log.next_offset() && arq.can_send(now.instant) {
                 if next < log.first_offset() {
@@ -1469,7 +1455,7 @@ impl Relay {
                     }
                     arq.on_send_bytes(now.instant, r.payload.len());
                     counters.messages_delivered += 1;
-                    deliver(r);
+                    outbox.push_delivery(peer, sub_id, r.offset, r.timestamp, r.payload);
                     true
                 }) {
                     trouble = Some(e.to_string());

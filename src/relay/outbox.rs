@@ -159,10 +159,9 @@ impl Outbox {
             timestamp,
             payload,
         };
+        // push() leaves the datagram as it was when the frame does not fit.
         match self.open.get_mut(&to) {
-            Some(b) if !b.is_empty() && frame.encoded_len() <= b.remaining() => {
-                b.push(&frame).is_ok()
-            }
+            Some(b) if !b.is_empty() => b.push(&frame).is_ok(),
             _ => false,
         }
     }
