@@ -48,6 +48,17 @@ fn subscribe(relay: &mut Relay, now: Now, from: &str, sub_id: u32, channel: &str
     send(relay, now, from, &[frame]);
 }
 
+/// A reliable subscription `sub_id` to "news" from `start`.
+fn subscribe_reliable(relay: &mut Relay, now: Now, from: &str, sub_id: u32, start: StartPosition) {
+    let frame = Frame::Subscribe {
+        sub_id,
+        mode: DeliveryMode::Reliable,
+        start,
+        channel: "news",
+    };
+    send(relay, now, from, &[frame]);
+}
+
 fn publish(relay: &mut Relay, now: Now, channel: &str, payload: &[u8]) {
     send(
         relay,
@@ -617,13 +628,7 @@ fn reliable_subscription_retransmits_from_the_log_until_acknowledged() {
     for p in ["a", "b", "c"] {
         publish(&mut r, t, "news", p.as_bytes());
     }
-    let frame = Frame::Subscribe {
-        sub_id: 5,
-        mode: DeliveryMode::Reliable,
-        start: StartPosition::Offset(1),
-        channel: "news",
-    };
-    send(&mut r, t, ALICE, &[frame]);
+    subscribe_reliable(&mut r, t, ALICE, 5, StartPosition::Offset(1));
     assert_eq!(
         Sent::collect(&mut r).frames_to(ALICE),
         [
@@ -669,13 +674,7 @@ fn reliable_subscription_retransmits_from_the_log_until_acknowledged() {
 fn acknowledgements_do_not_pile_up_timer_entries() {
     let (mut r, _dir) = relay();
     let t = start();
-    let frame = Frame::Subscribe {
-        sub_id: 5,
-        mode: DeliveryMode::Reliable,
-        start: StartPosition::Latest,
-        channel: "news",
-    };
-    send(&mut r, t, ALICE, &[frame]);
+    subscribe_reliable(&mut r, t, ALICE, 5, StartPosition::Latest);
     // A thousand messages, each acknowledged: each acknowledgement moves
     // the subscription's deadline later.
     for i in 0..1000u64 {
@@ -712,13 +711,7 @@ fn a_silent_reliable_subscriber_is_declared_lost() {
     let (mut r, _dir) = relay_with(|c| c.lease = Duration::from_secs(3600));
     let t = start();
     publish(&mut r, t, "news", b"a");
-    let frame = Frame::Subscribe {
-        sub_id: 5,
-        mode: DeliveryMode::Reliable,
-        start: StartPosition::Earliest,
-        channel: "news",
-    };
-    send(&mut r, t, ALICE, &[frame]);
+    subscribe_reliable(&mut r, t, ALICE, 5, StartPosition::Earliest);
     run_timers(&mut r, t, t.after(Duration::from_secs(120)));
     assert_eq!(r.subscription_count(), 0);
     assert_eq!(r.counters().subscribers_lost, 1);
@@ -1067,13 +1060,7 @@ fn a_reliable_subscriber_gets_again_only_the_pieces_it_lacks() {
         };
         send(&mut r, t, PUBLISHER, &[frame]);
     }
-    let frame = Frame::Subscribe {
-        sub_id: 5,
-        mode: DeliveryMode::Reliable,
-        start: StartPosition::Earliest,
-        channel: "news",
-    };
-    send(&mut r, t, ALICE, &[frame]);
+    subscribe_reliable(&mut r, t, ALICE, 5, StartPosition::Earliest);
     let first = pieces_to(&Sent::collect(&mut r), ALICE);
     assert!(first.len() >= 8, "{first:?}");
     // Pieces 2 and 5 were lost; the subscriber says what it holds.
