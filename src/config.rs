@@ -81,6 +81,15 @@ pub struct RelayConfig {
     pub replay_rate: u64,
     /// The ARQ settings of reliable publish sessions and subscriptions.
     pub arq: ArqConfig,
+    /// Most memory, in bytes, held for unreliable messages still arriving in
+    /// pieces, across all clients: piece tables, pieces and bookkeeping are
+    /// charged before they are allocated.
+    pub reassembly_memory: usize,
+    /// Most memory, in bytes, held for reliable publishing sessions'
+    /// out-of-order and incomplete messages, across all clients.
+    pub session_memory: usize,
+    /// Most reliable publishing sessions across all clients.
+    pub max_sessions: usize,
 }
 
 impl Default for RelayConfig {
@@ -103,6 +112,9 @@ impl Default for RelayConfig {
             truncate_corrupt: Vec::new(),
             replay_rate: 32_000_000,
             arq: ArqConfig::default(),
+            reassembly_memory: 64 << 20,
+            session_memory: 64 << 20,
+            max_sessions: 100_000,
         }
     }
 }
@@ -138,6 +150,16 @@ impl RelayConfig {
         }
         range("max channels", self.max_channels, 1, 10_000_000)?;
         range("max subscriptions", self.max_subscriptions, 1, 10_000_000)?;
+        range("max sessions", self.max_sessions, 1, 10_000_000)?;
+        // Each must hold at least one message of the largest size.
+        let one_message = self.max_message_size + (1 << 16);
+        range(
+            "reassembly memory",
+            self.reassembly_memory,
+            one_message,
+            1 << 40,
+        )?;
+        range("session memory", self.session_memory, one_message, 1 << 40)?;
         range(
             "max subscriptions per client",
             self.max_subscriptions_per_client,

@@ -125,6 +125,15 @@ struct RunArgs {
     /// Most subscriptions one client address may hold.
     #[arg(long, default_value_t = 4096)]
     max_subscriptions_per_client: usize,
+    /// Most reliable publishing sessions across all clients; a new one beyond it is refused.
+    #[arg(long, default_value_t = 100_000)]
+    max_sessions: usize,
+    /// Most memory held for unreliable messages still arriving in pieces, across all clients (pieces beyond it are dropped and counted).
+    #[arg(long, default_value = "64M", value_parser = config::parse_size)]
+    reassembly_memory: u64,
+    /// Most memory held for reliable publishers' out-of-order and incomplete messages, across all clients.
+    #[arg(long, default_value = "64M", value_parser = config::parse_size)]
+    session_memory: u64,
     /// Plain-UDP ingest: every datagram arriving at ADDR becomes one message of CHANNEL (repeatable).
     #[arg(long = "raw-in", value_name = "ADDR=CHANNEL", value_parser = config::parse_raw_in)]
     raw_in: Vec<(SocketAddr, String)>,
@@ -168,6 +177,9 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         max_channels: args.max_channels,
         max_subscriptions: args.max_subscriptions,
         max_subscriptions_per_client: args.max_subscriptions_per_client,
+        max_sessions: args.max_sessions,
+        reassembly_memory: usize::try_from(args.reassembly_memory)?,
+        session_memory: usize::try_from(args.session_memory)?,
         raw_in: args.raw_in,
         raw_out: args.raw_out,
         log: LogConfig {

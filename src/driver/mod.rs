@@ -60,6 +60,9 @@ pub enum DriverError {
     /// The data directory could not be opened.
     #[error("{0}")]
     Log(#[from] crate::log::LogError),
+    /// The configuration would make the relay send to its own sockets.
+    #[error("{0}")]
+    Loop(#[from] crate::relay::OwnAddressError),
     /// The poller or signal handling failed.
     #[error("event loop: {0}")]
     Io(#[from] io::Error),
@@ -177,6 +180,18 @@ impl Driver {
         for (addr, _) in &config.raw_in {
             sockets.push(bind_udp(*addr)?);
         }
+        let mut relay = relay;
+        let own = sockets
+            .iter()
+            .map(|s| s.local_addr())
+            .collect::<io::Result<Vec<_>>>()?;
+        // Only a socket bound to every address needs to know which they are.
+        let local_ips = if own.iter().any(|a| a.ip().is_unspecified()) {
+            if_addrs::get_if_addrs()?.iter().map(|i| i.ip()).collect()
+        } else {
+            Vec::new()
+        };
+        relay.set_own_addresses(own, local_ips)?;
         for (i, socket) in sockets.iter_mut().enumerate() {
             poll.registry()
                 .register(socket, socket_token(i), Interest::READABLE)?;

@@ -97,6 +97,12 @@ counters! {
     subscriptions_closed,
     /// Subscriptions dropped because their lease lapsed.
     subscriptions_expired,
+    /// Channels that held nothing and served no one, forgotten so their
+    /// slots are free again.
+    channels_forgotten,
+    /// Datagrams whose source is one of the relay's own sockets, dropped:
+    /// answering would make the relay feed itself.
+    dropped_own_address,
     /// Datagrams handed to the kernel.
     datagrams_sent,
     /// Datagrams that waited in the send queue for a full socket buffer.

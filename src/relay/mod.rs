@@ -19,7 +19,7 @@ pub use outbox::Transmit;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 // Seeded per process: fast on the per-frame lookups (SipHash was 17 % of
@@ -66,8 +66,44 @@ impl Now {
     }
 }
 
-/// Index of a channel in [`Relay::channels`]; stable for the relay's life.
+/// Index of a channel in [`Relay::channels`]; stable while the channel is
+/// known (a forgotten channel's index is given to the next new one).
 type ChannelId = usize;
+
+/// A raw egress that would send to one of the relay's own sockets.
+#[derive(Debug, thiserror::Error)]
+#[error("--raw-out {channel}={addr} names one of the relay's own sockets: it would feed itself")]
+pub struct OwnAddressError {
+    /// The channel of the raw egress.
+    pub channel: String,
+    /// The address it names.
+    pub addr: SocketAddr,
+}
+
+/// The relay's own sockets: the core never sends to them.
+#[derive(Debug, Default)]
+struct OwnAddresses {
+    /// Each socket's bound address.
+    sockets: Vec<SocketAddr>,
+    /// The machine's addresses, for sockets bound to every address.
+    local_ips: Vec<IpAddr>,
+}
+
+impl OwnAddresses {
+    /// True if a datagram sent to `addr` would arrive at one of our sockets.
+    fn contains(&self, addr: SocketAddr) -> bool {
+        let ip = addr.ip().to_canonical();
+        self.sockets.iter().any(|own| {
+            let own_ip = own.ip().to_canonical();
+            own.port() == addr.port()
+                && (own_ip == ip
+                    || own_ip.is_unspecified()
+                        && (ip.is_loopback()
+                            || ip.is_unspecified()
+                            || self.local_ips.contains(&ip)))
+        })
+    }
+}
 
 /// A sync the driver should run off the event loop, then report with
 /// [`Relay::handle_sync_done`].
@@ -117,23 +153,46 @@ struct Piece<'a> {
 /// An unreliable message arriving in pieces.
 #[derive(Debug)]
 struct Reassembly {
-    channel: ChannelId,
+    /// The channel it goes to, by name: no channel slot is taken until the
+    /// message is whole.
+    channel: Box<str>,
     /// Pieces by index; `None` until it arrives.
-    pieces: Vec<Option<Vec<u8>>>,
+    pieces: Vec<Option<Box<[u8]>>>,
     /// Pieces arrived.
     have: usize,
     /// Bytes arrived.
     bytes: usize,
+    /// What this message is charged against `reassembly_memory`.
+    charged: usize,
 }
 
-/// Most bytes held in reliable sessions' out-of-order messages, across all
-/// clients: a hostile publisher cannot make the relay hold more.
-const SESSION_MEMORY: usize = 64 << 20;
+/// Bookkeeping of one incomplete message besides its piece table: the map
+/// entry, its key, its deadline entry and the allocator's share.
+const REASSEMBLY_OVERHEAD: usize = 256;
+/// The allocator's share of one stored piece besides its bytes.
+const PIECE_OVERHEAD: usize = 32;
+
+/// What a new incomplete message of `count` pieces for `channel` is charged
+/// before any piece is stored.
+fn reassembly_cost(channel: &str, count: u16) -> usize {
+    REASSEMBLY_OVERHEAD
+        + channel.len()
+        + usize::from(count) * std::mem::size_of::<Option<Box<[u8]>>>()
+}
+
+/// What one stored piece of `len` bytes is charged.
+fn piece_cost(len: usize) -> usize {
+    PIECE_OVERHEAD + len
+}
+
+/// What one message piece held by a reliable publishing session is charged
+/// against `session_memory`: its bytes, the allocation and its map entry.
+fn held_cost(len: usize) -> usize {
+    PIECE_OVERHEAD + len
+}
 
 /// How long an unreliable message may take to arrive in full.
 const FRAGMENT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Most bytes held in incomplete unreliable messages, across all clients.
-const FRAGMENT_MEMORY: usize = 64 << 20;
 
 /// How often replaying subscriptions are fed from the log.
 const REPLAY_TICK: Duration = Duration::from_millis(1);
@@ -153,6 +212,22 @@ struct Channel {
     raw_out: Vec<SocketAddr>,
     /// Offsets below this are known to be on disk (`--fsync interval`).
     durable_to: u64,
+    /// Named in the configuration (raw ports): never forgotten.
+    pinned: bool,
+    /// Reliable publishing sessions that may still append to it: while any
+    /// does, its slot is not reused.
+    holds: usize,
+}
+
+impl Channel {
+    /// Holds nothing and serves no one: its slot can be given back.
+    fn is_idle(&self) -> bool {
+        matches!(self.storage, Storage::Empty)
+            && self.subscribers.is_empty()
+            && self.raw_out.is_empty()
+            && !self.pinned
+            && self.holds == 0
+    }
 }
 
 /// A subscription as seen from its channel.
@@ -240,12 +315,15 @@ struct PublishSession {
     /// A large message being put together: its first sequence number,
     /// channel and bytes so far. Not acknowledged until complete and stored.
     partial: Option<(u64, ChannelId, Vec<u8>)>,
-    /// Bytes of messages held here, received out of order.
+    /// What this session's held messages are charged (see [`held_cost`]):
+    /// out of order in `receiver`, and the bytes of `partial`.
     held: usize,
     /// Under `--fsync interval`: appended messages not yet known durable, as
     /// (sequence number, channel, offset), in order. Acknowledgements stop at
     /// the first of them.
     not_durable: VecDeque<(u64, ChannelId, u64)>,
+    /// Channels this session has named, each holding one `Channel::holds`.
+    channels: Vec<ChannelId>,
 }
 
 /// Allows a burst of `capacity` events, refilled at `per_sec`.
@@ -298,8 +376,11 @@ pub struct Relay {
     max_subscriptions: usize,
     /// Limit on one address's subscriptions.
     max_subscriptions_per_client: usize,
-    /// Channels by id.
+    /// Channels by id. A forgotten channel's slot stays, empty, in
+    /// `free_channels` until a new channel takes it.
     channels: Vec<Channel>,
+    /// Slots of forgotten channels.
+    free_channels: Vec<ChannelId>,
     /// Channel ids by name.
     by_name: HashMap<Box<str>, ChannelId>,
     /// The channel found last: a batch of messages names the same channel
@@ -317,6 +398,8 @@ pub struct Relay {
     raw_in: Vec<ChannelId>,
     /// Limits error replies.
     error_replies: TokenBucket,
+    /// The relay's own socket addresses, never sent to.
+    own: OwnAddresses,
     /// Datagrams waiting to be sent.
     outbox: Outbox,
     /// What happened, for operators.
@@ -347,10 +430,18 @@ pub struct Relay {
     /// When each reassembly gives up, in arrival order (one timeout for
     /// all, so this is also deadline order).
     reassembly_deadlines: VecDeque<(Instant, SocketAddr, u32)>,
-    /// Bytes held in `reassembly`.
+    /// What `reassembly` holds, as charged (see [`reassembly_cost`]).
     reassembly_bytes: usize,
-    /// Bytes held out of order in publishing sessions (see SESSION_MEMORY).
+    /// The most `reassembly_bytes` may be.
+    reassembly_memory: usize,
+    /// What publishing sessions hold, as charged (see [`held_cost`]).
     session_bytes: usize,
+    /// The most `session_bytes` may be.
+    session_memory: usize,
+    /// Reliable publishing sessions across all clients.
+    session_count: usize,
+    /// The most `session_count` may be.
+    max_sessions: usize,
     /// Deadlines of reliable subscriptions' ARQ timers, earliest first:
     /// (when, subscriber, sub_id, channel). Pushed whenever a deadline
     /// changes; an entry that is no longer the sender's deadline is skipped.
@@ -381,6 +472,7 @@ impl Relay {
             subscription_count: 0,
             raw_in: Vec::new(),
             error_replies: TokenBucket::new(config.error_replies_per_sec),
+            own: OwnAddresses::default(),
             outbox: Outbox::new(config.datagram_size),
             counters: Counters::default(),
             data_dir,
@@ -397,7 +489,12 @@ impl Relay {
             reassembly: HashMap::new(),
             reassembly_deadlines: VecDeque::new(),
             reassembly_bytes: 0,
+            reassembly_memory: config.reassembly_memory,
             session_bytes: 0,
+            session_memory: config.session_memory,
+            session_count: 0,
+            max_sessions: config.max_sessions,
+            free_channels: Vec::new(),
             next_replay: None,
         };
         for opened in opened {
@@ -432,13 +529,36 @@ impl Relay {
         // the limit on channels that clients create.
         for (_, name) in &config.raw_in {
             let id = relay.find_or_create_channel(name);
+            relay.channels[id].pinned = true;
             relay.raw_in.push(id);
         }
         for (name, addr) in &config.raw_out {
             let id = relay.find_or_create_channel(name);
+            relay.channels[id].pinned = true;
             relay.channels[id].raw_out.push(*addr);
         }
         Ok(relay)
+    }
+
+    /// Tells the core the addresses of the relay's own sockets (and, where
+    /// one is bound to every address, the machine's addresses), so that it
+    /// never sends to them: a datagram claiming to come from one is dropped
+    /// unanswered, and a raw egress to one is refused.
+    pub fn set_own_addresses(
+        &mut self,
+        sockets: Vec<SocketAddr>,
+        local_ips: Vec<IpAddr>,
+    ) -> Result<(), OwnAddressError> {
+        self.own = OwnAddresses { sockets, local_ips };
+        for channel in &self.channels {
+            if let Some(&addr) = channel.raw_out.iter().find(|a| self.own.contains(**a)) {
+                return Err(OwnAddressError {
+                    channel: channel.name.to_string(),
+                    addr,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// What happened so far.
@@ -458,7 +578,7 @@ impl Relay {
 
     /// Number of channels.
     pub fn channel_count(&self) -> usize {
-        self.channels.len()
+        self.by_name.len()
     }
 
     /// The offset the channel's next message will get, if the channel exists.
@@ -484,6 +604,11 @@ impl Relay {
     pub fn handle_datagram(&mut self, now: Now, from: SocketAddr, datagram: &[u8]) {
         self.counters.datagrams_received += 1;
         self.counters.bytes_received += datagram.len() as u64;
+        if self.own.contains(from) {
+            // Forged, or a loop: any answer would come back to us.
+            self.counters.dropped_own_address += 1;
+            return;
+        }
         if let Some(peer) = self.peers.get_mut(&from) {
             peer.last_seen = now.instant;
         }
@@ -569,7 +694,7 @@ impl Relay {
             }
             self.reassembly_deadlines.pop_front();
             if let Some(r) = self.reassembly.remove(&(addr, msg_id)) {
-                self.reassembly_bytes -= r.bytes;
+                self.reassembly_bytes -= r.charged;
                 self.counters.fragments_expired += 1;
             }
         }
@@ -715,7 +840,8 @@ impl Relay {
                 name,
                 ..
             } = &mut self.channels[id];
-            let Some(sub) = subscriber(subscribers, peer, sub_id) else {
+            let sub = subscriber(subscribers, peer, sub_id).filter(|s| s.replaying);
+            let Some(sub) = sub else {
                 continue; // unsubscribed or expired meanwhile
             };
             let Storage::Open(log) = storage else {
@@ -823,7 +949,7 @@ impl Relay {
             Frame::StatsRequest => {
                 let counters = self
                     .counters
-                    .entries(self.channels.len(), self.subscription_count);
+                    .entries(self.channel_count(), self.subscription_count);
                 let per_stream = self.stream_stats();
                 let mut list: Vec<(&str, u64)> = counters;
                 list.extend(per_stream.iter().map(|(k, v)| (k.as_str(), *v)));
@@ -867,12 +993,22 @@ impl Relay {
             self.refuse_too_large(now, from, len);
             return None;
         }
-        let id = self.client_channel(channel);
-        if id.is_none() {
-            self.counters.dropped_limit += 1;
-            self.reply_error(now, from, ErrorCode::LIMIT_REACHED, "too many channels");
+        if !self.channel_allowed(channel) {
+            self.refuse_channel(now, from);
+            return None;
         }
-        id
+        Some(self.find_or_create_channel(channel))
+    }
+
+    /// True if a client may name `channel`: it exists, or the channel
+    /// limit has room for it.
+    fn channel_allowed(&self, channel: &str) -> bool {
+        self.by_name.len() < self.max_channels || self.by_name.contains_key(channel)
+    }
+
+    fn refuse_channel(&mut self, now: Now, from: SocketAddr) {
+        self.counters.dropped_limit += 1;
+        self.reply_error(now, from, ErrorCode::LIMIT_REACHED, "too many channels");
     }
 
     fn refuse_too_large(&mut self, now: Now, from: SocketAddr, len: usize) {
@@ -980,61 +1116,57 @@ impl Relay {
         piece: Piece<'_>,
     ) {
         let Piece { seq, more, payload } = piece;
-        let Some(id) = self.accept_message(now, from, channel, payload.len()) else {
+        if payload.len() > self.max_message_size {
+            self.refuse_too_large(now, from, payload.len());
+            return;
+        }
+        let Some(index) = self.session_index(now, from, session, acked_below) else {
             return;
         };
-        let arq = self.arq;
-        let max = self.max_subscriptions_per_client;
-        self.peer_entry(now.instant, from);
         let Some(peer) = self.peers.get_mut(&from) else {
             return;
         };
-        let index = match peer.sessions.iter().position(|s| s.id == session) {
-            Some(i) => i,
-            None if peer.sessions.len() >= max => {
-                if peer.is_empty() {
-                    self.peers.remove(&from);
-                }
-                self.counters.dropped_limit += 1;
-                let reason = "this address holds its maximum number of sessions";
-                self.reply_error(now, from, ErrorCode::LIMIT_REACHED, reason);
-                return;
-            }
-            None => {
-                // A session starts where the client says everything before
-                // was acknowledged: 0 for a new one, later if this relay
-                // restarted under it.
-                peer.sessions.push(PublishSession {
-                    id: session,
-                    receiver: Receiver::new(arq, acked_below),
-                    partial: None,
-                    held: 0,
-                    not_durable: VecDeque::new(),
-                });
-                self.counters.sessions_opened += 1;
-                peer.sessions.len() - 1
-            }
-        };
         let s = &mut peer.sessions[index];
-        if seq > s.receiver.cumulative() && self.session_bytes + payload.len() > SESSION_MEMORY {
-            // Out-of-order messages across all sessions fill their budget:
-            // this one is not taken; its sender will send it again.
+        // A whole message in order goes straight to the log; anything held
+        // (out of order, or a piece of a message not yet complete) is
+        // charged first. Its sender will send a refused one again.
+        let passes_through = seq == s.receiver.cumulative() && !more && s.partial.is_none();
+        let charge = held_cost(payload.len());
+        if seq >= s.receiver.cumulative()
+            && !passes_through
+            && self.session_bytes + charge > self.session_memory
+        {
             self.counters.dropped_limit += 1;
             return;
+        }
+        if !self.channel_allowed(channel) {
+            self.refuse_channel(now, from);
+            return;
+        }
+        let id = self.find_or_create_channel(channel);
+        let Some(s) = self.peers.get_mut(&from).map(|p| &mut p.sessions[index]) else {
+            return;
+        };
+        if !s.channels.contains(&id) {
+            // Held messages name their channel by id: it must not be
+            // forgotten (and its slot reused) while this session may append.
+            s.channels.push(id);
+            self.channels[id].holds += 1;
         }
         let arrival = s
             .receiver
             .on_data(seq, (id, payload.to_vec(), more), now.instant);
         if arrival == crate::reliable::Arrival::New {
-            s.held += payload.len();
-            self.session_bytes += payload.len();
+            s.held += charge;
+            self.session_bytes += charge;
         }
         // Whole messages, in order: pieces of a large one are joined first.
+        // A piece moved into `partial` stays charged for its bytes.
         let mut ready = Vec::new();
         let mut too_large = false;
         while let Some((seq, (ch, bytes, more))) = s.receiver.pop() {
-            s.held -= bytes.len();
-            self.session_bytes -= bytes.len();
+            s.held -= PIECE_OVERHEAD;
+            self.session_bytes -= PIECE_OVERHEAD;
             let (first, ch, mut whole) = match s.partial.take() {
                 Some((first, partial_ch, mut buf)) => {
                     buf.extend_from_slice(&bytes);
@@ -1044,11 +1176,15 @@ impl Relay {
             };
             if whole.len() > self.max_message_size {
                 too_large = true;
-                whole.clear();
+                s.held -= whole.len();
+                self.session_bytes -= whole.len();
+                whole = Vec::new();
             }
             if more {
                 s.partial = Some((first, ch, whole));
             } else {
+                s.held -= whole.len();
+                self.session_bytes -= whole.len();
                 ready.push((seq, (ch, whole)));
             }
         }
@@ -1086,9 +1222,61 @@ impl Relay {
         self.ack_session(from, session);
     }
 
+    /// The index of session `session` of `from`, opened if new and the
+    /// session limits allow (refused and counted otherwise).
+    fn session_index(
+        &mut self,
+        now: Now,
+        from: SocketAddr,
+        session: u64,
+        acked_below: u64,
+    ) -> Option<usize> {
+        if let Some(i) = self
+            .peers
+            .get(&from)
+            .and_then(|p| p.sessions.iter().position(|s| s.id == session))
+        {
+            return Some(i);
+        }
+        let per_client = self.peers.get(&from).map_or(0, |p| p.sessions.len());
+        if self.session_count >= self.max_sessions
+            || per_client >= self.max_subscriptions_per_client
+        {
+            self.counters.dropped_limit += 1;
+            let reason = if per_client >= self.max_subscriptions_per_client {
+                "this address holds its maximum number of sessions"
+            } else {
+                "the relay holds its maximum number of sessions"
+            };
+            self.reply_error(now, from, ErrorCode::LIMIT_REACHED, reason);
+            return None;
+        }
+        let arq = self.arq;
+        self.session_count += 1;
+        self.counters.sessions_opened += 1;
+        let peer = self.peer_entry(now.instant, from);
+        // A session starts where the client says everything before was
+        // acknowledged: 0 for a new one, later if this relay restarted
+        // under it.
+        peer.sessions.push(PublishSession {
+            id: session,
+            receiver: Receiver::new(arq, acked_below),
+            partial: None,
+            held: 0,
+            not_durable: VecDeque::new(),
+            channels: Vec::new(),
+        });
+        Some(peer.sessions.len() - 1)
+    }
+
     /// A piece of an unreliable message too large for one datagram: held
     /// until all pieces are in, then published as one message; dropped (and
     /// counted) if they are not all in within [`FRAGMENT_TIMEOUT`].
+    ///
+    /// Everything held is charged to `reassembly_memory` before it is
+    /// allocated: a new message's piece table and bookkeeping, then each
+    /// piece with its allocation. A peer that names 65,535 pieces of one
+    /// byte each pays for the table it asks for.
     #[allow(clippy::too_many_arguments)]
     fn fragment(
         &mut self,
@@ -1100,36 +1288,44 @@ impl Relay {
         channel: &str,
         chunk: &[u8],
     ) {
-        let Some(id) = self.accept_message(now, from, channel, 0) else {
-            return;
+        let key = (from, msg_id);
+        let charge = match self.reassembly.get(&key) {
+            Some(entry)
+                if entry.pieces.len() != usize::from(count) || *entry.channel != *channel =>
+            {
+                self.counters.dropped_malformed += 1;
+                return;
+            }
+            Some(entry) if entry.pieces[usize::from(index)].is_some() => return, // a duplicate
+            Some(_) => piece_cost(chunk.len()),
+            None => {
+                if !self.channel_allowed(channel) {
+                    self.refuse_channel(now, from);
+                    return;
+                }
+                reassembly_cost(channel, count) + piece_cost(chunk.len())
+            }
         };
-        if self.reassembly_bytes + chunk.len() > FRAGMENT_MEMORY {
+        if self.reassembly_bytes + charge > self.reassembly_memory {
             self.counters.dropped_limit += 1;
             return;
         }
-        let key = (from, msg_id);
+        self.reassembly_bytes += charge;
         let entry = self.reassembly.entry(key).or_insert_with(|| {
             self.reassembly_deadlines
                 .push_back((now.instant + FRAGMENT_TIMEOUT, from, msg_id));
             Reassembly {
-                channel: id,
+                channel: channel.into(),
                 pieces: vec![None; usize::from(count)],
                 have: 0,
                 bytes: 0,
+                charged: 0,
             }
         });
-        if entry.pieces.len() != usize::from(count) || entry.channel != id {
-            self.counters.dropped_malformed += 1;
-            return;
-        }
-        let slot = &mut entry.pieces[usize::from(index)];
-        if slot.is_some() {
-            return; // a duplicate piece
-        }
-        *slot = Some(chunk.to_vec());
+        entry.pieces[usize::from(index)] = Some(chunk.into());
         entry.have += 1;
         entry.bytes += chunk.len();
-        self.reassembly_bytes += chunk.len();
+        entry.charged += charge;
         let too_large = entry.bytes > self.max_message_size;
         if entry.have < entry.pieces.len() && !too_large {
             return;
@@ -1137,12 +1333,18 @@ impl Relay {
         let Some(done) = self.reassembly.remove(&key) else {
             return;
         };
-        self.reassembly_bytes -= done.bytes;
+        self.reassembly_bytes -= done.charged;
         if too_large {
             self.refuse_too_large(now, from, done.bytes);
             return;
         }
-        let message: Vec<u8> = done.pieces.into_iter().flatten().flatten().collect();
+        let Some(id) = self.accept_message(now, from, &done.channel, done.bytes) else {
+            return;
+        };
+        let mut message = Vec::with_capacity(done.bytes);
+        for piece in done.pieces.iter().flatten() {
+            message.extend_from_slice(piece);
+        }
         match self.append(now, id, &message) {
             Ok(_) => self.counters.messages_published += 1,
             Err(reason) => self.reply_error(now, from, ErrorCode::UNAVAILABLE, &reason),
@@ -1155,7 +1357,22 @@ impl Relay {
         if let Some(peer) = self.peers.get_mut(&from)
             && let Some(i) = peer.sessions.iter().position(|s| s.id == session)
         {
-            self.session_bytes -= peer.sessions.swap_remove(i).held;
+            let s = peer.sessions.swap_remove(i);
+            if peer.is_empty() {
+                self.peers.remove(&from);
+            }
+            self.release_session(s);
+        }
+    }
+
+    /// Returns what a session that is gone held: its memory, its slot, its
+    /// claim on the channels it appended to.
+    fn release_session(&mut self, s: PublishSession) {
+        self.session_bytes -= s.held;
+        self.session_count -= 1;
+        for id in s.channels {
+            self.channels[id].holds -= 1;
+            self.forget_if_idle(id);
         }
     }
 
@@ -1265,6 +1482,7 @@ impl Relay {
                 let arq = (mode == DeliveryMode::Reliable)
                     .then(|| Box::new(Sender::new(self.arq, cursor)));
                 if let Err(reason) = self.add_subscription(now, from, sub_id, id, cursor, arq) {
+                    self.forget_if_idle(id);
                     self.counters.dropped_limit += 1;
                     self.reply_error(now, from, ErrorCode::LIMIT_REACHED, reason);
                     return;
@@ -1562,11 +1780,14 @@ impl Relay {
             return 0;
         };
         self.counters.sessions_expired += peer.sessions.len() as u64;
-        self.session_bytes -= peer.sessions.iter().map(|s| s.held).sum::<usize>();
         for &(sub_id, ch) in &peer.subscriptions {
             self.detach(ch, addr, sub_id);
         }
-        peer.subscriptions.len()
+        let subscriptions = peer.subscriptions.len();
+        for s in peer.sessions {
+            self.release_session(s);
+        }
+        subscriptions
     }
 
     fn detach(&mut self, ch: ChannelId, peer: SocketAddr, sub_id: u32) {
@@ -1578,15 +1799,7 @@ impl Relay {
             subs.swap_remove(pos);
             self.subscription_count -= 1;
         }
-    }
-
-    /// The id of a channel a client names, creating the channel if it is new
-    /// and the channel limit allows.
-    fn client_channel(&mut self, name: &str) -> Option<ChannelId> {
-        if !self.by_name.contains_key(name) && self.channels.len() >= self.max_channels {
-            return None;
-        }
-        Some(self.find_or_create_channel(name))
+        self.forget_if_idle(ch);
     }
 
     fn find_or_create_channel(&mut self, name: &str) -> ChannelId {
@@ -1599,16 +1812,43 @@ impl Relay {
             self.last_channel = Some(id);
             return id;
         }
-        let id = self.channels.len();
-        self.channels.push(Channel {
+        let channel = Channel {
             name: name.into(),
             storage: Storage::Empty,
             subscribers: Vec::new(),
             raw_out: Vec::new(),
             durable_to: 0,
-        });
+            pinned: false,
+            holds: 0,
+        };
+        let id = match self.free_channels.pop() {
+            Some(id) => {
+                self.channels[id] = channel;
+                id
+            }
+            None => {
+                self.channels.push(channel);
+                self.channels.len() - 1
+            }
+        };
         self.by_name.insert(self.channels[id].name.clone(), id);
         id
+    }
+
+    /// Forgets channel `id` if it holds nothing and serves no one, so that
+    /// names only ever subscribed to (or refused) do not keep channel slots.
+    fn forget_if_idle(&mut self, id: ChannelId) {
+        let channel = &mut self.channels[id];
+        if !channel.is_idle() || channel.name.is_empty() {
+            return;
+        }
+        let name = std::mem::take(&mut channel.name);
+        self.by_name.remove(&name);
+        if self.last_channel == Some(id) {
+            self.last_channel = None;
+        }
+        self.free_channels.push(id);
+        self.counters.channels_forgotten += 1;
     }
 
     fn reply_error(&mut self, now: Now, to: SocketAddr, code: ErrorCode, reason: &str) {

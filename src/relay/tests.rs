@@ -1111,7 +1111,7 @@ fn out_of_order_reliable_messages_are_held_within_a_budget() {
         payload: &payload,
     };
     // Message 0 is missing: everything after it waits, up to the budget.
-    let fits = (SESSION_MEMORY / payload.len()) as u64;
+    let fits = (RelayConfig::default().session_memory / held_cost(payload.len())) as u64;
     for seq in 1..=fits + 10 {
         send(&mut r, t, PUBLISHER, &[frame(seq)]);
     }
@@ -1120,7 +1120,7 @@ fn out_of_order_reliable_messages_are_held_within_a_budget() {
         10,
         "the ones past the budget are not taken"
     );
-    assert!(r.session_bytes <= SESSION_MEMORY);
+    assert!(r.session_bytes <= r.session_memory);
     Sent::collect(&mut r);
     send(&mut r, t, PUBLISHER, &[frame(0)]);
     assert_eq!(
@@ -1129,4 +1129,230 @@ fn out_of_order_reliable_messages_are_held_within_a_budget() {
         "0 and all it held are stored, in order"
     );
     assert_eq!(r.session_bytes, 0, "and the budget is free again");
+}
+
+#[test]
+fn a_fragment_bomb_is_held_to_its_budget() {
+    let (mut r, _dir) = relay_with(|c| c.reassembly_memory = 2 << 20);
+    let t = start();
+    // Each frame names a new message of 65,535 one-byte pieces: the piece
+    // table alone would be 1 MiB a frame if it were not charged.
+    for msg_id in 0..1000 {
+        let frame = Frame::Fragment {
+            msg_id,
+            index: 0,
+            count: u16::MAX,
+            channel: "news",
+            chunk: b"x",
+        };
+        send(&mut r, t, PUBLISHER, &[frame]);
+        assert!(
+            r.reassembly_bytes <= r.reassembly_memory,
+            "charged {} of {}",
+            r.reassembly_bytes,
+            r.reassembly_memory
+        );
+    }
+    let table = reassembly_cost("news", u16::MAX) + piece_cost(1);
+    let held = (r.reassembly_memory / table) as u64;
+    assert_eq!(
+        r.reassembly.len() as u64,
+        held,
+        "as many as the budget holds"
+    );
+    assert_eq!(r.counters().dropped_limit, 1000 - held, "the rest refused");
+    assert_eq!(
+        r.channel_count(),
+        0,
+        "no channel slot for unfinished messages"
+    );
+    // They expire, and the budget is whole again for honest senders.
+    r.handle_timeout(t.after(FRAGMENT_TIMEOUT));
+    assert_eq!(r.reassembly_bytes, 0);
+    assert_eq!(r.counters().fragments_expired, held);
+}
+
+#[test]
+fn an_empty_fragment_does_not_decode() {
+    let frame = Frame::Fragment {
+        msg_id: 1,
+        index: 0,
+        count: 2,
+        channel: "news",
+        chunk: b"",
+    };
+    let datagram = encode_datagram(&[frame]).unwrap();
+    let (mut r, _dir) = relay();
+    r.handle_datagram(start(), addr(PUBLISHER), &datagram);
+    assert_eq!(r.counters().dropped_malformed, 1);
+    assert!(r.reassembly.is_empty());
+}
+
+#[test]
+fn a_channel_only_subscribed_to_is_forgotten_with_its_last_subscriber() {
+    let (mut r, _dir) = relay_with(|c| {
+        c.max_channels = 3;
+        c.lease = Duration::from_secs(1);
+    });
+    let t = start();
+    for (i, name) in ["a", "b", "c", "d"].iter().enumerate() {
+        subscribe(&mut r, t, ALICE, i as u32, name);
+    }
+    assert_eq!(r.channel_count(), 3, "the fourth was refused");
+    assert_eq!(r.counters().dropped_limit, 1);
+    // An unsubscribe frees one slot at once; the lease frees the rest.
+    send(&mut r, t, ALICE, &[Frame::Unsubscribe { sub_id: 0 }]);
+    assert_eq!(r.channel_count(), 2);
+    r.handle_timeout(t.after(Duration::from_secs(1)));
+    assert_eq!(r.channel_count(), 0);
+    assert_eq!(r.counters().channels_forgotten, 3);
+    // Real publishers get every slot back, and a reused slot is clean.
+    Sent::collect(&mut r);
+    let later = t.after(Duration::from_secs(2));
+    for name in ["x", "y", "z"] {
+        send(
+            &mut r,
+            later,
+            PUBLISHER,
+            &[Frame::Publish {
+                channel: name,
+                payload: name.as_bytes(),
+            }],
+        );
+    }
+    assert_eq!(r.channel_count(), 3);
+    for name in ["x", "y", "z"] {
+        assert_eq!(r.next_offset(name), Some(1), "{name} stored its message");
+    }
+    assert!(Sent::collect(&mut r).frames_to(PUBLISHER).is_empty());
+}
+
+#[test]
+fn a_channel_held_by_a_reliable_session_keeps_its_slot() {
+    let (mut r, _dir) = relay();
+    let t = start();
+    subscribe(&mut r, t, ALICE, 1, "news");
+    // Message 1 waits for message 0, naming "news" by its slot.
+    let frame = |seq: u64, payload: &'static [u8]| Frame::ReliablePublish {
+        session: 7,
+        seq,
+        acked_below: 0,
+        more: false,
+        channel: "news",
+        payload,
+    };
+    send(&mut r, t, PUBLISHER, &[frame(1, b"second")]);
+    send(&mut r, t, ALICE, &[Frame::Unsubscribe { sub_id: 1 }]);
+    assert_eq!(r.channel_count(), 1, "the session still holds it");
+    // Another channel must not take its slot meanwhile.
+    publish(&mut r, t, "other", b"o");
+    send(&mut r, t, PUBLISHER, &[frame(0, b"first")]);
+    assert_eq!(r.next_offset("news"), Some(2));
+    assert_eq!(r.next_offset("other"), Some(1));
+}
+
+#[test]
+fn datagrams_from_the_relays_own_sockets_are_never_answered() {
+    let (mut r, _dir) = relay();
+    let own = addr("127.0.0.1:7070");
+    r.set_own_addresses(
+        vec![own, addr("0.0.0.0:5514")],
+        vec!["10.0.0.7".parse().unwrap()],
+    )
+    .unwrap();
+    let t = start();
+    for from in [
+        "127.0.0.1:7070",
+        "127.0.0.5:5514",
+        "10.0.0.7:5514",
+        "[::ffff:127.0.0.1]:7070",
+    ] {
+        let frames = [
+            Frame::Ping { nonce: 1 },
+            Frame::Subscribe {
+                sub_id: 1,
+                mode: DeliveryMode::Unreliable,
+                start: StartPosition::Latest,
+                channel: "news",
+            },
+        ];
+        r.handle_datagram(t, addr(from), &encode_datagram(&frames).unwrap());
+    }
+    assert_eq!(r.counters().dropped_own_address, 4);
+    assert_eq!(r.subscription_count(), 0);
+    publish(&mut r, t, "news", b"m");
+    assert!(
+        Sent::collect(&mut r).datagrams.is_empty(),
+        "nothing sent anywhere"
+    );
+    // Another port on those hosts is someone else.
+    send(&mut r, t, "10.0.0.7:5515", &[Frame::Ping { nonce: 2 }]);
+    assert_eq!(Sent::collect(&mut r).frames_to("10.0.0.7:5515"), ["pong 2"]);
+}
+
+#[test]
+fn a_raw_egress_to_the_relays_own_socket_is_refused() {
+    let (mut r, _dir) = relay_with(|c| c.raw_out = vec![("feed".into(), addr("127.0.0.1:5514"))]);
+    let err = r
+        .set_own_addresses(vec![addr("127.0.0.1:7070"), addr("127.0.0.1:5514")], vec![])
+        .unwrap_err();
+    assert_eq!(err.addr, addr("127.0.0.1:5514"));
+}
+
+#[test]
+fn reliable_sessions_are_limited_across_all_clients() {
+    let (mut r, _dir) = relay_with(|c| c.max_sessions = 2);
+    let t = start();
+    for (i, from) in ["127.0.0.1:3001", "127.0.0.1:3002", "127.0.0.1:3003"]
+        .iter()
+        .enumerate()
+    {
+        let frame = Frame::ReliablePublish {
+            session: i as u64,
+            seq: 0,
+            acked_below: 0,
+            more: false,
+            channel: "news",
+            payload: b"m",
+        };
+        send(&mut r, t, from, &[frame]);
+    }
+    assert_eq!(r.session_count, 2);
+    assert_eq!(
+        r.next_offset("news"),
+        Some(2),
+        "the third session was refused"
+    );
+    assert_eq!(
+        Sent::collect(&mut r).frames_to("127.0.0.1:3003"),
+        ["error limit-reached"]
+    );
+}
+
+#[test]
+fn pieces_of_an_incomplete_reliable_message_are_charged() {
+    let (mut r, _dir) = relay_with(|c| {
+        c.max_message_size = 4 << 20;
+        c.session_memory = 1 << 20;
+    });
+    let t = start();
+    let chunk = vec![1u8; 60_000];
+    let piece = |seq| Frame::ReliablePublish {
+        session: 1,
+        seq,
+        acked_below: 0,
+        more: true,
+        channel: "news",
+        payload: &chunk,
+    };
+    // In order, but never finished: each piece stays held in `partial`.
+    for seq in 0..30 {
+        send(&mut r, t, PUBLISHER, &[piece(seq)]);
+        assert!(r.session_bytes <= r.session_memory);
+    }
+    assert!(r.counters().dropped_limit > 0, "the budget refused pieces");
+    assert_eq!(r.next_offset("news"), Some(0));
+    send(&mut r, t, PUBLISHER, &[Frame::Unsubscribe { sub_id: 9 }]);
+    r.handle_timeout(t.after(r.lease));
+    assert_eq!(r.session_bytes, 0, "released with the session");
 }

@@ -633,12 +633,18 @@ impl<'a> Frame<'a> {
                     return Err(WireError::InvalidField("fragment index"));
                 }
                 let channel = r.channel()?;
+                let chunk = r.rest();
+                // An empty piece would let a peer make the relay hold a
+                // message's piece table for no bytes at all.
+                if chunk.is_empty() {
+                    return Err(WireError::InvalidField("fragment chunk"));
+                }
                 Frame::Fragment {
                     msg_id,
                     index,
                     count,
                     channel,
-                    chunk: r.rest(),
+                    chunk,
                 }
             }
             FrameType::DeliverFragment => {
