@@ -26,6 +26,10 @@ use udprelay::relay::Transmit;
 use udprelay::reliable::ArqConfig;
 use udprelay::wire::StartPosition;
 
+mod report;
+
+use report::{Latency, Mode, Report, Run};
+
 /// Throughput and latency benchmark for udprelay.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "udpbench", version)]
@@ -136,68 +140,39 @@ fn run_all(args: &Args) -> Result<(), String> {
         };
         runs.push(measure(&base_args)?);
     }
-    if runs.is_empty() {
-        return Err("give --relay ADDR, --spawn or --baseline".into());
-    }
-    let ratio = (runs.len() == 2).then(|| {
-        let f = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap_or(0.0);
-        let p50 = |r: &serde_json::Value| r["latency_us"]["p50"].as_f64().unwrap_or(0.0);
-        serde_json::json!({
-            "throughput": f(&runs[0], "delivered_per_sec") / f(&runs[1], "delivered_per_sec").max(1e-9),
-            "latency_p50": p50(&runs[0]) / p50(&runs[1]).max(1e-9),
-        })
-    });
+    let report = Report::of(runs).ok_or("give --relay ADDR, --spawn or --baseline")?;
     if let Some(path) = &args.plot {
-        std::fs::write(path, plot(&runs))
+        std::fs::write(path, plot(&report.runs()))
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     if args.json {
-        let out = match (&ratio, runs.as_slice()) {
-            (Some(ratio), [relay, baseline]) => serde_json::json!({
-                "relay": relay, "baseline": baseline, "ratio": ratio,
-            }),
-            _ => runs[0].clone(),
-        };
-        println!("{out}");
-        return Ok(());
-    }
-    for r in &runs {
-        print_report(args, r);
-    }
-    if let Some(ratio) = ratio {
-        println!(
-            "relay / baseline: throughput {:.2}x, latency p50 {:.3}x",
-            ratio["throughput"].as_f64().unwrap_or(0.0),
-            ratio["latency_p50"].as_f64().unwrap_or(0.0)
-        );
+        let json = serde_json::to_string(&report).map_err(|e| e.to_string())?;
+        println!("{json}");
+    } else {
+        print!("{report}");
     }
     Ok(())
 }
 
-/// Loss allowed in a run `--find-lossless` counts as lossless.
-const LOSSLESS: f64 = 0.001;
 /// Bisection steps of `--find-lossless` after the unpaced run.
 const PROBES: usize = 7;
 
 /// One run, or with --find-lossless the fastest lossless one found.
-fn measure(args: &Args) -> Result<serde_json::Value, String> {
+fn measure(args: &Args) -> Result<Run, String> {
     if !args.find_lossless {
         return run(args);
     }
-    let f = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap_or(0.0);
-    let lossless =
-        |r: &serde_json::Value| f(r, "lost") <= f(r, "sent") * args.subscribers as f64 * LOSSLESS;
-    let say = |r: &serde_json::Value| {
+    let say = |r: &Run| {
         if !args.json {
             eprintln!(
                 "udpbench: {}, {}: {:.0} msg/s delivered, {} lost",
-                r["mode"].as_str().unwrap_or("?"),
-                match f(r, "rate") {
-                    0.0 => "full speed".to_string(),
-                    rate => format!("{rate:.0} msg/s per publisher"),
+                r.mode,
+                match r.rate {
+                    0 => "full speed".to_string(),
+                    rate => format!("{rate} msg/s per publisher"),
                 },
-                f(r, "delivered_per_sec"),
-                f(r, "lost")
+                r.delivered_per_sec,
+                r.lost
             );
         }
     };
@@ -206,11 +181,10 @@ fn measure(args: &Args) -> Result<serde_json::Value, String> {
         ..args.clone()
     })?;
     say(&first);
-    if lossless(&first) {
+    if first.is_lossless() {
         return Ok(first); // the senders, not the path, were the limit
     }
-    let mut hi =
-        f(&first, "sent") / f(&first, "publishing_seconds").max(1e-9) / args.publishers as f64;
+    let mut hi = first.sent as f64 / first.publishing_seconds.max(1e-9) / args.publishers as f64;
     let mut lo = 0.0;
     let mut best = None;
     for _ in 0..PROBES {
@@ -220,7 +194,7 @@ fn measure(args: &Args) -> Result<serde_json::Value, String> {
             ..args.clone()
         })?;
         say(&r);
-        if lossless(&r) {
+        if r.is_lossless() {
             lo = mid;
             best = Some(r);
         } else {
@@ -232,7 +206,7 @@ fn measure(args: &Args) -> Result<serde_json::Value, String> {
 
 /// An SVG with two panels: delivered messages per second over time, and
 /// latency at each percentile (log scale), one line per run.
-fn plot(runs: &[serde_json::Value]) -> String {
+fn plot(runs: &[&Run]) -> String {
     const W: f64 = 900.0;
     const H: f64 = 360.0;
     const PANEL: f64 = 380.0;
@@ -242,17 +216,14 @@ fn plot(runs: &[serde_json::Value]) -> String {
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
     );
     // Panel 1: throughput over time.
-    let series: Vec<Vec<f64>> = runs
+    let series: Vec<&[f64]> = runs.iter().map(|r| r.timeline.as_slice()).collect();
+    let max_rate = series
         .iter()
-        .map(|r| {
-            r["timeline"]
-                .as_array()
-                .map(|a| a.iter().filter_map(|v| v.as_f64()).collect())
-                .unwrap_or_default()
-        })
-        .collect();
-    let max_rate = series.iter().flatten().cloned().fold(1.0, f64::max);
-    let max_len = series.iter().map(Vec::len).max().unwrap_or(1).max(2);
+        .copied()
+        .flatten()
+        .copied()
+        .fold(1.0, f64::max);
+    let max_len = series.iter().map(|s| s.len()).max().unwrap_or(1).max(2);
     let (x0, y0, pw, ph) = (60.0, 30.0, PANEL - 70.0, H - 80.0);
     svg += &format!(
         "<text x=\"{x0}\" y=\"18\">delivered msg/s over time (0.1 s steps, max {max_rate:.0})</text>\n\
@@ -275,15 +246,10 @@ fn plot(runs: &[serde_json::Value]) -> String {
         );
     }
     // Panel 2: latency by percentile, log scale.
-    let quantiles = ["p50", "p90", "p99", "p999", "max"];
-    let lat: Vec<Vec<f64>> = runs
+    let quantiles = Latency::NAMES;
+    let lat: Vec<[f64; 5]> = runs
         .iter()
-        .map(|r| {
-            quantiles
-                .iter()
-                .map(|q| r["latency_us"][q].as_f64().unwrap_or(0.0).max(0.1))
-                .collect()
-        })
+        .map(|r| r.latency_us.values().map(|v| v.max(0.1)))
         .collect();
     let hi = lat
         .iter()
@@ -342,7 +308,7 @@ fn plot(runs: &[serde_json::Value]) -> String {
             "<text x=\"{x0}\" y=\"{}\" fill=\"{}\">{}</text>\n",
             H - 22.0 + 14.0 * i as f64 - 14.0 * (runs.len() as f64 - 1.0),
             colors[i % 2],
-            r["mode"].as_str().unwrap_or("")
+            r.mode
         );
     }
     svg += "</svg>\n";
@@ -922,7 +888,7 @@ fn forwarder(
     Ok((addr, handle, targets))
 }
 
-fn run(args: &Args) -> Result<serde_json::Value, String> {
+fn run(args: &Args) -> Result<Run, String> {
     if args.size < HEADER {
         return Err(format!("--size must be at least {HEADER}"));
     }
@@ -1030,7 +996,10 @@ fn run(args: &Args) -> Result<serde_json::Value, String> {
         }
         let results: Vec<Result<u64, String>> = pubs
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err("publisher panicked".into())))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("publisher panicked".into()))
+            })
             .collect();
         results
     })
@@ -1096,83 +1065,42 @@ fn run(args: &Args) -> Result<serde_json::Value, String> {
         let h = total.latency.unwrap_or_else(new_histogram);
         let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
         let secs = delivering.as_secs_f64().max(1e-9);
-        Ok(serde_json::json!({
-            "mode": match args.baseline {
-                Some(Baseline::Kernel) => "baseline-kernel",
-                Some(Baseline::Relay) => "baseline-forwarder",
-                Some(Baseline::Socat) => "baseline-socat",
-                None if args.raw => "relay-raw",
-                None if args.reliable => "relay-reliable",
-                None => "relay",
+        Ok(Run {
+            mode: match args.baseline {
+                Some(Baseline::Kernel) => Mode::BaselineKernel,
+                Some(Baseline::Relay) => Mode::BaselineForwarder,
+                Some(Baseline::Socat) => Mode::BaselineSocat,
+                None if args.raw => Mode::RelayRaw,
+                None if args.reliable => Mode::RelayReliable,
+                None => Mode::Relay,
             },
-            "publishers": args.publishers,
-            "subscribers": args.subscribers,
-            "size": args.size,
-            "rate": args.rate,
-            "seconds": secs,
-            "publishing_seconds": publishing.as_secs_f64(),
-            "sent": sent,
-            "received": total.received,
-            "lost": expected.saturating_sub(total.received),
-            "duplicated": total.duplicates,
-            "reordered": total.reordered,
-            "delivered_per_sec": total.received as f64 / secs,
-            "delivered_mb_per_sec": total.bytes as f64 / secs / 1e6,
-            "latency_us": {
-                "p50": us(0.5), "p90": us(0.9), "p99": us(0.99), "p999": us(0.999), "max": h.max() as f64 / 1000.0,
+            publishers: args.publishers,
+            subscribers: args.subscribers,
+            size: args.size,
+            rate: args.rate,
+            seconds: secs,
+            publishing_seconds: publishing.as_secs_f64(),
+            sent,
+            received: total.received,
+            lost: expected.saturating_sub(total.received),
+            duplicated: total.duplicates,
+            reordered: total.reordered,
+            delivered_per_sec: total.received as f64 / secs,
+            delivered_mb_per_sec: total.bytes as f64 / secs / 1e6,
+            latency_us: Latency {
+                p50: us(0.5),
+                p90: us(0.9),
+                p99: us(0.99),
+                p999: us(0.999),
+                max: h.max() as f64 / 1000.0,
             },
-            "relay_cpu_seconds": cpu,
-            "timeline": total.buckets
+            relay_cpu_seconds: cpu,
+            timeline: total
+                .buckets
                 .iter()
                 .skip((started.duration_since(epoch).as_nanos() as u64 / STEP_NS) as usize)
                 .map(|n| *n as f64 * 1e9 / STEP_NS as f64)
-                .collect::<Vec<f64>>(),
-        }))
+                .collect(),
+        })
     })
-}
-
-fn print_report(args: &Args, r: &serde_json::Value) {
-    let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
-    println!(
-        "udpbench: {} ({} publishers x {} subscribers, {} B messages)",
-        r["mode"].as_str().unwrap_or(""),
-        args.publishers,
-        args.subscribers,
-        args.size
-    );
-    println!("  sent       {:>14}", r["sent"]);
-    println!(
-        "  received   {:>14}   lost {}  duplicated {}  reordered {}",
-        r["received"], r["lost"], r["duplicated"], r["reordered"]
-    );
-    println!(
-        "  throughput {:>14.0} msg/s  {:.1} MB/s  over {:.2} s",
-        f("delivered_per_sec"),
-        f("delivered_mb_per_sec"),
-        f("seconds")
-    );
-    let l = &r["latency_us"];
-    println!(
-        "  latency µs p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
-        l["p50"].as_f64().unwrap_or(0.0),
-        l["p90"].as_f64().unwrap_or(0.0),
-        l["p99"].as_f64().unwrap_or(0.0),
-        l["p999"].as_f64().unwrap_or(0.0),
-        l["max"].as_f64().unwrap_or(0.0)
-    );
-    if let Some(cpu) = r["relay_cpu_seconds"].as_f64() {
-        println!(
-            "  relay CPU  {cpu:.2} s ({:.0} % of one core)",
-            cpu / f("seconds").max(1e-9) * 100.0
-        );
-    }
-    let offered = f("sent") * args.subscribers as f64;
-    if f("rate") == 0.0 && f("lost") > offered * 0.01 {
-        println!(
-            "  (at full speed the publishers offered {:.0} msg/s, more than the path \
-             carries, so the throughput above is a capacity and the latency is queueing; \
-             --find-lossless or --rate give a lossless figure)",
-            f("sent") / f("publishing_seconds").max(1e-9)
-        );
-    }
 }
