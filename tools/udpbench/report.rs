@@ -255,24 +255,3 @@ impl fmt::Display for Report {
         Ok(())
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mode_names_are_the_json_names() {
-        for mode in [
-            Mode::Relay,
-            Mode::RelayReliable,
-            Mode::RelayRaw,
-            Mode::BaselineKernel,
-            Mode::BaselineForwarder,
-            Mode::BaselineSocat,
-        ] {
-            let json = serde_json::to_value(mode).unwrap();
-            assert_eq!(json, mode.name());
-            assert_eq!(serde_json::from_value::<Mode>(json).unwrap(), mode);
-        }
-    }
-}
