@@ -1,0 +1,217 @@
+//! The publishers: each on its own socket and thread, paced to `--rate` or
+//! as fast as it can, sending plain messages packed into datagrams, a
+//! reliable session, or (for baselines and raw runs) one bare message per
+//! datagram.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use udprelay::client::{Publisher, ReliablePublisher};
+use udprelay::driver::batch::BatchSender;
+use udprelay::relay::Transmit;
+use udprelay::reliable::ArqConfig;
+
+use crate::traffic::{HEADER, fill_message, message, socket};
+use crate::{Args, Baseline};
+
+/// Spun at the end of a wait rather than slept: a sleep may end late.
+const SPIN: Duration = Duration::from_micros(20);
+
+/// Waits until `at`: sleeps while it is far off, then spins the last
+/// stretch. A publisher spinning all the time would take a core from the
+/// relay and the subscribers on a small machine, and change what is
+/// measured.
+fn pace(at: Instant) {
+    let now = Instant::now();
+    if at > now + SPIN {
+        thread::sleep(at - now - SPIN);
+    }
+    while Instant::now() < at {
+        std::hint::spin_loop();
+    }
+}
+
+/// Asks the kernel to end this thread's sleeps within a microsecond of
+/// their time instead of the default 50 µs slack.
+fn precise_sleeps() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_TIMERSLACK takes one integer argument and only changes
+    // this thread's timer slack.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong);
+    }
+}
+
+/// Runs one publisher; returns how many messages it sent.
+pub fn publish(
+    args: &Args,
+    p: usize,
+    target: SocketAddr,
+    direct: &[SocketAddr],
+    epoch: Instant,
+) -> Result<u64, String> {
+    let socket = socket()?;
+    precise_sleeps();
+    let deadline = Instant::now() + args.duration;
+    let limit = args.count.unwrap_or(u64::MAX);
+    let paced = args.rate > 0;
+    let start = Instant::now();
+    let mut sent = 0u64;
+    let due = |sent: u64| {
+        if paced {
+            start + Duration::from_secs_f64(sent as f64 / args.rate as f64)
+        } else {
+            start
+        }
+    };
+    if args.baseline.is_some() || args.raw {
+        // Plain datagrams, one message each: straight to every subscriber,
+        // or to the forwarder, socat or the relay's raw-in port.
+        let forwarder = [target];
+        let destinations: &[SocketAddr] = match args.baseline {
+            Some(Baseline::Kernel) => direct,
+            _ => &forwarder,
+        };
+        while sent < limit && Instant::now() < deadline {
+            pace(due(sent));
+            let m = message(p, sent, args.size, epoch);
+            for to in destinations {
+                let _ = socket.send_to(&m, to);
+            }
+            sent += 1;
+        }
+        return Ok(sent);
+    }
+    socket.connect(target).map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 65_536];
+    // Datagrams go out many per call, as GSO runs where the kernel can.
+    let mut batch = BatchSender::new();
+    let mut out: Vec<Transmit> = Vec::new();
+    if args.reliable {
+        let mut rp = ReliablePublisher::new(
+            p as u64 + 1,
+            "bench",
+            ArqConfig::default(),
+            args.batch.max(64),
+        )
+        .map_err(|e| e.to_string())?;
+        socket
+            .set_read_timeout(Some(Duration::from_micros(200)))
+            .map_err(|e| e.to_string())?;
+        loop {
+            let now = Instant::now();
+            let sending = sent < limit && now < deadline;
+            // Everything due by now: one message at a low rate, a batch at
+            // a high one.
+            while sending && rp.wants_input() && now >= due(sent) && sent < limit {
+                rp.push(message(p, sent, args.size, epoch))
+                    .map_err(|e| e.to_string())?;
+                sent += 1;
+            }
+            if !sending && rp.is_done() {
+                break;
+            }
+            if rp.is_failed() || now > deadline + Duration::from_secs(30) {
+                return Err(format!(
+                    "publisher {p}: {} messages not acknowledged",
+                    rp.unacknowledged()
+                ));
+            }
+            if rp.poll_timeout().is_some_and(|t| t <= now) {
+                rp.handle_timeout(now);
+            }
+            while let Some(d) = rp.poll_transmit(now) {
+                out.push(Transmit {
+                    destination: target,
+                    payload: d,
+                });
+            }
+            send_all(&mut batch, &socket, &mut out);
+            if let Ok(n) = socket.recv(&mut buf) {
+                rp.handle_datagram(Instant::now(), &buf[..n], |_, _| {});
+            }
+        }
+        return Ok(sent);
+    }
+    // --batch 0: a datagram too small for any message sends each alone.
+    let datagram_size = if args.batch == 0 {
+        0
+    } else {
+        args.batch.max(64)
+    };
+    let mut publisher = Publisher::new("bench", datagram_size).map_err(|e| e.to_string())?;
+    let mut m = Vec::with_capacity(args.size.max(HEADER));
+    let to_transmit = |payload| Transmit {
+        destination: target,
+        payload,
+    };
+    while sent < limit {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        if now < due(sent) {
+            pace(due(sent));
+            continue;
+        }
+        // Everything due by now (unpaced: a burst), stamped with one send
+        // time: reading the clock per message cost the publisher more than
+        // packing the message.
+        let stamp = now.duration_since(epoch).as_nanos() as u64;
+        let mut burst = 0;
+        while sent < limit && burst < BURST && (!paced || due(sent) <= now) {
+            fill_message(&mut m, p, sent, args.size, stamp);
+            sent += 1;
+            burst += 1;
+            if args.batch == 0 {
+                for datagram in publisher.push(&m).map_err(|e| e.to_string())? {
+                    let _ = socket.send(&datagram);
+                }
+                continue;
+            }
+            out.extend(
+                publisher
+                    .push(&m)
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .map(to_transmit),
+            );
+        }
+        // Paced: nothing more is due, so what is packed goes out now; a low
+        // rate sends each message at once and a high one still batches.
+        if paced {
+            out.extend(publisher.flush().map(to_transmit));
+        }
+        if paced || out.len() >= SEND_BATCH {
+            send_all(&mut batch, &socket, &mut out);
+        }
+    }
+    out.extend(publisher.flush().map(to_transmit));
+    send_all(&mut batch, &socket, &mut out);
+    Ok(sent)
+}
+
+/// Most messages a publisher packs between two looks at the clock.
+const BURST: usize = 256;
+
+/// Full datagrams an unpaced publisher gathers before sending them in one
+/// call.
+const SEND_BATCH: usize = 64;
+
+/// Sends `out` in as few calls as the kernel allows, waiting out a full
+/// socket buffer, and empties it. A datagram the kernel refuses outright is
+/// skipped: the subscribers count it lost.
+fn send_all(batch: &mut BatchSender, socket: &UdpSocket, out: &mut Vec<Transmit>) {
+    let mut done = 0;
+    while done < out.len() {
+        match batch.send(socket, &out[done..]) {
+            Ok(0) => thread::yield_now(),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => thread::yield_now(),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => done += 1,
+        }
+    }
+    out.clear();
+}

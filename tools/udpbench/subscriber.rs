@@ -1,0 +1,114 @@
+//! The subscribers: each on its own socket and thread, subscribed to the
+//! relay (plainly or reliably) or, for baselines and raw runs, reading bare
+//! messages; each counts what it got into its own tally.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+use std::time::Instant;
+
+use udprelay::client::{ReliableSubscription, Subscription, SubscriptionEvent};
+use udprelay::driver::batch::{RecvBatch, enable_gro};
+use udprelay::reliable::ArqConfig;
+use udprelay::wire::StartPosition;
+
+use crate::Args;
+use crate::traffic::{Seen, Tally, epoch_ns, socket};
+
+/// Runs the subscribers until `stop`, returning their tallies.
+pub fn subscribe_all(
+    args: &Args,
+    target: SocketAddr,
+    epoch: Instant,
+    stop: Arc<AtomicBool>,
+    ready: Arc<AtomicU64>,
+    progress: Arc<AtomicU64>,
+) -> Result<(Vec<thread::JoinHandle<Tally>>, Vec<SocketAddr>), String> {
+    let mut handles = Vec::new();
+    let mut addrs = Vec::new();
+    for i in 0..args.subscribers {
+        let socket = socket()?;
+        addrs.push(socket.local_addr().map_err(|e| e.to_string())?);
+        let publishers = args.publishers;
+        let reliable = args.reliable;
+        let via_relay = args.baseline.is_none() && !args.raw;
+        let stop = Arc::clone(&stop);
+        let ready = Arc::clone(&ready);
+        let progress = Arc::clone(&progress);
+        handles.push(thread::spawn(move || {
+            let mut tally = Tally::new();
+            let mut seen = Seen::new(publishers);
+            // Many datagrams per call; runs the relay sent as one GSO
+            // buffer may arrive as one (GRO).
+            let mut received = RecvBatch::new();
+            enable_gro(&socket);
+            let now = Instant::now();
+            let mut plain =
+                Subscription::new(i as u32 + 1, "bench", StartPosition::Latest, now).ok();
+            let mut rel = ReliableSubscription::new(
+                i as u32 + 1,
+                "bench",
+                StartPosition::Latest,
+                ArqConfig::default(),
+                now,
+            )
+            .ok();
+            if !via_relay {
+                ready.fetch_add(1, Ordering::SeqCst);
+            }
+            let mut counted_ready = !via_relay;
+            if via_relay {
+                let _ = socket.connect(target);
+            }
+            while !stop.load(Ordering::SeqCst) {
+                let now = Instant::now();
+                if via_relay {
+                    let out = if reliable {
+                        rel.as_mut().and_then(|s| s.poll_transmit(now))
+                    } else {
+                        plain.as_mut().and_then(|s| s.poll_transmit(now))
+                    };
+                    if let Some(d) = out {
+                        let _ = socket.send(&d);
+                    }
+                }
+                let Ok(n) = received.recv_wait(&socket) else {
+                    continue;
+                };
+                let now_ns = epoch_ns(epoch);
+                for k in 0..n {
+                    for datagram in received.get(k).0 {
+                        if !via_relay {
+                            seen.record(&mut tally, datagram, now_ns, &progress);
+                            continue;
+                        }
+                        let mut on_event = |e: SubscriptionEvent<'_>| {
+                            if let SubscriptionEvent::Message { payload, .. } = e {
+                                seen.record(&mut tally, payload, now_ns, &progress);
+                            }
+                        };
+                        if reliable {
+                            if let Some(s) = rel.as_mut() {
+                                s.handle_datagram(now, datagram, &mut on_event);
+                            }
+                        } else if let Some(s) = plain.as_mut() {
+                            s.handle_datagram(now, datagram, &mut on_event);
+                        }
+                    }
+                }
+                let active = if reliable {
+                    rel.as_ref().is_some_and(|s| s.is_active())
+                } else {
+                    plain.as_ref().is_some_and(|s| s.is_active())
+                };
+                if active && !counted_ready {
+                    counted_ready = true;
+                    ready.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            tally
+        }));
+    }
+    Ok((handles, addrs))
+}
