@@ -11,6 +11,21 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
 
 use super::config::{ArqConfig, MAX_ACK_RANGES};
+use crate::timer::{TimerName, TimerTable};
+
+/// The receiver's one timer, in a table like every timer of the cores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    /// In-order data waits at most this long for its acknowledgement.
+    DelayedAck,
+}
+
+impl TimerName<1> for Timer {
+    const ALL: [Timer; 1] = [Timer::DelayedAck];
+    fn index(self) -> usize {
+        self as usize
+    }
+}
 
 /// What the receiver made of a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +78,7 @@ pub struct Receiver<T> {
     /// Acknowledge at the next chance.
     ack_now: bool,
     /// The delayed-ack timer.
-    ack_at: Option<Instant>,
+    timers: TimerTable<Timer, 1>,
     stats: ReceiverStats,
 }
 
@@ -77,7 +92,7 @@ impl<T> Receiver<T> {
             ready: VecDeque::new(),
             unacked: 0,
             ack_now: false,
-            ack_at: None,
+            timers: TimerTable::new(),
             stats: ReceiverStats::default(),
         }
     }
@@ -130,7 +145,10 @@ impl<T> Receiver<T> {
         if filled_gap || self.unacked >= 2 {
             self.ack_now = true;
         } else {
-            self.ack_at.get_or_insert(now + self.config.delayed_ack);
+            if self.timers.get(Timer::DelayedAck).is_none() {
+                self.timers
+                    .set(Timer::DelayedAck, now + self.config.delayed_ack);
+            }
         }
         Arrival::New
     }
@@ -147,7 +165,8 @@ impl<T> Receiver<T> {
 
     /// Asks for an acknowledgement by `at` at the latest.
     pub fn ack_by(&mut self, at: Instant) {
-        self.ack_at = Some(self.ack_at.map_or(at, |t| t.min(at)));
+        let earliest = self.timers.get(Timer::DelayedAck).map_or(at, |t| t.min(at));
+        self.timers.set(Timer::DelayedAck, earliest);
     }
 
     /// Asks for an acknowledgement at the next [`Receiver::poll_ack`].
@@ -157,17 +176,21 @@ impl<T> Receiver<T> {
 
     /// When the delayed acknowledgement is due.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.ack_now { None } else { self.ack_at }
+        if self.ack_now {
+            None
+        } else {
+            self.timers.next_deadline()
+        }
     }
 
     /// The acknowledgement to send at `now`, if one is due.
     pub fn poll_ack(&mut self, now: Instant) -> Option<Ack> {
-        let due = self.ack_now || self.ack_at.is_some_and(|t| t <= now);
+        let due = self.ack_now || self.timers.is_expired(Timer::DelayedAck, now);
         if !due {
             return None;
         }
         self.ack_now = false;
-        self.ack_at = None;
+        self.timers.stop(Timer::DelayedAck);
         self.unacked = 0;
         Some(self.ack())
     }

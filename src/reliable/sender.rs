@@ -17,20 +17,27 @@ use super::config::{ArqConfig, MAX_ACK_RANGES};
 use super::congestion::Congestion;
 use super::pacing::Pacer;
 use super::rtt::RttEstimator;
+use crate::timer::{TimerName, TimerTable};
 
-/// The sender's timers; every timer lives in [`Sender::timers`].
+/// The sender's timers; every timer lives in `Sender::timers`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(usize)]
 enum Timer {
     /// Retransmission timeout.
-    Rto = 0,
+    Rto,
     /// Tail-loss probe.
-    Tlp = 1,
+    Tlp,
     /// Pacing: the next new message may go at this time.
-    Pacing = 2,
+    Pacing,
     /// Time-based loss detection: a message sent before a delivered one is
     /// lost once it is a round trip and a reordering window old.
-    Rack = 3,
+    Rack,
+}
+
+impl TimerName<4> for Timer {
+    const ALL: [Timer; 4] = [Timer::Rto, Timer::Tlp, Timer::Pacing, Timer::Rack];
+    fn index(self) -> usize {
+        self as usize
+    }
 }
 
 /// State of one sent sequence number.
@@ -92,8 +99,8 @@ pub struct Sender {
     highest_acked: u64,
     /// How far past `snd_una` the receiver allows.
     peer_window: u64,
-    /// Every timer, indexed by [`Timer`].
-    timers: [Option<Instant>; 4],
+    /// Every timer of the send side.
+    timers: TimerTable<Timer, 4>,
     /// (send time, sequence number) of the most recently sent message known
     /// delivered: anything sent before it and still unacknowledged a round
     /// trip plus `reo_wnd` later is lost (RACK, RFC 8985, simplified).
@@ -125,7 +132,7 @@ impl Sender {
             pacer: Pacer::new(),
             highest_acked: first,
             peer_window: u64::from(config.receive_window),
-            timers: [None; 4],
+            timers: TimerTable::new(),
             rack: None,
             reo_wnd: Duration::ZERO,
             silent_timeouts: 0,
@@ -268,20 +275,22 @@ impl Sender {
     }
 
     fn after_transmission(&mut self, now: Instant) {
-        if self.timers[Timer::Rto as usize].is_none() {
-            self.timers[Timer::Rto as usize] = Some(now + self.rto());
+        if self.timers.get(Timer::Rto).is_none() {
+            self.timers.set(Timer::Rto, now + self.rto());
         }
         self.arm_tlp(now);
         // Without a round trip measured there is no rate to pace at.
         if let Some(srtt) = self.rtt.srtt() {
-            self.timers[Timer::Pacing as usize] =
-                self.pacer.on_transmit(now, srtt, self.congestion.window());
+            self.timers.set_or_stop(
+                Timer::Pacing,
+                self.pacer.on_transmit(now, srtt, self.congestion.window()),
+            );
         }
     }
 
     fn arm_tlp(&mut self, now: Instant) {
         if !self.probed {
-            self.timers[Timer::Tlp as usize] = Some(now + self.rtt.pto());
+            self.timers.set(Timer::Tlp, now + self.rtt.pto());
         }
     }
 
@@ -385,11 +394,11 @@ impl Sender {
             self.rtt.min_rtt(),
         );
         if self.is_idle() {
-            self.timers[Timer::Rto as usize] = None;
-            self.timers[Timer::Tlp as usize] = None;
+            self.timers.stop(Timer::Rto);
+            self.timers.stop(Timer::Tlp);
         } else if newly > 0 {
             // RFC 6298 5.3: restart the timer when new data is acknowledged.
-            self.timers[Timer::Rto as usize] = Some(now + self.rto());
+            self.timers.set(Timer::Rto, now + self.rto());
             self.arm_tlp(now);
         }
         newly
@@ -402,7 +411,7 @@ impl Sender {
     /// enough, at once: classic fast retransmit. A message not old enough yet
     /// arms the RACK timer for when it will be.
     fn detect_losses(&mut self, now: Instant) {
-        self.timers[Timer::Rack as usize] = None;
+        self.timers.stop(Timer::Rack);
         let Some(rack) = self.rack else {
             return;
         };
@@ -429,29 +438,29 @@ impl Sender {
             self.stats.fast_retransmits += 1;
             self.congestion.on_loss_detected();
         }
-        self.timers[Timer::Rack as usize] = next_check;
+        self.timers.set_or_stop(Timer::Rack, next_check);
     }
 
     /// The earliest time [`Sender::handle_timeout`] has something to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.iter().flatten().copied().min()
+        self.timers.next_deadline()
     }
 
     /// Fires the timers due at `now`: a tail-loss probe resends the newest
     /// unacknowledged message; an RTO declares everything in flight lost,
     /// collapses the window and doubles the timeout.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.timers[Timer::Pacing as usize].is_some_and(|t| t <= now) {
-            self.timers[Timer::Pacing as usize] = None;
+        if self.timers.is_expired(Timer::Pacing, now) {
+            self.timers.stop(Timer::Pacing);
         }
-        if self.timers[Timer::Rack as usize].is_some_and(|t| t <= now) {
+        if self.timers.is_expired(Timer::Rack, now) {
             self.detect_losses(now);
         }
-        if self.timers[Timer::Tlp as usize].is_some_and(|t| t <= now) {
-            self.timers[Timer::Tlp as usize] = None;
+        if self.timers.is_expired(Timer::Tlp, now) {
+            self.timers.stop(Timer::Tlp);
             self.on_tail_loss_probe();
         }
-        if self.timers[Timer::Rto as usize].is_some_and(|t| t <= now) {
+        if self.timers.is_expired(Timer::Rto, now) {
             self.on_rto(now);
         }
     }
@@ -481,9 +490,9 @@ impl Sender {
         self.stats.timeouts += 1;
         let timeouts_in_a_row = self.rtt.on_timeout();
         self.silent_timeouts += 1;
-        self.timers[Timer::Rack as usize] = None;
+        self.timers.stop(Timer::Rack);
         self.probed = true; // no probe until new data is acknowledged
-        self.timers[Timer::Tlp as usize] = None;
+        self.timers.stop(Timer::Tlp);
         // Everything unacknowledged that has been out for a whole
         // timeout is lost; what was sent since may still arrive and is
         // left alone (resending it would only add to a bad moment).
@@ -502,8 +511,9 @@ impl Sender {
         }
         self.congestion
             .on_timeout(self.snd_una, self.next_seq, timeouts_in_a_row);
-        self.timers[Timer::Pacing as usize] = None;
-        self.timers[Timer::Rto as usize] = (!self.is_idle()).then(|| now + self.rto());
+        self.timers.stop(Timer::Pacing);
+        self.timers
+            .set_or_stop(Timer::Rto, (!self.is_idle()).then(|| now + self.rto()));
     }
 }
 
