@@ -237,7 +237,7 @@ mod tests {
     #[test]
     fn above_ssthresh_the_window_grows_a_twentieth_per_message() {
         let mut cc = window(100);
-        // Two timeouts in a row: ssthresh = cwnd = 70, then 49.
+        // The second timeout in a row ends slow start: ssthresh = cwnd = 49.
         assert!(cc.on_timeout(0, 10, 1));
         assert_eq!(cc.cwnd(), 70);
         assert!(cc.on_timeout(10, 20, 2));
