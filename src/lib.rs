@@ -19,10 +19,15 @@
 //! - [`relay`]: the relay core: channels, subscriptions as leases, fan-out,
 //!   replay from the log, raw ingest and egress, counters. No sockets, no
 //!   clock: its only I/O is its channels' logs.
-//! - [`reliable`]: the sans-IO ARQ: a sender (RTO, RACK loss detection,
-//!   tail-loss probe, congestion window, pacing, flow window) and a receiver
-//!   (reordering, duplicate suppression, delayed acknowledgements), over
-//!   sequence numbers only; timers in one table.
+//! - [`reliable`]: the sans-IO ARQ over sequence numbers only, split by
+//!   state: the RTT estimator (RTO, backoff, Karn), the congestion window,
+//!   the pacer, the sender that conducts them (sequence space, RACK loss
+//!   detection, tail-loss probe, flow window, bundling; its timers in one
+//!   [`timer::TimerTable`]) and the receiver (reordering, duplicate
+//!   suppression, delayed acknowledgements).
+//! - [`timer`]: where the cores' deadlines live: [`timer::TimerTable`] for a
+//!   fixed set of named timers, [`timer::DeadlineQueue`] for one deadline per
+//!   key (sessions, subscriptions, leases). Depends on nothing.
 //! - [`client`]: sans-IO client pieces used by `udpcat` and the tests:
 //!   batching publisher, subscriber state with keepalive, and the reliable
 //!   publishing session and subscription.
@@ -51,4 +56,5 @@ pub mod relay;
 pub mod reliable;
 pub mod rng;
 pub mod sim;
+pub mod timer;
 pub mod wire;
