@@ -496,9 +496,26 @@ impl Sender {
         // Everything unacknowledged that has been out for a whole
         // timeout is lost; what was sent since may still arrive and is
         // left alone (resending it would only add to a bad moment).
+        //
+        // From the second timeout without progress on, selective
+        // acknowledgements are forgotten too (RFC 2018 section 8: the
+        // receiver may have reneged). A relay that restarted knows nothing
+        // of what it reported received but had not yet made durable; if
+        // those stayed marked, nothing would ever fill the gap it now waits
+        // on, and the session would stall until it failed. One timeout
+        // alone is usually loss, and resending what arrived would waste it.
+        let reneged = timeouts_in_a_row >= 2;
         self.lost.clear();
         let rto = self.rto();
         for (i, slot) in self.slots.iter_mut().enumerate() {
+            if slot.acked && reneged {
+                slot.acked = false;
+                slot.lost = true;
+                slot.suspect = true;
+                self.in_flight_bytes += slot.bytes;
+                self.lost.push_back(self.snd_una + i as u64);
+                continue;
+            }
             let old = now.saturating_duration_since(slot.sent_at) >= rto / 2 || i == 0;
             if !slot.acked && (slot.lost || old) {
                 if !slot.lost {

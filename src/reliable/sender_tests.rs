@@ -351,3 +351,36 @@ fn a_loss_spike_shrinks_the_window() {
     assert!(spiked < steady, "spike {spiked} vs steady {steady}");
     assert!(spiked <= 140, "a spike gives up at least 30 %: {spiked}");
 }
+
+#[test]
+fn a_second_timeout_forgets_selective_acknowledgements_in_case_the_receiver_reneged() {
+    let t = Instant::now();
+    let mut s = Sender::new(cfg(), 0);
+    send_n(&mut s, 4, t);
+    // 1..4 reported received, 0 missing: what a relay says of messages it
+    // holds but has not yet made durable, just before it is killed.
+    s.on_ack(0, [(1, 4)], 64, t + 10 * MS);
+    let mut resent = Vec::new();
+    let mut at = t;
+    while s.stats().timeouts < 2 {
+        at = s.poll_timeout().expect("a timer while messages are out");
+        s.handle_timeout(at);
+        let now = retransmits(&mut s, at);
+        if s.stats().timeouts < 2 {
+            resent.extend(now);
+        } else {
+            assert_eq!(
+                now,
+                [0, 1, 2, 3],
+                "after the second timeout everything unacknowledged goes again"
+            );
+        }
+    }
+    assert!(
+        resent.iter().all(|&seq| seq == 0),
+        "until then only the gap: {resent:?}"
+    );
+    // The restarted receiver acknowledges them all: nothing is left out.
+    assert_eq!(s.on_ack(4, [], 64, at + MS), 4);
+    assert!(s.is_idle());
+}

@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# Kills the relay with SIGKILL at random moments while reliable publishers
+# run, restarts it on the same port and data directory, and checks what the
+# log holds at the end: every publisher exited 0, offsets are dense, every
+# message is there, and none is stored twice.
+#
+#   tools/kill-loop.sh [--kills N] [--messages N] [--fsync MODE]... [--chaos]
+#
+# --fsync repeats (default: none, interval=10 and always, one loop each).
+# --chaos puts udpchaos (no impairment) between publisher and relay, so the
+# publisher sees silence instead of ICMP "port unreachable" while the relay
+# is down. Needs the release binaries (cargo build --release) and python3
+# for the final check. Traffic goes to 127.0.0.1 only; every loop stops by
+# itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+kills=30
+messages=200000
+modes=()
+chaos=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --kills) kills=$2; shift 2 ;;
+    --messages) messages=$2; shift 2 ;;
+    --fsync) modes+=("$2"); shift 2 ;;
+    --chaos) chaos=1; shift ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    *) echo "kill-loop: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+[ ${#modes[@]} -gt 0 ] || modes=(none interval=10 always)
+
+bin=target/release
+for b in udprelay udpcat udpchaos; do
+  [ -x "$bin/$b" ] || { echo "kill-loop: $bin/$b missing: run cargo build --release" >&2; exit 2; }
+done
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+start_relay() { # mode port data
+  "$bin/udprelay" --listen "127.0.0.1:$2" --data-dir "$3" --fsync "$1" \
+    >>"$work/relay.out" 2>>"$work/relay.err" &
+  relay=$!
+  pids+=("$relay")
+  # Ready once it answers a ping.
+  for _ in $(seq 1 500); do
+    "$bin/udpcat" ping "127.0.0.1:$2" --count 1 --reply-timeout 100ms >/dev/null 2>&1 && return 0
+  done
+  echo "kill-loop: relay did not start" >&2; cat "$work/relay.err" >&2; exit 1
+}
+
+failed=0
+for mode in "${modes[@]}"; do
+  data="$work/data-${mode//[^a-z0-9]/_}"
+  port=$(free_port)
+  start_relay "$mode" "$port" "$data"
+  target="127.0.0.1:$port"
+  if [ "$chaos" = 1 ]; then
+    cport=$(free_port)
+    "$bin/udpchaos" --listen "127.0.0.1:$cport" --upstream "$target" >/dev/null 2>&1 &
+    pids+=("$!")
+    target="127.0.0.1:$cport"
+  fi
+  start=$(date +%s)
+  pub_failures=0
+  for k in $(seq 1 "$kills"); do
+    # One publisher per kill: its own channel, so the check is exact.
+    seq 1 "$messages" | sed "s/^/$k:/" |
+      "$bin/udpcat" pub "$target" "kill-$k" --reliable --reply-timeout 20s \
+        >"$work/pub-$k.out" 2>"$work/pub-$k.err" &
+    pub=$!
+    pids+=("$pub")
+    # A random moment of the run: 0 to 400 ms in.
+    sleep "0.$(printf '%03d' $((RANDOM % 400)))"
+    kill -9 "$relay" 2>/dev/null || true
+    wait "$relay" 2>/dev/null || true
+    start_relay "$mode" "$port" "$data"
+    if ! wait "$pub"; then
+      pub_failures=$((pub_failures + 1))
+      echo "  kill $k: publisher failed: $(tail -1 "$work/pub-$k.err")"
+    fi
+  done
+  kill -TERM "$relay"; wait "$relay" || true
+  report=$(python3 - "$bin/udprelay" "$data" "$kills" "$messages" <<'PY'
+import json, subprocess, sys
+udprelay, data, kills, messages = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+bad = []
+dup_total = missing_total = 0
+for k in range(1, kills + 1):
+    out = subprocess.run([udprelay, "log", "dump", f"kill-{k}", "--data-dir", data, "--format", "json"],
+                         capture_output=True, text=True)
+    recs = [json.loads(l) for l in out.stdout.splitlines() if l.strip()]
+    offsets = [r["offset"] for r in recs]
+    if offsets != list(range(len(offsets))):
+        bad.append(f"kill-{k}: offsets not dense")
+    payloads = [r["payload"] for r in recs]
+    want = [f"{k}:{i}" for i in range(1, messages + 1)]
+    seen = set(payloads)
+    dups = len(payloads) - len(seen)
+    missing = sum(1 for w in want if w not in seen)
+    dup_total += dups
+    missing_total += missing
+    if dups or missing:
+        bad.append(f"kill-{k}: {len(payloads)} stored, {dups} twice, {missing} missing")
+    elif payloads != want:
+        bad.append(f"kill-{k}: out of order")
+print(f"stored twice {dup_total}, missing {missing_total}")
+for b in bad[:10]:
+    print("  " + b)
+sys.exit(1 if bad else 0)
+PY
+) && ok=1 || ok=0
+  secs=$(( $(date +%s) - start ))
+  echo "fsync=$mode: $kills kills in ${secs}s, publishers failed $pub_failures, $report"
+  if [ "$ok" = 0 ] || [ "$pub_failures" -gt 0 ]; then failed=1; fi
+done
+exit $failed
