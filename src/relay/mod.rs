@@ -1402,6 +1402,7 @@ impl Relay {
         let Channel {
             storage,
             subscribers,
+            name,
             ..
         } = &mut self.channels[ch];
         let Some(sub) = subscriber(subscribers, peer, sub_id) else {
@@ -1411,6 +1412,8 @@ impl Relay {
             return;
         };
         let mut trouble: Option<String> = None;
+        // A read error is a damaged record (never sent): the channel stops.
+        let mut damaged = false;
         if let Storage::Open(log) = storage {
             let outbox = &mut self.outbox;
             let counters = &mut self.counters;
@@ -1442,6 +1445,7 @@ impl Relay {
                     false
                 }) {
                     trouble = Some(e.to_string());
+                    damaged = true;
                     break;
                 }
             }
@@ -1459,6 +1463,7 @@ impl Relay {
                     true
                 }) {
                     trouble = Some(e.to_string());
+                    damaged = true;
                 }
             }
             // Thin-stream redundancy: new messages went out; earlier
@@ -1480,6 +1485,11 @@ impl Relay {
                     read.is_ok() && fitted
                 });
             }
+        }
+        if let (true, Some(reason)) = (damaged, &trouble) {
+            tracing::error!(channel = %name, "not serving channel: {reason}");
+            self.counters.log_errors += 1;
+            *storage = Storage::Failed(reason.clone());
         }
         if arq.is_failed() {
             trouble = Some("no acknowledgement from the subscriber".into());
