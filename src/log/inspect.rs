@@ -5,7 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::segment::{self, ReadOnlySegment, Record, SliceReader, WalkEnd};
+use super::recovery::{DAMAGE_NOTE, read_damage_note};
+use super::segment::{self, Record, WalkEnd};
+use super::shared::ReadOnlySegment;
 use super::{LogError, channel_dirs};
 
 /// What `log ls` shows of a channel.
@@ -38,18 +40,15 @@ pub struct Problem {
 
 /// Walks the checksummed records of `seg` from its start until `stop_at`
 /// (exclusive) or the end, calling `visit` on each record at or after `from`
-/// until it returns false.
+/// until it returns false. Each record is a copy: the relay may be writing
+/// the file.
 fn walk(
     seg: &ReadOnlySegment,
     stop_at: Option<u64>,
     from: u64,
     visit: &mut dyn FnMut(Record<'_>) -> bool,
 ) -> WalkEnd {
-    let mut reader = SliceReader {
-        bytes: seg.bytes(),
-        check_crc: true,
-    };
-    segment::walk(&mut reader, seg.base, stop_at, &mut |r, _| {
+    segment::walk(&mut seg.reader(), seg.base, stop_at, &mut |r, _| {
         r.offset < from || visit(r)
     })
 }
@@ -77,7 +76,7 @@ pub fn list(data_dir: &Path) -> Result<Vec<ChannelSummary>, LogError> {
     let mut out = Vec::new();
     for (name, dir) in channel_dirs(data_dir)? {
         let segs = segments(&dir)?;
-        let bytes = segs.iter().map(|s| s.bytes().len() as u64).sum();
+        let bytes = segs.iter().map(|s| s.len() as u64).sum();
         let (first_offset, next_offset) = match (segs.first(), segs.last()) {
             (Some(first), Some(last)) => {
                 let end = walk(last, None, u64::MAX, &mut |_| true);
@@ -160,6 +159,14 @@ pub fn verify(data_dir: &Path) -> Result<(Vec<Problem>, u64), LogError> {
                 continue;
             }
         };
+        if let Some(note) = read_damage_note(&dir) {
+            problems.push(Problem {
+                channel: name.clone(),
+                path: dir.join(DAMAGE_NOTE),
+                position: 0,
+                reason: format!("the relay found this channel damaged while serving it: {note}"),
+            });
+        }
         for (i, seg) in segs.iter().enumerate() {
             let stop_at = segs.get(i + 1).map(|s| s.base);
             let end = walk(seg, stop_at, 0, &mut |_| true);
@@ -183,13 +190,9 @@ pub fn verify(data_dir: &Path) -> Result<(Vec<Problem>, u64), LogError> {
                 ),
                 Some(_) => {}
                 None => {
-                    let bytes = seg.bytes();
-                    let written_end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+                    let written_end = seg.written_end();
                     let resumes = segment::resumes_at(
-                        &mut SliceReader {
-                            bytes,
-                            check_crc: true,
-                        },
+                        &mut seg.reader(),
                         end.pos,
                         written_end,
                         end.next_offset,

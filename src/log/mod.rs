@@ -8,9 +8,10 @@
 //! is written last, recovery keeps exactly the valid prefix ([`RecoveryMode`]
 //! modes), and no record is handed out without its CRC checked.
 //!
-//! Files: `segment` (the format, the writer's mapping, the tools' copy-out
-//! reader), `index` (sparse offsets), `recovery` (opening a log), `channel`
-//! (append, scan, retention, sync), `inspect` (the read-only tools).
+//! Files: [`segment`] (the format and the writer's mapping), [`shared`]
+//! (reading a segment another process writes), `index` (sparse offsets),
+//! `recovery` (opening a log), `channel` (append, scan, retention, sync),
+//! [`inspect`] (the read-only tools).
 //!
 //! Layout of a data directory:
 //!
@@ -26,6 +27,7 @@ mod index;
 pub mod inspect;
 mod recovery;
 pub mod segment;
+pub mod shared;
 
 pub use channel::{ChannelLog, LogStats, SyncJob};
 pub use recovery::{DAMAGE_NOTE, Recovery, RecoveryMode};

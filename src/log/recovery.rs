@@ -308,7 +308,7 @@ pub(super) fn note_damage(dir: &Path, why: &LogError) {
 }
 
 /// The damage note of `dir`, if there is one (at most its first 4 KiB).
-fn read_damage_note(dir: &Path) -> Option<String> {
+pub(super) fn read_damage_note(dir: &Path) -> Option<String> {
     let file = std::fs::File::open(dir.join(DAMAGE_NOTE)).ok()?;
     let mut note = Vec::new();
     // An unreadable note still means the channel was found damaged.

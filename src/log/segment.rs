@@ -26,7 +26,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use memmap2::{Mmap, MmapMut};
+use memmap2::MmapMut;
 
 use super::LogError;
 
@@ -99,7 +99,7 @@ fn u64_at(buf: &[u8], pos: usize) -> u64 {
 
 /// CRC of a record: its length field, then everything after the CRC field
 /// (given in pieces, so a copied header and payload need not be joined).
-fn record_crc(length: &[u8], rest: &[&[u8]]) -> u32 {
+pub(super) fn record_crc(length: &[u8], rest: &[&[u8]]) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(length);
     for piece in rest {
@@ -109,18 +109,18 @@ fn record_crc(length: &[u8], rest: &[&[u8]]) -> u32 {
 }
 
 /// A record header that passed every check but the CRC.
-struct Header {
+pub(super) struct Header {
     /// Header and payload bytes, unpadded.
-    length: usize,
+    pub(super) length: usize,
     /// The CRC it claims.
-    crc: u32,
+    pub(super) crc: u32,
     /// The record's fields, payload left empty.
-    record: Record<'static>,
+    pub(super) record: Record<'static>,
 }
 
 /// Checks the header `head` (the first [`RECORD_HEADER`] bytes at `pos` of a
 /// segment of `segment_len` bytes) against the offset `expected`.
-fn check_header(
+pub(super) fn check_header(
     head: &[u8],
     pos: usize,
     segment_len: usize,
@@ -318,7 +318,7 @@ fn allocate(file: &File, len: u64, path: &Path) -> Result<(), LogError> {
     }
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LogError + '_ {
+pub(super) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LogError + '_ {
     move |source| LogError::Io {
         path: path.to_path_buf(),
         source,
@@ -438,7 +438,7 @@ impl Segment {
 }
 
 /// Checks a segment header and returns the capacity it states.
-fn read_header(file: &File, path: &Path, base: u64) -> Result<usize, LogError> {
+pub(super) fn read_header(file: &File, path: &Path, base: u64) -> Result<usize, LogError> {
     use std::os::unix::fs::FileExt;
     let mut header = [0u8; SEGMENT_HEADER];
     file.read_exact_at(&mut header, 0)
@@ -463,42 +463,4 @@ fn read_header(file: &File, path: &Path, base: u64) -> Result<usize, LogError> {
         return Err(corrupt(16, "implausible segment size"));
     }
     Ok(capacity as usize)
-}
-
-/// A segment mapped read-only, for the offline tools: they may run beside a
-/// live relay and never write.
-pub struct ReadOnlySegment {
-    /// The file's path.
-    pub path: PathBuf,
-    /// Offset of the first record.
-    pub base: u64,
-    map: Option<Mmap>,
-}
-
-impl ReadOnlySegment {
-    /// Opens and checks the header of a segment.
-    pub fn open(path: &Path, base: u64) -> Result<ReadOnlySegment, LogError> {
-        let file = File::open(path).map_err(io_err(path))?;
-        read_header(&file, path, base)?;
-        let len = file.metadata().map_err(io_err(path))?.len();
-        let map = if len == 0 {
-            None
-        } else {
-            // SAFETY: read-only mapping. A live relay may append to the file
-            // meanwhile; every length read from it is bounds-checked and every
-            // record checksummed, so concurrent writes can only make a record
-            // look invalid, never make a read go out of bounds.
-            Some(unsafe { Mmap::map(&file) }.map_err(io_err(path))?)
-        };
-        Ok(ReadOnlySegment {
-            path: path.to_path_buf(),
-            base,
-            map,
-        })
-    }
-
-    /// The mapped bytes (the file may be shorter than its header says if cut).
-    pub fn bytes(&self) -> &[u8] {
-        self.map.as_deref().unwrap_or(&[])
-    }
 }

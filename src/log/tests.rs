@@ -434,6 +434,13 @@ fn a_damaged_record_in_a_sealed_segment_is_never_handed_out_and_is_truncated_on_
     assert_eq!(all(&mut log, 21).len(), 500 - 21);
     drop(log);
 
+    let (problems, _) = inspect::verify(tmp.path()).unwrap();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.reason.contains("damaged while serving it")),
+        "{problems:?}"
+    );
     match open_one(tmp.path(), small_segments(), false) {
         Err(LogError::DamageNoted { note, .. }) => assert!(note.contains("record 20"), "{note}"),
         other => panic!("a restart refuses the channel, got {other:?}"),
