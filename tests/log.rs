@@ -24,6 +24,20 @@ fn lines(n: usize, prefix: &str) -> String {
     (0..n).map(|i| format!("{prefix}-{i}\n")).collect()
 }
 
+/// Stops the relay with SIGTERM and checks that it exited cleanly and that
+/// `log verify` finds nothing wrong in what it left.
+fn stop_clean(relay: Relay) -> tempfile::TempDir {
+    let (status, stderr, dir) = relay.terminate();
+    assert!(status.success(), "{stderr}");
+    let verify = log_cmd("verify", &dir.path().join("data"), &[]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    dir
+}
+
 #[test]
 fn acknowledged_messages_survive_kill_9() {
     let relay = Relay::start(&[]);
@@ -194,15 +208,8 @@ fn corruption_in_the_middle_is_refused_until_the_operator_truncates() {
             .success()
     );
     assert!(udpcat(&["pub", &addr, "other"], b"fine\n").status.success());
-    let (status, _, dir) = relay.terminate();
-    assert!(status.success());
+    let dir = stop_clean(relay);
     let data = dir.path().join("data");
-    let clean = log_cmd("verify", &data, &[]);
-    assert!(
-        clean.status.success(),
-        "{}",
-        String::from_utf8_lossy(&clean.stdout)
-    );
 
     // Flip one bit in the payload of record 50 of 100.
     let seg = data.join("channels/ledger/00000000000000000000.seg");
@@ -302,6 +309,16 @@ fn fsync_always_syncs_before_delivering_and_interval_syncs_in_the_background() {
     assert_eq!(stat(&mut c, "log_errors"), 0);
 }
 
+/// Publishes one message and checks that the relay took it.
+fn publish_one(addr: &str, channel: &str, message: &str) {
+    let out = udpcat(&["pub", addr, channel, "--message", message], b"");
+    assert!(
+        out.status.success(),
+        "publish to {channel}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Bytes written over a record's payload by the damage tests.
 const DAMAGE: &[u8; 8] = b"DAMAGED!";
 
@@ -328,11 +345,7 @@ fn ledger_damaged_in_an_older_segment() -> (tempfile::TempDir, usize) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        udpcat(&["pub", &addr, "other", "--message", "fine"], b"")
-            .status
-            .success()
-    );
+    publish_one(&addr, "other", "fine");
     let (status, _, dir) = relay.terminate();
     assert!(status.success());
 
@@ -466,14 +479,13 @@ fn damaged_record_is_never_sent(relay: &Relay, record_at: usize, extra: &[&str])
 fn serves_other_refuses_ledger(relay: &Relay) {
     let addr = relay.addr_str();
     let refused = udpcat(&["pub", &addr, "ledger", "--message", "x"], b"");
-    assert!(!refused.status.success());
+    assert!(
+        !refused.status.success(),
+        "publishing to the damaged channel is refused"
+    );
     assert!(String::from_utf8_lossy(&refused.stderr).contains("unavailable"));
     let sub = Subscriber::start(&[&addr, "other", "--from", "earliest", "--count", "2"]);
-    assert!(
-        udpcat(&["pub", &addr, "other", "--message", "still"], b"")
-            .status
-            .success()
-    );
+    publish_one(&addr, "other", "still");
     let (status, stdout, stderr) = sub.finish();
     assert!(status.success(), "{stderr}");
     assert_eq!(stdout, "fine\nstill\n");
@@ -509,11 +521,7 @@ fn damage_in_an_older_segment_is_never_replayed_and_is_truncated_on_request() {
     let sub = Subscriber::start(&[
         &addr, "ledger", "--from", "earliest", "--count", "51", "--format", "json",
     ]);
-    assert!(
-        udpcat(&["pub", &addr, "ledger", "--message", "fresh"], b"")
-            .status
-            .success()
-    );
+    publish_one(&addr, "ledger", "fresh");
     let (status, stdout, stderr) = sub.finish();
     assert!(status.success(), "{stderr}");
     let got = json_lines(&stdout);
@@ -527,15 +535,8 @@ fn damage_in_an_older_segment_is_never_replayed_and_is_truncated_on_request() {
         (got[50]["offset"].as_u64(), &got[50]["payload"]),
         (Some(50), &"fresh".into())
     );
-    let (status, _, dir) = relay.terminate();
-    assert!(status.success());
+    let dir = stop_clean(relay);
     let data = dir.path().join("data");
-    let verify = log_cmd("verify", &data, &[]);
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stdout)
-    );
     let files: Vec<String> = std::fs::read_dir(data.join("channels/ledger"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
