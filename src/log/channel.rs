@@ -1,100 +1,14 @@
-//! One channel's log: its segments, the sparse index, append, scan, recovery,
-//! retention and sync.
+//! One channel's log: its segments, append, scan, retention and sync.
 
 use std::collections::VecDeque;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::segment::{self, Record, SEGMENT_HEADER, Segment, Slot, read_slot, record_size};
+use super::index::{IndexedSegment, SparseIndex, damaged};
+use super::recovery::{self, Recovery, RecoveryMode};
+use super::segment::{self, Record, Segment, Slot, read_slot, record_size};
 use super::{FsyncMode, LogConfig, LogError};
-
-/// Bytes of log between two sparse index entries.
-const INDEX_EVERY: usize = 4096;
-
-/// Where every few KiB of records start in one segment: derived data, built
-/// while appending or by walking the segment when first needed.
-#[derive(Debug, Default)]
-struct SparseIndex {
-    /// (offset, position) pairs, ascending.
-    entries: Vec<(u64, usize)>,
-    /// Position after the last record.
-    end: usize,
-    /// Timestamp of the last record (0 if none), for retention by age.
-    last_timestamp: u64,
-}
-
-impl SparseIndex {
-    fn note(&mut self, offset: u64, pos: usize, end: usize, timestamp: u64) {
-        let last = self.entries.last().map(|&(_, p)| p);
-        if last.is_none_or(|p| pos - p >= INDEX_EVERY) {
-            self.entries.push((offset, pos));
-        }
-        self.end = end;
-        self.last_timestamp = timestamp;
-    }
-
-    /// The indexed position at or before `offset`.
-    fn seek(&self, base: u64, offset: u64) -> (u64, usize) {
-        match self.entries.partition_point(|&(o, _)| o <= offset) {
-            0 => (base, SEGMENT_HEADER),
-            i => self.entries[i - 1],
-        }
-    }
-}
-
-/// A segment with its index, once built.
-#[derive(Debug)]
-struct IndexedSegment {
-    segment: Segment,
-    index: Option<SparseIndex>,
-}
-
-impl IndexedSegment {
-    /// Builds the index of a sealed segment by walking its records up to
-    /// `end_offset`; a gap or a bad record there is corruption.
-    fn ensure_index(&mut self, end_offset: u64) -> Result<&SparseIndex, LogError> {
-        if self.index.is_none() {
-            let mut index = SparseIndex::default();
-            let bytes = self.segment.bytes();
-            let (mut offset, mut pos) = (self.segment.base, SEGMENT_HEADER);
-            while offset < end_offset {
-                match read_slot(bytes, pos, offset, false) {
-                    Slot::Record(r, next) => {
-                        index.note(offset, pos, next, r.timestamp);
-                        offset += 1;
-                        pos = next;
-                    }
-                    Slot::End => return Err(corrupt(&self.segment.path, pos, "records missing")),
-                    Slot::Bad(reason) => return Err(corrupt(&self.segment.path, pos, reason)),
-                }
-            }
-            index.end = pos;
-            self.index = Some(index);
-        }
-        Ok(self.index.as_ref().expect("index built above"))
-    }
-}
-
-fn corrupt(path: &Path, position: usize, reason: &'static str) -> LogError {
-    LogError::Corrupt {
-        path: path.to_path_buf(),
-        position,
-        reason,
-    }
-}
-
-/// What recovery did when a channel was opened.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Recovery {
-    /// Bytes of a torn tail that were zeroed (0 when the log ended cleanly).
-    pub torn_bytes: usize,
-    /// Position of the first bad record, when there was damage.
-    pub damage_at: Option<usize>,
-    /// True if valid records after the damage were dropped on the operator's
-    /// request (mid-log corruption, truncated).
-    pub truncated_corruption: bool,
-}
 
 /// A sync of a channel's newest segment, to run off the event loop
 /// (`fdatasync`, which writes the file's dirty pages whichever mapping dirtied
@@ -147,127 +61,37 @@ pub struct ChannelLog {
 
 impl ChannelLog {
     /// Creates an empty log in `dir` (which must exist).
-    pub(super) fn create(dir: &Path, config: &LogConfig) -> Result<ChannelLog, LogError> {
+    fn create(dir: &Path, config: &LogConfig) -> Result<ChannelLog, LogError> {
         let segment = Segment::create(dir, 0, config.first_segment_size(0))?;
-        Ok(ChannelLog::assemble(dir, config, VecDeque::new(), segment))
-    }
-
-    fn assemble(
-        dir: &Path,
-        config: &LogConfig,
-        mut segments: VecDeque<IndexedSegment>,
-        last: Segment,
-    ) -> ChannelLog {
-        let base = last.base;
-        segments.push_back(IndexedSegment {
-            segment: last,
-            index: Some(SparseIndex {
-                end: SEGMENT_HEADER,
-                ..SparseIndex::default()
-            }),
-        });
-        ChannelLog {
+        Ok(ChannelLog {
             dir: dir.to_path_buf(),
             config: config.clone(),
-            segments,
-            write_pos: SEGMENT_HEADER,
-            next_offset: base,
+            segments: VecDeque::from([IndexedSegment::indexed(segment, SparseIndex::default())]),
+            write_pos: segment::SEGMENT_HEADER,
+            next_offset: 0,
             dirty_from: None,
-        }
+        })
     }
 
-    /// Opens the log in `dir`, recovering the newest segment: records are
-    /// checked from its start (the checkpoint: older segments were complete
-    /// when they were sealed), a torn tail is zeroed, and valid records after
-    /// damage are mid-log corruption, refused unless `truncate_corrupt`.
+    /// Opens the log in `dir` (or creates it, if it has no segment), repaired
+    /// as far as `mode` allows (see [`RecoveryMode`]).
     pub(super) fn open(
         dir: &Path,
         config: &LogConfig,
-        truncate_corrupt: bool,
+        mode: RecoveryMode,
     ) -> Result<(ChannelLog, Recovery), LogError> {
-        let mut bases = Vec::new();
-        for entry in std::fs::read_dir(dir).map_err(|source| LogError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })? {
-            let entry = entry.map_err(|source| LogError::Io {
-                path: dir.to_path_buf(),
-                source,
-            })?;
-            let file_name = entry.file_name();
-            let file_name = file_name.to_string_lossy();
-            if file_name.ends_with(".seg.tmp") {
-                // A segment whose creation was interrupted: never used.
-                let _ = std::fs::remove_file(entry.path());
-            } else if let Some(base) = segment::parse_file_name(&file_name) {
-                bases.push(base);
-            }
-        }
-        bases.sort_unstable();
-        let Some(&last_base) = bases.last() else {
+        let Some(recovered) = recovery::recover(dir, mode, config.first_segment_size(0))? else {
             return Ok((ChannelLog::create(dir, config)?, Recovery::default()));
         };
-        let mut sealed = VecDeque::new();
-        for &base in &bases[..bases.len() - 1] {
-            let segment = Segment::open(&dir.join(segment::file_name(base)), base)?;
-            sealed.push_back(IndexedSegment {
-                segment,
-                index: None,
-            });
-        }
-        let last = Segment::open(&dir.join(segment::file_name(last_base)), last_base)?;
-        let mut log = ChannelLog::assemble(dir, config, sealed, last);
-        let recovery = log.recover_tail(truncate_corrupt)?;
-        Ok((log, recovery))
-    }
-
-    fn recover_tail(&mut self, truncate_corrupt: bool) -> Result<Recovery, LogError> {
-        let seg = self.segments.back_mut().expect("a log has a segment");
-        let mut index = SparseIndex {
-            end: SEGMENT_HEADER,
-            ..SparseIndex::default()
+        let log = ChannelLog {
+            dir: dir.to_path_buf(),
+            config: config.clone(),
+            segments: recovered.segments,
+            write_pos: recovered.write_pos,
+            next_offset: recovered.next_offset,
+            dirty_from: None,
         };
-        let (mut offset, mut pos) = (seg.segment.base, SEGMENT_HEADER);
-        let bytes = seg.segment.bytes();
-        let damage = loop {
-            match read_slot(bytes, pos, offset, true) {
-                Slot::Record(r, next) => {
-                    index.note(offset, pos, next, r.timestamp);
-                    offset += 1;
-                    pos = next;
-                }
-                Slot::End => break None,
-                Slot::Bad(reason) => break Some(reason),
-            }
-        };
-        let mut recovery = Recovery::default();
-        // Anything non-zero past the last good record is a torn write or damage.
-        let last_nonzero = bytes.iter().rposition(|&b| b != 0).unwrap_or(0);
-        if damage.is_some() || last_nonzero >= pos {
-            let tail_end = last_nonzero + 1;
-            let resumes = (pos + 8..tail_end)
-                .step_by(8)
-                .find(|&q| segment::valid_record_at(bytes, q, offset));
-            if let Some(q) = resumes {
-                if !truncate_corrupt {
-                    return Err(LogError::MidLogCorruption {
-                        path: seg.segment.path.clone(),
-                        position: pos,
-                        resumes_at: q,
-                    });
-                }
-                recovery.truncated_corruption = true;
-            }
-            recovery.damage_at = Some(pos);
-            recovery.torn_bytes = tail_end.saturating_sub(pos);
-            let bytes = seg.segment.bytes_mut();
-            bytes[pos..tail_end.max(pos)].fill(0);
-            seg.segment.sync_range(pos, tail_end.max(pos))?;
-        }
-        seg.index = Some(index);
-        self.write_pos = pos;
-        self.next_offset = offset;
-        Ok(recovery)
+        Ok((log, recovered.recovery))
     }
 
     /// The oldest offset still stored.
@@ -328,14 +152,9 @@ impl ChannelLog {
             .config
             .next_segment_size(self.active().capacity(), need);
         let segment = Segment::create(&self.dir, self.next_offset, capacity)?;
-        self.segments.push_back(IndexedSegment {
-            segment,
-            index: Some(SparseIndex {
-                end: SEGMENT_HEADER,
-                ..SparseIndex::default()
-            }),
-        });
-        self.write_pos = SEGMENT_HEADER;
+        self.segments
+            .push_back(IndexedSegment::indexed(segment, SparseIndex::default()));
+        self.write_pos = segment::SEGMENT_HEADER;
         self.dirty_from = None;
         Ok(())
     }
@@ -370,7 +189,24 @@ impl ChannelLog {
     /// Calls `visit` with each record from offset `from` (or the oldest
     /// stored one, if later) in order, until it returns false or the records
     /// run out. Returns the offset after the last record visited.
+    ///
+    /// Every record is checked against its CRC before `visit` sees it: a
+    /// damaged one is never handed out. It ends the scan with
+    /// [`LogError::DamagedRecord`], and is noted in the channel's directory so
+    /// that the next start refuses the channel too (see [`RecoveryMode`]).
     pub fn scan(
+        &mut self,
+        from: u64,
+        visit: impl FnMut(Record<'_>) -> bool,
+    ) -> Result<u64, LogError> {
+        let result = self.scan_checked(from, visit);
+        if let Err(e) = &result {
+            recovery::note_damage(&self.dir, e);
+        }
+        result
+    }
+
+    fn scan_checked(
         &mut self,
         from: u64,
         mut visit: impl FnMut(Record<'_>) -> bool,
@@ -392,8 +228,14 @@ impl ChannelLog {
             let (mut at, mut pos) = seg.ensure_index(end_offset)?.seek(base, offset);
             let bytes = seg.segment.bytes();
             while at < end_offset {
-                let Slot::Record(record, next) = read_slot(bytes, pos, at, false) else {
-                    return Err(corrupt(&seg.segment.path, pos, "bad record on read"));
+                // Records before `offset` are only stepped over: their
+                // structure is enough to find the next one.
+                let (record, next) = match read_slot(bytes, pos, at, at >= offset) {
+                    Slot::Record(record, next) => (record, next),
+                    Slot::End => {
+                        return Err(damaged(&seg.segment.path, pos, at, "records missing"));
+                    }
+                    Slot::Bad(reason) => return Err(damaged(&seg.segment.path, pos, at, reason)),
                 };
                 if at >= offset {
                     if !visit(record) {

@@ -5,7 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::segment::{self, ReadOnlySegment, Record, SEGMENT_HEADER, Slot, read_slot};
+use super::recovery::{DAMAGE_NOTE, read_damage_note};
+use super::segment::{self, Record, WalkEnd};
+use super::shared::ReadOnlySegment;
 use super::{LogError, channel_dirs};
 
 /// What `log ls` shows of a channel.
@@ -36,51 +38,19 @@ pub struct Problem {
     pub reason: String,
 }
 
-/// Where a walk over a segment stopped.
-struct WalkEnd {
-    /// Offset after the last valid record.
-    next_offset: u64,
-    /// Position after the last valid record.
-    pos: usize,
-    /// Why it stopped early, if it did not reach the end cleanly.
-    bad: Option<&'static str>,
-}
-
-/// Walks the records of `seg` from its start until `stop_at` (exclusive) or
-/// the end, calling `visit` on each record at or after `from`.
+/// Walks the checksummed records of `seg` from its start until `stop_at`
+/// (exclusive) or the end, calling `visit` on each record at or after `from`
+/// until it returns false. Each record is a copy: the relay may be writing
+/// the file.
 fn walk(
     seg: &ReadOnlySegment,
     stop_at: Option<u64>,
-    check_crc: bool,
     from: u64,
     visit: &mut dyn FnMut(Record<'_>) -> bool,
 ) -> WalkEnd {
-    let bytes = seg.bytes();
-    let (mut offset, mut pos) = (seg.base, SEGMENT_HEADER);
-    while stop_at.is_none_or(|s| offset < s) {
-        match read_slot(bytes, pos, offset, check_crc) {
-            Slot::Record(r, next) => {
-                if offset >= from && !visit(r) {
-                    break;
-                }
-                offset += 1;
-                pos = next;
-            }
-            Slot::End => break,
-            Slot::Bad(reason) => {
-                return WalkEnd {
-                    next_offset: offset,
-                    pos,
-                    bad: Some(reason),
-                };
-            }
-        }
-    }
-    WalkEnd {
-        next_offset: offset,
-        pos,
-        bad: None,
-    }
+    segment::walk(&mut seg.reader(), seg.base, stop_at, &mut |r, _| {
+        r.offset < from || visit(r)
+    })
 }
 
 /// The segments of a channel directory, oldest first.
@@ -106,10 +76,10 @@ pub fn list(data_dir: &Path) -> Result<Vec<ChannelSummary>, LogError> {
     let mut out = Vec::new();
     for (name, dir) in channel_dirs(data_dir)? {
         let segs = segments(&dir)?;
-        let bytes = segs.iter().map(|s| s.bytes().len() as u64).sum();
+        let bytes = segs.iter().map(|s| s.len() as u64).sum();
         let (first_offset, next_offset) = match (segs.first(), segs.last()) {
             (Some(first), Some(last)) => {
-                let end = walk(last, None, false, u64::MAX, &mut |_| true);
+                let end = walk(last, None, u64::MAX, &mut |_| true);
                 (first.base, end.next_offset)
             }
             _ => (0, 0),
@@ -155,7 +125,7 @@ pub fn dump(
             break;
         }
         let stop_at = segs.get(i + 1).map(|s| s.base);
-        let end = walk(seg, stop_at, true, from, &mut |r| {
+        let end = walk(seg, stop_at, from, &mut |r| {
             visit(r);
             left -= 1;
             left > 0
@@ -189,9 +159,17 @@ pub fn verify(data_dir: &Path) -> Result<(Vec<Problem>, u64), LogError> {
                 continue;
             }
         };
+        if let Some(note) = read_damage_note(&dir) {
+            problems.push(Problem {
+                channel: name.clone(),
+                path: dir.join(DAMAGE_NOTE),
+                position: 0,
+                reason: format!("the relay found this channel damaged while serving it: {note}"),
+            });
+        }
         for (i, seg) in segs.iter().enumerate() {
             let stop_at = segs.get(i + 1).map(|s| s.base);
-            let end = walk(seg, stop_at, true, 0, &mut |_| true);
+            let end = walk(seg, stop_at, 0, &mut |_| true);
             checked += end.next_offset - seg.base;
             let mut problem = |position, reason: String| {
                 problems.push(Problem {
@@ -201,7 +179,6 @@ pub fn verify(data_dir: &Path) -> Result<(Vec<Problem>, u64), LogError> {
                     reason,
                 })
             };
-            let bytes = seg.bytes();
             match stop_at {
                 Some(next_base) if end.next_offset < next_base => problem(
                     end.pos,
@@ -213,10 +190,13 @@ pub fn verify(data_dir: &Path) -> Result<(Vec<Problem>, u64), LogError> {
                 ),
                 Some(_) => {}
                 None => {
-                    let last_nonzero = bytes.iter().rposition(|&b| b != 0).unwrap_or(0);
-                    let resumes = (end.pos + 8..=last_nonzero)
-                        .step_by(8)
-                        .find(|&q| segment::valid_record_at(bytes, q, end.next_offset));
+                    let written_end = seg.written_end();
+                    let resumes = segment::resumes_at(
+                        &mut seg.reader(),
+                        end.pos,
+                        written_end,
+                        end.next_offset,
+                    );
                     if let Some(q) = resumes {
                         problem(
                             end.pos,
@@ -230,12 +210,12 @@ pub fn verify(data_dir: &Path) -> Result<(Vec<Problem>, u64), LogError> {
                             end.pos,
                             format!("{reason}: damaged or torn record at the tail"),
                         );
-                    } else if last_nonzero >= end.pos {
+                    } else if written_end > end.pos {
                         problem(
                             end.pos,
                             format!(
                                 "{} bytes of an unfinished record after the last one (a torn write; the relay zeroes it when it opens the channel)",
-                                last_nonzero + 1 - end.pos
+                                written_end - end.pos
                             ),
                         );
                     }

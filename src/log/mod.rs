@@ -5,7 +5,13 @@
 //! [`segment`]) and the rules that keep stored data safe: a segment's blocks
 //! are allocated before it is mapped (a full disk is an error, never SIGBUS),
 //! a mapping is never truncated or remapped while it lives, a record's length
-//! is written last, and recovery keeps exactly the valid prefix.
+//! is written last, recovery keeps exactly the valid prefix ([`RecoveryMode`]
+//! modes), and no record is handed out without its CRC checked.
+//!
+//! Files: [`segment`] (the format and the writer's mapping), [`shared`]
+//! (reading a segment another process writes), `index` (sparse offsets),
+//! `recovery` (opening a log), `channel` (append, scan, retention, sync),
+//! [`inspect`] (the read-only tools).
 //!
 //! Layout of a data directory:
 //!
@@ -13,13 +19,18 @@
 //! DATA_DIR/LOCK                          held exclusively by the running relay
 //! DATA_DIR/channels/ESCAPED/NAME         the channel's real name
 //! DATA_DIR/channels/ESCAPED/00000000000000000000.seg   segments by base offset
+//! DATA_DIR/channels/ESCAPED/DAMAGED      present once a damaged record was read
 //! ```
 
 mod channel;
+mod index;
 pub mod inspect;
+mod recovery;
 pub mod segment;
+pub mod shared;
 
-pub use channel::{ChannelLog, LogStats, Recovery, SyncJob};
+pub use channel::{ChannelLog, LogStats, SyncJob};
+pub use recovery::{DAMAGE_NOTE, Recovery, RecoveryMode};
 pub use segment::Record;
 
 use std::fs::{File, OpenOptions};
@@ -54,6 +65,32 @@ pub enum LogError {
         position: usize,
         /// What is wrong.
         reason: &'static str,
+    },
+    /// A stored record failed its checks when it was read: it was not handed
+    /// out, and the channel is not to be served until the operator decides.
+    #[error(
+        "{path}: record {offset} at byte {position} is damaged ({reason}); it was not sent. \
+         Restart the relay with --truncate-corrupt CHANNEL to keep the records before it and drop the rest"
+    )]
+    DamagedRecord {
+        /// The segment file.
+        path: PathBuf,
+        /// Byte position of the record in the file.
+        position: usize,
+        /// The record's offset.
+        offset: u64,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The channel was found damaged while it was served (a
+    /// [`LogError::DamagedRecord`]), and the operator has not yet chosen to
+    /// truncate it.
+    #[error("{path}: the log was found damaged while it was served: {note}")]
+    DamageNoted {
+        /// The damage note (see [`DAMAGE_NOTE`]).
+        path: PathBuf,
+        /// What it says.
+        note: String,
     },
     /// Valid records follow damaged ones: not a torn tail, so not repaired
     /// without the operator's say-so.
@@ -208,15 +245,21 @@ impl DataDir {
     }
 
     /// Opens every channel on disk. `truncate_corrupt` names channels whose
-    /// mid-log corruption the operator agreed to cut off.
+    /// corruption the operator agreed to cut off
+    /// ([`RecoveryMode::TruncateCorruption`]); the others are opened with
+    /// [`RecoveryMode::TolerateTornTail`].
     pub fn open_channels(
         &self,
         truncate_corrupt: &[String],
     ) -> Result<Vec<OpenedChannel>, LogError> {
         let mut out = Vec::new();
         for (name, dir) in channel_dirs(&self.path)? {
-            let truncate = truncate_corrupt.contains(&name);
-            let log = ChannelLog::open(&dir, &self.config, truncate);
+            let mode = if truncate_corrupt.contains(&name) {
+                RecoveryMode::TruncateCorruption
+            } else {
+                RecoveryMode::TolerateTornTail
+            };
+            let log = ChannelLog::open(&dir, &self.config, mode);
             out.push(OpenedChannel { name, log });
         }
         Ok(out)
@@ -236,7 +279,7 @@ impl DataDir {
             std::fs::write(&tmp, name).map_err(io)?;
             std::fs::rename(&tmp, &name_file).map_err(io)?;
         }
-        ChannelLog::open(&dir, &self.config, false).map(|(log, _)| log)
+        ChannelLog::open(&dir, &self.config, RecoveryMode::TolerateTornTail).map(|(log, _)| log)
     }
 }
 

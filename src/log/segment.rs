@@ -26,7 +26,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use memmap2::{Mmap, MmapMut};
+use memmap2::MmapMut;
 
 use super::LogError;
 
@@ -97,64 +97,178 @@ fn u64_at(buf: &[u8], pos: usize) -> u64 {
     u64::from_le_bytes(b)
 }
 
-/// CRC of a record: its length field, then everything after the CRC field.
-fn record_crc(length: &[u8], rest: &[u8]) -> u32 {
+/// CRC of a record: its length field, then everything after the CRC field
+/// (given in pieces, so a copied header and payload need not be joined).
+pub(super) fn record_crc(length: &[u8], rest: &[&[u8]]) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(length);
-    h.update(rest);
+    for piece in rest {
+        h.update(piece);
+    }
     h.finalize()
+}
+
+/// A record header that passed every check but the CRC.
+pub(super) struct Header {
+    /// Header and payload bytes, unpadded.
+    pub(super) length: usize,
+    /// The CRC it claims.
+    pub(super) crc: u32,
+    /// The record's fields, payload left empty.
+    pub(super) record: Record<'static>,
+}
+
+/// Checks the header `head` (the first [`RECORD_HEADER`] bytes at `pos` of a
+/// segment of `segment_len` bytes) against the offset `expected`.
+pub(super) fn check_header(
+    head: &[u8],
+    pos: usize,
+    segment_len: usize,
+    expected: u64,
+) -> Result<Header, Slot<'static>> {
+    let length = u32_at(head, 0) as usize;
+    if length == 0 {
+        return Err(Slot::End);
+    }
+    if length < RECORD_HEADER {
+        return Err(Slot::Bad("length shorter than a record header"));
+    }
+    // The padding may be missing from a file that was cut short; the record
+    // itself must be whole.
+    if pos + length > segment_len {
+        return Err(Slot::Bad("length runs past the end of the segment"));
+    }
+    let offset = u64_at(head, 8);
+    if offset != expected {
+        return Err(Slot::Bad("offset out of sequence"));
+    }
+    Ok(Header {
+        length,
+        crc: u32_at(head, 4),
+        record: Record {
+            offset,
+            timestamp: u64_at(head, 16),
+            flags: u32_at(head, 24),
+            payload: &[],
+        },
+    })
 }
 
 /// Reads the slot at `pos` of segment bytes `buf`, expecting offset
 /// `expected`. With `check_crc` false only the structure is checked (for
-/// records this process wrote or recovery already verified).
+/// building an index, never for handing a record out).
 pub fn read_slot(buf: &[u8], pos: usize, expected: u64, check_crc: bool) -> Slot<'_> {
     if pos + RECORD_HEADER > buf.len() {
         return Slot::End;
     }
-    let length = u32_at(buf, pos) as usize;
-    if length == 0 {
-        return Slot::End;
-    }
-    if length < RECORD_HEADER {
-        return Slot::Bad("length shorter than a record header");
-    }
-    // The padding may be missing from a file that was cut short; the record
-    // itself must be whole.
-    if pos + length > buf.len() {
-        return Slot::Bad("length runs past the end of the segment");
-    }
-    let end = pos + align8(length);
-    let offset = u64_at(buf, pos + 8);
-    if offset != expected {
-        return Slot::Bad("offset out of sequence");
-    }
-    if check_crc {
-        let stored = u32_at(buf, pos + 4);
-        if record_crc(&buf[pos..pos + 4], &buf[pos + 8..pos + length]) != stored {
-            return Slot::Bad("checksum mismatch");
-        }
+    let header = match check_header(&buf[pos..pos + RECORD_HEADER], pos, buf.len(), expected) {
+        Ok(header) => header,
+        Err(slot) => return slot,
+    };
+    let record_end = pos + header.length;
+    if check_crc && record_crc(&buf[pos..pos + 4], &[&buf[pos + 8..record_end]]) != header.crc {
+        return Slot::Bad("checksum mismatch");
     }
     Slot::Record(
         Record {
-            offset,
-            timestamp: u64_at(buf, pos + 16),
-            flags: u32_at(buf, pos + 24),
-            payload: &buf[pos + RECORD_HEADER..pos + length],
+            payload: &buf[pos + RECORD_HEADER..record_end],
+            ..header.record
         },
-        end,
+        pos + align8(header.length),
     )
 }
 
-/// True if a complete, checksummed record with an offset at least `min_offset`
-/// starts at `pos`: used to tell a torn tail (nothing valid after the damage)
-/// from corruption in the middle (valid records after it).
-pub fn valid_record_at(buf: &[u8], pos: usize, min_offset: u64) -> bool {
-    if pos + RECORD_HEADER > buf.len() {
-        return false;
+/// Segment bytes that records can be read from: the writer's own mapping, or
+/// a copy-out view of a file another process may be writing.
+pub trait RecordReader {
+    /// The slot at `pos`, expecting offset `expected`.
+    fn slot(&mut self, pos: usize, expected: u64) -> Slot<'_>;
+
+    /// The offset field of whatever is at `pos`, unchecked (`None` past the end).
+    fn offset_field(&mut self, pos: usize) -> Option<u64>;
+}
+
+/// A [`RecordReader`] over bytes this process owns.
+pub struct SliceReader<'a> {
+    /// The whole segment.
+    pub bytes: &'a [u8],
+    /// False to check only the structure (see [`read_slot`]).
+    pub check_crc: bool,
+}
+
+impl RecordReader for SliceReader<'_> {
+    fn slot(&mut self, pos: usize, expected: u64) -> Slot<'_> {
+        read_slot(self.bytes, pos, expected, self.check_crc)
     }
-    let offset = u64_at(buf, pos + 8);
-    offset >= min_offset && matches!(read_slot(buf, pos, offset, true), Slot::Record(..))
+
+    fn offset_field(&mut self, pos: usize) -> Option<u64> {
+        (pos + RECORD_HEADER <= self.bytes.len()).then(|| u64_at(self.bytes, pos + 8))
+    }
+}
+
+/// Where a walk over a segment's records stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalkEnd {
+    /// Offset after the last record visited or passed.
+    pub next_offset: u64,
+    /// Position after it.
+    pub pos: usize,
+    /// Why the records stopped before `stop_at`, if they were bad rather
+    /// than at an end.
+    pub bad: Option<&'static str>,
+}
+
+/// Walks the records of a segment whose first offset is `base`,
+/// until `stop_at` (exclusive), the end of its records, a bad record, or
+/// `visit` (given each record and its position) returning false.
+pub fn walk<R: RecordReader>(
+    reader: &mut R,
+    base: u64,
+    stop_at: Option<u64>,
+    visit: &mut dyn FnMut(Record<'_>, usize) -> bool,
+) -> WalkEnd {
+    let (mut offset, mut pos) = (base, SEGMENT_HEADER);
+    while stop_at.is_none_or(|s| offset < s) {
+        match reader.slot(pos, offset) {
+            Slot::Record(r, next) => {
+                if !visit(r, pos) {
+                    break;
+                }
+                offset += 1;
+                pos = next;
+            }
+            Slot::End => break,
+            Slot::Bad(reason) => {
+                return WalkEnd {
+                    next_offset: offset,
+                    pos,
+                    bad: Some(reason),
+                };
+            }
+        }
+    }
+    WalkEnd {
+        next_offset: offset,
+        pos,
+        bad: None,
+    }
+}
+
+/// The first 8-aligned position in `(after, before)` where a complete,
+/// checksummed record with an offset at least `min_offset` starts: used to
+/// tell a torn tail (nothing valid after the damage) from corruption in the
+/// middle (valid records after it).
+pub fn resumes_at<R: RecordReader>(
+    reader: &mut R,
+    after: usize,
+    before: usize,
+    min_offset: u64,
+) -> Option<usize> {
+    (after + 8..before).step_by(8).find(|&pos| {
+        reader.offset_field(pos).is_some_and(|offset| {
+            offset >= min_offset && matches!(reader.slot(pos, offset), Slot::Record(..))
+        })
+    })
 }
 
 /// Writes a record at `pos` of `buf` (which must have room): body first, then
@@ -172,7 +286,7 @@ pub fn write_record(
     buf[pos + 16..pos + 24].copy_from_slice(&timestamp.to_le_bytes());
     buf[pos + 24..pos + 28].copy_from_slice(&0u32.to_le_bytes());
     buf[pos + RECORD_HEADER..pos + length].copy_from_slice(payload);
-    let crc = record_crc(&len_bytes, &buf[pos + 8..pos + length]);
+    let crc = record_crc(&len_bytes, &[&buf[pos + 8..pos + length]]);
     buf[pos + 4..pos + 8].copy_from_slice(&crc.to_le_bytes());
     // The length goes last: keep the compiler (and the CPU) from moving the
     // body writes after it, so a reader of the mapping never sees a length
@@ -204,7 +318,7 @@ fn allocate(file: &File, len: u64, path: &Path) -> Result<(), LogError> {
     }
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LogError + '_ {
+pub(super) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LogError + '_ {
     move |source| LogError::Io {
         path: path.to_path_buf(),
         source,
@@ -324,7 +438,7 @@ impl Segment {
 }
 
 /// Checks a segment header and returns the capacity it states.
-fn read_header(file: &File, path: &Path, base: u64) -> Result<usize, LogError> {
+pub(super) fn read_header(file: &File, path: &Path, base: u64) -> Result<usize, LogError> {
     use std::os::unix::fs::FileExt;
     let mut header = [0u8; SEGMENT_HEADER];
     file.read_exact_at(&mut header, 0)
@@ -349,42 +463,4 @@ fn read_header(file: &File, path: &Path, base: u64) -> Result<usize, LogError> {
         return Err(corrupt(16, "implausible segment size"));
     }
     Ok(capacity as usize)
-}
-
-/// A segment mapped read-only, for the offline tools: they may run beside a
-/// live relay and never write.
-pub struct ReadOnlySegment {
-    /// The file's path.
-    pub path: PathBuf,
-    /// Offset of the first record.
-    pub base: u64,
-    map: Option<Mmap>,
-}
-
-impl ReadOnlySegment {
-    /// Opens and checks the header of a segment.
-    pub fn open(path: &Path, base: u64) -> Result<ReadOnlySegment, LogError> {
-        let file = File::open(path).map_err(io_err(path))?;
-        read_header(&file, path, base)?;
-        let len = file.metadata().map_err(io_err(path))?.len();
-        let map = if len == 0 {
-            None
-        } else {
-            // SAFETY: read-only mapping. A live relay may append to the file
-            // meanwhile; every length read from it is bounds-checked and every
-            // record checksummed, so concurrent writes can only make a record
-            // look invalid, never make a read go out of bounds.
-            Some(unsafe { Mmap::map(&file) }.map_err(io_err(path))?)
-        };
-        Ok(ReadOnlySegment {
-            path: path.to_path_buf(),
-            base,
-            map,
-        })
-    }
-
-    /// The mapped bytes (the file may be shorter than its header says if cut).
-    pub fn bytes(&self) -> &[u8] {
-        self.map.as_deref().unwrap_or(&[])
-    }
 }

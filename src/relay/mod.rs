@@ -1620,6 +1620,7 @@ impl Relay {
         let Channel {
             storage,
             subscribers,
+            name,
             ..
         } = &mut self.channels[ch];
         let Some(sub) = subscriber(subscribers, peer, sub_id) else {
@@ -1629,6 +1630,8 @@ impl Relay {
             return;
         };
         let mut trouble: Option<String> = None;
+        // A read error is a damaged record (never sent): the channel stops.
+        let mut damaged = false;
         if let Storage::Open(log) = storage {
             let outbox = &mut self.outbox;
             let counters = &mut self.counters;
@@ -1660,6 +1663,7 @@ impl Relay {
                     false
                 }) {
                     trouble = Some(e.to_string());
+                    damaged = true;
                     break;
                 }
             }
@@ -1677,6 +1681,7 @@ impl Relay {
                     true
                 }) {
                     trouble = Some(e.to_string());
+                    damaged = true;
                 }
             }
             // Thin-stream redundancy: new messages went out; earlier
@@ -1698,6 +1703,11 @@ impl Relay {
                     read.is_ok() && fitted
                 });
             }
+        }
+        if let (true, Some(reason)) = (damaged, &trouble) {
+            tracing::error!(channel = %name, "not serving channel: {reason}");
+            self.counters.log_errors += 1;
+            *storage = Storage::Failed(reason.clone());
         }
         if arq.is_failed() {
             trouble = Some("no acknowledgement from the subscriber".into());
