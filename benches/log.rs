@@ -30,7 +30,7 @@ fn time_appends(iters: u64, payload: &[u8]) -> Duration {
         let (_dir, _data, mut log) = fresh_log();
         let start = Instant::now();
         for i in 0..n {
-            black_box(log.append(i, payload).expect("append"));
+            black_box(log.append(i, None, payload).expect("append"));
         }
         total += start.elapsed();
         left -= n;
@@ -52,7 +52,7 @@ fn time_writes(iters: u64, payload: &[u8]) -> Duration {
         for i in 0..n {
             // Encode like the log does (offset, timestamp, payload, CRC) so
             // the comparison is the storage path, not the encoding.
-            udprelay::log::segment::write_record(&mut record, 0, i, i, payload);
+            udprelay::log::segment::write_record(&mut record, 0, i, i, None, payload);
             file.write_all(&record).expect("write");
         }
         total += start.elapsed();
@@ -84,7 +84,7 @@ fn replay(c: &mut Criterion) {
         let payload = vec![0xA5; size];
         let records = 200_000u64;
         for i in 0..records {
-            log.append(i, &payload).expect("append");
+            log.append(i, None, &payload).expect("append");
         }
         let bytes = records * udprelay::log::segment::record_size(size) as u64;
         group.throughput(Throughput::Bytes(bytes));

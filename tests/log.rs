@@ -540,7 +540,7 @@ fn damage_in_an_older_segment_is_never_replayed_and_is_truncated_on_request() {
     let files: Vec<String> = std::fs::read_dir(data.join("channels/ledger"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n != "NAME")
+        .filter(|n| n.ends_with(".seg"))
         .collect();
     assert_eq!(
         files,

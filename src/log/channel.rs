@@ -7,7 +7,10 @@ use std::sync::Arc;
 
 use super::index::{IndexedSegment, SparseIndex, damaged};
 use super::recovery::{self, Recovery, RecoveryMode};
-use super::segment::{self, Record, Segment, Slot, read_slot, record_size};
+use super::segment::{
+    self, Record, Segment, SessionMark, SliceReader, Slot, read_slot, record_size,
+};
+use super::sessions::SessionTable;
 use super::{FsyncMode, LogConfig, LogError};
 
 /// A sync of a channel's newest segment, to run off the event loop
@@ -57,6 +60,8 @@ pub struct ChannelLog {
     next_offset: u64,
     /// Start of the bytes of the last segment not yet synced.
     dirty_from: Option<usize>,
+    /// How far each reliable publishing session got in this channel.
+    sessions: SessionTable,
 }
 
 impl ChannelLog {
@@ -70,6 +75,7 @@ impl ChannelLog {
             write_pos: segment::SEGMENT_HEADER,
             next_offset: 0,
             dirty_from: None,
+            sessions: SessionTable::default(),
         })
     }
 
@@ -83,15 +89,72 @@ impl ChannelLog {
         let Some(recovered) = recovery::recover(dir, mode, config.first_segment_size(0))? else {
             return Ok((ChannelLog::create(dir, config)?, Recovery::default()));
         };
-        let log = ChannelLog {
+        let mut log = ChannelLog {
             dir: dir.to_path_buf(),
             config: config.clone(),
             segments: recovered.segments,
             write_pos: recovered.write_pos,
             next_offset: recovered.next_offset,
             dirty_from: None,
+            sessions: SessionTable::default(),
         };
+        log.recover_sessions();
+        if config.fsync != FsyncMode::None && log.write_pos > segment::SEGMENT_HEADER {
+            // What a killed relay left in the page cache is on disk before
+            // anything is acknowledged from it (a restarted session counts
+            // its stored messages as acknowledged).
+            log.active()
+                .sync_range(segment::SEGMENT_HEADER, log.write_pos)?;
+        }
         Ok((log, recovered.recovery))
+    }
+
+    /// Rebuilds the session table: the snapshot written when the newest
+    /// segment was started, then the marks of the records after it. Without
+    /// a snapshot (or with a damaged one), every segment's marks.
+    fn recover_sessions(&mut self) {
+        let snapshot = SessionTable::read_snapshot(&self.dir);
+        if snapshot
+            .as_ref()
+            .is_some_and(|&(_, covers)| covers > self.next_offset)
+        {
+            // Recovery cut the log below what the snapshot covers: it would
+            // count messages that are no longer stored, now or once the log
+            // grows past it again.
+            let _ = std::fs::remove_file(self.dir.join(super::sessions::SNAPSHOT_FILE));
+        }
+        let (table, covers) = snapshot
+            .filter(|&(_, covers)| covers <= self.next_offset)
+            .unwrap_or_default();
+        self.sessions = table;
+        let next = self.next_offset;
+        for seg in &self.segments {
+            let base = seg.segment.base;
+            let end = self.segments.iter().find(|s| s.segment.base > base);
+            let seg_end = end.map_or(next, |s| s.segment.base);
+            if seg_end <= covers {
+                continue;
+            }
+            let sessions = &mut self.sessions;
+            let mut reader = SliceReader {
+                bytes: seg.segment.bytes(),
+                check_crc: true,
+            };
+            // A damaged record ends the walk: the marks before it count, and
+            // reading it for delivery reports the damage as scan() does.
+            segment::walk(&mut reader, base, Some(seg_end), &mut |r, _| {
+                if let Some(mark) = r.session {
+                    sessions.note(mark, r.timestamp);
+                }
+                true
+            });
+        }
+    }
+
+    /// The last sequence number stored in this channel by each reliable
+    /// publishing session it remembers (see [`super::sessions`]).
+    pub fn sessions(&self) -> impl Iterator<Item = SessionMark> + '_ {
+        self.sessions.marks()
     }
 
     /// The oldest offset still stored.
@@ -120,17 +183,36 @@ impl ChannelLog {
 
     /// Appends a record and returns its offset. On error nothing was written
     /// and every stored record is intact.
-    pub fn append(&mut self, timestamp: u64, payload: &[u8]) -> Result<u64, LogError> {
-        let need = record_size(payload.len());
+    ///
+    /// With `session`, the record carries the mark of the reliable
+    /// publishing session that sent it, so that a restarted relay knows it
+    /// was stored.
+    pub fn append(
+        &mut self,
+        timestamp: u64,
+        session: Option<SessionMark>,
+        payload: &[u8],
+    ) -> Result<u64, LogError> {
+        let need = record_size(segment::body_len(payload.len(), session));
         if self.write_pos + need > self.active().capacity() {
             self.roll(need)?;
         }
         let offset = self.next_offset;
         let pos = self.write_pos;
         let seg = self.segments.back_mut().expect("a log has a segment");
-        let end = segment::write_record(seg.segment.bytes_mut(), pos, offset, timestamp, payload);
+        let end = segment::write_record(
+            seg.segment.bytes_mut(),
+            pos,
+            offset,
+            timestamp,
+            session,
+            payload,
+        );
         if let Some(index) = seg.index.as_mut() {
             index.note(offset, pos, end, timestamp);
+        }
+        if let Some(mark) = session {
+            self.sessions.note(mark, timestamp);
         }
         self.write_pos = end;
         self.next_offset += 1;
@@ -151,6 +233,11 @@ impl ChannelLog {
         let capacity = self
             .config
             .next_segment_size(self.active().capacity(), need);
+        // Before the new segment exists: recovery reads only the newest
+        // segment's marks, so the snapshot must cover all before it.
+        let durable = self.config.fsync != FsyncMode::None;
+        self.sessions
+            .write_snapshot(&self.dir, self.next_offset, durable)?;
         let segment = Segment::create(&self.dir, self.next_offset, capacity)?;
         self.segments
             .push_back(IndexedSegment::indexed(segment, SparseIndex::default()));

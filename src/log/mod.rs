@@ -11,6 +11,7 @@
 //! Files: [`segment`] (the format and the writer's mapping), [`shared`]
 //! (reading a segment another process writes), `index` (sparse offsets),
 //! `recovery` (opening a log), `channel` (append, scan, retention, sync),
+//! [`sessions`] (what reliable sessions stored, for exactly-once restarts),
 //! [`inspect`] (the read-only tools).
 //!
 //! Layout of a data directory:
@@ -20,6 +21,8 @@
 //! DATA_DIR/channels/ESCAPED/NAME         the channel's real name
 //! DATA_DIR/channels/ESCAPED/00000000000000000000.seg   segments by base offset
 //! DATA_DIR/channels/ESCAPED/DAMAGED      present once a damaged record was read
+//! DATA_DIR/channels/ESCAPED/sessions     reliable sessions' progress as of the
+//!                                         newest segment's start (see sessions)
 //! ```
 
 mod channel;
@@ -27,11 +30,12 @@ mod index;
 pub mod inspect;
 mod recovery;
 pub mod segment;
+pub mod sessions;
 pub mod shared;
 
 pub use channel::{ChannelLog, LogStats, SyncJob};
 pub use recovery::{DAMAGE_NOTE, Recovery, RecoveryMode};
-pub use segment::Record;
+pub use segment::{Record, SessionMark};
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};

@@ -13,9 +13,18 @@
 //!   4  crc        4  CRC-32 of bytes 0..4 and 8..length
 //!   8  offset     8  the record's channel offset
 //!   16 timestamp  8  ns since the Unix epoch
-//!   24 flags      4  0 (reserved)
-//!   28 payload
+//!   24 flags      4  bit 0 (SESSION): a session mark precedes the payload;
+//!                    other bits 0 (a record with one set is refused)
+//!   28 [session mark, with SESSION: 16 bytes]
+//!        0 session  8  the reliable publishing session that sent it
+//!        8 seq      8  the session's sequence number of the message's
+//!                      last piece
+//!   28 or 44 payload
 //! ```
+//!
+//! The session mark is what lets a restarted relay tell a publisher's
+//! retransmission of a stored message from a new one: exactly once across
+//! kill -9, not only while the relay runs.
 //!
 //! The record body is written first and the length last, so a reader that
 //! sees a length sees a whole record (and the CRC catches a torn one).
@@ -37,14 +46,38 @@ pub const SEGMENT_HEADER: usize = 32;
 /// Bytes of a record before its payload.
 pub const RECORD_HEADER: usize = 28;
 
+/// Record flag: a [`SessionMark`] precedes the payload.
+pub const FLAG_SESSION: u32 = 1;
+/// Bytes of a [`SessionMark`] in a record.
+pub const SESSION_MARK_LEN: usize = 16;
+
+/// Which reliable publishing session stored a record, and the sequence
+/// number of the message's last piece in that session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionMark {
+    /// The session id the client chose.
+    pub session: u64,
+    /// The sequence number of the message's last piece.
+    pub seq: u64,
+}
+
+/// Bytes of a record's body (mark and payload) for a payload of `len` bytes.
+pub const fn body_len(len: usize, mark: Option<SessionMark>) -> usize {
+    match mark {
+        Some(_) => SESSION_MARK_LEN + len,
+        None => len,
+    }
+}
+
 /// Rounds up to the 8-byte record alignment.
 pub const fn align8(n: usize) -> usize {
     (n + 7) & !7
 }
 
-/// Space a record with `payload_len` bytes of payload takes in a segment.
-pub const fn record_size(payload_len: usize) -> usize {
-    align8(RECORD_HEADER + payload_len)
+/// Space a record with `body_len` bytes after its header (see
+/// [`body_len`]) takes in a segment.
+pub const fn record_size(body_len: usize) -> usize {
+    align8(RECORD_HEADER + body_len)
 }
 
 /// The file name of the segment whose first offset is `base`.
@@ -68,8 +101,10 @@ pub struct Record<'a> {
     pub offset: u64,
     /// When it was appended, ns since the Unix epoch.
     pub timestamp: u64,
-    /// Reserved flags (0).
+    /// The record's flags (see [`FLAG_SESSION`]).
     pub flags: u32,
+    /// The reliable publishing session that stored it, if one did.
+    pub session: Option<SessionMark>,
     /// The message.
     pub payload: &'a [u8],
 }
@@ -142,16 +177,47 @@ pub(super) fn check_header(
     if offset != expected {
         return Err(Slot::Bad("offset out of sequence"));
     }
+    let flags = u32_at(head, 24);
+    if flags & !FLAG_SESSION != 0 {
+        return Err(Slot::Bad("unknown record flags"));
+    }
+    if flags & FLAG_SESSION != 0 && length < RECORD_HEADER + SESSION_MARK_LEN {
+        return Err(Slot::Bad("session mark missing"));
+    }
     Ok(Header {
         length,
         crc: u32_at(head, 4),
         record: Record {
             offset,
             timestamp: u64_at(head, 16),
-            flags: u32_at(head, 24),
+            flags,
+            session: None,
             payload: &[],
         },
     })
+}
+
+impl Header {
+    /// The record, given its body (the `length - RECORD_HEADER` bytes after
+    /// the header, checked by [`check_header`] to hold a mark if the flags
+    /// say so).
+    pub(super) fn with_body(self, body: &[u8]) -> Record<'_> {
+        let (session, payload) = if self.record.flags & FLAG_SESSION != 0 {
+            let (mark, payload) = body.split_at(SESSION_MARK_LEN);
+            let mark = SessionMark {
+                session: u64_at(mark, 0),
+                seq: u64_at(mark, 8),
+            };
+            (Some(mark), payload)
+        } else {
+            (None, body)
+        };
+        Record {
+            session,
+            payload,
+            ..self.record
+        }
+    }
 }
 
 /// Reads the slot at `pos` of segment bytes `buf`, expecting offset
@@ -169,12 +235,10 @@ pub fn read_slot(buf: &[u8], pos: usize, expected: u64, check_crc: bool) -> Slot
     if check_crc && record_crc(&buf[pos..pos + 4], &[&buf[pos + 8..record_end]]) != header.crc {
         return Slot::Bad("checksum mismatch");
     }
+    let next = pos + align8(header.length);
     Slot::Record(
-        Record {
-            payload: &buf[pos + RECORD_HEADER..record_end],
-            ..header.record
-        },
-        pos + align8(header.length),
+        header.with_body(&buf[pos + RECORD_HEADER..record_end]),
+        next,
     )
 }
 
@@ -278,14 +342,25 @@ pub fn write_record(
     pos: usize,
     offset: u64,
     timestamp: u64,
+    session: Option<SessionMark>,
     payload: &[u8],
 ) -> usize {
-    let length = RECORD_HEADER + payload.len();
+    let length = RECORD_HEADER + body_len(payload.len(), session);
     let len_bytes = (length as u32).to_le_bytes();
     buf[pos + 8..pos + 16].copy_from_slice(&offset.to_le_bytes());
     buf[pos + 16..pos + 24].copy_from_slice(&timestamp.to_le_bytes());
-    buf[pos + 24..pos + 28].copy_from_slice(&0u32.to_le_bytes());
-    buf[pos + RECORD_HEADER..pos + length].copy_from_slice(payload);
+    let mut body = pos + RECORD_HEADER;
+    let flags = match session {
+        Some(mark) => {
+            buf[body..body + 8].copy_from_slice(&mark.session.to_le_bytes());
+            buf[body + 8..body + 16].copy_from_slice(&mark.seq.to_le_bytes());
+            body += SESSION_MARK_LEN;
+            FLAG_SESSION
+        }
+        None => 0,
+    };
+    buf[pos + 24..pos + 28].copy_from_slice(&flags.to_le_bytes());
+    buf[body..pos + length].copy_from_slice(payload);
     let crc = record_crc(&len_bytes, &[&buf[pos + 8..pos + length]]);
     buf[pos + 4..pos + 8].copy_from_slice(&crc.to_le_bytes());
     // The length goes last: keep the compiler (and the CPU) from moving the

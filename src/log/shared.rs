@@ -16,8 +16,7 @@ use memmap2::{MmapOptions, MmapRaw};
 
 use super::LogError;
 use super::segment::{
-    RECORD_HEADER, Record, RecordReader, Slot, align8, check_header, io_err, read_header,
-    record_crc,
+    RECORD_HEADER, RecordReader, Slot, align8, check_header, io_err, read_header, record_crc,
 };
 
 /// A segment mapped read-only, for the offline tools: they may run beside a
@@ -167,13 +166,8 @@ impl RecordReader for CopyingReader<'_> {
         if record_crc(&head[..4], &[&head[8..], &self.buf]) != header.crc {
             return Slot::Bad("checksum mismatch");
         }
-        Slot::Record(
-            Record {
-                payload: &self.buf,
-                ..header.record
-            },
-            pos + align8(header.length),
-        )
+        let next = pos + align8(header.length);
+        Slot::Record(header.with_body(&self.buf), next)
     }
 
     fn offset_field(&mut self, pos: usize) -> Option<u64> {

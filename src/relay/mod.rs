@@ -28,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use foldhash::{HashMap, HashMapExt};
 
 use crate::config::RelayConfig;
-use crate::log::{ChannelLog, DataDir, FsyncMode, LogError, SyncJob};
+use crate::log::{ChannelLog, DataDir, FsyncMode, LogError, SessionMark, SyncJob};
 use crate::reliable::{ArqConfig, MAX_ACK_RANGES, Receiver, Sender};
 use crate::wire::{self, DeliveryMode, ErrorCode, Frame, StartPosition, WireError};
 use outbox::Outbox;
@@ -440,6 +440,14 @@ pub struct Relay {
     session_memory: usize,
     /// Reliable publishing sessions across all clients.
     session_count: usize,
+    /// Sessions not open now, by id, with the sequence number below which
+    /// everything they sent is stored: from the logs' session marks at
+    /// start, and from sessions that ended. A session that opens again
+    /// starts there, so a retransmission of a stored message is not stored
+    /// twice, across a restart too.
+    stored_sessions: HashMap<u64, u64>,
+    /// The keys of `stored_sessions`, oldest first, for its bound.
+    stored_order: VecDeque<u64>,
     /// The most `session_count` may be.
     max_sessions: usize,
     /// Deadlines of reliable subscriptions' ARQ timers, earliest first:
@@ -493,6 +501,8 @@ impl Relay {
             session_bytes: 0,
             session_memory: config.session_memory,
             session_count: 0,
+            stored_sessions: HashMap::new(),
+            stored_order: VecDeque::new(),
             max_sessions: config.max_sessions,
             free_channels: Vec::new(),
             next_replay: None,
@@ -522,6 +532,11 @@ impl Relay {
                     Storage::Failed(e.to_string())
                 }
             };
+            if let Storage::Open(log) = &storage {
+                for mark in log.sessions() {
+                    relay.remember_session(mark.session, mark.seq + 1);
+                }
+            }
             let id = relay.find_or_create_channel(&opened.name);
             relay.channels[id].storage = storage;
         }
@@ -663,7 +678,7 @@ impl Relay {
             return;
         }
         // A plain sender cannot be told why; the drop is counted.
-        let _ = self.append(now, channel, datagram);
+        let _ = self.append(now, channel, None, datagram);
     }
 
     /// The earliest time at which [`Relay::handle_timeout`] has work to do.
@@ -1024,7 +1039,7 @@ impl Relay {
         let Some(id) = self.accept_message(now, from, channel, payload.len()) else {
             return;
         };
-        match self.append(now, id, payload) {
+        match self.append(now, id, None, payload) {
             Ok(_) => self.counters.messages_published += 1,
             Err(reason) => self.reply_error(now, from, ErrorCode::UNAVAILABLE, &reason),
         }
@@ -1033,7 +1048,13 @@ impl Relay {
     /// Appends `payload` to the channel's log, then sends it to every live
     /// subscriber and raw egress of the channel. On error nothing was stored
     /// or sent; the drop is counted and the reason returned.
-    fn append(&mut self, now: Now, id: ChannelId, payload: &[u8]) -> Result<u64, String> {
+    fn append(
+        &mut self,
+        now: Now,
+        id: ChannelId,
+        session: Option<SessionMark>,
+        payload: &[u8],
+    ) -> Result<u64, String> {
         let channel = &mut self.channels[id];
         if matches!(channel.storage, Storage::Empty) {
             match self.data_dir.create_channel(&channel.name) {
@@ -1055,7 +1076,7 @@ impl Relay {
             }
             Storage::Empty => unreachable!("created above"),
         };
-        let offset = match log.append(now.unix_nanos, payload) {
+        let offset = match log.append(now.unix_nanos, session, payload) {
             Ok(offset) => offset,
             Err(e @ LogError::NoSpace(_)) => {
                 self.counters.dropped_log_full += 1;
@@ -1163,11 +1184,11 @@ impl Relay {
         // Whole messages, in order: pieces of a large one are joined first.
         // A piece moved into `partial` stays charged for its bytes.
         let mut ready = Vec::new();
-        let mut too_large = false;
+        let mut too_large = None;
         while let Some((seq, (ch, bytes, more))) = s.receiver.pop() {
             s.held -= PIECE_OVERHEAD;
             self.session_bytes -= PIECE_OVERHEAD;
-            let (first, ch, mut whole) = match s.partial.take() {
+            let (first, ch, whole) = match s.partial.take() {
                 Some((first, partial_ch, mut buf)) => {
                     buf.extend_from_slice(&bytes);
                     (first, partial_ch, buf)
@@ -1175,29 +1196,26 @@ impl Relay {
                 None => (seq, ch, bytes),
             };
             if whole.len() > self.max_message_size {
-                too_large = true;
+                // Never stored; whatever follows it is not taken either.
                 s.held -= whole.len();
                 self.session_bytes -= whole.len();
-                whole = Vec::new();
+                too_large = Some(first);
+                break;
             }
             if more {
                 s.partial = Some((first, ch, whole));
             } else {
                 s.held -= whole.len();
                 self.session_bytes -= whole.len();
-                ready.push((seq, (ch, whole)));
+                ready.push((first, seq, ch, whole));
             }
         }
         if arrival == crate::reliable::Arrival::Duplicate {
             self.counters.duplicates_dropped += 1;
         }
-        if too_large {
-            self.refuse_too_large(now, from, self.max_message_size + 1);
-            self.drop_session(from, session);
-            return;
-        }
-        for (seq, (ch, payload)) in ready {
-            match self.append(now, ch, &payload) {
+        for (first, seq, ch, payload) in ready {
+            let mark = SessionMark { session, seq };
+            match self.append(now, ch, Some(mark), &payload) {
                 Ok(offset) => {
                     self.counters.messages_published += 1;
                     if matches!(self.fsync, FsyncMode::Interval(_))
@@ -1210,16 +1228,37 @@ impl Relay {
                     }
                 }
                 Err(reason) => {
-                    // Not stored, so never acknowledged: drop the session
-                    // and let the client's retransmissions start it again.
+                    // Not stored, so never acknowledged: the session goes
+                    // back to this message, which its sender will resend.
                     self.reply_error(now, from, ErrorCode::UNAVAILABLE, &reason);
+                    self.rewind_session(from, session, first);
                     self.ack_session(from, session);
-                    self.drop_session(from, session);
                     return;
                 }
             }
         }
+        if let Some(first) = too_large {
+            self.refuse_too_large(now, from, self.max_message_size + 1);
+            self.rewind_session(from, session, first);
+        }
         self.ack_session(from, session);
+    }
+
+    /// Takes session `session` of `from` back to sequence number `first`:
+    /// everything from there on is forgotten (and its memory returned), as
+    /// if it had never arrived. For a message that could not be stored.
+    fn rewind_session(&mut self, from: SocketAddr, session: u64, first: u64) {
+        let arq = self.arq;
+        if let Some(s) = self
+            .peers
+            .get_mut(&from)
+            .and_then(|p| p.sessions.iter_mut().find(|s| s.id == session))
+        {
+            self.session_bytes -= s.held;
+            s.held = 0;
+            s.partial = None;
+            s.receiver = Receiver::new(arq, first);
+        }
     }
 
     /// The index of session `session` of `from`, opened if new and the
@@ -1254,13 +1293,15 @@ impl Relay {
         let arq = self.arq;
         self.session_count += 1;
         self.counters.sessions_opened += 1;
-        let peer = self.peer_entry(now.instant, from);
         // A session starts where the client says everything before was
-        // acknowledged: 0 for a new one, later if this relay restarted
-        // under it.
+        // acknowledged (0 for a new one), or after what this relay had
+        // stored of it before it restarted or forgot the session, if that
+        // is later: those messages are acknowledged, never stored twice.
+        let stored = self.stored_sessions.get(&session).copied().unwrap_or(0);
+        let peer = self.peer_entry(now.instant, from);
         peer.sessions.push(PublishSession {
             id: session,
-            receiver: Receiver::new(arq, acked_below),
+            receiver: Receiver::new(arq, acked_below.max(stored)),
             partial: None,
             held: 0,
             not_durable: VecDeque::new(),
@@ -1345,24 +1386,27 @@ impl Relay {
         for piece in done.pieces.iter().flatten() {
             message.extend_from_slice(piece);
         }
-        match self.append(now, id, &message) {
+        match self.append(now, id, None, &message) {
             Ok(_) => self.counters.messages_published += 1,
             Err(reason) => self.reply_error(now, from, ErrorCode::UNAVAILABLE, &reason),
         }
     }
 
-    /// Forgets a publishing session (and what it held); the client's
-    /// retransmissions start it again.
-    fn drop_session(&mut self, from: SocketAddr, session: u64) {
-        if let Some(peer) = self.peers.get_mut(&from)
-            && let Some(i) = peer.sessions.iter().position(|s| s.id == session)
-        {
-            let s = peer.sessions.swap_remove(i);
-            if peer.is_empty() {
-                self.peers.remove(&from);
+    /// Notes that session `session` stored everything below `stored`,
+    /// within a bound: past it, the oldest half of what is remembered goes
+    /// (the per-channel tables in the log still know it after a restart).
+    fn remember_session(&mut self, session: u64, stored: u64) {
+        if self.stored_sessions.len() >= 2 * self.max_sessions {
+            let keep = self.stored_order.split_off(self.stored_order.len() / 2);
+            for gone in std::mem::replace(&mut self.stored_order, keep) {
+                self.stored_sessions.remove(&gone);
             }
-            self.release_session(s);
         }
+        let entry = self.stored_sessions.entry(session).or_insert_with(|| {
+            self.stored_order.push_back(session);
+            0
+        });
+        *entry = (*entry).max(stored);
     }
 
     /// Returns what a session that is gone held: its memory, its slot, its
@@ -1370,6 +1414,14 @@ impl Relay {
     fn release_session(&mut self, s: PublishSession) {
         self.session_bytes -= s.held;
         self.session_count -= 1;
+        // Everything below this is stored (pieces of a message not yet
+        // complete are not): a client that comes back to this session is
+        // not allowed to store it again.
+        let stored = s
+            .partial
+            .as_ref()
+            .map_or(s.receiver.cumulative(), |(first, ..)| *first);
+        self.remember_session(s.id, stored);
         for id in s.channels {
             self.channels[id].holds -= 1;
             self.forget_if_idle(id);

@@ -1371,3 +1371,105 @@ fn pieces_of_an_incomplete_reliable_message_are_charged() {
     r.handle_timeout(t.after(r.lease));
     assert_eq!(r.session_bytes, 0, "released with the session");
 }
+
+/// A reliable publish of `payload` as message `seq` of session 77.
+fn reliable(seq: u64, payload: &[u8]) -> Frame<'_> {
+    Frame::ReliablePublish {
+        session: 77,
+        seq,
+        acked_below: 0,
+        more: false,
+        channel: "news",
+        payload,
+    }
+}
+
+#[test]
+fn a_restarted_relay_does_not_store_a_retransmission_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = RelayConfig {
+        data_dir: dir.path().to_path_buf(),
+        ..RelayConfig::default()
+    };
+    let t = start();
+    let mut r = Relay::open(&config, t).unwrap();
+    for seq in 0..3 {
+        send(&mut r, t, PUBLISHER, &[reliable(seq, b"m")]);
+    }
+    // Killed before its acknowledgements left: nothing is synced or closed.
+    drop(r);
+    let mut r = Relay::open(&config, t).unwrap();
+    // The publisher, which saw no acknowledgement, sends all three again,
+    // then a fourth.
+    for seq in 0..4 {
+        send(&mut r, t, PUBLISHER, &[reliable(seq, b"m")]);
+    }
+    assert_eq!(r.next_offset("news"), Some(4), "three stored once, one new");
+    assert_eq!(r.counters().duplicates_dropped, 3);
+    let acks = Sent::collect(&mut r).frames_to(PUBLISHER);
+    assert!(
+        acks.last().unwrap().contains("cumulative: 4"),
+        "all four acknowledged: {acks:?}"
+    );
+}
+
+#[test]
+fn sessions_are_remembered_across_segment_rolls_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = RelayConfig {
+        data_dir: dir.path().to_path_buf(),
+        ..RelayConfig::default()
+    };
+    config.log.segment_size = 64 << 10;
+    let t = start();
+    let mut r = Relay::open(&config, t).unwrap();
+    let payload = vec![5u8; 1000];
+    send(&mut r, t, PUBLISHER, &[reliable(0, &payload)]);
+    // Another client fills several segments after it.
+    for _ in 0..300 {
+        publish(&mut r, t, "news", &payload);
+    }
+    drop(r);
+    let mut r = Relay::open(&config, t).unwrap();
+    send(&mut r, t, PUBLISHER, &[reliable(0, &payload)]);
+    assert_eq!(r.next_offset("news"), Some(301), "not stored again");
+    // And without the snapshot, the marks are read from every segment.
+    drop(r);
+    let channel_dir = std::fs::read_dir(dir.path().join("channels"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::remove_file(channel_dir.join(crate::log::sessions::SNAPSHOT_FILE)).unwrap();
+    let mut r = Relay::open(&config, t).unwrap();
+    send(&mut r, t, PUBLISHER, &[reliable(0, &payload)]);
+    assert_eq!(r.next_offset("news"), Some(301));
+}
+
+#[test]
+fn a_message_that_cannot_be_stored_is_never_acknowledged() {
+    let (mut r, _dir) = relay_with(|c| c.max_message_size = 10);
+    let t = start();
+    send(&mut r, t, PUBLISHER, &[reliable(0, b"ok")]);
+    let piece = |seq, more, payload| Frame::ReliablePublish {
+        session: 77,
+        seq,
+        acked_below: 0,
+        more,
+        channel: "news",
+        payload,
+    };
+    // Two pieces that make 12 bytes, then a message after them.
+    send(&mut r, t, PUBLISHER, &[piece(1, true, b"123456")]);
+    send(&mut r, t, PUBLISHER, &[piece(3, false, b"after")]);
+    send(&mut r, t, PUBLISHER, &[piece(2, false, b"789012")]);
+    assert_eq!(r.next_offset("news"), Some(1));
+    let frames = Sent::collect(&mut r).frames_to(PUBLISHER);
+    assert!(frames.iter().any(|f| f == "error too-large"), "{frames:?}");
+    assert!(
+        frames.last().unwrap().contains("cumulative: 1"),
+        "acknowledged up to the refused message, no further: {frames:?}"
+    );
+    assert_eq!(r.session_bytes, 0);
+}

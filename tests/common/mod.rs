@@ -117,12 +117,22 @@ impl Relay {
     }
 
     pub fn start_in(dir: TempDir, args: &[&str]) -> Relay {
+        Relay::start_at(dir, "127.0.0.1:0", args)
+    }
+
+    /// Starts a relay listening on `listen` (a relay restarted on the port
+    /// its clients know), on the data directory under `dir`.
+    pub fn start_at(dir: TempDir, listen: &str, args: &[&str]) -> Relay {
         let stderr_path = dir.path().join("relay.stderr");
-        let stderr = File::create(&stderr_path).expect("stderr file");
+        let stderr = File::options()
+            .create(true)
+            .append(true)
+            .open(&stderr_path)
+            .expect("stderr file");
         let data_dir = dir.path().join("data");
         let mut cmd = Command::new(udprelay_bin());
         cmd.arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen)
             .arg("--data-dir")
             .arg(&data_dir)
             .args(args)
