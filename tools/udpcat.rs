@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand, ValueEnum};
 use socket2::{Domain, Protocol, Socket, Type};
 use udprelay::client::{
-    ClientError, Publisher, ReliablePublisher, ReliableSubscription, Subscription,
-    SubscriptionEvent, message_json,
+    ClientError, PingOutcome, Pinger, Publisher, ReliablePublisher, ReliableSubscription,
+    Subscription, SubscriptionEvent, message_json,
 };
 use udprelay::config::parse_duration;
 use udprelay::reliable::ArqConfig;
@@ -266,7 +266,9 @@ struct Conn {
     relay: SocketAddr,
     reply_timeout: Duration,
     buf: Vec<u8>,
-    next_nonce: u64,
+    /// Probes the relay: that it is there, and when it has handled
+    /// everything sent before.
+    pinger: Pinger,
     /// Error frames the relay sent.
     refusals: u64,
 }
@@ -295,7 +297,7 @@ impl Conn {
             relay,
             reply_timeout,
             buf: vec![0; 65_536],
-            next_nonce: Rng::from_entropy().next_u64(),
+            pinger: Pinger::new(Rng::from_entropy().next_u64(), reply_timeout),
             refusals: 0,
         })
     }
@@ -312,78 +314,86 @@ impl Conn {
 
     /// Receives one datagram before `deadline`; `None` at the deadline.
     fn recv_until(&mut self, deadline: Instant) -> Result<Option<&[u8]>, CatError> {
+        recv_until(&self.socket, &mut self.buf, self.relay, deadline)
+    }
+
+    /// Sends the first ping of a probe; [`Conn::await_pong`] waits for its
+    /// answer.
+    fn start_ping(&mut self) -> Result<(), CatError> {
         let now = Instant::now();
-        if now >= deadline {
-            return Ok(None);
-        }
-        self.socket
-            .set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))))?;
-        match self.socket.recv(&mut self.buf) {
-            Ok(n) => Ok(Some(&self.buf[..n])),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                Ok(None)
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                Err(CatError::Refused(self.relay))
-            }
-            Err(e) => Err(e.into()),
+        self.pinger.start(now);
+        match self.pinger.poll_transmit(now) {
+            Some(ping) => self.send(&ping),
+            None => Ok(()),
         }
     }
 
-    /// Sends a ping and returns its nonce.
-    fn send_ping(&mut self) -> Result<u64, CatError> {
-        let nonce = self.next_nonce;
-        self.next_nonce = self.next_nonce.wrapping_add(1);
-        self.send(&wire::encode_datagram(&[Frame::Ping { nonce }]).unwrap_or_default())?;
-        Ok(nonce)
-    }
-
-    /// Waits for the pong of `nonce`, sending the ping again every 250 ms (it
-    /// may have been lost), reporting relay errors seen on the way.
-    fn await_pong(&mut self, nonce: u64) -> Result<Duration, CatError> {
-        let start = Instant::now();
-        let deadline = start + self.reply_timeout;
-        let ping = wire::encode_datagram(&[Frame::Ping { nonce }]).unwrap_or_default();
-        let mut resend = start + Duration::from_millis(250);
+    /// Waits for the pong of the probe under way, sending a new ping every
+    /// 250 ms (one may have been lost), reporting relay errors seen on the
+    /// way. Returns the round trip of the ping that was answered.
+    fn await_pong(&mut self) -> Result<Duration, CatError> {
         loop {
-            let Some(datagram) = self.recv_until(resend.min(deadline))? else {
-                if Instant::now() >= deadline {
+            let now = Instant::now();
+            self.pinger.handle_timeout(now);
+            match self.pinger.poll_outcome() {
+                Some(PingOutcome::Answered { rtt }) => return Ok(rtt),
+                Some(PingOutcome::TimedOut) => {
                     return Err(CatError::NoAnswer {
                         addr: self.relay,
                         waited: self.reply_timeout,
                     });
                 }
+                None => {}
+            }
+            if let Some(ping) = self.pinger.poll_transmit(now) {
                 self.send(&ping)?;
-                resend += Duration::from_millis(250);
+            }
+            let wake = self.pinger.poll_timeout().unwrap_or(now);
+            let Some(datagram) = recv_until(&self.socket, &mut self.buf, self.relay, wake)? else {
                 continue;
             };
-            let mut answered = false;
             let mut refusals = 0;
-            for frame in wire::decode_datagram(datagram)
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                match frame {
-                    Frame::Pong { nonce: n } if n == nonce => answered = true,
-                    Frame::Error { code, reason } => {
-                        report_refusal(code, reason);
-                        refusals += 1;
-                    }
-                    _ => {}
-                }
-            }
+            self.pinger
+                .handle_datagram(Instant::now(), datagram, |code, reason| {
+                    report_refusal(code, reason);
+                    refusals += 1;
+                });
             self.refusals += refusals;
-            if answered {
-                return Ok(start.elapsed());
-            }
         }
+    }
+
+    /// One probe: the round trip of the ping that was answered.
+    fn ping(&mut self) -> Result<Duration, CatError> {
+        self.start_ping()?;
+        self.await_pong()
+    }
+}
+
+/// Receives one datagram from the connected `socket` into `buf` before
+/// `deadline`; `None` at the deadline.
+fn recv_until<'b>(
+    socket: &UdpSocket,
+    buf: &'b mut [u8],
+    relay: SocketAddr,
+    deadline: Instant,
+) -> Result<Option<&'b [u8]>, CatError> {
+    let now = Instant::now();
+    if now >= deadline {
+        return Ok(None);
+    }
+    socket.set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))))?;
+    match socket.recv(buf) {
+        Ok(n) => Ok(Some(&buf[..n])),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Err(CatError::Refused(relay)),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -415,7 +425,6 @@ const PING_EVERY: u64 = 64;
 struct PacedSender<'c> {
     conn: &'c mut Conn,
     datagrams: u64,
-    outstanding: Option<u64>,
 }
 
 impl PacedSender<'_> {
@@ -423,35 +432,29 @@ impl PacedSender<'_> {
         self.conn.send(datagram)?;
         self.datagrams += 1;
         if self.datagrams.is_multiple_of(PING_EVERY) {
-            if let Some(nonce) = self.outstanding.take() {
-                self.conn.await_pong(nonce)?;
+            if self.conn.pinger.is_busy() {
+                self.conn.await_pong()?;
             }
-            self.outstanding = Some(self.conn.send_ping()?);
+            self.conn.start_ping()?;
         }
         Ok(())
     }
 
     /// Returns once the relay has processed everything sent.
     fn finish(self) -> Result<u64, CatError> {
-        if let Some(nonce) = self.outstanding {
-            self.conn.await_pong(nonce)?;
+        if self.conn.pinger.is_busy() {
+            self.conn.await_pong()?;
         }
-        let nonce = self.conn.send_ping()?;
-        self.conn.await_pong(nonce)?;
+        self.conn.ping()?;
         Ok(self.datagrams)
     }
 }
 
 fn publish(conn: &mut Conn, opts: PubOptions) -> Result<(), CatError> {
     // Make sure someone is listening before reading any input.
-    let nonce = conn.send_ping()?;
-    conn.await_pong(nonce)?;
+    conn.ping()?;
     let mut publisher = Publisher::new(&opts.channel, opts.datagram_size)?;
-    let mut sender = PacedSender {
-        conn,
-        datagrams: 0,
-        outstanding: None,
-    };
+    let mut sender = PacedSender { conn, datagrams: 0 };
     let mut messages = 0u64;
     let input = spawn_input(opts.input, opts.count);
     let mut next = input.recv().ok();
@@ -554,8 +557,7 @@ fn spawn_input(input: Input, count: u64) -> mpsc::Receiver<Result<Vec<u8>, CatEr
 /// Publishes with acknowledgements: exits 0 only when the relay acknowledged
 /// every message.
 fn publish_reliably(conn: &mut Conn, opts: PubOptions) -> Result<(), CatError> {
-    let nonce = conn.send_ping()?;
-    conn.await_pong(nonce)?;
+    conn.ping()?;
     let session = Rng::from_entropy().next_u64();
     let mut rp = ReliablePublisher::new(
         session,
@@ -836,8 +838,7 @@ fn ping(conn: &mut Conn, count: u32, interval: Duration) -> Result<(), CatError>
         if seq > 1 {
             std::thread::sleep(interval);
         }
-        let nonce = conn.send_ping()?;
-        match conn.await_pong(nonce) {
+        match conn.ping() {
             Ok(rtt) => {
                 answered += 1;
                 println!(

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
+mod ping;
 mod reliable;
+pub use ping::{PING_RETRY, PingOutcome, Pinger};
 pub use reliable::{ReliablePublisher, ReliableSubscription};
 
 use crate::wire::{
