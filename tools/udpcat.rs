@@ -54,7 +54,9 @@ enum Command {
         /// Pack messages into datagrams of up to this many bytes.
         #[arg(long, default_value_t = 1400)]
         datagram_size: usize,
-        /// How long to wait for the relay to answer before giving up.
+        /// How long to wait for the relay to answer before giving up; with
+        /// --reliable, the longest silence while messages wait for their
+        /// acknowledgement (a relay restarting within it is ridden through).
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
         reply_timeout: Duration,
         /// Print a summary on stderr when done.
@@ -397,6 +399,17 @@ fn recv_until<'b>(
     }
 }
 
+/// A send or receive whose only trouble was an ICMP "port unreachable":
+/// for a reliable publisher the relay may be restarting, so that is silence,
+/// which the ARQ retransmits through, not the end.
+fn unless_refused<T>(result: Result<T, CatError>) -> Result<Option<T>, CatError> {
+    match result {
+        Ok(t) => Ok(Some(t)),
+        Err(CatError::Refused(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 fn report_refusal(code: ErrorCode, reason: &str) {
     eprintln!("udpcat: relay refused ({}): {reason}", code.name());
 }
@@ -583,6 +596,13 @@ fn publish_reliably(conn: &mut Conn, opts: PubOptions) -> Result<(), CatError> {
         if input_done && rp.is_done() {
             break;
         }
+        let now = Instant::now();
+        let gone_at = rp.silent_since().map(|t| t + conn.reply_timeout);
+        if gone_at.is_some_and(|t| now >= t) {
+            refusal.get_or_insert_with(|| {
+                format!("no answer from the relay within {:?}", conn.reply_timeout)
+            });
+        }
         if rp.is_failed() || refusal.is_some() {
             let why = refusal.unwrap_or_else(|| "the relay stopped answering".into());
             return Err(CatError::Unacknowledged {
@@ -590,19 +610,21 @@ fn publish_reliably(conn: &mut Conn, opts: PubOptions) -> Result<(), CatError> {
                 why,
             });
         }
-        let now = Instant::now();
         if rp.poll_timeout().is_some_and(|t| t <= now) {
             rp.handle_timeout(now);
         }
         while let Some(datagram) = rp.poll_transmit(now) {
-            conn.send(&datagram)?;
+            unless_refused(conn.send(&datagram))?;
         }
         // Wake for the next timer, or soon if input may be waiting.
         let mut wake = rp.poll_timeout().unwrap_or(now + Duration::from_secs(1));
+        if let Some(t) = gone_at {
+            wake = wake.min(t);
+        }
         if !input_done && rp.wants_input() {
             wake = wake.min(now + Duration::from_millis(2));
         }
-        if let Some(datagram) = conn.recv_until(wake)? {
+        if let Some(datagram) = unless_refused(conn.recv_until(wake))?.flatten() {
             rp.handle_datagram(Instant::now(), datagram, |code, reason| {
                 report_refusal(code, reason);
                 refusal = Some(format!("refused ({}): {reason}", code.name()));

@@ -1,0 +1,154 @@
+//! End to end: the client side (`udpcat`) against the real `udprelay`, where
+//! the relay goes away, comes back, or is asked by a stranger.
+
+mod common;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::thread;
+
+use common::*;
+
+fn dump(data_dir: &Path, channel: &str, extra: &[&str]) -> Output {
+    Command::new(udprelay_bin())
+        .args(["log", "dump", channel, "--data-dir"])
+        .arg(data_dir)
+        .args(extra)
+        .output()
+        .expect("run udprelay log dump")
+}
+
+/// A relay on exactly `addr` over `data_dir` (the one a killed relay left),
+/// once it reports that it listens.
+fn restart_relay(addr: SocketAddr, data_dir: &Path) -> ChildGuard {
+    let mut cmd = Command::new(udprelay_bin());
+    cmd.arg("--listen")
+        .arg(addr.to_string())
+        .arg("--data-dir")
+        .arg(data_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut relay = ChildGuard::spawn("udprelay (restarted)", &mut cmd);
+    let lines = line_reader(relay.child().stdout.take().unwrap());
+    let line = lines
+        .recv_timeout(DEADLINE)
+        .unwrap_or_else(|_| panic!("the restarted relay did not listen within {DEADLINE:?}"));
+    assert_eq!(line, format!("udprelay listening on {addr}"));
+    relay
+}
+
+/// `udpcat pub --reliable` of `messages` numbered lines, its stdin written
+/// by a thread as fast as udpcat reads it.
+fn reliable_publisher(addr: &str, channel: &str, messages: usize, extra: &[&str]) -> ChildGuard {
+    let mut cmd = Command::new(udpcat_bin());
+    cmd.args(["pub", addr, channel, "--reliable"])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut publisher = ChildGuard::spawn("udpcat pub --reliable", &mut cmd);
+    let mut stdin = publisher.child().stdin.take().unwrap();
+    thread::spawn(move || {
+        let input: String = (0..messages).map(|i| format!("m-{i}\n")).collect();
+        // A publisher that gave up closes the pipe: its exit tells the test.
+        let _ = stdin.write_all(input.as_bytes());
+    });
+    publisher
+}
+
+/// Waits until the relay's log of `channel` holds at least `n` messages.
+fn wait_stored(data_dir: &Path, channel: &str, n: u64) {
+    let from = (n - 1).to_string();
+    wait_until(&format!("{n} messages stored in {channel}"), || {
+        let out = dump(data_dir, channel, &["--from", &from, "--count", "1"]);
+        out.status.success() && !out.stdout.is_empty()
+    });
+}
+
+#[test]
+fn reliable_publisher_rides_through_a_relay_restart() {
+    const MESSAGES: usize = 100_000;
+    let relay = Relay::start(&[]);
+    let addr = relay.addr;
+    let data_dir = relay.data_dir();
+    // A reply timeout far beyond a restart: the test is about riding
+    // through, not about how fast the relay comes back.
+    let mut publisher = reliable_publisher(
+        &relay.addr_str(),
+        "restart",
+        MESSAGES,
+        &["--reply-timeout", "30s"],
+    );
+    // Mid-run: some stored, the rest still coming, messages in flight.
+    wait_stored(&data_dir, "restart", 1_000);
+    let dir = relay.kill9();
+    let mut restarted = restart_relay(addr, &data_dir);
+
+    let out = {
+        let status = publisher.wait_deadline(DEADLINE);
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(publisher.child().stderr.as_mut().unwrap(), &mut stderr)
+            .unwrap();
+        (status, stderr)
+    };
+    assert!(
+        out.0.success(),
+        "the publisher did not ride through the restart: {}",
+        out.1
+    );
+
+    let log = dump(&data_dir, "restart", &[]);
+    assert!(
+        log.status.success(),
+        "{}",
+        String::from_utf8_lossy(&log.stderr)
+    );
+    let log = String::from_utf8(log.stdout).unwrap();
+    // Exactly-once across a restart is not asserted here (a message stored
+    // but not acknowledged at the kill may be stored again): every message
+    // at least once, at dense offsets.
+    let mut seen = vec![false; MESSAGES];
+    for (i, line) in log.lines().enumerate() {
+        let mut fields = line.split('\t');
+        let offset: usize = fields.next().unwrap().parse().unwrap();
+        assert_eq!(offset, i, "offsets are dense");
+        let payload = fields.nth(1).unwrap();
+        let n: usize = payload.strip_prefix("m-").unwrap().parse().unwrap();
+        seen[n] = true;
+    }
+    let missing: Vec<usize> = (0..MESSAGES).filter(|&i| !seen[i]).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {MESSAGES} messages missing, the first {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    restarted.child().kill().unwrap();
+    restarted.wait_deadline(DEADLINE);
+    drop(dir);
+}
+
+#[test]
+fn reliable_publisher_gives_up_after_the_reply_timeout_of_silence() {
+    let relay = Relay::start(&[]);
+    let data_dir = relay.data_dir();
+    let mut publisher = reliable_publisher(
+        &relay.addr_str(),
+        "gone",
+        100_000,
+        &["--reply-timeout", "1s"],
+    );
+    wait_stored(&data_dir, "gone", 1_000);
+    let _dir = relay.kill9();
+    let status = publisher.wait_deadline(DEADLINE);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(publisher.child().stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "a publisher to a dead relay exited 0");
+    assert!(
+        stderr.contains("were not acknowledged: no answer from the relay within 1s"),
+        "{stderr}"
+    );
+}
