@@ -4,12 +4,15 @@
 mod common;
 
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::thread;
+use std::time::Duration;
 
 use common::*;
+use udprelay::relay::Counters;
+use udprelay::wire::{self, Frame};
 
 fn dump(data_dir: &Path, channel: &str, extra: &[&str]) -> Output {
     Command::new(udprelay_bin())
@@ -151,4 +154,82 @@ fn reliable_publisher_gives_up_after_the_reply_timeout_of_silence() {
         stderr.contains("were not acknowledged: no answer from the relay within 1s"),
         "{stderr}"
     );
+}
+
+#[test]
+fn stats_to_a_stranger_is_one_datagram_no_larger_than_the_request() {
+    let relay = Relay::start(&[]);
+    // An address the relay never heard from, as a forged source would be.
+    let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
+    // The unpaged request of earlier builds (12 bytes): no room, no answer.
+    let unpadded = [b'U', b'R', 1, 0, 0, 0, 0, 0, 0x0A, 0, 0, 0];
+    stranger.send_to(&unpadded, relay.addr).unwrap();
+    // The smallest paged request: room for an empty page only.
+    let small = wire::encode_datagram(&[Frame::StatsRequest {
+        cursor: 0,
+        padding: 4,
+    }])
+    .unwrap();
+    assert_eq!(small.len(), 20);
+    stranger.send_to(&small, relay.addr).unwrap();
+
+    // The relay answers in order: the first datagram back answers `small`,
+    // so nothing came for `unpadded`.
+    let mut buf = vec![0u8; 65_536];
+    stranger.set_read_timeout(Some(DEADLINE)).unwrap();
+    let (n, from) = stranger
+        .recv_from(&mut buf)
+        .expect("no answer to a padded STATS request");
+    assert_eq!(from, relay.addr);
+    assert!(
+        n <= small.len(),
+        "a {n}-byte answer to a {}-byte request",
+        small.len()
+    );
+    let frame = wire::decode_datagram(&buf[..n]).unwrap().next().unwrap();
+    assert!(
+        matches!(frame, Ok(Frame::Stats { cursor: 0, next: Some(0), entries }) if entries.iter().count() == 0),
+        "{frame:?}"
+    );
+    // The one wait for something that must not come: there is no event to
+    // wait for instead. Half a second is far longer than the loopback round
+    // trip the first answer took; a second answer would come at once.
+    stranger
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    if let Ok((n, _)) = stranger.recv_from(&mut buf) {
+        panic!("a second datagram ({n} bytes) for one request");
+    }
+
+    // The stranger's requests were counted; `udpcat stats` pages through
+    // every counter, in pages of 200 bytes as in ones of 1400.
+    let names: Vec<&str> = Counters::default()
+        .entries(0, 0)
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    for size in ["200", "1400"] {
+        let out = udpcat(&["stats", &relay.addr_str(), "--datagram-size", size], b"");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let printed: Vec<(&str, u64)> = stdout
+            .lines()
+            .map(|l| {
+                let (name, value) = l.rsplit_once(' ').expect("name value");
+                (name, value.parse().expect("a number"))
+            })
+            .collect();
+        let printed_names: Vec<&str> = printed.iter().map(|(n, _)| *n).collect();
+        assert_eq!(printed_names, names, "every counter once, in order");
+        let count = |name: &str| printed.iter().find(|(n, _)| *n == name).unwrap().1;
+        assert!(
+            count("dropped_unsupported") >= 1,
+            "the unpadded request: {stdout}"
+        );
+        assert!(count("frames_received") >= 2, "{stdout}");
+    }
 }

@@ -14,12 +14,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 use socket2::{Domain, Protocol, Socket, Type};
 use udprelay::client::{
     ClientError, PingOutcome, Pinger, Publisher, ReliablePublisher, ReliableSubscription,
-    Subscription, SubscriptionEvent, message_json,
+    StatsError, StatsPager, Subscription, SubscriptionEvent, message_json,
 };
 use udprelay::config::parse_duration;
 use udprelay::reliable::ArqConfig;
 use udprelay::rng::Rng;
-use udprelay::wire::{self, ErrorCode, Frame, StartPosition};
+use udprelay::wire::{ErrorCode, StartPosition};
 
 /// netcat for udprelay: publish, subscribe, ping, stats.
 #[derive(Debug, Parser)]
@@ -118,9 +118,13 @@ enum Command {
     Stats {
         /// Relay address, like 127.0.0.1:7070.
         addr: String,
-        /// How long to wait for the answer.
+        /// How long to wait for each page of the answer.
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
         reply_timeout: Duration,
+        /// Pad each request to this many bytes: the relay answers with at
+        /// most as many, so this is the page size.
+        #[arg(long, default_value_t = 1400)]
+        datagram_size: usize,
     },
 }
 
@@ -144,6 +148,8 @@ enum CatError {
     Input(String, io::Error),
     #[error("{0}")]
     Client(#[from] ClientError),
+    #[error("cannot read the relay's counters: {0}")]
+    Stats(StatsError),
     #[error("received {got} of {want} messages before the timeout")]
     Incomplete { got: u64, want: u64 },
     #[error("the relay refused {0} request(s)")]
@@ -250,7 +256,8 @@ fn main() -> ExitCode {
         Command::Stats {
             addr,
             reply_timeout,
-        } => Conn::open(&addr, reply_timeout).and_then(|mut c| stats(&mut c)),
+            datagram_size,
+        } => Conn::open(&addr, reply_timeout).and_then(|mut c| stats(&mut c, datagram_size)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -880,38 +887,33 @@ fn ping(conn: &mut Conn, count: u32, interval: Duration) -> Result<(), CatError>
     }
 }
 
-fn stats(conn: &mut Conn) -> Result<(), CatError> {
-    let request = wire::encode_datagram(&[Frame::StatsRequest]).unwrap_or_default();
-    let start = Instant::now();
-    let deadline = start + conn.reply_timeout;
-    let mut resend = start;
-    loop {
+fn stats(conn: &mut Conn, datagram_size: usize) -> Result<(), CatError> {
+    let mut pager = StatsPager::new(Instant::now(), datagram_size, conn.reply_timeout);
+    let entries = loop {
         let now = Instant::now();
-        if now >= deadline {
-            return Err(CatError::NoAnswer {
-                addr: conn.relay,
-                waited: conn.reply_timeout,
-            });
-        }
-        if now >= resend {
-            conn.send(&request)?;
-            resend = now + Duration::from_millis(250);
-        }
-        let Some(datagram) = conn.recv_until(resend.min(deadline))? else {
-            continue;
-        };
-        for frame in wire::decode_datagram(datagram)
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            if let Frame::Stats { entries } = frame {
-                let mut out = io::stdout().lock();
-                for (name, value) in entries.iter() {
-                    writeln!(out, "{name} {value}")?;
-                }
-                return Ok(());
+        pager.handle_timeout(now);
+        match pager.poll_outcome() {
+            Some(Ok(entries)) => break entries,
+            Some(Err(StatsError::NoAnswer(waited))) => {
+                return Err(CatError::NoAnswer {
+                    addr: conn.relay,
+                    waited,
+                });
             }
+            Some(Err(e)) => return Err(CatError::Stats(e)),
+            None => {}
         }
+        if let Some(request) = pager.poll_transmit(now) {
+            conn.send(&request)?;
+        }
+        let wake = pager.poll_timeout().unwrap_or(now);
+        if let Some(datagram) = conn.recv_until(wake)? {
+            pager.handle_datagram(Instant::now(), datagram);
+        }
+    };
+    let mut out = io::stdout().lock();
+    for (name, value) in entries {
+        writeln!(out, "{name} {value}")?;
     }
+    Ok(())
 }

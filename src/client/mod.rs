@@ -12,8 +12,10 @@ use thiserror::Error;
 
 mod ping;
 mod reliable;
+mod stats;
 pub use ping::{PING_RETRY, PingOutcome, Pinger};
 pub use reliable::{ReliablePublisher, ReliableSubscription};
+pub use stats::{MAX_STATS_ENTRIES, MIN_STATS_REQUEST, STATS_RETRY, StatsError, StatsPager};
 
 use crate::wire::{
     self, DatagramBuilder, DeliveryMode, ErrorCode, Frame, HEADER_LEN, MAX_DATAGRAM, StartPosition,
