@@ -33,7 +33,21 @@ pub use stats::{MAX_STATS_ENTRIES, MIN_STATS_REQUEST, STATS_RETRY, StatsError, S
 pub use subscription::{AnySubscription, SUBSCRIBE_RETRY, Subscription, SubscriptionEvent};
 pub(crate) use subscription::{FromRelay, read_from_relay};
 
-use crate::wire;
+use crate::wire::{self, Frame};
+
+/// Calls `on` for each frame of a datagram from the relay, in order, up to
+/// the first that does not decode; false if the datagram or a frame did not
+/// decode (the frames before it were still handed over).
+fn each_frame<'a>(datagram: &'a [u8], mut on: impl FnMut(Frame<'a>)) -> bool {
+    let Ok(frames) = wire::decode_datagram(datagram) else {
+        return false;
+    };
+    for frame in frames {
+        let Ok(frame) = frame else { return false };
+        on(frame);
+    }
+    true
+}
 
 /// Why a client request could not be built.
 #[derive(Debug, Error, PartialEq, Eq)]

@@ -9,6 +9,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use super::each_frame;
 use crate::wire::{self, ErrorCode, Frame};
 
 /// How long a probe waits for a pong before sending a new ping.
@@ -130,18 +131,11 @@ impl Pinger {
         datagram: &[u8],
         mut on_error: impl FnMut(ErrorCode, &str),
     ) -> bool {
-        let Ok(frames) = wire::decode_datagram(datagram) else {
-            return false;
-        };
-        for frame in frames {
-            let Ok(frame) = frame else { return false };
-            match frame {
-                Frame::Pong { nonce } => self.on_pong(now, nonce),
-                Frame::Error { code, reason } => on_error(code, reason),
-                _ => {}
-            }
-        }
-        true
+        each_frame(datagram, |frame| match frame {
+            Frame::Pong { nonce } => self.on_pong(now, nonce),
+            Frame::Error { code, reason } => on_error(code, reason),
+            _ => {}
+        })
     }
 
     fn on_pong(&mut self, now: Instant, nonce: u64) {

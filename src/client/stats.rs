@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use crate::wire::{self, FRAME_HEADER_LEN, Frame, HEADER_LEN, MAX_FRAME_BODY};
+use super::each_frame;
+use crate::wire::{self, FRAME_HEADER_LEN, Frame, HEADER_LEN, MAX_FRAME_BODY, StatEntries};
 
 /// How long a page request waits for its answer before it is sent again.
 pub const STATS_RETRY: Duration = Duration::from_millis(250);
@@ -112,49 +113,47 @@ impl StatsPager {
     /// advances the pager; pages for other cursors (answers to retries that
     /// came late) are ignored. Returns false if the datagram did not decode.
     pub fn handle_datagram(&mut self, now: Instant, datagram: &[u8]) -> bool {
-        let Ok(frames) = wire::decode_datagram(datagram) else {
-            return false;
-        };
-        for frame in frames {
-            let Ok(frame) = frame else { return false };
+        each_frame(datagram, |frame| {
             if let Frame::Stats {
                 cursor,
                 next,
                 entries,
             } = frame
-                && cursor == self.cursor
-                && !self.finished
             {
-                self.heard = now;
-                let before = self.entries.len();
-                self.entries.extend(
-                    entries
-                        .iter()
-                        .map(|(name, value)| (name.to_string(), value)),
-                );
-                let got = self.entries.len() - before;
-                match next {
-                    None => {
-                        let entries = std::mem::take(&mut self.entries);
-                        self.finish(Ok(entries));
-                    }
-                    Some(_) if got == 0 => {
-                        self.finish(Err(StatsError::TooSmall(self.request_size)))
-                    }
-                    Some(n)
-                        if u64::from(n) != u64::from(cursor) + got as u64
-                            || self.entries.len() > MAX_STATS_ENTRIES =>
-                    {
-                        self.finish(Err(StatsError::Endless))
-                    }
-                    Some(n) => {
-                        self.cursor = n;
-                        self.next_send = now;
-                    }
-                }
+                self.on_page(now, cursor, next, entries);
+            }
+        })
+    }
+
+    fn on_page(&mut self, now: Instant, cursor: u32, next: Option<u32>, entries: StatEntries<'_>) {
+        if cursor != self.cursor || self.finished {
+            return;
+        }
+        self.heard = now;
+        let before = self.entries.len();
+        self.entries.extend(
+            entries
+                .iter()
+                .map(|(name, value)| (name.to_string(), value)),
+        );
+        let got = self.entries.len() - before;
+        match next {
+            None => {
+                let entries = std::mem::take(&mut self.entries);
+                self.finish(Ok(entries));
+            }
+            Some(_) if got == 0 => self.finish(Err(StatsError::TooSmall(self.request_size))),
+            Some(n)
+                if u64::from(n) != u64::from(cursor) + got as u64
+                    || self.entries.len() > MAX_STATS_ENTRIES =>
+            {
+                self.finish(Err(StatsError::Endless))
+            }
+            Some(n) => {
+                self.cursor = n;
+                self.next_send = now;
             }
         }
-        true
     }
 
     fn finish(&mut self, outcome: Result<Vec<(String, u64)>, StatsError>) {
@@ -172,7 +171,6 @@ impl StatsPager {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::StatEntries;
 
     const MS: Duration = Duration::from_millis(1);
 

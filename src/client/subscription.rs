@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{ClientError, Reassembler, ReliableSubscription, check_channel};
+use super::{ClientError, Reassembler, ReliableSubscription, check_channel, each_frame};
 use crate::reliable::ArqConfig;
 use crate::wire::{self, DeliveryMode, ErrorCode, Frame, StartPosition};
 
@@ -43,58 +43,51 @@ pub(crate) fn read_from_relay<'a>(
     received_below: u64,
     mut on: impl FnMut(FromRelay<'a>),
 ) -> bool {
-    let Ok(frames) = wire::decode_datagram(datagram) else {
-        return false;
-    };
-    for frame in frames {
-        let Ok(frame) = frame else { return false };
-        match frame {
-            Frame::Subscribed {
-                sub_id: s,
-                first_offset,
-                next_offset,
-                lease_ms,
-            } if s == sub_id => on(FromRelay::Subscribed {
-                first_offset,
-                next_offset,
-                lease: Duration::from_millis(u64::from(lease_ms).max(30)),
-            }),
-            Frame::Deliver {
-                sub_id: s,
-                offset,
-                timestamp,
-                payload,
-            } if s == sub_id => on(FromRelay::Message {
-                offset,
-                timestamp,
-                payload: payload.into(),
-            }),
-            Frame::DeliverFragment {
-                sub_id: s,
-                offset,
-                timestamp,
-                total,
-                at,
-                chunk,
-            } if s == sub_id => {
-                let payload = if offset < received_below {
-                    Some(Vec::new())
-                } else {
-                    pieces.add(offset, total, at, chunk)
-                };
-                if let Some(payload) = payload {
-                    on(FromRelay::Message {
-                        offset,
-                        timestamp,
-                        payload: payload.into(),
-                    });
-                }
+    each_frame(datagram, |frame| match frame {
+        Frame::Subscribed {
+            sub_id: s,
+            first_offset,
+            next_offset,
+            lease_ms,
+        } if s == sub_id => on(FromRelay::Subscribed {
+            first_offset,
+            next_offset,
+            lease: Duration::from_millis(u64::from(lease_ms).max(30)),
+        }),
+        Frame::Deliver {
+            sub_id: s,
+            offset,
+            timestamp,
+            payload,
+        } if s == sub_id => on(FromRelay::Message {
+            offset,
+            timestamp,
+            payload: payload.into(),
+        }),
+        Frame::DeliverFragment {
+            sub_id: s,
+            offset,
+            timestamp,
+            total,
+            at,
+            chunk,
+        } if s == sub_id => {
+            let payload = if offset < received_below {
+                Some(Vec::new())
+            } else {
+                pieces.add(offset, total, at, chunk)
+            };
+            if let Some(payload) = payload {
+                on(FromRelay::Message {
+                    offset,
+                    timestamp,
+                    payload: payload.into(),
+                });
             }
-            Frame::Error { code, reason } => on(FromRelay::Error { code, reason }),
-            _ => {}
         }
-    }
-    true
+        Frame::Error { code, reason } => on(FromRelay::Error { code, reason }),
+        _ => {}
+    })
 }
 
 /// What a subscription saw in a datagram from the relay.
