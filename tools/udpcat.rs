@@ -192,21 +192,11 @@ impl Conn {
         recv_until(&self.socket, &mut self.buf, self.relay, deadline)
     }
 
-    /// Sends the first ping of a probe; [`Conn::await_pong`] waits for its
-    /// answer.
-    fn start_ping(&mut self) -> Result<(), CatError> {
-        let now = Instant::now();
-        self.pinger.start(now);
-        match self.pinger.poll_transmit(now) {
-            Some(ping) => self.send(&ping),
-            None => Ok(()),
-        }
-    }
-
-    /// Waits for the pong of the probe under way, sending a new ping every
-    /// 250 ms (one may have been lost), reporting relay errors seen on the
-    /// way. Returns the round trip of the ping that was answered.
-    fn await_pong(&mut self) -> Result<Duration, CatError> {
+    /// One probe: pings, a new one every 250 ms (one may have been lost),
+    /// until a pong; relay errors seen on the way are reported. Returns the
+    /// round trip of the ping that was answered.
+    fn ping(&mut self) -> Result<Duration, CatError> {
+        self.pinger.start(Instant::now());
         loop {
             let now = Instant::now();
             self.pinger.handle_timeout(now);
@@ -235,12 +225,6 @@ impl Conn {
                 });
             self.refusals += refusals;
         }
-    }
-
-    /// One probe: the round trip of the ping that was answered.
-    fn ping(&mut self) -> Result<Duration, CatError> {
-        self.start_ping()?;
-        self.await_pong()
     }
 }
 
