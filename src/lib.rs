@@ -28,9 +28,17 @@
 //! - [`timer`]: where the cores' deadlines live: [`timer::TimerTable`] for a
 //!   fixed set of named timers, [`timer::DeadlineQueue`] for one deadline per
 //!   key (sessions, subscriptions, leases). Depends on nothing.
-//! - [`client`]: sans-IO client pieces used by `udpcat` and the tests:
-//!   batching publisher, subscriber state with keepalive, and the reliable
-//!   publishing session and subscription.
+//! - [`client`]: sans-IO client pieces used by `udpcat` and the tests, a
+//!   file each:
+//!   - `client::publisher`: messages packed into datagrams, large ones in pieces.
+//!   - `client::paced`: plain publishing paced by ping round trips until the
+//!     relay has handled everything.
+//!   - `client::reliable`: the reliable publishing session and subscription.
+//!   - `client::subscription`: the plain subscription with keepalive, and
+//!     `AnySubscription`, either kind behind one interface.
+//!   - `client::reassembly`: large messages put back together, bounded.
+//!   - `client::ping`: the ping client, each round trip from its own send.
+//!   - `client::stats`: the STATS client, paging with padded requests.
 //! - [`sim`]: the seeded network simulator that drives the cores in
 //!   simulated time.
 //! - [`log`]: the message log: per-channel memory-mapped segment files,

@@ -2,132 +2,29 @@
 //! relay, read its counters. A thin shell of blocking sockets around the
 //! sans-IO pieces in `udprelay::client`.
 
-use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Write};
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::Parser;
 use socket2::{Domain, Protocol, Socket, Type};
 use udprelay::client::{
-    ClientError, Publisher, ReliablePublisher, ReliableSubscription, Subscription,
-    SubscriptionEvent, message_json,
+    AnySubscription, ClientError, PacedPublisher, PingOutcome, Pinger, ReliablePublisher,
+    StatsError, StatsPager, SubscriptionEvent, message_json,
 };
-use udprelay::config::parse_duration;
 use udprelay::reliable::ArqConfig;
 use udprelay::rng::Rng;
-use udprelay::wire::{self, ErrorCode, Frame, StartPosition};
+use udprelay::wire::{DeliveryMode, ErrorCode, StartPosition};
 
-/// netcat for udprelay: publish, subscribe, ping, stats.
-#[derive(Debug, Parser)]
-#[command(name = "udpcat", version)]
-struct Args {
-    #[command(subcommand)]
-    command: Command,
-}
+#[path = "udpcat/args.rs"]
+mod args;
+#[path = "udpcat/input.rs"]
+mod input;
 
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Publish messages to a channel: each stdin line (or file line) is one message.
-    Pub {
-        /// Relay address, like 127.0.0.1:7070.
-        addr: String,
-        /// Channel name.
-        channel: String,
-        /// Send this one message instead of reading stdin.
-        #[arg(long, conflicts_with = "file")]
-        message: Option<String>,
-        /// Send the lines of this file instead of reading stdin.
-        #[arg(long)]
-        file: Option<PathBuf>,
-        /// Send the input this many times.
-        #[arg(long, default_value_t = 1)]
-        count: u64,
-        /// Send all of the input (stdin or --file) as one message, bytes as
-        /// they are, instead of one message per line. Messages larger than a
-        /// datagram travel in pieces (up to the relay's --max-message-size).
-        #[arg(long, conflicts_with = "message")]
-        whole: bool,
-        /// Pack messages into datagrams of up to this many bytes.
-        #[arg(long, default_value_t = 1400)]
-        datagram_size: usize,
-        /// How long to wait for the relay to answer before giving up.
-        #[arg(long, default_value = "2s", value_parser = parse_duration)]
-        reply_timeout: Duration,
-        /// Print a summary on stderr when done.
-        #[arg(short, long)]
-        verbose: bool,
-        /// Guaranteed delivery: every message is retransmitted until the relay
-        /// acknowledges it (once it is in the log); exit 0 only if all were.
-        #[arg(long)]
-        reliable: bool,
-        /// With --reliable: while at most this many messages are unacknowledged, a datagram with room carries them again beside new ones, so a lost datagram is repaired by the next (costs bytes, not datagrams; 0 turns it off).
-        #[arg(long, default_value_t = ArqConfig::default().bundle_limit)]
-        bundle_limit: u32,
-    },
-    /// Subscribe to a channel and print each message.
-    Sub {
-        /// Relay address, like 127.0.0.1:7070.
-        addr: String,
-        /// Channel name.
-        channel: String,
-        /// Output: `line` (payload and a newline), `raw` (payload bytes only) or
-        /// `json` (one object per line: channel, offset, timestamp, payload).
-        #[arg(long, value_enum, default_value_t = Format::Line)]
-        format: Format,
-        /// Exit 0 after this many messages.
-        #[arg(long)]
-        count: Option<u64>,
-        /// Stop after this long (exit 1 if --count messages had not arrived by then).
-        #[arg(long, value_parser = parse_duration)]
-        timeout: Option<Duration>,
-        /// Where to start: `latest` (new messages only), `earliest`, or an offset.
-        #[arg(long, default_value = "latest", value_parser = parse_start)]
-        from: StartPosition,
-        /// How long to wait for the relay to accept the subscription.
-        #[arg(long, default_value = "2s", value_parser = parse_duration)]
-        reply_timeout: Duration,
-        /// Guaranteed delivery: acknowledged, retransmitted, in offset order,
-        /// each message exactly once; resume with --from the next offset.
-        #[arg(long)]
-        reliable: bool,
-        /// Print the subscription's counters on stderr when done.
-        #[arg(short, long)]
-        verbose: bool,
-    },
-    /// Measure the round trip to the relay.
-    Ping {
-        /// Relay address, like 127.0.0.1:7070.
-        addr: String,
-        /// Number of pings.
-        #[arg(long, default_value_t = 3)]
-        count: u32,
-        /// Time between pings.
-        #[arg(long, default_value = "200ms", value_parser = parse_duration)]
-        interval: Duration,
-        /// How long to wait for each pong.
-        #[arg(long, default_value = "2s", value_parser = parse_duration)]
-        reply_timeout: Duration,
-    },
-    /// Print the relay's counters, one `name value` per line.
-    Stats {
-        /// Relay address, like 127.0.0.1:7070.
-        addr: String,
-        /// How long to wait for the answer.
-        #[arg(long, default_value = "2s", value_parser = parse_duration)]
-        reply_timeout: Duration,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Format {
-    Line,
-    Raw,
-    Json,
-}
+use args::{Args, Command, Format};
+use input::{Input, spawn_input};
 
 /// Why udpcat failed.
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +39,8 @@ enum CatError {
     Input(String, io::Error),
     #[error("{0}")]
     Client(#[from] ClientError),
+    #[error("cannot read the relay's counters: {0}")]
+    Stats(StatsError),
     #[error("received {got} of {want} messages before the timeout")]
     Incomplete { got: u64, want: u64 },
     #[error("the relay refused {0} request(s)")]
@@ -150,17 +49,6 @@ enum CatError {
     Unacknowledged { count: u64, why: String },
     #[error("{0}")]
     Io(#[from] io::Error),
-}
-
-fn parse_start(s: &str) -> Result<StartPosition, String> {
-    match s {
-        "latest" => Ok(StartPosition::Latest),
-        "earliest" => Ok(StartPosition::Earliest),
-        n => n
-            .parse()
-            .map(StartPosition::Offset)
-            .map_err(|_| format!("expected latest, earliest or an offset, got {n:?}")),
-    }
 }
 
 fn main() -> ExitCode {
@@ -179,21 +67,7 @@ fn main() -> ExitCode {
             bundle_limit,
             whole,
         } => {
-            let input = match (message, file, whole) {
-                (Some(m), _, _) => Ok(Input::Message(m.into_bytes())),
-                (None, Some(f), true) => std::fs::read(&f)
-                    .map(Input::Message)
-                    .map_err(|e| CatError::Input(f.display().to_string(), e)),
-                (None, None, true) => {
-                    let mut all = Vec::new();
-                    io::stdin()
-                        .read_to_end(&mut all)
-                        .map(|_| Input::Message(all))
-                        .map_err(|e| CatError::Input("stdin".into(), e))
-                }
-                (None, Some(f), false) => Ok(Input::File(f)),
-                (None, None, false) => Ok(Input::Stdin),
-            };
+            let input = Input::choose(message, file, whole);
             let input = match input {
                 Ok(input) => input,
                 Err(e) => {
@@ -248,7 +122,8 @@ fn main() -> ExitCode {
         Command::Stats {
             addr,
             reply_timeout,
-        } => Conn::open(&addr, reply_timeout).and_then(|mut c| stats(&mut c)),
+            datagram_size,
+        } => Conn::open(&addr, reply_timeout).and_then(|mut c| stats(&mut c, datagram_size)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -266,7 +141,9 @@ struct Conn {
     relay: SocketAddr,
     reply_timeout: Duration,
     buf: Vec<u8>,
-    next_nonce: u64,
+    /// Probes the relay: that it is there, and when it has handled
+    /// everything sent before.
+    pinger: Pinger,
     /// Error frames the relay sent.
     refusals: u64,
 }
@@ -295,7 +172,7 @@ impl Conn {
             relay,
             reply_timeout,
             buf: vec![0; 65_536],
-            next_nonce: Rng::from_entropy().next_u64(),
+            pinger: Pinger::new(Rng::from_entropy().next_u64(), reply_timeout),
             refusals: 0,
         })
     }
@@ -312,89 +189,86 @@ impl Conn {
 
     /// Receives one datagram before `deadline`; `None` at the deadline.
     fn recv_until(&mut self, deadline: Instant) -> Result<Option<&[u8]>, CatError> {
-        let now = Instant::now();
-        if now >= deadline {
-            return Ok(None);
-        }
-        self.socket
-            .set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))))?;
-        match self.socket.recv(&mut self.buf) {
-            Ok(n) => Ok(Some(&self.buf[..n])),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                Ok(None)
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                Err(CatError::Refused(self.relay))
-            }
-            Err(e) => Err(e.into()),
-        }
+        recv_until(&self.socket, &mut self.buf, self.relay, deadline)
     }
 
-    /// Sends a ping and returns its nonce.
-    fn send_ping(&mut self) -> Result<u64, CatError> {
-        let nonce = self.next_nonce;
-        self.next_nonce = self.next_nonce.wrapping_add(1);
-        self.send(&wire::encode_datagram(&[Frame::Ping { nonce }]).unwrap_or_default())?;
-        Ok(nonce)
-    }
-
-    /// Waits for the pong of `nonce`, sending the ping again every 250 ms (it
-    /// may have been lost), reporting relay errors seen on the way.
-    fn await_pong(&mut self, nonce: u64) -> Result<Duration, CatError> {
-        let start = Instant::now();
-        let deadline = start + self.reply_timeout;
-        let ping = wire::encode_datagram(&[Frame::Ping { nonce }]).unwrap_or_default();
-        let mut resend = start + Duration::from_millis(250);
+    /// One probe: pings, a new one every 250 ms (one may have been lost),
+    /// until a pong; relay errors seen on the way are reported. Returns the
+    /// round trip of the ping that was answered.
+    fn ping(&mut self) -> Result<Duration, CatError> {
+        self.pinger.start(Instant::now());
         loop {
-            let Some(datagram) = self.recv_until(resend.min(deadline))? else {
-                if Instant::now() >= deadline {
+            let now = Instant::now();
+            self.pinger.handle_timeout(now);
+            match self.pinger.poll_outcome() {
+                Some(PingOutcome::Answered { rtt }) => return Ok(rtt),
+                Some(PingOutcome::TimedOut) => {
                     return Err(CatError::NoAnswer {
                         addr: self.relay,
                         waited: self.reply_timeout,
                     });
                 }
+                None => {}
+            }
+            if let Some(ping) = self.pinger.poll_transmit(now) {
                 self.send(&ping)?;
-                resend += Duration::from_millis(250);
+            }
+            let wake = self.pinger.poll_timeout().unwrap_or(now);
+            let Some(datagram) = recv_until(&self.socket, &mut self.buf, self.relay, wake)? else {
                 continue;
             };
-            let mut answered = false;
             let mut refusals = 0;
-            for frame in wire::decode_datagram(datagram)
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                match frame {
-                    Frame::Pong { nonce: n } if n == nonce => answered = true,
-                    Frame::Error { code, reason } => {
-                        report_refusal(code, reason);
-                        refusals += 1;
-                    }
-                    _ => {}
-                }
-            }
+            self.pinger
+                .handle_datagram(Instant::now(), datagram, |code, reason| {
+                    report_refusal(code, reason);
+                    refusals += 1;
+                });
             self.refusals += refusals;
-            if answered {
-                return Ok(start.elapsed());
-            }
         }
+    }
+}
+
+/// Receives one datagram from the connected `socket` into `buf` before
+/// `deadline`; `None` at the deadline.
+fn recv_until<'b>(
+    socket: &UdpSocket,
+    buf: &'b mut [u8],
+    relay: SocketAddr,
+    deadline: Instant,
+) -> Result<Option<&'b [u8]>, CatError> {
+    let now = Instant::now();
+    if now >= deadline {
+        return Ok(None);
+    }
+    socket.set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))))?;
+    match socket.recv(buf) {
+        Ok(n) => Ok(Some(&buf[..n])),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Err(CatError::Refused(relay)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A send or receive whose only trouble was an ICMP "port unreachable":
+/// for a reliable publisher the relay may be restarting, so that is silence,
+/// which the ARQ retransmits through, not the end.
+fn unless_refused<T>(result: Result<T, CatError>) -> Result<Option<T>, CatError> {
+    match result {
+        Ok(t) => Ok(Some(t)),
+        Err(CatError::Refused(_)) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
 fn report_refusal(code: ErrorCode, reason: &str) {
     eprintln!("udpcat: relay refused ({}): {reason}", code.name());
-}
-
-enum Input {
-    Message(Vec<u8>),
-    File(PathBuf),
-    Stdin,
 }
 
 struct PubOptions {
@@ -406,80 +280,94 @@ struct PubOptions {
     bundle_limit: u32,
 }
 
-/// Datagrams sent between flow-control pings. The relay answers a ping only
-/// after everything before it, so at most two windows are ever in flight: the
-/// relay's socket buffer cannot overflow however fast the input comes.
-const PING_EVERY: u64 = 64;
-
-/// Sends datagrams with ping-paced flow control.
-struct PacedSender<'c> {
-    conn: &'c mut Conn,
-    datagrams: u64,
-    outstanding: Option<u64>,
-}
-
-impl PacedSender<'_> {
-    fn send(&mut self, datagram: &[u8]) -> Result<(), CatError> {
-        self.conn.send(datagram)?;
-        self.datagrams += 1;
-        if self.datagrams.is_multiple_of(PING_EVERY) {
-            if let Some(nonce) = self.outstanding.take() {
-                self.conn.await_pong(nonce)?;
-            }
-            self.outstanding = Some(self.conn.send_ping()?);
-        }
-        Ok(())
-    }
-
-    /// Returns once the relay has processed everything sent.
-    fn finish(self) -> Result<u64, CatError> {
-        if let Some(nonce) = self.outstanding {
-            self.conn.await_pong(nonce)?;
-        }
-        let nonce = self.conn.send_ping()?;
-        self.conn.await_pong(nonce)?;
-        Ok(self.datagrams)
-    }
-}
-
 fn publish(conn: &mut Conn, opts: PubOptions) -> Result<(), CatError> {
-    // Make sure someone is listening before reading any input.
-    let nonce = conn.send_ping()?;
-    conn.await_pong(nonce)?;
-    let mut publisher = Publisher::new(&opts.channel, opts.datagram_size)?;
-    let mut sender = PacedSender {
-        conn,
-        datagrams: 0,
-        outstanding: None,
-    };
+    let nonce = Rng::from_entropy().next_u64();
+    let mut pp = PacedPublisher::new(
+        &opts.channel,
+        opts.datagram_size,
+        nonce,
+        conn.reply_timeout,
+        Instant::now(),
+    )?;
+    // Read no input before someone listens: spawned once the relay answered.
+    let mut source = Some(opts.input);
+    let mut input = None;
+    let mut input_done = false;
     let mut messages = 0u64;
-    let input = spawn_input(opts.input, opts.count);
-    let mut next = input.recv().ok();
-    while let Some(message) = next.take() {
-        for datagram in publisher.push(&message?)? {
-            sender.send(&datagram)?;
+    loop {
+        if pp.is_done() {
+            break;
         }
-        messages += 1;
-        next = match input.try_recv() {
-            Ok(m) => Some(m),
-            Err(mpsc::TryRecvError::Disconnected) => None,
-            Err(mpsc::TryRecvError::Empty) => {
-                // Input paused (a person typing): send what we have now.
-                if let Some(datagram) = publisher.flush() {
-                    sender.send(&datagram)?;
+        if let Some(waited) = pp.failed_after() {
+            return Err(CatError::NoAnswer {
+                addr: conn.relay,
+                waited,
+            });
+        }
+        let mut input_paused = false;
+        while !input_done && pp.wants_input() {
+            let rx = input.get_or_insert_with(|| {
+                spawn_input(source.take().expect("spawned once"), opts.count)
+            });
+            match rx.try_recv() {
+                Ok(message) => {
+                    pp.push(&message?)?;
+                    messages += 1;
                 }
-                input.recv().ok()
+                Err(mpsc::TryRecvError::Empty) => {
+                    // Input paused (a person typing): send what we have now.
+                    pp.flush();
+                    input_paused = true;
+                    break;
+                }
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    pp.finish();
+                    input_done = true;
+                }
             }
-        };
+        }
+        let now = Instant::now();
+        while let Some(datagram) = pp.poll_transmit(now) {
+            conn.send(&datagram)?;
+        }
+        if !input_done && !input_paused && pp.wants_input() {
+            continue;
+        }
+        if let (true, None, Some(rx)) = (input_paused, pp.poll_timeout(), &input) {
+            // Nothing is awaited from the relay: only input moves things on.
+            match rx.recv() {
+                Ok(message) => {
+                    pp.push(&message?)?;
+                    messages += 1;
+                }
+                Err(mpsc::RecvError) => {
+                    pp.finish();
+                    input_done = true;
+                }
+            }
+            continue;
+        }
+        let mut wake = pp.poll_timeout().unwrap_or(now + Duration::from_secs(1));
+        if input_paused {
+            wake = wake.min(now + Duration::from_millis(2));
+        }
+        // A ping times out only after a wait in which nothing came: its pong
+        // may sit in the socket buffer while input is being read.
+        match recv_until(&conn.socket, &mut conn.buf, conn.relay, wake)? {
+            Some(datagram) => {
+                pp.handle_datagram(Instant::now(), datagram, |code, reason| {
+                    report_refusal(code, reason);
+                    conn.refusals += 1;
+                });
+            }
+            None => pp.handle_timeout(Instant::now()),
+        }
     }
-    if let Some(datagram) = publisher.flush() {
-        sender.send(&datagram)?;
-    }
-    let datagrams = sender.finish()?;
     if opts.verbose {
         eprintln!(
-            "udpcat: published {messages} messages to {} in {datagrams} datagrams",
-            opts.channel
+            "udpcat: published {messages} messages to {} in {} datagrams",
+            opts.channel,
+            pp.datagrams_sent()
         );
     }
     match conn.refusals {
@@ -488,74 +376,10 @@ fn publish(conn: &mut Conn, opts: PubOptions) -> Result<(), CatError> {
     }
 }
 
-/// Reads the input on a thread, one message per line (or the one message of
-/// --message and --whole), so the sending loop can wait for the network and
-/// the input at once.
-fn spawn_input(input: Input, count: u64) -> mpsc::Receiver<Result<Vec<u8>, CatError>> {
-    let (tx, rx) = mpsc::sync_channel(4096);
-    std::thread::spawn(move || {
-        let result = (|| -> Result<(), CatError> {
-            let send = |m: Vec<u8>| tx.send(Ok(m)).is_ok();
-            match input {
-                Input::Message(m) => {
-                    for _ in 0..count {
-                        if !send(m.clone()) {
-                            break;
-                        }
-                    }
-                }
-                Input::File(path) => {
-                    let name = path.display().to_string();
-                    let file = File::open(&path).map_err(|e| CatError::Input(name.clone(), e))?;
-                    let lines =
-                        read_lines(BufReader::new(file), |e| CatError::Input(name.clone(), e))?;
-                    'all: for _ in 0..count {
-                        for line in &lines {
-                            if !send(line.clone()) {
-                                break 'all;
-                            }
-                        }
-                    }
-                }
-                Input::Stdin if count == 1 => {
-                    let mut reader = BufReader::with_capacity(1 << 16, io::stdin());
-                    let mut line = Vec::new();
-                    loop {
-                        line.clear();
-                        let n = reader
-                            .read_until(b'\n', &mut line)
-                            .map_err(|e| CatError::Input("stdin".into(), e))?;
-                        if n == 0 || !send(trim_newline(&line).to_vec()) {
-                            break;
-                        }
-                    }
-                }
-                Input::Stdin => {
-                    let lines =
-                        read_lines(io::stdin().lock(), |e| CatError::Input("stdin".into(), e))?;
-                    'all: for _ in 0..count {
-                        for line in &lines {
-                            if !send(line.clone()) {
-                                break 'all;
-                            }
-                        }
-                    }
-                }
-            }
-            Ok(())
-        })();
-        if let Err(e) = result {
-            let _ = tx.send(Err(e));
-        }
-    });
-    rx
-}
-
 /// Publishes with acknowledgements: exits 0 only when the relay acknowledged
 /// every message.
 fn publish_reliably(conn: &mut Conn, opts: PubOptions) -> Result<(), CatError> {
-    let nonce = conn.send_ping()?;
-    conn.await_pong(nonce)?;
+    conn.ping()?;
     let session = Rng::from_entropy().next_u64();
     let mut rp = ReliablePublisher::new(
         session,
@@ -581,6 +405,13 @@ fn publish_reliably(conn: &mut Conn, opts: PubOptions) -> Result<(), CatError> {
         if input_done && rp.is_done() {
             break;
         }
+        let now = Instant::now();
+        let gone_at = rp.silent_since().map(|t| t + conn.reply_timeout);
+        if gone_at.is_some_and(|t| now >= t) {
+            refusal.get_or_insert_with(|| {
+                format!("no answer from the relay within {:?}", conn.reply_timeout)
+            });
+        }
         if rp.is_failed() || refusal.is_some() {
             let why = refusal.unwrap_or_else(|| "the relay stopped answering".into());
             return Err(CatError::Unacknowledged {
@@ -588,19 +419,21 @@ fn publish_reliably(conn: &mut Conn, opts: PubOptions) -> Result<(), CatError> {
                 why,
             });
         }
-        let now = Instant::now();
         if rp.poll_timeout().is_some_and(|t| t <= now) {
             rp.handle_timeout(now);
         }
         while let Some(datagram) = rp.poll_transmit(now) {
-            conn.send(&datagram)?;
+            unless_refused(conn.send(&datagram))?;
         }
         // Wake for the next timer, or soon if input may be waiting.
         let mut wake = rp.poll_timeout().unwrap_or(now + Duration::from_secs(1));
+        if let Some(t) = gone_at {
+            wake = wake.min(t);
+        }
         if !input_done && rp.wants_input() {
             wake = wake.min(now + Duration::from_millis(2));
         }
-        if let Some(datagram) = conn.recv_until(wake)? {
+        if let Some(datagram) = unless_refused(conn.recv_until(wake))?.flatten() {
             rp.handle_datagram(Instant::now(), datagram, |code, reason| {
                 report_refusal(code, reason);
                 refusal = Some(format!("refused ({}): {reason}", code.name()));
@@ -624,28 +457,6 @@ fn publish_reliably(conn: &mut Conn, opts: PubOptions) -> Result<(), CatError> {
     Ok(())
 }
 
-fn read_lines(
-    mut reader: impl Read,
-    err: impl Fn(io::Error) -> CatError,
-) -> Result<Vec<Vec<u8>>, CatError> {
-    let mut all = Vec::new();
-    reader.read_to_end(&mut all).map_err(err)?;
-    let mut lines: Vec<Vec<u8>> = all
-        .split(|&b| b == b'\n')
-        .map(|l| trim_newline(l).to_vec())
-        .collect();
-    // A final newline ends the last line; it does not start an empty one.
-    if all.last() == Some(&b'\n') || all.is_empty() {
-        lines.pop();
-    }
-    Ok(lines)
-}
-
-fn trim_newline(line: &[u8]) -> &[u8] {
-    let line = line.strip_suffix(b"\n").unwrap_or(line);
-    line.strip_suffix(b"\r").unwrap_or(line)
-}
-
 struct SubOptions {
     channel: String,
     format: Format,
@@ -656,71 +467,15 @@ struct SubOptions {
     verbose: bool,
 }
 
-/// Either kind of subscription, behind one interface for the receive loop.
-enum AnySubscription {
-    Plain(Subscription),
-    Reliable(Box<ReliableSubscription>),
-}
-
-impl AnySubscription {
-    fn is_active(&self) -> bool {
-        match self {
-            AnySubscription::Plain(s) => s.is_active(),
-            AnySubscription::Reliable(s) => s.is_active(),
-        }
-    }
-
-    fn poll_timeout(&self) -> Instant {
-        match self {
-            AnySubscription::Plain(s) => s.poll_timeout(),
-            AnySubscription::Reliable(s) => s.poll_timeout(),
-        }
-    }
-
-    fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
-        match self {
-            AnySubscription::Plain(s) => s.poll_transmit(now),
-            AnySubscription::Reliable(s) => s.poll_transmit(now),
-        }
-    }
-
-    fn handle_datagram(
-        &mut self,
-        now: Instant,
-        datagram: &[u8],
-        on_event: &mut dyn FnMut(SubscriptionEvent<'_>),
-    ) {
-        match self {
-            AnySubscription::Plain(s) => {
-                s.handle_datagram(now, datagram, &mut *on_event);
-            }
-            AnySubscription::Reliable(s) => s.handle_datagram(now, datagram, on_event),
-        }
-    }
-
-    fn unsubscribe(&self) -> Vec<u8> {
-        match self {
-            AnySubscription::Plain(s) => s.unsubscribe(),
-            AnySubscription::Reliable(s) => s.unsubscribe(),
-        }
-    }
-}
-
 fn subscribe(conn: &mut Conn, opts: &SubOptions) -> Result<(), CatError> {
     let start = Instant::now();
     let sub_id = Rng::from_entropy().next_u64() as u32;
-    let mut sub = if opts.reliable {
-        let arq = ArqConfig::default();
-        AnySubscription::Reliable(Box::new(ReliableSubscription::new(
-            sub_id,
-            &opts.channel,
-            opts.from,
-            arq,
-            start,
-        )?))
+    let mode = if opts.reliable {
+        DeliveryMode::Reliable
     } else {
-        AnySubscription::Plain(Subscription::new(sub_id, &opts.channel, opts.from, start)?)
+        DeliveryMode::Unreliable
     };
+    let mut sub = AnySubscription::new(mode, sub_id, &opts.channel, opts.from, start)?;
     let stop_at = opts.timeout.map(|t| start + t);
     let answer_by = start + conn.reply_timeout;
     let mut received = 0u64;
@@ -760,7 +515,7 @@ fn subscribe(conn: &mut Conn, opts: &SubOptions) -> Result<(), CatError> {
             continue;
         };
         let mut write_result = Ok(());
-        sub.handle_datagram(Instant::now(), datagram, &mut |event| match event {
+        sub.handle_datagram(Instant::now(), datagram, |event: SubscriptionEvent<'_>| match event {
             SubscriptionEvent::Subscribed { first_offset, .. } => {
                 eprintln!("udpcat: subscribed to {} at offset {first_offset}", opts.channel);
                 if let StartPosition::Offset(asked) = opts.from
@@ -836,8 +591,7 @@ fn ping(conn: &mut Conn, count: u32, interval: Duration) -> Result<(), CatError>
         if seq > 1 {
             std::thread::sleep(interval);
         }
-        let nonce = conn.send_ping()?;
-        match conn.await_pong(nonce) {
+        match conn.ping() {
             Ok(rtt) => {
                 answered += 1;
                 println!(
@@ -857,38 +611,33 @@ fn ping(conn: &mut Conn, count: u32, interval: Duration) -> Result<(), CatError>
     }
 }
 
-fn stats(conn: &mut Conn) -> Result<(), CatError> {
-    let request = wire::encode_datagram(&[Frame::StatsRequest]).unwrap_or_default();
-    let start = Instant::now();
-    let deadline = start + conn.reply_timeout;
-    let mut resend = start;
-    loop {
+fn stats(conn: &mut Conn, datagram_size: usize) -> Result<(), CatError> {
+    let mut pager = StatsPager::new(Instant::now(), datagram_size, conn.reply_timeout);
+    let entries = loop {
         let now = Instant::now();
-        if now >= deadline {
-            return Err(CatError::NoAnswer {
-                addr: conn.relay,
-                waited: conn.reply_timeout,
-            });
-        }
-        if now >= resend {
-            conn.send(&request)?;
-            resend = now + Duration::from_millis(250);
-        }
-        let Some(datagram) = conn.recv_until(resend.min(deadline))? else {
-            continue;
-        };
-        for frame in wire::decode_datagram(datagram)
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            if let Frame::Stats { entries } = frame {
-                let mut out = io::stdout().lock();
-                for (name, value) in entries.iter() {
-                    writeln!(out, "{name} {value}")?;
-                }
-                return Ok(());
+        pager.handle_timeout(now);
+        match pager.poll_outcome() {
+            Some(Ok(entries)) => break entries,
+            Some(Err(StatsError::NoAnswer(waited))) => {
+                return Err(CatError::NoAnswer {
+                    addr: conn.relay,
+                    waited,
+                });
             }
+            Some(Err(e)) => return Err(CatError::Stats(e)),
+            None => {}
         }
+        if let Some(request) = pager.poll_transmit(now) {
+            conn.send(&request)?;
+        }
+        let wake = pager.poll_timeout().unwrap_or(now);
+        if let Some(datagram) = conn.recv_until(wake)? {
+            pager.handle_datagram(Instant::now(), datagram);
+        }
+    };
+    let mut out = io::stdout().lock();
+    for (name, value) in entries {
+        writeln!(out, "{name} {value}")?;
     }
+    Ok(())
 }

@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
     };
     for frame in frames {
         let Ok(frame) = frame else { break };
-        if let Frame::Stats { entries } = frame {
+        if let Frame::Stats { entries, .. } = frame {
             let _ = entries.iter().count();
         }
         let mut out = Vec::new();
@@ -20,8 +20,8 @@ fuzz_target!(|data: &[u8]| {
         let (again, rest) = Frame::decode(&out).expect("an encoded frame decodes");
         assert!(rest.is_empty());
         match (frame, again) {
-            (Frame::Stats { entries: StatEntries::Encoded(a) }, Frame::Stats { entries: StatEntries::Encoded(b) }) => {
-                assert_eq!(a, b)
+            (Frame::Stats { cursor: c1, next: n1, entries: StatEntries::Encoded(a) }, Frame::Stats { cursor: c2, next: n2, entries: StatEntries::Encoded(b) }) => {
+                assert_eq!((c1, n1, a), (c2, n2, b))
             }
             (a, b) => assert_eq!(a, b),
         }

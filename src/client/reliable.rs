@@ -37,6 +37,11 @@ pub struct ReliablePublisher {
     datagram_size: usize,
     /// A retransmission that did not fit in the last datagram.
     carry: Option<u64>,
+    /// Since when the relay has been silent while something waits for its
+    /// acknowledgement: the last acknowledgement, or the send that ended an
+    /// idle spell (an idle publisher expects nothing, so its quiet is no
+    /// silence).
+    silent_since: Option<Instant>,
 }
 
 /// The RELIABLE_PUBLISH frame of session `session` for in-flight message
@@ -76,6 +81,7 @@ impl ReliablePublisher {
             queued: VecDeque::new(),
             datagram_size,
             carry: None,
+            silent_since: None,
         })
     }
 
@@ -133,6 +139,14 @@ impl ReliablePublisher {
         (self.sender.srtt(), self.sender.cwnd())
     }
 
+    /// Since when the relay has not answered while messages wait for its
+    /// acknowledgement; `None` while nothing is in flight. The caller decides
+    /// how long a silence means the relay is gone: an unreachable relay (one
+    /// restarting, say) is silent, not refused.
+    pub fn silent_since(&self) -> Option<Instant> {
+        self.silent_since.filter(|_| !self.sender.is_idle())
+    }
+
     /// When [`ReliablePublisher::handle_timeout`] is next due.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.sender.poll_timeout()
@@ -146,6 +160,9 @@ impl ReliablePublisher {
     /// The next datagram to send at `now`: retransmissions first, then new
     /// messages, as many as the windows allow and the datagram holds.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
+        if self.sender.is_idle() {
+            self.silent_since = Some(now);
+        }
         let mut b = DatagramBuilder::new(self.datagram_size);
         // The first new message in this datagram, and whether it carries a
         // retransmission (then it is not a thin stream's datagram).
@@ -227,6 +244,7 @@ impl ReliablePublisher {
                     window,
                     ranges,
                 } if id == self.session => {
+                    self.silent_since = Some(now);
                     self.sender
                         .on_ack(cumulative, wire::ack_ranges(ranges), window, now);
                     let in_flight = self.sender.in_flight() as usize;
@@ -437,5 +455,49 @@ impl ReliableSubscription {
             sub_id: self.sub_id,
         };
         wire::encode_datagram(&[frame]).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn ack(session: u64, cumulative: u64) -> Vec<u8> {
+        wire::encode_datagram(&[Frame::Ack {
+            kind: AckKind::Publish,
+            id: session,
+            cumulative,
+            window: 4096,
+            ranges: &[],
+        }])
+        .unwrap()
+    }
+
+    #[test]
+    fn silence_counts_from_the_last_acknowledgement_while_messages_wait() {
+        let t = Instant::now();
+        let mut p = ReliablePublisher::new(9, "news", ArqConfig::default(), 1400).unwrap();
+        assert_eq!(p.silent_since(), None, "nothing sent, nothing awaited");
+        p.push(b"a".to_vec()).unwrap();
+        assert!(p.poll_transmit(t).is_some());
+        assert_eq!(p.silent_since(), Some(t));
+        p.handle_datagram(t + 5 * MS, &ack(9, 1), |_, _| {});
+        assert_eq!(p.silent_since(), None, "all acknowledged");
+
+        // Ten idle seconds are no silence: it counts from the next send.
+        let later = t + Duration::from_secs(10);
+        p.push(b"b".to_vec()).unwrap();
+        p.push(b"c".to_vec()).unwrap();
+        assert!(p.poll_transmit(later).is_some());
+        assert_eq!(p.silent_since(), Some(later));
+        p.handle_datagram(later + 3 * MS, &ack(9, 2), |_, _| {});
+        assert_eq!(p.silent_since(), Some(later + 3 * MS));
+        // Another session's acknowledgement is not the relay answering us.
+        p.handle_datagram(later + 9 * MS, &ack(8, 3), |_, _| {});
+        assert_eq!(p.silent_since(), Some(later + 3 * MS));
     }
 }

@@ -396,7 +396,8 @@ pub struct Relay {
     subscription_count: usize,
     /// Channel of each raw ingest port, by the driver's index.
     raw_in: Vec<ChannelId>,
-    /// Limits error replies.
+    /// Limits replies that anyone can ask for from any source address:
+    /// errors and STATS pages.
     error_replies: TokenBucket,
     /// The relay's own socket addresses, never sent to.
     own: OwnAddresses,
@@ -961,17 +962,36 @@ impl Relay {
             Frame::Ping { nonce } => {
                 self.outbox.push_frame(from, &Frame::Pong { nonce });
             }
-            Frame::StatsRequest => {
+            Frame::StatsRequest { cursor, padding } => {
+                // Anyone may ask, with any source address: one answer per
+                // request, at the reply rate, never larger than the request
+                // (its padding is the answer's room), so a forged source
+                // cannot make the relay an amplifier.
+                let Some(room) = (wire::STATS_REQUEST_FIXED + usize::from(padding))
+                    .checked_sub(wire::STATS_FIXED)
+                else {
+                    // Unpadded (as earlier builds asked): no answer fits.
+                    self.counters.dropped_unsupported += 1;
+                    return;
+                };
+                if !self.error_replies.take(now.instant) {
+                    self.counters.errors_suppressed += 1;
+                    return;
+                }
                 let counters = self
                     .counters
                     .entries(self.channel_count(), self.subscription_count);
                 let per_stream = self.stream_stats();
-                let mut list: Vec<(&str, u64)> = counters;
-                list.extend(per_stream.iter().map(|(k, v)| (k.as_str(), *v)));
+                let all = counters
+                    .into_iter()
+                    .chain(per_stream.iter().map(|(k, v)| (k.as_str(), *v)));
+                let (page, next) = wire::stats_page(all, cursor, room);
                 self.outbox.push_frame(
                     from,
                     &Frame::Stats {
-                        entries: wire::StatEntries::List(&list),
+                        cursor,
+                        next,
+                        entries: wire::StatEntries::List(&page),
                     },
                 );
             }
@@ -1575,9 +1595,10 @@ impl Relay {
 
     /// Counters of each reliable publishing session and reliable
     /// subscription, named `session ADDR/ID NAME` and `subscription ADDR/ID
-    /// NAME`, for as many streams as fit one STATS frame.
+    /// NAME`, for at most 100 streams.
     fn stream_stats(&self) -> Vec<(String, u64)> {
-        /// Streams listed at most (a STATS frame body holds 64 KiB).
+        /// Streams listed at most: every STATS request lists them all to
+        /// page through, so this bounds the work one request costs.
         const MAX_STREAMS: usize = 100;
         let mut out = Vec::new();
         let mut streams = 0;

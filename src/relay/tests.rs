@@ -752,16 +752,27 @@ fn stats_reply_lists_the_counters() {
     let (mut r, _dir) = relay();
     let t = start();
     publish(&mut r, t, "news", b"x");
-    send(&mut r, t, ALICE, &[Frame::StatsRequest]);
+    let request = Frame::StatsRequest {
+        cursor: 0,
+        padding: 4000,
+    };
+    send(&mut r, t, ALICE, &[request]);
     let sent = Sent::collect(&mut r);
+    assert_eq!(sent.datagrams.len(), 1);
     let payload = &sent.datagrams[0].payload;
+    assert!(payload.len() <= wire::HEADER_LEN + request.encoded_len());
     let frame = wire::decode_datagram(payload)
         .unwrap()
         .next()
         .unwrap()
         .unwrap();
-    let Frame::Stats { entries } = frame else {
-        panic!("expected stats, got {frame:?}");
+    let Frame::Stats {
+        cursor: 0,
+        next: None,
+        entries,
+    } = frame
+    else {
+        panic!("expected all stats on one page, got {frame:?}");
     };
     let stats: HashMap<&str, u64> = entries.iter().collect();
     assert_eq!(stats["messages_published"], 1);
@@ -827,6 +838,36 @@ fn error_replies_are_rate_limited() {
     r.handle_datagram(later, addr(ALICE), b"UR\x09\x00\0\0\0\0");
     assert_eq!(r.counters().errors_sent, 11);
     assert_eq!(r.counters().dropped_bad_version, 27);
+}
+
+#[test]
+fn stats_pages_share_the_reply_budget_and_unpadded_requests_get_none() {
+    let (mut r, _dir) = relay_with(|c| c.error_replies_per_sec = 2);
+    let t = start();
+    let padded = Frame::StatsRequest {
+        cursor: 0,
+        padding: 1384,
+    };
+    for _ in 0..3 {
+        send(&mut r, t, ALICE, &[padded]);
+    }
+    let sent = Sent::collect(&mut r);
+    assert_eq!(sent.datagrams.len(), 2, "two tokens, two pages");
+    assert_eq!(r.counters().errors_suppressed, 1);
+    // Unpadded, as earlier builds asked: no room for any answer, no token.
+    send(
+        &mut r,
+        t.after(Duration::from_secs(1)),
+        ALICE,
+        &[Frame::StatsRequest {
+            cursor: 0,
+            padding: 0,
+        }],
+    );
+    assert!(Sent::collect(&mut r).datagrams.is_empty());
+    assert_eq!(r.counters().dropped_unsupported, 1);
+    send(&mut r, t.after(Duration::from_secs(1)), ALICE, &[padded]);
+    assert_eq!(Sent::collect(&mut r).datagrams.len(), 1);
 }
 
 #[test]

@@ -164,10 +164,49 @@ impl<'a> StatEntries<'a> {
 
     fn encoded_len(&self) -> usize {
         match *self {
-            StatEntries::List(l) => l.iter().map(|(n, _)| 1 + n.len() + 8).sum(),
+            StatEntries::List(l) => l.iter().map(|(n, _)| stat_entry_len(n)).sum(),
             StatEntries::Encoded(b) => b.len(),
         }
     }
+}
+
+/// Bytes one STATS entry takes: length, name (cut at 255 bytes), value.
+pub fn stat_entry_len(name: &str) -> usize {
+    1 + name.len().min(255) + 8
+}
+
+/// Fixed part of a STATS frame body: the cursor it answers and the next one.
+pub const STATS_FIXED: usize = 4 + 4;
+/// Fixed part of a STATS_REQUEST frame body: the cursor.
+pub const STATS_REQUEST_FIXED: usize = 4;
+/// The `next` of the last page of STATS.
+const STATS_LAST_PAGE: u32 = u32::MAX;
+
+/// The page of `entries` that starts at entry `cursor` and fits in `room`
+/// bytes of entries, and the cursor of the page after it (`None` if this
+/// page reaches the end).
+pub fn stats_page<'a>(
+    entries: impl IntoIterator<Item = (&'a str, u64)>,
+    cursor: u32,
+    room: usize,
+) -> (Vec<(&'a str, u64)>, Option<u32>) {
+    let mut page = Vec::new();
+    let mut used = 0;
+    let mut rest = entries.into_iter().skip(cursor as usize).peekable();
+    while let Some(&(name, value)) = rest.peek() {
+        // The last cursor value means "no next page", so a page never
+        // reaches it.
+        if used + stat_entry_len(name) > room
+            || cursor as usize + page.len() >= STATS_LAST_PAGE as usize
+        {
+            break;
+        }
+        used += stat_entry_len(name);
+        page.push((name, value));
+        rest.next();
+    }
+    let next = rest.peek().map(|_| cursor + page.len() as u32);
+    (page, next)
 }
 
 /// One decoded frame, borrowing its variable-length fields from the datagram.
@@ -299,10 +338,21 @@ pub enum Frame<'a> {
         /// Why, in words (UTF-8).
         reason: &'a str,
     },
-    /// Ask for the relay's counters.
-    StatsRequest,
-    /// The relay's counters.
+    /// Ask for one page of the relay's counters. The request is padded: the
+    /// answer is never larger than the datagram that asked.
+    StatsRequest {
+        /// Index of the first entry wanted (0 for the first page).
+        cursor: u32,
+        /// Zero bytes after the cursor: room for the answer, which needs
+        /// 4 more than the request's cursor for its own fixed part.
+        padding: u16,
+    },
+    /// One page of the relay's counters.
     Stats {
+        /// The request's cursor: the index of this page's first entry.
+        cursor: u32,
+        /// Where the next page starts; `None` on the last page.
+        next: Option<u32>,
         /// Counter names and values.
         entries: StatEntries<'a>,
     },
@@ -321,7 +371,7 @@ impl<'a> Frame<'a> {
             Frame::Ping { .. } => FrameType::Ping,
             Frame::Pong { .. } => FrameType::Pong,
             Frame::Error { .. } => FrameType::Error,
-            Frame::StatsRequest => FrameType::StatsRequest,
+            Frame::StatsRequest { .. } => FrameType::StatsRequest,
             Frame::Stats { .. } => FrameType::Stats,
             Frame::ReliablePublish { .. } => FrameType::ReliablePublish,
             Frame::Fragment { .. } => FrameType::Fragment,
@@ -344,8 +394,8 @@ impl<'a> Frame<'a> {
             Frame::DeliverFragment { chunk, .. } => DELIVER_FRAGMENT_FIXED + chunk.len(),
             Frame::Ping { .. } | Frame::Pong { .. } => 8,
             Frame::Error { reason, .. } => 2 + reason.len(),
-            Frame::StatsRequest => 0,
-            Frame::Stats { entries } => entries.encoded_len(),
+            Frame::StatsRequest { padding, .. } => STATS_REQUEST_FIXED + usize::from(*padding),
+            Frame::Stats { entries, .. } => STATS_FIXED + entries.encoded_len(),
         }
     }
 
@@ -499,18 +549,29 @@ impl<'a> Frame<'a> {
                 out.extend_from_slice(&code.0.to_le_bytes());
                 out.extend_from_slice(reason.as_bytes());
             }
-            Frame::StatsRequest => {}
-            Frame::Stats { entries } => match entries {
-                StatEntries::List(list) => {
-                    for (name, value) in list {
-                        let name = &name.as_bytes()[..name.len().min(255)];
-                        out.push(name.len() as u8);
-                        out.extend_from_slice(name);
-                        out.extend_from_slice(&value.to_le_bytes());
+            Frame::StatsRequest { cursor, padding } => {
+                out.extend_from_slice(&cursor.to_le_bytes());
+                out.resize(out.len() + usize::from(padding), 0);
+            }
+            Frame::Stats {
+                cursor,
+                next,
+                entries,
+            } => {
+                out.extend_from_slice(&cursor.to_le_bytes());
+                out.extend_from_slice(&next.unwrap_or(STATS_LAST_PAGE).to_le_bytes());
+                match entries {
+                    StatEntries::List(list) => {
+                        for (name, value) in list {
+                            let name = &name.as_bytes()[..name.len().min(255)];
+                            out.push(name.len() as u8);
+                            out.extend_from_slice(name);
+                            out.extend_from_slice(&value.to_le_bytes());
+                        }
                     }
+                    StatEntries::Encoded(raw) => out.extend_from_slice(raw),
                 }
-                StatEntries::Encoded(raw) => out.extend_from_slice(raw),
-            },
+            }
         }
         Ok(())
     }
@@ -682,16 +743,28 @@ impl<'a> Frame<'a> {
                 Frame::Error { code, reason }
             }
             FrameType::StatsRequest => {
-                r.end()?;
-                Frame::StatsRequest
+                // An empty body is the unpaged request of earlier builds:
+                // the first page, with no room for any answer.
+                let cursor = if body.is_empty() { 0 } else { r.u32()? };
+                // Padding is room for the answer, whatever its bytes.
+                let padding = r.rest().len();
+                Frame::StatsRequest {
+                    cursor,
+                    // The body length is 16 bits, so this fits.
+                    padding: padding as u16,
+                }
             }
             FrameType::Stats => {
+                let cursor = r.u32()?;
+                let next = Some(r.u32()?).filter(|&n| n != STATS_LAST_PAGE);
                 // Validate every entry now so that iteration later cannot fail.
-                let raw = body;
+                let raw = r.buf;
                 while !r.rest_is_empty() {
                     r.stat_entry()?;
                 }
                 Frame::Stats {
+                    cursor,
+                    next,
                     entries: StatEntries::Encoded(raw),
                 }
             }

@@ -10,8 +10,9 @@
 mod frame;
 
 pub use frame::{
-    AckKind, DeliveryMode, ErrorCode, FLAG_MORE, Frame, FrameType, StartPosition, StatEntries,
-    ack_ranges, encode_ack_ranges,
+    AckKind, DeliveryMode, ErrorCode, FLAG_MORE, Frame, FrameType, STATS_FIXED,
+    STATS_REQUEST_FIXED, StartPosition, StatEntries, ack_ranges, encode_ack_ranges, stat_entry_len,
+    stats_page,
 };
 
 /// Bytes a deliver frame adds around its payload (frame header, subscription id,

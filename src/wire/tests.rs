@@ -97,9 +97,23 @@ fn sample_frames() -> Vec<Frame<'static>> {
             code: ErrorCode::BAD_CHANNEL,
             reason: "channel name has a control character",
         },
-        Frame::StatsRequest,
+        Frame::StatsRequest {
+            cursor: 0,
+            padding: 4,
+        },
+        Frame::StatsRequest {
+            cursor: 7,
+            padding: 1380,
+        },
         Frame::Stats {
+            cursor: 3,
+            next: Some(5),
             entries: StatEntries::List(&STATS),
+        },
+        Frame::Stats {
+            cursor: 5,
+            next: None,
+            entries: StatEntries::List(&[]),
         },
     ]
 }
@@ -108,7 +122,19 @@ fn sample_frames() -> Vec<Frame<'static>> {
 /// their encoded form: compare those by their entries.
 fn assert_same(a: &Frame<'_>, b: &Frame<'_>) {
     match (a, b) {
-        (Frame::Stats { entries: x }, Frame::Stats { entries: y }) => {
+        (
+            Frame::Stats {
+                cursor: c1,
+                next: n1,
+                entries: x,
+            },
+            Frame::Stats {
+                cursor: c2,
+                next: n2,
+                entries: y,
+            },
+        ) => {
+            assert_eq!((c1, n1), (c2, n2));
             assert_eq!(x.iter().collect::<Vec<_>>(), y.iter().collect::<Vec<_>>())
         }
         _ => assert_eq!(a, b),
@@ -258,7 +284,7 @@ fn decode_all(input: &[u8]) -> usize {
     let mut n = 0;
     for f in frames {
         let Ok(f) = f else { break };
-        if let Frame::Stats { entries } = f {
+        if let Frame::Stats { entries, .. } = f {
             n += entries.iter().count();
         }
         if let Frame::Ack { ranges, .. } = f {
@@ -328,4 +354,59 @@ fn protocol_md_example_is_exact() {
             0x04, b'n', b'e', b'w', b's', b'a',
         ]
     );
+}
+
+#[test]
+fn stats_request_layout_and_its_smallest_padding() {
+    let d = encode_datagram(&[Frame::StatsRequest {
+        cursor: 0x0102_0304,
+        padding: 4,
+    }])
+    .unwrap();
+    assert_eq!(
+        &d[HEADER_LEN..],
+        [0x0A, 0, 8, 0, 4, 3, 2, 1, 0, 0, 0, 0],
+        "type, flags, length 8, cursor, four zero bytes"
+    );
+    // The unpaged request of earlier builds: the first page, no room.
+    let empty = [b'U', b'R', 1, 0, 0, 0, 0, 0, 0x0A, 0, 0, 0];
+    let frame = decode_datagram(&empty).unwrap().next().unwrap();
+    assert_eq!(
+        frame,
+        Ok(Frame::StatsRequest {
+            cursor: 0,
+            padding: 0
+        })
+    );
+    let truncated = [b'U', b'R', 1, 0, 0, 0, 0, 0, 0x0A, 0, 2, 0, 1, 0];
+    assert!(
+        decode_datagram(&truncated)
+            .unwrap()
+            .next()
+            .unwrap()
+            .is_err()
+    );
+}
+
+#[test]
+fn stats_page_fits_its_room_and_says_where_the_next_starts() {
+    let entries = [("a", 1), ("bb", 2), ("ccc", 3), ("dddd", 4)];
+    // "a" takes 10 bytes, "bb" 11, "ccc" 12, "dddd" 13.
+    assert_eq!(stat_entry_len("bb"), 11);
+    assert_eq!(
+        stats_page(entries, 0, 21),
+        (vec![("a", 1), ("bb", 2)], Some(2))
+    );
+    assert_eq!(stats_page(entries, 0, 20), (vec![("a", 1)], Some(1)));
+    assert_eq!(
+        stats_page(entries, 2, 25),
+        (vec![("ccc", 3), ("dddd", 4)], None)
+    );
+    assert_eq!(
+        stats_page(entries, 2, 11),
+        (vec![], Some(2)),
+        "no room: no progress"
+    );
+    assert_eq!(stats_page(entries, 4, 100), (vec![], None), "past the end");
+    assert_eq!(stats_page(entries, 9, 100), (vec![], None));
 }

@@ -14,6 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+use udprelay::client::StatsPager;
 use udprelay::wire::{self, DeliveryMode, Frame, StartPosition};
 
 /// Generous: the machine is shared and CI may be slow (10,000 reliable
@@ -345,7 +346,7 @@ impl Got {
             },
             Frame::Pong { nonce } => Got::Pong(nonce),
             Frame::Error { code, reason } => Got::Error(code.0, reason.to_string()),
-            Frame::Stats { entries } => {
+            Frame::Stats { entries, .. } => {
                 Got::Stats(entries.iter().map(|(k, v)| (k.to_string(), v)).collect())
             }
             ref other => Got::Other(format!("{other:?}")),
@@ -439,15 +440,29 @@ impl TestClient {
         self.send(&[Frame::Publish { channel, payload }]);
     }
 
+    /// Every counter, read page by page as `udpcat stats` does.
     pub fn stats(&mut self) -> HashMap<String, u64> {
-        self.send(&[Frame::StatsRequest]);
-        let got = self.barrier();
-        for g in got {
-            if let Got::Stats(entries) = g {
+        let mut pager = StatsPager::new(Instant::now(), 1400, DEADLINE);
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            let now = Instant::now();
+            pager.handle_timeout(now);
+            if let Some(outcome) = pager.poll_outcome() {
+                let entries = outcome.unwrap_or_else(|e| panic!("no stats: {e}"));
                 return entries.into_iter().collect();
             }
+            if let Some(request) = pager.poll_transmit(now) {
+                self.send_raw(&request);
+            }
+            let wake = pager.poll_timeout().unwrap_or(now);
+            let wait = wake
+                .saturating_duration_since(now)
+                .max(Duration::from_millis(1));
+            self.socket.set_read_timeout(Some(wait)).unwrap();
+            if let Ok(n) = self.socket.recv(&mut buf) {
+                pager.handle_datagram(Instant::now(), &buf[..n]);
+            }
         }
-        panic!("no stats reply before the pong");
     }
 }
 

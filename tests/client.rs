@@ -1,0 +1,235 @@
+//! End to end: the client side (`udpcat`) against the real `udprelay`, where
+//! the relay goes away, comes back, or is asked by a stranger.
+
+mod common;
+
+use std::io::Write;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+use udprelay::relay::Counters;
+use udprelay::wire::{self, Frame};
+
+fn dump(data_dir: &Path, channel: &str, extra: &[&str]) -> Output {
+    Command::new(udprelay_bin())
+        .args(["log", "dump", channel, "--data-dir"])
+        .arg(data_dir)
+        .args(extra)
+        .output()
+        .expect("run udprelay log dump")
+}
+
+/// A relay on exactly `addr` over `data_dir` (the one a killed relay left),
+/// once it reports that it listens.
+fn restart_relay(addr: SocketAddr, data_dir: &Path) -> ChildGuard {
+    let mut cmd = Command::new(udprelay_bin());
+    cmd.arg("--listen")
+        .arg(addr.to_string())
+        .arg("--data-dir")
+        .arg(data_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut relay = ChildGuard::spawn("udprelay (restarted)", &mut cmd);
+    let lines = line_reader(relay.child().stdout.take().unwrap());
+    let line = lines
+        .recv_timeout(DEADLINE)
+        .unwrap_or_else(|_| panic!("the restarted relay did not listen within {DEADLINE:?}"));
+    assert_eq!(line, format!("udprelay listening on {addr}"));
+    relay
+}
+
+/// `udpcat pub --reliable` of `messages` numbered lines, its stdin written
+/// by a thread as fast as udpcat reads it.
+fn reliable_publisher(addr: &str, channel: &str, messages: usize, extra: &[&str]) -> ChildGuard {
+    let mut cmd = Command::new(udpcat_bin());
+    cmd.args(["pub", addr, channel, "--reliable"])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut publisher = ChildGuard::spawn("udpcat pub --reliable", &mut cmd);
+    let mut stdin = publisher.child().stdin.take().unwrap();
+    thread::spawn(move || {
+        let input: String = (0..messages).map(|i| format!("m-{i}\n")).collect();
+        // A publisher that gave up closes the pipe: its exit tells the test.
+        let _ = stdin.write_all(input.as_bytes());
+    });
+    publisher
+}
+
+/// Waits until the relay's log of `channel` holds at least `n` messages.
+fn wait_stored(data_dir: &Path, channel: &str, n: u64) {
+    let from = (n - 1).to_string();
+    wait_until(&format!("{n} messages stored in {channel}"), || {
+        let out = dump(data_dir, channel, &["--from", &from, "--count", "1"]);
+        out.status.success() && !out.stdout.is_empty()
+    });
+}
+
+#[test]
+fn reliable_publisher_rides_through_a_relay_restart() {
+    const MESSAGES: usize = 100_000;
+    let relay = Relay::start(&[]);
+    let addr = relay.addr;
+    let data_dir = relay.data_dir();
+    // A reply timeout far beyond a restart: the test is about riding
+    // through, not about how fast the relay comes back.
+    let mut publisher = reliable_publisher(
+        &relay.addr_str(),
+        "restart",
+        MESSAGES,
+        &["--reply-timeout", "30s"],
+    );
+    // Mid-run: some stored, the rest still coming, messages in flight.
+    wait_stored(&data_dir, "restart", 1_000);
+    let dir = relay.kill9();
+    let mut restarted = restart_relay(addr, &data_dir);
+
+    let out = {
+        let status = publisher.wait_deadline(DEADLINE);
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(publisher.child().stderr.as_mut().unwrap(), &mut stderr)
+            .unwrap();
+        (status, stderr)
+    };
+    assert!(
+        out.0.success(),
+        "the publisher did not ride through the restart: {}",
+        out.1
+    );
+
+    let log = dump(&data_dir, "restart", &[]);
+    assert!(
+        log.status.success(),
+        "{}",
+        String::from_utf8_lossy(&log.stderr)
+    );
+    let log = String::from_utf8(log.stdout).unwrap();
+    // Exactly-once across a restart is not asserted here (a message stored
+    // but not acknowledged at the kill may be stored again): every message
+    // at least once, at dense offsets.
+    let mut seen = vec![false; MESSAGES];
+    for (i, line) in log.lines().enumerate() {
+        let mut fields = line.split('\t');
+        let offset: usize = fields.next().unwrap().parse().unwrap();
+        assert_eq!(offset, i, "offsets are dense");
+        let payload = fields.nth(1).unwrap();
+        let n: usize = payload.strip_prefix("m-").unwrap().parse().unwrap();
+        seen[n] = true;
+    }
+    let missing: Vec<usize> = (0..MESSAGES).filter(|&i| !seen[i]).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {MESSAGES} messages missing, the first {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    restarted.child().kill().unwrap();
+    restarted.wait_deadline(DEADLINE);
+    drop(dir);
+}
+
+#[test]
+fn reliable_publisher_gives_up_after_the_reply_timeout_of_silence() {
+    let relay = Relay::start(&[]);
+    let data_dir = relay.data_dir();
+    let mut publisher = reliable_publisher(
+        &relay.addr_str(),
+        "gone",
+        100_000,
+        &["--reply-timeout", "1s"],
+    );
+    wait_stored(&data_dir, "gone", 1_000);
+    let _dir = relay.kill9();
+    let status = publisher.wait_deadline(DEADLINE);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(publisher.child().stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "a publisher to a dead relay exited 0");
+    assert!(
+        stderr.contains("were not acknowledged: no answer from the relay within 1s"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn stats_to_a_stranger_is_one_datagram_no_larger_than_the_request() {
+    let relay = Relay::start(&[]);
+    // An address the relay never heard from, as a forged source would be.
+    let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
+    // The unpaged request of earlier builds (12 bytes): no room, no answer.
+    let unpadded = [b'U', b'R', 1, 0, 0, 0, 0, 0, 0x0A, 0, 0, 0];
+    stranger.send_to(&unpadded, relay.addr).unwrap();
+    // The smallest paged request: room for an empty page only.
+    let small = wire::encode_datagram(&[Frame::StatsRequest {
+        cursor: 0,
+        padding: 4,
+    }])
+    .unwrap();
+    assert_eq!(small.len(), 20);
+    stranger.send_to(&small, relay.addr).unwrap();
+
+    // The relay answers in order: the first datagram back answers `small`,
+    // so nothing came for `unpadded`.
+    let mut buf = vec![0u8; 65_536];
+    stranger.set_read_timeout(Some(DEADLINE)).unwrap();
+    let (n, from) = stranger
+        .recv_from(&mut buf)
+        .expect("no answer to a padded STATS request");
+    assert_eq!(from, relay.addr);
+    assert!(
+        n <= small.len(),
+        "a {n}-byte answer to a {}-byte request",
+        small.len()
+    );
+    let frame = wire::decode_datagram(&buf[..n]).unwrap().next().unwrap();
+    assert!(
+        matches!(frame, Ok(Frame::Stats { cursor: 0, next: Some(0), entries }) if entries.iter().count() == 0),
+        "{frame:?}"
+    );
+    // The one wait for something that must not come: there is no event to
+    // wait for instead. Half a second is far longer than the loopback round
+    // trip the first answer took; a second answer would come at once.
+    stranger
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    if let Ok((n, _)) = stranger.recv_from(&mut buf) {
+        panic!("a second datagram ({n} bytes) for one request");
+    }
+
+    // The stranger's requests were counted; `udpcat stats` pages through
+    // every counter, in pages of 200 bytes as in ones of 1400.
+    let names: Vec<&str> = Counters::default()
+        .entries(0, 0)
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    for size in ["200", "1400"] {
+        let out = udpcat(&["stats", &relay.addr_str(), "--datagram-size", size], b"");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let printed: Vec<(&str, u64)> = stdout
+            .lines()
+            .map(|l| {
+                let (name, value) = l.rsplit_once(' ').expect("name value");
+                (name, value.parse().expect("a number"))
+            })
+            .collect();
+        let printed_names: Vec<&str> = printed.iter().map(|(n, _)| *n).collect();
+        assert_eq!(printed_names, names, "every counter once, in order");
+        let count = |name: &str| printed.iter().find(|(n, _)| *n == name).unwrap().1;
+        assert!(
+            count("dropped_unsupported") >= 1,
+            "the unpadded request: {stdout}"
+        );
+        assert!(count("frames_received") >= 2, "{stdout}");
+    }
+}

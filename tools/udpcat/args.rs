@@ -1,0 +1,134 @@
+//! udpcat's command line: every flag, with what it does and its default.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use udprelay::config::parse_duration;
+use udprelay::reliable::ArqConfig;
+use udprelay::wire::StartPosition;
+
+/// netcat for udprelay: publish, subscribe, ping, stats.
+#[derive(Debug, Parser)]
+#[command(name = "udpcat", version)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Publish messages to a channel: each stdin line (or file line) is one message.
+    Pub {
+        /// Relay address, like 127.0.0.1:7070.
+        addr: String,
+        /// Channel name.
+        channel: String,
+        /// Send this one message instead of reading stdin.
+        #[arg(long, conflicts_with = "file")]
+        message: Option<String>,
+        /// Send the lines of this file instead of reading stdin.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Send the input this many times.
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        /// Send all of the input (stdin or --file) as one message, bytes as
+        /// they are, instead of one message per line. Messages larger than a
+        /// datagram travel in pieces (up to the relay's --max-message-size).
+        #[arg(long, conflicts_with = "message")]
+        whole: bool,
+        /// Pack messages into datagrams of up to this many bytes.
+        #[arg(long, default_value_t = 1400)]
+        datagram_size: usize,
+        /// How long to wait for the relay to answer before giving up; with
+        /// --reliable, the longest silence while messages wait for their
+        /// acknowledgement (a relay restarting within it is ridden through).
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        reply_timeout: Duration,
+        /// Print a summary on stderr when done.
+        #[arg(short, long)]
+        verbose: bool,
+        /// Guaranteed delivery: every message is retransmitted until the relay
+        /// acknowledges it (once it is in the log); exit 0 only if all were.
+        #[arg(long)]
+        reliable: bool,
+        /// With --reliable: while at most this many messages are unacknowledged, a datagram with room carries them again beside new ones, so a lost datagram is repaired by the next (costs bytes, not datagrams; 0 turns it off).
+        #[arg(long, default_value_t = ArqConfig::default().bundle_limit)]
+        bundle_limit: u32,
+    },
+    /// Subscribe to a channel and print each message.
+    Sub {
+        /// Relay address, like 127.0.0.1:7070.
+        addr: String,
+        /// Channel name.
+        channel: String,
+        /// Output: `line` (payload and a newline), `raw` (payload bytes only) or
+        /// `json` (one object per line: channel, offset, timestamp, payload).
+        #[arg(long, value_enum, default_value_t = Format::Line)]
+        format: Format,
+        /// Exit 0 after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Stop after this long (exit 1 if --count messages had not arrived by then).
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<Duration>,
+        /// Where to start: `latest` (new messages only), `earliest`, or an offset.
+        #[arg(long, default_value = "latest", value_parser = parse_start)]
+        from: StartPosition,
+        /// How long to wait for the relay to accept the subscription.
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        reply_timeout: Duration,
+        /// Guaranteed delivery: acknowledged, retransmitted, in offset order,
+        /// each message exactly once; resume with --from the next offset.
+        #[arg(long)]
+        reliable: bool,
+        /// Print the subscription's counters on stderr when done.
+        #[arg(short, long)]
+        verbose: bool,
+    },
+    /// Measure the round trip to the relay.
+    Ping {
+        /// Relay address, like 127.0.0.1:7070.
+        addr: String,
+        /// Number of pings.
+        #[arg(long, default_value_t = 3)]
+        count: u32,
+        /// Time between pings.
+        #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+        interval: Duration,
+        /// How long to wait for each pong.
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        reply_timeout: Duration,
+    },
+    /// Print the relay's counters, one `name value` per line.
+    Stats {
+        /// Relay address, like 127.0.0.1:7070.
+        addr: String,
+        /// How long to wait for each page of the answer.
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        reply_timeout: Duration,
+        /// Pad each request to this many bytes: the relay answers with at
+        /// most as many, so this is the page size.
+        #[arg(long, default_value_t = 1400)]
+        datagram_size: usize,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Line,
+    Raw,
+    Json,
+}
+
+pub fn parse_start(s: &str) -> Result<StartPosition, String> {
+    match s {
+        "latest" => Ok(StartPosition::Latest),
+        "earliest" => Ok(StartPosition::Earliest),
+        n => n
+            .parse()
+            .map(StartPosition::Offset)
+            .map_err(|_| format!("expected latest, earliest or an offset, got {n:?}")),
+    }
+}
