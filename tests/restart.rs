@@ -8,13 +8,29 @@ mod common;
 
 use std::process::{Command, Stdio};
 use std::thread;
-use std::time::Duration;
 
 use common::*;
 use udprelay::rng::Rng;
 
-const MESSAGES: u64 = 30_000;
+const MESSAGES: u64 = 100_000;
 const KILLS: usize = 3;
+
+/// How many messages channel `k` holds, as `udprelay log ls` reads them
+/// beside the running relay.
+fn stored(data: &std::path::Path) -> u64 {
+    let out = Command::new(udprelay_bin())
+        .args(["log", "ls", "--data-dir"])
+        .arg(data)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            let mut cols = l.split_whitespace();
+            (cols.next() == Some("k")).then(|| cols.nth(1)?.parse().ok())?
+        })
+        .unwrap_or(0)
+}
 
 fn kill_loop(fsync: &str) {
     let seed = std::env::var("UDPRELAY_SEED")
@@ -37,15 +53,28 @@ fn kill_loop(fsync: &str) {
         use std::io::Write;
         let _ = stdin.write_all(input.as_bytes());
     });
+    // Each kill comes once the log holds a random number more messages,
+    // short of the end: in the middle of the run, at no particular moment.
+    let mut mid_run = 0;
+    let mut target = 0;
     for _ in 0..KILLS {
-        // The moment of each kill is this test's input, not a wait for
-        // anything: any moment must do.
-        thread::sleep(Duration::from_millis(rng.below(150)));
+        target += 1 + rng.below(MESSAGES / (KILLS as u64 + 1));
+        let data = relay.data_dir();
+        let mut finished = false;
+        wait_until("the publisher to store more messages", || {
+            finished = publisher.child().try_wait().unwrap().is_some();
+            finished || stored(&data) >= target
+        });
+        if finished {
+            break;
+        }
+        mid_run += 1;
         let dir = relay.kill9();
         relay = Relay::start_at(dir, &listen, &args);
     }
     let out = publisher.output_deadline(DEADLINE);
     writer.join().unwrap();
+    assert!(mid_run > 0, "fsync={fsync} seed={seed}: no kill came mid-run");
     assert!(
         out.status.success(),
         "fsync={fsync} seed={seed}: the publisher failed: {}\nrelay:\n{}",
