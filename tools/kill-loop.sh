@@ -72,15 +72,27 @@ for mode in "${modes[@]}"; do
   fi
   start=$(date +%s)
   pub_failures=0
-  for k in $(seq 1 "$kills"); do
+  mid_run=0
+  # Rounds go on until $kills of them killed the relay mid-publish (a
+  # publisher can finish between the last look at the log and the kill).
+  k=0
+  while [ "$mid_run" -lt "$kills" ] && [ "$k" -lt $((3 * kills)) ]; do
+    k=$((k + 1))
     # One publisher per kill: its own channel, so the check is exact.
     seq 1 "$messages" | sed "s/^/$k:/" |
       "$bin/udpcat" pub "$target" "kill-$k" --reliable --reply-timeout 20s \
         >"$work/pub-$k.out" 2>"$work/pub-$k.err" &
     pub=$!
     pids+=("$pub")
-    # A random moment of the run: 0 to 400 ms in.
-    sleep "0.$(printf '%03d' $((RANDOM % 400)))"
+    # A random moment of the run: once the log holds a random number of
+    # its messages, short of all of them.
+    kill_at=$(( (RANDOM * 32768 + RANDOM) % (messages - 1) + 1 ))
+    while kill -0 "$pub" 2>/dev/null; do
+      have=$("$bin/udprelay" log ls --data-dir "$data" 2>/dev/null |
+        awk -v c="kill-$k" '$1 == c { print $3 }')
+      [ "${have:-0}" -ge "$kill_at" ] && break
+    done
+    if kill -0 "$pub" 2>/dev/null; then mid_run=$((mid_run + 1)); fi
     kill -9 "$relay" 2>/dev/null || true
     wait "$relay" 2>/dev/null || true
     start_relay "$mode" "$port" "$data"
@@ -90,7 +102,7 @@ for mode in "${modes[@]}"; do
     fi
   done
   kill -TERM "$relay"; wait "$relay" || true
-  report=$(python3 - "$bin/udprelay" "$data" "$kills" "$messages" <<'PY'
+  report=$(python3 - "$bin/udprelay" "$data" "$k" "$messages" <<'PY'
 import json, subprocess, sys
 udprelay, data, kills, messages = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 bad = []
@@ -120,7 +132,7 @@ sys.exit(1 if bad else 0)
 PY
 ) && ok=1 || ok=0
   secs=$(( $(date +%s) - start ))
-  echo "fsync=$mode: $kills kills in ${secs}s, publishers failed $pub_failures, $report"
-  if [ "$ok" = 0 ] || [ "$pub_failures" -gt 0 ]; then failed=1; fi
+  echo "fsync=$mode: $k kills ($mid_run mid-publish) in ${secs}s, publishers failed $pub_failures, $report"
+  if [ "$ok" = 0 ] || [ "$pub_failures" -gt 0 ] || [ "$mid_run" -lt "$kills" ]; then failed=1; fi
 done
 exit $failed
