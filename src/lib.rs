@@ -25,6 +25,8 @@
 //!   detection, tail-loss probe, flow window, bundling; its timers in one
 //!   [`timer::TimerTable`]) and the receiver (reordering, duplicate
 //!   suppression, delayed acknowledgements).
+//! - [`time`]: [`time::Now`], the time the cores are handed (monotonic and
+//!   wall clock); only [`driver::now`] reads the real clocks.
 //! - [`timer`]: where the cores' deadlines live: [`timer::TimerTable`] for a
 //!   fixed set of named timers, [`timer::DeadlineQueue`] for one deadline per
 //!   key (sessions, subscriptions, leases). Depends on nothing.
@@ -64,5 +66,6 @@ pub mod relay;
 pub mod reliable;
 pub mod rng;
 pub mod sim;
+pub mod time;
 pub mod timer;
 pub mod wire;

@@ -12,7 +12,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -167,6 +167,18 @@ impl Syncer {
     }
 }
 
+/// Reads the real clocks: the only place the relay does.
+pub fn now() -> Now {
+    let unix_nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    Now {
+        instant: Instant::now(),
+        unix_nanos,
+    }
+}
+
 impl Driver {
     /// Validates `config`, binds every socket and installs the SIGINT/SIGTERM
     /// handlers. Nothing is read until [`Driver::run`].
@@ -175,7 +187,7 @@ impl Driver {
         let poll = Poll::new()?;
         // The data directory first: a second relay on it must fail before it
         // touches any port.
-        let relay = Relay::open(config, Now::system())?;
+        let relay = Relay::open(config, now())?;
         let mut sockets = vec![bind_udp(config.listen)?];
         for (addr, _) in &config.raw_in {
             sockets.push(bind_udp(*addr)?);
@@ -282,7 +294,7 @@ impl Driver {
                     self.pending_read[i] = self.drain(i);
                 }
             }
-            self.relay.handle_timeout(Now::system());
+            self.relay.handle_timeout(now());
             self.syncer.submit(&mut self.relay);
             self.send_all()?;
         }
@@ -301,7 +313,7 @@ impl Driver {
     /// Reads socket `i` until it would block or the budget is spent; returns
     /// true if data may remain.
     fn drain(&mut self, i: usize) -> bool {
-        let now = Now::system();
+        let now = now();
         let mut read = 0;
         while read < READ_BUDGET {
             match self.recv.recv(&self.sockets[i]) {

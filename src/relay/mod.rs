@@ -14,13 +14,14 @@
 mod counters;
 mod outbox;
 
+pub use crate::time::Now;
 pub use counters::Counters;
 pub use outbox::Transmit;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 // Seeded per process: fast on the per-frame lookups (SipHash was 17 % of
 // the relay's CPU under reliable load), and an attacker who cannot learn
@@ -32,39 +33,6 @@ use crate::log::{ChannelLog, DataDir, FsyncMode, LogError, SessionMark, SyncJob}
 use crate::reliable::{ArqConfig, MAX_ACK_RANGES, Receiver, Sender};
 use crate::wire::{self, DeliveryMode, ErrorCode, Frame, StartPosition, WireError};
 use outbox::Outbox;
-
-/// The current time, as the core sees it: a monotonic instant for timers and
-/// a wall-clock stamp for message timestamps. Only the driver makes one from
-/// the real clocks; tests make them at will.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Now {
-    /// Monotonic time, for leases and deadlines.
-    pub instant: Instant,
-    /// Wall-clock time in nanoseconds since the Unix epoch, stamped on messages.
-    pub unix_nanos: u64,
-}
-
-impl Now {
-    /// Reads the real clocks.
-    pub fn system() -> Now {
-        let unix_nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
-        Now {
-            instant: Instant::now(),
-            unix_nanos,
-        }
-    }
-
-    /// This time moved forward by `d` on both clocks.
-    pub fn after(self, d: Duration) -> Now {
-        Now {
-            instant: self.instant + d,
-            unix_nanos: self.unix_nanos + d.as_nanos() as u64,
-        }
-    }
-}
 
 /// Index of a channel in [`Relay::channels`]; stable while the channel is
 /// known (a forgotten channel's index is given to the next new one).
