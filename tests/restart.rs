@@ -74,7 +74,10 @@ fn kill_loop(fsync: &str) {
     }
     let out = publisher.output_deadline(DEADLINE);
     writer.join().unwrap();
-    assert!(mid_run > 0, "fsync={fsync} seed={seed}: no kill came mid-run");
+    assert!(
+        mid_run > 0,
+        "fsync={fsync} seed={seed}: no kill came mid-run"
+    );
     assert!(
         out.status.success(),
         "fsync={fsync} seed={seed}: the publisher failed: {}\nrelay:\n{}",
