@@ -4,7 +4,7 @@
 mod common;
 
 use std::io::Write;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::thread;
@@ -21,26 +21,6 @@ fn dump(data_dir: &Path, channel: &str, extra: &[&str]) -> Output {
         .args(extra)
         .output()
         .expect("run udprelay log dump")
-}
-
-/// A relay on exactly `addr` over `data_dir` (the one a killed relay left),
-/// once it reports that it listens.
-fn restart_relay(addr: SocketAddr, data_dir: &Path) -> ChildGuard {
-    let mut cmd = Command::new(udprelay_bin());
-    cmd.arg("--listen")
-        .arg(addr.to_string())
-        .arg("--data-dir")
-        .arg(data_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut relay = ChildGuard::spawn("udprelay (restarted)", &mut cmd);
-    let lines = line_reader(relay.child().stdout.take().unwrap());
-    let line = lines
-        .recv_timeout(DEADLINE)
-        .unwrap_or_else(|_| panic!("the restarted relay did not listen within {DEADLINE:?}"));
-    assert_eq!(line, format!("udprelay listening on {addr}"));
-    relay
 }
 
 /// `udpcat pub --reliable` of `messages` numbered lines, its stdin written
@@ -75,32 +55,26 @@ fn wait_stored(data_dir: &Path, channel: &str, n: u64) {
 fn reliable_publisher_rides_through_a_relay_restart() {
     const MESSAGES: usize = 100_000;
     let relay = Relay::start(&[]);
-    let addr = relay.addr;
+    let listen = relay.addr_str();
     let data_dir = relay.data_dir();
     // A reply timeout far beyond a restart: the test is about riding
     // through, not about how fast the relay comes back.
-    let mut publisher = reliable_publisher(
-        &relay.addr_str(),
-        "restart",
-        MESSAGES,
-        &["--reply-timeout", "30s"],
-    );
+    let mut publisher =
+        reliable_publisher(&listen, "restart", MESSAGES, &["--reply-timeout", "30s"]);
     // Mid-run: some stored, the rest still coming, messages in flight.
     wait_stored(&data_dir, "restart", 1_000);
-    let dir = relay.kill9();
-    let mut restarted = restart_relay(addr, &data_dir);
-
-    let out = {
-        let status = publisher.wait_deadline(DEADLINE);
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(publisher.child().stderr.as_mut().unwrap(), &mut stderr)
-            .unwrap();
-        (status, stderr)
-    };
     assert!(
-        out.0.success(),
+        publisher.child().try_wait().unwrap().is_none(),
+        "the publisher finished before the kill"
+    );
+    let dir = relay.kill9();
+    let relay = Relay::start_at(dir, &listen, &[]);
+
+    let out = publisher.output_deadline(DEADLINE);
+    assert!(
+        out.status.success(),
         "the publisher did not ride through the restart: {}",
-        out.1
+        String::from_utf8_lossy(&out.stderr)
     );
 
     let log = dump(&data_dir, "restart", &[]);
@@ -129,16 +103,14 @@ fn reliable_publisher_rides_through_a_relay_restart() {
         missing.len(),
         &missing[..missing.len().min(10)]
     );
-    restarted.child().kill().unwrap();
-    restarted.wait_deadline(DEADLINE);
-    drop(dir);
+    drop(relay);
 }
 
 #[test]
 fn reliable_publisher_gives_up_after_the_reply_timeout_of_silence() {
     let relay = Relay::start(&[]);
     let data_dir = relay.data_dir();
-    let mut publisher = reliable_publisher(
+    let publisher = reliable_publisher(
         &relay.addr_str(),
         "gone",
         100_000,
@@ -146,10 +118,12 @@ fn reliable_publisher_gives_up_after_the_reply_timeout_of_silence() {
     );
     wait_stored(&data_dir, "gone", 1_000);
     let _dir = relay.kill9();
-    let status = publisher.wait_deadline(DEADLINE);
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(publisher.child().stderr.as_mut().unwrap(), &mut stderr).unwrap();
-    assert!(!status.success(), "a publisher to a dead relay exited 0");
+    let out = publisher.output_deadline(DEADLINE);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a publisher to a dead relay exited 0"
+    );
     assert!(
         stderr.contains("were not acknowledged: no answer from the relay within 1s"),
         "{stderr}"

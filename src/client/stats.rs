@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use super::each_frame;
-use crate::wire::{self, FRAME_HEADER_LEN, Frame, HEADER_LEN, MAX_FRAME_BODY, StatEntries};
+use crate::wire::{
+    self, FRAME_HEADER_LEN, Frame, HEADER_LEN, MAX_DATAGRAM, MAX_FRAME_BODY, StatEntries,
+};
 
 /// How long a page request waits for its answer before it is sent again.
 pub const STATS_RETRY: Duration = Duration::from_millis(250);
@@ -68,7 +70,8 @@ impl StatsPager {
     /// `request_size` bytes (at least [`MIN_STATS_REQUEST`]), that gives up
     /// after `reply_timeout` without a page.
     pub fn new(now: Instant, request_size: usize, reply_timeout: Duration) -> StatsPager {
-        let largest = HEADER_LEN + FRAME_HEADER_LEN + MAX_FRAME_BODY;
+        // One frame in one UDP datagram.
+        let largest = (HEADER_LEN + FRAME_HEADER_LEN + MAX_FRAME_BODY).min(MAX_DATAGRAM);
         StatsPager {
             request_size: request_size.clamp(MIN_STATS_REQUEST, largest),
             reply_timeout,
@@ -268,6 +271,13 @@ mod tests {
         assert_eq!(
             p.poll_outcome(),
             Some(Err(StatsError::TooSmall(MIN_STATS_REQUEST)))
+        );
+
+        let mut huge = StatsPager::new(t, usize::MAX, 2000 * MS);
+        assert_eq!(
+            request_of(&huge.poll_transmit(t).unwrap()).1,
+            MAX_DATAGRAM,
+            "never larger than a UDP datagram"
         );
 
         let mut q = StatsPager::new(t, 1400, 2000 * MS);
