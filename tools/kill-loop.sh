@@ -37,6 +37,10 @@ for b in udprelay udpcat udpchaos; do
 done
 
 work=$(mktemp -d)
+# A copy, so that a build during the run cannot swap binaries under it.
+mkdir "$work/bin"
+cp "$bin/udprelay" "$bin/udpcat" "$bin/udpchaos" "$work/bin/"
+bin="$work/bin"
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
@@ -51,9 +55,17 @@ start_relay() { # mode port data
     >>"$work/relay.out" 2>>"$work/relay.err" &
   relay=$!
   pids+=("$relay")
-  # Ready once it answers a ping.
+  # Ready once it answers a ping. Another program may briefly hold the port
+  # (a test's ephemeral socket): then start again.
   for _ in $(seq 1 500); do
     "$bin/udpcat" ping "127.0.0.1:$2" --count 1 --reply-timeout 100ms >/dev/null 2>&1 && return 0
+    if ! kill -0 "$relay" 2>/dev/null; then
+      sleep 0.1
+      "$bin/udprelay" --listen "127.0.0.1:$2" --data-dir "$3" --fsync "$1" \
+        >>"$work/relay.out" 2>>"$work/relay.err" &
+      relay=$!
+      pids+=("$relay")
+    fi
   done
   echo "kill-loop: relay did not start" >&2; cat "$work/relay.err" >&2; exit 1
 }
