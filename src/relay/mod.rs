@@ -11,6 +11,7 @@
 //! hostile until decoded: bad input becomes a counted drop (and a rate-limited
 //! ERROR reply where the sender speaks the protocol), never a panic.
 
+mod channels;
 mod counters;
 mod outbox;
 
@@ -29,14 +30,11 @@ use std::time::{Duration, Instant};
 use foldhash::{HashMap, HashMapExt};
 
 use crate::config::RelayConfig;
-use crate::log::{ChannelLog, DataDir, FsyncMode, LogError, SessionMark, SyncJob};
+use crate::log::{DataDir, FsyncMode, LogError, SessionMark, SyncJob};
 use crate::reliable::{ArqConfig, MAX_ACK_RANGES, Receiver, Sender};
 use crate::wire::{self, DeliveryMode, ErrorCode, Frame, StartPosition, WireError};
+use channels::{Channel, ChannelId, Channels, Storage, Subscriber, subscriber};
 use outbox::Outbox;
-
-/// Index of a channel in [`Relay::channels`]; stable while the channel is
-/// known (a forgotten channel's index is given to the next new one).
-type ChannelId = usize;
 
 /// A raw egress that would send to one of the relay's own sockets.
 #[derive(Debug, thiserror::Error)]
@@ -81,30 +79,6 @@ pub struct SyncRequest {
     pub channel: usize,
     /// The work.
     pub job: SyncJob,
-}
-
-/// Where a channel's messages are kept.
-#[derive(Debug)]
-enum Storage {
-    /// Nothing published yet: no files on disk (a subscription alone creates
-    /// none, so subscribing to typos costs no disk).
-    Empty,
-    /// The channel's log.
-    Open(ChannelLog),
-    /// The log cannot be trusted or written (corruption, failed sync): the
-    /// channel is not served until an operator acts.
-    Failed(String),
-}
-
-impl Storage {
-    /// The stored offset range (first, next), or `None` if not served.
-    fn offsets(&self) -> Option<(u64, u64)> {
-        match self {
-            Storage::Empty => Some((0, 0)),
-            Storage::Open(log) => Some((log.first_offset(), log.next_offset())),
-            Storage::Failed(_) => None,
-        }
-    }
 }
 
 /// One piece of a reliable publishing session's message.
@@ -166,83 +140,6 @@ const FRAGMENT_TIMEOUT: Duration = Duration::from_secs(2);
 const REPLAY_TICK: Duration = Duration::from_millis(1);
 /// How often retention limits are checked, when any are set.
 const RETENTION_CHECK: Duration = Duration::from_secs(1);
-
-/// One named stream of messages.
-#[derive(Debug)]
-struct Channel {
-    /// The channel's name, as clients spell it.
-    name: Box<str>,
-    /// Its log.
-    storage: Storage,
-    /// Who receives live messages.
-    subscribers: Vec<Subscriber>,
-    /// Plain-UDP destinations that get every message as-is.
-    raw_out: Vec<SocketAddr>,
-    /// Offsets below this are known to be on disk (`--fsync interval`).
-    durable_to: u64,
-    /// Named in the configuration (raw ports): never forgotten.
-    pinned: bool,
-    /// Reliable publishing sessions that may still append to it: while any
-    /// does, its slot is not reused.
-    holds: usize,
-}
-
-impl Channel {
-    /// Holds nothing and serves no one: its slot can be given back.
-    fn is_idle(&self) -> bool {
-        matches!(self.storage, Storage::Empty)
-            && self.subscribers.is_empty()
-            && self.raw_out.is_empty()
-            && !self.pinned
-            && self.holds == 0
-    }
-}
-
-/// A subscription as seen from its channel.
-#[derive(Debug)]
-struct Subscriber {
-    /// The subscriber's address.
-    peer: SocketAddr,
-    /// The id the subscriber chose.
-    sub_id: u32,
-    /// The next offset to send. Equal to the channel's next offset for a live
-    /// subscription; below it while replaying from the log; above it for a
-    /// start in the future.
-    cursor: u64,
-    /// True while the subscription is in the replay queue.
-    replaying: bool,
-    /// For a reliable subscription, the send half of the ARQ over the
-    /// channel's offsets: its whole state is this and the log; no copy of a
-    /// message is kept.
-    arq: Option<Box<Sender>>,
-    /// The time of this subscription's live entry in `Relay::arq_timers`.
-    /// A later deadline is not pushed while an earlier one waits (when that
-    /// one fires, the current deadline is pushed), so acknowledgements that
-    /// move the deadline do not pile stale entries into the heap.
-    timer_at: Option<Instant>,
-    /// For a reliable subscription, the byte ranges the subscriber holds of
-    /// large messages it has only in part (`AckKind::Pieces`), lowest offset
-    /// first, at most `wire::MAX_PIECES_REPORTED`: resending one leaves them
-    /// out.
-    pieces_in: Vec<(u64, Vec<(u64, u64)>)>,
-}
-
-/// Subscription `sub_id` of `peer` among a channel's `subscribers`.
-fn subscriber(
-    subscribers: &mut [Subscriber],
-    peer: SocketAddr,
-    sub_id: u32,
-) -> Option<&mut Subscriber> {
-    subscribers
-        .iter_mut()
-        .find(|s| s.peer == peer && s.sub_id == sub_id)
-}
-
-impl Subscriber {
-    fn sub_id_and_peer(&self) -> (u32, SocketAddr) {
-        (self.sub_id, self.peer)
-    }
-}
 
 /// A client address that holds subscriptions. Publishers that never subscribe
 /// get no entry, so they cost the relay no memory.
@@ -338,22 +235,12 @@ pub struct Relay {
     lease: Duration,
     /// Largest payload accepted.
     max_message_size: usize,
-    /// Channel limit.
-    max_channels: usize,
     /// Limit on all subscriptions.
     max_subscriptions: usize,
     /// Limit on one address's subscriptions.
     max_subscriptions_per_client: usize,
-    /// Channels by id. A forgotten channel's slot stays, empty, in
-    /// `free_channels` until a new channel takes it.
-    channels: Vec<Channel>,
-    /// Slots of forgotten channels.
-    free_channels: Vec<ChannelId>,
-    /// Channel ids by name.
-    by_name: HashMap<Box<str>, ChannelId>,
-    /// The channel found last: a batch of messages names the same channel
-    /// over and over, and comparing the name is cheaper than hashing it.
-    last_channel: Option<ChannelId>,
+    /// Every channel, by id and by name.
+    channels: Channels,
     /// Addresses holding subscriptions.
     peers: HashMap<SocketAddr, Peer>,
     /// Lease deadlines, earliest first. An entry may be stale (its peer was
@@ -437,13 +324,10 @@ impl Relay {
         let retention = config.log.retain_bytes.is_some() || config.log.retain_age.is_some();
         let mut relay = Relay {
             lease: config.lease,
+            channels: Channels::new(config.max_channels),
             max_message_size: config.max_message_size,
-            max_channels: config.max_channels,
             max_subscriptions: config.max_subscriptions,
             max_subscriptions_per_client: config.max_subscriptions_per_client,
-            channels: Vec::new(),
-            by_name: HashMap::new(),
-            last_channel: None,
             peers: HashMap::new(),
             leases: BinaryHeap::new(),
             subscription_count: 0,
@@ -473,7 +357,6 @@ impl Relay {
             stored_sessions: HashMap::new(),
             stored_order: VecDeque::new(),
             max_sessions: config.max_sessions,
-            free_channels: Vec::new(),
             next_replay: None,
         };
         for opened in opened {
@@ -534,7 +417,7 @@ impl Relay {
         local_ips: Vec<IpAddr>,
     ) -> Result<(), OwnAddressError> {
         self.own = OwnAddresses { sockets, local_ips };
-        for channel in &self.channels {
+        for channel in self.channels.iter() {
             if let Some(&addr) = channel.raw_out.iter().find(|a| self.own.contains(**a)) {
                 return Err(OwnAddressError {
                     channel: channel.name.to_string(),
@@ -562,15 +445,12 @@ impl Relay {
 
     /// Number of channels.
     pub fn channel_count(&self) -> usize {
-        self.by_name.len()
+        self.channels.count()
     }
 
     /// The offset the channel's next message will get, if the channel exists.
     pub fn next_offset(&self, channel: &str) -> Option<u64> {
-        self.by_name
-            .get(channel)
-            .and_then(|&id| self.channels[id].storage.offsets())
-            .map(|(_, next)| next)
+        self.channels.next_offset(channel)
     }
 
     /// Channels that cannot be served, with the reason.
@@ -774,7 +654,7 @@ impl Relay {
     /// Syncs every channel's unsynced records now, whatever the mode: for a
     /// clean shutdown.
     pub fn sync_all(&mut self) {
-        self.dirty = (0..self.channels.len()).collect();
+        self.dirty = self.channels.ids().collect();
         self.sync_dirty();
     }
 
@@ -798,7 +678,7 @@ impl Relay {
     }
 
     fn enforce_retention(&mut self, now: Now) {
-        for channel in &mut self.channels {
+        for channel in self.channels.iter_mut() {
             if let Storage::Open(log) = &mut channel.storage {
                 match log.enforce_retention(now.unix_nanos) {
                     Ok(n) => self.counters.segments_deleted += n as u64,
@@ -1006,7 +886,7 @@ impl Relay {
     /// True if a client may name `channel`: it exists, or the channel
     /// limit has room for it.
     fn channel_allowed(&self, channel: &str) -> bool {
-        self.by_name.len() < self.max_channels || self.by_name.contains_key(channel)
+        self.channels.allowed(channel)
     }
 
     fn refuse_channel(&mut self, now: Now, from: SocketAddr) {
@@ -1584,7 +1464,7 @@ impl Relay {
                 out.push((name("window"), u64::from(s.receiver.ack().window)));
             }
         }
-        for channel in &self.channels {
+        for channel in self.channels.iter() {
             for sub in &channel.subscribers {
                 let Some(arq) = &sub.arq else { continue };
                 if streams == MAX_STREAMS {
@@ -1854,52 +1734,15 @@ impl Relay {
     }
 
     fn find_or_create_channel(&mut self, name: &str) -> ChannelId {
-        if let Some(id) = self.last_channel
-            && *self.channels[id].name == *name
-        {
-            return id;
-        }
-        if let Some(&id) = self.by_name.get(name) {
-            self.last_channel = Some(id);
-            return id;
-        }
-        let channel = Channel {
-            name: name.into(),
-            storage: Storage::Empty,
-            subscribers: Vec::new(),
-            raw_out: Vec::new(),
-            durable_to: 0,
-            pinned: false,
-            holds: 0,
-        };
-        let id = match self.free_channels.pop() {
-            Some(id) => {
-                self.channels[id] = channel;
-                id
-            }
-            None => {
-                self.channels.push(channel);
-                self.channels.len() - 1
-            }
-        };
-        self.by_name.insert(self.channels[id].name.clone(), id);
-        id
+        self.channels.find_or_create(name)
     }
 
     /// Forgets channel `id` if it holds nothing and serves no one, so that
     /// names only ever subscribed to (or refused) do not keep channel slots.
     fn forget_if_idle(&mut self, id: ChannelId) {
-        let channel = &mut self.channels[id];
-        if !channel.is_idle() || channel.name.is_empty() {
-            return;
+        if self.channels.forget_if_idle(id) {
+            self.counters.channels_forgotten += 1;
         }
-        let name = std::mem::take(&mut channel.name);
-        self.by_name.remove(&name);
-        if self.last_channel == Some(id) {
-            self.last_channel = None;
-        }
-        self.free_channels.push(id);
-        self.counters.channels_forgotten += 1;
     }
 
     fn reply_error(&mut self, now: Now, to: SocketAddr, code: ErrorCode, reason: &str) {

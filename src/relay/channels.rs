@@ -1,0 +1,251 @@
+//! The relay's channels: each channel's storage, its subscribers and raw
+//! egress, and the table that finds a channel by name, creates it within the
+//! channel limit, and forgets it once it holds nothing and serves no one.
+//!
+//! Owns no protocol logic: the conductor in [`super`] decides what to store
+//! and send; this keeps the slots, the names and the idle rule.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use foldhash::{HashMap, HashMapExt};
+
+use crate::log::ChannelLog;
+use crate::reliable::Sender;
+
+/// Index of a channel in [`Channels`]; stable while the channel is known (a
+/// forgotten channel's index is given to the next new one).
+pub(super) type ChannelId = usize;
+
+/// Where a channel's messages are kept.
+#[derive(Debug)]
+pub(super) enum Storage {
+    /// Nothing published yet: no files on disk (a subscription alone creates
+    /// none, so subscribing to typos costs no disk).
+    Empty,
+    /// The channel's log.
+    Open(ChannelLog),
+    /// The log cannot be trusted or written (corruption, failed sync): the
+    /// channel is not served until an operator acts.
+    Failed(String),
+}
+
+impl Storage {
+    /// The stored offset range (first, next), or `None` if not served.
+    pub(super) fn offsets(&self) -> Option<(u64, u64)> {
+        match self {
+            Storage::Empty => Some((0, 0)),
+            Storage::Open(log) => Some((log.first_offset(), log.next_offset())),
+            Storage::Failed(_) => None,
+        }
+    }
+}
+
+/// One named stream of messages.
+#[derive(Debug)]
+pub(super) struct Channel {
+    /// The channel's name, as clients spell it.
+    pub(super) name: Box<str>,
+    /// Its log.
+    pub(super) storage: Storage,
+    /// Who receives live messages.
+    pub(super) subscribers: Vec<Subscriber>,
+    /// Plain-UDP destinations that get every message as-is.
+    pub(super) raw_out: Vec<SocketAddr>,
+    /// Offsets below this are known to be on disk (`--fsync interval`).
+    pub(super) durable_to: u64,
+    /// Named in the configuration (raw ports): never forgotten.
+    pub(super) pinned: bool,
+    /// Reliable publishing sessions that may still append to it: while any
+    /// does, its slot is not reused.
+    pub(super) holds: usize,
+}
+
+impl Channel {
+    /// Holds nothing and serves no one: its slot can be given back.
+    pub(super) fn is_idle(&self) -> bool {
+        matches!(self.storage, Storage::Empty)
+            && self.subscribers.is_empty()
+            && self.raw_out.is_empty()
+            && !self.pinned
+            && self.holds == 0
+    }
+}
+
+/// A subscription as seen from its channel.
+#[derive(Debug)]
+pub(super) struct Subscriber {
+    /// The subscriber's address.
+    pub(super) peer: SocketAddr,
+    /// The id the subscriber chose.
+    pub(super) sub_id: u32,
+    /// The next offset to send. Equal to the channel's next offset for a live
+    /// subscription; below it while replaying from the log; above it for a
+    /// start in the future.
+    pub(super) cursor: u64,
+    /// True while the subscription is in the replay queue.
+    pub(super) replaying: bool,
+    /// For a reliable subscription, the send half of the ARQ over the
+    /// channel's offsets: its whole state is this and the log; no copy of a
+    /// message is kept.
+    pub(super) arq: Option<Box<Sender>>,
+    /// The time of this subscription's live entry in `Relay::arq_timers`.
+    /// A later deadline is not pushed while an earlier one waits (when that
+    /// one fires, the current deadline is pushed), so acknowledgements that
+    /// move the deadline do not pile stale entries into the heap.
+    pub(super) timer_at: Option<Instant>,
+    /// For a reliable subscription, the byte ranges the subscriber holds of
+    /// large messages it has only in part (`AckKind::Pieces`), lowest offset
+    /// first, at most `wire::MAX_PIECES_REPORTED`: resending one leaves them
+    /// out.
+    pub(super) pieces_in: Vec<(u64, Vec<(u64, u64)>)>,
+}
+
+/// Subscription `sub_id` of `peer` among a channel's `subscribers`.
+pub(super) fn subscriber(
+    subscribers: &mut [Subscriber],
+    peer: SocketAddr,
+    sub_id: u32,
+) -> Option<&mut Subscriber> {
+    subscribers
+        .iter_mut()
+        .find(|s| s.peer == peer && s.sub_id == sub_id)
+}
+
+impl Subscriber {
+    pub(super) fn sub_id_and_peer(&self) -> (u32, SocketAddr) {
+        (self.sub_id, self.peer)
+    }
+}
+
+/// Every channel, by id and by name.
+#[derive(Debug)]
+pub(super) struct Channels {
+    /// Channels by id. A forgotten channel's slot stays, empty, in `free`
+    /// until a new channel takes it.
+    slots: Vec<Channel>,
+    /// Channel ids by name.
+    by_name: HashMap<Box<str>, ChannelId>,
+    /// The channel found last: a batch of messages names the same channel
+    /// over and over, and comparing the name is cheaper than hashing it.
+    last: Option<ChannelId>,
+    /// Slots of forgotten channels.
+    free: Vec<ChannelId>,
+    /// The most channels clients may make.
+    max: usize,
+}
+
+impl Channels {
+    /// No channels yet; clients may make up to `max`.
+    pub(super) fn new(max: usize) -> Channels {
+        Channels {
+            slots: Vec::new(),
+            by_name: HashMap::new(),
+            last: None,
+            free: Vec::new(),
+            max,
+        }
+    }
+
+    /// Channels known.
+    pub(super) fn count(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// Every slot's id, forgotten ones included (they hold nothing).
+    pub(super) fn ids(&self) -> std::ops::Range<ChannelId> {
+        0..self.slots.len()
+    }
+
+    /// Every slot, forgotten ones included (empty, with no name).
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Channel> {
+        self.slots.iter()
+    }
+
+    /// Every slot, mutably.
+    pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = &mut Channel> {
+        self.slots.iter_mut()
+    }
+
+    /// Channel `id`, if there is such a slot.
+    pub(super) fn get_mut(&mut self, id: ChannelId) -> Option<&mut Channel> {
+        self.slots.get_mut(id)
+    }
+
+    /// The offset the named channel's next message will get, if it exists
+    /// and is served.
+    pub(super) fn next_offset(&self, name: &str) -> Option<u64> {
+        let &id = self.by_name.get(name)?;
+        self.slots[id].storage.offsets().map(|(_, next)| next)
+    }
+
+    /// True if a client may name `name`: it exists, or the limit has room.
+    pub(super) fn allowed(&self, name: &str) -> bool {
+        self.by_name.len() < self.max || self.by_name.contains_key(name)
+    }
+
+    /// The id of `name`, created empty if new (whatever the limit: callers
+    /// check [`Channels::allowed`] where a client asks).
+    pub(super) fn find_or_create(&mut self, name: &str) -> ChannelId {
+        if let Some(id) = self.last
+            && *self.slots[id].name == *name
+        {
+            return id;
+        }
+        if let Some(&id) = self.by_name.get(name) {
+            self.last = Some(id);
+            return id;
+        }
+        let channel = Channel {
+            name: name.into(),
+            storage: Storage::Empty,
+            subscribers: Vec::new(),
+            raw_out: Vec::new(),
+            durable_to: 0,
+            pinned: false,
+            holds: 0,
+        };
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.slots[id] = channel;
+                id
+            }
+            None => {
+                self.slots.push(channel);
+                self.slots.len() - 1
+            }
+        };
+        self.by_name.insert(self.slots[id].name.clone(), id);
+        id
+    }
+
+    /// Forgets channel `id` if it holds nothing and serves no one (see
+    /// [`Channel::is_idle`]); true if it did.
+    pub(super) fn forget_if_idle(&mut self, id: ChannelId) -> bool {
+        let channel = &mut self.slots[id];
+        if !channel.is_idle() || channel.name.is_empty() {
+            return false;
+        }
+        let name = std::mem::take(&mut channel.name);
+        self.by_name.remove(&name);
+        if self.last == Some(id) {
+            self.last = None;
+        }
+        self.free.push(id);
+        true
+    }
+}
+
+impl std::ops::Index<ChannelId> for Channels {
+    type Output = Channel;
+
+    fn index(&self, id: ChannelId) -> &Channel {
+        &self.slots[id]
+    }
+}
+
+impl std::ops::IndexMut<ChannelId> for Channels {
+    fn index_mut(&mut self, id: ChannelId) -> &mut Channel {
+        &mut self.slots[id]
+    }
+}
