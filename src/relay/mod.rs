@@ -14,6 +14,7 @@
 mod channels;
 mod counters;
 mod outbox;
+mod reassembly;
 
 pub use crate::time::Now;
 pub use counters::Counters;
@@ -35,6 +36,7 @@ use crate::reliable::{ArqConfig, MAX_ACK_RANGES, Receiver, Sender};
 use crate::wire::{self, DeliveryMode, ErrorCode, Frame, StartPosition, WireError};
 use channels::{Channel, ChannelId, Channels, Storage, Subscriber, subscriber};
 use outbox::Outbox;
+use reassembly::{Added, Reassembler};
 
 /// A raw egress that would send to one of the relay's own sockets.
 #[derive(Debug, thiserror::Error)]
@@ -92,49 +94,14 @@ struct Piece<'a> {
     payload: &'a [u8],
 }
 
-/// An unreliable message arriving in pieces.
-#[derive(Debug)]
-struct Reassembly {
-    /// The channel it goes to, by name: no channel slot is taken until the
-    /// message is whole.
-    channel: Box<str>,
-    /// Pieces by index; `None` until it arrives.
-    pieces: Vec<Option<Box<[u8]>>>,
-    /// Pieces arrived.
-    have: usize,
-    /// Bytes arrived.
-    bytes: usize,
-    /// What this message is charged against `reassembly_memory`.
-    charged: usize,
-}
-
-/// Bookkeeping of one incomplete message besides its piece table: the map
-/// entry, its key, its deadline entry and the allocator's share.
-const REASSEMBLY_OVERHEAD: usize = 256;
 /// The allocator's share of one stored piece besides its bytes.
 const PIECE_OVERHEAD: usize = 32;
-
-/// What a new incomplete message of `count` pieces for `channel` is charged
-/// before any piece is stored.
-fn reassembly_cost(channel: &str, count: u16) -> usize {
-    REASSEMBLY_OVERHEAD
-        + channel.len()
-        + usize::from(count) * std::mem::size_of::<Option<Box<[u8]>>>()
-}
-
-/// What one stored piece of `len` bytes is charged.
-fn piece_cost(len: usize) -> usize {
-    PIECE_OVERHEAD + len
-}
 
 /// What one message piece held by a reliable publishing session is charged
 /// against `session_memory`: its bytes, the allocation and its map entry.
 fn held_cost(len: usize) -> usize {
     PIECE_OVERHEAD + len
 }
-
-/// How long an unreliable message may take to arrive in full.
-const FRAGMENT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How often replaying subscriptions are fed from the log.
 const REPLAY_TICK: Duration = Duration::from_millis(1);
@@ -281,15 +248,8 @@ pub struct Relay {
     arq: ArqConfig,
     /// Sessions waiting for a sync before they can be acknowledged further.
     awaiting_sync: Vec<(SocketAddr, u64)>,
-    /// Unreliable messages arriving in pieces, by sender and message id.
-    reassembly: HashMap<(SocketAddr, u32), Reassembly>,
-    /// When each reassembly gives up, in arrival order (one timeout for
-    /// all, so this is also deadline order).
-    reassembly_deadlines: VecDeque<(Instant, SocketAddr, u32)>,
-    /// What `reassembly` holds, as charged (see [`reassembly_cost`]).
-    reassembly_bytes: usize,
-    /// The most `reassembly_bytes` may be.
-    reassembly_memory: usize,
+    /// Unreliable messages arriving in pieces.
+    reassembly: Reassembler,
     /// What publishing sessions hold, as charged (see [`held_cost`]).
     session_bytes: usize,
     /// The most `session_bytes` may be.
@@ -347,10 +307,7 @@ impl Relay {
             arq: config.arq,
             awaiting_sync: Vec::new(),
             arq_timers: BinaryHeap::new(),
-            reassembly: HashMap::new(),
-            reassembly_deadlines: VecDeque::new(),
-            reassembly_bytes: 0,
-            reassembly_memory: config.reassembly_memory,
+            reassembly: Reassembler::new(config.reassembly_memory, config.max_message_size),
             session_bytes: 0,
             session_memory: config.session_memory,
             session_count: 0,
@@ -534,7 +491,7 @@ impl Relay {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let lease = self.leases.peek().map(|Reverse((at, _))| *at);
         let arq = self.arq_timers.peek().map(|Reverse((at, ..))| *at);
-        let pieces = self.reassembly_deadlines.front().map(|(at, ..)| *at);
+        let pieces = self.reassembly.next_deadline();
         [
             lease,
             arq,
@@ -552,16 +509,7 @@ impl Relay {
     /// retention.
     pub fn handle_timeout(&mut self, now: Now) {
         self.expire_leases(now.instant);
-        while let Some(&(at, addr, msg_id)) = self.reassembly_deadlines.front() {
-            if at > now.instant {
-                break;
-            }
-            self.reassembly_deadlines.pop_front();
-            if let Some(r) = self.reassembly.remove(&(addr, msg_id)) {
-                self.reassembly_bytes -= r.charged;
-                self.counters.fragments_expired += 1;
-            }
-        }
+        self.counters.fragments_expired += self.reassembly.expire(now.instant);
         while let Some(&Reverse((at, peer, sub_id, ch))) = self.arq_timers.peek() {
             if at > now.instant {
                 break;
@@ -1179,13 +1127,8 @@ impl Relay {
     }
 
     /// A piece of an unreliable message too large for one datagram: held
-    /// until all pieces are in, then published as one message; dropped (and
-    /// counted) if they are not all in within [`FRAGMENT_TIMEOUT`].
-    ///
-    /// Everything held is charged to `reassembly_memory` before it is
-    /// allocated: a new message's piece table and bookkeeping, then each
-    /// piece with its allocation. A peer that names 65,535 pieces of one
-    /// byte each pays for the table it asks for.
+    /// (within `--reassembly-memory`) until all pieces are in, then
+    /// published as one message.
     #[allow(clippy::too_many_arguments)]
     fn fragment(
         &mut self,
@@ -1197,66 +1140,30 @@ impl Relay {
         channel: &str,
         chunk: &[u8],
     ) {
-        let key = (from, msg_id);
-        let charge = match self.reassembly.get(&key) {
-            Some(entry)
-                if entry.pieces.len() != usize::from(count) || *entry.channel != *channel =>
-            {
-                self.counters.dropped_malformed += 1;
-                return;
-            }
-            Some(entry) if entry.pieces[usize::from(index)].is_some() => return, // a duplicate
-            Some(_) => piece_cost(chunk.len()),
-            None => {
-                if !self.channel_allowed(channel) {
-                    self.refuse_channel(now, from);
+        let allowed = self.channel_allowed(channel);
+        let piece = reassembly::Piece {
+            from,
+            msg_id,
+            index,
+            count,
+            channel,
+            chunk,
+        };
+        match self.reassembly.add(now.instant, piece, allowed) {
+            Added::Held | Added::Duplicate => {}
+            Added::Malformed => self.counters.dropped_malformed += 1,
+            Added::OverBudget => self.counters.dropped_limit += 1,
+            Added::ChannelRefused => self.refuse_channel(now, from),
+            Added::TooLarge(len) => self.refuse_too_large(now, from, len),
+            Added::Complete { channel, message } => {
+                let Some(id) = self.accept_message(now, from, &channel, message.len()) else {
                     return;
+                };
+                match self.append(now, id, None, &message) {
+                    Ok(_) => self.counters.messages_published += 1,
+                    Err(reason) => self.reply_error(now, from, ErrorCode::UNAVAILABLE, &reason),
                 }
-                reassembly_cost(channel, count) + piece_cost(chunk.len())
             }
-        };
-        if self.reassembly_bytes + charge > self.reassembly_memory {
-            self.counters.dropped_limit += 1;
-            return;
-        }
-        self.reassembly_bytes += charge;
-        let entry = self.reassembly.entry(key).or_insert_with(|| {
-            self.reassembly_deadlines
-                .push_back((now.instant + FRAGMENT_TIMEOUT, from, msg_id));
-            Reassembly {
-                channel: channel.into(),
-                pieces: vec![None; usize::from(count)],
-                have: 0,
-                bytes: 0,
-                charged: 0,
-            }
-        });
-        entry.pieces[usize::from(index)] = Some(chunk.into());
-        entry.have += 1;
-        entry.bytes += chunk.len();
-        entry.charged += charge;
-        let too_large = entry.bytes > self.max_message_size;
-        if entry.have < entry.pieces.len() && !too_large {
-            return;
-        }
-        let Some(done) = self.reassembly.remove(&key) else {
-            return;
-        };
-        self.reassembly_bytes -= done.charged;
-        if too_large {
-            self.refuse_too_large(now, from, done.bytes);
-            return;
-        }
-        let Some(id) = self.accept_message(now, from, &done.channel, done.bytes) else {
-            return;
-        };
-        let mut message = Vec::with_capacity(done.bytes);
-        for piece in done.pieces.iter().flatten() {
-            message.extend_from_slice(piece);
-        }
-        match self.append(now, id, None, &message) {
-            Ok(_) => self.counters.messages_published += 1,
-            Err(reason) => self.reply_error(now, from, ErrorCode::UNAVAILABLE, &reason),
         }
     }
 

@@ -1,5 +1,6 @@
 //! The relay core at exact simulated times: no sockets, no sleeps.
 
+use super::reassembly::{FRAGMENT_TIMEOUT, piece_cost, reassembly_cost};
 use super::*;
 use crate::log::LogError;
 use crate::wire::{ErrorCode, Frame, encode_datagram};
@@ -1203,14 +1204,14 @@ fn a_fragment_bomb_is_held_to_its_budget() {
         };
         send(&mut r, t, PUBLISHER, &[frame]);
         assert!(
-            r.reassembly_bytes <= r.reassembly_memory,
+            r.reassembly.charged() <= r.reassembly.budget(),
             "charged {} of {}",
-            r.reassembly_bytes,
-            r.reassembly_memory
+            r.reassembly.charged(),
+            r.reassembly.budget()
         );
     }
     let table = reassembly_cost("news", u16::MAX) + piece_cost(1);
-    let held = (r.reassembly_memory / table) as u64;
+    let held = (r.reassembly.budget() / table) as u64;
     assert_eq!(
         r.reassembly.len() as u64,
         held,
@@ -1224,7 +1225,7 @@ fn a_fragment_bomb_is_held_to_its_budget() {
     );
     // They expire, and the budget is whole again for honest senders.
     r.handle_timeout(t.after(FRAGMENT_TIMEOUT));
-    assert_eq!(r.reassembly_bytes, 0);
+    assert_eq!(r.reassembly.charged(), 0);
     assert_eq!(r.counters().fragments_expired, held);
 }
 
