@@ -15,6 +15,7 @@ mod channels;
 mod counters;
 mod outbox;
 mod reassembly;
+mod sessions;
 
 pub use crate::time::Now;
 pub use counters::Counters;
@@ -32,11 +33,12 @@ use foldhash::{HashMap, HashMapExt};
 
 use crate::config::RelayConfig;
 use crate::log::{DataDir, FsyncMode, LogError, SessionMark, SyncJob};
-use crate::reliable::{ArqConfig, MAX_ACK_RANGES, Receiver, Sender};
+use crate::reliable::{ArqConfig, MAX_ACK_RANGES, Sender};
 use crate::wire::{self, DeliveryMode, ErrorCode, Frame, StartPosition, WireError};
 use channels::{Channel, ChannelId, Channels, Storage, Subscriber, subscriber};
 use outbox::Outbox;
 use reassembly::{Added, Reassembler};
+use sessions::{Piece, PublishSession, SessionMemory, StoredSessions};
 
 /// A raw egress that would send to one of the relay's own sockets.
 #[derive(Debug, thiserror::Error)]
@@ -83,26 +85,6 @@ pub struct SyncRequest {
     pub job: SyncJob,
 }
 
-/// One piece of a reliable publishing session's message.
-#[derive(Debug, Clone, Copy)]
-struct Piece<'a> {
-    /// Its sequence number.
-    seq: u64,
-    /// The message continues in the next sequence number.
-    more: bool,
-    /// Its bytes.
-    payload: &'a [u8],
-}
-
-/// The allocator's share of one stored piece besides its bytes.
-const PIECE_OVERHEAD: usize = 32;
-
-/// What one message piece held by a reliable publishing session is charged
-/// against `session_memory`: its bytes, the allocation and its map entry.
-fn held_cost(len: usize) -> usize {
-    PIECE_OVERHEAD + len
-}
-
 /// How often replaying subscriptions are fed from the log.
 const REPLAY_TICK: Duration = Duration::from_millis(1);
 /// How often retention limits are checked, when any are set.
@@ -132,30 +114,6 @@ impl Peer {
     fn is_empty(&self) -> bool {
         self.subscriptions.is_empty() && self.sessions.is_empty()
     }
-}
-
-/// The relay's side of a reliable publishing session: the receive half of the
-/// ARQ, holding out-of-order messages until the gap before them fills, so
-/// that each message is appended exactly once and in the session's order.
-#[derive(Debug)]
-struct PublishSession {
-    /// Chosen by the client.
-    id: u64,
-    /// Duplicate suppression and reordering; items are (channel, payload,
-    /// the message continues in the next sequence number).
-    receiver: Receiver<(ChannelId, Vec<u8>, bool)>,
-    /// A large message being put together: its first sequence number,
-    /// channel and bytes so far. Not acknowledged until complete and stored.
-    partial: Option<(u64, ChannelId, Vec<u8>)>,
-    /// What this session's held messages are charged (see [`held_cost`]):
-    /// out of order in `receiver`, and the bytes of `partial`.
-    held: usize,
-    /// Under `--fsync interval`: appended messages not yet known durable, as
-    /// (sequence number, channel, offset), in order. Acknowledgements stop at
-    /// the first of them.
-    not_durable: VecDeque<(u64, ChannelId, u64)>,
-    /// Channels this session has named, each holding one `Channel::holds`.
-    channels: Vec<ChannelId>,
 }
 
 /// Allows a burst of `capacity` events, refilled at `per_sec`.
@@ -250,22 +208,14 @@ pub struct Relay {
     awaiting_sync: Vec<(SocketAddr, u64)>,
     /// Unreliable messages arriving in pieces.
     reassembly: Reassembler,
-    /// What publishing sessions hold, as charged (see [`held_cost`]).
-    session_bytes: usize,
-    /// The most `session_bytes` may be.
-    session_memory: usize,
+    /// What publishing sessions hold, against `--session-memory`.
+    session_memory: SessionMemory,
     /// Reliable publishing sessions across all clients.
     session_count: usize,
-    /// Sessions not open now, by id, with the sequence number below which
-    /// everything they sent is stored: from the logs' session marks at
-    /// start, and from sessions that ended. A session that opens again
-    /// starts there, so a retransmission of a stored message is not stored
-    /// twice, across a restart too.
-    stored_sessions: HashMap<u64, u64>,
-    /// The keys of `stored_sessions`, oldest first, for its bound.
-    stored_order: VecDeque<u64>,
     /// The most `session_count` may be.
     max_sessions: usize,
+    /// How far sessions not open now had stored.
+    stored_sessions: StoredSessions,
     /// Deadlines of reliable subscriptions' ARQ timers, earliest first:
     /// (when, subscriber, sub_id, channel). Pushed whenever a deadline
     /// changes; an entry that is no longer the sender's deadline is skipped.
@@ -308,12 +258,13 @@ impl Relay {
             awaiting_sync: Vec::new(),
             arq_timers: BinaryHeap::new(),
             reassembly: Reassembler::new(config.reassembly_memory, config.max_message_size),
-            session_bytes: 0,
-            session_memory: config.session_memory,
+            session_memory: SessionMemory {
+                held: 0,
+                budget: config.session_memory,
+            },
             session_count: 0,
-            stored_sessions: HashMap::new(),
-            stored_order: VecDeque::new(),
             max_sessions: config.max_sessions,
+            stored_sessions: StoredSessions::new(2 * config.max_sessions),
             next_replay: None,
         };
         for opened in opened {
@@ -343,7 +294,7 @@ impl Relay {
             };
             if let Storage::Open(log) = &storage {
                 for mark in log.sessions() {
-                    relay.remember_session(mark.session, mark.seq + 1);
+                    relay.stored_sessions.remember(mark.session, mark.seq + 1);
                 }
             }
             let id = relay.find_or_create_channel(&opened.name);
@@ -952,27 +903,15 @@ impl Relay {
         channel: &str,
         piece: Piece<'_>,
     ) {
-        let Piece { seq, more, payload } = piece;
-        if payload.len() > self.max_message_size {
-            self.refuse_too_large(now, from, payload.len());
+        if piece.payload.len() > self.max_message_size {
+            self.refuse_too_large(now, from, piece.payload.len());
             return;
         }
         let Some(index) = self.session_index(now, from, session, acked_below) else {
             return;
         };
-        let Some(peer) = self.peers.get_mut(&from) else {
-            return;
-        };
-        let s = &mut peer.sessions[index];
-        // A whole message in order goes straight to the log; anything held
-        // (out of order, or a piece of a message not yet complete) is
-        // charged first. Its sender will send a refused one again.
-        let passes_through = seq == s.receiver.cumulative() && !more && s.partial.is_none();
-        let charge = held_cost(payload.len());
-        if seq >= s.receiver.cumulative()
-            && !passes_through
-            && self.session_bytes + charge > self.session_memory
-        {
+        let s = &self.peers[&from].sessions[index];
+        if !s.admits(piece, &self.session_memory) {
             self.counters.dropped_limit += 1;
             return;
         }
@@ -990,90 +929,64 @@ impl Relay {
             s.channels.push(id);
             self.channels[id].holds += 1;
         }
-        let arrival = s
-            .receiver
-            .on_data(seq, (id, payload.to_vec(), more), now.instant);
-        if arrival == crate::reliable::Arrival::New {
-            s.held += charge;
-            self.session_bytes += charge;
-        }
-        // Whole messages, in order: pieces of a large one are joined first.
-        // A piece moved into `partial` stays charged for its bytes.
-        let mut ready = Vec::new();
-        let mut too_large = None;
-        while let Some((seq, (ch, bytes, more))) = s.receiver.pop() {
-            s.held -= PIECE_OVERHEAD;
-            self.session_bytes -= PIECE_OVERHEAD;
-            let (first, ch, whole) = match s.partial.take() {
-                Some((first, partial_ch, mut buf)) => {
-                    buf.extend_from_slice(&bytes);
-                    (first, partial_ch, buf)
-                }
-                None => (seq, ch, bytes),
-            };
-            if whole.len() > self.max_message_size {
-                // Never stored; whatever follows it is not taken either.
-                s.held -= whole.len();
-                self.session_bytes -= whole.len();
-                too_large = Some(first);
-                break;
-            }
-            if more {
-                s.partial = Some((first, ch, whole));
-            } else {
-                s.held -= whole.len();
-                self.session_bytes -= whole.len();
-                ready.push((first, seq, ch, whole));
-            }
-        }
-        if arrival == crate::reliable::Arrival::Duplicate {
+        let taken = s.take(
+            piece,
+            id,
+            now.instant,
+            &mut self.session_memory,
+            self.max_message_size,
+        );
+        if taken.arrival == crate::reliable::Arrival::Duplicate {
             self.counters.duplicates_dropped += 1;
         }
-        for (first, seq, ch, payload) in ready {
-            let mark = SessionMark { session, seq };
-            match self.append(now, ch, Some(mark), &payload) {
+        for ready in taken.ready {
+            let mark = SessionMark {
+                session,
+                seq: ready.seq,
+            };
+            match self.append(now, ready.channel, Some(mark), &ready.payload) {
                 Ok(offset) => {
                     self.counters.messages_published += 1;
                     if matches!(self.fsync, FsyncMode::Interval(_))
-                        && let Some(s) = self
-                            .peers
-                            .get_mut(&from)
-                            .and_then(|p| p.sessions.iter_mut().find(|s| s.id == session))
+                        && let Some(s) = self.session_mut(from, session)
                     {
-                        s.not_durable.push_back((seq, ch, offset));
+                        s.stored_not_durable(ready.seq, ready.channel, offset);
                     }
                 }
                 Err(reason) => {
                     // Not stored, so never acknowledged: the session goes
                     // back to this message, which its sender will resend.
                     self.reply_error(now, from, ErrorCode::UNAVAILABLE, &reason);
-                    self.rewind_session(from, session, first);
+                    self.rewind_session(from, session, ready.first);
                     self.ack_session(from, session);
                     return;
                 }
             }
         }
-        if let Some(first) = too_large {
+        if let Some(first) = taken.too_large {
             self.refuse_too_large(now, from, self.max_message_size + 1);
             self.rewind_session(from, session, first);
         }
         self.ack_session(from, session);
     }
 
-    /// Takes session `session` of `from` back to sequence number `first`:
-    /// everything from there on is forgotten (and its memory returned), as
-    /// if it had never arrived. For a message that could not be stored.
+    /// Session `session` of `from`, if open.
+    fn session_mut(&mut self, from: SocketAddr, session: u64) -> Option<&mut PublishSession> {
+        self.peers
+            .get_mut(&from)?
+            .sessions
+            .iter_mut()
+            .find(|s| s.id == session)
+    }
+
+    /// Takes session `session` of `from` back to sequence number `first`.
     fn rewind_session(&mut self, from: SocketAddr, session: u64, first: u64) {
         let arq = self.arq;
-        if let Some(s) = self
-            .peers
-            .get_mut(&from)
-            .and_then(|p| p.sessions.iter_mut().find(|s| s.id == session))
-        {
-            self.session_bytes -= s.held;
-            s.held = 0;
-            s.partial = None;
-            s.receiver = Receiver::new(arq, first);
+        let Some(peer) = self.peers.get_mut(&from) else {
+            return;
+        };
+        if let Some(s) = peer.sessions.iter_mut().find(|s| s.id == session) {
+            s.rewind(first, arq, &mut self.session_memory);
         }
     }
 
@@ -1113,16 +1026,10 @@ impl Relay {
         // acknowledged (0 for a new one), or after what this relay had
         // stored of it before it restarted or forgot the session, if that
         // is later: those messages are acknowledged, never stored twice.
-        let stored = self.stored_sessions.get(&session).copied().unwrap_or(0);
+        let stored = self.stored_sessions.stored_below(session);
         let peer = self.peer_entry(now.instant, from);
-        peer.sessions.push(PublishSession {
-            id: session,
-            receiver: Receiver::new(arq, acked_below.max(stored)),
-            partial: None,
-            held: 0,
-            not_durable: VecDeque::new(),
-            channels: Vec::new(),
-        });
+        peer.sessions
+            .push(PublishSession::new(session, arq, acked_below.max(stored)));
         Some(peer.sessions.len() - 1)
     }
 
@@ -1167,36 +1074,13 @@ impl Relay {
         }
     }
 
-    /// Notes that session `session` stored everything below `stored`,
-    /// within a bound: past it, the oldest half of what is remembered goes
-    /// (the per-channel tables in the log still know it after a restart).
-    fn remember_session(&mut self, session: u64, stored: u64) {
-        if self.stored_sessions.len() >= 2 * self.max_sessions {
-            let keep = self.stored_order.split_off(self.stored_order.len() / 2);
-            for gone in std::mem::replace(&mut self.stored_order, keep) {
-                self.stored_sessions.remove(&gone);
-            }
-        }
-        let entry = self.stored_sessions.entry(session).or_insert_with(|| {
-            self.stored_order.push_back(session);
-            0
-        });
-        *entry = (*entry).max(stored);
-    }
-
     /// Returns what a session that is gone held: its memory, its slot, its
-    /// claim on the channels it appended to.
+    /// claim on the channels it appended to. A client that comes back to
+    /// it starts after what it stored.
     fn release_session(&mut self, s: PublishSession) {
-        self.session_bytes -= s.held;
+        self.session_memory.held -= s.held();
         self.session_count -= 1;
-        // Everything below this is stored (pieces of a message not yet
-        // complete are not): a client that comes back to this session is
-        // not allowed to store it again.
-        let stored = s
-            .partial
-            .as_ref()
-            .map_or(s.receiver.cumulative(), |(first, ..)| *first);
-        self.remember_session(s.id, stored);
+        self.stored_sessions.remember(s.id, s.stored_below());
         for id in s.channels {
             self.channels[id].holds -= 1;
             self.forget_if_idle(id);
@@ -1207,6 +1091,7 @@ impl Relay {
     /// to what is stored (and durable, under `--fsync interval`), selective
     /// above it.
     fn ack_session(&mut self, from: SocketAddr, session: u64) {
+        let channels = &self.channels;
         let Some(s) = self
             .peers
             .get_mut(&from)
@@ -1214,50 +1099,17 @@ impl Relay {
         else {
             return;
         };
-        let channels = &self.channels;
-        while let Some(&(_, ch, offset)) = s.not_durable.front() {
-            if channels[ch].durable_to > offset {
-                s.not_durable.pop_front();
-            } else {
-                break;
-            }
+        let (ack, waits) = s.ack(|ch| channels[ch].durable_to);
+        if waits && !self.awaiting_sync.contains(&(from, session)) {
+            self.awaiting_sync.push((from, session));
         }
-        let ack = s.receiver.ack();
-        let mut ranges = Vec::with_capacity(ack.ranges.len() + 1);
-        // Pieces of a message not yet complete are held, not stored: report
-        // them received (so they are not resent), not acknowledged.
-        let stored = s
-            .partial
-            .as_ref()
-            .map_or(ack.cumulative, |(first, ..)| *first);
-        let ack = crate::reliable::Ack {
-            cumulative: stored,
-            ranges: std::iter::once((stored, ack.cumulative))
-                .filter(|(a, b)| a < b)
-                .chain(ack.ranges)
-                .collect(),
-            window: ack.window,
-        };
-        let cumulative = match s.not_durable.front() {
-            Some(&(seq, _, _)) => {
-                // Stored, not yet durable: "received, do not resend", but
-                // not acknowledged until the sync.
-                ranges.push((seq, ack.cumulative));
-                if !self.awaiting_sync.contains(&(from, session)) {
-                    self.awaiting_sync.push((from, session));
-                }
-                seq
-            }
-            None => ack.cumulative,
-        };
-        ranges.extend(ack.ranges);
-        let raw = wire::encode_ack_ranges(&ranges);
+        let raw = wire::encode_ack_ranges(&ack.ranges);
         self.outbox.push_frame(
             from,
             &Frame::Ack {
                 kind: wire::AckKind::Publish,
                 id: session,
-                cumulative,
+                cumulative: ack.cumulative,
                 window: ack.window,
                 ranges: &raw,
             },
@@ -1363,12 +1215,12 @@ impl Relay {
                     return out;
                 }
                 streams += 1;
-                let r = s.receiver.stats();
+                let r = s.receiver().stats();
                 let name = |what: &str| format!("session {addr}/{} {what}", s.id);
                 out.push((name("received"), r.received));
                 out.push((name("duplicates"), r.duplicates));
                 out.push((name("out_of_order"), r.out_of_order));
-                out.push((name("window"), u64::from(s.receiver.ack().window)));
+                out.push((name("window"), u64::from(s.receiver().ack().window)));
             }
         }
         for channel in self.channels.iter() {

@@ -1,6 +1,7 @@
 //! The relay core at exact simulated times: no sockets, no sleeps.
 
 use super::reassembly::{FRAGMENT_TIMEOUT, piece_cost, reassembly_cost};
+use super::sessions::held_cost;
 use super::*;
 use crate::log::LogError;
 use crate::wire::{ErrorCode, Frame, encode_datagram};
@@ -1177,7 +1178,7 @@ fn out_of_order_reliable_messages_are_held_within_a_budget() {
         10,
         "the ones past the budget are not taken"
     );
-    assert!(r.session_bytes <= r.session_memory);
+    assert!(r.session_memory.held <= r.session_memory.budget);
     Sent::collect(&mut r);
     send(&mut r, t, PUBLISHER, &[frame(0)]);
     assert_eq!(
@@ -1185,7 +1186,7 @@ fn out_of_order_reliable_messages_are_held_within_a_budget() {
         Some(fits + 1),
         "0 and all it held are stored, in order"
     );
-    assert_eq!(r.session_bytes, 0, "and the budget is free again");
+    assert_eq!(r.session_memory.held, 0, "and the budget is free again");
 }
 
 #[test]
@@ -1405,13 +1406,13 @@ fn pieces_of_an_incomplete_reliable_message_are_charged() {
     // In order, but never finished: each piece stays held in `partial`.
     for seq in 0..30 {
         send(&mut r, t, PUBLISHER, &[piece(seq)]);
-        assert!(r.session_bytes <= r.session_memory);
+        assert!(r.session_memory.held <= r.session_memory.budget);
     }
     assert!(r.counters().dropped_limit > 0, "the budget refused pieces");
     assert_eq!(r.next_offset("news"), Some(0));
     send(&mut r, t, PUBLISHER, &[Frame::Unsubscribe { sub_id: 9 }]);
     r.handle_timeout(t.after(r.lease));
-    assert_eq!(r.session_bytes, 0, "released with the session");
+    assert_eq!(r.session_memory.held, 0, "released with the session");
 }
 
 /// A reliable publish of `payload` as message `seq` of session 77.
@@ -1513,5 +1514,5 @@ fn a_message_that_cannot_be_stored_is_never_acknowledged() {
         frames.last().unwrap().contains("cumulative: 1"),
         "acknowledged up to the refused message, no further: {frames:?}"
     );
-    assert_eq!(r.session_bytes, 0);
+    assert_eq!(r.session_memory.held, 0);
 }
