@@ -14,12 +14,14 @@
 mod channels;
 mod counters;
 mod outbox;
+mod replies;
 mod reassembly;
 mod sessions;
 
 pub use crate::time::Now;
 pub use counters::Counters;
 pub use outbox::Transmit;
+pub use replies::OwnAddressError;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -37,43 +39,9 @@ use crate::reliable::{ArqConfig, MAX_ACK_RANGES, Sender};
 use crate::wire::{self, DeliveryMode, ErrorCode, Frame, StartPosition, WireError};
 use channels::{Channel, ChannelId, Channels, Storage, Subscriber, subscriber};
 use outbox::Outbox;
+use replies::{OwnAddresses, TokenBucket, truncate_utf8};
 use reassembly::{Added, Reassembler};
 use sessions::{Piece, PublishSession, SessionMemory, StoredSessions};
-
-/// A raw egress that would send to one of the relay's own sockets.
-#[derive(Debug, thiserror::Error)]
-#[error("--raw-out {channel}={addr} names one of the relay's own sockets: it would feed itself")]
-pub struct OwnAddressError {
-    /// The channel of the raw egress.
-    pub channel: String,
-    /// The address it names.
-    pub addr: SocketAddr,
-}
-
-/// The relay's own sockets: the core never sends to them.
-#[derive(Debug, Default)]
-struct OwnAddresses {
-    /// Each socket's bound address.
-    sockets: Vec<SocketAddr>,
-    /// The machine's addresses, for sockets bound to every address.
-    local_ips: Vec<IpAddr>,
-}
-
-impl OwnAddresses {
-    /// True if a datagram sent to `addr` would arrive at one of our sockets.
-    fn contains(&self, addr: SocketAddr) -> bool {
-        let ip = addr.ip().to_canonical();
-        self.sockets.iter().any(|own| {
-            let own_ip = own.ip().to_canonical();
-            own.port() == addr.port()
-                && (own_ip == ip
-                    || own_ip.is_unspecified()
-                        && (ip.is_loopback()
-                            || ip.is_unspecified()
-                            || self.local_ips.contains(&ip)))
-        })
-    }
-}
 
 /// A sync the driver should run off the event loop, then report with
 /// [`Relay::handle_sync_done`].
@@ -113,43 +81,6 @@ impl Peer {
 
     fn is_empty(&self) -> bool {
         self.subscriptions.is_empty() && self.sessions.is_empty()
-    }
-}
-
-/// Allows a burst of `capacity` events, refilled at `per_sec`.
-#[derive(Debug)]
-struct TokenBucket {
-    tokens: u32,
-    capacity: u32,
-    per_sec: u32,
-    last_refill: Option<Instant>,
-}
-
-impl TokenBucket {
-    fn new(per_sec: u32) -> Self {
-        let capacity = per_sec.clamp(1, 1000);
-        TokenBucket {
-            tokens: capacity,
-            capacity,
-            per_sec,
-            last_refill: None,
-        }
-    }
-
-    fn take(&mut self, now: Instant) -> bool {
-        let last = *self.last_refill.get_or_insert(now);
-        let earned =
-            now.saturating_duration_since(last).as_millis() as u64 * u64::from(self.per_sec) / 1000;
-        if earned > 0 {
-            self.tokens = (u64::from(self.tokens) + earned).min(u64::from(self.capacity)) as u32;
-            self.last_refill = Some(now);
-        }
-        if self.tokens > 0 {
-            self.tokens -= 1;
-            true
-        } else {
-            false
-        }
     }
 }
 
@@ -1513,19 +1444,6 @@ impl Relay {
             self.counters.errors_suppressed += 1;
         }
     }
-}
-
-/// The longest prefix of `s` of at most `max` bytes that ends on a character
-/// boundary.
-fn truncate_utf8(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 #[cfg(test)]

@@ -1,0 +1,93 @@
+//! What the relay may send back, and where: the budget its replies are
+//! charged to (errors and STATS answers, at a fixed rate whoever asks), and
+//! its own sockets' addresses, which it never sends to (a forged source
+//! there would make it feed itself).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+/// A raw egress that would send to one of the relay's own sockets.
+#[derive(Debug, thiserror::Error)]
+#[error("--raw-out {channel}={addr} names one of the relay's own sockets: it would feed itself")]
+pub struct OwnAddressError {
+    /// The channel of the raw egress.
+    pub channel: String,
+    /// The address it names.
+    pub addr: SocketAddr,
+}
+
+/// The relay's own sockets: the core never sends to them.
+#[derive(Debug, Default)]
+pub(super) struct OwnAddresses {
+    /// Each socket's bound address.
+    pub(super) sockets: Vec<SocketAddr>,
+    /// The machine's addresses, for sockets bound to every address.
+    pub(super) local_ips: Vec<IpAddr>,
+}
+
+impl OwnAddresses {
+    /// True if a datagram sent to `addr` would arrive at one of our sockets.
+    pub(super) fn contains(&self, addr: SocketAddr) -> bool {
+        let ip = addr.ip().to_canonical();
+        self.sockets.iter().any(|own| {
+            let own_ip = own.ip().to_canonical();
+            own.port() == addr.port()
+                && (own_ip == ip
+                    || own_ip.is_unspecified()
+                        && (ip.is_loopback()
+                            || ip.is_unspecified()
+                            || self.local_ips.contains(&ip)))
+        })
+    }
+}
+
+/// Allows a burst of `capacity` events, refilled at `per_sec`.
+#[derive(Debug)]
+pub(super) struct TokenBucket {
+    tokens: u32,
+    capacity: u32,
+    per_sec: u32,
+    last_refill: Option<Instant>,
+}
+
+impl TokenBucket {
+    pub(super) fn new(per_sec: u32) -> Self {
+        let capacity = per_sec.clamp(1, 1000);
+        TokenBucket {
+            tokens: capacity,
+            capacity,
+            per_sec,
+            last_refill: None,
+        }
+    }
+
+    pub(super) fn take(&mut self, now: Instant) -> bool {
+        let last = *self.last_refill.get_or_insert(now);
+        let earned =
+            now.saturating_duration_since(last).as_millis() as u64 * u64::from(self.per_sec) / 1000;
+        if earned > 0 {
+            self.tokens = (u64::from(self.tokens) + earned).min(u64::from(self.capacity)) as u32;
+            self.last_refill = Some(now);
+        }
+        if self.tokens > 0 {
+            self.tokens -= 1;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character
+/// boundary.
+pub(super) fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
