@@ -13,13 +13,15 @@
 
 mod channels;
 mod counters;
+mod durability;
 mod outbox;
-mod replies;
 mod reassembly;
+mod replies;
 mod sessions;
 
 pub use crate::time::Now;
 pub use counters::Counters;
+pub use durability::SyncRequest;
 pub use outbox::Transmit;
 pub use replies::OwnAddressError;
 
@@ -34,29 +36,18 @@ use std::time::{Duration, Instant};
 use foldhash::{HashMap, HashMapExt};
 
 use crate::config::RelayConfig;
-use crate::log::{DataDir, FsyncMode, LogError, SessionMark, SyncJob};
+use crate::log::{DataDir, LogError, SessionMark};
 use crate::reliable::{ArqConfig, MAX_ACK_RANGES, Sender};
 use crate::wire::{self, DeliveryMode, ErrorCode, Frame, StartPosition, WireError};
 use channels::{Channel, ChannelId, Channels, Storage, Subscriber, subscriber};
+use durability::Durability;
 use outbox::Outbox;
-use replies::{OwnAddresses, TokenBucket, truncate_utf8};
 use reassembly::{Added, Reassembler};
+use replies::{OwnAddresses, TokenBucket, truncate_utf8};
 use sessions::{Piece, PublishSession, SessionMemory, StoredSessions};
-
-/// A sync the driver should run off the event loop, then report with
-/// [`Relay::handle_sync_done`].
-#[derive(Debug)]
-pub struct SyncRequest {
-    /// Which channel (opaque to the driver; hand it back).
-    pub channel: usize,
-    /// The work.
-    pub job: SyncJob,
-}
 
 /// How often replaying subscriptions are fed from the log.
 const REPLAY_TICK: Duration = Duration::from_millis(1);
-/// How often retention limits are checked, when any are set.
-const RETENTION_CHECK: Duration = Duration::from_secs(1);
 
 /// A client address that holds subscriptions. Publishers that never subscribe
 /// get no entry, so they cost the relay no memory.
@@ -118,16 +109,8 @@ pub struct Relay {
     counters: Counters,
     /// The locked data directory, where new channel logs are created.
     data_dir: DataDir,
-    /// When appended records are synced.
-    fsync: FsyncMode,
-    /// Channels with appended records not yet synced.
-    dirty: Vec<ChannelId>,
-    /// When the interval sync is due, if anything is dirty.
-    next_sync: Option<Instant>,
-    /// Syncs for the driver to run in the background.
-    sync_requests: VecDeque<SyncRequest>,
-    /// When retention is next checked (None: no retention configured).
-    next_retention: Option<Instant>,
+    /// When appended records are synced, and old segments deleted.
+    durability: Durability,
     /// Subscriptions behind their channel's head, fed from the log in turn:
     /// (channel, subscriber address, sub_id).
     replay_queue: VecDeque<(ChannelId, SocketAddr, u32)>,
@@ -178,11 +161,7 @@ impl Relay {
             outbox: Outbox::new(config.datagram_size),
             counters: Counters::default(),
             data_dir,
-            fsync: config.log.fsync,
-            dirty: Vec::new(),
-            next_sync: None,
-            sync_requests: VecDeque::new(),
-            next_retention: retention.then_some(now.instant),
+            durability: Durability::new(config.log.fsync, retention.then_some(now.instant)),
             replay_queue: VecDeque::new(),
             replay_budget: (config.replay_rate / 1000).max(1) as usize,
             arq: config.arq,
@@ -379,8 +358,7 @@ impl Relay {
             arq,
             pieces,
             self.next_replay,
-            self.next_sync,
-            self.next_retention,
+            self.durability.next_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -415,13 +393,8 @@ impl Relay {
             self.replay_tick();
             self.next_replay = (!self.replay_queue.is_empty()).then(|| now.instant + REPLAY_TICK);
         }
-        if self.next_sync.is_some_and(|at| at <= now.instant) {
-            self.request_syncs();
-        }
-        if self.next_retention.is_some_and(|at| at <= now.instant) {
-            self.enforce_retention(now);
-            self.next_retention = Some(now.instant + RETENTION_CHECK);
-        }
+        self.durability
+            .handle_timeout(now, &mut self.channels, &mut self.counters);
     }
 
     fn expire_leases(&mut self, now: Instant) {
@@ -443,82 +416,29 @@ impl Relay {
         }
     }
 
-    /// Hands the dirty channels' syncs to the driver (`--fsync interval`).
-    fn request_syncs(&mut self) {
-        self.next_sync = None;
-        for id in std::mem::take(&mut self.dirty) {
-            if let Storage::Open(log) = &mut self.channels[id].storage
-                && let Some(job) = log.begin_sync()
-            {
-                self.sync_requests
-                    .push_back(SyncRequest { channel: id, job });
-            }
-        }
-    }
-
     /// The next sync to run in the background, if any.
     pub fn poll_sync(&mut self) -> Option<SyncRequest> {
-        self.sync_requests.pop_front()
+        self.durability.poll_sync()
     }
 
     /// Reports how a background sync ended. A failed sync stops the channel:
     /// its writes are refused from then on, never retried into silence.
     pub fn handle_sync_done(&mut self, channel: usize, result: Result<u64, LogError>) {
-        let Some(ch) = self.channels.get_mut(channel) else {
-            return;
-        };
-        self.counters.log_syncs += 1;
-        match result {
-            Ok(durable_to) => ch.durable_to = ch.durable_to.max(durable_to),
-            Err(e) => {
-                tracing::error!(channel = %ch.name, "sync failed, channel stopped: {e}");
-                self.counters.log_errors += 1;
-                ch.storage = Storage::Failed(format!("sync failed: {e}"));
+        if self
+            .durability
+            .handle_sync_done(&mut self.channels, &mut self.counters, channel, result)
+        {
+            for (addr, session) in std::mem::take(&mut self.awaiting_sync) {
+                self.ack_session(addr, session);
             }
-        }
-        for (addr, session) in std::mem::take(&mut self.awaiting_sync) {
-            self.ack_session(addr, session);
         }
     }
 
     /// Syncs every channel's unsynced records now, whatever the mode: for a
     /// clean shutdown.
     pub fn sync_all(&mut self) {
-        self.dirty = self.channels.ids().collect();
-        self.sync_dirty();
-    }
-
-    /// Syncs every channel with unsynced records, here and now. A failed sync
-    /// stops the channel, as in [`Relay::handle_sync_done`].
-    fn sync_dirty(&mut self) {
-        self.next_sync = None;
-        for id in std::mem::take(&mut self.dirty) {
-            let channel = &mut self.channels[id];
-            if let Storage::Open(log) = &mut channel.storage
-                && log.is_dirty()
-            {
-                self.counters.log_syncs += 1;
-                if let Err(e) = log.sync() {
-                    tracing::error!(channel = %channel.name, "sync failed, channel stopped: {e}");
-                    self.counters.log_errors += 1;
-                    channel.storage = Storage::Failed(format!("sync failed: {e}"));
-                }
-            }
-        }
-    }
-
-    fn enforce_retention(&mut self, now: Now) {
-        for channel in self.channels.iter_mut() {
-            if let Storage::Open(log) = &mut channel.storage {
-                match log.enforce_retention(now.unix_nanos) {
-                    Ok(n) => self.counters.segments_deleted += n as u64,
-                    Err(e) => {
-                        tracing::warn!(channel = %channel.name, "retention: {e}");
-                        self.counters.log_errors += 1;
-                    }
-                }
-            }
-        }
+        self.durability
+            .sync_all(&mut self.channels, &mut self.counters);
     }
 
     /// Feeds each subscription that is behind its channel's head up to
@@ -591,9 +511,8 @@ impl Relay {
     /// synced first, so nothing that depends on them leaves before they are
     /// on disk; one sync covers the whole batch (group commit).
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        if self.fsync == FsyncMode::Always && !self.dirty.is_empty() {
-            self.sync_dirty();
-        }
+        self.durability
+            .before_send(&mut self.channels, &mut self.counters);
         self.outbox.pop()
     }
 
@@ -788,12 +707,7 @@ impl Relay {
                 return Err(format!("cannot store the message: {e}"));
             }
         };
-        if self.fsync != FsyncMode::None && !self.dirty.contains(&id) {
-            self.dirty.push(id);
-            if let FsyncMode::Interval(every) = self.fsync {
-                self.next_sync.get_or_insert(now.instant + every);
-            }
-        }
+        self.durability.appended(now.instant, id);
         let mut reliable = Vec::new();
         for sub in &mut channel.subscribers {
             if sub.arq.is_some() {
@@ -878,7 +792,7 @@ impl Relay {
             match self.append(now, ready.channel, Some(mark), &ready.payload) {
                 Ok(offset) => {
                     self.counters.messages_published += 1;
-                    if matches!(self.fsync, FsyncMode::Interval(_))
+                    if self.durability.acks_wait_for_sync()
                         && let Some(s) = self.session_mut(from, session)
                     {
                         s.stored_not_durable(ready.seq, ready.channel, offset);

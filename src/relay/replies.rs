@@ -90,4 +90,3 @@ pub(super) fn truncate_utf8(s: &str, max: usize) -> &str {
     }
     &s[..end]
 }
-
