@@ -1,8 +1,8 @@
 //! The encoder: frame body sizes and the bytes of each frame.
 //!
-//! Encoding checks everything a peer's decoder would refuse (body length,
-//! channel names, ack range length) before it writes, so `out` is unchanged
-//! on error.
+//! The encoder refuses a frame whose bytes could not be read back (a body
+//! over 65,535 bytes, an invalid channel name, ack ranges not a multiple of
+//! 16 bytes) before it writes anything, so `out` is unchanged on error.
 
 use super::frame::{DELIVER_FIXED, DELIVER_FRAGMENT_FIXED};
 use super::stats::{STATS_LAST_PAGE, StatEntries};
