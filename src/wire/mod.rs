@@ -6,22 +6,38 @@
 //! little-endian. The decoder borrows from the input (`Frame<'a>` points into the
 //! datagram), never allocates, and never panics on any input: every length is
 //! checked before it is used.
+//!
+//! The files, one responsibility each (this one holds the constants, the error
+//! type and the channel name rule they all share):
+//!
+//! - `frame.rs`: the frame types and what each field means.
+//! - `encode.rs`: frame body sizes and the encoder.
+//! - `decode.rs`: the decoder, over `reader.rs`'s bounds-checked cursor.
+//! - `datagram.rs`: the datagram header, the frame iterator and the
+//!   datagram builder.
+//! - `stats.rs`: STATS entries and paging.
+//! - `ack.rs`: the ranges an ACK frame carries.
 
+mod ack;
+mod datagram;
+mod decode;
+mod encode;
 mod frame;
+mod reader;
+mod stats;
 
-pub use frame::{
-    AckKind, DeliveryMode, ErrorCode, FLAG_MORE, Frame, FrameType, STATS_FIXED,
-    STATS_REQUEST_FIXED, StartPosition, StatEntries, ack_ranges, encode_ack_ranges, stat_entry_len,
-    stats_page,
-};
+pub use ack::{ack_ranges, encode_ack_ranges};
+pub use datagram::{DatagramBuilder, Frames, Header, decode_datagram, encode_datagram};
+pub use frame::{AckKind, DeliveryMode, ErrorCode, FLAG_MORE, Frame, FrameType, StartPosition};
+pub use stats::{STATS_FIXED, STATS_REQUEST_FIXED, StatEntries, stat_entry_len, stats_page};
+
+use thiserror::Error;
 
 /// Bytes a deliver frame adds around its payload (frame header, subscription id,
 /// offset, timestamp).
 pub const DELIVER_OVERHEAD: usize = FRAME_HEADER_LEN + frame::DELIVER_FIXED;
 /// Bytes a deliver-fragment frame adds around its piece.
 pub const DELIVER_FRAGMENT_OVERHEAD: usize = FRAME_HEADER_LEN + frame::DELIVER_FRAGMENT_FIXED;
-
-use thiserror::Error;
 
 /// First two bytes of every udprelay datagram: ASCII `UR`.
 pub const MAGIC: [u8; 2] = *b"UR";
@@ -82,85 +98,6 @@ pub enum WireError {
     TooLarge,
 }
 
-/// The fixed 8-byte datagram header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Header {
-    /// Header flags; v1 defines none that a peer may set.
-    pub flags: u8,
-    /// Authentication key id; 0 means none (the only value v1 accepts).
-    pub key_id: u32,
-}
-
-impl Header {
-    /// Encodes the header into the first [`HEADER_LEN`] bytes of `out`.
-    pub fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&MAGIC);
-        out.push(VERSION);
-        out.push(self.flags);
-        out.extend_from_slice(&self.key_id.to_le_bytes());
-    }
-
-    /// Parses the header of `datagram`, returning it and the frame bytes after it.
-    pub fn decode(datagram: &[u8]) -> Result<(Header, &[u8]), WireError> {
-        if datagram.len() < 2 || datagram[..2] != MAGIC {
-            return Err(WireError::BadMagic);
-        }
-        let Some((head, rest)) = datagram.split_first_chunk::<HEADER_LEN>() else {
-            return Err(WireError::ShortHeader);
-        };
-        if head[2] != VERSION {
-            return Err(WireError::UnsupportedVersion(head[2]));
-        }
-        let flags = head[3];
-        let key_id = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-        if flags != 0 || key_id != 0 {
-            return Err(WireError::UnsupportedFlags(flags));
-        }
-        Ok((Header { flags, key_id }, rest))
-    }
-}
-
-/// Iterator over the frames of one datagram. Yields `Err` once and then stops
-/// when the rest of the datagram cannot be decoded.
-#[derive(Debug, Clone)]
-pub struct Frames<'a> {
-    rest: &'a [u8],
-}
-
-impl<'a> Frames<'a> {
-    /// Frames in `body`, the bytes after the datagram header.
-    pub fn new(body: &'a [u8]) -> Self {
-        Frames { rest: body }
-    }
-}
-
-impl<'a> Iterator for Frames<'a> {
-    type Item = Result<Frame<'a>, WireError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.rest.is_empty() {
-            return None;
-        }
-        let result = Frame::decode(self.rest);
-        match result {
-            Ok((frame, rest)) => {
-                self.rest = rest;
-                Some(Ok(frame))
-            }
-            Err(e) => {
-                self.rest = &[];
-                Some(Err(e))
-            }
-        }
-    }
-}
-
-/// Parses a datagram: checks the header and returns an iterator over its frames.
-pub fn decode_datagram(datagram: &[u8]) -> Result<Frames<'_>, WireError> {
-    let (_, body) = Header::decode(datagram)?;
-    Ok(Frames::new(body))
-}
-
 /// Checks a channel name: UTF-8, 1 to 255 bytes, no control characters.
 pub fn validate_channel(name: &[u8]) -> Result<&str, WireError> {
     if name.is_empty() || name.len() > MAX_CHANNEL_LEN {
@@ -171,69 +108,6 @@ pub fn validate_channel(name: &[u8]) -> Result<&str, WireError> {
         return Err(WireError::BadChannel);
     }
     Ok(s)
-}
-
-/// Builds one datagram of frames, never larger than its limit.
-///
-/// Frames are appended with [`DatagramBuilder::push`] until one does not fit;
-/// the caller then sends [`DatagramBuilder::finish`] and starts another.
-#[derive(Debug, Clone)]
-pub struct DatagramBuilder {
-    buf: Vec<u8>,
-    limit: usize,
-}
-
-impl DatagramBuilder {
-    /// An empty datagram that will hold at most `limit` bytes (clamped to
-    /// [`HEADER_LEN`]..=[`MAX_DATAGRAM`]).
-    pub fn new(limit: usize) -> Self {
-        let limit = limit.clamp(HEADER_LEN + FRAME_HEADER_LEN, MAX_DATAGRAM);
-        let mut buf = Vec::with_capacity(limit.min(2048));
-        Header::default().encode(&mut buf);
-        DatagramBuilder { buf, limit }
-    }
-
-    /// True when no frame has been pushed.
-    pub fn is_empty(&self) -> bool {
-        self.buf.len() == HEADER_LEN
-    }
-
-    /// Bytes used so far, header included.
-    pub fn len(&self) -> usize {
-        self.buf.len()
-    }
-
-    /// Bytes still free for frames (frame headers included).
-    pub fn remaining(&self) -> usize {
-        self.limit - self.buf.len()
-    }
-
-    /// Appends `frame`, or returns [`WireError::TooLarge`] leaving the datagram
-    /// unchanged when it does not fit.
-    pub fn push(&mut self, frame: &Frame<'_>) -> Result<(), WireError> {
-        let len = frame.encoded_len();
-        if len > self.remaining() {
-            return Err(WireError::TooLarge);
-        }
-        frame.encode(&mut self.buf)
-    }
-
-    /// Takes the finished datagram and leaves this builder empty, ready for the
-    /// next one.
-    pub fn finish(&mut self) -> Vec<u8> {
-        let mut next = Vec::with_capacity(self.limit.min(2048));
-        Header::default().encode(&mut next);
-        std::mem::replace(&mut self.buf, next)
-    }
-}
-
-/// Encodes `frames` as one datagram; fails if they exceed [`MAX_DATAGRAM`].
-pub fn encode_datagram(frames: &[Frame<'_>]) -> Result<Vec<u8>, WireError> {
-    let mut b = DatagramBuilder::new(MAX_DATAGRAM);
-    for f in frames {
-        b.push(f)?;
-    }
-    Ok(b.finish())
 }
 
 #[cfg(test)]

@@ -1,0 +1,210 @@
+//! The decoder: one frame from the start of a byte slice.
+//!
+//! It borrows every variable-length field from the input, allocates nothing
+//! and never panics: each length is checked by [`Reader`] before it is used,
+//! and every value outside its range is a typed [`WireError`].
+
+use super::reader::Reader;
+use super::stats::{STATS_LAST_PAGE, StatEntries};
+use super::{
+    AckKind, DeliveryMode, ErrorCode, FLAG_MORE, FRAME_HEADER_LEN, Frame, FrameType, StartPosition,
+    WireError,
+};
+
+impl<'a> Frame<'a> {
+    /// Decodes the frame at the start of `input`, returning it and the bytes
+    /// after it.
+    pub fn decode(input: &'a [u8]) -> Result<(Frame<'a>, &'a [u8]), WireError> {
+        let Some((head, rest)) = input.split_first_chunk::<FRAME_HEADER_LEN>() else {
+            return Err(WireError::Truncated);
+        };
+        let kind = FrameType::from_u8(head[0]).ok_or(WireError::UnknownFrame(head[0]))?;
+        let allowed = if kind == FrameType::ReliablePublish {
+            FLAG_MORE
+        } else {
+            0
+        };
+        if head[1] & !allowed != 0 {
+            return Err(WireError::BadFrameFlags(head[0], head[1]));
+        }
+        let len = u16::from_le_bytes([head[2], head[3]]) as usize;
+        if rest.len() < len {
+            return Err(WireError::Truncated);
+        }
+        let (body, after) = rest.split_at(len);
+        let mut r = Reader::new(body);
+        let frame = match kind {
+            FrameType::Publish => {
+                let channel = r.channel()?;
+                Frame::Publish {
+                    channel,
+                    payload: r.rest(),
+                }
+            }
+            FrameType::Subscribe => {
+                let sub_id = r.u32()?;
+                let mode = match r.u8()? {
+                    0 => DeliveryMode::Unreliable,
+                    1 => DeliveryMode::Reliable,
+                    _ => return Err(WireError::InvalidField("delivery mode")),
+                };
+                let kind = r.u8()?;
+                let offset = r.u64()?;
+                let start = match kind {
+                    0 => StartPosition::Latest,
+                    1 => StartPosition::Earliest,
+                    2 => StartPosition::Offset(offset),
+                    _ => return Err(WireError::InvalidField("start position")),
+                };
+                let channel = r.channel()?;
+                r.end()?;
+                Frame::Subscribe {
+                    sub_id,
+                    mode,
+                    start,
+                    channel,
+                }
+            }
+            FrameType::Unsubscribe => {
+                let sub_id = r.u32()?;
+                r.end()?;
+                Frame::Unsubscribe { sub_id }
+            }
+            FrameType::Subscribed => {
+                let f = Frame::Subscribed {
+                    sub_id: r.u32()?,
+                    first_offset: r.u64()?,
+                    next_offset: r.u64()?,
+                    lease_ms: r.u32()?,
+                };
+                r.end()?;
+                f
+            }
+            FrameType::Deliver => Frame::Deliver {
+                sub_id: r.u32()?,
+                offset: r.u64()?,
+                timestamp: r.u64()?,
+                payload: r.rest(),
+            },
+            FrameType::Ack => {
+                let kind = match r.u8()? {
+                    0 => AckKind::Publish,
+                    1 => AckKind::Subscription,
+                    2 => AckKind::Pieces,
+                    _ => return Err(WireError::InvalidField("ack kind")),
+                };
+                let id = r.u64()?;
+                let cumulative = r.u64()?;
+                let window = r.u32()?;
+                let ranges = r.rest();
+                if !ranges.len().is_multiple_of(16) {
+                    return Err(WireError::BadLength);
+                }
+                Frame::Ack {
+                    kind,
+                    id,
+                    cumulative,
+                    window,
+                    ranges,
+                }
+            }
+            FrameType::ReliablePublish => {
+                let session = r.u64()?;
+                let seq = r.u64()?;
+                let acked_below = r.u64()?;
+                let channel = r.channel()?;
+                Frame::ReliablePublish {
+                    session,
+                    seq,
+                    acked_below,
+                    more: head[1] & FLAG_MORE != 0,
+                    channel,
+                    payload: r.rest(),
+                }
+            }
+            FrameType::Fragment => {
+                let msg_id = r.u32()?;
+                let index = r.u16()?;
+                let count = r.u16()?;
+                if count < 2 || index >= count {
+                    return Err(WireError::InvalidField("fragment index"));
+                }
+                let channel = r.channel()?;
+                let chunk = r.rest();
+                // An empty piece would let a peer make the relay hold a
+                // message's piece table for no bytes at all.
+                if chunk.is_empty() {
+                    return Err(WireError::InvalidField("fragment chunk"));
+                }
+                Frame::Fragment {
+                    msg_id,
+                    index,
+                    count,
+                    channel,
+                    chunk,
+                }
+            }
+            FrameType::DeliverFragment => {
+                let sub_id = r.u32()?;
+                let offset = r.u64()?;
+                let timestamp = r.u64()?;
+                let total = r.u32()?;
+                let at = r.u32()?;
+                let chunk = r.rest();
+                if u64::from(at) + chunk.len() as u64 > u64::from(total) || chunk.is_empty() {
+                    return Err(WireError::InvalidField("fragment position"));
+                }
+                Frame::DeliverFragment {
+                    sub_id,
+                    offset,
+                    timestamp,
+                    total,
+                    at,
+                    chunk,
+                }
+            }
+            FrameType::Ping | FrameType::Pong => {
+                let nonce = r.u64()?;
+                r.end()?;
+                if kind == FrameType::Ping {
+                    Frame::Ping { nonce }
+                } else {
+                    Frame::Pong { nonce }
+                }
+            }
+            FrameType::Error => {
+                let code = ErrorCode(r.u16()?);
+                let reason = std::str::from_utf8(r.rest())
+                    .map_err(|_| WireError::InvalidField("error reason"))?;
+                Frame::Error { code, reason }
+            }
+            FrameType::StatsRequest => {
+                // An empty body is the unpaged request of earlier builds:
+                // the first page, with no room for any answer.
+                let cursor = if body.is_empty() { 0 } else { r.u32()? };
+                // Padding is room for the answer, whatever its bytes.
+                let padding = r.rest().len();
+                Frame::StatsRequest {
+                    cursor,
+                    // The body length is 16 bits, so this fits.
+                    padding: padding as u16,
+                }
+            }
+            FrameType::Stats => {
+                let cursor = r.u32()?;
+                let next = Some(r.u32()?).filter(|&n| n != STATS_LAST_PAGE);
+                // Validate every entry now so that iteration later cannot fail.
+                let raw = r.remaining();
+                while !r.rest_is_empty() {
+                    r.stat_entry()?;
+                }
+                Frame::Stats {
+                    cursor,
+                    next,
+                    entries: StatEntries::Encoded(raw),
+                }
+            }
+        };
+        Ok((frame, after))
+    }
+}

@@ -1,0 +1,214 @@
+//! The encoder: frame body sizes and the bytes of each frame.
+//!
+//! The encoder refuses a frame whose bytes could not be read back (a body
+//! over 65,535 bytes, an invalid channel name, ack ranges not a multiple of
+//! 16 bytes) before it writes anything, so `out` is unchanged on error.
+
+use super::frame::{DELIVER_FIXED, DELIVER_FRAGMENT_FIXED};
+use super::stats::{STATS_LAST_PAGE, StatEntries};
+use super::{
+    AckKind, DeliveryMode, FLAG_MORE, FRAME_HEADER_LEN, Frame, MAX_FRAME_BODY, STATS_FIXED,
+    STATS_REQUEST_FIXED, StartPosition, WireError, validate_channel,
+};
+
+impl Frame<'_> {
+    fn body_len(&self) -> usize {
+        match self {
+            Frame::Publish { channel, payload } => 1 + channel.len() + payload.len(),
+            Frame::Subscribe { channel, .. } => 4 + 1 + 1 + 8 + 1 + channel.len(),
+            Frame::Unsubscribe { .. } => 4,
+            Frame::Subscribed { .. } => 4 + 8 + 8 + 4,
+            Frame::Deliver { payload, .. } => DELIVER_FIXED + payload.len(),
+            Frame::Ack { ranges, .. } => 1 + 8 + 8 + 4 + ranges.len(),
+            Frame::ReliablePublish {
+                channel, payload, ..
+            } => 8 + 8 + 8 + 1 + channel.len() + payload.len(),
+            Frame::Fragment { channel, chunk, .. } => 4 + 2 + 2 + 1 + channel.len() + chunk.len(),
+            Frame::DeliverFragment { chunk, .. } => DELIVER_FRAGMENT_FIXED + chunk.len(),
+            Frame::Ping { .. } | Frame::Pong { .. } => 8,
+            Frame::Error { reason, .. } => 2 + reason.len(),
+            Frame::StatsRequest { padding, .. } => STATS_REQUEST_FIXED + usize::from(*padding),
+            Frame::Stats { entries, .. } => STATS_FIXED + entries.encoded_len(),
+        }
+    }
+
+    /// Bytes this frame takes on the wire, frame header included.
+    pub fn encoded_len(&self) -> usize {
+        FRAME_HEADER_LEN + self.body_len()
+    }
+
+    /// Appends the frame to `out`. Fails with [`WireError::TooLarge`] when the
+    /// body exceeds 65,535 bytes and with [`WireError::BadChannel`] for an
+    /// invalid channel name; `out` is unchanged on error.
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), WireError> {
+        let body = self.body_len();
+        if body > MAX_FRAME_BODY {
+            return Err(WireError::TooLarge);
+        }
+        match self {
+            Frame::Publish { channel, .. }
+            | Frame::Subscribe { channel, .. }
+            | Frame::ReliablePublish { channel, .. }
+            | Frame::Fragment { channel, .. } => {
+                validate_channel(channel.as_bytes())?;
+            }
+            Frame::Ack { ranges, .. } if !ranges.len().is_multiple_of(16) => {
+                return Err(WireError::BadLength);
+            }
+            _ => {}
+        }
+        out.reserve(FRAME_HEADER_LEN + body);
+        out.push(self.frame_type() as u8);
+        out.push(match self {
+            Frame::ReliablePublish { more: true, .. } => FLAG_MORE,
+            _ => 0,
+        });
+        out.extend_from_slice(&(body as u16).to_le_bytes());
+        match *self {
+            Frame::Publish { channel, payload } => {
+                put_len_prefixed(out, channel.as_bytes());
+                out.extend_from_slice(payload);
+            }
+            Frame::Subscribe {
+                sub_id,
+                mode,
+                start,
+                channel,
+            } => {
+                out.extend_from_slice(&sub_id.to_le_bytes());
+                out.push(match mode {
+                    DeliveryMode::Unreliable => 0,
+                    DeliveryMode::Reliable => 1,
+                });
+                let (kind, offset) = match start {
+                    StartPosition::Latest => (0, 0),
+                    StartPosition::Earliest => (1, 0),
+                    StartPosition::Offset(o) => (2, o),
+                };
+                out.push(kind);
+                out.extend_from_slice(&offset.to_le_bytes());
+                put_len_prefixed(out, channel.as_bytes());
+            }
+            Frame::Unsubscribe { sub_id } => out.extend_from_slice(&sub_id.to_le_bytes()),
+            Frame::Subscribed {
+                sub_id,
+                first_offset,
+                next_offset,
+                lease_ms,
+            } => {
+                out.extend_from_slice(&sub_id.to_le_bytes());
+                out.extend_from_slice(&first_offset.to_le_bytes());
+                out.extend_from_slice(&next_offset.to_le_bytes());
+                out.extend_from_slice(&lease_ms.to_le_bytes());
+            }
+            Frame::Deliver {
+                sub_id,
+                offset,
+                timestamp,
+                payload,
+            } => {
+                out.extend_from_slice(&sub_id.to_le_bytes());
+                out.extend_from_slice(&offset.to_le_bytes());
+                out.extend_from_slice(&timestamp.to_le_bytes());
+                out.extend_from_slice(payload);
+            }
+            Frame::Ack {
+                kind,
+                id,
+                cumulative,
+                window,
+                ranges,
+            } => {
+                out.push(match kind {
+                    AckKind::Publish => 0,
+                    AckKind::Subscription => 1,
+                    AckKind::Pieces => 2,
+                });
+                out.extend_from_slice(&id.to_le_bytes());
+                out.extend_from_slice(&cumulative.to_le_bytes());
+                out.extend_from_slice(&window.to_le_bytes());
+                out.extend_from_slice(ranges);
+            }
+            Frame::ReliablePublish {
+                session,
+                seq,
+                acked_below,
+                channel,
+                payload,
+                more: _,
+            } => {
+                out.extend_from_slice(&session.to_le_bytes());
+                out.extend_from_slice(&seq.to_le_bytes());
+                out.extend_from_slice(&acked_below.to_le_bytes());
+                put_len_prefixed(out, channel.as_bytes());
+                out.extend_from_slice(payload);
+            }
+            Frame::Fragment {
+                msg_id,
+                index,
+                count,
+                channel,
+                chunk,
+            } => {
+                out.extend_from_slice(&msg_id.to_le_bytes());
+                out.extend_from_slice(&index.to_le_bytes());
+                out.extend_from_slice(&count.to_le_bytes());
+                put_len_prefixed(out, channel.as_bytes());
+                out.extend_from_slice(chunk);
+            }
+            Frame::DeliverFragment {
+                sub_id,
+                offset,
+                timestamp,
+                total,
+                at,
+                chunk,
+            } => {
+                out.extend_from_slice(&sub_id.to_le_bytes());
+                out.extend_from_slice(&offset.to_le_bytes());
+                out.extend_from_slice(&timestamp.to_le_bytes());
+                out.extend_from_slice(&total.to_le_bytes());
+                out.extend_from_slice(&at.to_le_bytes());
+                out.extend_from_slice(chunk);
+            }
+            Frame::Ping { nonce } | Frame::Pong { nonce } => {
+                out.extend_from_slice(&nonce.to_le_bytes())
+            }
+            Frame::Error { code, reason } => {
+                out.extend_from_slice(&code.0.to_le_bytes());
+                out.extend_from_slice(reason.as_bytes());
+            }
+            Frame::StatsRequest { cursor, padding } => {
+                out.extend_from_slice(&cursor.to_le_bytes());
+                out.resize(out.len() + usize::from(padding), 0);
+            }
+            Frame::Stats {
+                cursor,
+                next,
+                entries,
+            } => {
+                out.extend_from_slice(&cursor.to_le_bytes());
+                out.extend_from_slice(&next.unwrap_or(STATS_LAST_PAGE).to_le_bytes());
+                match entries {
+                    StatEntries::List(list) => {
+                        for (name, value) in list {
+                            let name = &name.as_bytes()[..name.len().min(255)];
+                            put_len_prefixed(out, name);
+                            out.extend_from_slice(&value.to_le_bytes());
+                        }
+                    }
+                    StatEntries::Encoded(raw) => out.extend_from_slice(raw),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Appends `bytes` after a one-byte length, the form of channel and counter
+/// names. Callers have cut or validated them to at most 255 bytes.
+fn put_len_prefixed(out: &mut Vec<u8>, bytes: &[u8]) {
+    debug_assert!(bytes.len() <= usize::from(u8::MAX));
+    out.push(bytes.len() as u8);
+    out.extend_from_slice(bytes);
+}
