@@ -13,6 +13,7 @@
 
 mod channels;
 mod counters;
+mod delivery;
 mod durability;
 mod outbox;
 mod reassembly;
@@ -37,7 +38,7 @@ use foldhash::{HashMap, HashMapExt};
 
 use crate::config::RelayConfig;
 use crate::log::{DataDir, LogError, SessionMark};
-use crate::reliable::{ArqConfig, MAX_ACK_RANGES, Sender};
+use crate::reliable::{ArqConfig, Sender};
 use crate::wire::{self, DeliveryMode, ErrorCode, Frame, StartPosition, WireError};
 use channels::{Channel, ChannelId, Channels, Storage, Subscriber, subscriber};
 use durability::Durability;
@@ -462,43 +463,21 @@ impl Relay {
                 sub.replaying = false;
                 continue;
             };
-            if sub.cursor < log.first_offset() {
-                // Retention removed what it was about to read.
-                self.counters.replay_gaps += 1;
-                sub.cursor = log.first_offset();
-            }
-            let mut spent = 0;
-            let mut cursor = sub.cursor;
-            let budget = self.replay_budget;
-            let outbox = &mut self.outbox;
-            let counters = &mut self.counters;
-            let result = log.scan(cursor, |record| {
-                let queued = outbox.push_delivery(
-                    peer,
-                    sub_id,
-                    record.offset,
-                    record.timestamp,
-                    record.payload,
-                );
-                spent += queued;
-                if queued > 0 {
-                    counters.messages_replayed += 1;
+            let fed = delivery::replay(
+                sub,
+                log,
+                &mut self.outbox,
+                &mut self.counters,
+                self.replay_budget,
+            );
+            match fed {
+                Ok(true) => self.replay_queue.push_back((id, peer, sub_id)),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(channel = %name, "not serving channel: {e}");
+                    self.counters.log_errors += 1;
+                    *storage = Storage::Failed(e.to_string());
                 }
-                cursor = record.offset + 1;
-                spent < budget
-            });
-            if let Err(e) = result {
-                tracing::error!(channel = %name, "not serving channel: {e}");
-                counters.log_errors += 1;
-                *storage = Storage::Failed(e.to_string());
-                sub.replaying = false;
-                continue;
-            }
-            sub.cursor = cursor;
-            if cursor >= log.next_offset() {
-                sub.replaying = false;
-            } else {
-                self.replay_queue.push_back((id, peer, sub_id));
             }
         }
     }
@@ -1113,28 +1092,17 @@ impl Relay {
             return;
         };
         let sub = subscriber(&mut self.channels[ch].subscribers, from, sub_id);
-        let Some((arq, pieces_in)) =
-            sub.and_then(|s| Some((s.arq.as_deref_mut()?, &mut s.pieces_in)))
-        else {
-            self.counters.dropped_unexpected += 1;
-            return;
+        let ack = delivery::SubscriberAck {
+            kind,
+            cumulative,
+            window,
+            ranges,
         };
-        if kind == wire::AckKind::Pieces {
-            // Kept for messages still in flight, as many messages and ranges
-            // as an honest subscriber sends; the ACK beside it does the rest.
-            if (arq.snd_una()..arq.next_seq()).contains(&cumulative) {
-                let have = wire::ack_ranges(ranges).take(MAX_ACK_RANGES).collect();
-                pieces_in.retain(|(offset, _)| *offset != cumulative);
-                let at = pieces_in.partition_point(|(offset, _)| *offset < cumulative);
-                pieces_in.insert(at, (cumulative, have));
-                pieces_in.truncate(wire::MAX_PIECES_REPORTED);
-            }
-            return;
+        match sub.map(|s| delivery::on_ack(s, ack, now.instant)) {
+            Some(Some(true)) => self.pump(now, ch, from, sub_id),
+            Some(Some(false)) => {}
+            _ => self.counters.dropped_unexpected += 1,
         }
-        arq.on_ack(cumulative, wire::ack_ranges(ranges), window, now.instant);
-        let done = arq.snd_una();
-        pieces_in.retain(|(offset, _)| *offset >= done);
-        self.pump(now, ch, from, sub_id);
     }
 
     /// Sends a reliable subscription what its ARQ allows: retransmissions
@@ -1151,98 +1119,19 @@ impl Relay {
         let Some(sub) = subscriber(subscribers, peer, sub_id) else {
             return;
         };
-        let Some(arq) = sub.arq.as_deref_mut() else {
-            return;
-        };
-        let mut trouble: Option<String> = None;
-        // A read error is a damaged record (never sent): the channel stops.
-        let mut damaged = false;
-        if let Storage::Open(log) = storage {
-            let outbox = &mut self.outbox;
-            let counters = &mut self.counters;
-            let mut resent = false;
-            while let Some(seq) = arq.poll_retransmit(now.instant) {
-                resent = true;
-                if seq < log.first_offset() {
-                    trouble = Some(format!(
-                        "offset {seq} was deleted before it was acknowledged"
-                    ));
-                    break;
-                }
-                counters.reliable_retransmits += 1;
-                let have = sub
-                    .pieces_in
-                    .iter()
-                    .find(|(offset, _)| *offset == seq)
-                    .map_or(&[][..], |(_, have)| have.as_slice());
-                if let Err(e) = log.scan(seq, |r| {
-                    let (_, left_out) = outbox.push_delivery_except(
-                        peer,
-                        sub_id,
-                        r.offset,
-                        r.timestamp,
-                        r.payload,
-                        have,
-                    );
-                    counters.pieces_not_resent += left_out;
-                    false
-                }) {
-                    trouble = Some(e.to_string());
-                    damaged = true;
-                    break;
-                }
-            }
-            let next = arq.next_seq();
-            if trouble.is_none() && next < log.next_offset() && arq.can_send(now.instant) {
-                if next < log.first_offset() {
-                    trouble = Some(format!("offset {next} was deleted before it was sent"));
-                } else if let Err(e) = log.scan(next, |r| {
-                    if !arq.can_send(now.instant) {
-                        return false;
-                    }
-                    arq.on_send_bytes(now.instant, r.payload.len());
-                    counters.messages_delivered += 1;
-                    outbox.push_delivery(peer, sub_id, r.offset, r.timestamp, r.payload);
-                    true
-                }) {
-                    trouble = Some(e.to_string());
-                    damaged = true;
-                }
-            }
-            // Thin-stream redundancy: new messages went out; earlier
-            // unacknowledged ones ride along where the datagram has room.
-            if trouble.is_none() && !resent && arq.next_seq() > next {
-                arq.bundle(next, |seq| {
-                    let mut fitted = false;
-                    let read = log.scan(seq, |r| {
-                        fitted = r.offset == seq
-                            && outbox.push_delivery_if_room(
-                                peer,
-                                sub_id,
-                                r.offset,
-                                r.timestamp,
-                                r.payload,
-                            );
-                        false
-                    });
-                    read.is_ok() && fitted
-                });
-            }
-        }
-        if let (true, Some(reason)) = (damaged, &trouble) {
+        let pumped = delivery::pump(sub, storage, &mut self.outbox, &mut self.counters, now);
+        if let Some(reason) = &pumped.damaged {
             tracing::error!(channel = %name, "not serving channel: {reason}");
             self.counters.log_errors += 1;
             *storage = Storage::Failed(reason.clone());
         }
-        if arq.is_failed() {
-            trouble = Some("no acknowledgement from the subscriber".into());
-        }
-        if let Some(at) = arq.poll_timeout()
+        if let Some(at) = pumped.timer
             && sub.timer_at.is_none_or(|t| at < t)
         {
             sub.timer_at = Some(at);
             self.arq_timers.push(Reverse((at, peer, sub_id, ch)));
         }
+        let trouble = pumped.trouble;
         if let Some(reason) = trouble {
             self.unsubscribe(peer, sub_id);
             self.counters.subscribers_lost += 1;
