@@ -16,6 +16,7 @@ mod counters;
 mod delivery;
 mod durability;
 mod outbox;
+mod peers;
 mod reassembly;
 mod replies;
 mod sessions;
@@ -31,11 +32,6 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-// Seeded per process: fast on the per-frame lookups (SipHash was 17 % of
-// the relay's CPU under reliable load), and an attacker who cannot learn
-// the seed cannot aim collisions; the relay's limits bound every map anyway.
-use foldhash::{HashMap, HashMapExt};
-
 use crate::config::RelayConfig;
 use crate::log::{DataDir, LogError, SessionMark};
 use crate::reliable::{ArqConfig, Sender};
@@ -43,38 +39,13 @@ use crate::wire::{self, DeliveryMode, ErrorCode, Frame, StartPosition, WireError
 use channels::{Channel, ChannelId, Channels, Storage, Subscriber, subscriber};
 use durability::Durability;
 use outbox::Outbox;
+use peers::{Peer, Peers};
 use reassembly::{Added, Reassembler};
 use replies::{OwnAddresses, TokenBucket, truncate_utf8};
 use sessions::{Piece, PublishSession, SessionMemory, StoredSessions};
 
 /// How often replaying subscriptions are fed from the log.
 const REPLAY_TICK: Duration = Duration::from_millis(1);
-
-/// A client address that holds subscriptions. Publishers that never subscribe
-/// get no entry, so they cost the relay no memory.
-#[derive(Debug)]
-struct Peer {
-    /// Last time anything arrived from this address; the lease runs from here.
-    last_seen: Instant,
-    /// The address's subscriptions: id and channel.
-    subscriptions: Vec<(u32, ChannelId)>,
-    /// The address's reliable publishing sessions.
-    sessions: Vec<PublishSession>,
-}
-
-impl Peer {
-    fn new(now: Instant) -> Peer {
-        Peer {
-            last_seen: now,
-            subscriptions: Vec::new(),
-            sessions: Vec::new(),
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.subscriptions.is_empty() && self.sessions.is_empty()
-    }
-}
 
 /// The relay's whole state, driven by calls that carry the time.
 #[derive(Debug)]
@@ -89,12 +60,8 @@ pub struct Relay {
     max_subscriptions_per_client: usize,
     /// Every channel, by id and by name.
     channels: Channels,
-    /// Addresses holding subscriptions.
-    peers: HashMap<SocketAddr, Peer>,
-    /// Lease deadlines, earliest first. An entry may be stale (its peer was
-    /// heard from since, or is gone): it is checked when it comes due, so a
-    /// refresh costs one field write, not a heap update.
-    leases: BinaryHeap<Reverse<(Instant, SocketAddr)>>,
+    /// Addresses holding subscriptions or sessions, with their leases.
+    peers: Peers,
     /// Total live subscriptions.
     subscription_count: usize,
     /// Channel of each raw ingest port, by the driver's index.
@@ -153,8 +120,7 @@ impl Relay {
             max_message_size: config.max_message_size,
             max_subscriptions: config.max_subscriptions,
             max_subscriptions_per_client: config.max_subscriptions_per_client,
-            peers: HashMap::new(),
-            leases: BinaryHeap::new(),
+            peers: Peers::new(config.lease),
             subscription_count: 0,
             raw_in: Vec::new(),
             error_replies: TokenBucket::new(config.error_replies_per_sec),
@@ -292,9 +258,7 @@ impl Relay {
             self.counters.dropped_own_address += 1;
             return;
         }
-        if let Some(peer) = self.peers.get_mut(&from) {
-            peer.last_seen = now.instant;
-        }
+        self.peers.heard_from(from, now.instant);
         let frames = match wire::decode_datagram(datagram) {
             Ok(frames) => frames,
             Err(WireError::BadMagic) => {
@@ -351,7 +315,7 @@ impl Relay {
 
     /// The earliest time at which [`Relay::handle_timeout`] has work to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let lease = self.leases.peek().map(|Reverse((at, _))| *at);
+        let lease = self.peers.next_deadline();
         let arq = self.arq_timers.peek().map(|Reverse((at, ..))| *at);
         let pieces = self.reassembly.next_deadline();
         [
@@ -399,19 +363,7 @@ impl Relay {
     }
 
     fn expire_leases(&mut self, now: Instant) {
-        while let Some(&Reverse((at, addr))) = self.leases.peek() {
-            if at > now {
-                break;
-            }
-            self.leases.pop();
-            let Some(peer) = self.peers.get(&addr) else {
-                continue;
-            };
-            let expires = peer.last_seen + self.lease;
-            if expires > now {
-                self.leases.push(Reverse((expires, addr)));
-                continue;
-            }
+        while let Some(addr) = self.peers.pop_lapsed(now) {
             let expired = self.remove_peer(addr);
             self.counters.subscriptions_expired += expired as u64;
         }
@@ -1033,7 +985,7 @@ impl Relay {
         const MAX_STREAMS: usize = 100;
         let mut out = Vec::new();
         let mut streams = 0;
-        for (addr, peer) in &self.peers {
+        for (addr, peer) in self.peers.iter() {
             for s in &peer.sessions {
                 if streams == MAX_STREAMS {
                     return out;
@@ -1190,11 +1142,7 @@ impl Relay {
 
     /// The peer entry of `addr`, created (with its lease) if new.
     fn peer_entry(&mut self, now: Instant, addr: SocketAddr) -> &mut Peer {
-        let lease = self.lease;
-        self.peers.entry(addr).or_insert_with(|| {
-            self.leases.push(Reverse((now + lease, addr)));
-            Peer::new(now)
-        })
+        self.peers.entry(now, addr)
     }
 
     /// Removes a peer, its subscriptions and its sessions; returns how many

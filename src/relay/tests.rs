@@ -776,7 +776,7 @@ fn stats_reply_lists_the_counters() {
     else {
         panic!("expected all stats on one page, got {frame:?}");
     };
-    let stats: HashMap<&str, u64> = entries.iter().collect();
+    let stats: std::collections::HashMap<&str, u64> = entries.iter().collect();
     assert_eq!(stats["messages_published"], 1);
     assert_eq!(stats["channels"], 1);
     assert_eq!(stats["datagrams_received"], 2);
