@@ -20,6 +20,7 @@ mod peers;
 mod reassembly;
 mod replies;
 mod sessions;
+mod stats;
 
 pub use crate::time::Now;
 pub use counters::Counters;
@@ -490,39 +491,7 @@ impl Relay {
             Frame::Ping { nonce } => {
                 self.outbox.push_frame(from, &Frame::Pong { nonce });
             }
-            Frame::StatsRequest { cursor, padding } => {
-                // Anyone may ask, with any source address: one answer per
-                // request, at the reply rate, never larger than the request
-                // (its padding is the answer's room), so a forged source
-                // cannot make the relay an amplifier.
-                let Some(room) = (wire::STATS_REQUEST_FIXED + usize::from(padding))
-                    .checked_sub(wire::STATS_FIXED)
-                else {
-                    // Unpadded (as earlier builds asked): no answer fits.
-                    self.counters.dropped_unsupported += 1;
-                    return;
-                };
-                if !self.error_replies.take(now.instant) {
-                    self.counters.errors_suppressed += 1;
-                    return;
-                }
-                let counters = self
-                    .counters
-                    .entries(self.channel_count(), self.subscription_count);
-                let per_stream = self.stream_stats();
-                let all = counters
-                    .into_iter()
-                    .chain(per_stream.iter().map(|(k, v)| (k.as_str(), *v)));
-                let (page, next) = wire::stats_page(all, cursor, room);
-                self.outbox.push_frame(
-                    from,
-                    &Frame::Stats {
-                        cursor,
-                        next,
-                        entries: wire::StatEntries::List(&page),
-                    },
-                );
-            }
+            Frame::StatsRequest { cursor, padding } => self.stats(now, from, cursor, padding),
             Frame::Ack {
                 kind: kind @ (wire::AckKind::Subscription | wire::AckKind::Pieces),
                 id,
@@ -976,50 +945,25 @@ impl Relay {
         }
     }
 
-    /// Counters of each reliable publishing session and reliable
-    /// subscription, named `session ADDR/ID NAME` and `subscription ADDR/ID
-    /// NAME`, for at most 100 streams.
-    fn stream_stats(&self) -> Vec<(String, u64)> {
-        /// Streams listed at most: every STATS request lists them all to
-        /// page through, so this bounds the work one request costs.
-        const MAX_STREAMS: usize = 100;
-        let mut out = Vec::new();
-        let mut streams = 0;
-        for (addr, peer) in self.peers.iter() {
-            for s in &peer.sessions {
-                if streams == MAX_STREAMS {
-                    return out;
-                }
-                streams += 1;
-                let r = s.receiver().stats();
-                let name = |what: &str| format!("session {addr}/{} {what}", s.id);
-                out.push((name("received"), r.received));
-                out.push((name("duplicates"), r.duplicates));
-                out.push((name("out_of_order"), r.out_of_order));
-                out.push((name("window"), u64::from(s.receiver().ack().window)));
-            }
+    /// Answers a STATS request: anyone may ask, with any source address,
+    /// so the answer is one page at the reply rate, never larger than the
+    /// request (its padding is the answer's room): a forged source cannot
+    /// make the relay an amplifier.
+    fn stats(&mut self, now: Now, from: SocketAddr, cursor: u32, padding: u16) {
+        let Some(room) = stats::room(padding) else {
+            // Unpadded (as earlier builds asked): no answer fits.
+            self.counters.dropped_unsupported += 1;
+            return;
+        };
+        if !self.error_replies.take(now.instant) {
+            self.counters.errors_suppressed += 1;
+            return;
         }
-        for channel in self.channels.iter() {
-            for sub in &channel.subscribers {
-                let Some(arq) = &sub.arq else { continue };
-                if streams == MAX_STREAMS {
-                    return out;
-                }
-                streams += 1;
-                let st = arq.stats();
-                let name = |what: &str| format!("subscription {}/{} {what}", sub.peer, sub.sub_id);
-                out.push((name("sent"), st.sent));
-                out.push((name("retransmits"), st.retransmits));
-                out.push((name("timeouts"), st.timeouts));
-                out.push((
-                    name("rtt_us"),
-                    arq.srtt().map_or(0, |d| d.as_micros() as u64),
-                ));
-                out.push((name("window"), arq.cwnd()));
-                out.push((name("in_flight"), arq.in_flight()));
-            }
-        }
-        out
+        let counters = self
+            .counters
+            .entries(self.channel_count(), self.subscription_count);
+        let streams = stats::stream_stats(&self.peers, &self.channels);
+        stats::push_page(&mut self.outbox, from, counters, &streams, cursor, room);
     }
 
     /// An acknowledgement from a reliable subscriber.
