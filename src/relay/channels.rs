@@ -14,7 +14,7 @@ use std::time::Instant;
 // the relay's limits bound every map anyway.
 use foldhash::{HashMap, HashMapExt};
 
-use crate::log::ChannelLog;
+use crate::log::{ChannelLog, DataDir, LogError, Recovery, SessionMark};
 use crate::reliable::Sender;
 
 /// Index of a channel in [`Channels`]; stable while the channel is known (a
@@ -35,6 +35,44 @@ pub(super) enum Storage {
 }
 
 impl Storage {
+    /// What a channel found in the data directory is served from, given how
+    /// opening its log went (logged: an operator must see damage).
+    pub(super) fn recovered(
+        name: &str,
+        opened: Result<(ChannelLog, Recovery), LogError>,
+    ) -> Storage {
+        match opened {
+            Ok((log, recovery)) => {
+                if let Some(at) = recovery.damage_at {
+                    let file = recovery
+                        .damaged_file
+                        .as_deref()
+                        .map(|f| f.display().to_string());
+                    tracing::warn!(
+                        channel = %name,
+                        file = file.as_deref().unwrap_or("?"),
+                        position = at,
+                        zeroed_bytes = recovery.torn_bytes,
+                        truncated_corruption = recovery.truncated_corruption,
+                        deleted_segments = recovery.deleted_segments,
+                        "recovered a damaged log; kept every record before the damage"
+                    );
+                }
+                Storage::Open(log)
+            }
+            Err(e @ LogError::NoSpace(_)) => {
+                // A channel whose first segment could not be allocated holds
+                // nothing yet; its next message tries again.
+                tracing::warn!(channel = %name, "{e}");
+                Storage::Empty
+            }
+            Err(e) => {
+                tracing::error!(channel = %name, "not serving channel: {e}");
+                Storage::Failed(e.to_string())
+            }
+        }
+    }
+
     /// The stored offset range (first, next), or `None` if not served.
     pub(super) fn offsets(&self) -> Option<(u64, u64)> {
         match self {
@@ -65,7 +103,61 @@ pub(super) struct Channel {
     pub(super) holds: usize,
 }
 
+/// Why a channel did not store a message.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Refused {
+    /// No disk space (for a new channel's first segment or the next one).
+    #[error("cannot store the message: {0}")]
+    NoSpace(LogError),
+    /// The channel is not served (damaged log, failed sync).
+    #[error("channel not served: {0}")]
+    NotServed(String),
+    /// The log failed to write: the channel stopped.
+    #[error("cannot store the message: {0}")]
+    Failed(LogError),
+}
+
 impl Channel {
+    /// Appends a message to the channel's log (creating the log for the
+    /// first one) and returns its offset. On error nothing was stored; a
+    /// failed write stops the channel.
+    pub(super) fn store(
+        &mut self,
+        data_dir: &DataDir,
+        timestamp: u64,
+        session: Option<SessionMark>,
+        payload: &[u8],
+    ) -> Result<u64, Refused> {
+        if matches!(self.storage, Storage::Empty) {
+            match data_dir.create_channel(&self.name) {
+                Ok(log) => self.storage = Storage::Open(log),
+                Err(e) => {
+                    // Most likely a full disk: the channel stays empty and
+                    // the next message tries again.
+                    tracing::warn!(channel = %self.name, "cannot create log: {e}");
+                    return Err(Refused::NoSpace(e));
+                }
+            }
+        }
+        let log = match &mut self.storage {
+            Storage::Open(log) => log,
+            Storage::Failed(reason) => return Err(Refused::NotServed(reason.clone())),
+            Storage::Empty => unreachable!("created above"),
+        };
+        match log.append(timestamp, session, payload) {
+            Ok(offset) => Ok(offset),
+            Err(e @ LogError::NoSpace(_)) => {
+                tracing::warn!(channel = %self.name, "{e}");
+                Err(Refused::NoSpace(e))
+            }
+            Err(e) => {
+                tracing::error!(channel = %self.name, "append failed, channel stopped: {e}");
+                self.storage = Storage::Failed(e.to_string());
+                Err(Refused::Failed(e))
+            }
+        }
+    }
+
     /// Holds nothing and serves no one: its slot can be given back.
     pub(super) fn is_idle(&self) -> bool {
         matches!(self.storage, Storage::Empty)
@@ -114,12 +206,6 @@ pub(super) fn subscriber(
     subscribers
         .iter_mut()
         .find(|s| s.peer == peer && s.sub_id == sub_id)
-}
-
-impl Subscriber {
-    pub(super) fn sub_id_and_peer(&self) -> (u32, SocketAddr) {
-        (self.sub_id, self.peer)
-    }
 }
 
 /// Every channel, by id and by name.

@@ -11,13 +11,50 @@
 
 use std::time::Instant;
 
-use super::channels::{Storage, Subscriber};
+use super::channels::{Channel, Storage, Subscriber};
 use super::counters::Counters;
 use super::outbox::Outbox;
 use crate::log::{ChannelLog, LogError};
 use crate::reliable::MAX_ACK_RANGES;
 use crate::time::Now;
 use crate::wire;
+
+/// Sends a message just stored at `offset` to the channel's live plain
+/// subscribers and raw egress addresses; returns the reliable subscribers
+/// (sub_id, address), which the caller pumps.
+pub(super) fn fan_out(
+    channel: &mut Channel,
+    offset: u64,
+    timestamp: u64,
+    payload: &[u8],
+    outbox: &mut Outbox,
+    counters: &mut Counters,
+) -> Vec<(u32, std::net::SocketAddr)> {
+    let mut reliable = Vec::new();
+    for sub in &mut channel.subscribers {
+        if sub.arq.is_some() {
+            reliable.push((sub.sub_id, sub.peer));
+            continue;
+        }
+        // Only a subscription at the head gets it live; one that is
+        // replaying reads it from the log when it gets there.
+        if sub.cursor != offset {
+            continue;
+        }
+        sub.cursor += 1;
+        let queued = outbox.push_delivery(sub.peer, sub.sub_id, offset, timestamp, payload);
+        if queued > 0 {
+            counters.messages_delivered += 1;
+        } else {
+            counters.send_dropped += 1;
+        }
+    }
+    for &addr in &channel.raw_out {
+        outbox.push_raw(addr, payload);
+        counters.raw_forwarded += 1;
+    }
+    reliable
+}
 
 /// Feeds a replaying plain subscription up to `budget` bytes of stored
 /// messages from its cursor. True if it is still behind the head after it.

@@ -37,7 +37,7 @@ use crate::config::RelayConfig;
 use crate::log::{DataDir, LogError, SessionMark};
 use crate::reliable::{ArqConfig, Sender};
 use crate::wire::{self, DeliveryMode, ErrorCode, Frame, StartPosition, WireError};
-use channels::{Channel, ChannelId, Channels, Storage, Subscriber, subscriber};
+use channels::{Channel, ChannelId, Channels, Refused, Storage, Subscriber, subscriber};
 use durability::Durability;
 use outbox::Outbox;
 use peers::{Peer, Peers};
@@ -146,30 +146,7 @@ impl Relay {
             next_replay: None,
         };
         for opened in opened {
-            let storage = match opened.log {
-                Ok((log, recovery)) => {
-                    if let Some(at) = recovery.damage_at {
-                        tracing::warn!(
-                            channel = %opened.name,
-                            position = at,
-                            zeroed_bytes = recovery.torn_bytes,
-                            truncated_corruption = recovery.truncated_corruption,
-                            "recovered a damaged log tail; kept every record before it"
-                        );
-                    }
-                    Storage::Open(log)
-                }
-                Err(e @ LogError::NoSpace(_)) => {
-                    // A channel whose first segment could not be allocated
-                    // holds nothing yet; its next message tries again.
-                    tracing::warn!(channel = %opened.name, "{e}");
-                    Storage::Empty
-                }
-                Err(e) => {
-                    tracing::error!(channel = %opened.name, "not serving channel: {e}");
-                    Storage::Failed(e.to_string())
-                }
-            };
+            let storage = Storage::recovered(&opened.name, opened.log);
             if let Storage::Open(log) = &storage {
                 for mark in log.sessions() {
                     relay.stored_sessions.remember(mark.session, mark.seq + 1);
@@ -573,66 +550,24 @@ impl Relay {
         payload: &[u8],
     ) -> Result<u64, String> {
         let channel = &mut self.channels[id];
-        if matches!(channel.storage, Storage::Empty) {
-            match self.data_dir.create_channel(&channel.name) {
-                Ok(log) => channel.storage = Storage::Open(log),
-                Err(e) => {
-                    // Most likely a full disk: the channel stays empty and
-                    // the next message tries again.
-                    self.counters.dropped_log_full += 1;
-                    tracing::warn!(channel = %channel.name, "cannot create log: {e}");
-                    return Err(format!("cannot store the message: {e}"));
-                }
+        let stored = channel.store(&self.data_dir, now.unix_nanos, session, payload);
+        let offset = stored.map_err(|refused| {
+            match refused {
+                Refused::NoSpace(_) => self.counters.dropped_log_full += 1,
+                Refused::NotServed(_) => self.counters.dropped_unavailable += 1,
+                Refused::Failed(_) => self.counters.dropped_log_error += 1,
             }
-        }
-        let log = match &mut channel.storage {
-            Storage::Open(log) => log,
-            Storage::Failed(reason) => {
-                self.counters.dropped_unavailable += 1;
-                return Err(format!("channel not served: {reason}"));
-            }
-            Storage::Empty => unreachable!("created above"),
-        };
-        let offset = match log.append(now.unix_nanos, session, payload) {
-            Ok(offset) => offset,
-            Err(e @ LogError::NoSpace(_)) => {
-                self.counters.dropped_log_full += 1;
-                tracing::warn!(channel = %channel.name, "{e}");
-                return Err(format!("cannot store the message: {e}"));
-            }
-            Err(e) => {
-                self.counters.dropped_log_error += 1;
-                tracing::error!(channel = %channel.name, "append failed, channel stopped: {e}");
-                channel.storage = Storage::Failed(e.to_string());
-                return Err(format!("cannot store the message: {e}"));
-            }
-        };
+            refused.to_string()
+        })?;
         self.durability.appended(now.instant, id);
-        let mut reliable = Vec::new();
-        for sub in &mut channel.subscribers {
-            if sub.arq.is_some() {
-                reliable.push(sub.sub_id_and_peer());
-                continue;
-            }
-            // Only a subscription at the head gets it live; one that is
-            // replaying reads it from the log when it gets there.
-            if sub.cursor != offset {
-                continue;
-            }
-            sub.cursor += 1;
-            let queued =
-                self.outbox
-                    .push_delivery(sub.peer, sub.sub_id, offset, now.unix_nanos, payload);
-            if queued > 0 {
-                self.counters.messages_delivered += 1;
-            } else {
-                self.counters.send_dropped += 1;
-            }
-        }
-        for &addr in &channel.raw_out {
-            self.outbox.push_raw(addr, payload);
-            self.counters.raw_forwarded += 1;
-        }
+        let reliable = delivery::fan_out(
+            channel,
+            offset,
+            now.unix_nanos,
+            payload,
+            &mut self.outbox,
+            &mut self.counters,
+        );
         for (sub_id, peer) in reliable {
             self.pump(now, id, peer, sub_id);
         }
