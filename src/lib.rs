@@ -16,9 +16,11 @@
 //! `log` and `config` depend on nothing above them.
 //!
 //! - [`wire`]: the datagram header and frames; pure encode/decode on byte slices.
-//! - [`relay`]: the relay core: channels, subscriptions as leases, fan-out,
-//!   replay from the log, raw ingest and egress, counters. No sockets, no
-//!   clock: its only I/O is its channels' logs.
+//! - [`relay`]: the relay core: a conductor over the channel table,
+//!   reliable publishing sessions, reassembly of pieces, delivery (fan-out,
+//!   replay, reliable subscriptions), peers and leases, durability and
+//!   retention, replies and counters, one file each. No sockets, no clock:
+//!   its only I/O is its channels' logs.
 //! - [`reliable`]: the sans-IO ARQ over sequence numbers only, split by
 //!   state: the RTT estimator (RTO, backoff, Karn), the congestion window,
 //!   the pacer, the sender that conducts them (sequence space, RACK loss

@@ -4,12 +4,42 @@
 //!
 //! It owns no socket and reads no clock; its only I/O is appending to and
 //! reading from its channels' logs (memory writes and reads, except the syncs
-//! it asks the driver to run). The driver feeds it datagrams with
-//! [`Relay::handle_datagram`] and [`Relay::handle_raw`], calls
-//! [`Relay::handle_timeout`] when [`Relay::poll_timeout`] says so, and sends
-//! whatever [`Relay::poll_transmit`] hands back. Everything a peer sends is
-//! hostile until decoded: bad input becomes a counted drop (and a rate-limited
-//! ERROR reply where the sender speaks the protocol), never a panic.
+//! it asks the driver to run). Everything a peer sends is hostile until
+//! decoded: bad input becomes a counted drop (and a rate-limited ERROR reply
+//! where the sender speaks the protocol), never a panic.
+//!
+//! # Calling it
+//!
+//! As quinn-proto's `Connection` is driven, in this order:
+//!
+//! 1. `handle_*` with what happened: [`Relay::handle_datagram`] and
+//!    [`Relay::handle_raw`] for each datagram read, [`Relay::handle_timeout`]
+//!    once [`Relay::poll_timeout`] is reached, [`Relay::handle_sync_done`]
+//!    when a background sync finished.
+//! 2. `poll_*` until `None`: [`Relay::poll_transmit`] for the datagrams to
+//!    send (after every batch of input: frames for one destination are
+//!    packed together until it is called), [`Relay::poll_sync`] for the syncs
+//!    to run off the event loop.
+//! 3. [`Relay::poll_timeout`] for when to call again, if nothing arrives.
+//!
+//! # The pieces
+//!
+//! `Relay` is the conductor: it decodes, checks limits, and wires together
+//! pieces that each own their state, take what they need as arguments, say
+//! what happened, and are tested alone:
+//!
+//! - `channels`: the channel table (by name, within the limit, idle ones
+//!   forgotten), each channel's storage, subscribers and raw egress.
+//! - `sessions`: reliable publishing sessions (reordering, pieces of large
+//!   messages, what to acknowledge) and how far ended ones had stored.
+//! - `reassembly`: unreliable messages arriving in pieces, within a budget.
+//! - `delivery`: fan-out of a stored message, replay, and the reliable
+//!   subscriber's sends (all read from the log).
+//! - `peers`: client addresses holding state, and their leases.
+//! - `durability`: when appended records are synced, and retention.
+//! - `replies`: the reply budget and the relay's own addresses.
+//! - `stats`: the paged STATS answer.
+//! - `outbox`: datagrams packed per destination; `counters`: what happened.
 
 mod channels;
 mod counters;

@@ -8,9 +8,9 @@
 //! can do at all.
 //!
 //! This file holds the flags and what runs: one run, the relay beside its
-//! baseline, or the `--find-lossless` search. [`run`] makes one run with
+//! baseline, or the `--find-lossless` search. [`run()`] makes one run with
 //! [`publisher`]s and [`subscriber`]s exchanging [`traffic`] through what
-//! [`spawn`] started; [`report`] is its result, [`plot`] draws it.
+//! [`spawn`] started; [`report`] is its result, [`plot()`] draws it.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
