@@ -90,3 +90,52 @@ pub(super) fn truncate_utf8(s: &str, max: usize) -> &str {
     }
     &s[..end]
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_burst_then_one_reply_per_interval() {
+        let mut bucket = TokenBucket::new(1000);
+        let t = Instant::now();
+        for i in 0..1000 {
+            assert!(bucket.take(t), "reply {i} of the burst");
+        }
+        assert!(!bucket.take(t), "the burst is spent");
+        assert!(
+            !bucket.take(t + Duration::from_micros(999)),
+            "nothing before 1 ms"
+        );
+        assert!(
+            bucket.take(t + Duration::from_millis(1)),
+            "one token a millisecond"
+        );
+        assert!(!bucket.take(t + Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn own_addresses_cover_every_local_address_of_a_wildcard_socket() {
+        let own = OwnAddresses {
+            sockets: vec![
+                "127.0.0.1:7070".parse().unwrap(),
+                "0.0.0.0:5514".parse().unwrap(),
+            ],
+            local_ips: vec!["192.0.2.7".parse().unwrap()],
+        };
+        for addr in [
+            "127.0.0.1:7070",
+            "[::ffff:127.0.0.1]:7070",
+            "127.0.0.9:5514",
+            "192.0.2.7:5514",
+            "0.0.0.0:5514",
+        ] {
+            assert!(own.contains(addr.parse().unwrap()), "{addr}");
+        }
+        for addr in ["127.0.0.2:7070", "127.0.0.1:7071", "192.0.2.8:5514"] {
+            assert!(!own.contains(addr.parse().unwrap()), "{addr}");
+        }
+    }
+}
