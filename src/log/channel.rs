@@ -142,19 +142,27 @@ impl ChannelLog {
             };
             // A damaged record ends the walk: the marks before it count, and
             // reading it for delivery reports the damage as scan() does.
-            segment::walk(&mut reader, base, Some(seg_end), &mut |r, _| {
+            let end = segment::walk(&mut reader, base, Some(seg_end), &mut |r, _| {
                 if let Some(mark) = r.session {
                     sessions.note(mark, r.timestamp);
                 }
                 true
             });
+            if let Some(reason) = end.bad {
+                tracing::warn!(
+                    file = %seg.segment.path.display(),
+                    position = end.pos,
+                    "{reason}: sessions' marks after it are not known; a \
+                     retransmission of a message stored after it may be stored again"
+                );
+            }
         }
     }
 
-    /// The last sequence number stored in this channel by each reliable
-    /// publishing session it remembers (see [`super::sessions`]).
-    pub fn sessions(&self) -> impl Iterator<Item = SessionMark> + '_ {
-        self.sessions.marks()
+    /// The last sequence number that session `session` of `client` stored
+    /// in this channel, if it is remembered (see [`super::sessions`]).
+    pub fn session_last_seq(&self, client: u64, session: u64) -> Option<u64> {
+        self.sessions.last_seq(client, session)
     }
 
     /// The oldest offset still stored.

@@ -15,11 +15,12 @@
 //!   16 timestamp  8  ns since the Unix epoch
 //!   24 flags      4  bit 0 (SESSION): a session mark precedes the payload;
 //!                    other bits 0 (a record with one set is refused)
-//!   28 [session mark, with SESSION: 16 bytes]
-//!        0 session  8  the reliable publishing session that sent it
-//!        8 seq      8  the session's sequence number of the message's
+//!   28 [session mark, with SESSION: 24 bytes]
+//!        0 client   8  a tag of the client's address (opaque to the log)
+//!        8 session  8  the reliable publishing session that sent it
+//!        16 seq     8  the session's sequence number of the message's
 //!                      last piece
-//!   28 or 44 payload
+//!   28 or 52 payload
 //! ```
 //!
 //! The session mark is what lets a restarted relay tell a publisher's
@@ -49,12 +50,16 @@ pub const RECORD_HEADER: usize = 28;
 /// Record flag: a [`SessionMark`] precedes the payload.
 pub const FLAG_SESSION: u32 = 1;
 /// Bytes of a [`SessionMark`] in a record.
-pub const SESSION_MARK_LEN: usize = 16;
+pub const SESSION_MARK_LEN: usize = 24;
 
 /// Which reliable publishing session stored a record, and the sequence
 /// number of the message's last piece in that session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SessionMark {
+    /// Names the client's address, so that two clients that chose the same
+    /// session id are never taken for one (the relay makes it; the log
+    /// only compares it).
+    pub client: u64,
     /// The session id the client chose.
     pub session: u64,
     /// The sequence number of the message's last piece.
@@ -205,8 +210,9 @@ impl Header {
         let (session, payload) = if self.record.flags & FLAG_SESSION != 0 {
             let (mark, payload) = body.split_at(SESSION_MARK_LEN);
             let mark = SessionMark {
-                session: u64_at(mark, 0),
-                seq: u64_at(mark, 8),
+                client: u64_at(mark, 0),
+                session: u64_at(mark, 8),
+                seq: u64_at(mark, 16),
             };
             (Some(mark), payload)
         } else {
@@ -352,8 +358,9 @@ pub fn write_record(
     let mut body = pos + RECORD_HEADER;
     let flags = match session {
         Some(mark) => {
-            buf[body..body + 8].copy_from_slice(&mark.session.to_le_bytes());
-            buf[body + 8..body + 16].copy_from_slice(&mark.seq.to_le_bytes());
+            buf[body..body + 8].copy_from_slice(&mark.client.to_le_bytes());
+            buf[body + 8..body + 16].copy_from_slice(&mark.session.to_le_bytes());
+            buf[body + 16..body + 24].copy_from_slice(&mark.seq.to_le_bytes());
             body += SESSION_MARK_LEN;
             FLAG_SESSION
         }

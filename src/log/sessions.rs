@@ -12,11 +12,11 @@
 //! Snapshot file `sessions` (little-endian):
 //!
 //! ```text
-//!   0  magic     8  "URSESS\0\x01"
+//!   0  magic     8  "URSESS\0\x02"
 //!   8  covers    8  every record below this offset is accounted for
 //!   16 count     4  entries
 //!   20 crc       4  CRC-32 of bytes 0..20, then of the entries
-//!   24 entries   count x 24: session 8, seq 8, timestamp 8
+//!   24 entries   count x 32: client 8, session 8, seq 8, timestamp 8
 //! ```
 //!
 //! The table forgets sessions whose last record is older than
@@ -35,19 +35,19 @@ use super::segment::SessionMark;
 /// How long after its last stored message a session is remembered.
 pub const SESSION_MEMORY: Duration = Duration::from_secs(3600);
 /// Most sessions a channel's table keeps.
-pub const MAX_SESSIONS: usize = 65_536;
+pub const MAX_SESSIONS: usize = 4096;
 
-const MAGIC: [u8; 8] = *b"URSESS\0\x01";
+const MAGIC: [u8; 8] = *b"URSESS\0\x02";
 const HEADER: usize = 24;
-const ENTRY: usize = 24;
+const ENTRY: usize = 32;
 /// The snapshot's file name in a channel's directory.
 pub const SNAPSHOT_FILE: &str = "sessions";
 
 /// The last stored sequence number of each session, with when.
 #[derive(Debug, Default, Clone)]
 pub struct SessionTable {
-    /// Session id -> (last stored seq, its record's timestamp).
-    last: HashMap<u64, (u64, u64)>,
+    /// (client, session id) -> (last stored seq, its record's timestamp).
+    last: HashMap<(u64, u64), (u64, u64)>,
 }
 
 impl SessionTable {
@@ -55,7 +55,7 @@ impl SessionTable {
     pub fn note(&mut self, mark: SessionMark, timestamp: u64) {
         let entry = self
             .last
-            .entry(mark.session)
+            .entry((mark.client, mark.session))
             .or_insert((mark.seq, timestamp));
         if mark.seq >= entry.0 {
             *entry = (mark.seq, timestamp.max(entry.1));
@@ -69,7 +69,16 @@ impl SessionTable {
     pub fn marks(&self) -> impl Iterator<Item = SessionMark> + '_ {
         self.last
             .iter()
-            .map(|(&session, &(seq, _))| SessionMark { session, seq })
+            .map(|(&(client, session), &(seq, _))| SessionMark {
+                client,
+                session,
+                seq,
+            })
+    }
+
+    /// The last sequence number `session` of `client` stored here, if known.
+    pub fn last_seq(&self, client: u64, session: u64) -> Option<u64> {
+        self.last.get(&(client, session)).map(|&(seq, _)| seq)
     }
 
     /// Sessions remembered.
@@ -106,7 +115,8 @@ impl SessionTable {
     ) -> Result<(), LogError> {
         self.prune();
         let mut entries = Vec::with_capacity(self.last.len() * ENTRY);
-        for (&session, &(seq, ts)) in &self.last {
+        for (&(client, session), &(seq, ts)) in &self.last {
+            entries.extend_from_slice(&client.to_le_bytes());
             entries.extend_from_slice(&session.to_le_bytes());
             entries.extend_from_slice(&seq.to_le_bytes());
             entries.extend_from_slice(&ts.to_le_bytes());
@@ -121,7 +131,15 @@ impl SessionTable {
         let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
         let io = |p: &Path| {
             let p = p.to_path_buf();
-            move |source| LogError::Io { path: p, source }
+            move |source: std::io::Error| {
+                // A full disk is refused like a segment that cannot be
+                // allocated: the write is retried, the channel not stopped.
+                if source.kind() == std::io::ErrorKind::StorageFull {
+                    LogError::NoSpace(p)
+                } else {
+                    LogError::Io { path: p, source }
+                }
+            }
         };
         let mut file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
         file.write_all(&head).map_err(io(&tmp))?;
@@ -159,10 +177,11 @@ impl SessionTable {
         for e in entries.chunks_exact(ENTRY) {
             let field = |i: usize| u64::from_le_bytes(e[i..i + 8].try_into().expect("8 bytes"));
             let mark = SessionMark {
-                session: field(0),
-                seq: field(8),
+                client: field(0),
+                session: field(8),
+                seq: field(16),
             };
-            table.note(mark, field(16));
+            table.note(mark, field(24));
         }
         Some((table, covers))
     }
@@ -183,7 +202,11 @@ mod tests {
     use super::*;
 
     fn mark(session: u64, seq: u64) -> SessionMark {
-        SessionMark { session, seq }
+        SessionMark {
+            client: 7,
+            session,
+            seq,
+        }
     }
 
     #[test]
@@ -213,6 +236,22 @@ mod tests {
         }
         std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
         assert!(SessionTable::read_snapshot(dir.path()).is_none());
+    }
+
+    #[test]
+    fn the_same_session_id_from_two_clients_is_two_sessions() {
+        let mut table = SessionTable::default();
+        table.note(mark(1, 10), 100);
+        table.note(
+            SessionMark {
+                client: 8,
+                ..mark(1, 3)
+            },
+            101,
+        );
+        assert_eq!(table.last_seq(7, 1), Some(10));
+        assert_eq!(table.last_seq(8, 1), Some(3));
+        assert_eq!(table.last_seq(9, 1), None);
     }
 
     #[test]

@@ -269,6 +269,16 @@ impl Channels {
         self.slots[id].storage.offsets().map(|(_, next)| next)
     }
 
+    /// The id of `name`, if it is known.
+    pub(super) fn id(&self, name: &str) -> Option<ChannelId> {
+        if let Some(id) = self.last
+            && *self.slots[id].name == *name
+        {
+            return Some(id);
+        }
+        self.by_name.get(name).copied()
+    }
+
     /// True if a client may name `name`: it exists, or the limit has room.
     pub(super) fn allowed(&self, name: &str) -> bool {
         self.by_name.len() < self.max || self.by_name.contains_key(name)

@@ -75,6 +75,10 @@ use reassembly::{Added, Reassembler};
 use replies::{OwnAddresses, TokenBucket, truncate_utf8};
 use sessions::{Piece, PublishSession, SessionMemory, StoredSessions};
 
+/// Most channels one reliable publishing session may name: each it names
+/// keeps its channel's slot while the session lives.
+const MAX_SESSION_CHANNELS: usize = 64;
+
 /// How often replaying subscriptions are fed from the log.
 const REPLAY_TICK: Duration = Duration::from_millis(1);
 
@@ -177,11 +181,6 @@ impl Relay {
         };
         for opened in opened {
             let storage = Storage::recovered(&opened.name, opened.log);
-            if let Storage::Open(log) = &storage {
-                for mark in log.sessions() {
-                    relay.stored_sessions.remember(mark.session, mark.seq + 1);
-                }
-            }
             let id = relay.find_or_create_channel(&opened.name);
             relay.channels[id].storage = storage;
         }
@@ -617,16 +616,35 @@ impl Relay {
             self.refuse_too_large(now, from, piece.payload.len());
             return;
         }
-        let Some(index) = self.session_index(now, from, session, acked_below) else {
+        if !self.channel_allowed(channel) {
+            self.refuse_channel(now, from);
+            return;
+        }
+        let Some(index) = self.session_index(now, from, session, acked_below, channel) else {
             return;
         };
-        let s = &self.peers[&from].sessions[index];
+        let s = &mut self.peers.get_mut(&from).expect("opened above").sessions[index];
+        if !s.would_take(piece.seq) {
+            // A duplicate, or past the window: nothing is kept, so nothing
+            // (no channel, no memory) is spent; the acknowledgement says
+            // again what the session has.
+            if s.refuse(piece.seq, now.instant) == crate::reliable::Arrival::Duplicate {
+                self.counters.duplicates_dropped += 1;
+            }
+            self.ack_session(from, session);
+            return;
+        }
         if !s.admits(piece, &self.session_memory) {
             self.counters.dropped_limit += 1;
             return;
         }
-        if !self.channel_allowed(channel) {
-            self.refuse_channel(now, from);
+        let known = self.channels.id(channel);
+        if known.is_none_or(|id| !s.channels.contains(&id))
+            && s.channels.len() >= MAX_SESSION_CHANNELS
+        {
+            self.counters.dropped_limit += 1;
+            let reason = "this session names its maximum number of channels";
+            self.reply_error(now, from, ErrorCode::LIMIT_REACHED, reason);
             return;
         }
         let id = self.find_or_create_channel(channel);
@@ -651,6 +669,7 @@ impl Relay {
         }
         for ready in taken.ready {
             let mark = SessionMark {
+                client: sessions::client_tag(from),
                 session,
                 seq: ready.seq,
             };
@@ -708,6 +727,7 @@ impl Relay {
         from: SocketAddr,
         session: u64,
         acked_below: u64,
+        channel: &str,
     ) -> Option<usize> {
         if let Some(i) = self
             .peers
@@ -729,17 +749,36 @@ impl Relay {
             self.reply_error(now, from, ErrorCode::LIMIT_REACHED, reason);
             return None;
         }
-        let arq = self.arq;
-        self.session_count += 1;
-        self.counters.sessions_opened += 1;
         // A session starts where the client says everything before was
         // acknowledged (0 for a new one), or after what this relay had
         // stored of it before it restarted or forgot the session, if that
         // is later: those messages are acknowledged, never stored twice.
-        let stored = self.stored_sessions.stored_below(session);
+        // What the log says is per channel: the channel of this piece gives
+        // the session's stored prefix (a session that published to several
+        // channels may store a retransmission for another one twice).
+        let client = sessions::client_tag(from);
+        let in_log = self
+            .channels
+            .id(channel)
+            .and_then(|id| match &self.channels[id].storage {
+                Storage::Open(log) => log.session_last_seq(client, session),
+                _ => None,
+            })
+            .map_or(0, |last| last.saturating_add(1));
+        let stored = self
+            .stored_sessions
+            .stored_below(client, session)
+            .max(in_log);
+        let arq = self.arq;
+        self.session_count += 1;
+        self.counters.sessions_opened += 1;
         let peer = self.peer_entry(now.instant, from);
-        peer.sessions
-            .push(PublishSession::new(session, arq, acked_below.max(stored)));
+        peer.sessions.push(PublishSession::new(
+            session,
+            client,
+            arq,
+            acked_below.max(stored),
+        ));
         Some(peer.sessions.len() - 1)
     }
 
@@ -790,7 +829,8 @@ impl Relay {
     fn release_session(&mut self, s: PublishSession) {
         self.session_memory.held -= s.held();
         self.session_count -= 1;
-        self.stored_sessions.remember(s.id, s.stored_below());
+        self.stored_sessions
+            .remember(s.client, s.id, s.stored_below());
         for id in s.channels {
             self.channels[id].holds -= 1;
             self.forget_if_idle(id);

@@ -22,6 +22,9 @@ use super::sessions::PublishSession;
 pub(super) struct Peer {
     /// Last time anything arrived from this address; the lease runs from here.
     last_seen: Instant,
+    /// The deadline of this peer's one live entry in the lease heap: any
+    /// other entry for its address is stale (left by an earlier peer there).
+    lease_at: Instant,
     /// The address's subscriptions: id and channel.
     pub(super) subscriptions: Vec<(u32, ChannelId)>,
     /// The address's reliable publishing sessions.
@@ -71,6 +74,7 @@ impl Peers {
             self.leases.push(Reverse((now + lease, addr)));
             Peer {
                 last_seen: now,
+                lease_at: now + lease,
                 subscriptions: Vec::new(),
                 sessions: Vec::new(),
             }
@@ -110,11 +114,15 @@ impl Peers {
                 break;
             }
             self.leases.pop();
-            let Some(peer) = self.peers.get(&addr) else {
+            let Some(peer) = self.peers.get_mut(&addr) else {
                 continue; // gone already
             };
+            if peer.lease_at != at {
+                continue; // left by an earlier peer at this address
+            }
             let expires = peer.last_seen + self.lease;
             if expires > now {
+                peer.lease_at = expires;
                 self.leases.push(Reverse((expires, addr)));
                 continue;
             }
@@ -135,6 +143,25 @@ impl std::ops::Index<&SocketAddr> for Peers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peer_that_comes_and_goes_leaves_one_live_lease_entry() {
+        let lease = Duration::from_secs(1);
+        let mut peers = Peers::new(lease);
+        let t = Instant::now();
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        for i in 0..1000 {
+            let now = t + Duration::from_micros(i);
+            peers.entry(now, addr);
+            peers.remove(&addr);
+        }
+        let last = t + Duration::from_millis(1);
+        peers.entry(last, addr);
+        // The 1000 stale entries go as they come due; the live one stays.
+        assert_eq!(peers.pop_lapsed(t + lease + Duration::from_micros(999)), None);
+        assert_eq!(peers.leases.len(), 1, "only the live entry is left");
+        assert_eq!(peers.pop_lapsed(last + lease), Some(addr));
+    }
 
     #[test]
     fn a_lease_lapses_exactly_a_lease_after_the_last_datagram() {

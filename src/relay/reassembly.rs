@@ -93,6 +93,9 @@ struct Reassembly {
     bytes: usize,
     /// What this message is charged against the budget.
     charged: usize,
+    /// When it gives up: its entry in `deadlines` (another entry for the
+    /// same key was left by an earlier message that completed).
+    deadline: Instant,
 }
 
 /// Every incomplete message, within a memory budget.
@@ -150,14 +153,15 @@ impl Reassembler {
         }
         self.charged += charge;
         let m = self.messages.entry(key).or_insert_with(|| {
-            self.deadlines
-                .push_back((now + FRAGMENT_TIMEOUT, from, msg_id));
+            let deadline = now + FRAGMENT_TIMEOUT;
+            self.deadlines.push_back((deadline, from, msg_id));
             Reassembly {
                 channel: channel.into(),
                 pieces: vec![None; usize::from(count)],
                 have: 0,
                 bytes: 0,
                 charged: 0,
+                deadline,
             }
         });
         m.pieces[usize::from(index)] = Some(chunk.into());
@@ -193,7 +197,10 @@ impl Reassembler {
                 break;
             }
             self.deadlines.pop_front();
-            if let Some(m) = self.messages.remove(&(from, msg_id)) {
+            let key = (from, msg_id);
+            if self.messages.get(&key).is_some_and(|m| m.deadline == at)
+                && let Some(m) = self.messages.remove(&key)
+            {
                 self.charged -= m.charged;
                 expired += 1;
             }
@@ -294,6 +301,25 @@ mod tests {
             r.add(deadline, piece(4, 0, u16::MAX, b"x"), true),
             Added::Held
         );
+    }
+
+    #[test]
+    fn a_message_id_used_again_gets_its_own_time() {
+        let mut r = Reassembler::new(1 << 20, 1 << 20);
+        let t = Instant::now();
+        r.add(t, piece(1, 0, 2, b"a"), true);
+        assert!(matches!(
+            r.add(t, piece(1, 1, 2, b"b"), true),
+            Added::Complete { .. }
+        ));
+        let later = t + FRAGMENT_TIMEOUT / 2;
+        assert_eq!(r.add(later, piece(1, 0, 2, b"c"), true), Added::Held);
+        assert_eq!(
+            r.expire(t + FRAGMENT_TIMEOUT),
+            0,
+            "not at the first one's deadline"
+        );
+        assert_eq!(r.expire(later + FRAGMENT_TIMEOUT), 1);
     }
 
     #[test]

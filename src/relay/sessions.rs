@@ -9,6 +9,7 @@
 //! conductor in [`super`] stores them and sends the acknowledgement.
 
 use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
 
 use foldhash::{HashMap, HashMapExt};
 
@@ -70,11 +71,25 @@ pub(super) struct Taken {
     pub(super) too_large: Option<u64>,
 }
 
+/// Names a client's address in the log's session marks: the CRC-32 of its
+/// IP (as IPv6) above its port. Two clients that chose the same session id
+/// are then two sessions; the same client after a relay restart is the
+/// same one.
+pub(super) fn client_tag(addr: SocketAddr) -> u64 {
+    let ip = match addr.ip() {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    };
+    (u64::from(crc32fast::hash(&ip.octets())) << 16) | u64::from(addr.port())
+}
+
 /// One reliable publishing session.
 #[derive(Debug)]
 pub(super) struct PublishSession {
     /// Chosen by the client.
     pub(super) id: u64,
+    /// The client's address, as the log's marks name it.
+    pub(super) client: u64,
     /// Duplicate suppression and reordering; items are (channel, payload,
     /// the message continues in the next sequence number).
     receiver: Receiver<(ChannelId, Vec<u8>, bool)>,
@@ -93,16 +108,31 @@ pub(super) struct PublishSession {
 }
 
 impl PublishSession {
-    /// Session `id`, expecting `first` next.
-    pub(super) fn new(id: u64, arq: ArqConfig, first: u64) -> PublishSession {
+    /// Session `id` of the client tagged `client`, expecting `first` next.
+    pub(super) fn new(id: u64, client: u64, arq: ArqConfig, first: u64) -> PublishSession {
         PublishSession {
             id,
+            client,
             receiver: Receiver::new(arq, first),
             partial: None,
             held: 0,
             not_durable: VecDeque::new(),
             channels: Vec::new(),
         }
+    }
+
+    /// True if the session would keep a piece with this sequence number:
+    /// new and inside its window. Otherwise see [`PublishSession::refuse`].
+    pub(super) fn would_take(&self, seq: u64) -> bool {
+        self.receiver.would_take(seq)
+    }
+
+    /// Counts a piece the session does not keep (a duplicate, or past the
+    /// window), so its acknowledgement says again what it has.
+    pub(super) fn refuse(&mut self, seq: u64, now: std::time::Instant) -> Arrival {
+        // Nothing is kept: `would_take` said no, so the item is dropped.
+        self.receiver
+            .on_data(seq, (usize::MAX, Vec::new(), false), now)
     }
 
     /// True if the shared budget has room for `piece`, or it needs none: a
@@ -252,10 +282,10 @@ impl PublishSession {
 /// restart too.
 #[derive(Debug)]
 pub(super) struct StoredSessions {
-    /// Session id -> stored below.
-    stored: HashMap<u64, u64>,
+    /// (client tag, session id) -> stored below.
+    stored: HashMap<(u64, u64), u64>,
     /// The keys, oldest first, for the bound.
-    order: VecDeque<u64>,
+    order: VecDeque<(u64, u64)>,
     /// The most remembered; past it the oldest half goes (the per-channel
     /// tables in the log still know them after a restart).
     max: usize,
@@ -271,24 +301,28 @@ impl StoredSessions {
         }
     }
 
-    /// Notes that `session` stored everything below `below`.
-    pub(super) fn remember(&mut self, session: u64, below: u64) {
+    /// Notes that session `session` of `client` stored everything below
+    /// `below`.
+    pub(super) fn remember(&mut self, client: u64, session: u64, below: u64) {
+        let key = (client, session);
+        if let Some(known) = self.stored.get_mut(&key) {
+            *known = (*known).max(below);
+            return;
+        }
         if self.stored.len() >= self.max {
             let keep = self.order.split_off(self.order.len() / 2);
             for gone in std::mem::replace(&mut self.order, keep) {
                 self.stored.remove(&gone);
             }
         }
-        let entry = self.stored.entry(session).or_insert_with(|| {
-            self.order.push_back(session);
-            0
-        });
-        *entry = (*entry).max(below);
+        self.order.push_back(key);
+        self.stored.insert(key, below);
     }
 
-    /// Where `session` starts if it opens again: 0 if unknown.
-    pub(super) fn stored_below(&self, session: u64) -> u64 {
-        self.stored.get(&session).copied().unwrap_or(0)
+    /// Where session `session` of `client` starts if it opens again: 0 if
+    /// unknown.
+    pub(super) fn stored_below(&self, client: u64, session: u64) -> u64 {
+        self.stored.get(&(client, session)).copied().unwrap_or(0)
     }
 }
 
@@ -308,7 +342,7 @@ mod tests {
             held: 0,
             budget: 1 << 20,
         };
-        let mut s = PublishSession::new(1, ArqConfig::default(), 0);
+        let mut s = PublishSession::new(1, 0, ArqConfig::default(), 0);
         let t = Instant::now();
         let taken = s.take(piece(2, false, b"c"), 0, t, &mut memory, 100);
         assert!(taken.ready.is_empty());
@@ -332,7 +366,7 @@ mod tests {
             held: 0,
             budget: 1 << 20,
         };
-        let mut s = PublishSession::new(1, ArqConfig::default(), 0);
+        let mut s = PublishSession::new(1, 0, ArqConfig::default(), 0);
         let t = Instant::now();
         s.take(piece(0, false, b"a"), 0, t, &mut memory, 100);
         s.take(piece(1, true, b"b"), 0, t, &mut memory, 100);
@@ -356,7 +390,7 @@ mod tests {
     #[test]
     fn the_budget_admits_only_what_passes_straight_through_when_full() {
         let memory = SessionMemory { held: 0, budget: 0 };
-        let s = PublishSession::new(1, ArqConfig::default(), 5);
+        let s = PublishSession::new(1, 0, ArqConfig::default(), 5);
         assert!(s.admits(piece(5, false, b"whole, in order"), &memory));
         assert!(s.admits(piece(4, false, b"a duplicate"), &memory));
         assert!(!s.admits(piece(6, false, b"early"), &memory));
@@ -369,7 +403,7 @@ mod tests {
             held: 0,
             budget: 1 << 20,
         };
-        let mut s = PublishSession::new(1, ArqConfig::default(), 0);
+        let mut s = PublishSession::new(1, 0, ArqConfig::default(), 0);
         let t = Instant::now();
         s.take(piece(0, true, b"part"), 0, t, &mut memory, 100);
         s.take(piece(3, false, b"early"), 0, t, &mut memory, 100);
@@ -381,14 +415,15 @@ mod tests {
     #[test]
     fn remembered_sessions_keep_the_highest_and_stay_bounded() {
         let mut stored = StoredSessions::new(4);
-        stored.remember(1, 10);
-        stored.remember(1, 7);
-        assert_eq!(stored.stored_below(1), 10);
+        stored.remember(0, 1, 10);
+        stored.remember(0, 1, 7);
+        assert_eq!(stored.stored_below(0, 1), 10);
+        assert_eq!(stored.stored_below(5, 1), 0, "another client's session 1");
         for s in 2..20 {
-            stored.remember(s, s);
+            stored.remember(0, s, s);
         }
         assert!(stored.stored.len() <= 4);
-        assert_eq!(stored.stored_below(19), 19, "the newest is kept");
-        assert_eq!(stored.stored_below(1), 0, "the oldest went");
+        assert_eq!(stored.stored_below(0, 19), 19, "the newest is kept");
+        assert_eq!(stored.stored_below(0, 1), 0, "the oldest went");
     }
 }

@@ -1531,3 +1531,92 @@ fn a_message_that_cannot_be_stored_is_never_acknowledged() {
     );
     assert_eq!(r.session_memory.held, 0);
 }
+
+#[test]
+fn the_same_session_id_from_another_address_is_another_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = RelayConfig {
+        data_dir: dir.path().to_path_buf(),
+        ..RelayConfig::default()
+    };
+    let t = start();
+    let mut r = Relay::open(&config, t).unwrap();
+    for seq in 0..3 {
+        send(&mut r, t, PUBLISHER, &[reliable(seq, b"first run")]);
+    }
+    // A second client (or a second run of one, on a new port) that numbers
+    // its sessions the same way: its messages are its own, all stored.
+    for seq in 0..3 {
+        send(&mut r, t, "127.0.0.1:2001", &[reliable(seq, b"second run")]);
+    }
+    assert_eq!(r.next_offset("news"), Some(6));
+    // And after a restart too.
+    drop(r);
+    let mut r = Relay::open(&config, t).unwrap();
+    for seq in 0..2 {
+        send(&mut r, t, "127.0.0.1:2002", &[reliable(seq, b"third")]);
+    }
+    assert_eq!(r.next_offset("news"), Some(8));
+}
+
+#[test]
+fn a_restart_remembers_every_session_the_log_knows() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = RelayConfig {
+        data_dir: dir.path().to_path_buf(),
+        max_sessions: 4,
+        ..RelayConfig::default()
+    };
+    let t = start();
+    let mut r = Relay::open(&config, t).unwrap();
+    let client = |i: u16| format!("127.0.0.1:{}", 3000 + i);
+    // 40 clients publish one message each, one after another, each session
+    // ending with its lease: ten times what the relay remembers in memory.
+    for i in 0..40 {
+        send(&mut r, t, &client(i), &[reliable(0, b"m")]);
+        send(&mut r, t, &client(i), &[Frame::Unsubscribe { sub_id: 0 }]);
+        r.handle_timeout(t.after(r.lease * (i as u32 + 1)));
+    }
+    assert_eq!(r.next_offset("news"), Some(40));
+    drop(r);
+    let mut r = Relay::open(&config, t).unwrap();
+    for i in 0..40 {
+        send(&mut r, t, &client(i), &[reliable(0, b"m")]);
+        send(&mut r, t, &client(i), &[Frame::Unsubscribe { sub_id: 0 }]);
+        r.handle_timeout(t.after(r.lease * (i as u32 + 1)));
+    }
+    assert_eq!(
+        r.next_offset("news"),
+        Some(40),
+        "no retransmission stored twice"
+    );
+}
+
+#[test]
+fn duplicates_and_pieces_past_the_window_take_no_channel_slot() {
+    let (mut r, _dir) = relay_with(|c| c.max_channels = 2);
+    let t = start();
+    for (i, name) in ["a", "b", "c"].iter().enumerate() {
+        // Everything below 1000 is acknowledged: seq 0 is a duplicate.
+        let dup = Frame::ReliablePublish {
+            session: i as u64,
+            seq: 0,
+            acked_below: 1000,
+            more: false,
+            channel: name,
+            payload: b"x",
+        };
+        let far = Frame::ReliablePublish {
+            session: i as u64,
+            seq: 1_000_000,
+            acked_below: 1000,
+            more: false,
+            channel: name,
+            payload: b"x",
+        };
+        send(&mut r, t, PUBLISHER, &[dup, far]);
+    }
+    assert_eq!(r.channel_count(), 0, "nothing was kept, so nothing held");
+    publish(&mut r, t, "real", b"m");
+    assert_eq!(r.next_offset("real"), Some(1));
+}

@@ -112,6 +112,16 @@ impl<T> Receiver<T> {
         (self.config.receive_window as usize).saturating_sub(held) as u32
     }
 
+    /// True if [`Receiver::on_data`] would keep message `seq`: it is new
+    /// and inside the window (so a caller can refuse to spend anything on
+    /// a duplicate or a message past the window).
+    pub fn would_take(&self, seq: u64) -> bool {
+        let room = (self.config.receive_window as usize).saturating_sub(self.ready.len());
+        seq >= self.cumulative
+            && !self.early.contains_key(&seq)
+            && seq < self.cumulative.saturating_add(room as u64)
+    }
+
     /// Takes message `seq`.
     pub fn on_data(&mut self, seq: u64, item: T, now: Instant) -> Arrival {
         if seq < self.cumulative || self.early.contains_key(&seq) {
@@ -122,7 +132,7 @@ impl<T> Receiver<T> {
         }
         // Items the application has not taken yet use the window up.
         let room = (self.config.receive_window as usize).saturating_sub(self.ready.len());
-        if seq >= self.cumulative + room as u64 {
+        if seq >= self.cumulative.saturating_add(room as u64) {
             self.stats.out_of_window += 1;
             self.ack_now = true;
             return Arrival::OutOfWindow;
