@@ -74,7 +74,9 @@ fn check_channel(channel: &str) -> Result<(), ClientError> {
 
 /// A message as one JSON object: channel, offset, timestamp and the payload
 /// as text, or as `payload_hex` when it is not UTF-8. The format of
-/// `udpcat sub --format json` and `udprelay log dump --format json`.
+/// `udpcat sub --format json` and `udprelay log dump --format json`. Only
+/// with the `cli` feature: the library itself does not depend on serde_json.
+#[cfg(feature = "cli")]
 pub fn message_json(
     channel: &str,
     offset: u64,

@@ -6,11 +6,18 @@
 //! until `WouldBlock` (mio is edge-triggered), in bounded rounds so that one
 //! busy socket cannot starve sending; a send that would block waits in a
 //! bounded queue for WRITABLE instead of being dropped.
+//!
+//! As mini-redis's `server::run(listener, shutdown)`, the driver is handed
+//! its sockets ([`BoundSockets`]) and what stops it ([`Shutdown`]), so a test
+//! or a benchmark can run a relay on a thread of its own process and stop it
+//! from another; [`Driver::bind`] is the daemon's way: bind the configured
+//! addresses, stop on SIGINT/SIGTERM.
 
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, mpsc};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -36,8 +43,9 @@ const SOCKET_BUFFER: usize = 8 << 20;
 const READ_BUDGET: usize = 512;
 
 const SIGNAL_TOKEN: Token = Token(0);
-/// The sync thread wakes the loop with this when a sync finished.
-const SYNC_DONE_TOKEN: Token = Token(usize::MAX);
+/// The loop's one waker (mio allows one per poller): the sync thread wakes
+/// it when a sync finished, a [`ShutdownHandle`] to stop it.
+const WAKE_TOKEN: Token = Token(usize::MAX);
 /// Token of socket `i` (0 is the protocol socket, then the raw ingest ports).
 const fn socket_token(i: usize) -> Token {
     Token(i + 1)
@@ -63,16 +71,158 @@ pub enum DriverError {
     /// The configuration would make the relay send to its own sockets.
     #[error("{0}")]
     Loop(#[from] crate::relay::OwnAddressError),
+    /// The sockets handed to [`Driver::new`] are not the ones the
+    /// configuration names.
+    #[error("{raw_in} raw ingest socket(s) given for {configured} --raw-in port(s)")]
+    SocketCount {
+        /// Raw ingest sockets given.
+        raw_in: usize,
+        /// Raw ingest ports configured.
+        configured: usize,
+    },
     /// The poller or signal handling failed.
     #[error("event loop: {0}")]
     Io(#[from] io::Error),
 }
 
+/// The sockets a [`Driver`] serves, bound by its caller: the protocol socket
+/// and one per raw ingest port, in configuration order.
+#[derive(Debug)]
+pub struct BoundSockets {
+    /// Where clients speak the relay protocol.
+    protocol: UdpSocket,
+    /// Plain-UDP ingest, one per `--raw-in` of the configuration, same order.
+    raw_in: Vec<UdpSocket>,
+}
+
+impl BoundSockets {
+    /// Binds the addresses `config` names (`listen`, then every `raw_in`),
+    /// non-blocking, with large buffers.
+    pub fn bind(config: &RelayConfig) -> Result<BoundSockets, DriverError> {
+        Ok(BoundSockets {
+            protocol: bind_udp(config.listen)?,
+            raw_in: config
+                .raw_in
+                .iter()
+                .map(|(addr, _)| bind_udp(*addr))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// Sockets the caller bound itself (made non-blocking here). Use
+    /// [`BoundSockets::bind`] for the relay's buffer sizes and GRO.
+    pub fn from_std(
+        protocol: std::net::UdpSocket,
+        raw_in: Vec<std::net::UdpSocket>,
+    ) -> io::Result<BoundSockets> {
+        let to_mio = |s: std::net::UdpSocket| {
+            s.set_nonblocking(true)?;
+            Ok::<_, io::Error>(UdpSocket::from_std(s))
+        };
+        Ok(BoundSockets {
+            protocol: to_mio(protocol)?,
+            raw_in: raw_in.into_iter().map(to_mio).collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// The protocol socket's address (with the real port when 0 was asked).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.protocol.local_addr()
+    }
+}
+
+/// What stops a [`Driver`]: SIGINT/SIGTERM, a [`ShutdownHandle`], or both.
+pub struct Shutdown {
+    /// Installed signal handlers, when signals stop the relay.
+    signals: Option<Signals>,
+    /// Shared with every [`ShutdownHandle`].
+    shared: Arc<ShutdownShared>,
+}
+
+/// Asks a running [`Driver`] to stop, from any thread: it then sends what
+/// is queued, syncs the log and returns from [`Driver::run`], as on SIGTERM.
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    shared: Arc<ShutdownShared>,
+}
+
+struct ShutdownShared {
+    /// Set once stopping was asked for; the loop checks it after every wake.
+    requested: AtomicBool,
+    /// Wakes the loop out of `poll`; None until a driver took the
+    /// [`Shutdown`]. A mutex, so a request made while the driver registers
+    /// is either seen by it or wakes it.
+    waker: Mutex<Option<Arc<Waker>>>,
+}
+
+impl Shutdown {
+    /// A shutdown only the returned handle triggers.
+    pub fn handle() -> (Shutdown, ShutdownHandle) {
+        let shared = Arc::new(ShutdownShared {
+            requested: AtomicBool::new(false),
+            waker: Mutex::new(None),
+        });
+        let handle = ShutdownHandle {
+            shared: Arc::clone(&shared),
+        };
+        (
+            Shutdown {
+                signals: None,
+                shared,
+            },
+            handle,
+        )
+    }
+
+    /// A shutdown on SIGINT or SIGTERM (installs their handlers), or by the
+    /// returned handle.
+    pub fn on_signals() -> io::Result<(Shutdown, ShutdownHandle)> {
+        let (mut shutdown, handle) = Shutdown::handle();
+        shutdown.signals = Some(Signals::new([SIGINT, SIGTERM])?);
+        Ok((shutdown, handle))
+    }
+
+    /// Registers the signals and the handles' waker with the driver's poller.
+    fn register(&mut self, poll: &Poll, waker: Arc<Waker>) -> io::Result<()> {
+        if let Some(signals) = &mut self.signals {
+            poll.registry()
+                .register(signals, SIGNAL_TOKEN, Interest::READABLE)?;
+        }
+        *lock(&self.shared.waker) = Some(waker);
+        Ok(())
+    }
+
+    /// Whether a handle asked to stop.
+    fn requested(&self) -> bool {
+        self.shared.requested.load(Ordering::SeqCst)
+    }
+}
+
+impl ShutdownHandle {
+    /// Asks the driver to stop; returns at once. Asking again does nothing.
+    pub fn shutdown(&self) {
+        let waker = lock(&self.shared.waker);
+        self.shared.requested.store(true, Ordering::SeqCst);
+        if let Some(waker) = &*waker {
+            // A failed wake leaves the flag for the loop's next wake-up.
+            if let Err(e) = waker.wake() {
+                warn!(error = %e, "cannot wake the relay to stop it");
+            }
+        }
+    }
+}
+
+/// The lock, also when a thread panicked holding it: the data is an
+/// Option that a panic cannot leave half-written.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A relay bound to its sockets, ready to [`Driver::run`].
 pub struct Driver {
     poll: Poll,
-    /// Signals that stop the loop.
-    signals: Signals,
+    /// Signals or a handle that stop the loop.
+    shutdown: Shutdown,
     /// The protocol socket first, then one per raw ingest port.
     sockets: Vec<UdpSocket>,
     /// Per socket: readable data may remain (the last drain hit its budget).
@@ -109,10 +259,9 @@ struct Syncer {
 }
 
 impl Syncer {
-    fn start(waker: Waker) -> io::Result<Syncer> {
+    fn start(waker: Arc<Waker>) -> io::Result<Syncer> {
         let (req_tx, req_rx) = mpsc::channel::<SyncRequest>();
         let (res_tx, res_rx) = mpsc::channel();
-        let waker = Arc::new(waker);
         let thread = std::thread::Builder::new()
             .name("udprelay-sync".into())
             .spawn(move || {
@@ -180,19 +329,45 @@ pub fn now() -> Now {
 }
 
 impl Driver {
-    /// Validates `config`, binds every socket and installs the SIGINT/SIGTERM
-    /// handlers. Nothing is read until [`Driver::run`].
+    /// Validates `config`, binds every socket it names and installs the
+    /// SIGINT/SIGTERM handlers: the daemon's way to start. Nothing is read
+    /// until [`Driver::run`].
     pub fn bind(config: &RelayConfig) -> Result<Driver, DriverError> {
-        config.validate()?;
-        let poll = Poll::new()?;
-        // The data directory first: a second relay on it must fail before it
-        // touches any port.
-        let relay = Relay::open(config, now())?;
-        let mut sockets = vec![bind_udp(config.listen)?];
-        for (addr, _) in &config.raw_in {
-            sockets.push(bind_udp(*addr)?);
+        let relay = open_relay(config)?;
+        let sockets = BoundSockets::bind(config)?;
+        let (shutdown, _) = Shutdown::on_signals()?;
+        Driver::start(config, relay, sockets, shutdown)
+    }
+
+    /// Validates `config` and opens its data directory; the relay then
+    /// serves `sockets` (which must hold one raw ingest socket per
+    /// `config.raw_in`, in order; `config.listen` is not used) until
+    /// `shutdown` says stop.
+    pub fn new(
+        config: &RelayConfig,
+        sockets: BoundSockets,
+        shutdown: Shutdown,
+    ) -> Result<Driver, DriverError> {
+        let relay = open_relay(config)?;
+        Driver::start(config, relay, sockets, shutdown)
+    }
+
+    fn start(
+        config: &RelayConfig,
+        mut relay: Relay,
+        sockets: BoundSockets,
+        mut shutdown: Shutdown,
+    ) -> Result<Driver, DriverError> {
+        if sockets.raw_in.len() != config.raw_in.len() {
+            return Err(DriverError::SocketCount {
+                raw_in: sockets.raw_in.len(),
+                configured: config.raw_in.len(),
+            });
         }
-        let mut relay = relay;
+        let poll = Poll::new()?;
+        let mut sockets: Vec<UdpSocket> = std::iter::once(sockets.protocol)
+            .chain(sockets.raw_in)
+            .collect();
         let own = sockets
             .iter()
             .map(|s| s.local_addr())
@@ -208,13 +383,12 @@ impl Driver {
             poll.registry()
                 .register(socket, socket_token(i), Interest::READABLE)?;
         }
-        let mut signals = Signals::new([SIGINT, SIGTERM])?;
-        poll.registry()
-            .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)?;
-        let syncer = Syncer::start(Waker::new(poll.registry(), SYNC_DONE_TOKEN)?)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKE_TOKEN)?);
+        shutdown.register(&poll, Arc::clone(&waker))?;
+        let syncer = Syncer::start(waker)?;
         Ok(Driver {
             poll,
-            signals,
+            shutdown,
             pending_read: vec![true; sockets.len()],
             busy_poll: config.busy_poll,
             last_datagram: Instant::now(),
@@ -240,13 +414,21 @@ impl Driver {
         self.sockets[1..].iter().map(|s| s.local_addr()).collect()
     }
 
+    /// A handle that stops [`Driver::run`] from another thread.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            shared: Arc::clone(&self.shutdown.shared),
+        }
+    }
+
     /// The relay core, for its counters.
     pub fn relay(&self) -> &Relay {
         &self.relay
     }
 
-    /// Runs until SIGINT or SIGTERM, then sends what is queued, syncs the log
-    /// and returns.
+    /// Runs until its [`Shutdown`] says stop (SIGINT, SIGTERM or a
+    /// [`ShutdownHandle`]), then sends what is queued, syncs the log and
+    /// returns.
     pub fn run(&mut self) -> Result<(), DriverError> {
         let mut events = Events::with_capacity(256);
         loop {
@@ -265,16 +447,23 @@ impl Driver {
                 }
                 return Err(e.into());
             }
-            let mut stop = false;
+            let mut stop = self.shutdown.requested();
+            if stop {
+                info!("stopping on request");
+            }
             for event in events.iter() {
                 match event.token() {
                     SIGNAL_TOKEN => {
-                        for signal in self.signals.pending() {
-                            info!(signal, "stopping on signal");
-                            stop = true;
+                        if let Some(signals) = &mut self.shutdown.signals {
+                            for signal in signals.pending() {
+                                info!(signal, "stopping on signal");
+                                stop = true;
+                            }
                         }
                     }
-                    SYNC_DONE_TOKEN => self.syncer.collect(&mut self.relay),
+                    // A finished sync, or a shutdown request, whose flag
+                    // was read above.
+                    WAKE_TOKEN => self.syncer.collect(&mut self.relay),
                     Token(t) => {
                         let i = t - 1;
                         if event.is_readable() {
@@ -439,6 +628,13 @@ impl Driver {
         }
         done
     }
+}
+
+/// Validates `config` and opens the data directory: before any port, so a
+/// second relay on the same directory fails without touching one.
+fn open_relay(config: &RelayConfig) -> Result<Relay, DriverError> {
+    config.validate()?;
+    Ok(Relay::open(config, now())?)
 }
 
 /// A non-blocking UDP socket bound to `addr`, with large buffers. No
