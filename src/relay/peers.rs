@@ -158,7 +158,10 @@ mod tests {
         let last = t + Duration::from_millis(1);
         peers.entry(last, addr);
         // The 1000 stale entries go as they come due; the live one stays.
-        assert_eq!(peers.pop_lapsed(t + lease + Duration::from_micros(999)), None);
+        assert_eq!(
+            peers.pop_lapsed(t + lease + Duration::from_micros(999)),
+            None
+        );
         assert_eq!(peers.leases.len(), 1, "only the live entry is left");
         assert_eq!(peers.pop_lapsed(last + lease), Some(addr));
     }
