@@ -351,19 +351,18 @@ fn relay_args_reach_the_spawned_relay() {
 
 #[test]
 fn in_process_relay_runs_plain_and_raw_on_a_thread_of_udpbench() {
-    let r = single(udpbench(&paced(&[
-        "--spawn",
-        "--in-process",
-        "--subscribers",
-        "2",
-    ])));
-    assert_consistent(&r, Mode::Relay, 1, 2, 2000);
-    assert_eq!((r.lost, r.duplicated), (0, 0), "{r:?}");
-    assert!(
-        r.relay_cpu_seconds.is_some(),
-        "the relay thread is measured"
-    );
-    let r = single(udpbench(&paced(&["--spawn", "--in-process", "--raw"])));
-    assert_consistent(&r, Mode::RelayRaw, 1, 1, 2000);
-    assert_eq!(r.lost, 0, "{r:?}");
+    let modes = [
+        (&["--subscribers", "2"][..], Mode::Relay, 2),
+        (&["--raw"][..], Mode::RelayRaw, 1),
+    ];
+    for (extra, mode, subscribers) in modes {
+        let args = paced(&[&["--spawn", "--in-process"][..], extra].concat());
+        let r = single(udpbench(&args));
+        assert_consistent(&r, mode, 1, subscribers, 2000);
+        assert_eq!((r.lost, r.duplicated), (0, 0), "{r:?}");
+        assert!(
+            r.relay_cpu_seconds.is_some(),
+            "the relay thread is measured"
+        );
+    }
 }
