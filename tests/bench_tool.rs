@@ -348,3 +348,21 @@ fn relay_args_reach_the_spawned_relay() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--no-such-flag"), "{stderr}");
 }
+
+#[test]
+fn in_process_relay_runs_plain_and_raw_on_a_thread_of_udpbench() {
+    let modes = [
+        (&["--subscribers", "2"][..], Mode::Relay, 2),
+        (&["--raw"][..], Mode::RelayRaw, 1),
+    ];
+    for (extra, mode, subscribers) in modes {
+        let args = paced(&[&["--spawn", "--in-process"][..], extra].concat());
+        let r = single(udpbench(&args));
+        assert_consistent(&r, mode, 1, subscribers, 2000);
+        assert_eq!((r.lost, r.duplicated), (0, 0), "{r:?}");
+        assert!(
+            r.relay_cpu_seconds.is_some(),
+            "the relay thread is measured"
+        );
+    }
+}

@@ -544,7 +544,7 @@ mod tests {
         let batch: Vec<Transmit> = (0..40u8)
             .map(|i| Transmit {
                 destination: to,
-                payload: vec![i; usize::from(i) + 1],
+                payload: vec![i; usize::from(i) + 1].into(),
             })
             .collect();
         let (got, _) = round_trip(&mut BatchSender::new(), &tx, &rx, &batch);
@@ -566,7 +566,7 @@ mod tests {
                 let len = if i == 63 || i == 99 { 500 } else { 1000 };
                 Transmit {
                     destination: to,
-                    payload: vec![i as u8; len],
+                    payload: vec![i as u8; len].into(),
                 }
             })
             .collect();
@@ -574,14 +574,14 @@ mod tests {
             50,
             Transmit {
                 destination: other.local_addr().unwrap(),
-                payload: vec![7; 1000],
+                payload: vec![7; 1000].into(),
             },
         );
         batch.insert(
             70,
             Transmit {
                 destination: to,
-                payload: Vec::new(),
+                payload: Vec::new().into(),
             },
         );
         let mut sender = BatchSender::new();
@@ -598,7 +598,7 @@ mod tests {
         let want: Vec<Vec<u8>> = batch
             .iter()
             .filter(|t| t.destination == to)
-            .map(|t| t.payload.clone())
+            .map(|t| t.payload.to_vec())
             .collect();
         assert_eq!(got, want, "every datagram, whole and in order");
         eprintln!(
@@ -643,12 +643,12 @@ mod tests {
         let batch: Vec<Transmit> = (0..20u8)
             .map(|i| Transmit {
                 destination: to,
-                payload: vec![i; 300],
+                payload: vec![i; 300].into(),
             })
             .collect();
         let mut sender = BatchSender::without_gso();
         let (got, _) = round_trip(&mut sender, &tx, &rx, &batch);
-        let want: Vec<Vec<u8>> = batch.iter().map(|t| t.payload.clone()).collect();
+        let want: Vec<Vec<u8>> = batch.iter().map(|t| t.payload.to_vec()).collect();
         assert_eq!(got, want);
         assert!(!sender.gso());
     }

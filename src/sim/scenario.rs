@@ -154,7 +154,7 @@ pub fn run(scenario: &Scenario, data_dir: &Path) -> Result<Outcome, String> {
             relay.handle_timeout(at(now));
         }
         while let Some(t) = relay.poll_transmit() {
-            net.send(now, RELAY, t.destination, t.payload);
+            net.send(now, RELAY, t.destination, t.payload.to_vec());
         }
         if first_at.is_none() && subs.iter().all(|s| s.is_active()) {
             first_at = Some(now);

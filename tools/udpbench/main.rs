@@ -49,6 +49,9 @@ struct Args {
         value_name = "ARG"
     )]
     relay_arg: Vec<String>,
+    /// With --spawn: run the relay on a thread of this process (default relay settings, so no --relay-arg) instead of as a child process; its CPU time is that thread's.
+    #[arg(long, requires = "spawn", conflicts_with = "relay_arg")]
+    in_process: bool,
     /// Publishers, each on its own socket and thread.
     #[arg(long, default_value_t = 1)]
     publishers: usize,

@@ -124,7 +124,7 @@ pub fn publish(
             while let Some(d) = rp.poll_transmit(now) {
                 out.push(Transmit {
                     destination: target,
-                    payload: d,
+                    payload: d.into(),
                 });
             }
             send_all(&mut batch, &socket, &mut out);
@@ -142,9 +142,9 @@ pub fn publish(
     };
     let mut publisher = Publisher::new("bench", datagram_size).map_err(|e| e.to_string())?;
     let mut m = Vec::with_capacity(args.size.max(HEADER));
-    let to_transmit = |payload| Transmit {
+    let to_transmit = |payload: Vec<u8>| Transmit {
         destination: target,
-        payload,
+        payload: payload.into(),
     };
     while sent < limit {
         let now = Instant::now();

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::publisher::publish;
 use crate::report::{Mode, Run};
-use crate::spawn::{cpu_seconds, forwarder, free_udp_port, spawn_relay, spawn_socat};
+use crate::spawn::{forwarder, free_udp_port, run_in_process, spawn_relay, spawn_socat};
 use crate::subscriber::subscribe_all;
 use crate::traffic::{HEADER, Tally};
 use crate::{Args, Baseline};
@@ -23,7 +23,11 @@ pub fn run(args: &Args) -> Result<Run, String> {
     // A raw run starts its relay once the subscribers have addresses (the
     // relay's --raw-out needs them); every other relay starts first.
     let mut spawned = if args.spawn && args.baseline.is_none() && !args.raw {
-        Some(spawn_relay(&args.relay_arg)?)
+        Some(if args.in_process {
+            run_in_process(None)?
+        } else {
+            spawn_relay(&args.relay_arg)?
+        })
     } else {
         None
     };
@@ -65,7 +69,11 @@ pub fn run(args: &Args) -> Result<Run, String> {
         for a in &sub_addrs {
             relay_args.extend(["--raw-out".to_string(), format!("bench={a}")]);
         }
-        let relay = spawn_relay(&relay_args)?;
+        let relay = if args.in_process {
+            run_in_process(Some(&sub_addrs))?
+        } else {
+            spawn_relay(&relay_args)?
+        };
         target = relay
             .raw_in
             .ok_or("the relay did not report its raw-in port")?;
@@ -75,8 +83,7 @@ pub fn run(args: &Args) -> Result<Run, String> {
         Some(Baseline::Socat) => Some(spawn_socat(target, &sub_addrs)?),
         _ => None,
     };
-    let relay_pid = spawned.as_ref().map(|s| s.child.id());
-    let cpu_before = relay_pid.and_then(cpu_seconds);
+    let cpu_before = spawned.as_ref().and_then(|s| s.cpu_seconds());
     let wait = Instant::now() + Duration::from_secs(5);
     while ready.load(Ordering::SeqCst) < args.subscribers as u64
         && args.baseline.is_none()
@@ -129,7 +136,7 @@ pub fn run(args: &Args) -> Result<Run, String> {
         if let Some((handle, _)) = forward {
             let _ = handle.join();
         }
-        let cpu = match (cpu_before, relay_pid.and_then(cpu_seconds)) {
+        let cpu = match (cpu_before, spawned.as_ref().and_then(|s| s.cpu_seconds())) {
             (Some(a), Some(b)) => Some(b - a),
             _ => None,
         };

@@ -1,14 +1,18 @@
 //! What carries the traffic besides the relay under test, and the relay
 //! when udpbench starts it: a spawned `udprelay`, socat, or the minimal
-//! forwarder; and the spawned relay's CPU time.
+//! forwarder; and the spawned relay's CPU time. `--in-process` runs the
+//! relay's driver on a thread here instead, stopped through its handle.
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread;
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
+
+use udprelay::config::RelayConfig;
+use udprelay::driver::{BoundSockets, Driver, Shutdown, ShutdownHandle};
 
 use crate::traffic::socket;
 
@@ -16,19 +20,107 @@ use crate::traffic::socket;
 pub struct Spawned {
     /// The relay's raw-in address, when it was given one.
     pub raw_in: Option<SocketAddr>,
-    /// The relay process.
-    pub child: Child,
+    /// The relay process or thread.
+    relay: Running,
     /// Where it listens for clients.
     pub addr: SocketAddr,
     /// Its data directory, removed when dropped.
     _dir: tempfile::TempDir,
 }
 
+/// Where a started relay runs.
+enum Running {
+    /// A `udprelay` child process.
+    Child(Child),
+    /// A driver on a thread of this process.
+    Thread {
+        /// Stops the driver.
+        shutdown: ShutdownHandle,
+        /// The driver's thread, joined when dropped.
+        thread: Option<JoinHandle<()>>,
+        /// The thread's kernel id, for its CPU time.
+        tid: libc::pid_t,
+    },
+}
+
+impl Spawned {
+    /// CPU time the relay used so far, in seconds.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        match &self.relay {
+            Running::Child(child) => cpu_seconds(&format!("/proc/{}/stat", child.id())),
+            Running::Thread { tid, .. } => cpu_seconds(&format!("/proc/self/task/{tid}/stat")),
+        }
+    }
+}
+
 impl Drop for Spawned {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        match &mut self.relay {
+            Running::Child(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Running::Thread {
+                shutdown, thread, ..
+            } => {
+                shutdown.shutdown();
+                if let Some(t) = thread.take() {
+                    let _ = t.join();
+                }
+            }
+        }
     }
+}
+
+/// Runs a relay with default settings on a thread of this process, on a
+/// free port with a temporary data directory; with `raw_out`, also a raw-in
+/// port and those raw-out addresses for channel `bench`.
+pub fn run_in_process(raw_out: Option<&[SocketAddr]>) -> Result<Spawned, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let localhost = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    let mut config = RelayConfig {
+        listen: localhost(0),
+        data_dir: dir.path().to_path_buf(),
+        ..RelayConfig::default()
+    };
+    if let Some(raw_out) = raw_out {
+        config.raw_in = vec![(localhost(0), "bench".into())];
+        config.raw_out = raw_out.iter().map(|a| ("bench".into(), *a)).collect();
+    }
+    let sockets = BoundSockets::bind(&config).map_err(|e| e.to_string())?;
+    // Not Shutdown::on_signals: Ctrl-C is udpbench's, not the relay's.
+    let (shutdown, handle) = Shutdown::handle();
+    let mut driver = Driver::new(&config, sockets, shutdown).map_err(|e| e.to_string())?;
+    let addr = driver.local_addr().map_err(|e| e.to_string())?;
+    let raw_in = driver
+        .raw_in_addrs()
+        .map_err(|e| e.to_string())?
+        .first()
+        .copied();
+    let (tid_tx, tid_rx) = mpsc::channel();
+    let thread = thread::Builder::new()
+        .name("udprelay".into())
+        .spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            let _ = tid_tx.send(unsafe { libc::gettid() });
+            if let Err(e) = driver.run() {
+                eprintln!("udpbench: in-process relay: {e}");
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    let tid = tid_rx
+        .recv()
+        .map_err(|_| "the relay thread ended at once".to_string())?;
+    Ok(Spawned {
+        raw_in,
+        relay: Running::Thread {
+            shutdown: handle,
+            thread: Some(thread),
+            tid,
+        },
+        addr,
+        _dir: dir,
+    })
 }
 
 /// Starts the udprelay next to this binary on a free port with a temporary
@@ -73,7 +165,7 @@ pub fn spawn_relay(extra: &[String]) -> Result<Spawned, String> {
     // Keep reading what else it prints, so it never writes to a closed pipe.
     thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
     Ok(Spawned {
-        child,
+        relay: Running::Child(child),
         addr,
         raw_in,
         _dir: dir,
@@ -141,8 +233,8 @@ pub fn spawn_socat(listen: SocketAddr, subscribers: &[SocketAddr]) -> Result<Soc
 }
 
 /// CPU seconds (user + system) a process has used, from /proc.
-pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+fn cpu_seconds(stat_path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(stat_path).ok()?;
     let after = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = after.split_whitespace().collect();
     let utime: f64 = fields.get(11)?.parse().ok()?;
