@@ -55,7 +55,7 @@ mod stats;
 pub use crate::time::Now;
 pub use counters::Counters;
 pub use durability::SyncRequest;
-pub use outbox::Transmit;
+pub use outbox::{Payload, Transmit};
 pub use replies::OwnAddressError;
 
 use std::cmp::Reverse;
