@@ -14,6 +14,7 @@ use std::time::Instant;
 // the relay's limits bound every map anyway.
 use foldhash::{HashMap, HashMapExt};
 
+use super::counters::Counters;
 use crate::log::{ChannelLog, DataDir, LogError, Recovery, SessionMark};
 use crate::reliable::Sender;
 
@@ -115,6 +116,18 @@ pub(super) enum Refused {
     /// The log failed to write: the channel stopped.
     #[error("cannot store the message: {0}")]
     Failed(LogError),
+}
+
+impl Refused {
+    /// Counts the drop by its reason, and says the reason, for the client.
+    pub(super) fn counted(self, counters: &mut Counters) -> String {
+        match self {
+            Refused::NoSpace(_) => counters.dropped_log_full += 1,
+            Refused::NotServed(_) => counters.dropped_unavailable += 1,
+            Refused::Failed(_) => counters.dropped_log_error += 1,
+        }
+        self.to_string()
+    }
 }
 
 impl Channel {
@@ -262,6 +275,25 @@ impl Channels {
         self.slots.get_mut(id)
     }
 
+    /// Channels that cannot be served, with the reason.
+    pub(super) fn failed(&self) -> Vec<(&str, &str)> {
+        self.slots
+            .iter()
+            .filter_map(|c| match &c.storage {
+                Storage::Failed(reason) => Some((&*c.name, reason.as_str())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The channel named in the configuration (a raw port's), created if
+    /// new whatever the limit, and never forgotten.
+    pub(super) fn pin(&mut self, name: &str) -> ChannelId {
+        let id = self.find_or_create(name);
+        self.slots[id].pinned = true;
+        id
+    }
+
     /// The offset the named channel's next message will get, if it exists
     /// and is served.
     pub(super) fn next_offset(&self, name: &str) -> Option<u64> {
@@ -320,11 +352,12 @@ impl Channels {
     }
 
     /// Forgets channel `id` if it holds nothing and serves no one (see
-    /// [`Channel::is_idle`]); true if it did.
-    pub(super) fn forget_if_idle(&mut self, id: ChannelId) -> bool {
+    /// [`Channel::is_idle`]), so that names only ever subscribed to (or
+    /// refused) do not keep channel slots; counted.
+    pub(super) fn forget_idle(&mut self, id: ChannelId, counters: &mut Counters) {
         let channel = &mut self.slots[id];
         if !channel.is_idle() || channel.name.is_empty() {
-            return false;
+            return;
         }
         let name = std::mem::take(&mut channel.name);
         self.by_name.remove(&name);
@@ -332,7 +365,7 @@ impl Channels {
             self.last = None;
         }
         self.free.push(id);
-        true
+        counters.channels_forgotten += 1;
     }
 }
 

@@ -6,6 +6,9 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
+use super::counters::Counters;
+use crate::wire::{ErrorCode, WireError};
+
 /// A raw egress that would send to one of the relay's own sockets.
 #[derive(Debug, thiserror::Error)]
 #[error("--raw-out {channel}={addr} names one of the relay's own sockets: it would feed itself")]
@@ -74,6 +77,30 @@ impl TokenBucket {
             true
         } else {
             false
+        }
+    }
+}
+
+/// Counts a datagram that did not decode, and says what to answer it, if
+/// anything: only a sender that speaks the protocol is answered (with what
+/// it got wrong); anything else could aim the relay at a third party.
+pub(super) fn undecodable(e: &WireError, counters: &mut Counters) -> Option<ErrorCode> {
+    match e {
+        WireError::BadMagic => {
+            counters.dropped_not_protocol += 1;
+            None
+        }
+        WireError::UnsupportedVersion(_) => {
+            counters.dropped_bad_version += 1;
+            Some(ErrorCode::UNSUPPORTED_VERSION)
+        }
+        WireError::UnsupportedFlags(_) => {
+            counters.dropped_unsupported += 1;
+            Some(ErrorCode::UNSUPPORTED)
+        }
+        _ => {
+            counters.dropped_malformed += 1;
+            None
         }
     }
 }

@@ -4,7 +4,8 @@ use super::reassembly::{FRAGMENT_TIMEOUT, piece_cost, reassembly_cost};
 use super::sessions::held_cost;
 use super::*;
 use crate::log::LogError;
-use crate::wire::{ErrorCode, Frame, encode_datagram};
+use crate::wire::{DeliveryMode, ErrorCode, Frame, StartPosition, encode_datagram};
+use std::time::Duration;
 
 const ALICE: &str = "127.0.0.1:1001";
 const BOB: &str = "127.0.0.1:1002";
@@ -707,9 +708,9 @@ fn acknowledgements_do_not_pile_up_timer_entries() {
         send(&mut r, now, ALICE, &[ack]);
     }
     assert!(
-        r.arq_timers.len() <= 2,
+        r.subscriptions.timer_entries() <= 2,
         "{} timer entries for one subscription",
-        r.arq_timers.len()
+        r.subscriptions.timer_entries()
     );
     // The timer still works: an unacknowledged message is sent again, not
     // a millisecond before the subscription's deadline, and at it.
@@ -1193,7 +1194,7 @@ fn out_of_order_reliable_messages_are_held_within_a_budget() {
         10,
         "the ones past the budget are not taken"
     );
-    assert!(r.session_memory.held <= r.session_memory.budget);
+    assert!(r.publishing.memory.held <= r.publishing.memory.budget);
     Sent::collect(&mut r);
     send(&mut r, t, PUBLISHER, &[frame(0)]);
     assert_eq!(
@@ -1201,7 +1202,7 @@ fn out_of_order_reliable_messages_are_held_within_a_budget() {
         Some(fits + 1),
         "0 and all it held are stored, in order"
     );
-    assert_eq!(r.session_memory.held, 0, "and the budget is free again");
+    assert_eq!(r.publishing.memory.held, 0, "and the budget is free again");
 }
 
 #[test]
@@ -1390,7 +1391,7 @@ fn reliable_sessions_are_limited_across_all_clients() {
         };
         send(&mut r, t, from, &[frame]);
     }
-    assert_eq!(r.session_count, 2);
+    assert_eq!(r.publishing.count, 2);
     assert_eq!(
         r.next_offset("news"),
         Some(2),
@@ -1421,13 +1422,13 @@ fn pieces_of_an_incomplete_reliable_message_are_charged() {
     // In order, but never finished: each piece stays held in `partial`.
     for seq in 0..30 {
         send(&mut r, t, PUBLISHER, &[piece(seq)]);
-        assert!(r.session_memory.held <= r.session_memory.budget);
+        assert!(r.publishing.memory.held <= r.publishing.memory.budget);
     }
     assert!(r.counters().dropped_limit > 0, "the budget refused pieces");
     assert_eq!(r.next_offset("news"), Some(0));
     send(&mut r, t, PUBLISHER, &[Frame::Unsubscribe { sub_id: 9 }]);
-    r.handle_timeout(t.after(r.lease));
-    assert_eq!(r.session_memory.held, 0, "released with the session");
+    r.handle_timeout(t.after(RelayConfig::default().lease));
+    assert_eq!(r.publishing.memory.held, 0, "released with the session");
 }
 
 /// A reliable publish of `payload` as message `seq` of session 77.
@@ -1529,7 +1530,7 @@ fn a_message_that_cannot_be_stored_is_never_acknowledged() {
         frames.last().unwrap().contains("cumulative: 1"),
         "acknowledged up to the refused message, no further: {frames:?}"
     );
-    assert_eq!(r.session_memory.held, 0);
+    assert_eq!(r.publishing.memory.held, 0);
 }
 
 #[test]
@@ -1575,7 +1576,7 @@ fn a_restart_remembers_every_session_the_log_knows() {
     for i in 0..40 {
         send(&mut r, t, &client(i), &[reliable(0, b"m")]);
         send(&mut r, t, &client(i), &[Frame::Unsubscribe { sub_id: 0 }]);
-        r.handle_timeout(t.after(r.lease * (i as u32 + 1)));
+        r.handle_timeout(t.after(RelayConfig::default().lease * (i as u32 + 1)));
     }
     assert_eq!(r.next_offset("news"), Some(40));
     drop(r);
@@ -1583,7 +1584,7 @@ fn a_restart_remembers_every_session_the_log_knows() {
     for i in 0..40 {
         send(&mut r, t, &client(i), &[reliable(0, b"m")]);
         send(&mut r, t, &client(i), &[Frame::Unsubscribe { sub_id: 0 }]);
-        r.handle_timeout(t.after(r.lease * (i as u32 + 1)));
+        r.handle_timeout(t.after(RelayConfig::default().lease * (i as u32 + 1)));
     }
     assert_eq!(
         r.next_offset("news"),

@@ -1,0 +1,486 @@
+//! Subscriptions: opening one (live, replaying or reliable) within the
+//! limits, the queue of replaying subscriptions fed from the log in turn, the
+//! reliable subscriptions' ARQ timers and acknowledgements, and ending one.
+//!
+//! Owns the counts, the replay queue and the timers. Each subscription is
+//! kept where it is used: as a [`Subscriber`] in its channel (for fan-out)
+//! and as (sub_id, channel) in its peer (found by address, ended with the
+//! lease). The channel table, the peers, the outbox and the counters come as
+//! arguments. A subscription that has to be dropped is ended here and
+//! reported as a [`Lost`], for the conductor to tell its client.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::channels::{Channel, ChannelId, Channels, Storage, Subscriber, subscriber};
+use super::counters::Counters;
+use super::delivery::{self, SubscriberAck};
+use super::outbox::Outbox;
+use super::peers::Peers;
+use crate::reliable::{ArqConfig, Sender};
+use crate::time::Now;
+use crate::wire::{DeliveryMode, ErrorCode, Frame, StartPosition};
+
+/// How often replaying subscriptions are fed from the log.
+const REPLAY_TICK: Duration = Duration::from_millis(1);
+
+/// Limits and settings of subscriptions, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Limits {
+    /// Most live subscriptions across all clients.
+    pub(super) max: usize,
+    /// Most live subscriptions of one address.
+    pub(super) max_per_client: usize,
+    /// Lease handed to subscribers.
+    pub(super) lease: Duration,
+    /// Bytes of deliveries one replaying subscription gets per tick.
+    pub(super) replay_budget: usize,
+    /// ARQ settings of reliable subscriptions.
+    pub(super) arq: ArqConfig,
+}
+
+/// What a SUBSCRIBE asks for.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Request {
+    /// The id the client chose.
+    pub(super) sub_id: u32,
+    /// Plain or reliable delivery.
+    pub(super) mode: DeliveryMode,
+    /// Where in the channel to start.
+    pub(super) start: StartPosition,
+}
+
+/// A SUBSCRIBE that was refused (counted), with what to tell the client.
+#[derive(Debug)]
+pub(super) struct Refusal {
+    /// The ERROR code.
+    pub(super) code: ErrorCode,
+    /// Why, for the client.
+    pub(super) reason: String,
+}
+
+/// A reliable subscription dropped because its subscriber stopped answering
+/// or retention deleted what it still needed: already ended and counted.
+#[derive(Debug)]
+pub(super) struct Lost {
+    /// The subscriber's address.
+    pub(super) peer: SocketAddr,
+    /// Why, for the subscriber.
+    pub(super) reason: String,
+}
+
+/// Every subscription's bookkeeping outside its channel and peer.
+#[derive(Debug)]
+pub(super) struct Subscriptions {
+    /// The limits this table enforces.
+    limits: Limits,
+    /// Live subscriptions across all clients.
+    count: usize,
+    /// Subscriptions behind their channel's head, fed from the log in turn:
+    /// (channel, subscriber address, sub_id).
+    replay_queue: VecDeque<(ChannelId, SocketAddr, u32)>,
+    /// When the next replay tick is due, while the queue is not empty.
+    next_replay: Option<Instant>,
+    /// Deadlines of reliable subscriptions' ARQ timers, earliest first:
+    /// (when, subscriber, sub_id, channel). Pushed whenever a deadline
+    /// moves earlier; an entry that is no longer its subscription's
+    /// deadline is skipped when it comes due.
+    timers: BinaryHeap<Reverse<(Instant, SocketAddr, u32, ChannelId)>>,
+    /// Subscriptions dropped since the conductor last asked.
+    lost: Vec<Lost>,
+}
+
+impl Subscriptions {
+    /// No subscriptions yet.
+    pub(super) fn new(limits: Limits) -> Subscriptions {
+        Subscriptions {
+            limits,
+            count: 0,
+            replay_queue: VecDeque::new(),
+            next_replay: None,
+            timers: BinaryHeap::new(),
+            lost: Vec::new(),
+        }
+    }
+
+    /// Live subscriptions across all clients.
+    pub(super) fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Entries in the ARQ timer heap, live or stale.
+    #[cfg(test)]
+    pub(super) fn timer_entries(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// The earliest time [`Subscriptions::handle_timeout`] has work to do.
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        let arq = self.timers.peek().map(|Reverse((at, ..))| *at);
+        arq.into_iter().chain(self.next_replay).min()
+    }
+
+    /// A subscription dropped since the last call, for its client to be told.
+    pub(super) fn poll_lost(&mut self) -> Option<Lost> {
+        self.lost.pop()
+    }
+
+    /// Opens subscription `request.sub_id` of `from` to channel `id`, or
+    /// keeps it if it exists (a keepalive), answers SUBSCRIBED, and starts
+    /// what it needs: replay from the log, or a reliable subscription's
+    /// first sends. A subscription of the same id to another channel is
+    /// replaced.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn subscribe(
+        &mut self,
+        now: Now,
+        from: SocketAddr,
+        request: Request,
+        id: ChannelId,
+        channels: &mut Channels,
+        peers: &mut Peers,
+        outbox: &mut Outbox,
+        counters: &mut Counters,
+    ) -> Result<(), Refusal> {
+        let Request {
+            sub_id,
+            mode,
+            start,
+        } = request;
+        let Some((first, next_offset)) = channels[id].storage.offsets() else {
+            counters.dropped_unavailable += 1;
+            let name = &channels[id].name;
+            let reason = format!("channel {name} is not served: its log is damaged");
+            return Err(Refusal {
+                code: ErrorCode::UNAVAILABLE,
+                reason,
+            });
+        };
+        // A start before the oldest stored message begins at the oldest one;
+        // SUBSCRIBED then shows the gap. A start in the future waits for it.
+        let cursor = match start {
+            StartPosition::Latest => next_offset,
+            StartPosition::Earliest => first,
+            StartPosition::Offset(o) => o.max(first),
+        };
+        let existing = peers
+            .get(&from)
+            .and_then(|p| p.subscriptions.iter().find(|(s, _)| *s == sub_id))
+            .map(|&(_, ch)| ch);
+        if existing != Some(id) {
+            // New, or replacing one of the same id to another channel; a
+            // keepalive or a retried subscribe leaves it as it is.
+            if existing.is_some() {
+                self.unsubscribe(from, sub_id, channels, peers, counters);
+            }
+            let arq = (mode == DeliveryMode::Reliable)
+                .then(|| Box::new(Sender::new(self.limits.arq, cursor)));
+            if let Err(reason) =
+                self.add(now.instant, from, sub_id, id, cursor, arq, channels, peers)
+            {
+                channels.forget_idle(id, counters);
+                counters.dropped_limit += 1;
+                return Err(Refusal {
+                    code: ErrorCode::LIMIT_REACHED,
+                    reason: reason.to_string(),
+                });
+            }
+            counters.subscriptions_opened += 1;
+            if matches!(start, StartPosition::Offset(o) if o < first) {
+                counters.replay_gaps += 1;
+            }
+        }
+        let Some(sub) = subscriber(&mut channels[id].subscribers, from, sub_id) else {
+            return Ok(()); // cannot happen: it was found or added above
+        };
+        let first_offset = match &sub.arq {
+            Some(arq) => arq.snd_una(),
+            None => sub.cursor,
+        };
+        let reliable = sub.arq.is_some();
+        if !reliable && sub.cursor < next_offset && !sub.replaying {
+            sub.replaying = true;
+            self.replay_queue.push_back((id, from, sub_id));
+            self.next_replay.get_or_insert(now.instant);
+        }
+        let lease_ms = self.limits.lease.as_millis().min(u128::from(u32::MAX)) as u32;
+        outbox.push_frame(
+            from,
+            &Frame::Subscribed {
+                sub_id,
+                first_offset,
+                next_offset,
+                lease_ms,
+            },
+        );
+        if reliable {
+            self.pump(now, id, from, sub_id, channels, peers, outbox, counters);
+        }
+        Ok(())
+    }
+
+    /// Adds a subscription to its channel and its peer, within the limits.
+    #[allow(clippy::too_many_arguments)]
+    fn add(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        sub_id: u32,
+        id: ChannelId,
+        cursor: u64,
+        arq: Option<Box<Sender>>,
+        channels: &mut Channels,
+        peers: &mut Peers,
+    ) -> Result<(), &'static str> {
+        if self.count >= self.limits.max {
+            return Err("the relay holds its maximum number of subscriptions");
+        }
+        let peer = peers.entry(now, from);
+        if peer.subscriptions.len() >= self.limits.max_per_client {
+            return Err("this address holds its maximum number of subscriptions");
+        }
+        peer.subscriptions.push((sub_id, id));
+        channels[id].subscribers.push(Subscriber {
+            peer: from,
+            sub_id,
+            cursor,
+            replaying: false,
+            arq,
+            timer_at: None,
+            pieces_in: Vec::new(),
+        });
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Ends subscription `sub_id` of `from` at its client's request;
+    /// counted either way.
+    pub(super) fn close(
+        &mut self,
+        from: SocketAddr,
+        sub_id: u32,
+        channels: &mut Channels,
+        peers: &mut Peers,
+        counters: &mut Counters,
+    ) -> Result<(), Refusal> {
+        if self.unsubscribe(from, sub_id, channels, peers, counters) {
+            counters.subscriptions_closed += 1;
+            Ok(())
+        } else {
+            counters.dropped_unknown_subscription += 1;
+            Err(Refusal {
+                code: ErrorCode::UNKNOWN_SUBSCRIPTION,
+                reason: format!("no subscription {sub_id} for this address"),
+            })
+        }
+    }
+
+    /// Ends subscription `sub_id` of `from`; false if there was none.
+    pub(super) fn unsubscribe(
+        &mut self,
+        from: SocketAddr,
+        sub_id: u32,
+        channels: &mut Channels,
+        peers: &mut Peers,
+        counters: &mut Counters,
+    ) -> bool {
+        let Some(peer) = peers.get_mut(&from) else {
+            return false;
+        };
+        let Some(pos) = peer.subscriptions.iter().position(|(s, _)| *s == sub_id) else {
+            return false;
+        };
+        let (_, ch) = peer.subscriptions.swap_remove(pos);
+        if peer.is_empty() {
+            peers.remove(&from);
+        }
+        self.detach(ch, from, sub_id, channels, counters);
+        true
+    }
+
+    /// Ends every subscription of a peer that is gone.
+    pub(super) fn peer_gone(
+        &mut self,
+        addr: SocketAddr,
+        subscriptions: &[(u32, ChannelId)],
+        channels: &mut Channels,
+        counters: &mut Counters,
+    ) {
+        for &(sub_id, ch) in subscriptions {
+            self.detach(ch, addr, sub_id, channels, counters);
+        }
+    }
+
+    /// Takes a subscription out of its channel (its queue and timer entries
+    /// go stale and are skipped), and forgets the channel if idle.
+    fn detach(
+        &mut self,
+        ch: ChannelId,
+        peer: SocketAddr,
+        sub_id: u32,
+        channels: &mut Channels,
+        counters: &mut Counters,
+    ) {
+        let subs = &mut channels[ch].subscribers;
+        if let Some(pos) = subs
+            .iter()
+            .position(|s| s.peer == peer && s.sub_id == sub_id)
+        {
+            subs.swap_remove(pos);
+            self.count -= 1;
+        }
+        channels.forget_idle(ch, counters);
+    }
+
+    /// Sends reliable subscription `sub_id` of `peer` on channel `ch` what
+    /// its ARQ allows: retransmissions re-read from the log, then new
+    /// messages from its next offset. Drops it (see [`Lost`]) if its
+    /// subscriber stopped answering or retention deleted what it needed.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn pump(
+        &mut self,
+        now: Now,
+        ch: ChannelId,
+        peer: SocketAddr,
+        sub_id: u32,
+        channels: &mut Channels,
+        peers: &mut Peers,
+        outbox: &mut Outbox,
+        counters: &mut Counters,
+    ) {
+        let Channel {
+            storage,
+            subscribers,
+            name,
+            ..
+        } = &mut channels[ch];
+        let Some(sub) = subscriber(subscribers, peer, sub_id) else {
+            return;
+        };
+        let pumped = delivery::pump(sub, storage, outbox, counters, now);
+        if let Some(reason) = &pumped.damaged {
+            tracing::error!(channel = %name, "not serving channel: {reason}");
+            counters.log_errors += 1;
+            *storage = Storage::Failed(reason.clone());
+        }
+        if let Some(at) = pumped.timer
+            && sub.timer_at.is_none_or(|t| at < t)
+        {
+            sub.timer_at = Some(at);
+            self.timers.push(Reverse((at, peer, sub_id, ch)));
+        }
+        if let Some(reason) = pumped.trouble {
+            self.unsubscribe(peer, sub_id, channels, peers, counters);
+            counters.subscribers_lost += 1;
+            let reason = format!("reliable subscription {sub_id} dropped: {reason}");
+            tracing::info!(%peer, "{reason}");
+            self.lost.push(Lost { peer, reason });
+        }
+    }
+
+    /// Takes an acknowledgement from reliable subscription `id` of `from`,
+    /// and sends what it allows.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_ack(
+        &mut self,
+        now: Now,
+        from: SocketAddr,
+        id: u64,
+        ack: SubscriberAck<'_>,
+        channels: &mut Channels,
+        peers: &mut Peers,
+        outbox: &mut Outbox,
+        counters: &mut Counters,
+    ) {
+        let found = u32::try_from(id).ok().and_then(|sub_id| {
+            let peer = peers.get(&from)?;
+            let &(_, ch) = peer.subscriptions.iter().find(|(s, _)| *s == sub_id)?;
+            Some((sub_id, ch))
+        });
+        let Some((sub_id, ch)) = found else {
+            counters.dropped_unknown_subscription += 1;
+            return;
+        };
+        let sub = subscriber(&mut channels[ch].subscribers, from, sub_id);
+        match sub.map(|s| delivery::on_ack(s, ack, now.instant)) {
+            Some(Some(true)) => self.pump(now, ch, from, sub_id, channels, peers, outbox, counters),
+            Some(Some(false)) => {}
+            _ => counters.dropped_unexpected += 1,
+        }
+    }
+
+    /// Runs the ARQ timers that are due and feeds replaying subscriptions
+    /// when their tick is due.
+    pub(super) fn handle_timeout(
+        &mut self,
+        now: Now,
+        channels: &mut Channels,
+        peers: &mut Peers,
+        outbox: &mut Outbox,
+        counters: &mut Counters,
+    ) {
+        while let Some(&Reverse((at, peer, sub_id, ch))) = self.timers.peek() {
+            if at > now.instant {
+                break;
+            }
+            self.timers.pop();
+            let live = subscriber(&mut channels[ch].subscribers, peer, sub_id)
+                .filter(|s| s.timer_at == Some(at));
+            let Some(sub) = live else {
+                continue; // stale: the subscription has a later entry, or is gone
+            };
+            sub.timer_at = None;
+            if let Some(arq) = sub.arq.as_deref_mut()
+                && arq.poll_timeout().is_some_and(|t| t <= now.instant)
+            {
+                arq.handle_timeout(now.instant);
+            }
+            // Sends what is due and arms the timer again.
+            self.pump(now, ch, peer, sub_id, channels, peers, outbox, counters);
+        }
+        if self.next_replay.is_some_and(|at| at <= now.instant) {
+            self.replay_tick(channels, outbox, counters);
+            self.next_replay = (!self.replay_queue.is_empty()).then(|| now.instant + REPLAY_TICK);
+        }
+    }
+
+    /// Feeds each subscription that is behind its channel's head up to its
+    /// budget of stored messages, read straight from the log.
+    fn replay_tick(
+        &mut self,
+        channels: &mut Channels,
+        outbox: &mut Outbox,
+        counters: &mut Counters,
+    ) {
+        for _ in 0..self.replay_queue.len() {
+            let Some((id, peer, sub_id)) = self.replay_queue.pop_front() else {
+                break;
+            };
+            let Channel {
+                storage,
+                subscribers,
+                name,
+                ..
+            } = &mut channels[id];
+            let sub = subscriber(subscribers, peer, sub_id).filter(|s| s.replaying);
+            let Some(sub) = sub else {
+                continue; // unsubscribed or expired meanwhile
+            };
+            let Storage::Open(log) = storage else {
+                sub.replaying = false;
+                continue;
+            };
+            match delivery::replay(sub, log, outbox, counters, self.limits.replay_budget) {
+                Ok(true) => self.replay_queue.push_back((id, peer, sub_id)),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(channel = %name, "not serving channel: {e}");
+                    counters.log_errors += 1;
+                    *storage = Storage::Failed(e.to_string());
+                }
+            }
+        }
+    }
+}
