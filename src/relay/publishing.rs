@@ -290,3 +290,76 @@ fn session_mut(peers: &mut Peers, from: SocketAddr, session: u64) -> Option<&mut
         .iter_mut()
         .find(|s| s.id == session)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            max: 3,
+            max_per_client: 2,
+            memory: 1 << 20,
+            arq: ArqConfig::default(),
+        }
+    }
+
+    fn piece(seq: u64, more: bool, payload: &[u8]) -> Piece<'_> {
+        Piece { seq, more, payload }
+    }
+
+    #[test]
+    fn sessions_open_within_the_limits_and_release_what_they_held() {
+        let mut publishing = Publishing::new(limits());
+        let mut channels = Channels::new(10);
+        let mut peers = Peers::new(Duration::from_secs(10));
+        let mut counters = Counters::default();
+        let t = Instant::now();
+        let alice: SocketAddr = "127.0.0.1:1001".parse().unwrap();
+        let mut offer = |p: &mut Publishing, peers: &mut Peers, session, piece| {
+            let c = &mut channels;
+            p.offer(
+                t,
+                alice,
+                (session, 0),
+                piece,
+                "news",
+                1 << 16,
+                c,
+                peers,
+                &mut counters,
+            )
+        };
+        // In order, whole: ready to store at once.
+        let Offered::Taken(taken) = offer(&mut publishing, &mut peers, 1, piece(0, false, b"a"))
+        else {
+            panic!("a new session takes its first piece");
+        };
+        assert_eq!(taken.ready.len(), 1);
+        // The first piece of a large message is held, and charged.
+        assert!(matches!(
+            offer(&mut publishing, &mut peers, 2, piece(0, true, b"bb")),
+            Offered::Taken(t) if t.ready.is_empty()
+        ));
+        assert!(publishing.memory.held > 0);
+        // A third session of the same address is over its limit.
+        assert!(matches!(
+            offer(&mut publishing, &mut peers, 3, piece(0, false, b"c")),
+            Offered::Refused(_)
+        ));
+        assert_eq!(publishing.count, 2);
+        let news = channels.id("news").unwrap();
+        assert_eq!(channels[news].holds, 2);
+        let peer = peers.remove(&alice).unwrap();
+        for s in peer.sessions {
+            publishing.release(s, &mut channels, &mut counters);
+        }
+        assert_eq!(publishing.count, 0);
+        assert_eq!(publishing.memory.held, 0);
+        assert_eq!(counters.dropped_limit, 1);
+        // Nothing was stored in it, so with the holds gone it is forgotten.
+        assert_eq!(channels.id("news"), None);
+    }
+}

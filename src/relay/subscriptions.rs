@@ -484,3 +484,116 @@ impl Subscriptions {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::decode_datagram;
+
+    struct Parts {
+        subs: Subscriptions,
+        channels: Channels,
+        peers: Peers,
+        outbox: Outbox,
+        counters: Counters,
+    }
+
+    fn parts(max_per_client: usize) -> Parts {
+        let limits = Limits {
+            max: 100,
+            max_per_client,
+            lease: Duration::from_secs(10),
+            replay_budget: 1 << 20,
+            arq: ArqConfig::default(),
+        };
+        Parts {
+            subs: Subscriptions::new(limits),
+            channels: Channels::new(10),
+            peers: Peers::new(limits.lease),
+            outbox: Outbox::new(1400),
+            counters: Counters::default(),
+        }
+    }
+
+    fn now() -> Now {
+        Now {
+            instant: Instant::now(),
+            unix_nanos: 1,
+        }
+    }
+
+    fn subscribe(p: &mut Parts, from: SocketAddr, sub_id: u32, name: &str) -> Result<(), Refusal> {
+        let id = p.channels.find_or_create(name);
+        let request = Request {
+            sub_id,
+            mode: DeliveryMode::Unreliable,
+            start: StartPosition::Latest,
+        };
+        let (channels, peers) = (&mut p.channels, &mut p.peers);
+        (p.subs).subscribe(
+            now(),
+            from,
+            request,
+            id,
+            channels,
+            peers,
+            &mut p.outbox,
+            &mut p.counters,
+        )
+    }
+
+    /// The sub_ids of the SUBSCRIBED frames queued, all for `to`.
+    fn subscribed(outbox: &mut Outbox, to: SocketAddr) -> Vec<u32> {
+        let mut ids = Vec::new();
+        while let Some(t) = outbox.pop() {
+            assert_eq!(t.destination, to);
+            for frame in decode_datagram(&t.payload).unwrap() {
+                if let Frame::Subscribed { sub_id, .. } = frame.unwrap() {
+                    ids.push(sub_id);
+                }
+            }
+        }
+        ids
+    }
+
+    #[test]
+    fn a_keepalive_keeps_one_subscription_and_is_answered_each_time() {
+        let mut p = parts(4);
+        let alice: SocketAddr = "127.0.0.1:1001".parse().unwrap();
+        for _ in 0..3 {
+            subscribe(&mut p, alice, 7, "news").unwrap();
+        }
+        assert_eq!(p.subs.count(), 1);
+        assert_eq!(p.counters.subscriptions_opened, 1);
+        assert_eq!(subscribed(&mut p.outbox, alice), [7, 7, 7]);
+        let (channels, peers) = (&mut p.channels, &mut p.peers);
+        assert!(
+            p.subs
+                .close(alice, 7, channels, peers, &mut p.counters)
+                .is_ok()
+        );
+        assert_eq!(p.subs.count(), 0);
+        assert_eq!(
+            p.counters.channels_forgotten, 1,
+            "nothing holds the channel"
+        );
+        let again = p
+            .subs
+            .close(alice, 7, &mut p.channels, &mut p.peers, &mut p.counters);
+        assert_eq!(again.unwrap_err().code, ErrorCode::UNKNOWN_SUBSCRIPTION);
+    }
+
+    #[test]
+    fn a_subscription_over_the_limit_is_refused_and_keeps_no_channel() {
+        let mut p = parts(2);
+        let alice: SocketAddr = "127.0.0.1:1001".parse().unwrap();
+        subscribe(&mut p, alice, 1, "a").unwrap();
+        subscribe(&mut p, alice, 2, "b").unwrap();
+        let refused = subscribe(&mut p, alice, 3, "c").unwrap_err();
+        assert_eq!(refused.code, ErrorCode::LIMIT_REACHED);
+        assert_eq!(p.counters.dropped_limit, 1);
+        assert_eq!(p.subs.count(), 2);
+        assert_eq!(p.channels.id("c"), None, "the refused name took no slot");
+        assert_eq!(p.channels.count(), 2);
+    }
+}
