@@ -17,10 +17,11 @@
 //!
 //! - [`wire`]: the datagram header and frames; pure encode/decode on byte slices.
 //! - [`relay`]: the relay core: a conductor over the channel table,
+//!   subscriptions (limits, replay queue, reliable timers), the table of
 //!   reliable publishing sessions, reassembly of pieces, delivery (fan-out,
-//!   replay, reliable subscriptions), peers and leases, durability and
-//!   retention, replies and counters, one file each. No sockets, no clock:
-//!   its only I/O is its channels' logs.
+//!   replay, reliable sends), peers and leases, durability and retention,
+//!   replies and counters, one file each. No sockets, no clock: its only
+//!   I/O is its channels' logs.
 //! - [`reliable`]: the sans-IO ARQ over sequence numbers only, split by
 //!   state: the RTT estimator (RTO, backoff, Karn), the congestion window,
 //!   the pacer, the sender that conducts them (sequence space, RACK loss
