@@ -541,7 +541,7 @@ impl Relay {
         };
         for ready in taken.ready {
             let mark = SessionMark {
-                client: sessions::client_tag(from),
+                client: taken.client,
                 session,
                 seq: ready.seq,
             };

@@ -62,6 +62,8 @@ pub(super) struct Ready {
 /// What taking a piece came to.
 #[derive(Debug)]
 pub(super) struct Taken {
+    /// The session's client tag, for the marks of the ready messages.
+    pub(super) client: u64,
     /// New, a duplicate, or past the window.
     pub(super) arrival: Arrival,
     /// Messages now complete and in order, to store in this order.
@@ -193,6 +195,7 @@ impl PublishSession {
             }
         }
         Taken {
+            client: self.client,
             arrival,
             ready,
             too_large,
