@@ -4,6 +4,8 @@
 //! Frame bytes themselves are `encode.rs`'s and `decode.rs`'s; this file only
 //! puts the header in front and walks or packs the frames behind it.
 
+use bytes::BufMut;
+
 use super::{FRAME_HEADER_LEN, Frame, HEADER_LEN, MAGIC, MAX_DATAGRAM, VERSION, WireError};
 
 /// The fixed 8-byte datagram header.
@@ -17,11 +19,11 @@ pub struct Header {
 
 impl Header {
     /// Encodes the header into the first [`HEADER_LEN`] bytes of `out`.
-    pub fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&MAGIC);
-        out.push(VERSION);
-        out.push(self.flags);
-        out.extend_from_slice(&self.key_id.to_le_bytes());
+    pub fn encode<B: BufMut>(&self, out: &mut B) {
+        out.put_slice(&MAGIC);
+        out.put_u8(VERSION);
+        out.put_u8(self.flags);
+        out.put_slice(&self.key_id.to_le_bytes());
     }
 
     /// Parses the header of `datagram`, returning it and the frame bytes after it.

@@ -4,6 +4,8 @@
 //! over 65,535 bytes, an invalid channel name, ack ranges not a multiple of
 //! 16 bytes) before it writes anything, so `out` is unchanged on error.
 
+use bytes::BufMut;
+
 use super::frame::{DELIVER_FIXED, DELIVER_FRAGMENT_FIXED};
 use super::stats::{STATS_LAST_PAGE, StatEntries};
 use super::{
@@ -37,10 +39,11 @@ impl Frame<'_> {
         FRAME_HEADER_LEN + self.body_len()
     }
 
-    /// Appends the frame to `out`. Fails with [`WireError::TooLarge`] when the
-    /// body exceeds 65,535 bytes and with [`WireError::BadChannel`] for an
-    /// invalid channel name; `out` is unchanged on error.
-    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), WireError> {
+    /// Appends the frame to `out` (a `Vec<u8>`, or the `BytesMut` a datagram
+    /// is sent from). Fails with [`WireError::TooLarge`] when the body exceeds
+    /// 65,535 bytes and with [`WireError::BadChannel`] for an invalid channel
+    /// name; `out` is unchanged on error.
+    pub fn encode<B: BufMut>(&self, out: &mut B) -> Result<(), WireError> {
         let body = self.body_len();
         if body > MAX_FRAME_BODY {
             return Err(WireError::TooLarge);
@@ -57,17 +60,16 @@ impl Frame<'_> {
             }
             _ => {}
         }
-        out.reserve(FRAME_HEADER_LEN + body);
-        out.push(self.frame_type() as u8);
-        out.push(match self {
+        out.put_u8(self.frame_type() as u8);
+        out.put_u8(match self {
             Frame::ReliablePublish { more: true, .. } => FLAG_MORE,
             _ => 0,
         });
-        out.extend_from_slice(&(body as u16).to_le_bytes());
+        out.put_slice(&(body as u16).to_le_bytes());
         match *self {
             Frame::Publish { channel, payload } => {
                 put_len_prefixed(out, channel.as_bytes());
-                out.extend_from_slice(payload);
+                out.put_slice(payload);
             }
             Frame::Subscribe {
                 sub_id,
@@ -75,8 +77,8 @@ impl Frame<'_> {
                 start,
                 channel,
             } => {
-                out.extend_from_slice(&sub_id.to_le_bytes());
-                out.push(match mode {
+                out.put_slice(&sub_id.to_le_bytes());
+                out.put_u8(match mode {
                     DeliveryMode::Unreliable => 0,
                     DeliveryMode::Reliable => 1,
                 });
@@ -85,21 +87,21 @@ impl Frame<'_> {
                     StartPosition::Earliest => (1, 0),
                     StartPosition::Offset(o) => (2, o),
                 };
-                out.push(kind);
-                out.extend_from_slice(&offset.to_le_bytes());
+                out.put_u8(kind);
+                out.put_slice(&offset.to_le_bytes());
                 put_len_prefixed(out, channel.as_bytes());
             }
-            Frame::Unsubscribe { sub_id } => out.extend_from_slice(&sub_id.to_le_bytes()),
+            Frame::Unsubscribe { sub_id } => out.put_slice(&sub_id.to_le_bytes()),
             Frame::Subscribed {
                 sub_id,
                 first_offset,
                 next_offset,
                 lease_ms,
             } => {
-                out.extend_from_slice(&sub_id.to_le_bytes());
-                out.extend_from_slice(&first_offset.to_le_bytes());
-                out.extend_from_slice(&next_offset.to_le_bytes());
-                out.extend_from_slice(&lease_ms.to_le_bytes());
+                out.put_slice(&sub_id.to_le_bytes());
+                out.put_slice(&first_offset.to_le_bytes());
+                out.put_slice(&next_offset.to_le_bytes());
+                out.put_slice(&lease_ms.to_le_bytes());
             }
             Frame::Deliver {
                 sub_id,
@@ -107,10 +109,10 @@ impl Frame<'_> {
                 timestamp,
                 payload,
             } => {
-                out.extend_from_slice(&sub_id.to_le_bytes());
-                out.extend_from_slice(&offset.to_le_bytes());
-                out.extend_from_slice(&timestamp.to_le_bytes());
-                out.extend_from_slice(payload);
+                out.put_slice(&sub_id.to_le_bytes());
+                out.put_slice(&offset.to_le_bytes());
+                out.put_slice(&timestamp.to_le_bytes());
+                out.put_slice(payload);
             }
             Frame::Ack {
                 kind,
@@ -119,15 +121,15 @@ impl Frame<'_> {
                 window,
                 ranges,
             } => {
-                out.push(match kind {
+                out.put_u8(match kind {
                     AckKind::Publish => 0,
                     AckKind::Subscription => 1,
                     AckKind::Pieces => 2,
                 });
-                out.extend_from_slice(&id.to_le_bytes());
-                out.extend_from_slice(&cumulative.to_le_bytes());
-                out.extend_from_slice(&window.to_le_bytes());
-                out.extend_from_slice(ranges);
+                out.put_slice(&id.to_le_bytes());
+                out.put_slice(&cumulative.to_le_bytes());
+                out.put_slice(&window.to_le_bytes());
+                out.put_slice(ranges);
             }
             Frame::ReliablePublish {
                 session,
@@ -137,11 +139,11 @@ impl Frame<'_> {
                 payload,
                 more: _,
             } => {
-                out.extend_from_slice(&session.to_le_bytes());
-                out.extend_from_slice(&seq.to_le_bytes());
-                out.extend_from_slice(&acked_below.to_le_bytes());
+                out.put_slice(&session.to_le_bytes());
+                out.put_slice(&seq.to_le_bytes());
+                out.put_slice(&acked_below.to_le_bytes());
                 put_len_prefixed(out, channel.as_bytes());
-                out.extend_from_slice(payload);
+                out.put_slice(payload);
             }
             Frame::Fragment {
                 msg_id,
@@ -150,11 +152,11 @@ impl Frame<'_> {
                 channel,
                 chunk,
             } => {
-                out.extend_from_slice(&msg_id.to_le_bytes());
-                out.extend_from_slice(&index.to_le_bytes());
-                out.extend_from_slice(&count.to_le_bytes());
+                out.put_slice(&msg_id.to_le_bytes());
+                out.put_slice(&index.to_le_bytes());
+                out.put_slice(&count.to_le_bytes());
                 put_len_prefixed(out, channel.as_bytes());
-                out.extend_from_slice(chunk);
+                out.put_slice(chunk);
             }
             Frame::DeliverFragment {
                 sub_id,
@@ -164,40 +166,38 @@ impl Frame<'_> {
                 at,
                 chunk,
             } => {
-                out.extend_from_slice(&sub_id.to_le_bytes());
-                out.extend_from_slice(&offset.to_le_bytes());
-                out.extend_from_slice(&timestamp.to_le_bytes());
-                out.extend_from_slice(&total.to_le_bytes());
-                out.extend_from_slice(&at.to_le_bytes());
-                out.extend_from_slice(chunk);
+                out.put_slice(&sub_id.to_le_bytes());
+                out.put_slice(&offset.to_le_bytes());
+                out.put_slice(&timestamp.to_le_bytes());
+                out.put_slice(&total.to_le_bytes());
+                out.put_slice(&at.to_le_bytes());
+                out.put_slice(chunk);
             }
-            Frame::Ping { nonce } | Frame::Pong { nonce } => {
-                out.extend_from_slice(&nonce.to_le_bytes())
-            }
+            Frame::Ping { nonce } | Frame::Pong { nonce } => out.put_slice(&nonce.to_le_bytes()),
             Frame::Error { code, reason } => {
-                out.extend_from_slice(&code.0.to_le_bytes());
-                out.extend_from_slice(reason.as_bytes());
+                out.put_slice(&code.0.to_le_bytes());
+                out.put_slice(reason.as_bytes());
             }
             Frame::StatsRequest { cursor, padding } => {
-                out.extend_from_slice(&cursor.to_le_bytes());
-                out.resize(out.len() + usize::from(padding), 0);
+                out.put_slice(&cursor.to_le_bytes());
+                out.put_bytes(0, usize::from(padding));
             }
             Frame::Stats {
                 cursor,
                 next,
                 entries,
             } => {
-                out.extend_from_slice(&cursor.to_le_bytes());
-                out.extend_from_slice(&next.unwrap_or(STATS_LAST_PAGE).to_le_bytes());
+                out.put_slice(&cursor.to_le_bytes());
+                out.put_slice(&next.unwrap_or(STATS_LAST_PAGE).to_le_bytes());
                 match entries {
                     StatEntries::List(list) => {
                         for (name, value) in list {
                             let name = &name.as_bytes()[..name.len().min(255)];
                             put_len_prefixed(out, name);
-                            out.extend_from_slice(&value.to_le_bytes());
+                            out.put_slice(&value.to_le_bytes());
                         }
                     }
-                    StatEntries::Encoded(raw) => out.extend_from_slice(raw),
+                    StatEntries::Encoded(raw) => out.put_slice(raw),
                 }
             }
         }
@@ -207,8 +207,8 @@ impl Frame<'_> {
 
 /// Appends `bytes` after a one-byte length, the form of channel and counter
 /// names. Callers have cut or validated them to at most 255 bytes.
-fn put_len_prefixed(out: &mut Vec<u8>, bytes: &[u8]) {
+fn put_len_prefixed<B: BufMut>(out: &mut B, bytes: &[u8]) {
     debug_assert!(bytes.len() <= usize::from(u8::MAX));
-    out.push(bytes.len() as u8);
-    out.extend_from_slice(bytes);
+    out.put_u8(bytes.len() as u8);
+    out.put_slice(bytes);
 }
