@@ -52,7 +52,14 @@ fn time_writes(iters: u64, payload: &[u8]) -> Duration {
         for i in 0..n {
             // Encode like the log does (offset, timestamp, payload, CRC) so
             // the comparison is the storage path, not the encoding.
-            udprelay::log::segment::write_record(&mut record, 0, i, i, None, payload);
+            udprelay::log::segment::write_record(
+                &mut record,
+                0,
+                i,
+                i,
+                udprelay::log::segment::RecordMark::None,
+                payload,
+            );
             file.write_all(&record).expect("write");
         }
         total += start.elapsed();

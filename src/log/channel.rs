@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::index::{IndexedSegment, SparseIndex, damaged};
 use super::recovery::{self, Recovery, RecoveryMode};
 use super::segment::{
-    self, Record, Segment, SessionMark, SliceReader, Slot, read_slot, record_size,
+    self, Record, RecordMark, Segment, SessionMark, SliceReader, Slot, read_slot, record_size,
 };
 use super::sessions::SessionTable;
 use super::{FsyncMode, LogConfig, LogError};
@@ -62,6 +62,9 @@ pub struct ChannelLog {
     dirty_from: Option<usize>,
     /// How far each reliable publishing session got in this channel.
     sessions: SessionTable,
+    /// The mark of the active segment's last marked record: the next one
+    /// of the same session is written as a step from it.
+    last_mark: Option<SessionMark>,
 }
 
 impl ChannelLog {
@@ -76,6 +79,7 @@ impl ChannelLog {
             next_offset: 0,
             dirty_from: None,
             sessions: SessionTable::default(),
+            last_mark: None,
         })
     }
 
@@ -97,6 +101,7 @@ impl ChannelLog {
             next_offset: recovered.next_offset,
             dirty_from: None,
             sessions: SessionTable::default(),
+            last_mark: None,
         };
         log.recover_sessions();
         if config.fsync != FsyncMode::None && log.write_pos > segment::SEGMENT_HEADER {
@@ -142,12 +147,29 @@ impl ChannelLog {
             };
             // A damaged record ends the walk: the marks before it count, and
             // reading it for delivery reports the damage as scan() does.
+            let mut last = None;
+            let mut unresolved = None;
             let end = segment::walk(&mut reader, base, Some(seg_end), &mut |r, _| {
-                if let Some(mark) = r.session {
-                    sessions.note(mark, r.timestamp);
+                match r.mark.resolve(last) {
+                    Ok(Some(mark)) => {
+                        sessions.note(mark, r.timestamp);
+                        last = Some(mark);
+                    }
+                    Ok(None) => {}
+                    Err(reason) => {
+                        unresolved.get_or_insert((r.offset, reason));
+                    }
                 }
                 true
             });
+            if let Some((offset, reason)) = unresolved {
+                tracing::warn!(
+                    file = %seg.segment.path.display(),
+                    offset,
+                    "{reason}: that record's session is not known; a \
+                     retransmission of it may be stored again"
+                );
+            }
             if let Some(reason) = end.bad {
                 tracing::warn!(
                     file = %seg.segment.path.display(),
@@ -201,9 +223,12 @@ impl ChannelLog {
         session: Option<SessionMark>,
         payload: &[u8],
     ) -> Result<u64, LogError> {
-        let need = record_size(segment::body_len(payload.len(), session));
+        let mut mark = RecordMark::after(self.last_mark, session);
+        let need = record_size(segment::body_len(payload.len(), mark));
         if self.write_pos + need > self.active().capacity() {
-            self.roll(need)?;
+            // A new segment's first marked record carries its mark in full.
+            mark = RecordMark::after(None, session);
+            self.roll(record_size(segment::body_len(payload.len(), mark)))?;
         }
         let offset = self.next_offset;
         let pos = self.write_pos;
@@ -213,7 +238,7 @@ impl ChannelLog {
             pos,
             offset,
             timestamp,
-            session,
+            mark,
             payload,
         );
         if let Some(index) = seg.index.as_mut() {
@@ -221,6 +246,7 @@ impl ChannelLog {
         }
         if let Some(mark) = session {
             self.sessions.note(mark, timestamp);
+            self.last_mark = Some(mark);
         }
         self.write_pos = end;
         self.next_offset += 1;
@@ -250,6 +276,7 @@ impl ChannelLog {
         self.segments
             .push_back(IndexedSegment::indexed(segment, SparseIndex::default()));
         self.write_pos = segment::SEGMENT_HEADER;
+        self.last_mark = None;
         self.dirty_from = None;
         Ok(())
     }

@@ -35,7 +35,7 @@ pub mod shared;
 
 pub use channel::{ChannelLog, LogStats, SyncJob};
 pub use recovery::{DAMAGE_NOTE, Recovery, RecoveryMode};
-pub use segment::{Record, SessionMark};
+pub use segment::{Record, RecordMark, SessionMark};
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};

@@ -14,7 +14,12 @@
 //!   8  offset     8  the record's channel offset
 //!   16 timestamp  8  ns since the Unix epoch
 //!   24 flags      4  bit 0 (SESSION): a session mark precedes the payload;
-//!                    other bits 0 (a record with one set is refused)
+//!                    bit 1 (SESSION_NEXT): no mark follows, the record is
+//!                    the same session's as the last marked record before
+//!                    it in this segment, its seq that one's plus bits
+//!                    8..32 (at least 1); at most one of the two is set,
+//!                    bits 8..32 are 0 without SESSION_NEXT, and every other
+//!                    bit is 0 (a record that breaks this is refused)
 //!   28 [session mark, with SESSION: 24 bytes]
 //!        0 client   8  a tag of the client's address (opaque to the log)
 //!        8 session  8  the reliable publishing session that sent it
@@ -25,7 +30,10 @@
 //!
 //! The session mark is what lets a restarted relay tell a publisher's
 //! retransmission of a stored message from a new one: exactly once across
-//! kill -9, not only while the relay runs.
+//! kill -9, not only while the relay runs. A session's records mostly
+//! follow one another, so after the first in a segment they carry the mark
+//! in the flags (SESSION_NEXT) and cost no more bytes than unmarked ones;
+//! a reader resolves them walking the segment from its start.
 //!
 //! The record body is written first and the length last, so a reader that
 //! sees a length sees a whole record (and the CRC catches a torn one).
@@ -49,6 +57,11 @@ pub const RECORD_HEADER: usize = 28;
 
 /// Record flag: a [`SessionMark`] precedes the payload.
 pub const FLAG_SESSION: u32 = 1;
+/// Record flag: the record has the session of the last marked record before
+/// it in the segment, and a sequence number larger by `flags >> 8`.
+pub const FLAG_SESSION_NEXT: u32 = 2;
+/// Largest sequence step a [`FLAG_SESSION_NEXT`] record can carry.
+pub const MAX_MARK_STEP: u64 = (1 << 24) - 1;
 /// Bytes of a [`SessionMark`] in a record.
 pub const SESSION_MARK_LEN: usize = 24;
 
@@ -66,11 +79,66 @@ pub struct SessionMark {
     pub seq: u64,
 }
 
+/// A record's session mark as written: none, in full, or as a step from the
+/// last marked record before it in the segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordMark {
+    /// Not stored by a reliable session.
+    None,
+    /// The whole mark, in the record's body.
+    Full(SessionMark),
+    /// The previous marked record's session; its seq plus `step` (1 to
+    /// [`MAX_MARK_STEP`]).
+    Next {
+        /// How much larger the seq is.
+        step: u32,
+    },
+}
+
+impl RecordMark {
+    /// How to write `mark` after a segment's last marked record `last`:
+    /// as a step when it continues that session, else in full.
+    pub fn after(last: Option<SessionMark>, mark: Option<SessionMark>) -> RecordMark {
+        let Some(mark) = mark else {
+            return RecordMark::None;
+        };
+        match last {
+            Some(l)
+                if l.client == mark.client
+                    && l.session == mark.session
+                    && mark.seq > l.seq
+                    && mark.seq - l.seq <= MAX_MARK_STEP =>
+            {
+                RecordMark::Next {
+                    step: (mark.seq - l.seq) as u32,
+                }
+            }
+            _ => RecordMark::Full(mark),
+        }
+    }
+
+    /// The mark this stands for after a segment's last marked record
+    /// `last`; `Err` for a step with no marked record before it.
+    pub fn resolve(self, last: Option<SessionMark>) -> Result<Option<SessionMark>, &'static str> {
+        match self {
+            RecordMark::None => Ok(None),
+            RecordMark::Full(mark) => Ok(Some(mark)),
+            RecordMark::Next { step } => match last {
+                Some(l) => Ok(Some(SessionMark {
+                    seq: l.seq + u64::from(step),
+                    ..l
+                })),
+                None => Err("a session step with no marked record before it"),
+            },
+        }
+    }
+}
+
 /// Bytes of a record's body (mark and payload) for a payload of `len` bytes.
-pub const fn body_len(len: usize, mark: Option<SessionMark>) -> usize {
+pub const fn body_len(len: usize, mark: RecordMark) -> usize {
     match mark {
-        Some(_) => SESSION_MARK_LEN + len,
-        None => len,
+        RecordMark::Full(_) => SESSION_MARK_LEN + len,
+        RecordMark::None | RecordMark::Next { .. } => len,
     }
 }
 
@@ -108,8 +176,9 @@ pub struct Record<'a> {
     pub timestamp: u64,
     /// The record's flags (see [`FLAG_SESSION`]).
     pub flags: u32,
-    /// The reliable publishing session that stored it, if one did.
-    pub session: Option<SessionMark>,
+    /// The reliable publishing session that stored it, if one did, as
+    /// written (resolve a step with [`RecordMark::resolve`]).
+    pub mark: RecordMark,
     /// The message.
     pub payload: &'a [u8],
 }
@@ -183,11 +252,16 @@ pub(super) fn check_header(
         return Err(Slot::Bad("offset out of sequence"));
     }
     let flags = u32_at(head, 24);
-    if flags & !FLAG_SESSION != 0 {
-        return Err(Slot::Bad("unknown record flags"));
-    }
-    if flags & FLAG_SESSION != 0 && length < RECORD_HEADER + SESSION_MARK_LEN {
-        return Err(Slot::Bad("session mark missing"));
+    let step = flags >> 8;
+    match flags & 0xff {
+        0 if step == 0 => {}
+        FLAG_SESSION if step == 0 => {
+            if length < RECORD_HEADER + SESSION_MARK_LEN {
+                return Err(Slot::Bad("session mark missing"));
+            }
+        }
+        FLAG_SESSION_NEXT if step > 0 => {}
+        _ => return Err(Slot::Bad("unknown record flags")),
     }
     Ok(Header {
         length,
@@ -196,7 +270,10 @@ pub(super) fn check_header(
             offset,
             timestamp: u64_at(head, 16),
             flags,
-            session: None,
+            mark: match flags & 0xff {
+                FLAG_SESSION_NEXT => RecordMark::Next { step },
+                _ => RecordMark::None,
+            },
             payload: &[],
         },
     })
@@ -207,19 +284,19 @@ impl Header {
     /// the header, checked by [`check_header`] to hold a mark if the flags
     /// say so).
     pub(super) fn with_body(self, body: &[u8]) -> Record<'_> {
-        let (session, payload) = if self.record.flags & FLAG_SESSION != 0 {
-            let (mark, payload) = body.split_at(SESSION_MARK_LEN);
-            let mark = SessionMark {
+        if self.record.flags & FLAG_SESSION == 0 {
+            return Record {
+                payload: body,
+                ..self.record
+            };
+        }
+        let (mark, payload) = body.split_at(SESSION_MARK_LEN);
+        Record {
+            mark: RecordMark::Full(SessionMark {
                 client: u64_at(mark, 0),
                 session: u64_at(mark, 8),
                 seq: u64_at(mark, 16),
-            };
-            (Some(mark), payload)
-        } else {
-            (None, body)
-        };
-        Record {
-            session,
+            }),
             payload,
             ..self.record
         }
@@ -348,23 +425,27 @@ pub fn write_record(
     pos: usize,
     offset: u64,
     timestamp: u64,
-    session: Option<SessionMark>,
+    mark: RecordMark,
     payload: &[u8],
 ) -> usize {
-    let length = RECORD_HEADER + body_len(payload.len(), session);
+    let length = RECORD_HEADER + body_len(payload.len(), mark);
     let len_bytes = (length as u32).to_le_bytes();
     buf[pos + 8..pos + 16].copy_from_slice(&offset.to_le_bytes());
     buf[pos + 16..pos + 24].copy_from_slice(&timestamp.to_le_bytes());
     let mut body = pos + RECORD_HEADER;
-    let flags = match session {
-        Some(mark) => {
+    let flags = match mark {
+        RecordMark::Full(mark) => {
             buf[body..body + 8].copy_from_slice(&mark.client.to_le_bytes());
             buf[body + 8..body + 16].copy_from_slice(&mark.session.to_le_bytes());
             buf[body + 16..body + 24].copy_from_slice(&mark.seq.to_le_bytes());
             body += SESSION_MARK_LEN;
             FLAG_SESSION
         }
-        None => 0,
+        RecordMark::Next { step } => {
+            debug_assert!(step >= 1 && u64::from(step) <= MAX_MARK_STEP);
+            FLAG_SESSION_NEXT | (step << 8)
+        }
+        RecordMark::None => 0,
     };
     buf[pos + 24..pos + 28].copy_from_slice(&flags.to_le_bytes());
     buf[body..pos + length].copy_from_slice(payload);

@@ -24,7 +24,7 @@
 //! a publisher retransmits within seconds, and the bound keeps the file and
 //! the memory small whatever clients do.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::io::Write;
 use std::path::Path;
 use std::time::Duration;

@@ -495,3 +495,115 @@ fn truncation_drops_a_segment_whose_header_is_damaged_and_everything_after() {
     assert_eq!(log.append(0, None, b"after").unwrap(), base2);
     assert_eq!(all(&mut log, base2), [(base2, b"after".to_vec())]);
 }
+
+#[test]
+fn session_marks_after_the_first_in_a_segment_cost_no_bytes_and_survive_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mark = |session, seq| {
+        Some(SessionMark {
+            client: 7,
+            session,
+            seq,
+        })
+    };
+    let mut b_seq = 0;
+    let mut a_seq;
+    {
+        let data = DataDir::open(tmp.path(), small_segments()).unwrap();
+        let mut log = data.create_channel("c").unwrap();
+        let body = [b'p'; 40];
+        let mut buf = vec![0u8; 1024];
+        let plain = segment::write_record(&mut buf, 0, 0, 0, segment::RecordMark::None, &body);
+        let full = segment::RecordMark::after(None, mark(1, 1));
+        let step = segment::RecordMark::after(mark(1, 1), mark(1, 4));
+        assert_eq!(step, segment::RecordMark::Next { step: 3 });
+        let full_len = segment::write_record(&mut buf, 0, 0, 0, full, &body);
+        let step_len = segment::write_record(&mut buf, 0, 0, 0, step, &body);
+        assert!(full_len > step_len, "the first mark is written out");
+        assert_eq!(
+            plain, step_len,
+            "the next costs what an unmarked record does"
+        );
+        log.append(0, mark(1, 1), &body).unwrap();
+        log.append(0, mark(1, 4), &body).unwrap();
+        a_seq = 4;
+        // Two sessions taking turns, an unmarked record now and then, over
+        // several segments.
+        for i in 0..300u64 {
+            if i % 10 == 3 {
+                b_seq += 2;
+                log.append(i, mark(2, b_seq), &body).unwrap();
+            } else if i % 17 == 0 {
+                log.append(i, None, &body).unwrap();
+            } else {
+                a_seq += 1 + i % 3;
+                log.append(i, mark(1, a_seq), &body).unwrap();
+            }
+        }
+        assert!(log.stats().segments >= 4, "{:?}", log.stats());
+    }
+    // Without the snapshot recovery resolves every segment's steps.
+    std::fs::remove_file(
+        tmp.path()
+            .join("channels/c")
+            .join(super::sessions::SNAPSHOT_FILE),
+    )
+    .unwrap();
+    let (mut log, _) = open_one(tmp.path(), small_segments(), false).unwrap();
+    assert_eq!(log.session_last_seq(7, 1), Some(a_seq));
+    assert_eq!(log.session_last_seq(7, 2), Some(b_seq));
+    // After a restart the same session goes on in the same segment.
+    log.append(0, mark(1, a_seq + 1), b"after").unwrap();
+    log.append(0, mark(1, a_seq + 2), b"after").unwrap();
+    drop(log);
+    let (log, _) = open_one(tmp.path(), small_segments(), false).unwrap();
+    assert_eq!(log.session_last_seq(7, 1), Some(a_seq + 2));
+    assert_eq!(log.session_last_seq(7, 2), Some(b_seq));
+}
+
+#[test]
+fn a_session_step_with_no_full_mark_before_it_is_not_taken_for_a_session() {
+    let last = SessionMark {
+        client: 1,
+        session: 2,
+        seq: 10,
+    };
+    assert_eq!(
+        segment::RecordMark::after(Some(last), Some(SessionMark { seq: 12, ..last })),
+        segment::RecordMark::Next { step: 2 }
+    );
+    // Another session, a seq that goes back, or a step too large: in full.
+    for other in [
+        SessionMark { session: 3, ..last },
+        SessionMark { client: 9, ..last },
+        SessionMark { seq: 10, ..last },
+        SessionMark {
+            seq: 10 + segment::MAX_MARK_STEP + 1,
+            ..last
+        },
+    ] {
+        assert_eq!(
+            segment::RecordMark::after(Some(last), Some(other)),
+            segment::RecordMark::Full(other)
+        );
+    }
+    assert!(segment::RecordMark::Next { step: 1 }.resolve(None).is_err());
+    // A step written at the head of a segment is refused by no check but
+    // resolves to nothing: written by hand, it must not crash recovery.
+    let mut buf = vec![0u8; 256];
+    segment::write_record(
+        &mut buf,
+        0,
+        0,
+        0,
+        segment::RecordMark::Next { step: 1 },
+        b"x",
+    );
+    match segment::read_slot(&buf, 0, 0, true) {
+        segment::Slot::Record(r, _) => {
+            assert_eq!(r.mark, segment::RecordMark::Next { step: 1 });
+            assert!(r.mark.resolve(None).is_err());
+        }
+        other => panic!("{other:?}"),
+    }
+}
