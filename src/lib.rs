@@ -20,7 +20,8 @@
 //!   subscriptions (limits, replay queue, reliable timers), the table of
 //!   reliable publishing sessions, reassembly of pieces, delivery (fan-out,
 //!   replay, reliable sends), peers and leases, durability and retention,
-//!   replies and counters, one file each. No sockets, no clock: its only
+//!   address validation (tokens, and what an unproven address may be
+//!   sent), replies and counters, one file each. No sockets, no clock: its only
 //!   I/O is its channels' logs.
 //! - [`reliable`]: the sans-IO ARQ over sequence numbers only, split by
 //!   state: the RTT estimator (RTO, backoff, Karn), the congestion window,
@@ -44,6 +45,8 @@
 //!   - `client::reassembly`: large messages put back together, bounded.
 //!   - `client::ping`: the ping client, each round trip from its own send.
 //!   - `client::stats`: the STATS client, paging with padded requests.
+//!   - `client::proof`: the address token, got with one hello and sent in
+//!     front of every datagram that needs it.
 //! - [`sim`]: the seeded network simulator that drives the cores in
 //!   simulated time.
 //! - [`log`]: the message log: per-channel memory-mapped segment files,

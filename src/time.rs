@@ -16,6 +16,11 @@ pub struct Now {
 }
 
 impl Now {
+    /// Wall-clock seconds since the Unix epoch.
+    pub fn unix_secs(&self) -> u64 {
+        self.unix_nanos / 1_000_000_000
+    }
+
     /// This time moved forward by `d` on both clocks.
     pub fn after(self, d: Duration) -> Now {
         Now {

@@ -138,7 +138,8 @@ fn stats_to_a_stranger_is_one_datagram_no_larger_than_the_request() {
     // The unpaged request of earlier builds (12 bytes): no room, no answer.
     let unpadded = [b'U', b'R', 1, 0, 0, 0, 0, 0, 0x0A, 0, 0, 0];
     stranger.send_to(&unpadded, relay.addr).unwrap();
-    // The smallest paged request: room for an empty page only.
+    // The smallest paged request of earlier builds: too small even for an
+    // address token (32 bytes).
     let small = wire::encode_datagram(&[Frame::StatsRequest {
         cursor: 0,
         padding: 4,
@@ -146,9 +147,17 @@ fn stats_to_a_stranger_is_one_datagram_no_larger_than_the_request() {
     .unwrap();
     assert_eq!(small.len(), 20);
     stranger.send_to(&small, relay.addr).unwrap();
+    // A padded one from an address that has not proven itself: the answer
+    // is a token for it, no larger than the request, never the counters.
+    let padded = wire::encode_datagram(&[Frame::StatsRequest {
+        cursor: 0,
+        padding: 600,
+    }])
+    .unwrap();
+    stranger.send_to(&padded, relay.addr).unwrap();
 
-    // The relay answers in order: the first datagram back answers `small`,
-    // so nothing came for `unpadded`.
+    // The relay answers in order: the first datagram back answers `padded`,
+    // so nothing came for the two before it.
     let mut buf = vec![0u8; 65_536];
     stranger.set_read_timeout(Some(DEADLINE)).unwrap();
     let (n, from) = stranger
@@ -156,14 +165,14 @@ fn stats_to_a_stranger_is_one_datagram_no_larger_than_the_request() {
         .expect("no answer to a padded STATS request");
     assert_eq!(from, relay.addr);
     assert!(
-        n <= small.len(),
+        n <= padded.len(),
         "a {n}-byte answer to a {}-byte request",
-        small.len()
+        padded.len()
     );
-    let frame = wire::decode_datagram(&buf[..n]).unwrap().next().unwrap();
+    let frames: Vec<_> = wire::decode_datagram(&buf[..n]).unwrap().collect();
     assert!(
-        matches!(frame, Ok(Frame::Stats { cursor: 0, next: Some(0), entries }) if entries.iter().count() == 0),
-        "{frame:?}"
+        matches!(frames[..], [Ok(Frame::AddressToken { .. })]),
+        "{frames:?}"
     );
     // The one wait for something that must not come: there is no event to
     // wait for instead. Half a second is far longer than the loopback round
@@ -201,9 +210,12 @@ fn stats_to_a_stranger_is_one_datagram_no_larger_than_the_request() {
         assert_eq!(printed_names, names, "every counter once, in order");
         let count = |name: &str| printed.iter().find(|(n, _)| *n == name).unwrap().1;
         assert!(
-            count("dropped_unsupported") >= 1,
-            "the unpadded request: {stdout}"
+            count("dropped_unproven") >= 3,
+            "the stranger's three requests: {stdout}"
         );
-        assert!(count("frames_received") >= 2, "{stdout}");
+        assert!(
+            count("tokens_sent") >= 2,
+            "the stranger's and udpcat's: {stdout}"
+        );
     }
 }

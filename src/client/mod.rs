@@ -14,11 +14,15 @@
 //! - `reassembly`: [`Reassembler`], large messages from their pieces.
 //! - `ping`: [`Pinger`], round trips measured from the answered send.
 //! - `stats`: [`StatsPager`], the relay's counters page by page.
+//! - `proof`: [`AddressProof`], the address token that subscriptions,
+//!   reliable publishers and the STATS client get in one round trip and
+//!   send at the head of their datagrams.
 
 use thiserror::Error;
 
 mod paced;
 mod ping;
+mod proof;
 mod publisher;
 mod reassembly;
 mod reliable;
@@ -26,6 +30,7 @@ mod stats;
 mod subscription;
 pub use paced::{PING_EVERY, PacedPublisher};
 pub use ping::{PING_RETRY, PingOutcome, Pinger};
+pub use proof::{AddressProof, HELLO_RETRY};
 pub use publisher::Publisher;
 pub use reassembly::{MAX_REASSEMBLED, Reassembler};
 pub use reliable::{ReliablePublisher, ReliableSubscription};
@@ -96,4 +101,25 @@ pub fn message_json(
         }
     }
     obj
+}
+
+/// A datagram from a relay that holds an address token and nothing else:
+/// for the clients' tests, which answer their hellos with it.
+#[cfg(test)]
+pub(crate) fn token_datagram() -> Vec<u8> {
+    let token = [7; wire::TOKEN_LEN];
+    wire::encode_datagram(&[Frame::AddressToken { token }]).unwrap()
+}
+
+/// The frames of a client's datagram after the VALIDATE frame it starts
+/// with, for the clients' tests.
+#[cfg(test)]
+pub(crate) fn after_token(datagram: &[u8]) -> Vec<Frame<'_>> {
+    let mut frames: Vec<Frame<'_>> = wire::decode_datagram(datagram).unwrap().flatten().collect();
+    assert!(
+        matches!(frames.first(), Some(Frame::Validate { .. })),
+        "no token in front: {frames:?}"
+    );
+    frames.remove(0);
+    frames
 }

@@ -6,8 +6,8 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use super::{
-    ClientError, FromRelay, Reassembler, SUBSCRIBE_RETRY, SubscriptionEvent, check_channel,
-    read_from_relay,
+    AddressProof, ClientError, FromRelay, Reassembler, SUBSCRIBE_RETRY, SubscriptionEvent,
+    check_channel, read_from_relay,
 };
 use crate::reliable::{ArqConfig, MAX_ACK_RANGES, Receiver, ReceiverStats, Sender, SenderStats};
 use crate::wire::{
@@ -42,6 +42,8 @@ pub struct ReliablePublisher {
     /// idle spell (an idle publisher expects nothing, so its quiet is no
     /// silence).
     silent_since: Option<Instant>,
+    /// The address token sent with every datagram.
+    proof: AddressProof,
 }
 
 /// The RELIABLE_PUBLISH frame of session `session` for in-flight message
@@ -82,13 +84,19 @@ impl ReliablePublisher {
             datagram_size,
             carry: None,
             silent_since: None,
+            proof: AddressProof::new(),
         })
+    }
+
+    /// Bytes of frames a datagram holds: the packing limit less the token.
+    fn packing(&self) -> usize {
+        self.datagram_size.saturating_sub(wire::VALIDATE_LEN)
     }
 
     /// Queues a message (of any size; the relay enforces its maximum).
     pub fn push(&mut self, payload: Vec<u8>) -> Result<(), ClientError> {
         let piece = self
-            .datagram_size
+            .packing()
             .saturating_sub(HEADER_LEN + RELIABLE_PUBLISH_FIXED + self.channel.len());
         let piece = piece.max(256);
         if payload.len() <= piece {
@@ -144,12 +152,15 @@ impl ReliablePublisher {
     /// how long a silence means the relay is gone: an unreachable relay (one
     /// restarting, say) is silent, not refused.
     pub fn silent_since(&self) -> Option<Instant> {
-        self.silent_since.filter(|_| !self.sender.is_idle())
+        // Waiting for the address token is waiting for the relay too.
+        self.silent_since
+            .filter(|_| !self.sender.is_idle() || !self.proof.is_proven())
     }
 
-    /// When [`ReliablePublisher::handle_timeout`] is next due.
+    /// When [`ReliablePublisher::handle_timeout`] (or, before the address
+    /// token came, [`ReliablePublisher::poll_transmit`]) is next due.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.sender.poll_timeout()
+        self.proof.poll_timeout().or(self.sender.poll_timeout())
     }
 
     /// Fires the ARQ's timers.
@@ -160,10 +171,20 @@ impl ReliablePublisher {
     /// The next datagram to send at `now`: retransmissions first, then new
     /// messages, as many as the windows allow and the datagram holds.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
+        if !self.proof.is_proven() {
+            // The relay's silence counts from the first hello.
+            self.silent_since.get_or_insert(now);
+            return self.proof.poll_hello(now);
+        }
+        let datagram = self.next_datagram(now)?;
+        Some(self.proof.stamp(datagram))
+    }
+
+    fn next_datagram(&mut self, now: Instant) -> Option<Vec<u8>> {
         if self.sender.is_idle() {
             self.silent_since = Some(now);
         }
-        let mut b = DatagramBuilder::new(self.datagram_size);
+        let mut b = DatagramBuilder::new(self.packing());
         // The first new message in this datagram, and whether it carries a
         // retransmission (then it is not a thin stream's datagram).
         let mut first_new = None;
@@ -232,11 +253,15 @@ impl ReliablePublisher {
         datagram: &[u8],
         mut on_error: impl FnMut(ErrorCode, &str),
     ) {
+        // What the relay refused for a stale token (it restarted) the ARQ
+        // sends again, with the new one.
+        self.proof.handle_datagram(now, datagram);
         let Ok(frames) = wire::decode_datagram(datagram) else {
             return;
         };
         for frame in frames.flatten() {
             match frame {
+                Frame::AddressToken { .. } => self.silent_since = Some(now),
                 Frame::Ack {
                     kind: AckKind::Publish,
                     id,
@@ -279,6 +304,8 @@ pub struct ReliableSubscription {
     next_subscribe: Instant,
     /// Large messages arriving in pieces.
     pieces: Reassembler,
+    /// The address token sent with every datagram.
+    proof: AddressProof,
 }
 
 impl ReliableSubscription {
@@ -300,6 +327,7 @@ impl ReliableSubscription {
             lease: None,
             next_subscribe: now,
             pieces: Reassembler::default(),
+            proof: AddressProof::new(),
         })
     }
 
@@ -323,6 +351,9 @@ impl ReliableSubscription {
 
     /// When [`ReliableSubscription::poll_transmit`] next has something to send.
     pub fn poll_timeout(&self) -> Instant {
+        if let Some(hello) = self.proof.poll_timeout() {
+            return hello;
+        }
         let ack = self.receiver.as_ref().and_then(|r| r.poll_timeout());
         ack.map_or(self.next_subscribe, |a| a.min(self.next_subscribe))
     }
@@ -330,6 +361,9 @@ impl ReliableSubscription {
     /// The datagram due at `now`, if any: the subscribe (retry or keepalive)
     /// and the acknowledgement.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
+        if !self.proof.is_proven() {
+            return self.proof.poll_hello(now);
+        }
         let mut frames_due = Vec::new();
         let ack = self.receiver.as_mut().and_then(|r| r.poll_ack(now));
         let ranges = ack.as_ref().map(|a| wire::encode_ack_ranges(&a.ranges));
@@ -381,7 +415,9 @@ impl ReliableSubscription {
         if frames_due.is_empty() {
             return None;
         }
-        wire::encode_datagram(&frames_due).ok()
+        wire::encode_datagram(&frames_due)
+            .ok()
+            .map(|d| self.proof.stamp(d))
     }
 
     /// Reads a datagram from the relay, reporting the subscription, each
@@ -392,6 +428,9 @@ impl ReliableSubscription {
         datagram: &[u8],
         mut on_event: impl FnMut(SubscriptionEvent<'_>),
     ) {
+        if self.proof.handle_datagram(now, datagram) {
+            self.next_subscribe = now;
+        }
         // Before the relay answers, no piece is worth collecting.
         let received_below = self.receiver.as_ref().map_or(u64::MAX, |r| r.cumulative());
         let (sub_id, pieces) = (self.sub_id, &mut self.pieces);
@@ -454,7 +493,8 @@ impl ReliableSubscription {
         let frame = Frame::Unsubscribe {
             sub_id: self.sub_id,
         };
-        wire::encode_datagram(&[frame]).unwrap_or_default()
+        self.proof
+            .stamp(wire::encode_datagram(&[frame]).unwrap_or_default())
     }
 }
 
@@ -483,7 +523,15 @@ mod tests {
         let mut p = ReliablePublisher::new(9, "news", ArqConfig::default(), 1400).unwrap();
         assert_eq!(p.silent_since(), None, "nothing sent, nothing awaited");
         p.push(b"a".to_vec()).unwrap();
-        assert!(p.poll_transmit(t).is_some());
+        assert_eq!(p.poll_transmit(t), Some(AddressProof::hello()));
+        assert_eq!(p.silent_since(), Some(t), "the hello awaits its token");
+        p.handle_datagram(t, &super::super::token_datagram(), |_, _| {});
+        let first = p.poll_transmit(t).expect("the message, with the token");
+        assert!(matches!(
+            super::super::after_token(&first)[..],
+            [Frame::ReliablePublish { seq: 0, .. }]
+        ));
+        assert!(first.len() <= 1400);
         assert_eq!(p.silent_since(), Some(t));
         p.handle_datagram(t + 5 * MS, &ack(9, 1), |_, _| {});
         assert_eq!(p.silent_since(), None, "all acknowledged");

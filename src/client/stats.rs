@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use super::each_frame;
+use super::{AddressProof, each_frame};
 use crate::wire::{
     self, FRAME_HEADER_LEN, Frame, HEADER_LEN, MAX_DATAGRAM, MAX_FRAME_BODY, StatEntries,
 };
@@ -21,9 +21,10 @@ pub const STATS_RETRY: Duration = Duration::from_millis(250);
 /// paging forever must not make the client hold without bound.
 pub const MAX_STATS_ENTRIES: usize = 1 << 16;
 
-/// Smallest request datagram: header, frame header, cursor, and padding for
-/// the answer's fixed part.
-pub const MIN_STATS_REQUEST: usize = HEADER_LEN + FRAME_HEADER_LEN + wire::STATS_FIXED;
+/// Smallest request datagram: header, address token, frame header, cursor,
+/// and padding for the answer's fixed part.
+pub const MIN_STATS_REQUEST: usize =
+    HEADER_LEN + wire::VALIDATE_LEN + FRAME_HEADER_LEN + wire::STATS_FIXED;
 
 /// Why reading the counters failed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -63,6 +64,8 @@ pub struct StatsPager {
     outcome: Option<Result<Vec<(String, u64)>, StatsError>>,
     /// True once the outcome is known (and maybe taken).
     finished: bool,
+    /// The address token sent with every request.
+    proof: AddressProof,
 }
 
 impl StatsPager {
@@ -81,28 +84,43 @@ impl StatsPager {
             heard: now,
             outcome: None,
             finished: false,
+            proof: AddressProof::new(),
         }
     }
 
     /// The page request due at `now`, if any.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
-        if self.finished || now < self.next_send {
+        if self.finished {
+            return None;
+        }
+        if !self.proof.is_proven() {
+            return self.proof.poll_hello(now);
+        }
+        if now < self.next_send {
             return None;
         }
         self.next_send = now + STATS_RETRY;
-        let padding = self.request_size - HEADER_LEN - FRAME_HEADER_LEN - wire::STATS_REQUEST_FIXED;
+        // The request, token included, is `request_size` bytes.
+        let padding = self.request_size
+            - HEADER_LEN
+            - wire::VALIDATE_LEN
+            - FRAME_HEADER_LEN
+            - wire::STATS_REQUEST_FIXED;
         let frame = Frame::StatsRequest {
             cursor: self.cursor,
             // Clamped in new() to what one frame body holds.
             padding: padding as u16,
         };
-        wire::encode_datagram(&[frame]).ok()
+        wire::encode_datagram(&[frame])
+            .ok()
+            .map(|d| self.proof.stamp(d))
     }
 
     /// When [`StatsPager::poll_transmit`] or [`StatsPager::handle_timeout`]
     /// next has work; `None` once finished.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        (!self.finished).then(|| self.next_send.min(self.heard + self.reply_timeout))
+        let next_send = self.proof.poll_timeout().unwrap_or(self.next_send);
+        (!self.finished).then(|| next_send.min(self.heard + self.reply_timeout))
     }
 
     /// Gives up once the reply timeout has passed without a page.
@@ -116,6 +134,9 @@ impl StatsPager {
     /// advances the pager; pages for other cursors (answers to retries that
     /// came late) are ignored. Returns false if the datagram did not decode.
     pub fn handle_datagram(&mut self, now: Instant, datagram: &[u8]) -> bool {
+        if self.proof.handle_datagram(now, datagram) {
+            self.next_send = now;
+        }
         each_frame(datagram, |frame| {
             if let Frame::Stats {
                 cursor,
@@ -179,10 +200,18 @@ mod tests {
 
     /// The cursor and datagram size of a page request.
     fn request_of(datagram: &[u8]) -> (u32, usize) {
-        match wire::decode_datagram(datagram).unwrap().next().unwrap() {
-            Ok(Frame::StatsRequest { cursor, .. }) => (cursor, datagram.len()),
+        match super::super::after_token(datagram).first() {
+            Some(Frame::StatsRequest { cursor, .. }) => (*cursor, datagram.len()),
             other => panic!("not a stats request: {other:?}"),
         }
+    }
+
+    /// A pager that has sent its hello at `t` and got a token.
+    fn proven(mut p: StatsPager, t: Instant) -> StatsPager {
+        let hello = p.poll_transmit(t).expect("a hello first");
+        assert_eq!(hello, AddressProof::hello());
+        p.handle_datagram(t, &super::super::token_datagram());
+        p
     }
 
     fn page(cursor: u32, next: Option<u32>, entries: &[(&str, u64)]) -> Vec<u8> {
@@ -197,7 +226,7 @@ mod tests {
     #[test]
     fn pages_until_the_last_each_request_padded() {
         let t = Instant::now();
-        let mut p = StatsPager::new(t, 300, 2000 * MS);
+        let mut p = proven(StatsPager::new(t, 300, 2000 * MS), t);
         assert_eq!(request_of(&p.poll_transmit(t).unwrap()), (0, 300));
         assert!(p.poll_transmit(t).is_none(), "one request at a time");
         assert!(p.handle_datagram(t + MS, &page(0, Some(2), &[("a", 1), ("b", 2)])));
@@ -218,7 +247,7 @@ mod tests {
     #[test]
     fn a_lost_page_is_asked_for_again_and_a_late_duplicate_ignored() {
         let t = Instant::now();
-        let mut p = StatsPager::new(t, 1400, 2000 * MS);
+        let mut p = proven(StatsPager::new(t, 1400, 2000 * MS), t);
         p.poll_transmit(t).unwrap();
         assert!(p.poll_transmit(t + STATS_RETRY - MS).is_none());
         assert_eq!(p.poll_timeout(), Some(t + STATS_RETRY));
@@ -242,7 +271,7 @@ mod tests {
     #[test]
     fn gives_up_after_the_reply_timeout_of_silence_not_before() {
         let t = Instant::now();
-        let mut p = StatsPager::new(t, 1400, 600 * MS);
+        let mut p = proven(StatsPager::new(t, 1400, 600 * MS), t);
         p.poll_transmit(t).unwrap();
         // A page at 400 ms restarts the wait.
         p.handle_datagram(t + 400 * MS, &page(0, Some(1), &[("a", 1)]));
@@ -261,7 +290,7 @@ mod tests {
     #[test]
     fn pages_that_do_not_advance_end_in_an_error() {
         let t = Instant::now();
-        let mut p = StatsPager::new(t, 0, 2000 * MS);
+        let mut p = proven(StatsPager::new(t, 0, 2000 * MS), t);
         assert_eq!(
             request_of(&p.poll_transmit(t).unwrap()).1,
             MIN_STATS_REQUEST,
@@ -273,14 +302,14 @@ mod tests {
             Some(Err(StatsError::TooSmall(MIN_STATS_REQUEST)))
         );
 
-        let mut huge = StatsPager::new(t, usize::MAX, 2000 * MS);
+        let mut huge = proven(StatsPager::new(t, usize::MAX, 2000 * MS), t);
         assert_eq!(
             request_of(&huge.poll_transmit(t).unwrap()).1,
             MAX_DATAGRAM,
             "never larger than a UDP datagram"
         );
 
-        let mut q = StatsPager::new(t, 1400, 2000 * MS);
+        let mut q = proven(StatsPager::new(t, 1400, 2000 * MS), t);
         q.poll_transmit(t).unwrap();
         q.handle_datagram(t, &page(0, Some(9), &[("a", 1)]));
         assert_eq!(q.poll_outcome(), Some(Err(StatsError::Endless)));

@@ -4,7 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use super::{ClientError, Reassembler, ReliableSubscription, check_channel, each_frame};
+use super::{
+    AddressProof, ClientError, Reassembler, ReliableSubscription, check_channel, each_frame,
+};
 use crate::reliable::ArqConfig;
 use crate::wire::{self, DeliveryMode, ErrorCode, Frame, StartPosition};
 
@@ -135,6 +137,8 @@ pub struct Subscription {
     next_send: Instant,
     /// Large messages arriving in pieces.
     pieces: Reassembler,
+    /// The address token sent with every request.
+    proof: AddressProof,
 }
 
 impl Subscription {
@@ -154,6 +158,7 @@ impl Subscription {
             lease: None,
             next_send: now,
             pieces: Reassembler::default(),
+            proof: AddressProof::new(),
         })
     }
 
@@ -164,11 +169,15 @@ impl Subscription {
 
     /// When [`Subscription::poll_transmit`] next has something to send.
     pub fn poll_timeout(&self) -> Instant {
-        self.next_send
+        self.proof.poll_timeout().unwrap_or(self.next_send)
     }
 
-    /// The subscribe datagram, if one is due at `now`.
+    /// The subscribe datagram (or, first, the hello that gets the address
+    /// token), if one is due at `now`.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
+        if !self.proof.is_proven() {
+            return self.proof.poll_hello(now);
+        }
         if now < self.next_send {
             return None;
         }
@@ -181,7 +190,9 @@ impl Subscription {
             start,
             channel: &self.channel,
         };
-        wire::encode_datagram(&[frame]).ok()
+        wire::encode_datagram(&[frame])
+            .ok()
+            .map(|d| self.proof.stamp(d))
     }
 
     /// The datagram that ends the subscription.
@@ -189,7 +200,8 @@ impl Subscription {
         let frame = Frame::Unsubscribe {
             sub_id: self.sub_id,
         };
-        wire::encode_datagram(&[frame]).unwrap_or_default()
+        self.proof
+            .stamp(wire::encode_datagram(&[frame]).unwrap_or_default())
     }
 
     /// Reads a datagram from the relay and reports what it holds for this
@@ -200,6 +212,9 @@ impl Subscription {
         datagram: &[u8],
         mut on_event: impl FnMut(SubscriptionEvent<'_>),
     ) -> bool {
+        if self.proof.handle_datagram(now, datagram) {
+            self.next_send = now;
+        }
         let (sub_id, pieces) = (self.sub_id, &mut self.pieces);
         read_from_relay(datagram, sub_id, pieces, 0, |item| match item {
             FromRelay::Subscribed {
@@ -324,6 +339,8 @@ mod tests {
     fn subscription_retries_until_answered_then_keeps_alive() {
         let t = Instant::now();
         let mut s = Subscription::new(5, "news", StartPosition::Latest, t).unwrap();
+        assert_eq!(s.poll_transmit(t), Some(AddressProof::hello()));
+        s.handle_datagram(t, &super::super::token_datagram(), |_| {});
         assert!(s.poll_transmit(t).is_some());
         assert!(
             s.poll_transmit(t + SUBSCRIBE_RETRY - Duration::from_millis(1))
@@ -346,6 +363,12 @@ mod tests {
         };
         let mut relay = Relay::open(&config, now).unwrap();
         let me = "127.0.0.1:4000".parse().unwrap();
+        // The token above was not this relay's: it answers with its own,
+        // and the subscription sends again at once.
+        relay.handle_datagram(now, me, &retry);
+        let token = relay.poll_transmit().expect("a token").payload;
+        s.handle_datagram(t + SUBSCRIBE_RETRY, &token, |_| {});
+        let retry = s.poll_transmit(t + SUBSCRIBE_RETRY).expect("sent again");
         relay.handle_datagram(now, me, &retry);
         let publish = wire::encode_datagram(&[Frame::Publish {
             channel: "news",
@@ -369,11 +392,7 @@ mod tests {
         // Keepalive at a third of the 3 s lease, asking from the next offset.
         assert_eq!(s.poll_timeout(), answered + Duration::from_secs(1));
         let keepalive = s.poll_transmit(answered + Duration::from_secs(1)).unwrap();
-        let frame = wire::decode_datagram(&keepalive)
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap();
+        let frame = super::super::after_token(&keepalive)[0];
         assert!(
             matches!(
                 frame,

@@ -68,6 +68,9 @@ pub enum DriverError {
     /// The data directory could not be opened.
     #[error("{0}")]
     Log(#[from] crate::log::LogError),
+    /// The relay could not be opened (its data directory, or randomness).
+    #[error("{0}")]
+    Open(#[from] crate::relay::OpenError),
     /// The configuration would make the relay send to its own sockets.
     #[error("{0}")]
     Loop(#[from] crate::relay::OwnAddressError),

@@ -103,6 +103,16 @@ counters! {
     /// Datagrams whose source is one of the relay's own sockets, dropped:
     /// answering would make the relay feed itself.
     dropped_own_address,
+    /// Frames that need a proven address (subscribe, acknowledge, reliable
+    /// publish, stats...) from an address without a valid token, dropped.
+    dropped_unproven,
+    /// Answers to an unproven address withheld: larger than what it sent.
+    dropped_reply_too_large,
+    /// Address tokens sent.
+    tokens_sent,
+    /// VALIDATE frames whose token was forged, expired or for another
+    /// address.
+    tokens_refused,
     /// Datagrams handed to the kernel.
     datagrams_sent,
     /// Datagrams that waited in the send queue for a full socket buffer.

@@ -40,10 +40,16 @@
 //!   subscriber's sends (all read from the log).
 //! - `peers`: client addresses holding state, and their leases.
 //! - `durability`: when appended records are synced, and retention.
+//! - `validation`: address tokens, the proof that a peer receives at the
+//!   address it claims; until then it is answered with at most the bytes
+//!   it sent.
+//! - `answer`: what goes back to the sender of a datagram: its proof, the
+//!   tokens, the budget of an unproven address, errors.
 //! - `replies`: the reply budget and the relay's own addresses.
 //! - `stats`: the paged STATS answer.
 //! - `outbox`: datagrams packed per destination; `counters`: what happened.
 
+mod answer;
 mod channels;
 mod counters;
 mod delivery;
@@ -56,6 +62,7 @@ mod replies;
 mod sessions;
 mod stats;
 mod subscriptions;
+mod validation;
 
 pub use crate::time::Now;
 pub use counters::Counters;
@@ -75,9 +82,25 @@ use outbox::Outbox;
 use peers::Peers;
 use publishing::{Offered, Publishing};
 use reassembly::{Added, Reassembler};
-use replies::{OwnAddresses, TokenBucket, truncate_utf8};
+use replies::{OwnAddresses, TokenBucket};
 use sessions::Piece;
 use subscriptions::Subscriptions;
+use validation::AddressTokens;
+
+/// Why a relay could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The data directory could not be opened or recovered.
+    #[error("{0}")]
+    Log(#[from] LogError),
+    /// The operating system gave no randomness for the token secret.
+    #[error("no randomness for the address-token secret: {0}")]
+    Random(std::io::Error),
+}
+
+/// Address tokens the relay sends per second at most to addresses it has
+/// no proof for (each no larger than the datagram that asked for it).
+const TOKEN_REPLIES_PER_SEC: u32 = 10_000;
 
 /// The relay's whole state, driven by calls that carry the time.
 #[derive(Debug)]
@@ -99,6 +122,13 @@ pub struct Relay {
     /// Limits replies that anyone can ask for from any source address:
     /// errors and STATS pages.
     error_replies: TokenBucket,
+    /// Makes and checks address tokens.
+    tokens: AddressTokens,
+    /// Limits address tokens sent to unproven addresses.
+    token_replies: TokenBucket,
+    /// While a datagram from an unproven address is handled: that address
+    /// and the bytes that may still be sent to it.
+    unproven: Option<(SocketAddr, usize)>,
     /// The relay's own socket addresses, never sent to.
     own: OwnAddresses,
     /// Datagrams waiting to be sent.
@@ -115,7 +145,7 @@ impl Relay {
     /// Opens (and locks) the data directory, recovers every channel in it,
     /// and creates the channels named by the raw ports. A channel whose log
     /// cannot be trusted is kept, refused to clients, and logged.
-    pub fn open(config: &RelayConfig, now: Now) -> Result<Relay, LogError> {
+    pub fn open(config: &RelayConfig, now: Now) -> Result<Relay, OpenError> {
         let data_dir = DataDir::open(&config.data_dir, config.log.clone())?;
         let opened = data_dir.open_channels(&config.truncate_corrupt)?;
         let retention = config.log.retain_bytes.is_some() || config.log.retain_age.is_some();
@@ -140,6 +170,9 @@ impl Relay {
             reassembly: Reassembler::new(config.reassembly_memory, config.max_message_size),
             raw_in: Vec::new(),
             error_replies: TokenBucket::new(config.error_replies_per_sec),
+            tokens: AddressTokens::new(now.instant).map_err(OpenError::Random)?,
+            token_replies: TokenBucket::new(TOKEN_REPLIES_PER_SEC),
+            unproven: None,
             own: OwnAddresses::default(),
             outbox: Outbox::new(config.datagram_size),
             counters: Counters::default(),
@@ -224,29 +257,11 @@ impl Relay {
             self.counters.dropped_own_address += 1;
             return;
         }
-        self.peers.heard_from(from, now.instant);
-        let frames = match wire::decode_datagram(datagram) {
-            Ok(frames) => frames,
-            Err(e) => {
-                if let Some(code) = replies::undecodable(&e, &mut self.counters) {
-                    self.reply_error(now, from, code, &e.to_string());
-                }
-                return;
-            }
-        };
-        for frame in frames {
-            match frame {
-                Ok(frame) => {
-                    self.counters.frames_received += 1;
-                    self.handle_frame(now, from, frame);
-                }
-                Err(e) => {
-                    self.counters.dropped_malformed += 1;
-                    self.reply_error(now, from, ErrorCode::MALFORMED, &e.to_string());
-                    break;
-                }
-            }
-        }
+        // Until a token proves the address, it gets at most the bytes it
+        // sent (the reply's header paid for by the request's).
+        self.unproven = Some((from, datagram.len().saturating_sub(wire::HEADER_LEN)));
+        self.handle_frames(now, from, datagram);
+        self.unproven = None;
         self.tell_lost(now);
     }
 
@@ -392,7 +407,10 @@ impl Relay {
                 self.fragment(now, piece)
             }
             Frame::Ping { nonce } => {
-                self.outbox.push_frame(from, &Frame::Pong { nonce });
+                let pong = Frame::Pong { nonce };
+                if self.may_answer(from, pong.encoded_len()) {
+                    self.outbox.push_frame(from, &pong);
+                }
             }
             Frame::StatsRequest { cursor, padding } => self.stats(now, from, cursor, padding),
             Frame::Ack {
@@ -427,7 +445,9 @@ impl Relay {
             | Frame::DeliverFragment { .. }
             | Frame::Pong { .. }
             | Frame::Error { .. }
-            | Frame::Stats { .. } => self.counters.dropped_unexpected += 1,
+            | Frame::Stats { .. }
+            | Frame::AddressToken { .. }
+            | Frame::Validate { .. } => self.counters.dropped_unexpected += 1,
         }
     }
 
@@ -632,27 +652,6 @@ impl Relay {
         }
     }
 
-    /// Answers a STATS request: anyone may ask, with any source address,
-    /// so the answer is one page at the reply rate, never larger than the
-    /// request (its padding is the answer's room): a forged source cannot
-    /// make the relay an amplifier.
-    fn stats(&mut self, now: Now, from: SocketAddr, cursor: u32, padding: u16) {
-        let Some(room) = stats::room(padding) else {
-            // Unpadded (as earlier builds asked): no answer fits.
-            self.counters.dropped_unsupported += 1;
-            return;
-        };
-        if !self.error_replies.take(now.instant) {
-            self.counters.errors_suppressed += 1;
-            return;
-        }
-        let counters = self
-            .counters
-            .entries(self.channel_count(), self.subscriptions.count());
-        let streams = stats::stream_stats(&self.peers, &self.channels);
-        stats::push_page(&mut self.outbox, from, counters, &streams, cursor, room);
-    }
-
     /// Removes a peer, its subscriptions and its sessions; returns how many
     /// subscriptions there were.
     fn remove_peer(&mut self, addr: SocketAddr) -> usize {
@@ -677,16 +676,6 @@ impl Relay {
     fn tell_lost(&mut self, now: Now) {
         while let Some(lost) = self.subscriptions.poll_lost() {
             self.reply_error(now, lost.peer, ErrorCode::UNAVAILABLE, &lost.reason);
-        }
-    }
-
-    fn reply_error(&mut self, now: Now, to: SocketAddr, code: ErrorCode, reason: &str) {
-        if self.error_replies.take(now.instant) {
-            self.counters.errors_sent += 1;
-            let reason = truncate_utf8(reason, 200);
-            self.outbox.push_frame(to, &Frame::Error { code, reason });
-        } else {
-            self.counters.errors_suppressed += 1;
         }
     }
 }

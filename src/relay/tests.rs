@@ -37,7 +37,22 @@ fn relay() -> (Relay, tempfile::TempDir) {
     relay_with(|_| {})
 }
 
+/// A datagram of `frames` from `from` led by a valid address token for it:
+/// what a client sends once it has proven its address.
+fn proven(relay: &mut Relay, now: Now, from: &str, frames: &[Frame<'_>]) -> Vec<u8> {
+    let token = relay.tokens.issue(now.instant, now.unix_secs(), addr(from));
+    let mut all = vec![Frame::Validate { token }];
+    all.extend_from_slice(frames);
+    encode_datagram(&all).unwrap()
+}
+
 fn send(relay: &mut Relay, now: Now, from: &str, frames: &[Frame<'_>]) {
+    let datagram = proven(relay, now, from, frames);
+    relay.handle_datagram(now, addr(from), &datagram);
+}
+
+/// `frames` from `from` with no token.
+fn send_unproven(relay: &mut Relay, now: Now, from: &str, frames: &[Frame<'_>]) {
     relay.handle_datagram(now, addr(from), &encode_datagram(frames).unwrap());
 }
 
@@ -372,7 +387,7 @@ fn a_second_relay_cannot_open_the_same_data_directory() {
     };
     assert!(matches!(
         Relay::open(&config, start()),
-        Err(LogError::Locked(_))
+        Err(OpenError::Log(LogError::Locked(_)))
     ));
     drop(r);
     assert!(
@@ -809,13 +824,26 @@ fn bad_input_is_counted_and_answered_only_when_it_speaks_the_protocol() {
         "no reply to foreign traffic"
     );
 
+    // Too short to pay for an ERROR: counted, not answered.
     r.handle_datagram(t, addr(ALICE), b"UR\x02\x00\0\0\0\0");
     assert_eq!(r.counters().dropped_bad_version, 1);
-    r.handle_datagram(t, addr(ALICE), b"UR\x01\x00\0\0\0\0\x01\x00\x05\x00\x00");
+    assert!(Sent::collect(&mut r).datagrams.is_empty());
+    let mut bad_version = b"UR\x02\x00\0\0\0\0".to_vec();
+    bad_version.resize(8 + 60, 0);
+    r.handle_datagram(t, addr(ALICE), &bad_version);
+    assert_eq!(r.counters().dropped_bad_version, 2);
+    let mut malformed = proven(&mut r, t, ALICE, &[]);
+    malformed.extend_from_slice(b"\x01\x00\x05\x00\x00");
+    r.handle_datagram(t, addr(ALICE), &malformed);
     assert_eq!(r.counters().dropped_malformed, 1);
+    let sent = Sent::collect(&mut r);
     assert_eq!(
-        Sent::collect(&mut r).frames_to(ALICE),
+        sent.frames_to(ALICE),
         ["error unsupported-version", "error malformed"]
+    );
+    assert!(
+        sent.datagrams[0].payload.len() <= bad_version.len(),
+        "an unproven address gets no more than it sent"
     );
 
     // An ERROR sent to the relay is never answered: two relays must not loop.
@@ -832,7 +860,7 @@ fn bad_input_is_counted_and_answered_only_when_it_speaks_the_protocol() {
 fn frames_before_a_bad_one_still_count() {
     let (mut r, _dir) = relay();
     let t = start();
-    let mut dgram = encode_datagram(&[Frame::Ping { nonce: 1 }]).unwrap();
+    let mut dgram = proven(&mut r, t, ALICE, &[Frame::Ping { nonce: 1 }]);
     dgram.extend_from_slice(&[0x7F, 0, 0, 0]);
     r.handle_datagram(t, addr(ALICE), &dgram);
     assert_eq!(
@@ -845,15 +873,18 @@ fn frames_before_a_bad_one_still_count() {
 fn error_replies_are_rate_limited() {
     let (mut r, _dir) = relay_with(|c| c.error_replies_per_sec = 10);
     let t = start();
+    // Padded: room for the answer.
+    let mut bad_version = b"UR\x09\x00\0\0\0\0".to_vec();
+    bad_version.resize(8 + 60, 0);
     for _ in 0..25 {
-        r.handle_datagram(t, addr(ALICE), b"UR\x09\x00\0\0\0\0");
+        r.handle_datagram(t, addr(ALICE), &bad_version);
     }
     assert_eq!(r.counters().errors_sent, 10);
     assert_eq!(r.counters().errors_suppressed, 15);
     // 100 ms later, one more token (10 per second).
     let later = t.after(Duration::from_millis(100));
-    r.handle_datagram(later, addr(ALICE), b"UR\x09\x00\0\0\0\0");
-    r.handle_datagram(later, addr(ALICE), b"UR\x09\x00\0\0\0\0");
+    r.handle_datagram(later, addr(ALICE), &bad_version);
+    r.handle_datagram(later, addr(ALICE), &bad_version);
     assert_eq!(r.counters().errors_sent, 11);
     assert_eq!(r.counters().dropped_bad_version, 27);
 }
@@ -1620,4 +1651,203 @@ fn duplicates_and_pieces_past_the_window_take_no_channel_slot() {
     assert_eq!(r.channel_count(), 0, "nothing was kept, so nothing held");
     publish(&mut r, t, "real", b"m");
     assert_eq!(r.next_offset("real"), Some(1));
+}
+
+/// Every datagram sent to `to`, with its size.
+fn sizes_to(sent: &Sent, to: &str) -> Vec<usize> {
+    let to = addr(to);
+    (sent.datagrams.iter())
+        .filter(|t| t.destination == to)
+        .map(|t| t.payload.len())
+        .collect()
+}
+
+/// The token of the ADDRESS_TOKEN frame sent to `to`.
+fn token_sent_to(sent: &Sent, to: &str) -> Option<[u8; wire::TOKEN_LEN]> {
+    let to = addr(to);
+    (sent.datagrams.iter())
+        .filter(|t| t.destination == to)
+        .flat_map(|t| wire::decode_datagram(&t.payload).unwrap().flatten())
+        .find_map(|f| match f {
+            Frame::AddressToken { token } => Some(token),
+            _ => None,
+        })
+}
+
+#[test]
+fn an_unproven_address_gets_a_token_no_larger_than_its_request_and_nothing_else() {
+    let (mut r, _dir) = relay();
+    let t = start();
+    let subscribe = Frame::Subscribe {
+        sub_id: 1,
+        mode: DeliveryMode::Unreliable,
+        start: StartPosition::Earliest,
+        channel: "headlines",
+    };
+    publish(&mut r, t, "headlines", b"stored");
+    send_unproven(&mut r, t, ALICE, &[subscribe]);
+    let request = encode_datagram(&[subscribe]).unwrap().len();
+    let sent = Sent::collect(&mut r);
+    assert_eq!(
+        r.subscription_count(),
+        0,
+        "no state for an unproven address"
+    );
+    assert_eq!(r.counters().dropped_unproven, 1);
+    let token = token_sent_to(&sent, ALICE).expect("a token for the address");
+    assert_eq!(sent.datagrams_to(ALICE), 1);
+    assert!(sizes_to(&sent, ALICE)[0] <= request, "{sent:?}");
+
+    // Echoed from the address it was sent to, it proves it.
+    let mut datagram = vec![Frame::Validate { token }, subscribe];
+    r.handle_datagram(t, addr(ALICE), &encode_datagram(&datagram).unwrap());
+    assert_eq!(r.subscription_count(), 1);
+    let sent = Sent::collect(&mut r);
+    assert_eq!(
+        sent.frames_to(ALICE),
+        ["subscribed 1 first=0 next=1 lease=30000"]
+    );
+
+    // From another address the same token proves nothing.
+    datagram[1] = Frame::Subscribe {
+        sub_id: 2,
+        mode: DeliveryMode::Unreliable,
+        start: StartPosition::Earliest,
+        channel: "headlines",
+    };
+    r.handle_datagram(t, addr(BOB), &encode_datagram(&datagram).unwrap());
+    assert_eq!(r.subscription_count(), 1);
+    assert_eq!(r.counters().tokens_refused, 1);
+    let sent = Sent::collect(&mut r);
+    assert!(token_sent_to(&sent, BOB).is_some(), "a token of its own");
+    assert!(
+        sent.frames_to(BOB)
+            .iter()
+            .all(|f| !f.contains("subscribed"))
+    );
+}
+
+#[test]
+fn a_request_too_small_to_pay_for_a_token_is_not_answered_but_a_ping_is() {
+    let (mut r, _dir) = relay();
+    let t = start();
+    // 8 + 4 + 15 + 1: smaller than the 32 bytes of a token's datagram.
+    let tiny = Frame::Subscribe {
+        sub_id: 1,
+        mode: DeliveryMode::Unreliable,
+        start: StartPosition::Latest,
+        channel: "n",
+    };
+    assert!(encode_datagram(&[tiny]).unwrap().len() < wire::HEADER_LEN + wire::VALIDATE_LEN);
+    send_unproven(&mut r, t, ALICE, &[tiny]);
+    assert!(Sent::collect(&mut r).datagrams.is_empty());
+    assert_eq!(r.counters().dropped_reply_too_large, 1);
+    // A ping's pong is the ping's size: no proof needed.
+    send_unproven(&mut r, t, ALICE, &[Frame::Ping { nonce: 4 }]);
+    let sent = Sent::collect(&mut r);
+    assert_eq!(sent.frames_to(ALICE), ["pong 4"]);
+    assert_eq!(
+        sizes_to(&sent, ALICE),
+        [encode_datagram(&[Frame::Ping { nonce: 4 }]).unwrap().len()]
+    );
+}
+
+#[test]
+fn forged_frames_from_a_subscribers_address_change_nothing() {
+    let (mut r, _dir) = relay();
+    let t = start();
+    subscribe(&mut r, t, ALICE, 1, "news");
+    subscribe_reliable(&mut r, t, BOB, 2, StartPosition::Latest);
+    rpublish(&mut r, t, 7, 0, b"first");
+    Sent::collect(&mut r);
+    let stored = r.next_offset("news");
+    // Someone else claims ALICE's and BOB's addresses, without their tokens.
+    send_unproven(&mut r, t, ALICE, &[Frame::Unsubscribe { sub_id: 1 }]);
+    let ack = Frame::Ack {
+        kind: wire::AckKind::Subscription,
+        id: 2,
+        cumulative: 1_000,
+        window: 100,
+        ranges: &[],
+    };
+    send_unproven(&mut r, t, BOB, &[ack]);
+    let injected = Frame::ReliablePublish {
+        session: 7,
+        seq: 1,
+        acked_below: 0,
+        more: false,
+        channel: "news",
+        payload: b"injected",
+    };
+    send_unproven(&mut r, t, PUBLISHER, &[injected]);
+    assert_eq!(r.counters().dropped_unproven, 3);
+    assert_eq!(r.next_offset("news"), stored, "nothing stored");
+    assert_eq!(r.subscription_count(), 2, "nobody unsubscribed");
+    // The reliable subscriber still has offset 0 outstanding: the forged ACK
+    // did not acknowledge it, so the relay sends it again.
+    let mut now = t;
+    let mut again = Vec::new();
+    while again.is_empty() {
+        now = Now {
+            instant: r.poll_timeout().expect("the reliable subscription's timer"),
+            ..t
+        };
+        r.handle_timeout(now);
+        again = Sent::collect(&mut r).frames_to(BOB);
+    }
+    assert!(
+        again.contains(&"deliver 2 @0 first".to_string()),
+        "{again:?}"
+    );
+    publish(&mut r, now, "news", b"second");
+    assert!(
+        Sent::collect(&mut r)
+            .frames_to(ALICE)
+            .contains(&"deliver 1 @1 second".to_string())
+    );
+}
+
+#[test]
+fn unproven_datagrams_do_not_keep_a_lease_alive() {
+    let (mut r, _dir) = relay();
+    let t = start();
+    subscribe(&mut r, t, ALICE, 1, "news");
+    let lease = RelayConfig::default().lease;
+    // Pings from ALICE's address (anyone may send them) all through the lease.
+    for ms in (0..lease.as_millis() as u64).step_by(1000) {
+        send_unproven(
+            &mut r,
+            t.after(Duration::from_millis(ms)),
+            ALICE,
+            &[Frame::Ping { nonce: 1 }],
+        );
+    }
+    r.handle_timeout(t.after(lease));
+    assert_eq!(
+        r.subscription_count(),
+        0,
+        "the lease ran from the last proven datagram"
+    );
+}
+
+#[test]
+fn an_old_token_still_works_and_brings_a_fresh_one() {
+    let (mut r, _dir) = relay();
+    let t = start();
+    let old = r.tokens.issue(t.instant, t.unix_secs(), addr(ALICE));
+    let later = t.after(validation::REFRESH_AFTER);
+    let ping = Frame::Ping { nonce: 1 };
+    let datagram = encode_datagram(&[Frame::Validate { token: old }, ping]).unwrap();
+    r.handle_datagram(later, addr(ALICE), &datagram);
+    let sent = Sent::collect(&mut r);
+    let fresh = token_sent_to(&sent, ALICE).expect("a fresh token");
+    assert_ne!(fresh, old);
+    assert_eq!(r.counters().tokens_refused, 0);
+    // Past its lifetime the old one is refused; the fresh one is not.
+    let much_later = t.after(validation::LIFETIME);
+    r.handle_datagram(much_later, addr(ALICE), &datagram);
+    assert_eq!(r.counters().tokens_refused, 1);
+    let datagram = encode_datagram(&[Frame::Validate { token: fresh }, ping]).unwrap();
+    r.handle_datagram(much_later, addr(ALICE), &datagram);
+    assert_eq!(r.counters().tokens_refused, 1);
 }

@@ -8,7 +8,7 @@ use super::reader::Reader;
 use super::stats::{STATS_LAST_PAGE, StatEntries};
 use super::{
     AckKind, DeliveryMode, ErrorCode, FLAG_MORE, FRAME_HEADER_LEN, Frame, FrameType, StartPosition,
-    WireError,
+    TOKEN_LEN, WireError,
 };
 
 impl<'a> Frame<'a> {
@@ -161,6 +161,15 @@ impl<'a> Frame<'a> {
                     total,
                     at,
                     chunk,
+                }
+            }
+            FrameType::AddressToken | FrameType::Validate => {
+                let token: [u8; TOKEN_LEN] =
+                    r.rest().try_into().map_err(|_| WireError::BadLength)?;
+                if kind == FrameType::Validate {
+                    Frame::Validate { token }
+                } else {
+                    Frame::AddressToken { token }
                 }
             }
             FrameType::Ping | FrameType::Pong => {

@@ -10,7 +10,7 @@ use super::frame::{DELIVER_FIXED, DELIVER_FRAGMENT_FIXED};
 use super::stats::{STATS_LAST_PAGE, StatEntries};
 use super::{
     AckKind, DeliveryMode, FLAG_MORE, FRAME_HEADER_LEN, Frame, MAX_FRAME_BODY, STATS_FIXED,
-    STATS_REQUEST_FIXED, StartPosition, WireError, validate_channel,
+    STATS_REQUEST_FIXED, StartPosition, TOKEN_LEN, WireError, validate_channel,
 };
 
 impl Frame<'_> {
@@ -28,6 +28,7 @@ impl Frame<'_> {
             Frame::Fragment { channel, chunk, .. } => 4 + 2 + 2 + 1 + channel.len() + chunk.len(),
             Frame::DeliverFragment { chunk, .. } => DELIVER_FRAGMENT_FIXED + chunk.len(),
             Frame::Ping { .. } | Frame::Pong { .. } => 8,
+            Frame::AddressToken { .. } | Frame::Validate { .. } => TOKEN_LEN,
             Frame::Error { reason, .. } => 2 + reason.len(),
             Frame::StatsRequest { padding, .. } => STATS_REQUEST_FIXED + usize::from(*padding),
             Frame::Stats { entries, .. } => STATS_FIXED + entries.encoded_len(),
@@ -174,6 +175,7 @@ impl Frame<'_> {
                 out.put_slice(chunk);
             }
             Frame::Ping { nonce } | Frame::Pong { nonce } => out.put_slice(&nonce.to_le_bytes()),
+            Frame::AddressToken { token } | Frame::Validate { token } => out.put_slice(&token),
             Frame::Error { code, reason } => {
                 out.put_slice(&code.0.to_le_bytes());
                 out.put_slice(reason.as_bytes());

@@ -5,7 +5,7 @@
 //! decoder (`decode.rs`); it holds no byte handling itself beyond the type
 //! codes.
 
-use super::StatEntries;
+use super::{StatEntries, TOKEN_LEN};
 
 /// Frame type codes (the first byte of every frame).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +40,10 @@ pub enum FrameType {
     /// A piece of a stored message too large for one datagram, relay to
     /// client.
     DeliverFragment = 0x0E,
+    /// A token proving the client receives at its address, relay to client.
+    AddressToken = 0x0F,
+    /// The client's address token, first in a datagram, client to relay.
+    Validate = 0x10,
 }
 
 /// Frame flag of RELIABLE_PUBLISH: the message continues in the next
@@ -64,6 +68,8 @@ impl FrameType {
             0x0C => FrameType::ReliablePublish,
             0x0D => FrameType::Fragment,
             0x0E => FrameType::DeliverFragment,
+            0x0F => FrameType::AddressToken,
+            0x10 => FrameType::Validate,
             _ => return None,
         })
     }
@@ -254,6 +260,18 @@ pub enum Frame<'a> {
         /// This piece's bytes.
         chunk: &'a [u8],
     },
+    /// A token for the address the relay sent it to: echoed in a VALIDATE
+    /// frame, it proves that the client receives there.
+    AddressToken {
+        /// The token, opaque to the client.
+        token: [u8; TOKEN_LEN],
+    },
+    /// The address token the client was given, as the first frame of a
+    /// datagram; all zeros (or any invalid token) asks for one.
+    Validate {
+        /// The token.
+        token: [u8; TOKEN_LEN],
+    },
     /// Keepalive and round-trip probe.
     Ping {
         /// Echoed in the pong.
@@ -309,6 +327,8 @@ impl<'a> Frame<'a> {
             Frame::ReliablePublish { .. } => FrameType::ReliablePublish,
             Frame::Fragment { .. } => FrameType::Fragment,
             Frame::DeliverFragment { .. } => FrameType::DeliverFragment,
+            Frame::AddressToken { .. } => FrameType::AddressToken,
+            Frame::Validate { .. } => FrameType::Validate,
         }
     }
 }

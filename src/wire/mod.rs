@@ -47,6 +47,10 @@ pub const VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 8;
 /// Size of a frame header (type, flags, body length) in bytes.
 pub const FRAME_HEADER_LEN: usize = 4;
+/// Bytes of an address token (ADDRESS_TOKEN and VALIDATE frame bodies).
+pub const TOKEN_LEN: usize = 20;
+/// Bytes a VALIDATE frame adds to a datagram.
+pub const VALIDATE_LEN: usize = FRAME_HEADER_LEN + TOKEN_LEN;
 /// The largest UDP payload over IPv4; no datagram we build is larger.
 pub const MAX_DATAGRAM: usize = 65_507;
 /// The largest frame body the 16-bit length field can express.

@@ -14,7 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
-use udprelay::client::StatsPager;
+use udprelay::client::{AddressProof, StatsPager};
 use udprelay::wire::{self, DeliveryMode, Frame, StartPosition};
 
 /// Generous: the machine is shared and CI may be slow (10,000 reliable
@@ -355,26 +355,54 @@ impl Got {
 }
 
 /// A protocol client on a plain socket, for tests that need to see frames.
+/// It proves its address first (the hello and the token), as every client
+/// does, and sends its token in front of every datagram.
 pub struct TestClient {
     pub socket: UdpSocket,
     pub relay: SocketAddr,
     nonce: u64,
+    proof: AddressProof,
 }
 
 impl TestClient {
     pub fn new(relay: SocketAddr) -> TestClient {
         let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
         socket.connect(relay).expect("connect");
+        let mut proof = AddressProof::new();
+        let until = Instant::now() + DEADLINE;
+        let mut buf = vec![0u8; 65_536];
+        while !proof.is_proven() {
+            let now = Instant::now();
+            assert!(
+                now < until,
+                "no address token from {relay} within {DEADLINE:?}"
+            );
+            if let Some(hello) = proof.poll_hello(now) {
+                socket.send(&hello).expect("send");
+            }
+            let wait = proof
+                .poll_timeout()
+                .unwrap_or(now)
+                .saturating_duration_since(now);
+            socket
+                .set_read_timeout(Some(wait.max(Duration::from_millis(1))))
+                .unwrap();
+            if let Ok(n) = socket.recv(&mut buf) {
+                proof.handle_datagram(now, &buf[..n]);
+            }
+        }
         TestClient {
             socket,
             relay,
             nonce: 0,
+            proof,
         }
     }
 
+    /// Sends `frames` in one datagram, with the address token in front.
     pub fn send(&self, frames: &[Frame<'_>]) {
         let d = wire::encode_datagram(frames).expect("encode");
-        self.socket.send(&d).expect("send");
+        self.socket.send(&self.proof.stamp(d)).expect("send");
     }
 
     pub fn send_raw(&self, bytes: &[u8]) {

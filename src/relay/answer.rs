@@ -1,0 +1,148 @@
+//! Answers to the sender of a datagram: whether its address is proven (the
+//! token it leads with), what may go back to it until it is (at most the
+//! bytes it sent, datagram by datagram), the tokens the relay hands out,
+//! and errors.
+
+use std::net::SocketAddr;
+
+use super::replies::{self, truncate_utf8};
+use super::validation::{self, Proof};
+use super::{Now, Relay, stats};
+use crate::wire::{self, ErrorCode, Frame};
+
+impl Relay {
+    pub(super) fn handle_frames(&mut self, now: Now, from: SocketAddr, datagram: &[u8]) {
+        let frames = match wire::decode_datagram(datagram) {
+            Ok(frames) => frames,
+            Err(e) => {
+                if let Some(code) = replies::undecodable(&e, &mut self.counters) {
+                    self.reply_error(now, from, code, &e.to_string());
+                }
+                return;
+            }
+        };
+        let (mut proven, mut sent_token) = (false, false);
+        for (i, frame) in frames.enumerate() {
+            match frame {
+                Ok(Frame::Validate { token }) if i == 0 => {
+                    proven = self.validate(now, from, &token);
+                    sent_token = !proven;
+                }
+                Ok(frame) if proven || !validation::needs_proof(&frame) => {
+                    self.counters.frames_received += 1;
+                    self.handle_frame(now, from, frame);
+                }
+                Ok(_) => {
+                    self.counters.dropped_unproven += 1;
+                    if !std::mem::replace(&mut sent_token, true) {
+                        self.send_token(now, from);
+                    }
+                }
+                Err(e) => {
+                    self.counters.dropped_malformed += 1;
+                    self.reply_error(now, from, ErrorCode::MALFORMED, &e.to_string());
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Checks the token a datagram from `from` starts with. Proven, the
+    /// address may be answered in full and its lease runs on; if not, it is
+    /// sent a token (the VALIDATE frame paid for it).
+    pub(super) fn validate(
+        &mut self,
+        now: Now,
+        from: SocketAddr,
+        token: &[u8; wire::TOKEN_LEN],
+    ) -> bool {
+        match self.tokens.check(now.instant, now.unix_secs(), from, token) {
+            Proof::Valid { stale } => {
+                self.unproven = None;
+                self.peers.heard_from(from, now.instant);
+                if stale {
+                    self.send_token(now, from);
+                }
+                true
+            }
+            Proof::Invalid => {
+                self.counters.tokens_refused += 1;
+                self.send_token(now, from);
+                false
+            }
+        }
+    }
+
+    /// Sends `to` a fresh address token, if what it sent pays for it (and,
+    /// unproven, within the rate of tokens to strangers).
+    pub(super) fn send_token(&mut self, now: Now, to: SocketAddr) {
+        if self.unproven.is_some() && !self.token_replies.take(now.instant) {
+            self.counters.errors_suppressed += 1;
+            return;
+        }
+        let token = self.tokens.issue(now.instant, now.unix_secs(), to);
+        let frame = Frame::AddressToken { token };
+        if self.may_answer(to, frame.encoded_len()) {
+            self.counters.tokens_sent += 1;
+            self.outbox.push_frame(to, &frame);
+        }
+    }
+
+    /// True (and charged) if `len` more bytes may go to `to` in answer to
+    /// the datagram being handled: always for a proven address, within
+    /// what it sent for an unproven one.
+    pub(super) fn may_answer(&mut self, to: SocketAddr, len: usize) -> bool {
+        match &mut self.unproven {
+            Some((addr, left)) if *addr == to => {
+                if len > *left {
+                    self.counters.dropped_reply_too_large += 1;
+                    return false;
+                }
+                *left -= len;
+                true
+            }
+            _ => true,
+        }
+    }
+
+    /// Sends `to` an ERROR, within the reply rate (and, to an unproven
+    /// address, cut to what it sent).
+    pub(super) fn reply_error(&mut self, now: Now, to: SocketAddr, code: ErrorCode, reason: &str) {
+        if !self.error_replies.take(now.instant) {
+            self.counters.errors_suppressed += 1;
+            return;
+        }
+        // To an unproven address, the reason is cut to what it sent.
+        let room = match self.unproven {
+            Some((addr, left)) if addr == to => left,
+            _ => usize::MAX,
+        };
+        let fixed = Frame::Error { code, reason: "" }.encoded_len();
+        let reason = truncate_utf8(reason, 200.min(room.saturating_sub(fixed)));
+        let frame = Frame::Error { code, reason };
+        if self.may_answer(to, frame.encoded_len()) {
+            self.counters.errors_sent += 1;
+            self.outbox.push_frame(to, &frame);
+        }
+    }
+
+    /// Answers a STATS request (from a proven address): one page at the
+    /// reply rate, never larger than the request (its padding is the
+    /// answer's room).
+    pub(super) fn stats(&mut self, now: Now, from: SocketAddr, cursor: u32, padding: u16) {
+        let Some(room) = stats::room(padding) else {
+            // Unpadded (as earlier builds asked): no answer fits.
+            self.counters.dropped_unsupported += 1;
+            return;
+        };
+        if !self.error_replies.take(now.instant) {
+            self.counters.errors_suppressed += 1;
+            return;
+        }
+        let counters = self
+            .counters
+            .entries(self.channel_count(), self.subscriptions.count());
+        let streams = stats::stream_stats(&self.peers, &self.channels);
+        stats::push_page(&mut self.outbox, from, counters, &streams, cursor, room);
+    }
+}
