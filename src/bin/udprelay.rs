@@ -92,7 +92,7 @@ struct RunArgs {
     /// Keep at most this many bytes per channel, deleting whole oldest segments [default: unlimited].
     #[arg(long, value_parser = config::parse_size)]
     retain_bytes: Option<u64>,
-    /// Delete whole oldest segments whose newest message is older than this (e.g. 7d as 168h) [default: unlimited].
+    /// Delete whole oldest segments whose newest message is older than this (e.g. 7d) [default: unlimited].
     #[arg(long, value_parser = config::parse_duration)]
     retain_age: Option<Duration>,
     /// Serve CHANNEL even though its log is corrupt in the middle, dropping every record from the first damaged one (repeatable).
