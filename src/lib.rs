@@ -16,6 +16,9 @@
 //! `log` and `config` depend on nothing above them.
 //!
 //! - [`wire`]: the datagram header and frames; pure encode/decode on byte slices.
+//! - [`subject`]: NATS subject syntax over channel names: [`subject::Pattern`]
+//!   (`*` one token, `>` one or more) and matching. Depends only on the
+//!   channel name rule in `wire`.
 //! - [`relay`]: the relay core: a conductor over the channel table,
 //!   subscriptions (limits, replay queue, reliable timers), the table of
 //!   reliable publishing sessions, reassembly of pieces, delivery (fan-out,
@@ -69,6 +72,7 @@ pub mod relay;
 pub mod reliable;
 pub mod rng;
 pub mod sim;
+pub mod subject;
 pub mod time;
 pub mod timer;
 pub mod wire;
