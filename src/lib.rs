@@ -19,6 +19,10 @@
 //! - [`subject`]: NATS subject syntax over channel names: [`subject::Pattern`]
 //!   (`*` one token, `>` one or more) and matching. Depends only on the
 //!   channel name rule in `wire`.
+//! - [`auth`]: keys, credentials and permissions: the TOML key file, the
+//!   `udprelay1:` credential string and time-limited credentials derived
+//!   from a master key, constant-time [`auth::Secret`]s, and publish/subscribe
+//!   checks over subject patterns. Reads no clock; not yet wired to datagrams.
 //! - [`relay`]: the relay core: a conductor over the channel table,
 //!   subscriptions (limits, replay queue, reliable timers), the table of
 //!   reliable publishing sessions, reassembly of pieces, delivery (fan-out,
@@ -64,6 +68,7 @@
 //! subscribes, pings and reads counters; `udpchaos` (tools/) is the
 //! impairment proxy.
 
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod driver;
