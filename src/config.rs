@@ -1,5 +1,5 @@
 //! Validated relay configuration, and the duration syntax shared by the
-//! binaries' flags (`250ms`, `30s`, `5m`, `1h`).
+//! binaries' flags (`250ms`, `30s`, `5m`, `1h`, `30d`).
 //!
 //! This module owns the meaning of every setting and its default. It depends
 //! only on the log's settings type, so the core and the driver can both take
@@ -24,7 +24,9 @@ pub const MAX_MESSAGE_LIMIT: usize = 64 << 20;
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {
     /// A duration string did not parse.
-    #[error("invalid duration {0:?}: expected a number with a unit, like 250ms, 30s, 5m or 1h")]
+    #[error(
+        "invalid duration {0:?}: expected a number with a unit, like 250ms, 30s, 5m, 1h or 30d"
+    )]
     BadDuration(String),
     /// A `--raw-in` or `--raw-out` mapping did not parse.
     #[error("invalid mapping {0:?}: {1}")]
@@ -194,8 +196,8 @@ fn valid_channel_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 255 && !name.chars().any(char::is_control)
 }
 
-/// Parses `250ms`, `30s`, `5m`, `1h` (and `1.5s`). A bare number is refused:
-/// the unit is the part people get wrong.
+/// Parses `250ms`, `30s`, `5m`, `1h`, `30d` (and `1.5s`). A bare number is
+/// refused: the unit is the part people get wrong.
 pub fn parse_duration(s: &str) -> Result<Duration, ConfigError> {
     let bad = || ConfigError::BadDuration(s.to_string());
     let t = s.trim();
@@ -210,6 +212,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, ConfigError> {
         "s" => 1.0,
         "m" | "min" => 60.0,
         "h" => 3600.0,
+        "d" => 86_400.0,
         _ => return Err(bad()),
     };
     Duration::try_from_secs_f64(value * scale).map_err(|_| bad())
@@ -271,6 +274,8 @@ mod tests {
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_duration("1.5d"), Ok(Duration::from_secs(129_600)));
         for bad in ["30", "", "s", "10 parsecs", "-1s", "1e400s"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should not parse");
         }

@@ -16,6 +16,13 @@
 //! `log` and `config` depend on nothing above them.
 //!
 //! - [`wire`]: the datagram header and frames; pure encode/decode on byte slices.
+//! - [`subject`]: NATS subject syntax over channel names: [`subject::Pattern`]
+//!   (`*` one token, `>` one or more) and matching. Depends only on the
+//!   channel name rule in `wire`.
+//! - [`auth`]: keys, credentials and permissions: the TOML key file, the
+//!   `udprelay1:` credential string and time-limited credentials derived
+//!   from a master key, constant-time [`auth::Secret`]s, and publish/subscribe
+//!   checks over subject patterns. Reads no clock; not yet wired to datagrams.
 //! - [`relay`]: the relay core: a conductor over the channel table,
 //!   subscriptions (limits, replay queue, reliable timers), the table of
 //!   reliable publishing sessions, reassembly of pieces, delivery (fan-out,
@@ -64,6 +71,7 @@
 //! subscribes, pings and reads counters; `udpchaos` (tools/) is the
 //! impairment proxy.
 
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod driver;
@@ -72,6 +80,7 @@ pub mod relay;
 pub mod reliable;
 pub mod rng;
 pub mod sim;
+pub mod subject;
 pub mod time;
 pub mod timer;
 pub mod wire;

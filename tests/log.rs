@@ -368,7 +368,7 @@ fn ledger_damaged_in_an_older_segment() -> (tempfile::TempDir, usize) {
     let mut bytes = std::fs::read(&seg).unwrap();
     let payload_at = bytes
         .windows(12)
-        .position(|w| w == ledger_entry(50).as_bytes()[..12].as_ref())
+        .position(|w| *w == ledger_entry(50).as_bytes()[..12])
         .expect("record 50 in the oldest segment");
     bytes[payload_at + 20..payload_at + 28].copy_from_slice(DAMAGE);
     std::fs::write(&seg, &bytes).unwrap();

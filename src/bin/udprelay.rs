@@ -1,19 +1,21 @@
-//! `udprelay`: the relay daemon, and `udprelay log` to inspect its data
-//! directory. Parses flags, builds the configuration, runs the driver until
-//! SIGINT/SIGTERM.
+//! `udprelay`: the relay daemon, `udprelay log` to inspect its data
+//! directory and `udprelay key` to manage a key file. Parses flags, builds the
+//! configuration, runs the driver until SIGINT/SIGTERM.
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use udprelay::auth::{KeyFile, NewKey};
 use udprelay::client::message_json;
 use udprelay::config::{self, RelayConfig};
 use udprelay::driver::Driver;
 use udprelay::log::{FsyncMode, LogConfig, inspect};
 use udprelay::reliable::ArqConfig;
+use udprelay::subject::Pattern;
 
 /// A UDP datagram relay: clients publish to named channels, the relay stores
 /// every message in the channel's log and delivers it to the subscribers.
@@ -31,6 +33,59 @@ enum Command {
     /// Inspect a data directory (read-only; works beside a running relay).
     #[command(subcommand)]
     Log(LogCommand),
+    /// Manage a key file: add keys, hand out time-limited credentials, list keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// Add a key with a new random secret and the next id to the key file
+    /// (created with mode 0600 if missing; what is there is kept as written).
+    /// Prints a summary to stderr and the client's credential as the last
+    /// line of stdout.
+    New {
+        /// The key's name, unique in the file.
+        name: String,
+        /// The key file (TOML).
+        #[arg(long, value_name = "FILE")]
+        keys: PathBuf,
+        /// A channel pattern the key may publish to, in NATS syntax: `*` is
+        /// one token, a last `>` one or more, e.g. sensors.> (repeatable) [default: none].
+        #[arg(long, value_name = "PATTERN", value_parser = parse_pattern)]
+        publish: Vec<String>,
+        /// A channel pattern the key may subscribe to (repeatable) [default: none].
+        #[arg(long, value_name = "PATTERN", value_parser = parse_pattern)]
+        subscribe: Vec<String>,
+        /// A channel pattern the key may not publish to, whatever --publish allows (repeatable) [default: none].
+        #[arg(long, value_name = "PATTERN", value_parser = parse_pattern)]
+        deny_publish: Vec<String>,
+        /// A channel pattern the key may not subscribe to, whatever --subscribe allows (repeatable) [default: none].
+        #[arg(long, value_name = "PATTERN", value_parser = parse_pattern)]
+        deny_subscribe: Vec<String>,
+        /// The key may see other clients' streams in STATS [default: off].
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Print a credential derived from key NAME that is refused once DUR has
+    /// passed; the relay needs no change to accept it. Summary to stderr, the
+    /// credential as the last line of stdout.
+    Derive {
+        /// The master key's name.
+        name: String,
+        /// The key file (TOML).
+        #[arg(long, value_name = "FILE")]
+        keys: PathBuf,
+        /// How long from now the credential is valid, at least 1s (e.g. 1h, 30d).
+        #[arg(long, value_name = "DUR", value_parser = config::parse_duration)]
+        expires: Duration,
+    },
+    /// List the keys: names, ids and permissions (never secrets).
+    Ls {
+        /// The key file (TOML).
+        #[arg(long, value_name = "FILE")]
+        keys: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,7 +147,7 @@ struct RunArgs {
     /// Keep at most this many bytes per channel, deleting whole oldest segments [default: unlimited].
     #[arg(long, value_parser = config::parse_size)]
     retain_bytes: Option<u64>,
-    /// Delete whole oldest segments whose newest message is older than this (e.g. 7d as 168h) [default: unlimited].
+    /// Delete whole oldest segments whose newest message is older than this (e.g. 7d) [default: unlimited].
     #[arg(long, value_parser = config::parse_duration)]
     retain_age: Option<Duration>,
     /// Serve CHANNEL even though its log is corrupt in the middle, dropping every record from the first damaged one (repeatable).
@@ -149,6 +204,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Log(cmd)) => log_command(cmd),
+        Some(Command::Key(cmd)) => key_command(cmd),
         None => run(cli.run),
     };
     match result {
@@ -317,6 +373,144 @@ fn log_command(cmd: LogCommand) -> Result<ExitCode> {
             )?;
             if !problems.is_empty() {
                 return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Checks a `--publish`-style pattern when the flag is parsed.
+fn parse_pattern(s: &str) -> std::result::Result<String, String> {
+    Pattern::parse(s)
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// Patterns for `key ls` and summaries: comma-separated, `-` for none.
+fn pattern_list(patterns: &[Pattern]) -> String {
+    if patterns.is_empty() {
+        return "-".to_string();
+    }
+    let list: Vec<&str> = patterns.iter().map(Pattern::as_str).collect();
+    list.join(",")
+}
+
+fn key_command(cmd: KeyCommand) -> Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        KeyCommand::New {
+            name,
+            keys,
+            publish,
+            subscribe,
+            deny_publish,
+            deny_subscribe,
+            admin,
+        } => {
+            let created = !keys.exists();
+            let new = NewKey {
+                name,
+                publish,
+                subscribe,
+                deny_publish,
+                deny_subscribe,
+                admin,
+            };
+            let (file, id) = KeyFile::add_key(&keys, &new)?;
+            let key = file.key(id).ok_or("the new key is missing")?;
+            let p = key.permissions();
+            let what = if created {
+                format!(
+                    "created {} (mode 0600) with key {:?} (id {id})",
+                    keys.display(),
+                    key.name()
+                )
+            } else {
+                format!("added key {:?} (id {id}) to {}", key.name(), keys.display())
+            };
+            eprintln!(
+                "{what}: publish {}, subscribe {}, deny-publish {}, deny-subscribe {}, admin {}",
+                pattern_list(&p.publish),
+                pattern_list(&p.subscribe),
+                pattern_list(&p.deny_publish),
+                pattern_list(&p.deny_subscribe),
+                if p.admin { "yes" } else { "no" },
+            );
+            writeln!(out, "{}", key.credential())?;
+        }
+        KeyCommand::Derive {
+            name,
+            keys,
+            expires,
+        } => {
+            if expires < Duration::from_secs(1) {
+                return Err("--expires must be at least 1s".into());
+            }
+            let file = KeyFile::load(&keys)?;
+            let key = file
+                .named(&name)
+                .ok_or_else(|| format!("{}: no key named {name:?}", keys.display()))?;
+            let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?;
+            let until = now
+                .as_secs()
+                .checked_add(expires.as_secs())
+                .ok_or("--expires is too far in the future")?;
+            eprintln!(
+                "credential from key {:?} (id {}), valid for {} s, refused from unix time {until} on",
+                key.name(),
+                key.id(),
+                expires.as_secs()
+            );
+            writeln!(out, "{}", key.derive(until))?;
+        }
+        KeyCommand::Ls { keys } => {
+            let file = KeyFile::load(&keys)?;
+            let header = [
+                "NAME",
+                "ID",
+                "ADMIN",
+                "PUBLISH",
+                "SUBSCRIBE",
+                "DENY-PUBLISH",
+                "DENY-SUBSCRIBE",
+            ]
+            .map(String::from);
+            let mut rows = vec![header];
+            for key in file.keys() {
+                let p = key.permissions();
+                rows.push([
+                    key.name().to_string(),
+                    key.id().to_string(),
+                    if p.admin { "yes" } else { "no" }.to_string(),
+                    pattern_list(&p.publish),
+                    pattern_list(&p.subscribe),
+                    pattern_list(&p.deny_publish),
+                    pattern_list(&p.deny_subscribe),
+                ]);
+            }
+            let a = file.anonymous();
+            rows.push([
+                "(anonymous)".to_string(),
+                "-".to_string(),
+                "no".to_string(),
+                pattern_list(&a.publish),
+                pattern_list(&a.subscribe),
+                pattern_list(&a.deny_publish),
+                pattern_list(&a.deny_subscribe),
+            ]);
+            let mut widths = [0; 7];
+            for row in &rows {
+                for (w, cell) in widths.iter_mut().zip(row) {
+                    *w = (*w).max(cell.chars().count());
+                }
+            }
+            for row in &rows {
+                let cells: Vec<String> = row
+                    .iter()
+                    .zip(widths)
+                    .map(|(cell, w)| format!("{cell:<w$}"))
+                    .collect();
+                writeln!(out, "{}", cells.join("  ").trim_end())?;
             }
         }
     }

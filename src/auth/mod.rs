@@ -1,0 +1,257 @@
+//! Who a client is and what it may do: keys, credentials and permissions.
+//!
+//! This module owns the key file (`keys.rs`: names, ids, secrets and each
+//! key's permissions, read from TOML), the credential string a client is
+//! handed (`credential.rs`, including the time-limited credentials derived
+//! from a master key, the TURN REST pattern), and the permission check
+//! ([`Permissions`]: NATS subject patterns, deny before allow). It reads no
+//! socket and no clock: the current time is an argument.
+//!
+//! It does not yet touch datagrams: carrying the key id and a tag in the
+//! header and checking them before any frame is decoded belongs to the code
+//! between `wire` and `relay` that will use these pieces.
+
+mod credential;
+mod keys;
+
+pub use credential::{Credential, CredentialError, derive_secret};
+pub use keys::{Key, KeyFile, KeyFileError, NewKey};
+
+use std::fmt;
+
+use subtle::ConstantTimeEq;
+use thiserror::Error;
+use zeroize::Zeroize;
+
+use crate::subject::Pattern;
+
+/// Length of every secret, in bytes.
+pub const SECRET_LEN: usize = 32;
+
+/// Why a key id and expiry a client presents give no secret.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum AuthError {
+    /// No key in the file has this id.
+    #[error("no key with id {0}")]
+    UnknownKey(u32),
+    /// The credential's expiry has passed.
+    #[error("credential for key {id} expired at {expires} (now {now}, unix seconds)")]
+    Expired {
+        /// The key id the credential names.
+        id: u32,
+        /// Its expiry, unix seconds.
+        expires: u64,
+        /// The time it was checked at, unix seconds.
+        now: u64,
+    },
+}
+
+/// A 32-byte secret. Equality takes the same time whatever the bytes; it is
+/// never printed (its `Debug` shows no byte) and it is zeroed when dropped.
+#[derive(Clone)]
+pub struct Secret([u8; SECRET_LEN]);
+
+impl Secret {
+    /// Wraps bytes as a secret.
+    pub fn from_bytes(bytes: [u8; SECRET_LEN]) -> Secret {
+        Secret(bytes)
+    }
+
+    /// A new secret from the operating system's random source.
+    pub fn random() -> Result<Secret, getrandom::Error> {
+        let mut secret = Secret([0; SECRET_LEN]);
+        getrandom::fill(&mut secret.0)?;
+        Ok(secret)
+    }
+
+    /// The bytes, for keying a MAC or encoding a credential; do not log them.
+    pub fn expose(&self) -> &[u8; SECRET_LEN] {
+        &self.0
+    }
+}
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Secret) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl Eq for Secret {}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(redacted)")
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+/// Decodes exactly [`SECRET_LEN`] bytes of base64 in `engine`'s alphabet;
+/// `None` for anything else. The scratch buffer is zeroed either way.
+fn decode_secret(engine: &impl base64::Engine, text: &str) -> Option<Secret> {
+    // Room for more than a secret, so a longer text is refused as the wrong
+    // length rather than overflowing.
+    let mut buf = [0u8; SECRET_LEN + 3];
+    let secret = match engine.decode_slice(text, &mut buf) {
+        Ok(SECRET_LEN) => {
+            let mut bytes = [0u8; SECRET_LEN];
+            bytes.copy_from_slice(&buf[..SECRET_LEN]);
+            Some(Secret(bytes))
+        }
+        _ => None,
+    };
+    buf.zeroize();
+    secret
+}
+
+/// Something a client asks to do on a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Publish to the channel.
+    Publish,
+    /// Subscribe to the channel.
+    Subscribe,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::Publish => "publish",
+            Action::Subscribe => "subscribe",
+        })
+    }
+}
+
+/// A refused request: the permission that is missing, for the ERROR a
+/// client is sent.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("no permission to {action} to channel {channel:?}")]
+pub struct Denied {
+    /// What was asked.
+    pub action: Action,
+    /// The channel it was asked on.
+    pub channel: String,
+}
+
+/// What one key (or anonymous access) may do. The default permits nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Permissions {
+    /// Channels it may publish to.
+    pub publish: Vec<Pattern>,
+    /// Channels it may subscribe to.
+    pub subscribe: Vec<Pattern>,
+    /// Channels it may not publish to, whatever `publish` says.
+    pub deny_publish: Vec<Pattern>,
+    /// Channels it may not subscribe to, whatever `subscribe` says.
+    pub deny_subscribe: Vec<Pattern>,
+    /// May see other clients' rows in STATS.
+    pub admin: bool,
+}
+
+impl Permissions {
+    /// Ok if publishing to `channel` is allowed and not denied.
+    pub fn publish(&self, channel: &str) -> Result<(), Denied> {
+        check(Action::Publish, &self.publish, &self.deny_publish, channel)
+    }
+
+    /// Ok if subscribing to `channel` is allowed and not denied.
+    pub fn subscribe(&self, channel: &str) -> Result<(), Denied> {
+        check(
+            Action::Subscribe,
+            &self.subscribe,
+            &self.deny_subscribe,
+            channel,
+        )
+    }
+}
+
+/// Deny takes precedence: a channel any deny pattern matches is refused even
+/// if an allow pattern matches it too.
+fn check(action: Action, allow: &[Pattern], deny: &[Pattern], channel: &str) -> Result<(), Denied> {
+    let allowed = allow.iter().any(|p| p.matches(channel));
+    if allowed && !deny.iter().any(|p| p.matches(channel)) {
+        Ok(())
+    } else {
+        Err(Denied {
+            action,
+            channel: channel.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn patterns(list: &[&str]) -> Vec<Pattern> {
+        list.iter().map(|p| Pattern::parse(p).unwrap()).collect()
+    }
+
+    #[test]
+    fn default_permissions_permit_nothing() {
+        let none = Permissions::default();
+        assert!(none.publish("a").is_err());
+        assert!(none.subscribe("a").is_err());
+        assert!(!none.admin);
+    }
+
+    #[test]
+    fn deny_takes_precedence_over_allow() {
+        let perms = Permissions {
+            publish: patterns(&["sensors.>"]),
+            subscribe: patterns(&[">"]),
+            deny_publish: patterns(&["sensors.secret.*"]),
+            deny_subscribe: patterns(&["admin.>"]),
+            admin: false,
+        };
+        assert_eq!(perms.publish("sensors.7.temp"), Ok(()));
+        assert_eq!(
+            perms.publish("sensors.secret.key"),
+            Err(Denied {
+                action: Action::Publish,
+                channel: "sensors.secret.key".into()
+            })
+        );
+        assert!(perms.publish("orders.new").is_err());
+        assert_eq!(perms.subscribe("orders.new"), Ok(()));
+        assert!(perms.subscribe("admin.users").is_err());
+    }
+
+    #[test]
+    fn a_denial_names_the_missing_permission() {
+        let denied = Permissions::default().subscribe("orders.eu").unwrap_err();
+        assert_eq!(
+            denied.to_string(),
+            "no permission to subscribe to channel \"orders.eu\""
+        );
+    }
+
+    #[test]
+    fn a_name_with_an_empty_token_cannot_dodge_a_deny() {
+        let perms = Permissions {
+            publish: patterns(&[">"]),
+            deny_publish: patterns(&["secret.>"]),
+            ..Permissions::default()
+        };
+        assert!(perms.publish("secret..x").is_err());
+        assert!(perms.publish("secret.x").is_err());
+        assert!(perms.publish("public.x").is_ok());
+    }
+
+    #[test]
+    fn secrets_compare_by_value_and_never_print() {
+        let a = Secret::from_bytes([7; SECRET_LEN]);
+        let mut other = [7; SECRET_LEN];
+        assert_eq!(a, Secret::from_bytes(other));
+        other[31] = 8;
+        assert_ne!(a, Secret::from_bytes(other));
+        assert_eq!(format!("{a:?}"), "Secret(redacted)");
+        let r1 = Secret::random().unwrap();
+        let r2 = Secret::random().unwrap();
+        assert_ne!(r1, r2);
+    }
+}
