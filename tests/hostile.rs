@@ -4,7 +4,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 
 use common::*;
 use udprelay::wire::{self, DeliveryMode, Frame, StartPosition};
@@ -142,25 +142,6 @@ fn subscribing_to_many_names_does_not_keep_channel_slots() {
     assert!(stats(&relay)["channels_forgotten"] >= 50);
 }
 
-/// A UDP datagram from 127.0.0.1:`from_port` to `to`, whatever socket owns
-/// that port: a raw socket writes the UDP header itself. Needs CAP_NET_RAW
-/// (root, as CI runs); `None` where it cannot be had.
-fn forge_from(from_port: u16, to: SocketAddr, payload: &[u8]) -> Option<()> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::UDP)).ok()?;
-    let len = (8 + payload.len()) as u16;
-    let mut packet = Vec::with_capacity(len as usize);
-    packet.extend_from_slice(&from_port.to_be_bytes());
-    packet.extend_from_slice(&to.port().to_be_bytes());
-    packet.extend_from_slice(&len.to_be_bytes());
-    packet.extend_from_slice(&[0, 0]); // no checksum: allowed over IPv4
-    packet.extend_from_slice(payload);
-    socket
-        .send_to(&packet, &to.into())
-        .expect("send forged datagram");
-    Some(())
-}
-
 #[test]
 fn a_subscription_forged_from_the_relays_own_port_sends_nothing() {
     let relay = Relay::start(&["--raw-in", "127.0.0.1:0=feed"]);
@@ -172,10 +153,11 @@ fn a_subscription_forged_from_the_relays_own_port_sends_nothing() {
         channel: "feed",
     }])
     .unwrap();
-    if forge_from(raw_in.port(), relay.addr, &subscribe).is_none() {
+    let Ok(forger) = forge::Forger::try_new() else {
         eprintln!("skipped: forging a source port needs CAP_NET_RAW (run as root, as CI does)");
         return;
-    }
+    };
+    forger.send(raw_in, relay.addr, &subscribe);
     // Before the fix, this publish started a loop through the raw-in port
     // that appended its own deliveries at hundreds of MB/s.
     let mut client = TestClient::new(relay.addr);

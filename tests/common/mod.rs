@@ -3,6 +3,9 @@
 
 #![allow(dead_code)] // each test file uses its own subset
 
+pub mod forge;
+pub mod tap;
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
