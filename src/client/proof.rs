@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::wire::{self, Frame, HEADER_LEN, TOKEN_LEN};
+use crate::wire::{self, Frame, FrameType, HEADER_LEN, TOKEN_LEN};
 
 /// How long to wait for a token before asking again.
 pub const HELLO_RETRY: Duration = Duration::from_millis(250);
@@ -70,16 +70,19 @@ impl AddressProof {
     /// restart), at most once per [`HELLO_RETRY`]. A token that comes with
     /// answers replaces an ageing one and needs nothing sent again.
     pub fn handle_datagram(&mut self, now: Instant, datagram: &[u8]) -> bool {
+        // Frame headers only: this runs on every datagram a subscriber
+        // gets, and the token is rare among deliveries.
         let (mut got, mut others) = (false, false);
-        super::each_frame(datagram, |frame| {
-            if let Frame::AddressToken { token } = frame {
-                self.token = Some(token);
-                self.next_hello = None;
-                got = true;
-            } else {
-                others = true;
+        for (kind, body) in wire::frame_bodies(datagram) {
+            match <[u8; TOKEN_LEN]>::try_from(body) {
+                Ok(token) if kind == FrameType::AddressToken as u8 => {
+                    self.token = Some(token);
+                    self.next_hello = None;
+                    got = true;
+                }
+                _ => others = true,
             }
-        });
+        }
         if !got || others || self.refused_at.is_some_and(|at| now < at + HELLO_RETRY) {
             return false;
         }

@@ -65,6 +65,11 @@ pub struct ChannelLog {
     /// The mark of the active segment's last marked record: the next one
     /// of the same session is written as a step from it.
     last_mark: Option<SessionMark>,
+    /// Where the last scan stopped: a segment's base, an offset in it and
+    /// that record's position. A reader that goes on from there (a reliable
+    /// subscriber, replay) starts at the record instead of stepping over
+    /// the records since the index entry before it.
+    resume: Option<(u64, u64, usize)>,
 }
 
 impl ChannelLog {
@@ -80,6 +85,7 @@ impl ChannelLog {
             dirty_from: None,
             sessions: SessionTable::default(),
             last_mark: None,
+            resume: None,
         })
     }
 
@@ -102,6 +108,7 @@ impl ChannelLog {
             dirty_from: None,
             sessions: SessionTable::default(),
             last_mark: None,
+            resume: None,
         };
         log.recover_sessions();
         if config.fsync != FsyncMode::None && log.write_pos > segment::SEGMENT_HEADER {
@@ -335,6 +342,7 @@ impl ChannelLog {
     ) -> Result<u64, LogError> {
         let mut offset = from.max(self.first_offset());
         let next_offset = self.next_offset;
+        let resume = self.resume;
         // The segment holding `offset`: the last whose base is at or below it.
         let mut i = self
             .segments
@@ -348,6 +356,13 @@ impl ChannelLog {
             let seg = &mut self.segments[i];
             let base = seg.segment.base;
             let (mut at, mut pos) = seg.ensure_index(end_offset)?.seek(base, offset);
+            if let Some((b, a, p)) = resume
+                && b == base
+                && at < a
+                && a <= offset
+            {
+                (at, pos) = (a, p);
+            }
             let bytes = seg.segment.bytes();
             while at < end_offset {
                 // Records before `offset` are only stepped over: their
@@ -361,6 +376,7 @@ impl ChannelLog {
                 };
                 if at >= offset {
                     if !visit(record) {
+                        self.resume = Some((base, at, pos));
                         return Ok(at);
                     }
                     offset = at + 1;
@@ -368,6 +384,8 @@ impl ChannelLog {
                 at += 1;
                 pos = next;
             }
+            // Records appended later start here.
+            self.resume = Some((base, at, pos));
             i += 1;
         }
         Ok(offset)

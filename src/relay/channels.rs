@@ -22,8 +22,10 @@ use crate::reliable::Sender;
 /// forgotten channel's index is given to the next new one).
 pub(super) type ChannelId = usize;
 
-/// Where a channel's messages are kept.
+/// Where a channel's messages are kept. The log is held inline, not boxed:
+/// one per channel, and reached on every append and read.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Storage {
     /// Nothing published yet: no files on disk (a subscription alone creates
     /// none, so subscribing to typos costs no disk).

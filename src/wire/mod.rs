@@ -27,7 +27,9 @@ mod reader;
 mod stats;
 
 pub use ack::{ack_ranges, encode_ack_ranges};
-pub use datagram::{DatagramBuilder, Frames, Header, decode_datagram, encode_datagram};
+pub use datagram::{
+    DatagramBuilder, Frames, Header, decode_datagram, encode_datagram, frame_bodies,
+};
 pub use frame::{AckKind, DeliveryMode, ErrorCode, FLAG_MORE, Frame, FrameType, StartPosition};
 pub use stats::{STATS_FIXED, STATS_REQUEST_FIXED, StatEntries, stat_entry_len, stats_page};
 
