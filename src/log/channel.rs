@@ -70,6 +70,14 @@ pub struct ChannelLog {
     /// subscriber, replay) starts at the record instead of stepping over
     /// the records since the index entry before it.
     resume: Option<(u64, u64, usize)>,
+    /// The first offset this process appended. Records below it came from
+    /// disk and are checked against their CRC whenever they are read;
+    /// records from here on were written by this process through this
+    /// mapping, so a reader of the live tail (a reliable subscriber, a
+    /// replay of this run) does not pay for a CRC per record. (A bit that
+    /// flips on the disk under a page the kernel wrote back, dropped and
+    /// read again within one run is not caught; at the next start it is.)
+    appended_from: u64,
 }
 
 impl ChannelLog {
@@ -86,6 +94,7 @@ impl ChannelLog {
             sessions: SessionTable::default(),
             last_mark: None,
             resume: None,
+            appended_from: 0,
         })
     }
 
@@ -109,6 +118,7 @@ impl ChannelLog {
             sessions: SessionTable::default(),
             last_mark: None,
             resume: None,
+            appended_from: recovered.next_offset,
         };
         log.recover_sessions();
         if config.fsync != FsyncMode::None && log.write_pos > segment::SEGMENT_HEADER {
@@ -319,8 +329,10 @@ impl ChannelLog {
     /// stored one, if later) in order, until it returns false or the records
     /// run out. Returns the offset after the last record visited.
     ///
-    /// Every record is checked against its CRC before `visit` sees it: a
-    /// damaged one is never handed out. It ends the scan with
+    /// Every record that came from disk (stored before this log was opened)
+    /// is checked against its CRC before `visit` sees it: a damaged one is
+    /// never handed out. Records this process appended are not checked
+    /// again. It ends the scan with
     /// [`LogError::DamagedRecord`], and is noted in the channel's directory so
     /// that the next start refuses the channel too (see [`RecoveryMode`]).
     pub fn scan(
@@ -342,7 +354,7 @@ impl ChannelLog {
     ) -> Result<u64, LogError> {
         let mut offset = from.max(self.first_offset());
         let next_offset = self.next_offset;
-        let resume = self.resume;
+        let (resume, appended_from) = (self.resume, self.appended_from);
         // The segment holding `offset`: the last whose base is at or below it.
         let mut i = self
             .segments
@@ -367,7 +379,8 @@ impl ChannelLog {
             while at < end_offset {
                 // Records before `offset` are only stepped over: their
                 // structure is enough to find the next one.
-                let (record, next) = match read_slot(bytes, pos, at, at >= offset) {
+                let check_crc = at >= offset && at < appended_from;
+                let (record, next) = match read_slot(bytes, pos, at, check_crc) {
                     Slot::Record(record, next) => (record, next),
                     Slot::End => {
                         return Err(damaged(&seg.segment.path, pos, at, "records missing"));

@@ -304,8 +304,9 @@ impl Header {
 }
 
 /// Reads the slot at `pos` of segment bytes `buf`, expecting offset
-/// `expected`. With `check_crc` false only the structure is checked (for
-/// building an index, never for handing a record out).
+/// `expected`. With `check_crc` false only the structure is checked: for
+/// building an index, and for records this process wrote (never for one
+/// that came from disk).
 pub fn read_slot(buf: &[u8], pos: usize, expected: u64, check_crc: bool) -> Slot<'_> {
     if pos + RECORD_HEADER > buf.len() {
         return Slot::End;

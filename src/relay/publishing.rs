@@ -189,7 +189,7 @@ impl Publishing {
             counters.dropped_limit += 1;
             return Offered::Refused("this session names its maximum number of channels");
         }
-        let id = channels.find_or_create(channel);
+        let id = known.unwrap_or_else(|| channels.find_or_create(channel));
         if !s.channels.contains(&id) {
             // Held messages name their channel by id: it must not be
             // forgotten (and its slot reused) while this session may append.
