@@ -257,9 +257,18 @@ pub fn parse_raw_out(s: &str) -> Result<(String, SocketAddr), ConfigError> {
         s.to_string(),
         "expected CHANNEL=ADDR",
     ))?;
-    let addr = addr.parse().map_err(|_| {
+    let addr: SocketAddr = addr.parse().map_err(|_| {
         ConfigError::BadMapping(s.to_string(), "ADDR must be IP:PORT, like 127.0.0.1:9000")
     })?;
+    // 0.0.0.0 and :: as a destination mean this host to the kernel (the
+    // trap of coturn's CVE-2020-26262), and port 0 is no port: name the
+    // address meant.
+    if addr.port() == 0 || addr.ip().to_canonical().is_unspecified() {
+        return Err(ConfigError::BadMapping(
+            s.to_string(),
+            "ADDR must name a host and a port: not 0.0.0.0, :: or port 0",
+        ));
+    }
     Ok((channel.to_string(), addr))
 }
 
@@ -304,6 +313,14 @@ mod tests {
         );
         assert!(parse_raw_in("syslog").is_err());
         assert!(parse_raw_out("x=localhost").is_err());
+        for unspecified in [
+            "x=0.0.0.0:9000",
+            "x=[::]:9000",
+            "x=[::ffff:0.0.0.0]:9000",
+            "x=127.0.0.1:0",
+        ] {
+            assert!(parse_raw_out(unspecified).is_err(), "{unspecified}");
+        }
     }
 
     #[test]

@@ -113,6 +113,9 @@ counters! {
     /// VALIDATE frames whose token was forged, expired or for another
     /// address.
     tokens_refused,
+    /// Datagrams from a source no host sends from (port 0, an unspecified,
+    /// broadcast or multicast address), dropped unanswered.
+    dropped_bad_source,
     /// Datagrams handed to the kernel.
     datagrams_sent,
     /// Datagrams that waited in the send queue for a full socket buffer.

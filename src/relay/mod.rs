@@ -257,6 +257,12 @@ impl Relay {
             self.counters.dropped_own_address += 1;
             return;
         }
+        if !replies::can_be_a_source(from) {
+            // Forged: no host sends from there, and an answer to a
+            // broadcast or multicast address would reach many.
+            self.counters.dropped_bad_source += 1;
+            return;
+        }
         // Until a token proves the address, it gets at most the bytes it
         // sent (the reply's header paid for by the request's).
         self.unproven = Some((from, datagram.len().saturating_sub(wire::HEADER_LEN)));

@@ -44,6 +44,14 @@ impl OwnAddresses {
     }
 }
 
+/// False for an address no datagram can truly come from: port 0, an
+/// unspecified, broadcast or multicast IP (IPv4-mapped forms included).
+pub(super) fn can_be_a_source(addr: SocketAddr) -> bool {
+    let ip = addr.ip().to_canonical();
+    let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+    addr.port() != 0 && !ip.is_unspecified() && !ip.is_multicast() && !broadcast
+}
+
 /// Allows a burst of `capacity` events, refilled at `per_sec`.
 #[derive(Debug)]
 pub(super) struct TokenBucket {

@@ -1851,3 +1851,27 @@ fn an_old_token_still_works_and_brings_a_fresh_one() {
     r.handle_datagram(much_later, addr(ALICE), &datagram);
     assert_eq!(r.counters().tokens_refused, 1);
 }
+
+#[test]
+fn datagrams_from_addresses_no_host_sends_from_are_never_answered() {
+    let (mut r, _dir) = relay();
+    let t = start();
+    let ping = encode_datagram(&[Frame::Ping { nonce: 1 }]).unwrap();
+    for from in [
+        "127.0.0.1:0",
+        "0.0.0.0:5000",
+        "[::]:5000",
+        "255.255.255.255:5000",
+        "224.0.0.1:5000",
+        "[ff02::1]:5000",
+        "[::ffff:255.255.255.255]:5000",
+        "[::ffff:0.0.0.0]:5000",
+    ] {
+        r.handle_datagram(t, addr(from), &ping);
+    }
+    assert_eq!(r.counters().dropped_bad_source, 8);
+    assert!(Sent::collect(&mut r).datagrams.is_empty());
+    // An ordinary address is answered.
+    r.handle_datagram(t, addr(ALICE), &ping);
+    assert_eq!(Sent::collect(&mut r).frames_to(ALICE), ["pong 1"]);
+}
