@@ -78,8 +78,9 @@ pub struct RelayConfig {
     /// Channels whose mid-log corruption the operator agreed to cut off at
     /// the first damaged record.
     pub truncate_corrupt: Vec<String>,
-    /// Bytes per second one subscription starting in the past is sent from
-    /// the log, so a replay does not overrun the subscriber.
+    /// Bytes per second of replay from the log that one client address gets
+    /// in all, its replaying subscriptions taking turns: a replay does not
+    /// overrun the subscriber, and opening many gets no larger a share.
     pub replay_rate: u64,
     /// The ARQ settings of reliable publish sessions and subscriptions.
     pub arq: ArqConfig,

@@ -153,7 +153,7 @@ struct RunArgs {
     /// Serve CHANNEL even though its log is corrupt in the middle, dropping every record from the first damaged one (repeatable).
     #[arg(long, value_name = "CHANNEL")]
     truncate_corrupt: Vec<String>,
-    /// Bytes per second sent to one subscription that starts in the past.
+    /// Bytes per second of replay (subscriptions that start in the past) one client address gets, however many replays it opens.
     #[arg(long, default_value = "32000000", value_parser = config::parse_size)]
     replay_rate: u64,
     /// After each datagram, keep polling the sockets without sleeping for this long (e.g. 200us): lower latency for CPU time; 0 sleeps at once.

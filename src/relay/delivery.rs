@@ -57,14 +57,15 @@ pub(super) fn fan_out(
 }
 
 /// Feeds a replaying plain subscription up to `budget` bytes of stored
-/// messages from its cursor. True if it is still behind the head after it.
+/// messages from its cursor (at least one message). Returns whether it is
+/// still behind the head after it, and the bytes queued.
 pub(super) fn replay(
     sub: &mut Subscriber,
     log: &mut ChannelLog,
     outbox: &mut Outbox,
     counters: &mut Counters,
     budget: usize,
-) -> Result<bool, LogError> {
+) -> Result<(bool, usize), LogError> {
     if sub.cursor < log.first_offset() {
         // Retention removed what it was about to read.
         counters.replay_gaps += 1;
@@ -94,7 +95,7 @@ pub(super) fn replay(
     }
     sub.cursor = cursor;
     sub.replaying = cursor < log.next_offset();
-    Ok(sub.replaying)
+    Ok((sub.replaying, spent))
 }
 
 /// An ACK frame from a reliable subscriber, as decoded.

@@ -9,6 +9,7 @@
 //! arguments. A subscription that has to be dropped is ended here and
 //! reported as a [`Lost`], for the conductor to tell its client.
 
+use foldhash::{HashMap, HashMapExt};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::net::SocketAddr;
@@ -35,7 +36,9 @@ pub(super) struct Limits {
     pub(super) max_per_client: usize,
     /// Lease handed to subscribers.
     pub(super) lease: Duration,
-    /// Bytes of deliveries one replaying subscription gets per tick.
+    /// Bytes of replayed deliveries one client address gets per tick, its
+    /// replaying subscriptions taking turns: a quota per client, so that
+    /// opening many replays gets no larger a share.
     pub(super) replay_budget: usize,
     /// ARQ settings of reliable subscriptions.
     pub(super) arq: ArqConfig,
@@ -446,18 +449,29 @@ impl Subscriptions {
         }
     }
 
-    /// Feeds each subscription that is behind its channel's head up to its
-    /// budget of stored messages, read straight from the log.
+    /// Feeds the subscriptions that are behind their channel's head from the
+    /// log, in turn, each client address up to its budget for the tick: a
+    /// subscription whose client has spent it waits for the next tick,
+    /// keeping its place.
     fn replay_tick(
         &mut self,
         channels: &mut Channels,
         outbox: &mut Outbox,
         counters: &mut Counters,
     ) {
+        let mut spent: HashMap<SocketAddr, usize> = HashMap::new();
         for _ in 0..self.replay_queue.len() {
             let Some((id, peer, sub_id)) = self.replay_queue.pop_front() else {
                 break;
             };
+            let left = self
+                .limits
+                .replay_budget
+                .saturating_sub(spent.get(&peer).copied().unwrap_or(0));
+            if left == 0 {
+                self.replay_queue.push_back((id, peer, sub_id));
+                continue;
+            }
             let Channel {
                 storage,
                 subscribers,
@@ -472,9 +486,15 @@ impl Subscriptions {
                 sub.replaying = false;
                 continue;
             };
-            match delivery::replay(sub, log, outbox, counters, self.limits.replay_budget) {
-                Ok(true) => self.replay_queue.push_back((id, peer, sub_id)),
-                Ok(false) => {}
+            match delivery::replay(sub, log, outbox, counters, left) {
+                Ok((behind, bytes)) => {
+                    // At least one message went: a client's turn costs it
+                    // something even when one message is over its budget.
+                    *spent.entry(peer).or_default() += bytes.max(1);
+                    if behind {
+                        self.replay_queue.push_back((id, peer, sub_id));
+                    }
+                }
                 Err(e) => {
                     tracing::error!(channel = %name, "not serving channel: {e}");
                     counters.log_errors += 1;

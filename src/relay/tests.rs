@@ -1875,3 +1875,52 @@ fn datagrams_from_addresses_no_host_sends_from_are_never_answered() {
     r.handle_datagram(t, addr(ALICE), &ping);
     assert_eq!(Sent::collect(&mut r).frames_to(ALICE), ["pong 1"]);
 }
+
+#[test]
+fn replay_is_a_quota_per_client_not_per_subscription() {
+    // 10 KB per tick for each client address.
+    let (mut r, _dir) = relay_with(|c| c.replay_rate = 10_000_000);
+    let t = start();
+    let message = [b'm'; 1000];
+    for _ in 0..300 {
+        publish(&mut r, t, "news", &message);
+    }
+    Sent::collect(&mut r);
+    let earliest = |sub_id| Frame::Subscribe {
+        sub_id,
+        mode: DeliveryMode::Unreliable,
+        start: StartPosition::Earliest,
+        channel: "news",
+    };
+    // ALICE opens twenty replays of the whole channel, BOB one.
+    for sub_id in 1..=20 {
+        send(&mut r, t, ALICE, &[earliest(sub_id)]);
+    }
+    send(&mut r, t, BOB, &[earliest(1)]);
+    Sent::collect(&mut r);
+    let delivered = |sent: &Sent, to: &str| {
+        sent.frames_to(to)
+            .iter()
+            .filter(|f| f.starts_with("deliver"))
+            .count()
+    };
+    let (mut alice, mut bob) = (0, 0);
+    let mut now = t;
+    for _ in 0..5 {
+        r.handle_timeout(now);
+        let sent = Sent::collect(&mut r);
+        alice += delivered(&sent, ALICE);
+        bob += delivered(&sent, BOB);
+        now = now.after(Duration::from_millis(1));
+    }
+    // Five ticks of 10 KB: about ten 1,000-byte messages (and their frame
+    // headers) each, one over at most where a turn ends mid-message.
+    assert!(
+        (45..=60).contains(&bob),
+        "bob got {bob} messages in 5 ticks"
+    );
+    assert!(
+        alice <= bob + 5,
+        "twenty replays got alice {alice} messages, one got bob {bob}"
+    );
+}
