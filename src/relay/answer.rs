@@ -76,7 +76,9 @@ impl Relay {
     /// Sends `to` a fresh address token, if what it sent pays for it (and,
     /// unproven, within the rate of tokens to strangers).
     pub(super) fn send_token(&mut self, now: Now, to: SocketAddr) {
-        if self.unproven.is_some() && !self.token_replies.take(now.instant) {
+        if self.unproven.is_some()
+            && !(self.source_replies.take(now.instant, to) && self.token_replies.take(now.instant))
+        {
             self.counters.errors_suppressed += 1;
             return;
         }
@@ -108,7 +110,10 @@ impl Relay {
     /// Sends `to` an ERROR, within the reply rate (and, to an unproven
     /// address, cut to what it sent).
     pub(super) fn reply_error(&mut self, now: Now, to: SocketAddr, code: ErrorCode, reason: &str) {
-        if !self.error_replies.take(now.instant) {
+        let unproven = self.unproven.is_some_and(|(addr, _)| addr == to);
+        if unproven && !self.source_replies.take(now.instant, to)
+            || !self.error_replies.take(now.instant)
+        {
             self.counters.errors_suppressed += 1;
             return;
         }

@@ -82,7 +82,7 @@ use outbox::Outbox;
 use peers::Peers;
 use publishing::{Offered, Publishing};
 use reassembly::{Added, Reassembler};
-use replies::{OwnAddresses, TokenBucket};
+use replies::{OwnAddresses, SourceBuckets, TokenBucket};
 use sessions::Piece;
 use subscriptions::Subscriptions;
 use validation::AddressTokens;
@@ -126,6 +126,8 @@ pub struct Relay {
     tokens: AddressTokens,
     /// Limits address tokens sent to unproven addresses.
     token_replies: TokenBucket,
+    /// Limits replies to unproven datagrams per source.
+    source_replies: SourceBuckets,
     /// While a datagram from an unproven address is handled: that address
     /// and the bytes that may still be sent to it.
     unproven: Option<(SocketAddr, usize)>,
@@ -172,6 +174,7 @@ impl Relay {
             error_replies: TokenBucket::new(config.error_replies_per_sec),
             tokens: AddressTokens::new(now.instant).map_err(OpenError::Random)?,
             token_replies: TokenBucket::new(TOKEN_REPLIES_PER_SEC),
+            source_replies: SourceBuckets::new(now.instant),
             unproven: None,
             own: OwnAddresses::default(),
             outbox: Outbox::new(config.datagram_size),

@@ -89,6 +89,78 @@ impl TokenBucket {
     }
 }
 
+/// Buckets in the table of sources: a power of two.
+const SOURCE_SLOTS: usize = 4096;
+/// Replies to unproven datagrams one source may have per second (and in a
+/// burst): enough for a client's hello and a few refusals, little for a
+/// flood.
+const SOURCE_REPLIES_PER_SEC: u16 = 20;
+
+/// One source's bucket: replies left, and when it was last refilled (ms
+/// since the table was made).
+#[derive(Debug, Clone, Copy)]
+struct SourceSlot {
+    tokens: u16,
+    refilled_ms: u32,
+}
+
+/// A small bucket of replies to unproven datagrams per source (an IPv4
+/// address, an IPv6 /64), in a table of fixed size made at start: a
+/// stranger's flood spends its own bucket, not the relay-wide reply budget
+/// that every other newcomer needs for its hello. Sources are placed by a
+/// hash with a key made at random for this process, so nobody can aim at
+/// another's bucket; two sources that hash alike share one, and the table
+/// never grows. Loopback sources are not limited: no remote host can send
+/// from them, and every local client shares one.
+#[derive(Debug)]
+pub(super) struct SourceBuckets {
+    slots: Vec<SourceSlot>,
+    hasher: foldhash::fast::RandomState,
+    epoch: Instant,
+}
+
+impl SourceBuckets {
+    pub(super) fn new(now: Instant) -> SourceBuckets {
+        let full = SourceSlot {
+            tokens: SOURCE_REPLIES_PER_SEC,
+            refilled_ms: 0,
+        };
+        SourceBuckets {
+            slots: vec![full; SOURCE_SLOTS],
+            hasher: foldhash::fast::RandomState::default(),
+            epoch: now,
+        }
+    }
+
+    /// True (and one reply spent) if `addr`'s source may be answered now.
+    pub(super) fn take(&mut self, now: Instant, addr: SocketAddr) -> bool {
+        use std::hash::BuildHasher;
+        let source = match addr.ip().to_canonical() {
+            IpAddr::V4(v4) if v4.is_loopback() => return true,
+            IpAddr::V6(v6) if v6.is_loopback() => return true,
+            IpAddr::V4(v4) => u128::from(u32::from(v4)),
+            // The /64: one host is given a whole one.
+            IpAddr::V6(v6) => u128::from(v6) >> 64 | 1 << 127,
+        };
+        let slot = &mut self.slots[self.hasher.hash_one(source) as usize & (SOURCE_SLOTS - 1)];
+        let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u32;
+        let elapsed = now_ms.wrapping_sub(slot.refilled_ms);
+        let earned = u64::from(elapsed) * u64::from(SOURCE_REPLIES_PER_SEC) / 1000;
+        if earned > 0 {
+            let tokens = (u64::from(slot.tokens) + earned).min(u64::from(SOURCE_REPLIES_PER_SEC));
+            *slot = SourceSlot {
+                tokens: tokens as u16,
+                refilled_ms: now_ms,
+            };
+        }
+        if slot.tokens == 0 {
+            return false;
+        }
+        slot.tokens -= 1;
+        true
+    }
+}
+
 /// Counts a datagram that did not decode, and says what to answer it, if
 /// anything: only a sender that speaks the protocol is answered (with what
 /// it got wrong); anything else could aim the relay at a third party.
@@ -131,6 +203,41 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn each_source_has_its_own_small_bucket_and_loopback_none() {
+        let t = Instant::now();
+        let mut buckets = SourceBuckets::new(t);
+        let a: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        let same_host: SocketAddr = "10.0.0.1:6000".parse().unwrap();
+        let same_64: SocketAddr = "[2001:db8::1]:5000".parse().unwrap();
+        let same_64_other: SocketAddr = "[2001:db8::ffff]:7000".parse().unwrap();
+        for _ in 0..SOURCE_REPLIES_PER_SEC {
+            assert!(buckets.take(t, a));
+            assert!(buckets.take(t, same_64));
+        }
+        assert!(
+            !buckets.take(t, same_host),
+            "one bucket per IP, whatever the port"
+        );
+        assert!(!buckets.take(t, same_64_other), "one bucket per IPv6 /64");
+        let others = (2..200u32)
+            .filter(|i| buckets.take(t, SocketAddr::from(([10, 0, 1, *i as u8], 1))))
+            .count();
+        assert!(
+            others >= 190,
+            "strangers elsewhere are answered: {others} of 198"
+        );
+        // Refilled with time.
+        let later = t + Duration::from_millis(1000 / u64::from(SOURCE_REPLIES_PER_SEC));
+        assert!(buckets.take(later, a));
+        assert!(!buckets.take(later, a));
+        let local: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        assert!(
+            (0..1000).all(|_| buckets.take(t, local)),
+            "loopback is not limited"
+        );
+    }
 
     #[test]
     fn a_burst_then_one_reply_per_interval() {

@@ -1924,3 +1924,22 @@ fn replay_is_a_quota_per_client_not_per_subscription() {
         "twenty replays got alice {alice} messages, one got bob {bob}"
     );
 }
+
+#[test]
+fn one_strangers_flood_does_not_spend_the_tokens_of_others() {
+    let (mut r, _dir) = relay();
+    let t = start();
+    let hello = crate::client::AddressProof::hello();
+    // A thousand hellos from one remote address (any port).
+    for port in 0..1000u16 {
+        r.handle_datagram(t, addr(&format!("10.0.0.1:{}", 1000 + port)), &hello);
+    }
+    let flooded = Sent::collect(&mut r).datagrams.len();
+    assert!(
+        (1..=50).contains(&flooded),
+        "{flooded} tokens for one flooding source"
+    );
+    // Another stranger still gets its token at once.
+    r.handle_datagram(t, addr("10.0.0.2:4000"), &hello);
+    assert!(token_sent_to(&Sent::collect(&mut r), "10.0.0.2:4000").is_some());
+}
