@@ -34,6 +34,13 @@ pub enum ConfigError {
     /// A setting is outside its allowed range.
     #[error("{0}")]
     OutOfRange(String),
+    /// The relay would serve anyone on the network and was not told to.
+    #[error(
+        "refusing to listen on {0}: without a key file anyone who can reach it reads and \
+         writes every channel (this build has no --keys yet); listen on loopback, or pass \
+         --allow-anonymous to run an open relay"
+    )]
+    OpenRelay(SocketAddr),
 }
 
 /// Everything the relay needs to run. Built by the `udprelay` binary from its
@@ -42,6 +49,10 @@ pub enum ConfigError {
 pub struct RelayConfig {
     /// Address of the protocol socket.
     pub listen: SocketAddr,
+    /// Serve clients without a key on an address other than loopback. Off,
+    /// the relay refuses to listen there: with no key file anyone who can
+    /// reach the port reads and writes every channel.
+    pub allow_anonymous: bool,
     /// Directory for the relay's data.
     pub data_dir: PathBuf,
     /// How long a subscription lives without hearing from its subscriber.
@@ -99,6 +110,7 @@ impl Default for RelayConfig {
     fn default() -> Self {
         RelayConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            allow_anonymous: false,
             data_dir: PathBuf::from("./udprelay-data"),
             lease: Duration::from_secs(30),
             max_message_size: DEFAULT_MAX_MESSAGE,
@@ -125,6 +137,9 @@ impl Default for RelayConfig {
 impl RelayConfig {
     /// Checks every setting against its allowed range and every channel name.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.listen.ip().to_canonical().is_loopback() && !self.allow_anonymous {
+            return Err(ConfigError::OpenRelay(self.listen));
+        }
         let range = |what: &str, v: usize, lo: usize, hi: usize| {
             if (lo..=hi).contains(&v) {
                 Ok(())
@@ -276,6 +291,32 @@ pub fn parse_raw_out(s: &str) -> Result<(String, SocketAddr), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_open_relay_must_be_asked_for() {
+        for listen in [
+            "127.0.0.1:7070",
+            "127.0.0.2:0",
+            "[::1]:7070",
+            "[::ffff:127.0.0.1]:1",
+        ] {
+            let config = RelayConfig {
+                listen: listen.parse().unwrap(),
+                ..RelayConfig::default()
+            };
+            assert_eq!(config.validate(), Ok(()), "{listen}");
+        }
+        for listen in ["0.0.0.0:7070", "[::]:7070", "192.0.2.7:7070"] {
+            let mut config = RelayConfig {
+                listen: listen.parse().unwrap(),
+                ..RelayConfig::default()
+            };
+            let refused = config.validate().unwrap_err().to_string();
+            assert!(refused.contains("--allow-anonymous"), "{refused}");
+            config.allow_anonymous = true;
+            assert_eq!(config.validate(), Ok(()), "{listen}");
+        }
+    }
 
     #[test]
     fn durations_need_a_unit() {

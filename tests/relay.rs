@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::net::UdpSocket;
+use std::net::{SocketAddr, UdpSocket};
 
 use common::*;
 use udprelay::rng::Rng;
@@ -294,6 +294,29 @@ fn port_in_use_is_one_clear_line_and_a_failure() {
         stderr.contains("cannot listen on") && stderr.contains("in use"),
         "{stderr}"
     );
+}
+
+#[test]
+fn an_open_relay_on_a_public_address_must_be_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(udprelay_bin())
+        .args(["--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("refusing to listen on 0.0.0.0:0") && stderr.contains("--allow-anonymous"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "it must not claim to be listening");
+    // Asked for, it serves (a PING from loopback reaches a relay on 0.0.0.0).
+    let relay = Relay::start_at(dir, "0.0.0.0:0", &["--allow-anonymous"]);
+    let port = relay.addr.port();
+    let mut client = TestClient::new(SocketAddr::from(([127, 0, 0, 1], port)));
+    client.barrier();
 }
 
 #[test]

@@ -130,9 +130,12 @@ enum DumpFormat {
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// Address of the protocol socket (port 0 picks a free port, printed at start).
+    /// Address of the protocol socket (port 0 picks a free port, printed at start). An address other than loopback also needs --allow-anonymous.
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
+    /// Listen on an address other than loopback with no key file: anyone who can reach the port may publish to and read every channel [default: off].
+    #[arg(long)]
+    allow_anonymous: bool,
     /// Directory for the message log (created if missing; one relay at a time).
     #[arg(long, default_value = "./udprelay-data")]
     data_dir: PathBuf,
@@ -226,6 +229,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         .init();
     let config = RelayConfig {
         listen: args.listen,
+        allow_anonymous: args.allow_anonymous,
         data_dir: args.data_dir,
         lease: args.lease,
         max_message_size: args.max_message_size,
