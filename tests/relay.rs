@@ -278,18 +278,26 @@ fn sigterm_stops_the_relay_with_exit_code_zero() {
     assert!(stderr.contains("messages_published=1"), "{stderr}");
 }
 
+/// Runs the relay on `listen`, which must fail to start: returns its one
+/// line of stderr (and checks it claimed nothing on stdout).
+fn refused_start(listen: &str, data_dir: &std::path::Path) -> String {
+    let out = std::process::Command::new(udprelay_bin())
+        .args(["--listen", listen, "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "it started on {listen}");
+    assert!(out.stdout.is_empty(), "it must not claim to be listening");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    stderr
+}
+
 #[test]
 fn port_in_use_is_one_clear_line_and_a_failure() {
     let relay = Relay::start(&[]);
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(udprelay_bin())
-        .args(["--listen", &relay.addr_str(), "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let stderr = refused_start(&relay.addr_str(), dir.path());
     assert!(
         stderr.contains("cannot listen on") && stderr.contains("in use"),
         "{stderr}"
@@ -299,19 +307,11 @@ fn port_in_use_is_one_clear_line_and_a_failure() {
 #[test]
 fn an_open_relay_on_a_public_address_must_be_asked_for() {
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(udprelay_bin())
-        .args(["--listen", "0.0.0.0:0", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let stderr = refused_start("0.0.0.0:0", dir.path());
     assert!(
         stderr.contains("refusing to listen on 0.0.0.0:0") && stderr.contains("--allow-anonymous"),
         "{stderr}"
     );
-    assert!(out.stdout.is_empty(), "it must not claim to be listening");
     // Asked for, it serves (a PING from loopback reaches a relay on 0.0.0.0).
     let relay = Relay::start_at(dir, "0.0.0.0:0", &["--allow-anonymous"]);
     let port = relay.addr.port();
