@@ -4,8 +4,10 @@
 //! Publishers that never subscribe and hold no session get no entry, so
 //! they cost the relay no memory.
 //!
-//! A lease is refreshed by one field write per datagram: the deadline heap
-//! is checked lazily, when an entry comes due.
+//! A lease is refreshed by one field write per proven datagram (one with a
+//! valid address token: a forged one must not keep a victim's
+//! subscriptions alive): the deadline heap is checked lazily, when an entry
+//! comes due.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
