@@ -90,21 +90,30 @@ impl Relay {
         }
     }
 
-    /// True (and charged) if `len` more bytes may go to `to` in answer to
-    /// the datagram being handled: always for a proven address, within
-    /// what it sent for an unproven one.
+    /// True (and charged) if a frame of `len` bytes may go to `to` in
+    /// answer to the datagram being handled: always for a proven address;
+    /// for an unproven one, within what it sent, counting the header of a
+    /// datagram the frame would open (answers that fill one datagram go on
+    /// in another, with a header of its own).
     pub(super) fn may_answer(&mut self, to: SocketAddr, len: usize) -> bool {
-        match &mut self.unproven {
-            Some((addr, left)) if *addr == to => {
-                if len > *left {
-                    self.counters.dropped_reply_too_large += 1;
-                    return false;
-                }
-                *left -= len;
-                true
-            }
-            _ => true,
+        let Some((addr, left)) = self.unproven else {
+            return true;
+        };
+        if addr != to {
+            return true;
         }
+        let cost = len
+            + if self.outbox.opens_datagram(to, len) {
+                wire::HEADER_LEN
+            } else {
+                0
+            };
+        if cost > left {
+            self.counters.dropped_reply_too_large += 1;
+            return false;
+        }
+        self.unproven = Some((addr, left - cost));
+        true
     }
 
     /// Sends `to` an ERROR, within the reply rate (and, to an unproven
@@ -117,9 +126,10 @@ impl Relay {
             self.counters.errors_suppressed += 1;
             return;
         }
-        // To an unproven address, the reason is cut to what it sent.
+        // To an unproven address, the reason is cut to what it sent (less
+        // a header, should the ERROR open a datagram).
         let room = match self.unproven {
-            Some((addr, left)) if addr == to => left,
+            Some((addr, left)) if addr == to => left.saturating_sub(wire::HEADER_LEN),
             _ => usize::MAX,
         };
         let fixed = Frame::Error { code, reason: "" }.encoded_len();

@@ -267,8 +267,8 @@ impl Relay {
             return;
         }
         // Until a token proves the address, it gets at most the bytes it
-        // sent (the reply's header paid for by the request's).
-        self.unproven = Some((from, datagram.len().saturating_sub(wire::HEADER_LEN)));
+        // sent, counting every datagram header an answer adds.
+        self.unproven = Some((from, datagram.len()));
         self.handle_frames(now, from, datagram);
         self.unproven = None;
         self.tell_lost(now);

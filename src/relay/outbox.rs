@@ -305,6 +305,17 @@ impl Outbox {
         }
     }
 
+    /// True if a frame of `len` bytes for `to` would start a datagram (and
+    /// so add a header to what `to` is sent): nothing is open for `to`, or
+    /// the frame does not fit in what is.
+    pub(super) fn opens_datagram(&mut self, to: SocketAddr, len: usize) -> bool {
+        let limit = self.datagram_size;
+        match self.pending.get_mut(to).and_then(|p| p.open.as_ref()) {
+            Some(open) if !open.is_empty() => len > limit.saturating_sub(open.buf.len()),
+            _ => true,
+        }
+    }
+
     /// Queues a plain datagram (raw egress) for `to`. The same message
     /// queued for several addresses in a row is one shared buffer.
     pub(super) fn push_raw(&mut self, to: SocketAddr, payload: &[u8]) {

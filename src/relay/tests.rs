@@ -1943,3 +1943,29 @@ fn one_strangers_flood_does_not_spend_the_tokens_of_others() {
     r.handle_datagram(t, addr("10.0.0.2:4000"), &hello);
     assert!(token_sent_to(&Sent::collect(&mut r), "10.0.0.2:4000").is_some());
 }
+
+#[test]
+fn answers_that_fill_two_datagrams_count_both_headers() {
+    // Found by the relay fuzz target: 120 PINGs (1,448 bytes) were answered
+    // with 1,440 bytes of PONGs in two datagrams, 1,456 with the headers.
+    let (mut r, _dir) = relay();
+    let t = start();
+    let pings: Vec<Frame<'_>> = (0..120).map(|nonce| Frame::Ping { nonce }).collect();
+    let request = encode_datagram(&pings).unwrap();
+    send_unproven(&mut r, t, "10.0.0.9:4000", &pings);
+    let sent = Sent::collect(&mut r);
+    let answered: usize = sizes_to(&sent, "10.0.0.9:4000").iter().sum();
+    assert!(
+        answered <= request.len(),
+        "{answered} bytes for a {}-byte request",
+        request.len()
+    );
+    assert!(
+        sent.frames_to("10.0.0.9:4000").len() >= 110,
+        "most pings answered"
+    );
+    assert_eq!(
+        r.counters().dropped_reply_too_large,
+        120 - sent.frames_to("10.0.0.9:4000").len() as u64
+    );
+}
