@@ -240,6 +240,15 @@ impl ChannelLog {
         session: Option<SessionMark>,
         payload: &[u8],
     ) -> Result<u64, LogError> {
+        if self.next_offset == u64::MAX {
+            // Only a hand-made segment name gets here: 2^64 - 1 is never
+            // reached by appending.
+            return Err(LogError::Corrupt {
+                path: self.dir.clone(),
+                position: 0,
+                reason: "the channel's offsets are used up (a segment named at 2^64 - 1)",
+            });
+        }
         let mut mark = RecordMark::after(self.last_mark, session);
         let need = record_size(segment::body_len(payload.len(), mark));
         if self.write_pos + need > self.active().capacity() {

@@ -377,6 +377,15 @@ pub fn walk<R: RecordReader>(
 ) -> WalkEnd {
     let (mut offset, mut pos) = (base, SEGMENT_HEADER);
     while stop_at.is_none_or(|s| offset < s) {
+        if offset == u64::MAX {
+            // A segment named (or records numbered) at the very end of the
+            // offsets: nothing can follow, and the next offset would wrap.
+            return WalkEnd {
+                next_offset: offset,
+                pos,
+                bad: Some("offsets run out at 2^64 - 1"),
+            };
+        }
         match reader.slot(pos, offset) {
             Slot::Record(r, next) => {
                 if !visit(r, pos) {

@@ -642,3 +642,46 @@ fn a_reader_that_goes_on_where_it_stopped_gets_every_record_across_rolls() {
     assert!(log.stats().segments >= 4, "{:?}", log.stats());
     assert_eq!(all(&mut log, 0).len(), 400);
 }
+
+#[test]
+fn a_segment_named_at_the_last_offset_is_refused_not_overflowed() {
+    // Found by the log_recovery fuzz target: offsets reaching 2^64 - 1
+    // overflowed, in recovery's walk and in the next append.
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let data = DataDir::open(tmp.path(), config()).unwrap();
+        drop(data.create_channel("c").unwrap());
+    }
+    let dir = tmp.path().join("channels/c");
+    for seg in segment_files(&dir) {
+        std::fs::remove_file(seg).unwrap();
+    }
+    for base in [u64::MAX - 1, u64::MAX] {
+        // One record at base, written as the log writes it.
+        let seg = Segment::create(&dir, base, 4096).unwrap();
+        drop(seg);
+        let path = segment_files(&dir).pop().unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        segment::write_record(
+            &mut bytes,
+            SEGMENT_HEADER,
+            base,
+            1,
+            segment::RecordMark::None,
+            b"x",
+        );
+        std::fs::write(&path, &bytes).unwrap();
+        match open_one(tmp.path(), config(), false) {
+            Ok((mut log, _)) => {
+                // Whatever recovery kept, appending must refuse, not wrap.
+                while log.next_offset() < u64::MAX {
+                    log.append(1, None, b"y").unwrap();
+                }
+                assert!(log.append(1, None, b"z").is_err());
+                assert!(all(&mut log, 0).iter().all(|(o, _)| *o >= base));
+            }
+            Err(e) => assert!(!e.to_string().is_empty()),
+        }
+        std::fs::remove_file(&path).unwrap();
+    }
+}
