@@ -7,7 +7,8 @@
 //! - every datagram it sends decodes, frame by frame (raw egress aside);
 //! - an address that never led a datagram with a token the relay gave it
 //!   is sent in all no more bytes than it sent (docs/PROTOCOL.md, "Address
-//!   validation"), and while no address has proven itself no subscription
+//!   validation"; frame bytes only while a known bug stands, see
+//!   `drain`), and while no address has proven itself no subscription
 //!   exists.
 //!
 //! The relay's token secret is random, so the harness plays the client's
@@ -28,7 +29,7 @@ use udprelay::log::{FsyncMode, LogConfig, LogError};
 use udprelay::relay::{Now, Relay};
 use udprelay::wire::{self, Frame, TOKEN_LEN};
 use udprelay_fuzz::relay_input::{self, OWN_SOURCE, Settings, Step, source};
-use udprelay_fuzz::scratch_dir;
+use udprelay_fuzz::{scratch_dir, sidestep_known_bugs};
 
 /// Where raw egress goes: never a source, so its bytes are not a reply.
 const RAW_OUT: &str = "192.0.2.1:9";
@@ -50,10 +51,10 @@ fuzz_target!(|data: &[u8]| {
 struct Run {
     relay: Relay,
     now: Now,
-    /// Bytes each peer sent the relay.
-    received: HashMap<SocketAddr, u64>,
-    /// Bytes the relay sent each peer.
-    sent: HashMap<SocketAddr, u64>,
+    /// What each peer sent the relay.
+    received: HashMap<SocketAddr, Traffic>,
+    /// What the relay sent each peer.
+    sent: HashMap<SocketAddr, Traffic>,
     /// Every token the relay sent each peer, oldest first.
     tokens: HashMap<SocketAddr, Vec<[u8; TOKEN_LEN]>>,
     /// Peers that led a datagram with a token the relay sent them.
@@ -142,7 +143,7 @@ impl Run {
         {
             self.proven.insert(peer);
         }
-        *self.received.entry(peer).or_default() += datagram.len() as u64;
+        self.received.entry(peer).or_default().add(datagram);
         self.relay.handle_datagram(self.now, from, datagram);
     }
 
@@ -183,13 +184,24 @@ impl Run {
                     Err(e) => panic!("the relay sent {to} a frame that fails: {e}"),
                 }
             }
-            *self.sent.entry(peer(to)).or_default() += t.payload.len() as u64;
+            self.sent.entry(peer(to)).or_default().add(&t.payload);
         }
-        for (peer, &sent) in &self.sent {
+        let sidestep = sidestep_known_bugs();
+        for (peer, sent) in &self.sent {
             if self.proven.contains(peer) {
                 continue;
             }
-            let received = self.received.get(peer).copied().unwrap_or(0);
+            let received = self.received.get(peer).copied().unwrap_or_default();
+            // Known bug (fuzz/artifacts/relay/pongs-over-two-datagrams): the
+            // relay charges an unproven address for the frames it answers a
+            // datagram with, but when they fill more than one datagram each
+            // further one adds an 8-byte header it never paid for. Checked
+            // without the headers while it stands.
+            let (sent, received) = if sidestep {
+                (sent.frame_bytes, received.frame_bytes)
+            } else {
+                (sent.bytes, received.bytes)
+            };
             assert!(
                 sent <= received,
                 "the relay sent {sent} bytes to {peer}, which never proved its address and sent {received}"
@@ -202,6 +214,22 @@ impl Run {
                 "a subscription exists though no address proved itself"
             );
         }
+    }
+}
+
+/// Bytes of the datagrams between the relay and one peer.
+#[derive(Debug, Default, Clone, Copy)]
+struct Traffic {
+    /// Whole datagrams.
+    bytes: u64,
+    /// Their bytes after the header.
+    frame_bytes: u64,
+}
+
+impl Traffic {
+    fn add(&mut self, datagram: &[u8]) {
+        self.bytes += datagram.len() as u64;
+        self.frame_bytes += datagram.len().saturating_sub(wire::HEADER_LEN) as u64;
     }
 }
 
