@@ -20,7 +20,18 @@ fuzz_target!(|data: &[u8]| {
         let (again, rest) = Frame::decode(&out).expect("an encoded frame decodes");
         assert!(rest.is_empty());
         match (frame, again) {
-            (Frame::Stats { cursor: c1, next: n1, entries: StatEntries::Encoded(a) }, Frame::Stats { cursor: c2, next: n2, entries: StatEntries::Encoded(b) }) => {
+            (
+                Frame::Stats {
+                    cursor: c1,
+                    next: n1,
+                    entries: StatEntries::Encoded(a),
+                },
+                Frame::Stats {
+                    cursor: c2,
+                    next: n2,
+                    entries: StatEntries::Encoded(b),
+                },
+            ) => {
                 assert_eq!((c1, n1, a), (c2, n2, b))
             }
             (a, b) => assert_eq!(a, b),
