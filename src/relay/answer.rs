@@ -11,6 +11,8 @@ use super::{Now, Relay, stats};
 use crate::wire::{self, ErrorCode, Frame};
 
 impl Relay {
+    /// Decodes a datagram and handles its frames in order: the ones that
+    /// need a proven address only if the datagram leads with a valid token.
     pub(super) fn handle_frames(&mut self, now: Now, from: SocketAddr, datagram: &[u8]) {
         let frames = match wire::decode_datagram(datagram) {
             Ok(frames) => frames,
