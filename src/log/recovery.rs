@@ -72,6 +72,10 @@ pub(super) fn recover(
 ) -> Result<Option<Recovered>, LogError> {
     let bases = segment_bases(dir)?;
     let Some(&last_base) = bases.last() else {
+        // Nothing is stored, so a damage note names records that are gone:
+        // it would refuse the channel at the next start, once a record is
+        // written, for damage that is not there.
+        remove_damage_note(dir)?;
         return Ok(None);
     };
     match mode {

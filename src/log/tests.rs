@@ -685,3 +685,25 @@ fn a_segment_named_at_the_last_offset_is_refused_not_overflowed() {
         std::fs::remove_file(&path).unwrap();
     }
 }
+
+#[test]
+fn a_damage_note_with_nothing_stored_is_dropped_not_kept_for_later() {
+    // Found by the log_recovery fuzz target: the note was ignored while the
+    // channel had no segment, then refused it at the start after the first
+    // append.
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let data = DataDir::open(tmp.path(), config()).unwrap();
+        drop(data.create_channel("c").unwrap());
+    }
+    let dir = tmp.path().join("channels/c");
+    for seg in segment_files(&dir) {
+        std::fs::remove_file(seg).unwrap();
+    }
+    std::fs::write(dir.join(recovery::DAMAGE_NOTE), "damaged once\n").unwrap();
+    let (mut log, _) = open_one(tmp.path(), config(), false).unwrap();
+    log.append(1, None, b"after").unwrap();
+    drop(log);
+    let (mut log, _) = open_one(tmp.path(), config(), false).expect("served after a restart");
+    assert_eq!(all(&mut log, 0), [(0, b"after".to_vec())]);
+}
