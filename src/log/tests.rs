@@ -643,10 +643,9 @@ fn a_reader_that_goes_on_where_it_stopped_gets_every_record_across_rolls() {
     assert_eq!(all(&mut log, 0).len(), 400);
 }
 
-#[test]
-fn a_segment_named_at_the_last_offset_is_refused_not_overflowed() {
-    // Found by the log_recovery fuzz target: offsets reaching 2^64 - 1
-    // overflowed, in recovery's walk and in the next append.
+/// A data directory holding channel "c" with no segment file in it, and
+/// that channel's directory.
+fn channel_without_segments() -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     {
         let data = DataDir::open(tmp.path(), config()).unwrap();
@@ -656,6 +655,14 @@ fn a_segment_named_at_the_last_offset_is_refused_not_overflowed() {
     for seg in segment_files(&dir) {
         std::fs::remove_file(seg).unwrap();
     }
+    (tmp, dir)
+}
+
+#[test]
+fn a_segment_named_at_the_last_offset_is_refused_not_overflowed() {
+    // Found by the log_recovery fuzz target: offsets reaching 2^64 - 1
+    // overflowed, in recovery's walk and in the next append.
+    let (tmp, dir) = channel_without_segments();
     for base in [u64::MAX - 1, u64::MAX] {
         // One record at base, written as the log writes it.
         let seg = Segment::create(&dir, base, 4096).unwrap();
@@ -691,15 +698,7 @@ fn a_damage_note_with_nothing_stored_is_dropped_not_kept_for_later() {
     // Found by the log_recovery fuzz target: the note was ignored while the
     // channel had no segment, then refused it at the start after the first
     // append.
-    let tmp = tempfile::tempdir().unwrap();
-    {
-        let data = DataDir::open(tmp.path(), config()).unwrap();
-        drop(data.create_channel("c").unwrap());
-    }
-    let dir = tmp.path().join("channels/c");
-    for seg in segment_files(&dir) {
-        std::fs::remove_file(seg).unwrap();
-    }
+    let (tmp, dir) = channel_without_segments();
     std::fs::write(dir.join(recovery::DAMAGE_NOTE), "damaged once\n").unwrap();
     let (mut log, _) = open_one(tmp.path(), config(), false).unwrap();
     log.append(1, None, b"after").unwrap();
