@@ -174,7 +174,7 @@ impl Relay {
             error_replies: TokenBucket::new(config.error_replies_per_sec),
             tokens: AddressTokens::new(now.instant).map_err(OpenError::Random)?,
             token_replies: TokenBucket::new(TOKEN_REPLIES_PER_SEC),
-            source_replies: SourceBuckets::new(now.instant),
+            source_replies: SourceBuckets::new(),
             unproven: None,
             own: OwnAddresses::default(),
             outbox: Outbox::new(config.datagram_size),

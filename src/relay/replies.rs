@@ -94,15 +94,7 @@ const SOURCE_SLOTS: usize = 4096;
 /// Replies to unproven datagrams one source may have per second (and in a
 /// burst): enough for a client's hello and a few refusals, little for a
 /// flood.
-const SOURCE_REPLIES_PER_SEC: u16 = 20;
-
-/// One source's bucket: replies left, and when it was last refilled (ms
-/// since the table was made).
-#[derive(Debug, Clone, Copy)]
-struct SourceSlot {
-    tokens: u16,
-    refilled_ms: u32,
-}
+const SOURCE_REPLIES_PER_SEC: u32 = 20;
 
 /// A small bucket of replies to unproven datagrams per source (an IPv4
 /// address, an IPv6 /64), in a table of fixed size made at start: a
@@ -114,21 +106,17 @@ struct SourceSlot {
 /// from them, and every local client shares one.
 #[derive(Debug)]
 pub(super) struct SourceBuckets {
-    slots: Vec<SourceSlot>,
+    slots: Vec<TokenBucket>,
     hasher: foldhash::fast::RandomState,
-    epoch: Instant,
 }
 
 impl SourceBuckets {
-    pub(super) fn new(now: Instant) -> SourceBuckets {
-        let full = SourceSlot {
-            tokens: SOURCE_REPLIES_PER_SEC,
-            refilled_ms: 0,
-        };
+    pub(super) fn new() -> SourceBuckets {
         SourceBuckets {
-            slots: vec![full; SOURCE_SLOTS],
+            slots: (0..SOURCE_SLOTS)
+                .map(|_| TokenBucket::new(SOURCE_REPLIES_PER_SEC))
+                .collect(),
             hasher: foldhash::fast::RandomState::default(),
-            epoch: now,
         }
     }
 
@@ -142,22 +130,8 @@ impl SourceBuckets {
             // The /64: one host is given a whole one.
             IpAddr::V6(v6) => u128::from(v6) >> 64 | 1 << 127,
         };
-        let slot = &mut self.slots[self.hasher.hash_one(source) as usize & (SOURCE_SLOTS - 1)];
-        let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u32;
-        let elapsed = now_ms.wrapping_sub(slot.refilled_ms);
-        let earned = u64::from(elapsed) * u64::from(SOURCE_REPLIES_PER_SEC) / 1000;
-        if earned > 0 {
-            let tokens = (u64::from(slot.tokens) + earned).min(u64::from(SOURCE_REPLIES_PER_SEC));
-            *slot = SourceSlot {
-                tokens: tokens as u16,
-                refilled_ms: now_ms,
-            };
-        }
-        if slot.tokens == 0 {
-            return false;
-        }
-        slot.tokens -= 1;
-        true
+        let slot = self.hasher.hash_one(source) as usize & (SOURCE_SLOTS - 1);
+        self.slots[slot].take(now)
     }
 }
 
@@ -207,7 +181,7 @@ mod tests {
     #[test]
     fn each_source_has_its_own_small_bucket_and_loopback_none() {
         let t = Instant::now();
-        let mut buckets = SourceBuckets::new(t);
+        let mut buckets = SourceBuckets::new();
         let a: SocketAddr = "10.0.0.1:5000".parse().unwrap();
         let same_host: SocketAddr = "10.0.0.1:6000".parse().unwrap();
         let same_64: SocketAddr = "[2001:db8::1]:5000".parse().unwrap();
