@@ -86,6 +86,9 @@ pub(super) struct Subscriptions {
     replay_queue: VecDeque<(ChannelId, SocketAddr, u32)>,
     /// When the next replay tick is due, while the queue is not empty.
     next_replay: Option<Instant>,
+    /// Bytes each client address was sent in the current replay tick
+    /// (emptied at every tick; kept to reuse its memory).
+    replay_spent: HashMap<SocketAddr, usize>,
     /// Deadlines of reliable subscriptions' ARQ timers, earliest first:
     /// (when, subscriber, sub_id, channel). Pushed whenever a deadline
     /// moves earlier; an entry that is no longer its subscription's
@@ -103,6 +106,7 @@ impl Subscriptions {
             count: 0,
             replay_queue: VecDeque::new(),
             next_replay: None,
+            replay_spent: HashMap::new(),
             timers: BinaryHeap::new(),
             lost: Vec::new(),
         }
@@ -459,7 +463,8 @@ impl Subscriptions {
         outbox: &mut Outbox,
         counters: &mut Counters,
     ) {
-        let mut spent: HashMap<SocketAddr, usize> = HashMap::new();
+        let spent = &mut self.replay_spent;
+        spent.clear();
         for _ in 0..self.replay_queue.len() {
             let Some((id, peer, sub_id)) = self.replay_queue.pop_front() else {
                 break;
