@@ -99,8 +99,13 @@ impl AddressProof {
         if datagram.len() < HEADER_LEN {
             return datagram;
         }
-        let mut frame = Vec::with_capacity(wire::VALIDATE_LEN);
-        if (Frame::Validate { token }).encode(&mut frame).is_ok() {
+        // Exactly VALIDATE_LEN bytes: encoded on the stack, not in a Vec
+        // per datagram.
+        let mut frame = [0u8; wire::VALIDATE_LEN];
+        if (Frame::Validate { token })
+            .encode(&mut &mut frame[..])
+            .is_ok()
+        {
             datagram.splice(HEADER_LEN..HEADER_LEN, frame);
         }
         datagram
