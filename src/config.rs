@@ -37,10 +37,41 @@ pub enum ConfigError {
     /// The relay would serve anyone on the network and was not told to.
     #[error(
         "refusing to listen on {0}: without a key file anyone who can reach it reads and \
-         writes every channel (this build has no --keys yet); listen on loopback, or pass \
-         --allow-anonymous to run an open relay"
+         writes every channel; give --keys FILE (see `udprelay key new`), listen on \
+         loopback, or pass --allow-anonymous to run an open relay"
     )]
     OpenRelay(SocketAddr),
+    /// `--auth required` with no key file: no client could ever be served.
+    #[error(
+        "--auth required needs a key file (--keys FILE): without one no client can authenticate"
+    )]
+    AuthWithoutKeys,
+}
+
+/// Most keyed sessions a relay can hold: session ids carry a 16-bit slot.
+pub const MAX_AUTH_SESSIONS: usize = 65_535;
+
+/// Whether a relay with a key file serves clients without a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuthMode {
+    /// Clients without a key are served with the key file's anonymous
+    /// permissions (none unless it grants some).
+    #[default]
+    Optional,
+    /// Only sealed datagrams of keyed sessions are served; anything else
+    /// gets no answer at all, only a counter (the handshake excepted).
+    Required,
+}
+
+impl std::str::FromStr for AuthMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<AuthMode, String> {
+        match s {
+            "optional" => Ok(AuthMode::Optional),
+            "required" => Ok(AuthMode::Required),
+            _ => Err(format!("expected `optional` or `required`, got {s:?}")),
+        }
+    }
 }
 
 /// Everything the relay needs to run. Built by the `udprelay` binary from its
@@ -53,6 +84,14 @@ pub struct RelayConfig {
     /// the relay refuses to listen there: with no key file anyone who can
     /// reach the port reads and writes every channel.
     pub allow_anonymous: bool,
+    /// The key file (TOML, see `auth::KeyFile`), read at start; `None`
+    /// serves every client without a key, with every permission.
+    pub keys: Option<PathBuf>,
+    /// With a key file: whether clients without a key are served (with the
+    /// file's anonymous permissions) or dropped unanswered.
+    pub auth: AuthMode,
+    /// Most keyed sessions at once, across all keys.
+    pub max_auth_sessions: usize,
     /// Directory for the relay's data.
     pub data_dir: PathBuf,
     /// How long a subscription lives without hearing from its subscriber.
@@ -111,6 +150,9 @@ impl Default for RelayConfig {
         RelayConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             allow_anonymous: false,
+            keys: None,
+            auth: AuthMode::Optional,
+            max_auth_sessions: 4096,
             data_dir: PathBuf::from("./udprelay-data"),
             lease: Duration::from_secs(30),
             max_message_size: DEFAULT_MAX_MESSAGE,
@@ -137,8 +179,20 @@ impl Default for RelayConfig {
 impl RelayConfig {
     /// Checks every setting against its allowed range and every channel name.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !self.listen.ip().to_canonical().is_loopback() && !self.allow_anonymous {
+        if !self.listen.ip().to_canonical().is_loopback()
+            && !self.allow_anonymous
+            && self.keys.is_none()
+        {
             return Err(ConfigError::OpenRelay(self.listen));
+        }
+        if self.auth == AuthMode::Required && self.keys.is_none() {
+            return Err(ConfigError::AuthWithoutKeys);
+        }
+        if self.max_auth_sessions == 0 || self.max_auth_sessions > MAX_AUTH_SESSIONS {
+            return Err(ConfigError::OutOfRange(format!(
+                "max auth sessions must be between 1 and {MAX_AUTH_SESSIONS}, got {}",
+                self.max_auth_sessions
+            )));
         }
         let range = |what: &str, v: usize, lo: usize, hi: usize| {
             if (lo..=hi).contains(&v) {

@@ -10,9 +10,11 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use socket2::{Domain, Protocol, Socket, Type};
+use udprelay::auth::Credential;
 use udprelay::client::{
-    AnySubscription, ClientError, PacedPublisher, PingOutcome, Pinger, ReliablePublisher,
-    StatsError, StatsPager, SubscriptionEvent, message_json,
+    AnySubscription, ClientError, Handshake, PacedPublisher, PingOutcome, Pinger,
+    ReliablePublisher, SecureError, Secured, StatsError, StatsPager, SubscriptionEvent,
+    message_json,
 };
 use udprelay::reliable::ArqConfig;
 use udprelay::rng::Rng;
@@ -23,7 +25,7 @@ mod args;
 #[path = "udpcat/input.rs"]
 mod input;
 
-use args::{Args, Command, Format};
+use args::{Args, Command, Format, KeyArgs};
 use input::{Input, spawn_input};
 
 /// Why udpcat failed.
@@ -48,7 +50,34 @@ enum CatError {
     #[error("{count} message(s) were not acknowledged: {why}")]
     Unacknowledged { count: u64, why: String },
     #[error("{0}")]
+    Credential(String),
+    #[error(
+        "no handshake answer from the relay at {addr} within {waited:?}: is the credential \
+         right, and was the relay started with the key file that holds its key (--keys)?"
+    )]
+    NoHandshake { addr: SocketAddr, waited: Duration },
+    #[error("{0}")]
+    Secure(#[from] SecureError),
+    #[error("{0}")]
     Io(#[from] io::Error),
+}
+
+/// The credential the flags name, if any.
+fn credential(key: &KeyArgs) -> Result<Option<Credential>, CatError> {
+    let text = match (&key.credential, &key.credential_file) {
+        (Some(c), _) => c.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| CatError::Credential(format!("cannot read {}: {e}", path.display())))?
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        (None, None) => return Ok(None),
+    };
+    text.parse()
+        .map(Some)
+        .map_err(|e| CatError::Credential(format!("--credential: {e}")))
 }
 
 fn main() -> ExitCode {
@@ -62,6 +91,7 @@ fn main() -> ExitCode {
             count,
             datagram_size,
             reply_timeout,
+            key,
             verbose,
             reliable,
             bundle_limit,
@@ -83,7 +113,7 @@ fn main() -> ExitCode {
                 verbose,
                 bundle_limit,
             };
-            Conn::open(&addr, reply_timeout).and_then(|mut c| {
+            Conn::open(&addr, reply_timeout, &key).and_then(|mut c| {
                 if reliable {
                     publish_reliably(&mut c, opts)
                 } else {
@@ -99,6 +129,7 @@ fn main() -> ExitCode {
             timeout,
             from,
             reply_timeout,
+            key,
             reliable,
             verbose,
         } => {
@@ -111,19 +142,21 @@ fn main() -> ExitCode {
                 reliable,
                 verbose,
             };
-            Conn::open(&addr, reply_timeout).and_then(|mut c| subscribe(&mut c, &opts))
+            Conn::open(&addr, reply_timeout, &key).and_then(|mut c| subscribe(&mut c, &opts))
         }
         Command::Ping {
             addr,
             count,
             interval,
             reply_timeout,
-        } => Conn::open(&addr, reply_timeout).and_then(|mut c| ping(&mut c, count, interval)),
+            key,
+        } => Conn::open(&addr, reply_timeout, &key).and_then(|mut c| ping(&mut c, count, interval)),
         Command::Stats {
             addr,
             reply_timeout,
+            key,
             datagram_size,
-        } => Conn::open(&addr, reply_timeout).and_then(|mut c| stats(&mut c, datagram_size)),
+        } => Conn::open(&addr, reply_timeout, &key).and_then(|mut c| stats(&mut c, datagram_size)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -137,10 +170,10 @@ fn main() -> ExitCode {
 /// A UDP socket connected to the relay, so only the relay's datagrams reach
 /// it and a missing relay shows up as "connection refused".
 struct Conn {
-    socket: UdpSocket,
     relay: SocketAddr,
     reply_timeout: Duration,
-    buf: Vec<u8>,
+    /// The socket, and the session when there is a credential.
+    link: Link,
     /// Probes the relay: that it is there, and when it has handled
     /// everything sent before.
     pinger: Pinger,
@@ -148,8 +181,21 @@ struct Conn {
     refusals: u64,
 }
 
+/// The connected socket and, with a credential, the keyed session every
+/// datagram is sealed and opened with.
+struct Link {
+    socket: UdpSocket,
+    relay: SocketAddr,
+    buf: Vec<u8>,
+    secured: Option<Secured>,
+    /// Sealed datagrams on the way out; opened ones on the way in.
+    sealed: Vec<u8>,
+    opened: Vec<u8>,
+}
+
 impl Conn {
-    fn open(addr: &str, reply_timeout: Duration) -> Result<Conn, CatError> {
+    fn open(addr: &str, reply_timeout: Duration, key: &KeyArgs) -> Result<Conn, CatError> {
+        let credential = credential(key)?;
         let relay = addr
             .to_socket_addrs()
             .ok()
@@ -167,29 +213,33 @@ impl Conn {
         socket.bind(&local.into())?;
         socket.connect(&relay.into())?;
         let socket: UdpSocket = socket.into();
-        Ok(Conn {
+        let mut link = Link {
             socket,
             relay,
-            reply_timeout,
             buf: vec![0; 65_536],
+            secured: None,
+            sealed: Vec::new(),
+            opened: Vec::new(),
+        };
+        if let Some(credential) = credential {
+            link.secured = Some(link.handshake(&credential, reply_timeout)?);
+        }
+        Ok(Conn {
+            relay,
+            reply_timeout,
+            link,
             pinger: Pinger::new(Rng::from_entropy().next_u64(), reply_timeout),
             refusals: 0,
         })
     }
 
-    fn send(&self, datagram: &[u8]) -> Result<(), CatError> {
-        match self.socket.send(datagram) {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                Err(CatError::Refused(self.relay))
-            }
-            Err(e) => Err(e.into()),
-        }
+    fn send(&mut self, datagram: &[u8]) -> Result<(), CatError> {
+        self.link.send(datagram)
     }
 
     /// Receives one datagram before `deadline`; `None` at the deadline.
     fn recv_until(&mut self, deadline: Instant) -> Result<Option<&[u8]>, CatError> {
-        recv_until(&self.socket, &mut self.buf, self.relay, deadline)
+        self.link.recv_until(deadline)
     }
 
     /// One probe: pings, a new one every 250 ms (one may have been lost),
@@ -214,7 +264,7 @@ impl Conn {
                 self.send(&ping)?;
             }
             let wake = self.pinger.poll_timeout().unwrap_or(now);
-            let Some(datagram) = recv_until(&self.socket, &mut self.buf, self.relay, wake)? else {
+            let Some(datagram) = self.link.recv_until(wake)? else {
                 continue;
             };
             let mut refusals = 0;
@@ -224,6 +274,79 @@ impl Conn {
                     refusals += 1;
                 });
             self.refusals += refusals;
+        }
+    }
+}
+
+impl Link {
+    /// Opens a keyed session: the handshake, sent again every 250 ms until
+    /// the relay answers or `timeout` passes.
+    fn handshake(
+        &mut self,
+        credential: &Credential,
+        timeout: Duration,
+    ) -> Result<Secured, CatError> {
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut hs = Handshake::new(credential, unix)?;
+        let give_up = Instant::now() + timeout;
+        loop {
+            let now = Instant::now();
+            if now >= give_up {
+                return Err(CatError::NoHandshake {
+                    addr: self.relay,
+                    waited: timeout,
+                });
+            }
+            if let Some(d) = hs.poll_transmit(now) {
+                self.send(&d)?;
+            }
+            let wake = hs.poll_timeout().unwrap_or(now).min(give_up);
+            if let Some(d) = self.recv_until(wake)?
+                && let Some(done) = hs.handle_datagram(Instant::now(), d)
+            {
+                return Ok(done?);
+            }
+        }
+    }
+
+    /// Sends a datagram, sealed if there is a session.
+    fn send(&mut self, datagram: &[u8]) -> Result<(), CatError> {
+        let bytes = match &mut self.secured {
+            Some(s) => {
+                self.sealed.clear();
+                s.seal_into(datagram, &mut self.sealed)
+                    .map_err(|e| CatError::Secure(e.into()))?;
+                &self.sealed[..]
+            }
+            None => datagram,
+        };
+        match self.socket.send(bytes) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                Err(CatError::Refused(self.relay))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Receives one datagram before `deadline`, opened if there is a
+    /// session (one that does not open is dropped: it is not the relay's);
+    /// `None` at the deadline.
+    fn recv_until(&mut self, deadline: Instant) -> Result<Option<&[u8]>, CatError> {
+        loop {
+            let Some(n) =
+                recv_until(&self.socket, &mut self.buf, self.relay, deadline)?.map(<[u8]>::len)
+            else {
+                return Ok(None);
+            };
+            let Some(s) = &mut self.secured else {
+                return Ok(Some(&self.buf[..n]));
+            };
+            if s.open(&self.buf[..n], &mut self.opened).is_ok() {
+                return Ok(Some(&self.opened));
+            }
         }
     }
 }
@@ -353,7 +476,7 @@ fn publish(conn: &mut Conn, opts: PubOptions) -> Result<(), CatError> {
         }
         // A ping times out only after a wait in which nothing came: its pong
         // may sit in the socket buffer while input is being read.
-        match recv_until(&conn.socket, &mut conn.buf, conn.relay, wake)? {
+        match conn.link.recv_until(wake)? {
             Some(datagram) => {
                 pp.handle_datagram(Instant::now(), datagram, |code, reason| {
                     report_refusal(code, reason);

@@ -4,18 +4,23 @@
 //! key's permissions, read from TOML), the credential string a client is
 //! handed (`credential.rs`, including the time-limited credentials derived
 //! from a master key, the TURN REST pattern), and the permission check
-//! ([`Permissions`]: NATS subject patterns, deny before allow). It reads no
-//! socket and no clock: the current time is an argument.
-//!
-//! It does not yet touch datagrams: carrying the key id and a tag in the
-//! header and checking them before any frame is decoded belongs to the code
-//! between `wire` and `relay` that will use these pieces.
+//! ([`Permissions`]: NATS subject patterns, deny before allow), and the
+//! keyed session (`session.rs`: the Noise NNpsk0 handshake through `snow`,
+//! datagrams sealed with ChaCha20-Poly1305 under its keys, the replay
+//! window). It reads no socket and no clock: the current time is an
+//! argument. The relay's table of sessions is `relay::secure`; the client's
+//! handshake is `client::secure`.
 
 mod credential;
 mod keys;
+mod session;
 
 pub use credential::{Credential, CredentialError, derive_secret};
 pub use keys::{Key, KeyFile, KeyFileError, NewKey};
+pub use session::{
+    Initiator, NOISE_PARAMS, REPLAY_WINDOW, ReplayWindow, Sealer, SessionError, SessionKeys, Side,
+    is_sealed, respond, sealed_header, verify,
+};
 
 use std::fmt;
 

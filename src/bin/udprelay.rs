@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use udprelay::auth::{KeyFile, NewKey};
 use udprelay::client::message_json;
-use udprelay::config::{self, RelayConfig};
+use udprelay::config::{self, AuthMode, RelayConfig};
 use udprelay::driver::Driver;
 use udprelay::log::{FsyncMode, LogConfig, inspect};
 use udprelay::reliable::ArqConfig;
@@ -136,6 +136,15 @@ struct RunArgs {
     /// Listen on an address other than loopback with no key file: anyone who can reach the port may publish to and read every channel [default: off].
     #[arg(long)]
     allow_anonymous: bool,
+    /// Key file (TOML; `udprelay key new` makes one): clients holding a credential for one of its keys handshake, their datagrams are sealed (authenticated and encrypted), and each key may do what its permissions say [default: none, every client may do everything].
+    #[arg(long, value_name = "FILE")]
+    keys: Option<PathBuf>,
+    /// With --keys: `optional` also serves clients without a credential, with the key file's [anonymous] permissions; `required` answers nothing but a handshake from them.
+    #[arg(long, default_value = "optional", value_parser = clap::value_parser!(AuthMode))]
+    auth: AuthMode,
+    /// Most keyed sessions at once (each client with a credential holds one), at most 65535.
+    #[arg(long, default_value_t = RelayConfig::default().max_auth_sessions)]
+    max_auth_sessions: usize,
     /// Directory for the message log (created if missing; one relay at a time).
     #[arg(long, default_value = "./udprelay-data")]
     data_dir: PathBuf,
@@ -230,6 +239,9 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     let config = RelayConfig {
         listen: args.listen,
         allow_anonymous: args.allow_anonymous,
+        keys: args.keys,
+        auth: args.auth,
+        max_auth_sessions: args.max_auth_sessions,
         data_dir: args.data_dir,
         lease: args.lease,
         max_message_size: args.max_message_size,
@@ -264,6 +276,13 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     // not a reason to stop relaying (println! would panic on it).
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "udprelay listening on {}", driver.local_addr()?);
+    if let Some(keys) = &config.keys {
+        let mode = match config.auth {
+            AuthMode::Optional => "optional",
+            AuthMode::Required => "required",
+        };
+        let _ = writeln!(out, "keys from {} (auth {mode})", keys.display());
+    }
     for (addr, (_, channel)) in driver.raw_in_addrs()?.iter().zip(&config.raw_in) {
         let _ = writeln!(out, "raw-in {addr} -> channel {channel}");
     }

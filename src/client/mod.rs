@@ -17,6 +17,8 @@
 //! - `proof`: [`AddressProof`], the address token that subscriptions,
 //!   reliable publishers and the STATS client get in one round trip and
 //!   send at the head of their datagrams.
+//! - `secure`: [`Handshake`] and [`Secured`], a keyed session: the
+//!   handshake, then every datagram sealed and opened.
 
 use thiserror::Error;
 
@@ -26,6 +28,7 @@ mod proof;
 mod publisher;
 mod reassembly;
 mod reliable;
+mod secure;
 mod stats;
 mod subscription;
 pub use paced::{PING_EVERY, PacedPublisher};
@@ -34,6 +37,7 @@ pub use proof::{AddressProof, HELLO_RETRY};
 pub use publisher::Publisher;
 pub use reassembly::{MAX_REASSEMBLED, Reassembler};
 pub use reliable::{ReliablePublisher, ReliableSubscription};
+pub use secure::{HANDSHAKE_RETRY, Handshake, SecureError, Secured};
 pub use stats::{MAX_STATS_ENTRIES, MIN_STATS_REQUEST, STATS_RETRY, StatsError, StatsPager};
 pub use subscription::{AnySubscription, SUBSCRIBE_RETRY, Subscription, SubscriptionEvent};
 pub(crate) use subscription::{FromRelay, read_from_relay};

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 
 use super::replies::{self, truncate_utf8};
+use super::secure::Handshake;
 use super::validation::{self, Proof};
 use super::{Now, Relay, stats};
 use crate::wire::{self, ErrorCode, Frame};
@@ -13,7 +14,16 @@ use crate::wire::{self, ErrorCode, Frame};
 impl Relay {
     /// Decodes a datagram and handles its frames in order: the ones that
     /// need a proven address only if the datagram leads with a valid token.
-    pub(super) fn handle_frames(&mut self, now: Now, from: SocketAddr, datagram: &[u8]) {
+    /// A datagram that opened under a session is `proven` from the start:
+    /// the session was made for an address that proved it, and only the
+    /// key holder can seal a fresh datagram of it.
+    pub(super) fn handle_frames(
+        &mut self,
+        now: Now,
+        from: SocketAddr,
+        datagram: &[u8],
+        proven: bool,
+    ) {
         let frames = match wire::decode_datagram(datagram) {
             Ok(frames) => frames,
             Err(e) => {
@@ -23,12 +33,22 @@ impl Relay {
                 return;
             }
         };
-        let (mut proven, mut sent_token) = (false, false);
+        let (mut proven, mut sent_token) = (proven, false);
         for (i, frame) in frames.enumerate() {
             match frame {
                 Ok(Frame::Validate { token }) if i == 0 => {
                     proven = self.validate(now, from, &token);
                     sent_token = !proven;
+                }
+                Ok(Frame::Handshake {
+                    key_id,
+                    expires,
+                    message,
+                }) => {
+                    // A handshake ends the datagram: what follows it would
+                    // be answered under a session the client cannot read yet.
+                    self.handshake(now, from, proven, key_id, expires, &message);
+                    return;
                 }
                 Ok(frame) if proven || !validation::needs_proof(&frame) => {
                     self.counters.frames_received += 1;
@@ -46,6 +66,81 @@ impl Relay {
                     break;
                 }
             }
+        }
+    }
+
+    /// A plain datagram where keys are required: only the steps to a
+    /// session are taken (a token checked, a handshake answered); anything
+    /// else is dropped, counted, and gets no answer at all.
+    pub(super) fn stranger_frames(&mut self, now: Now, from: SocketAddr, datagram: &[u8]) {
+        let Ok(frames) = wire::decode_datagram(datagram) else {
+            self.counters.dropped_unauthenticated += 1;
+            return;
+        };
+        let mut proven = false;
+        for (i, frame) in frames.enumerate() {
+            match frame {
+                Ok(Frame::Validate { token }) if i == 0 => {
+                    proven = self
+                        .tokens
+                        .check(now.instant, now.unix_secs(), from, &token)
+                        != Proof::Invalid;
+                }
+                Ok(Frame::Handshake {
+                    key_id,
+                    expires,
+                    message,
+                }) => return self.handshake(now, from, proven, key_id, expires, &message),
+                _ => break,
+            }
+        }
+        self.counters.dropped_unauthenticated += 1;
+    }
+
+    /// Answers a handshake: a token if it verified but the address is not
+    /// proven, a new session if it is; a refusal gets no answer.
+    fn handshake(
+        &mut self,
+        now: Now,
+        from: SocketAddr,
+        proven: bool,
+        key_id: u32,
+        expires: u64,
+        message: &[u8; wire::NOISE_MESSAGE_LEN],
+    ) {
+        let Some(secure) = &mut self.secure else {
+            self.counters.dropped_unsupported += 1;
+            return;
+        };
+        let (session, reply) = match secure.handshake(now, from, proven, key_id, expires, message) {
+            Handshake::Refused => {
+                self.counters.handshakes_refused += 1;
+                return;
+            }
+            Handshake::Token => return self.send_token(now, from),
+            Handshake::Again { session, reply } => (session, reply),
+            Handshake::Opened {
+                session,
+                reply,
+                replaced_other_key,
+            } => {
+                self.counters.handshakes += 1;
+                if replaced_other_key {
+                    // What the address held was allowed under another key.
+                    self.session_ended(from);
+                }
+                (session, reply)
+            }
+        };
+        // Alone in its datagram: the one datagram to a session's address
+        // that is not sealed (the client needs it to make the keys).
+        let frame = Frame::HandshakeReply {
+            session,
+            message: reply,
+        };
+        if let Ok(datagram) = wire::encode_datagram(&[frame]) {
+            self.peers.heard_from(from, now.instant);
+            self.outbox.push_raw(from, &datagram);
         }
     }
 
@@ -106,7 +201,7 @@ impl Relay {
         }
         let cost = len
             + if self.outbox.opens_datagram(to, len) {
-                wire::HEADER_LEN
+                self.header_cost(to)
             } else {
                 0
             };
@@ -116,6 +211,15 @@ impl Relay {
         }
         self.unproven = Some((addr, left - cost));
         true
+    }
+
+    /// Bytes a datagram to `to` adds around its frames: the header, and
+    /// the nonce and tag if it is sealed.
+    fn header_cost(&self, to: SocketAddr) -> usize {
+        match &self.secure {
+            Some(s) if s.has_session(to) => wire::HEADER_LEN + wire::SEAL_OVERHEAD,
+            _ => wire::HEADER_LEN,
+        }
     }
 
     /// Sends `to` an ERROR, within the reply rate (and, to an unproven
@@ -131,7 +235,7 @@ impl Relay {
         // To an unproven address, the reason is cut to what it sent (less
         // a header, should the ERROR open a datagram).
         let room = match self.unproven {
-            Some((addr, left)) if addr == to => left.saturating_sub(wire::HEADER_LEN),
+            Some((addr, left)) if addr == to => left.saturating_sub(self.header_cost(to)),
             _ => usize::MAX,
         };
         let fixed = Frame::Error { code, reason: "" }.encoded_len();
@@ -159,7 +263,13 @@ impl Relay {
         let counters = self
             .counters
             .entries(self.channel_count(), self.subscriptions.count());
-        let streams = stats::stream_stats(&self.peers, &self.channels);
+        // Other clients' rows only for an admin, or where there are no keys.
+        let admin = match self.secure.as_ref().and_then(|s| s.permissions(self.who)) {
+            Some(perms) => perms.admin,
+            None => true,
+        };
+        let only = (!admin).then_some(from);
+        let streams = stats::stream_stats(&self.peers, &self.channels, only);
         stats::push_page(&mut self.outbox, from, counters, &streams, cursor, room);
     }
 }

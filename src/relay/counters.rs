@@ -116,6 +116,25 @@ counters! {
     /// Datagrams from a source no host sends from (port 0, an unspecified,
     /// broadcast or multicast address), dropped unanswered.
     dropped_bad_source,
+    /// Keyed sessions opened by a handshake.
+    handshakes,
+    /// Handshakes refused: unknown key, expired credential, a secret that
+    /// did not verify, a replayed first message, or no room for a session.
+    handshakes_refused,
+    /// Keyed sessions ended: idle, credential expired, or replaced.
+    auth_sessions_ended,
+    /// Datagrams without a valid seal where the relay requires one
+    /// (`--auth required`), or sealed ones at a relay with no keys,
+    /// dropped unanswered.
+    dropped_unauthenticated,
+    /// Sealed datagrams that did not verify: unknown session, forged or
+    /// changed, or from another address than the session's.
+    dropped_forged,
+    /// Sealed datagrams whose nonce was seen before (or is too old): a
+    /// replay, dropped.
+    dropped_replayed,
+    /// Requests refused for a missing permission.
+    dropped_denied,
     /// Datagrams handed to the kernel.
     datagrams_sent,
     /// Datagrams that waited in the send queue for a full socket buffer.

@@ -59,6 +59,7 @@ mod peers;
 mod publishing;
 mod reassembly;
 mod replies;
+mod secure;
 mod sessions;
 mod stats;
 mod subscriptions;
@@ -73,7 +74,8 @@ pub use replies::OwnAddressError;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use crate::config::RelayConfig;
+use crate::auth::{Action, KeyFileError};
+use crate::config::{AuthMode, RelayConfig};
 use crate::log::{DataDir, LogError, SessionMark};
 use crate::wire::{self, ErrorCode, Frame};
 use channels::{ChannelId, Channels, Storage};
@@ -83,6 +85,7 @@ use peers::Peers;
 use publishing::{Offered, Publishing};
 use reassembly::{Added, Reassembler};
 use replies::{OwnAddresses, SourceBuckets, TokenBucket};
+use secure::{Secure, Who};
 use sessions::Piece;
 use subscriptions::Subscriptions;
 use validation::AddressTokens;
@@ -96,6 +99,9 @@ pub enum OpenError {
     /// The operating system gave no randomness for the token secret.
     #[error("no randomness for the address-token secret: {0}")]
     Random(std::io::Error),
+    /// The key file could not be read or is not valid.
+    #[error("key file {0}")]
+    Keys(#[from] KeyFileError),
 }
 
 /// Address tokens the relay sends per second at most to addresses it has
@@ -133,6 +139,10 @@ pub struct Relay {
     unproven: Option<(SocketAddr, usize)>,
     /// The relay's own socket addresses, never sent to.
     own: OwnAddresses,
+    /// The key file and its sessions; `None` serves everyone unsealed.
+    secure: Option<Secure>,
+    /// Who sent the datagram being handled.
+    who: Who,
     /// Datagrams waiting to be sent.
     outbox: Outbox,
     /// What happened, for operators.
@@ -177,6 +187,16 @@ impl Relay {
             source_replies: SourceBuckets::new(),
             unproven: None,
             own: OwnAddresses::default(),
+            secure: match &config.keys {
+                Some(path) => Some(Secure::load(
+                    path,
+                    config.auth == AuthMode::Required,
+                    config.max_auth_sessions,
+                    (config.lease * 2).max(secure::MIN_IDLE),
+                )?),
+                None => None,
+            },
+            who: Who::Open,
             outbox: Outbox::new(config.datagram_size),
             counters: Counters::default(),
             data_dir,
@@ -269,9 +289,48 @@ impl Relay {
         // Until a token proves the address, it gets at most the bytes it
         // sent, counting every datagram header an answer adds.
         self.unproven = Some((from, datagram.len()));
-        self.handle_frames(now, from, datagram);
+        match &mut self.secure {
+            None => self.handle_frames(now, from, datagram, false),
+            Some(secure) if crate::auth::is_sealed(datagram) => {
+                match secure.open(now, from, datagram) {
+                    Ok(who) => {
+                        let plain = secure.opened();
+                        self.who = who;
+                        self.unproven = None;
+                        self.peers.heard_from(from, now.instant);
+                        self.handle_frames(now, from, &plain, true);
+                        if let Some(secure) = &mut self.secure {
+                            secure.give_back(plain);
+                        }
+                    }
+                    Err(secure::Refusal::Forged) => self.counters.dropped_forged += 1,
+                    Err(secure::Refusal::Replayed) => self.counters.dropped_replayed += 1,
+                    Err(secure::Refusal::Expired(addr)) => {
+                        self.counters.dropped_unauthenticated += 1;
+                        self.session_ended(addr);
+                    }
+                }
+            }
+            Some(secure) => {
+                self.who = secure.plain_sender();
+                if self.who == Who::Stranger {
+                    self.stranger_frames(now, from, datagram);
+                } else {
+                    self.handle_frames(now, from, datagram, false);
+                }
+            }
+        }
+        self.who = Who::Open;
         self.unproven = None;
         self.tell_lost(now);
+    }
+
+    /// A keyed session ended: what its address held goes with it, so
+    /// nothing opened under the key is sent there in the clear.
+    fn session_ended(&mut self, addr: SocketAddr) {
+        self.counters.auth_sessions_ended += 1;
+        let expired = self.remove_peer(addr);
+        self.counters.subscriptions_expired += expired as u64;
     }
 
     /// Handles one datagram that arrived at raw ingest port `index` (in the
@@ -299,6 +358,7 @@ impl Relay {
             self.subscriptions.next_deadline(),
             self.reassembly.next_deadline(),
             self.durability.next_deadline(),
+            self.secure.as_ref().and_then(Secure::next_deadline),
         ]
         .into_iter()
         .flatten()
@@ -313,6 +373,14 @@ impl Relay {
             self.counters.subscriptions_expired += expired as u64;
         }
         self.counters.fragments_expired += self.reassembly.expire(now.instant);
+        let ended = self
+            .secure
+            .as_mut()
+            .map(|s| s.sweep(now))
+            .unwrap_or_default();
+        for addr in ended {
+            self.session_ended(addr);
+        }
         self.subscriptions.handle_timeout(
             now,
             &mut self.channels,
@@ -360,7 +428,18 @@ impl Relay {
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.durability
             .before_send(&mut self.channels, &mut self.counters);
-        self.outbox.pop()
+        loop {
+            let t = self.outbox.pop()?;
+            let Some(secure) = &mut self.secure else {
+                return Some(t);
+            };
+            // Everything to an address that holds a session is sealed;
+            // what cannot be is dropped, never sent in the clear.
+            match secure.seal(t) {
+                Some(t) => return Some(t),
+                None => self.counters.send_errors += 1,
+            }
+        }
     }
 
     fn handle_frame(&mut self, now: Now, from: SocketAddr, frame: Frame<'_>) {
@@ -456,15 +535,28 @@ impl Relay {
             | Frame::Error { .. }
             | Frame::Stats { .. }
             | Frame::AddressToken { .. }
+            | Frame::HandshakeReply { .. }
             | Frame::Validate { .. } => self.counters.dropped_unexpected += 1,
+            // Taken before this, in `handle_frames`, which knows whether the
+            // datagram is proven.
+            Frame::Handshake { .. } => self.counters.dropped_unexpected += 1,
         }
     }
 
     /// True if a client may send a message of `len` bytes to `channel`:
     /// not too large, and the channel exists or there is room for it.
     /// Otherwise counted, and the client told why.
-    fn admissible(&mut self, now: Now, from: SocketAddr, channel: &str, len: usize) -> bool {
-        if len > self.max_message_size {
+    fn admissible(
+        &mut self,
+        now: Now,
+        from: SocketAddr,
+        action: Action,
+        channel: &str,
+        len: usize,
+    ) -> bool {
+        if !self.permitted(now, from, action, channel) {
+            false
+        } else if len > self.max_message_size {
             self.refuse_too_large(now, from, len);
             false
         } else if !self.channels.allowed(channel) {
@@ -473,6 +565,27 @@ impl Relay {
         } else {
             true
         }
+    }
+
+    /// True if the sender of the datagram being handled may do `action` on
+    /// `channel`. A keyed client is told which permission it lacks; anyone
+    /// else is told nothing.
+    fn permitted(&mut self, now: Now, from: SocketAddr, action: Action, channel: &str) -> bool {
+        let Some(perms) = self.secure.as_ref().and_then(|s| s.permissions(self.who)) else {
+            return true;
+        };
+        let checked = match action {
+            Action::Publish => perms.publish(channel),
+            Action::Subscribe => perms.subscribe(channel),
+        };
+        let Err(denied) = checked else {
+            return true;
+        };
+        self.counters.dropped_denied += 1;
+        if matches!(self.who, Who::Keyed { .. }) {
+            self.reply_error(now, from, ErrorCode::DENIED, &denied.to_string());
+        }
+        false
     }
 
     fn refuse_channel(&mut self, now: Now, from: SocketAddr) {
@@ -490,7 +603,7 @@ impl Relay {
     }
 
     fn publish(&mut self, now: Now, from: SocketAddr, channel: &str, payload: &[u8]) {
-        if !self.admissible(now, from, channel, payload.len()) {
+        if !self.admissible(now, from, Action::Publish, channel, payload.len()) {
             return;
         }
         let id = self.channels.find_or_create(channel);
@@ -546,7 +659,7 @@ impl Relay {
         channel: &str,
         piece: Piece<'_>,
     ) {
-        if !self.admissible(now, from, channel, piece.payload.len()) {
+        if !self.admissible(now, from, Action::Publish, channel, piece.payload.len()) {
             return;
         }
         let offered = self.publishing.offer(
@@ -622,6 +735,10 @@ impl Relay {
     /// published as one message.
     fn fragment(&mut self, now: Now, piece: reassembly::Piece<'_>) {
         let from = piece.from;
+        // Nothing is held for a sender that may not publish there.
+        if !self.permitted(now, from, Action::Publish, piece.channel) {
+            return;
+        }
         let allowed = self.channels.allowed(piece.channel);
         match self.reassembly.add(now.instant, piece, allowed) {
             Added::Held | Added::Duplicate => {}
@@ -642,7 +759,7 @@ impl Relay {
         request: subscriptions::Request,
         channel: &str,
     ) {
-        if !self.admissible(now, from, channel, 0) {
+        if !self.admissible(now, from, Action::Subscribe, channel, 0) {
             return;
         }
         let id = self.channels.find_or_create(channel);

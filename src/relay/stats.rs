@@ -22,11 +22,21 @@ pub(super) fn room(padding: u16) -> Option<usize> {
 }
 
 /// Counters of each reliable publishing session and reliable subscription,
-/// named `session ADDR/ID NAME` and `subscription ADDR/ID NAME`.
-pub(super) fn stream_stats(peers: &Peers, channels: &Channels) -> Vec<(String, u64)> {
+/// named `session ADDR/ID NAME` and `subscription ADDR/ID NAME`; with
+/// `only`, just that address's (what says who else is connected is for
+/// admins).
+pub(super) fn stream_stats(
+    peers: &Peers,
+    channels: &Channels,
+    only: Option<SocketAddr>,
+) -> Vec<(String, u64)> {
     let mut out = Vec::new();
     let mut streams = 0;
+    let shown = |addr: &SocketAddr| only.is_none_or(|o| o == *addr);
     for (addr, peer) in peers.iter() {
+        if !shown(addr) {
+            continue;
+        }
         for s in &peer.sessions {
             if streams == MAX_STREAMS {
                 return out;
@@ -41,7 +51,7 @@ pub(super) fn stream_stats(peers: &Peers, channels: &Channels) -> Vec<(String, u
         }
     }
     for channel in channels.iter() {
-        for sub in &channel.subscribers {
+        for sub in channel.subscribers.iter().filter(|s| shown(&s.peer)) {
             let Some(arq) = &sub.arq else { continue };
             if streams == MAX_STREAMS {
                 return out;

@@ -172,6 +172,21 @@ impl<'a> Frame<'a> {
                     Frame::AddressToken { token }
                 }
             }
+            FrameType::Handshake => {
+                let key_id = r.u32()?;
+                let expires = r.u64()?;
+                let message = r.rest().try_into().map_err(|_| WireError::BadLength)?;
+                Frame::Handshake {
+                    key_id,
+                    expires,
+                    message,
+                }
+            }
+            FrameType::HandshakeReply => {
+                let session = r.u32()?;
+                let message = r.rest().try_into().map_err(|_| WireError::BadLength)?;
+                Frame::HandshakeReply { session, message }
+            }
             FrameType::Ping | FrameType::Pong => {
                 let nonce = r.u64()?;
                 r.end()?;

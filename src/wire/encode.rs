@@ -9,8 +9,8 @@ use bytes::BufMut;
 use super::frame::{DELIVER_FIXED, DELIVER_FRAGMENT_FIXED};
 use super::stats::{STATS_LAST_PAGE, StatEntries};
 use super::{
-    AckKind, DeliveryMode, FLAG_MORE, FRAME_HEADER_LEN, Frame, MAX_FRAME_BODY, STATS_FIXED,
-    STATS_REQUEST_FIXED, StartPosition, TOKEN_LEN, WireError, validate_channel,
+    AckKind, DeliveryMode, FLAG_MORE, FRAME_HEADER_LEN, Frame, MAX_FRAME_BODY, NOISE_MESSAGE_LEN,
+    STATS_FIXED, STATS_REQUEST_FIXED, StartPosition, TOKEN_LEN, WireError, validate_channel,
 };
 
 impl Frame<'_> {
@@ -29,6 +29,8 @@ impl Frame<'_> {
             Frame::DeliverFragment { chunk, .. } => DELIVER_FRAGMENT_FIXED + chunk.len(),
             Frame::Ping { .. } | Frame::Pong { .. } => 8,
             Frame::AddressToken { .. } | Frame::Validate { .. } => TOKEN_LEN,
+            Frame::Handshake { .. } => 4 + 8 + NOISE_MESSAGE_LEN,
+            Frame::HandshakeReply { .. } => 4 + NOISE_MESSAGE_LEN,
             Frame::Error { reason, .. } => 2 + reason.len(),
             Frame::StatsRequest { padding, .. } => STATS_REQUEST_FIXED + usize::from(*padding),
             Frame::Stats { entries, .. } => STATS_FIXED + entries.encoded_len(),
@@ -176,6 +178,19 @@ impl Frame<'_> {
             }
             Frame::Ping { nonce } | Frame::Pong { nonce } => out.put_slice(&nonce.to_le_bytes()),
             Frame::AddressToken { token } | Frame::Validate { token } => out.put_slice(&token),
+            Frame::Handshake {
+                key_id,
+                expires,
+                message,
+            } => {
+                out.put_slice(&key_id.to_le_bytes());
+                out.put_slice(&expires.to_le_bytes());
+                out.put_slice(&message);
+            }
+            Frame::HandshakeReply { session, message } => {
+                out.put_slice(&session.to_le_bytes());
+                out.put_slice(&message);
+            }
             Frame::Error { code, reason } => {
                 out.put_slice(&code.0.to_le_bytes());
                 out.put_slice(reason.as_bytes());

@@ -5,7 +5,7 @@
 //! decoder (`decode.rs`); it holds no byte handling itself beyond the type
 //! codes.
 
-use super::{StatEntries, TOKEN_LEN};
+use super::{NOISE_MESSAGE_LEN, StatEntries, TOKEN_LEN};
 
 /// Frame type codes (the first byte of every frame).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +44,11 @@ pub enum FrameType {
     AddressToken = 0x0F,
     /// The client's address token, first in a datagram, client to relay.
     Validate = 0x10,
+    /// The first handshake message of a keyed client, client to relay.
+    Handshake = 0x11,
+    /// The relay's answer to a handshake: the session it opened, relay to
+    /// client.
+    HandshakeReply = 0x12,
 }
 
 /// Frame flag of RELIABLE_PUBLISH: the message continues in the next
@@ -70,6 +75,8 @@ impl FrameType {
             0x0E => FrameType::DeliverFragment,
             0x0F => FrameType::AddressToken,
             0x10 => FrameType::Validate,
+            0x11 => FrameType::Handshake,
+            0x12 => FrameType::HandshakeReply,
             _ => return None,
         })
     }
@@ -131,6 +138,8 @@ impl ErrorCode {
     pub const LIMIT_REACHED: ErrorCode = ErrorCode(7);
     /// The channel exists but cannot be served right now.
     pub const UNAVAILABLE: ErrorCode = ErrorCode(8);
+    /// The client's key lacks the permission the request needs.
+    pub const DENIED: ErrorCode = ErrorCode(9);
 
     /// A short lowercase name for the code.
     pub fn name(self) -> &'static str {
@@ -143,6 +152,7 @@ impl ErrorCode {
             ErrorCode::UNKNOWN_SUBSCRIPTION => "unknown-subscription",
             ErrorCode::LIMIT_REACHED => "limit-reached",
             ErrorCode::UNAVAILABLE => "unavailable",
+            ErrorCode::DENIED => "denied",
             _ => "unknown",
         }
     }
@@ -272,6 +282,24 @@ pub enum Frame<'a> {
         /// The token.
         token: [u8; TOKEN_LEN],
     },
+    /// A keyed client's first handshake message: which credential, and
+    /// Noise's first message, which only a holder of its secret can make.
+    Handshake {
+        /// The key id the credential names.
+        key_id: u32,
+        /// The credential's expiry, unix seconds; 0 for a key's own.
+        expires: u64,
+        /// Noise NNpsk0's first message.
+        message: [u8; NOISE_MESSAGE_LEN],
+    },
+    /// The relay's handshake answer: the session it opened, and Noise's
+    /// second message, which only a holder of the same secret can make.
+    HandshakeReply {
+        /// The session id: the key id field of every sealed datagram.
+        session: u32,
+        /// Noise NNpsk0's second message.
+        message: [u8; NOISE_MESSAGE_LEN],
+    },
     /// Keepalive and round-trip probe.
     Ping {
         /// Echoed in the pong.
@@ -329,6 +357,8 @@ impl<'a> Frame<'a> {
             Frame::DeliverFragment { .. } => FrameType::DeliverFragment,
             Frame::AddressToken { .. } => FrameType::AddressToken,
             Frame::Validate { .. } => FrameType::Validate,
+            Frame::Handshake { .. } => FrameType::Handshake,
+            Frame::HandshakeReply { .. } => FrameType::HandshakeReply,
         }
     }
 }

@@ -62,9 +62,20 @@ pub const MAX_CHANNEL_LEN: usize = 255;
 /// Messages held in part whose pieces one acknowledgement reports (ACK kind
 /// 2, one frame each); a relay keeps as many per subscription.
 pub const MAX_PIECES_REPORTED: usize = 8;
-/// Header flag: an authentication trailer follows the frames (reserved; v1 peers
-/// reject it with [`ErrorCode::UNSUPPORTED`]).
+/// Header flag: the datagram is sealed (see [`SEALED_HEADER_LEN`]): the key
+/// id field names a session, a nonce follows the header, and the frames
+/// after it are encrypted, with an AEAD tag at the end.
 pub const FLAG_AUTH: u8 = 0x01;
+/// Bytes of a Noise NNpsk0 handshake message (an ephemeral public key and
+/// a tag): the body of HANDSHAKE and HANDSHAKE_REPLY after their ids.
+pub const NOISE_MESSAGE_LEN: usize = 48;
+/// Bytes before the ciphertext in a sealed datagram: the header and the
+/// 8-byte nonce.
+pub const SEALED_HEADER_LEN: usize = HEADER_LEN + 8;
+/// Bytes of the AEAD tag that ends a sealed datagram.
+pub const TAG_LEN: usize = 16;
+/// Bytes sealing adds to a datagram: the nonce and the tag.
+pub const SEAL_OVERHEAD: usize = SEALED_HEADER_LEN - HEADER_LEN + TAG_LEN;
 
 /// Why a datagram or frame could not be decoded or encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]

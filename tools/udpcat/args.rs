@@ -46,6 +46,8 @@ pub enum Command {
         /// acknowledgement (a relay restarting within it is ridden through).
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
         reply_timeout: Duration,
+        #[command(flatten)]
+        key: KeyArgs,
         /// Print a summary on stderr when done.
         #[arg(short, long)]
         verbose: bool,
@@ -79,6 +81,8 @@ pub enum Command {
         /// How long to wait for the relay to accept the subscription.
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
         reply_timeout: Duration,
+        #[command(flatten)]
+        key: KeyArgs,
         /// Guaranteed delivery: acknowledged, retransmitted, in offset order,
         /// each message exactly once; resume with --from the next offset.
         #[arg(long)]
@@ -100,6 +104,8 @@ pub enum Command {
         /// How long to wait for each pong.
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
         reply_timeout: Duration,
+        #[command(flatten)]
+        key: KeyArgs,
     },
     /// Print the relay's counters, one `name value` per line.
     Stats {
@@ -108,11 +114,27 @@ pub enum Command {
         /// How long to wait for each page of the answer.
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
         reply_timeout: Duration,
+        #[command(flatten)]
+        key: KeyArgs,
         /// Pad each request to this many bytes: the relay answers with at
         /// most as many, so this is the page size.
         #[arg(long, default_value_t = 1400)]
         datagram_size: usize,
     },
+}
+
+/// The credential that makes a session with a relay that has keys.
+#[derive(Debug, clap::Args)]
+pub struct KeyArgs {
+    /// Credential (udprelay1:ID:EXPIRES:SECRET, from `udprelay key new` or
+    /// `key derive`): handshake first, then every datagram sealed
+    /// (authenticated and encrypted). Visible in `ps`: prefer
+    /// --credential-file [default: none, plain datagrams].
+    #[arg(long, value_name = "STRING", conflicts_with = "credential_file")]
+    pub credential: Option<String>,
+    /// Read the credential from this file (its first line).
+    #[arg(long, value_name = "FILE")]
+    pub credential_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -1,0 +1,449 @@
+//! Keyed sessions at the relay: the answer to a handshake, the bounded table
+//! of sessions (by id, by address, by the client's ephemeral key), opening
+//! what arrives sealed and sealing what goes to an address that holds a
+//! session.
+//!
+//! A session is created only for a proven address whose handshake verified
+//! under a key the file holds, and only if a slot is free (in all and for
+//! that key): its memory is taken from a fixed budget before anything is
+//! built. Everything sent to the address of a session is sealed, so a
+//! subscription opened under a key is never delivered in the clear, and a
+//! session that ends (idle, its credential expired, replaced by one of
+//! another key) takes the address's subscriptions and sessions with it.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use foldhash::{HashMap, HashMapExt};
+
+use super::outbox::{Payload, Transmit};
+use crate::auth::{self, KeyFile, KeyFileError, Permissions, Sealer, SessionError, Side};
+use crate::wire::{self, FrameType, NOISE_MESSAGE_LEN, SEAL_OVERHEAD};
+
+/// Shortest idle time after which a session ends (longer with a longer
+/// lease: a session outlives what it holds).
+pub(super) const MIN_IDLE: Duration = Duration::from_secs(120);
+
+/// How often sessions are looked over for idleness and expiry.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Most sessions one key may hold at once: a key given to many clients, or
+/// captured first messages replayed from many proven addresses, fill its
+/// own share and not every key's.
+pub(super) const MAX_SESSIONS_PER_KEY: usize = 1024;
+
+/// Bytes of the one datagram the relay sends unsealed to an address that
+/// holds a session: a lone HANDSHAKE_REPLY (the client needs it to derive
+/// the keys).
+const HANDSHAKE_REPLY_DATAGRAM: usize =
+    wire::HEADER_LEN + wire::FRAME_HEADER_LEN + 4 + NOISE_MESSAGE_LEN;
+
+/// Who sent the datagram being handled, for what it may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Who {
+    /// The relay has no key file: everyone may do everything.
+    Open,
+    /// A plain datagram where a key file allows anonymous clients: the
+    /// file's anonymous permissions.
+    Anonymous,
+    /// A plain datagram where keys are required: it may only handshake.
+    Stranger,
+    /// A sealed datagram of a session of key `key` (index in the file).
+    Keyed {
+        /// The key's index in the key file.
+        key: usize,
+    },
+}
+
+/// What a handshake frame comes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Handshake {
+    /// It verified, but the address is not proven: send it a token (no
+    /// state is kept).
+    Token,
+    /// A new session: send its id and this reply. If the address held a
+    /// session of another key, that key's state there must go.
+    Opened {
+        session: u32,
+        reply: [u8; NOISE_MESSAGE_LEN],
+        replaced_other_key: bool,
+    },
+    /// The same first message again from the same address (the reply was
+    /// lost): the same reply again.
+    Again {
+        session: u32,
+        reply: [u8; NOISE_MESSAGE_LEN],
+    },
+    /// Refused: unknown key, expired, did not verify, a replay from another
+    /// address, or no room.
+    Refused,
+}
+
+/// Why a sealed datagram was not opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Refusal {
+    /// Unknown session, forged, or from another address.
+    Forged,
+    /// Seen before.
+    Replayed,
+    /// The session's credential has expired; the session was ended.
+    Expired(SocketAddr),
+}
+
+struct Session {
+    sealer: Sealer,
+    key: usize,
+    expires: u64,
+    addr: SocketAddr,
+    heard: Instant,
+    ephemeral: [u8; 32],
+    reply: [u8; NOISE_MESSAGE_LEN],
+}
+
+#[derive(Default)]
+struct Slot {
+    /// Bumped each time the slot is freed, so an old session id never
+    /// names a new session. Never 0: a session id is never 0.
+    generation: u16,
+    session: Option<Box<Session>>,
+}
+
+/// The key file and the sessions opened under it.
+pub(super) struct Secure {
+    keys: KeyFile,
+    required: bool,
+    slots: Vec<Slot>,
+    free: Vec<u16>,
+    max: usize,
+    by_addr: HashMap<SocketAddr, u32>,
+    by_ephemeral: HashMap<[u8; 32], u32>,
+    per_key: Vec<usize>,
+    idle: Duration,
+    next_sweep: Option<Instant>,
+    /// The last datagram opened, as a plain one.
+    opened: Vec<u8>,
+    /// Where sealed datagrams are written.
+    arena: BytesMut,
+}
+
+impl std::fmt::Debug for Secure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secure")
+            .field("keys", &self.keys.keys().len())
+            .field("required", &self.required)
+            .field("sessions", &self.by_addr.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Secure {
+    /// Reads the key file at `path`. Sessions idle for `idle` end.
+    pub(super) fn load(
+        path: &Path,
+        required: bool,
+        max: usize,
+        idle: Duration,
+    ) -> Result<Secure, KeyFileError> {
+        Ok(Secure::new(KeyFile::load(path)?, required, max, idle))
+    }
+
+    /// Sessions under `keys`, at most `max` at once.
+    pub(super) fn new(keys: KeyFile, required: bool, max: usize, idle: Duration) -> Secure {
+        let per_key = vec![0; keys.keys().len()];
+        Secure {
+            keys,
+            required,
+            slots: Vec::new(),
+            free: Vec::new(),
+            max: max.min(crate::config::MAX_AUTH_SESSIONS),
+            by_addr: HashMap::new(),
+            by_ephemeral: HashMap::new(),
+            per_key,
+            idle,
+            next_sweep: None,
+            opened: Vec::new(),
+            arena: BytesMut::new(),
+        }
+    }
+
+    /// Who a plain (unsealed) datagram is from.
+    pub(super) fn plain_sender(&self) -> Who {
+        if self.required {
+            Who::Stranger
+        } else {
+            Who::Anonymous
+        }
+    }
+
+    /// What `who` may do; `None` for everything (no key file).
+    pub(super) fn permissions(&self, who: Who) -> Option<&Permissions> {
+        static NOTHING: std::sync::LazyLock<Permissions> =
+            std::sync::LazyLock::new(Permissions::default);
+        match who {
+            Who::Open => None,
+            Who::Anonymous => Some(self.keys.anonymous()),
+            Who::Stranger => Some(&NOTHING),
+            Who::Keyed { key } => Some(
+                self.keys
+                    .keys()
+                    .get(key)
+                    .map(|k| k.permissions())
+                    .unwrap_or(&NOTHING),
+            ),
+        }
+    }
+
+    /// Answers a HANDSHAKE frame from `from`.
+    pub(super) fn handshake(
+        &mut self,
+        now: super::Now,
+        from: SocketAddr,
+        proven: bool,
+        key_id: u32,
+        expires: u64,
+        message: &[u8; NOISE_MESSAGE_LEN],
+    ) -> Handshake {
+        let Ok((key, secret)) = self.keys.secret_for(key_id, expires, now.unix_secs()) else {
+            return Handshake::Refused;
+        };
+        let Some(key) = self.keys.keys().iter().position(|k| k.id() == key.id()) else {
+            return Handshake::Refused;
+        };
+        if !proven {
+            return if auth::verify(&secret, key_id, expires, message) {
+                Handshake::Token
+            } else {
+                Handshake::Refused
+            };
+        }
+        let mut ephemeral = [0u8; 32];
+        ephemeral.copy_from_slice(&message[..32]);
+        if let Some(&id) = self.by_ephemeral.get(&ephemeral) {
+            // The same first message again: the client's retry, answered
+            // the same; from elsewhere, a replay, refused.
+            return match self.session(id) {
+                Some(s) if s.addr == from => Handshake::Again {
+                    session: id,
+                    reply: s.reply,
+                },
+                _ => Handshake::Refused,
+            };
+        }
+        let replacing = self.by_addr.get(&from).copied();
+        let frees_a_slot = replacing.is_some();
+        if !frees_a_slot && self.free.is_empty() && self.slots.len() >= self.max {
+            return Handshake::Refused;
+        }
+        let replaced_key = replacing.and_then(|id| self.session(id)).map(|s| s.key);
+        if self.per_key[key] >= MAX_SESSIONS_PER_KEY && replaced_key != Some(key) {
+            return Handshake::Refused;
+        }
+        let Ok((reply, keys)) = auth::respond(&secret, key_id, expires, message) else {
+            return Handshake::Refused;
+        };
+        if let Some(old) = replacing {
+            self.end(old);
+        }
+        let index = match self.free.pop() {
+            Some(i) => usize::from(i),
+            None => {
+                self.slots.push(Slot {
+                    generation: 1,
+                    session: None,
+                });
+                self.slots.len() - 1
+            }
+        };
+        let slot = &mut self.slots[index];
+        let id = (u32::from(slot.generation) << 16) | index as u32;
+        slot.session = Some(Box::new(Session {
+            sealer: Sealer::new(Side::Relay, id, &keys),
+            key,
+            expires,
+            addr: from,
+            heard: now.instant,
+            ephemeral,
+            reply,
+        }));
+        self.per_key[key] += 1;
+        self.by_addr.insert(from, id);
+        self.by_ephemeral.insert(ephemeral, id);
+        self.next_sweep.get_or_insert(now.instant + SWEEP_EVERY);
+        Handshake::Opened {
+            session: id,
+            reply,
+            replaced_other_key: replaced_key.is_some_and(|k| k != key),
+        }
+    }
+
+    fn session(&self, id: u32) -> Option<&Session> {
+        let slot = self.slots.get((id & 0xFFFF) as usize)?;
+        if u32::from(slot.generation) != id >> 16 {
+            return None;
+        }
+        slot.session.as_deref()
+    }
+
+    fn session_mut(&mut self, id: u32) -> Option<&mut Session> {
+        let slot = self.slots.get_mut((id & 0xFFFF) as usize)?;
+        if u32::from(slot.generation) != id >> 16 {
+            return None;
+        }
+        slot.session.as_deref_mut()
+    }
+
+    /// Ends session `id`, freeing its slot; its address, if it had one.
+    fn end(&mut self, id: u32) -> Option<SocketAddr> {
+        let index = (id & 0xFFFF) as usize;
+        let slot = self.slots.get_mut(index)?;
+        if u32::from(slot.generation) != id >> 16 {
+            return None;
+        }
+        let session = slot.session.take()?;
+        slot.generation = slot.generation.wrapping_add(1).max(1);
+        self.free.push(index as u16);
+        if self.by_addr.get(&session.addr) == Some(&id) {
+            self.by_addr.remove(&session.addr);
+        }
+        self.by_ephemeral.remove(&session.ephemeral);
+        self.per_key[session.key] -= 1;
+        if self.by_addr.is_empty() {
+            self.next_sweep = None;
+        }
+        Some(session.addr)
+    }
+
+    /// Opens a sealed datagram from `from`; the plain datagram is then
+    /// [`Secure::opened`].
+    pub(super) fn open(
+        &mut self,
+        now: super::Now,
+        from: SocketAddr,
+        datagram: &[u8],
+    ) -> Result<Who, Refusal> {
+        let (id, _) = auth::sealed_header(datagram).ok_or(Refusal::Forged)?;
+        let mut opened = std::mem::take(&mut self.opened);
+        let result = match self.session_mut(id) {
+            None => Err(Refusal::Forged),
+            // A session answers one address: a datagram of it from another
+            // is a key holder writing someone else's address, or a client
+            // that moved (it makes a new session).
+            Some(s) if s.addr != from => Err(Refusal::Forged),
+            Some(s) => match s.sealer.open(datagram, &mut opened) {
+                Ok(()) if s.expires != 0 && now.unix_secs() >= s.expires => {
+                    Err(Refusal::Expired(from))
+                }
+                Ok(()) => {
+                    s.heard = now.instant;
+                    Ok(Who::Keyed { key: s.key })
+                }
+                Err(SessionError::Replayed(_)) => Err(Refusal::Replayed),
+                Err(_) => Err(Refusal::Forged),
+            },
+        };
+        self.opened = opened;
+        if let Err(Refusal::Expired(_)) = result {
+            self.end(id);
+        }
+        result
+    }
+
+    /// The plain datagram the last [`Secure::open`] made.
+    pub(super) fn opened(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.opened)
+    }
+
+    /// Gives the buffer of [`Secure::opened`] back, for the next one.
+    pub(super) fn give_back(&mut self, buf: Vec<u8>) {
+        self.opened = buf;
+    }
+
+    /// True if `addr` holds a session: what is sent there is sealed, and
+    /// each datagram is [`SEAL_OVERHEAD`] bytes larger.
+    pub(super) fn has_session(&self, addr: SocketAddr) -> bool {
+        self.by_addr.contains_key(&addr)
+    }
+
+    /// `t` sealed, if its destination holds a session (a lone
+    /// HANDSHAKE_REPLY excepted); `None` if it cannot be (too large, or the
+    /// session's nonces are used up).
+    pub(super) fn seal(&mut self, t: Transmit) -> Option<Transmit> {
+        let Some(&id) = self.by_addr.get(&t.destination) else {
+            return Some(t);
+        };
+        if is_handshake_reply(&t.payload) {
+            return Some(t);
+        }
+        let frames = t.payload.get(wire::HEADER_LEN..)?;
+        let len = t.payload.len() + SEAL_OVERHEAD;
+        if len > wire::MAX_DATAGRAM {
+            return None;
+        }
+        let mut buf = std::mem::take(&mut self.arena);
+        if buf.capacity() < len {
+            buf.reserve(len.max(64 << 10));
+        }
+        buf.resize(len, 0);
+        let body = len - wire::TAG_LEN;
+        let sealed = match self.session_mut(id) {
+            Some(session) => session.sealer.seal_in_place(&mut buf[..body], frames),
+            None => Err(SessionError::NotSealed),
+        };
+        let result = match sealed {
+            Ok(tag) => {
+                buf[body..].copy_from_slice(&tag);
+                Some(Transmit {
+                    destination: t.destination,
+                    payload: Payload::from(buf.split().freeze()),
+                })
+            }
+            Err(_) => {
+                buf.clear();
+                None
+            }
+        };
+        self.arena = buf;
+        result
+    }
+
+    /// When the sessions are next looked over.
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        self.next_sweep
+    }
+
+    /// Ends the sessions idle too long or whose credential expired;
+    /// returns their addresses.
+    pub(super) fn sweep(&mut self, now: super::Now) -> Vec<SocketAddr> {
+        if self.next_sweep.is_none_or(|at| now.instant < at) {
+            return Vec::new();
+        }
+        let unix = now.unix_secs();
+        let ended: Vec<u32> = self
+            .by_addr
+            .values()
+            .copied()
+            .filter(|&id| {
+                self.session(id).is_some_and(|s| {
+                    now.instant.saturating_duration_since(s.heard) >= self.idle
+                        || (s.expires != 0 && unix >= s.expires)
+                })
+            })
+            .collect();
+        let addrs = ended.into_iter().filter_map(|id| self.end(id)).collect();
+        if !self.by_addr.is_empty() {
+            self.next_sweep = Some(now.instant + SWEEP_EVERY);
+        }
+        addrs
+    }
+}
+
+/// True for a datagram holding only a HANDSHAKE_REPLY: the one the relay
+/// sends unsealed to an address that holds a session.
+fn is_handshake_reply(datagram: &[u8]) -> bool {
+    datagram.len() == HANDSHAKE_REPLY_DATAGRAM
+        && datagram[..2] == wire::MAGIC
+        && datagram[3] == 0
+        && datagram[wire::HEADER_LEN] == FrameType::HandshakeReply as u8
+}
