@@ -22,13 +22,16 @@
 //! - [`auth`]: keys, credentials and permissions: the TOML key file, the
 //!   `udprelay1:` credential string and time-limited credentials derived
 //!   from a master key, constant-time [`auth::Secret`]s, and publish/subscribe
-//!   checks over subject patterns. Reads no clock; not yet wired to datagrams.
+//!   checks over subject patterns; and the keyed session: the Noise NNpsk0
+//!   handshake (`snow`), datagrams sealed with ChaCha20-Poly1305 (`ring`),
+//!   the RFC 6479 replay window. Reads no clock and no socket.
 //! - [`relay`]: the relay core: a conductor over the channel table,
 //!   subscriptions (limits, replay queue, reliable timers), the table of
 //!   reliable publishing sessions, reassembly of pieces, delivery (fan-out,
 //!   replay, reliable sends), peers and leases, durability and retention,
 //!   address validation (tokens, and what an unproven address may be
-//!   sent), replies and counters, one file each. No sockets, no clock: its only
+//!   sent), keyed sessions (`relay::secure`: handshakes answered, datagrams
+//!   opened and sealed, permissions), replies and counters, one file each. No sockets, no clock: its only
 //!   I/O is its channels' logs.
 //! - [`reliable`]: the sans-IO ARQ over sequence numbers only, split by
 //!   state: the RTT estimator (RTO, backoff, Karn), the congestion window,
@@ -54,6 +57,8 @@
 //!   - `client::stats`: the STATS client, paging with padded requests.
 //!   - `client::proof`: the address token, got with one hello and sent in
 //!     front of every datagram that needs it.
+//!   - `client::secure`: the keyed session: the handshake, then every
+//!     datagram sealed and opened.
 //! - [`sim`]: the seeded network simulator that drives the cores in
 //!   simulated time.
 //! - [`log`]: the message log: per-channel memory-mapped segment files,

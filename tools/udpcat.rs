@@ -64,20 +64,8 @@ enum CatError {
 
 /// The credential the flags name, if any.
 fn credential(key: &KeyArgs) -> Result<Option<Credential>, CatError> {
-    let text = match (&key.credential, &key.credential_file) {
-        (Some(c), _) => c.clone(),
-        (None, Some(path)) => std::fs::read_to_string(path)
-            .map_err(|e| CatError::Credential(format!("cannot read {}: {e}", path.display())))?
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_string(),
-        (None, None) => return Ok(None),
-    };
-    text.parse()
-        .map(Some)
-        .map_err(|e| CatError::Credential(format!("--credential: {e}")))
+    Credential::from_flags(key.credential.as_deref(), key.credential_file.as_deref())
+        .map_err(CatError::Credential)
 }
 
 fn main() -> ExitCode {
@@ -638,6 +626,7 @@ fn subscribe(conn: &mut Conn, opts: &SubOptions) -> Result<(), CatError> {
             continue;
         };
         let mut write_result = Ok(());
+        let mut denied = false;
         sub.handle_datagram(Instant::now(), datagram, |event: SubscriptionEvent<'_>| match event {
             SubscriptionEvent::Subscribed { first_offset, .. } => {
                 eprintln!("udpcat: subscribed to {} at offset {first_offset}", opts.channel);
@@ -662,8 +651,15 @@ fn subscribe(conn: &mut Conn, opts: &SubOptions) -> Result<(), CatError> {
                     write_result = write_message(&mut out, opts, offset, timestamp, payload);
                 }
             }
-            SubscriptionEvent::Error { code, reason } => report_refusal(code, reason),
+            SubscriptionEvent::Error { code, reason } => {
+                report_refusal(code, reason);
+                // Asking again will not grant a missing permission.
+                denied |= code == ErrorCode::DENIED;
+            }
         });
+        if denied {
+            break Err(CatError::Refusals(1));
+        }
         out.flush()?;
         if let Err(e) = write_result {
             // A closed stdout (udpcat sub | head -1) ends the subscription quietly.

@@ -88,6 +88,28 @@ fn digits<T: FromStr>(field: &str) -> Option<T> {
     field.parse().ok()
 }
 
+impl Credential {
+    /// The credential of a `--credential STRING` or `--credential-file
+    /// FILE` flag (the file's first line), if either is given: what every
+    /// client binary takes. The error names the flag, never the secret.
+    pub fn from_flags(
+        text: Option<&str>,
+        file: Option<&std::path::Path>,
+    ) -> Result<Option<Credential>, String> {
+        let (text, flag) = match (text, file) {
+            (Some(t), _) => (t.to_string(), "--credential".to_string()),
+            (None, Some(path)) => {
+                let mut text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                text.truncate(text.find('\n').unwrap_or(text.len()));
+                (text, format!("--credential-file {}", path.display()))
+            }
+            (None, None) => return Ok(None),
+        };
+        text.parse().map(Some).map_err(|e| format!("{flag}: {e}"))
+    }
+}
+
 impl FromStr for Credential {
     type Err = CredentialError;
 

@@ -18,8 +18,7 @@
 //! frames encrypted, and a 16-byte tag; the header and nonce are the AEAD's
 //! associated data, so none of it can be changed either.
 
-use chacha20poly1305::aead::AeadInPlace;
-use chacha20poly1305::{ChaCha20Poly1305, KeyInit, Tag};
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, Tag, UnboundKey};
 use thiserror::Error;
 use zeroize::Zeroize;
 
@@ -235,8 +234,8 @@ pub enum Side {
 /// Seals what one end sends and opens what it receives, for one session.
 pub struct Sealer {
     session: u32,
-    send: ChaCha20Poly1305,
-    recv: ChaCha20Poly1305,
+    send: LessSafeKey,
+    recv: LessSafeKey,
     next_nonce: u64,
     window: ReplayWindow,
 }
@@ -252,10 +251,19 @@ impl std::fmt::Debug for Sealer {
 
 /// The AEAD nonce for counter `n`: four zero bytes and `n` little-endian,
 /// Noise's layout for ChaChaPoly.
-fn nonce(n: u64) -> chacha20poly1305::Nonce {
+fn nonce(n: u64) -> Nonce {
     let mut bytes = [0u8; 12];
     bytes[4..].copy_from_slice(&n.to_le_bytes());
-    bytes.into()
+    Nonce::assume_unique_for_key(bytes)
+}
+
+/// A ChaCha20-Poly1305 key (ring's, in assembly: several times the speed
+/// of a portable build on the same core).
+fn aead_key(bytes: &[u8; 32]) -> LessSafeKey {
+    // ring refuses only a key of the wrong length, and this one is 32 bytes.
+    let key =
+        UnboundKey::new(&CHACHA20_POLY1305, bytes).expect("ChaCha20-Poly1305 takes 32-byte keys");
+    LessSafeKey::new(key)
 }
 
 impl Sealer {
@@ -267,8 +275,8 @@ impl Sealer {
         };
         Sealer {
             session,
-            send: ChaCha20Poly1305::new(send.into()),
-            recv: ChaCha20Poly1305::new(recv.into()),
+            send: aead_key(send),
+            recv: aead_key(recv),
             next_nonce: 0,
             window: ReplayWindow::new(),
         }
@@ -318,9 +326,11 @@ impl Sealer {
         body.copy_from_slice(frames);
         let tag = self
             .send
-            .encrypt_in_place_detached(&nonce(n), head, body)
+            .seal_in_place_separate_tag(nonce(n), Aad::from(&*head), body)
             .map_err(|_| SessionError::BadLength(frames.len()))?;
-        Ok(tag.into())
+        let mut out = [0u8; TAG_LEN];
+        out.copy_from_slice(tag.as_ref());
+        Ok(out)
     }
 
     /// Opens a sealed datagram into `out` (cleared first) as a plain one: an
@@ -340,9 +350,10 @@ impl Sealer {
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&[VERSION, 0, 0, 0, 0, 0]);
         out.extend_from_slice(body);
-        let tag = Tag::from_slice(tag);
+        let tag = Tag::try_from(tag).map_err(|_| SessionError::NotSealed)?;
         self.recv
-            .decrypt_in_place_detached(&nonce(n), head, &mut out[HEADER_LEN..], tag)
+            .open_in_place_separate_tag(nonce(n), Aad::from(head), tag, &mut out[HEADER_LEN..], 0..)
+            .map(|_| ())
             .map_err(|_| {
                 out.clear();
                 SessionError::Forged

@@ -45,6 +45,9 @@
 //!   it sent.
 //! - `answer`: what goes back to the sender of a datagram: its proof, the
 //!   tokens, the budget of an unproven address, errors.
+//! - `secure`: with a key file, the keyed sessions: handshakes answered,
+//!   sealed datagrams opened, everything to a session's address sealed,
+//!   who sent the datagram being handled and what it may do.
 //! - `replies`: the reply budget and the relay's own addresses.
 //! - `stats`: the paged STATS answer.
 //! - `outbox`: datagrams packed per destination; `counters`: what happened.
@@ -571,14 +574,8 @@ impl Relay {
     /// `channel`. A keyed client is told which permission it lacks; anyone
     /// else is told nothing.
     fn permitted(&mut self, now: Now, from: SocketAddr, action: Action, channel: &str) -> bool {
-        let Some(perms) = self.secure.as_ref().and_then(|s| s.permissions(self.who)) else {
-            return true;
-        };
-        let checked = match action {
-            Action::Publish => perms.publish(channel),
-            Action::Subscribe => perms.subscribe(channel),
-        };
-        let Err(denied) = checked else {
+        let who = self.who;
+        let Some(Err(denied)) = self.secure.as_mut().map(|s| s.check(who, action, channel)) else {
             return true;
         };
         self.counters.dropped_denied += 1;

@@ -19,7 +19,9 @@ use bytes::BytesMut;
 use foldhash::{HashMap, HashMapExt};
 
 use super::outbox::{Payload, Transmit};
-use crate::auth::{self, KeyFile, KeyFileError, Permissions, Sealer, SessionError, Side};
+use crate::auth::{
+    self, Action, Denied, KeyFile, KeyFileError, Permissions, Sealer, SessionError, Side,
+};
 use crate::wire::{self, FrameType, NOISE_MESSAGE_LEN, SEAL_OVERHEAD};
 
 /// Shortest idle time after which a session ends (longer with a longer
@@ -126,6 +128,8 @@ pub(super) struct Secure {
     opened: Vec<u8>,
     /// Where sealed datagrams are written.
     arena: BytesMut,
+    /// The last permission check and its answer.
+    last_check: Option<(Who, Action, String, bool)>,
 }
 
 impl std::fmt::Debug for Secure {
@@ -165,6 +169,7 @@ impl Secure {
             next_sweep: None,
             opened: Vec::new(),
             arena: BytesMut::new(),
+            last_check: None,
         }
     }
 
@@ -193,6 +198,41 @@ impl Secure {
                     .unwrap_or(&NOTHING),
             ),
         }
+    }
+
+    /// Ok if `who` may do `action` on `channel`; the permission missing if
+    /// not. The last answer is kept: a stream of messages to one channel
+    /// costs one pattern match, not one per message.
+    pub(super) fn check(&mut self, who: Who, action: Action, channel: &str) -> Result<(), Denied> {
+        if let Some((w, a, c, allowed)) = &self.last_check
+            && *w == who
+            && *a == action
+            && c == channel
+        {
+            return match allowed {
+                true => Ok(()),
+                false => Err(Denied {
+                    action,
+                    channel: channel.to_string(),
+                }),
+            };
+        }
+        let checked = match (self.permissions(who), action) {
+            (None, _) => Ok(()),
+            (Some(p), Action::Publish) => p.publish(channel),
+            (Some(p), Action::Subscribe) => p.subscribe(channel),
+        };
+        let (_, _, c, allowed) = self
+            .last_check
+            .get_or_insert_with(|| (who, action, String::new(), false));
+        c.clear();
+        c.push_str(channel);
+        *allowed = checked.is_ok();
+        if let Some(last) = &mut self.last_check {
+            last.0 = who;
+            last.1 = action;
+        }
+        checked
     }
 
     /// Answers a HANDSHAKE frame from `from`.

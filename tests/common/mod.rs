@@ -6,6 +6,7 @@
 pub mod forge;
 pub mod tap;
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
@@ -17,7 +18,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
-use udprelay::client::{AddressProof, StatsPager};
+use udprelay::auth::Credential;
+use udprelay::client::{AddressProof, Handshake, Secured, StatsPager};
 use udprelay::wire::{self, DeliveryMode, Frame, StartPosition};
 
 /// Generous: the machine is shared and CI may be slow (10,000 reliable
@@ -365,13 +367,57 @@ pub struct TestClient {
     pub relay: SocketAddr,
     nonce: u64,
     proof: AddressProof,
+    /// With a credential: the session every datagram is sealed with.
+    secured: RefCell<Option<Secured>>,
+}
+
+/// Opens a keyed session on `socket` (connected to the relay).
+pub fn handshake(socket: &UdpSocket, credential: &Credential) -> Secured {
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut hs = Handshake::new(credential, unix).expect("a valid credential");
+    let until = Instant::now() + DEADLINE;
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let now = Instant::now();
+        assert!(now < until, "no handshake answer within {DEADLINE:?}");
+        if let Some(d) = hs.poll_transmit(now) {
+            socket.send(&d).expect("send");
+        }
+        let wait = hs
+            .poll_timeout()
+            .unwrap_or(now)
+            .saturating_duration_since(now);
+        socket
+            .set_read_timeout(Some(wait.max(Duration::from_millis(1))))
+            .unwrap();
+        if let Ok(n) = socket.recv(&mut buf)
+            && let Some(done) = hs.handle_datagram(Instant::now(), &buf[..n])
+        {
+            return done.expect("the relay's handshake answer verifies");
+        }
+    }
 }
 
 impl TestClient {
     pub fn new(relay: SocketAddr) -> TestClient {
+        TestClient::open(relay, None)
+    }
+
+    /// A client that handshakes with `credential` first: everything it
+    /// sends is sealed, and it reads only what the relay sealed for it.
+    pub fn keyed(relay: SocketAddr, credential: &Credential) -> TestClient {
+        TestClient::open(relay, Some(credential))
+    }
+
+    fn open(relay: SocketAddr, credential: Option<&Credential>) -> TestClient {
         let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
         socket.connect(relay).expect("connect");
+        let secured = RefCell::new(credential.map(|c| handshake(&socket, c)));
         let mut proof = AddressProof::new();
+        let mut opened = Vec::new();
         let until = Instant::now() + DEADLINE;
         let mut buf = vec![0u8; 65_536];
         while !proof.is_proven() {
@@ -381,7 +427,7 @@ impl TestClient {
                 "no address token from {relay} within {DEADLINE:?}"
             );
             if let Some(hello) = proof.poll_hello(now) {
-                socket.send(&hello).expect("send");
+                socket.send(&seal(&secured, &hello)).expect("send");
             }
             let wait = proof
                 .poll_timeout()
@@ -390,8 +436,10 @@ impl TestClient {
             socket
                 .set_read_timeout(Some(wait.max(Duration::from_millis(1))))
                 .unwrap();
-            if let Ok(n) = socket.recv(&mut buf) {
-                proof.handle_datagram(now, &buf[..n]);
+            if let Ok(n) = socket.recv(&mut buf)
+                && let Some(d) = open(&secured, &buf[..n], &mut opened)
+            {
+                proof.handle_datagram(now, d);
             }
         }
         TestClient {
@@ -399,17 +447,24 @@ impl TestClient {
             relay,
             nonce: 0,
             proof,
+            secured,
         }
     }
 
     /// Sends `frames` in one datagram, with the address token in front.
     pub fn send(&self, frames: &[Frame<'_>]) {
         let d = wire::encode_datagram(frames).expect("encode");
-        self.socket.send(&self.proof.stamp(d)).expect("send");
+        self.send_raw(&self.proof.stamp(d));
     }
 
+    /// Sends a datagram as it is, sealed first if the client is keyed.
     pub fn send_raw(&self, bytes: &[u8]) {
-        self.socket.send(bytes).expect("send");
+        self.socket.send(&self.seal(bytes)).expect("send");
+    }
+
+    /// `bytes` as this client would send them: sealed if it is keyed.
+    pub fn seal(&self, bytes: &[u8]) -> Vec<u8> {
+        seal(&self.secured, bytes)
     }
 
     /// Sends a ping and returns every frame that arrived before its pong. The
@@ -426,6 +481,7 @@ impl TestClient {
         let mut resend = Instant::now();
         let mut got = Vec::new();
         let mut buf = vec![0u8; 65_536];
+        let mut opened = Vec::new();
         loop {
             let now = Instant::now();
             assert!(
@@ -440,7 +496,10 @@ impl TestClient {
             let Ok(n) = self.socket.recv(&mut buf) else {
                 continue;
             };
-            let Ok(frames) = wire::decode_datagram(&buf[..n]) else {
+            let Some(d) = open(&self.secured, &buf[..n], &mut opened) else {
+                continue;
+            };
+            let Ok(frames) = wire::decode_datagram(d) else {
                 continue;
             };
             for f in frames.flatten() {
@@ -475,6 +534,7 @@ impl TestClient {
     pub fn stats(&mut self) -> HashMap<String, u64> {
         let mut pager = StatsPager::new(Instant::now(), 1400, DEADLINE);
         let mut buf = vec![0u8; 65_536];
+        let mut opened = Vec::new();
         loop {
             let now = Instant::now();
             pager.handle_timeout(now);
@@ -490,10 +550,32 @@ impl TestClient {
                 .saturating_duration_since(now)
                 .max(Duration::from_millis(1));
             self.socket.set_read_timeout(Some(wait)).unwrap();
-            if let Ok(n) = self.socket.recv(&mut buf) {
-                pager.handle_datagram(Instant::now(), &buf[..n]);
+            if let Ok(n) = self.socket.recv(&mut buf)
+                && let Some(d) = open(&self.secured, &buf[..n], &mut opened)
+            {
+                pager.handle_datagram(Instant::now(), d);
             }
         }
+    }
+}
+
+fn seal(secured: &RefCell<Option<Secured>>, bytes: &[u8]) -> Vec<u8> {
+    match &mut *secured.borrow_mut() {
+        Some(s) => s.seal(bytes).expect("seal"),
+        None => bytes.to_vec(),
+    }
+}
+
+/// `datagram` opened if the client is keyed (`None` if it does not open:
+/// not sealed for this session), as it is otherwise.
+fn open<'a>(
+    secured: &RefCell<Option<Secured>>,
+    datagram: &'a [u8],
+    out: &'a mut Vec<u8>,
+) -> Option<&'a [u8]> {
+    match &mut *secured.borrow_mut() {
+        Some(s) => s.open(datagram, out).ok(),
+        None => Some(datagram),
     }
 }
 

@@ -94,6 +94,19 @@ struct Args {
     /// and the baseline alike; reports the fastest lossless run of each.
     #[arg(long, conflicts_with = "rate")]
     find_lossless: bool,
+    /// With --spawn: give the relay a key file with one key that may do
+    /// everything and `--auth required`, and run every publisher and
+    /// subscriber with its credential: handshakes, then every datagram
+    /// sealed (authenticated and encrypted) both ways.
+    #[arg(long, requires = "spawn", conflicts_with_all = ["raw", "credential", "credential_file"])]
+    auth: bool,
+    /// With --relay: the credential (udprelay1:ID:EXPIRES:SECRET) every
+    /// publisher and subscriber handshakes with [default: none, plain datagrams].
+    #[arg(long, value_name = "STRING", conflicts_with = "credential_file")]
+    credential: Option<String>,
+    /// Read the credential from this file (its first line).
+    #[arg(long, value_name = "FILE")]
+    credential_file: Option<std::path::PathBuf>,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,

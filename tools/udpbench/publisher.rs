@@ -7,12 +7,13 @@ use std::net::{SocketAddr, UdpSocket};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use udprelay::client::{Publisher, ReliablePublisher};
+use udprelay::auth::Credential;
+use udprelay::client::{Publisher, ReliablePublisher, Secured};
 use udprelay::driver::batch::BatchSender;
 use udprelay::relay::Transmit;
 use udprelay::reliable::ArqConfig;
 
-use crate::traffic::{HEADER, fill_message, message, socket};
+use crate::traffic::{HEADER, fill_message, handshake, message, socket};
 use crate::{Args, Baseline};
 
 /// Spun at the end of a wait rather than slept: a sleep may end late.
@@ -50,6 +51,7 @@ pub fn publish(
     target: SocketAddr,
     direct: &[SocketAddr],
     epoch: Instant,
+    credential: Option<&Credential>,
 ) -> Result<u64, String> {
     let socket = socket()?;
     precise_sleeps();
@@ -84,6 +86,13 @@ pub fn publish(
         return Ok(sent);
     }
     socket.connect(target).map_err(|e| e.to_string())?;
+    // With a credential, every datagram is sealed on the way out and
+    // opened on the way in.
+    let mut secured = match credential {
+        Some(c) => Some(handshake(&socket, c)?),
+        None => None,
+    };
+    let mut opened = Vec::new();
     let mut buf = vec![0u8; 65_536];
     // Datagrams go out many per call, as GSO runs where the kernel can.
     let mut batch = BatchSender::new();
@@ -124,12 +133,19 @@ pub fn publish(
             while let Some(d) = rp.poll_transmit(now) {
                 out.push(Transmit {
                     destination: target,
-                    payload: d.into(),
+                    payload: seal(&mut secured, d)?.into(),
                 });
             }
             send_all(&mut batch, &socket, &mut out);
             if let Ok(n) = socket.recv(&mut buf) {
-                rp.handle_datagram(Instant::now(), &buf[..n], |_, _| {});
+                let datagram = match &mut secured {
+                    Some(s) => match s.open(&buf[..n], &mut opened) {
+                        Ok(d) => d,
+                        Err(_) => continue,
+                    },
+                    None => &buf[..n],
+                };
+                rp.handle_datagram(Instant::now(), datagram, |_, _| {});
             }
         }
         return Ok(sent);
@@ -142,9 +158,11 @@ pub fn publish(
     };
     let mut publisher = Publisher::new("bench", datagram_size).map_err(|e| e.to_string())?;
     let mut m = Vec::with_capacity(args.size.max(HEADER));
-    let to_transmit = |payload: Vec<u8>| Transmit {
-        destination: target,
-        payload: payload.into(),
+    let mut to_transmit = |payload: Vec<u8>| -> Result<Transmit, String> {
+        Ok(Transmit {
+            destination: target,
+            payload: seal(&mut secured, payload)?.into(),
+        })
     };
     while sent < limit {
         let now = Instant::now();
@@ -166,30 +184,36 @@ pub fn publish(
             burst += 1;
             if args.batch == 0 {
                 for datagram in publisher.push(&m).map_err(|e| e.to_string())? {
-                    let _ = socket.send(&datagram);
+                    let _ = socket.send(&to_transmit(datagram)?.payload);
                 }
                 continue;
             }
-            out.extend(
-                publisher
-                    .push(&m)
-                    .map_err(|e| e.to_string())?
-                    .into_iter()
-                    .map(to_transmit),
-            );
+            for datagram in publisher.push(&m).map_err(|e| e.to_string())? {
+                out.push(to_transmit(datagram)?);
+            }
         }
         // Paced: nothing more is due, so what is packed goes out now; a low
         // rate sends each message at once and a high one still batches.
-        if paced {
-            out.extend(publisher.flush().map(to_transmit));
+        if paced && let Some(datagram) = publisher.flush() {
+            out.push(to_transmit(datagram)?);
         }
         if paced || out.len() >= SEND_BATCH {
             send_all(&mut batch, &socket, &mut out);
         }
     }
-    out.extend(publisher.flush().map(to_transmit));
+    if let Some(datagram) = publisher.flush() {
+        out.push(to_transmit(datagram)?);
+    }
     send_all(&mut batch, &socket, &mut out);
     Ok(sent)
+}
+
+/// `datagram` sealed when there is a session, as it is otherwise.
+fn seal(secured: &mut Option<Secured>, datagram: Vec<u8>) -> Result<Vec<u8>, String> {
+    match secured {
+        Some(s) => s.seal(&datagram).map_err(|e| e.to_string()),
+        None => Ok(datagram),
+    }
 }
 
 /// Most messages a publisher packs between two looks at the clock.

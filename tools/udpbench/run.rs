@@ -10,8 +10,11 @@ use std::time::{Duration, Instant};
 
 use crate::publisher::publish;
 use crate::report::{Mode, Run};
+use udprelay::auth::{Credential, KeyFile, NewKey};
+
 use crate::spawn::{forwarder, free_udp_port, run_in_process, spawn_relay, spawn_socat};
 use crate::subscriber::subscribe_all;
+
 use crate::traffic::{HEADER, Tally};
 use crate::{Args, Baseline};
 
@@ -20,13 +23,36 @@ pub fn run(args: &Args) -> Result<Run, String> {
     if args.size < HEADER {
         return Err(format!("--size must be at least {HEADER}"));
     }
+    // --auth: a key file with one key that may do everything, and the
+    // relay told to require it.
+    let keys_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let keys = keys_dir.path().join("keys.toml");
+    let mut relay_arg = args.relay_arg.clone();
+    let credential = if args.auth && args.baseline.is_none() {
+        let everything = NewKey {
+            name: "udpbench".into(),
+            publish: vec![">".into()],
+            subscribe: vec![">".into()],
+            ..NewKey::default()
+        };
+        let (file, id) = KeyFile::add_key(&keys, &everything).map_err(|e| e.to_string())?;
+        let key = file.key(id).ok_or("the new key is not in the key file")?;
+        relay_arg.extend(["--keys".into(), keys.display().to_string()]);
+        relay_arg.extend(["--auth".into(), "required".into()]);
+        Some(key.credential())
+    } else if args.baseline.is_none() {
+        Credential::from_flags(args.credential.as_deref(), args.credential_file.as_deref())?
+    } else {
+        None
+    };
+    let keys_for_relay = args.auth.then_some(keys.as_path());
     // A raw run starts its relay once the subscribers have addresses (the
     // relay's --raw-out needs them); every other relay starts first.
     let mut spawned = if args.spawn && args.baseline.is_none() && !args.raw {
         Some(if args.in_process {
-            run_in_process(None)?
+            run_in_process(None, keys_for_relay)?
         } else {
-            spawn_relay(&args.relay_arg)?
+            spawn_relay(&relay_arg)?
         })
     } else {
         None
@@ -56,6 +82,7 @@ pub fn run(args: &Args) -> Result<Run, String> {
         Arc::clone(&stop),
         Arc::clone(&ready),
         Arc::clone(&progress),
+        credential.clone(),
     )?;
     if let Some((_, targets)) = &forward
         && let Ok(mut t) = targets.lock()
@@ -70,7 +97,7 @@ pub fn run(args: &Args) -> Result<Run, String> {
             relay_args.extend(["--raw-out".to_string(), format!("bench={a}")]);
         }
         let relay = if args.in_process {
-            run_in_process(Some(&sub_addrs))?
+            run_in_process(Some(&sub_addrs), None)?
         } else {
             spawn_relay(&relay_args)?
         };
@@ -104,7 +131,8 @@ pub fn run(args: &Args) -> Result<Run, String> {
         let mut pubs = Vec::new();
         for p in 0..args.publishers {
             let addrs = &sub_addrs;
-            pubs.push(scope.spawn(move || publish(args, p, target, addrs, epoch)));
+            let credential = credential.as_ref();
+            pubs.push(scope.spawn(move || publish(args, p, target, addrs, epoch, credential)));
         }
         let results: Vec<Result<u64, String>> = pubs
             .into_iter()

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use udprelay::config::RelayConfig;
+use udprelay::config::{AuthMode, RelayConfig};
 use udprelay::driver::{BoundSockets, Driver, Shutdown, ShutdownHandle};
 
 use crate::traffic::socket;
@@ -74,13 +74,23 @@ impl Drop for Spawned {
 
 /// Runs a relay with default settings on a thread of this process, on a
 /// free port with a temporary data directory; with `raw_out`, also a raw-in
-/// port and those raw-out addresses for channel `bench`.
-pub fn run_in_process(raw_out: Option<&[SocketAddr]>) -> Result<Spawned, String> {
+/// port and those raw-out addresses for channel `bench`; with `keys`, that
+/// key file, required.
+pub fn run_in_process(
+    raw_out: Option<&[SocketAddr]>,
+    keys: Option<&std::path::Path>,
+) -> Result<Spawned, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let localhost = |port| SocketAddr::from(([127, 0, 0, 1], port));
     let mut config = RelayConfig {
         listen: localhost(0),
         data_dir: dir.path().to_path_buf(),
+        keys: keys.map(|k| k.to_path_buf()),
+        auth: if keys.is_some() {
+            AuthMode::Required
+        } else {
+            AuthMode::Optional
+        },
         ..RelayConfig::default()
     };
     if let Some(raw_out) = raw_out {

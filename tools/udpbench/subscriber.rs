@@ -8,13 +8,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::Instant;
 
+use udprelay::auth::Credential;
 use udprelay::client::{ReliableSubscription, Subscription, SubscriptionEvent};
 use udprelay::driver::batch::{RecvBatch, enable_gro};
 use udprelay::reliable::ArqConfig;
 use udprelay::wire::StartPosition;
 
 use crate::Args;
-use crate::traffic::{Seen, Tally, epoch_ns, socket};
+use crate::traffic::{Seen, Tally, epoch_ns, handshake, socket};
 
 /// Runs the subscribers until `stop`, returning their tallies.
 pub fn subscribe_all(
@@ -24,6 +25,7 @@ pub fn subscribe_all(
     stop: Arc<AtomicBool>,
     ready: Arc<AtomicU64>,
     progress: Arc<AtomicU64>,
+    credential: Option<Credential>,
 ) -> Result<(Vec<thread::JoinHandle<Tally>>, Vec<SocketAddr>), String> {
     let mut handles = Vec::new();
     let mut addrs = Vec::new();
@@ -36,6 +38,7 @@ pub fn subscribe_all(
         let stop = Arc::clone(&stop);
         let ready = Arc::clone(&ready);
         let progress = Arc::clone(&progress);
+        let credential = credential.clone();
         handles.push(thread::spawn(move || {
             let mut tally = Tally::new();
             let mut seen = Seen::new(publishers);
@@ -61,6 +64,19 @@ pub fn subscribe_all(
             if via_relay {
                 let _ = socket.connect(target);
             }
+            // With a credential, every datagram is sealed both ways; a
+            // subscriber that cannot handshake counts nothing.
+            let mut secured = match &credential {
+                Some(c) if via_relay => match handshake(&socket, c) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        eprintln!("udpbench: subscriber {i}: {e}");
+                        return tally;
+                    }
+                },
+                _ => None,
+            };
+            let mut opened = Vec::new();
             while !stop.load(Ordering::SeqCst) {
                 let now = Instant::now();
                 if via_relay {
@@ -70,7 +86,16 @@ pub fn subscribe_all(
                         plain.as_mut().and_then(|s| s.poll_transmit(now))
                     };
                     if let Some(d) = out {
-                        let _ = socket.send(&d);
+                        match &mut secured {
+                            Some(s) => {
+                                if let Ok(sealed) = s.seal(&d) {
+                                    let _ = socket.send(&sealed);
+                                }
+                            }
+                            None => {
+                                let _ = socket.send(&d);
+                            }
+                        }
                     }
                 }
                 let Ok(n) = received.recv_wait(&socket) else {
@@ -83,6 +108,13 @@ pub fn subscribe_all(
                             seen.record(&mut tally, datagram, now_ns, &progress);
                             continue;
                         }
+                        let datagram = match &mut secured {
+                            Some(s) => match s.open(datagram, &mut opened) {
+                                Ok(d) => d,
+                                Err(_) => continue,
+                            },
+                            None => datagram,
+                        };
                         let mut on_event = |e: SubscriptionEvent<'_>| {
                             if let SubscriptionEvent::Message { payload, .. } = e {
                                 seen.record(&mut tally, payload, now_ns, &progress);

@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use udprelay::auth::Credential;
+use udprelay::client::{Handshake, Secured};
 
 use crate::report::Latency;
 
@@ -182,4 +184,27 @@ impl Seen {
         tally.bytes += message.len() as u64;
         let _ = tally.latency.record(now_ns.saturating_sub(sent).max(1));
     }
+}
+
+/// Opens a keyed session with the relay at `relay` on `socket` (connected
+/// to it): the handshake, sent again until answered, for at most 5 s.
+pub fn handshake(socket: &UdpSocket, credential: &Credential) -> Result<Secured, String> {
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut hs = Handshake::new(credential, unix).map_err(|e| e.to_string())?;
+    let give_up = Instant::now() + Duration::from_secs(5);
+    let mut buf = vec![0u8; 65_536];
+    while Instant::now() < give_up {
+        if let Some(d) = hs.poll_transmit(Instant::now()) {
+            let _ = socket.send(&d);
+        }
+        // The socket's read timeout (5 ms) paces this loop.
+        if let Ok(n) = socket.recv(&mut buf)
+            && let Some(done) = hs.handle_datagram(Instant::now(), &buf[..n])
+        {
+            return done.map_err(|e| e.to_string());
+        }
+    }
+    Err("no handshake answer from the relay within 5 s: does it have the key (--keys)?".into())
 }
