@@ -329,6 +329,24 @@ mod tests {
     }
 
     #[test]
+    fn a_keyed_clients_permission_is_never_lent_to_an_anonymous_one() {
+        let (_dir, mut relay, credential, now) = relay(AuthMode::Optional);
+        let mut s = connect(&mut relay, now, &credential);
+        let publish = datagram(&[Frame::Publish {
+            channel: "ok.x",
+            payload: b"p",
+        }]);
+        relay.handle_datagram(now, me(), &s.seal(&publish).unwrap());
+        assert_eq!(relay.next_offset("ok.x"), Some(1));
+        // The same channel right after, from a plain client: its own
+        // (anonymous) permissions decide, not the last answer.
+        let stranger: SocketAddr = "127.0.0.1:6002".parse().unwrap();
+        relay.handle_datagram(now, stranger, &publish);
+        assert_eq!(relay.next_offset("ok.x"), Some(1));
+        assert_eq!(relay.counters().dropped_denied, 1);
+    }
+
+    #[test]
     fn a_denied_request_tells_the_keyed_client_which_permission_is_missing() {
         let (_dir, mut relay, credential, now) = relay(AuthMode::Required);
         let mut s = connect(&mut relay, now, &credential);

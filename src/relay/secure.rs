@@ -222,16 +222,11 @@ impl Secure {
             (Some(p), Action::Publish) => p.publish(channel),
             (Some(p), Action::Subscribe) => p.subscribe(channel),
         };
-        let (_, _, c, allowed) = self
-            .last_check
-            .get_or_insert_with(|| (who, action, String::new(), false));
-        c.clear();
-        c.push_str(channel);
-        *allowed = checked.is_ok();
-        if let Some(last) = &mut self.last_check {
-            last.0 = who;
-            last.1 = action;
-        }
+        // The name's buffer is reused: no allocation per new channel.
+        let mut name = self.last_check.take().map(|l| l.2).unwrap_or_default();
+        name.clear();
+        name.push_str(channel);
+        self.last_check = Some((who, action, name, checked.is_ok()));
         checked
     }
 
