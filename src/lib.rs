@@ -23,7 +23,7 @@
 //!   `udprelay1:` credential string and time-limited credentials derived
 //!   from a master key, constant-time [`auth::Secret`]s, and publish/subscribe
 //!   checks over subject patterns; and the keyed session: the Noise NNpsk0
-//!   handshake (`snow`), datagrams sealed with ChaCha20-Poly1305 (`ring`),
+//!   handshake (`snow`), datagrams sealed with AES-256-GCM (`ring`),
 //!   the RFC 6479 replay window. Reads no clock and no socket.
 //! - [`relay`]: the relay core: a conductor over the channel table,
 //!   subscriptions (limits, replay queue, reliable timers), the table of

@@ -4,7 +4,7 @@
 #
 #   tools/fuzz.sh [SECONDS] [TARGET...]
 #
-# SECONDS defaults to 60; the targets to all of them (decode, relay,
+# SECONDS defaults to 60; the targets to all of them (decode, relay, sealed,
 # log_recovery). First it writes the seeds (fuzz/src/bin/seeds.rs: real
 # datagrams, relay conversations and log segments made with the library)
 # into fuzz/corpus/TARGET/, which the runs then grow. Then, per target:
@@ -33,7 +33,7 @@ fi
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(decode relay log_recovery)
+  targets=(decode relay sealed log_recovery)
 fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

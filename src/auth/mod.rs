@@ -6,7 +6,7 @@
 //! from a master key, the TURN REST pattern), and the permission check
 //! ([`Permissions`]: NATS subject patterns, deny before allow), and the
 //! keyed session (`session.rs`: the Noise NNpsk0 handshake through `snow`,
-//! datagrams sealed with ChaCha20-Poly1305 under its keys, the replay
+//! datagrams sealed with AES-256-GCM under its keys, the replay
 //! window). It reads no socket and no clock: the current time is an
 //! argument. The relay's table of sessions is `relay::secure`; the client's
 //! handshake is `client::secure`.

@@ -1,5 +1,5 @@
 //! The keyed session: the Noise NNpsk0 handshake that opens it (through
-//! `snow`), and the sealing of every datagram after it with ChaCha20-Poly1305
+//! `snow`), and the sealing of every datagram after it with AES-256-GCM
 //! under the keys the handshake derived, with a replay window (RFC 6479, as
 //! WireGuard's `replay.go`) on what arrives.
 //!
@@ -18,7 +18,7 @@
 //! frames encrypted, and a 16-byte tag; the header and nonce are the AEAD's
 //! associated data, so none of it can be changed either.
 
-use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, Tag, UnboundKey};
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, Tag, UnboundKey};
 use thiserror::Error;
 use zeroize::Zeroize;
 
@@ -29,8 +29,12 @@ use crate::wire::{
 };
 
 /// The Noise protocol: no static keys, the pre-shared key mixed in first,
-/// X25519, ChaCha20-Poly1305 and BLAKE2s.
-pub const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
+/// X25519, AES-256-GCM and BLAKE2s. AES-GCM rather than ChaChaPoly because
+/// with AES and carry-less multiply in hardware (every x86-64 and ARMv8
+/// server of the last decade) ring's AES-GCM is several times the speed of
+/// its AES-256-GCM, and sealing every datagram is the cost that
+/// matters; without them ring falls back to a constant-time implementation.
+pub const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_AESGCM_BLAKE2s";
 
 /// Bytes of the prologue: a label, the key id and the expiry.
 const PROLOGUE_LEN: usize = 17 + 4 + 8;
@@ -249,20 +253,18 @@ impl std::fmt::Debug for Sealer {
     }
 }
 
-/// The AEAD nonce for counter `n`: four zero bytes and `n` little-endian,
-/// Noise's layout for ChaChaPoly.
+/// The AEAD nonce for counter `n`: four zero bytes and `n` big-endian,
+/// Noise's layout for AESGCM.
 fn nonce(n: u64) -> Nonce {
     let mut bytes = [0u8; 12];
-    bytes[4..].copy_from_slice(&n.to_le_bytes());
+    bytes[4..].copy_from_slice(&n.to_be_bytes());
     Nonce::assume_unique_for_key(bytes)
 }
 
-/// A ChaCha20-Poly1305 key (ring's, in assembly: several times the speed
-/// of a portable build on the same core).
+/// An AES-256-GCM key (ring's, in assembly).
 fn aead_key(bytes: &[u8; 32]) -> LessSafeKey {
     // ring refuses only a key of the wrong length, and this one is 32 bytes.
-    let key =
-        UnboundKey::new(&CHACHA20_POLY1305, bytes).expect("ChaCha20-Poly1305 takes 32-byte keys");
+    let key = UnboundKey::new(&AES_256_GCM, bytes).expect("AES-256-GCM takes 32-byte keys");
     LessSafeKey::new(key)
 }
 

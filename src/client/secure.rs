@@ -347,6 +347,22 @@ mod tests {
     }
 
     #[test]
+    fn the_sessions_address_in_its_ipv4_mapped_form_is_still_answered_sealed() {
+        let (_dir, mut relay, credential, now) = relay(AuthMode::Optional);
+        let _s = connect(&mut relay, now, &credential);
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:6000".parse().unwrap();
+        // Large enough to pay for a sealed answer, sent unproven.
+        let padding = Frame::Publish {
+            channel: "anon.x",
+            payload: &[0; 100],
+        };
+        relay.handle_datagram(now, mapped, &datagram(&[padding, Frame::Ping { nonce: 3 }]));
+        let answers = sent(&mut relay);
+        assert_eq!(answers.len(), 1);
+        assert!(crate::auth::is_sealed(&answers[0]), "not in the clear");
+    }
+
+    #[test]
     fn a_denied_request_tells_the_keyed_client_which_permission_is_missing() {
         let (_dir, mut relay, credential, now) = relay(AuthMode::Required);
         let mut s = connect(&mut relay, now, &credential);

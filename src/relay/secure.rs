@@ -259,14 +259,14 @@ impl Secure {
             // The same first message again: the client's retry, answered
             // the same; from elsewhere, a replay, refused.
             return match self.session(id) {
-                Some(s) if s.addr == from => Handshake::Again {
+                Some(s) if canonical(s.addr) == canonical(from) => Handshake::Again {
                     session: id,
                     reply: s.reply,
                 },
                 _ => Handshake::Refused,
             };
         }
-        let replacing = self.by_addr.get(&from).copied();
+        let replacing = self.by_addr.get(&canonical(from)).copied();
         let frees_a_slot = replacing.is_some();
         if !frees_a_slot && self.free.is_empty() && self.slots.len() >= self.max {
             return Handshake::Refused;
@@ -303,7 +303,7 @@ impl Secure {
             reply,
         }));
         self.per_key[key] += 1;
-        self.by_addr.insert(from, id);
+        self.by_addr.insert(canonical(from), id);
         self.by_ephemeral.insert(ephemeral, id);
         self.next_sweep.get_or_insert(now.instant + SWEEP_EVERY);
         Handshake::Opened {
@@ -339,8 +339,9 @@ impl Secure {
         let session = slot.session.take()?;
         slot.generation = slot.generation.wrapping_add(1).max(1);
         self.free.push(index as u16);
-        if self.by_addr.get(&session.addr) == Some(&id) {
-            self.by_addr.remove(&session.addr);
+        let addr = canonical(session.addr);
+        if self.by_addr.get(&addr) == Some(&id) {
+            self.by_addr.remove(&addr);
         }
         self.by_ephemeral.remove(&session.ephemeral);
         self.per_key[session.key] -= 1;
@@ -365,7 +366,7 @@ impl Secure {
             // A session answers one address: a datagram of it from another
             // is a key holder writing someone else's address, or a client
             // that moved (it makes a new session).
-            Some(s) if s.addr != from => Err(Refusal::Forged),
+            Some(s) if canonical(s.addr) != canonical(from) => Err(Refusal::Forged),
             Some(s) => match s.sealer.open(datagram, &mut opened) {
                 Ok(()) if s.expires != 0 && now.unix_secs() >= s.expires => {
                     Err(Refusal::Expired(from))
@@ -398,14 +399,14 @@ impl Secure {
     /// True if `addr` holds a session: what is sent there is sealed, and
     /// each datagram is [`SEAL_OVERHEAD`] bytes larger.
     pub(super) fn has_session(&self, addr: SocketAddr) -> bool {
-        self.by_addr.contains_key(&addr)
+        self.by_addr.contains_key(&canonical(addr))
     }
 
     /// `t` sealed, if its destination holds a session (a lone
     /// HANDSHAKE_REPLY excepted); `None` if it cannot be (too large, or the
     /// session's nonces are used up).
     pub(super) fn seal(&mut self, t: Transmit) -> Option<Transmit> {
-        let Some(&id) = self.by_addr.get(&t.destination) else {
+        let Some(&id) = self.by_addr.get(&canonical(t.destination)) else {
             return Some(t);
         };
         if is_handshake_reply(&t.payload) {
@@ -472,6 +473,13 @@ impl Secure {
         }
         addrs
     }
+}
+
+/// One peer whatever form its address takes: an IPv4-mapped IPv6 address is
+/// its IPv4 address, so a session's address cannot be reached unsealed in
+/// another spelling (found by the `sealed` fuzz target).
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 /// True for a datagram holding only a HANDSHAKE_REPLY: the one the relay

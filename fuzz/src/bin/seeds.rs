@@ -28,6 +28,7 @@ fn main() {
     let counts = [
         ("decode", write_all(&root.join("decode"), decode_seeds())),
         ("relay", write_all(&root.join("relay"), relay_seeds())),
+        ("sealed", write_all(&root.join("sealed"), sealed_seeds())),
         (
             "log_recovery",
             write_all(&root.join("log_recovery"), log_seeds()),
@@ -36,6 +37,45 @@ fn main() {
     for (target, (files, bytes)) in counts {
         println!("{target}: {files} seeds, {bytes} bytes");
     }
+}
+
+/// Inputs of the `sealed` target (fuzz/fuzz_targets/sealed.rs): a settings
+/// byte, then steps; 0x40 seals frames with the client's session.
+fn sealed_seeds() -> Vec<(String, Vec<u8>)> {
+    let step = |c: u8, body: &[u8]| {
+        let mut out = vec![c];
+        out.extend_from_slice(&(body.len() as u16).to_le_bytes());
+        out.extend_from_slice(body);
+        out
+    };
+    let publish = |channel| {
+        frames(&[Frame::Publish {
+            channel,
+            payload: b"sealed",
+        }])
+    };
+    let sub = frames(&[Frame::Subscribe {
+        sub_id: 1,
+        mode: DeliveryMode::Reliable,
+        start: StartPosition::Earliest,
+        channel: "k.x",
+    }]);
+    let mut seeds = Vec::new();
+    for (settings, mode) in [(0u8, "optional"), (1, "required")] {
+        let mut conversation = vec![settings];
+        conversation.extend(step(0x40, &publish("k.x")));
+        conversation.extend(step(0x40, &sub));
+        conversation.extend(step(0x40, &publish("a.x")));
+        conversation.extend([0x80, 0]); // the last one again
+        conversation.extend([0x81, 17]); // the one before, changed
+        conversation.extend(step(0x41, &publish("k.x"))); // forged source
+        conversation.extend(step(0x01, &datagram(&[Frame::Ping { nonce: 1 }])));
+        conversation.extend([0xC0, 20]); // 4 s: leases lapse
+        conversation.extend([0xC0, 255]); // 650 s: the session ends
+        conversation.extend(step(0x40, &publish("k.x")));
+        seeds.push((format!("conversation-{mode}"), conversation));
+    }
+    seeds
 }
 
 /// Writes each `(name, bytes)` as a file of `dir`; returns the number of
