@@ -162,7 +162,7 @@ mod tests {
     use super::*;
     use crate::auth::{KeyFile, SECRET_LEN, Secret};
     use crate::config::{AuthMode, RelayConfig};
-    use crate::relay::{Now, Relay};
+    use crate::relay::{MAX_SESSIONS_PER_KEY, Now, Relay};
     use crate::wire::{DeliveryMode, ErrorCode, StartPosition};
 
     const UNIX: u64 = 1_700_000_000;
@@ -360,6 +360,52 @@ mod tests {
         let answers = sent(&mut relay);
         assert_eq!(answers.len(), 1);
         assert!(crate::auth::is_sealed(&answers[0]), "not in the clear");
+    }
+
+    #[test]
+    fn handshakes_beyond_the_session_table_are_refused_unanswered() {
+        // The whole table (2 slots), then one key's share of a larger one.
+        for (max, tries, want) in [(2, 4, 2), (1100, 1100, MAX_SESSIONS_PER_KEY)] {
+            assert_eq!(open_sessions(max, tries), want);
+        }
+    }
+
+    /// Handshakes with one key from `tries` addresses at a relay holding
+    /// `max` sessions; how many opened (the rest got no answer).
+    fn open_sessions(max: usize, tries: u16) -> usize {
+        let (dir, _, credential, now) = relay(AuthMode::Required);
+        let config = RelayConfig {
+            data_dir: dir.path().join("data2"),
+            keys: Some(dir.path().join("keys.toml")),
+            auth: AuthMode::Required,
+            max_auth_sessions: max,
+            ..RelayConfig::default()
+        };
+        let mut relay = Relay::open(&config, now).unwrap();
+        let mut opened = 0;
+        for i in 0..tries {
+            // A millisecond apart: the relay's token rate is not what is tested.
+            let now = now.after(Duration::from_millis(u64::from(i)));
+            let from: SocketAddr = ([127, 0, 0, 1], 7000 + i).into();
+            let mut hs = Handshake::new(&credential, UNIX).unwrap();
+            for _ in 0..2 {
+                let d = hs.poll_transmit(now.instant).unwrap();
+                relay.handle_datagram(now, from, &d);
+                for t in std::iter::from_fn(|| relay.poll_transmit()) {
+                    assert!(t.payload.len() <= d.len(), "never more than was sent");
+                    if let Some(done) = hs.handle_datagram(now.instant, &t.payload) {
+                        done.unwrap();
+                        opened += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(relay.counters().handshakes, opened as u64);
+        assert_eq!(
+            relay.counters().handshakes_refused,
+            u64::from(tries) - opened as u64
+        );
+        opened
     }
 
     #[test]

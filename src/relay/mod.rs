@@ -73,6 +73,8 @@ pub use counters::Counters;
 pub use durability::SyncRequest;
 pub use outbox::{Payload, Transmit};
 pub use replies::OwnAddressError;
+#[cfg(test)]
+pub(crate) use secure::MAX_SESSIONS_PER_KEY;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;

@@ -34,7 +34,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Most sessions one key may hold at once: a key given to many clients, or
 /// captured first messages replayed from many proven addresses, fill its
 /// own share and not every key's.
-pub(super) const MAX_SESSIONS_PER_KEY: usize = 1024;
+pub(crate) const MAX_SESSIONS_PER_KEY: usize = 1024;
 
 /// Bytes of the one datagram the relay sends unsealed to an address that
 /// holds a session: a lone HANDSHAKE_REPLY (the client needs it to derive
