@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{Chaos, Relay, Subscriber, TestClient, udpcat, udprelay_bin};
+use common::{Chaos, Relay, Subscriber, TestClient, send_like_nc, udpcat, udprelay_bin};
 use udprelay::auth::{Credential, KeyFile};
 use udprelay::client::Handshake;
 use udprelay::wire::{self, AckKind, DeliveryMode, ErrorCode, Frame, StartPosition, StatEntries};
@@ -521,4 +521,161 @@ fn under_auth_optional_anonymous_clients_get_the_anonymous_permissions_and_stats
             .all(|r| r.contains(&format!("{}/77 ", keyed.socket.local_addr().unwrap()))),
         "only its own rows: {rows:?}"
     );
+}
+
+#[test]
+fn a_keyed_client_over_its_quotas_is_held_to_them_and_another_key_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.toml");
+    let anything = ["--publish", ">", "--subscribe", ">"];
+    let quota = ["--messages-per-sec", "100", "--max-subscriptions", "2"];
+    let greedy = new_key(&keys, "greedy", &[&anything[..], &quota[..]].concat());
+    let healthy = new_key(&keys, "healthy", &anything);
+    let admin = new_key(&keys, "admin", &[&anything[..], &["--admin"]].concat());
+    let keys_arg = keys.to_str().unwrap().to_string();
+    let relay = Relay::start_in(dir, &["--keys", &keys_arg, "--auth", "required"]);
+    let limit_errors = |got: &[common::Got]| -> Vec<String> {
+        got.iter()
+            .filter_map(|g| match g {
+                common::Got::Error(code, reason) if *code == ErrorCode::LIMIT_REACHED.0 => {
+                    Some(reason.clone())
+                }
+                _ => None,
+            })
+            .collect()
+    };
+
+    // Two addresses of the greedy key hold two subscriptions between them.
+    let mut g1 = TestClient::keyed(relay.addr, &greedy);
+    let mut g2 = TestClient::keyed(relay.addr, &greedy);
+    g1.subscribe(1, "flood.echo");
+    g2.subscribe(1, "flood.echo");
+    g2.send(&[Frame::Subscribe {
+        sub_id: 2,
+        mode: DeliveryMode::Unreliable,
+        start: StartPosition::Latest,
+        channel: "flood.other",
+    }]);
+    assert_eq!(
+        limit_errors(&g2.barrier()),
+        ["this key holds its maximum number of subscriptions"]
+    );
+    // The healthy key is not held to the greedy one's quota.
+    let mut h = TestClient::keyed(relay.addr, &healthy);
+    for sub_id in 1..=3 {
+        h.subscribe(sub_id, "calm.echo");
+    }
+
+    // The greedy key floods 3,000 messages; at most a second's worth plus
+    // 100 a second from the first are stored, the rest dropped and
+    // counted, and it is told why.
+    let started = Instant::now();
+    let payload = [b'x'; 32];
+    for _ in 0..300 {
+        let frames: Vec<Frame<'_>> = (0..10)
+            .map(|_| Frame::Publish {
+                channel: "flood.in",
+                payload: &payload,
+            })
+            .collect();
+        g1.send(&frames);
+    }
+    let got = g1.barrier();
+    let elapsed = started.elapsed().as_secs_f64();
+    let told = limit_errors(&got);
+    assert!(
+        told.contains(&"over this key's quota of 100 messages per second".to_string()),
+        "{got:?}"
+    );
+    assert!(
+        told.len() <= 1 + elapsed as usize,
+        "told at most once a second: {told:?}"
+    );
+
+    // Meanwhile the healthy key publishes reliably, every message stored.
+    let input: String = (0..1000).map(|i| format!("h{i}\n")).collect();
+    let out = udpcat(
+        &[
+            "pub",
+            &relay.addr_str(),
+            "calm.in",
+            "--reliable",
+            "--credential",
+            &healthy.to_string(),
+        ],
+        input.as_bytes(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let stats = TestClient::keyed(relay.addr, &admin).stats();
+    let greedy_stored = stats["messages_published"] - 1000;
+    let dropped = stats["dropped_quota"];
+    assert!(dropped > 0, "{stats:?}");
+    assert!(greedy_stored + dropped <= 3000, "{stats:?}");
+    let allowed = 100.0 + 100.0 * elapsed;
+    assert!(
+        greedy_stored as f64 <= allowed,
+        "{greedy_stored} stored in {elapsed:.2} s: more than a second's worth and 100/s"
+    );
+}
+
+#[test]
+fn raw_ports_stay_plain_udp_beside_a_key_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.toml");
+    let cred = new_key(&keys, "ops", &["--publish", ">", "--subscribe", ">"]).to_string();
+    let listener = UdpSocket::bind("127.0.0.1:0").unwrap();
+    listener
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mapping = format!("metrics={}", listener.local_addr().unwrap());
+    let keys_arg = keys.to_str().unwrap().to_string();
+    let relay = Relay::start_in(
+        dir,
+        &[
+            "--keys",
+            &keys_arg,
+            "--auth",
+            "required",
+            "--raw-in",
+            "127.0.0.1:0=syslog",
+            "--raw-out",
+            &mapping,
+        ],
+    );
+    // Plain datagrams at the raw-in port, as nc sends them, reach a keyed
+    // subscriber (sealed on the way out, as everything to it is).
+    let sub = Subscriber::start(&[
+        &relay.addr_str(),
+        "syslog",
+        "--count",
+        "2",
+        "--credential",
+        &cred,
+    ]);
+    send_like_nc(relay.raw_in[0], &["<13>hello from nc", "second datagram"]);
+    let (status, stdout, stderr) = sub.finish();
+    assert!(status.success(), "{stderr}");
+    assert_eq!(stdout, "<13>hello from nc\nsecond datagram\n");
+    // A keyed publisher's messages leave the raw-out port plain, as
+    // operators' collectors expect.
+    let out = udpcat(
+        &["pub", &relay.addr_str(), "metrics", "--credential", &cred],
+        b"cpu:42|g\nmem:7|g\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut buf = [0u8; 2048];
+    for want in [&b"cpu:42|g"[..], b"mem:7|g"] {
+        let (n, from) = listener.recv_from(&mut buf).expect("raw-out datagram");
+        assert_eq!(&buf[..n], want);
+        assert_eq!(from, relay.addr);
+    }
 }

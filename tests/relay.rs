@@ -128,11 +128,7 @@ fn plain_udp_datagram_at_raw_in_reaches_a_subscriber() {
         "json",
     ]);
     // What `nc -u` does: one plain datagram per line, no protocol at all.
-    let plain = UdpSocket::bind("127.0.0.1:0").unwrap();
-    plain
-        .send_to(b"<13>hello from nc", relay.raw_in[0])
-        .unwrap();
-    plain.send_to(b"second datagram", relay.raw_in[0]).unwrap();
+    send_like_nc(relay.raw_in[0], &["<13>hello from nc", "second datagram"]);
     let (status, stdout, stderr) = sub.finish();
     assert!(status.success(), "{stderr}");
     let msgs = json_lines(&stdout);

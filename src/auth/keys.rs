@@ -15,6 +15,12 @@
 //! deny-publish = []           # deny takes precedence over allow
 //! deny-subscribe = []
 //! admin = false               # may see other clients in STATS
+//! # quotas, across every session of the key; absent = no limit of its own
+//! messages-per-sec = 10000     # published (a burst of one second's worth)
+//! bytes-per-sec = 10000000     # of published payload
+//! max-subscriptions = 100
+//! max-sessions = 10            # reliable publishing sessions
+//! reassembly-bytes = 8388608   # of unreliable messages arriving in pieces
 //! ```
 //!
 //! Every mistake is one line naming the entry and the field, and the secret
@@ -100,6 +106,26 @@ pub struct Key {
     secret: Secret,
     /// What a client holding this key may do.
     permissions: Permissions,
+    /// How much it may use.
+    quota: Quota,
+}
+
+/// How much of the relay one key may use, across every session opened
+/// under it at once. `None` is no limit of the key's own: the relay-wide
+/// and per-address limits still apply.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quota {
+    /// Messages it may publish per second, in a burst of one second's worth.
+    pub messages_per_sec: Option<u64>,
+    /// Payload bytes it may publish per second, likewise.
+    pub bytes_per_sec: Option<u64>,
+    /// Subscriptions it may hold.
+    pub max_subscriptions: Option<u64>,
+    /// Reliable publishing sessions it may hold.
+    pub max_sessions: Option<u64>,
+    /// Bytes it may have held for unreliable messages still arriving in
+    /// pieces.
+    pub reassembly_bytes: Option<u64>,
 }
 
 impl Key {
@@ -121,6 +147,11 @@ impl Key {
     /// What a client holding this key may do.
     pub fn permissions(&self) -> &Permissions {
         &self.permissions
+    }
+
+    /// How much a client holding this key may use.
+    pub fn quota(&self) -> &Quota {
+        &self.quota
     }
 }
 
@@ -151,6 +182,8 @@ pub struct NewKey {
     pub deny_subscribe: Vec<String>,
     /// May see other clients in STATS.
     pub admin: bool,
+    /// Its quotas.
+    pub quota: Quota,
 }
 
 /// The file's top level, with entries left as values so that each one's
@@ -184,6 +217,16 @@ struct RawKey {
     deny_subscribe: Vec<String>,
     #[serde(default)]
     admin: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    messages_per_sec: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    bytes_per_sec: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_subscriptions: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_sessions: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reassembly_bytes: Option<u64>,
 }
 
 /// The four pattern lists as written: the `[anonymous]` table (which has
@@ -273,12 +316,31 @@ impl RawKey {
             deny_subscribe: self.deny_subscribe,
         }
         .check(self.admin)?;
+        let quota = Quota {
+            messages_per_sec: at_least_one("messages-per-sec", self.messages_per_sec)?,
+            bytes_per_sec: at_least_one("bytes-per-sec", self.bytes_per_sec)?,
+            max_subscriptions: at_least_one("max-subscriptions", self.max_subscriptions)?,
+            max_sessions: at_least_one("max-sessions", self.max_sessions)?,
+            reassembly_bytes: at_least_one("reassembly-bytes", self.reassembly_bytes)?,
+        };
         Ok(Key {
             name: self.name,
             id: self.id,
             secret,
             permissions,
+            quota,
         })
+    }
+}
+
+/// A quota as given: absent, or at least one (0 would refuse everything,
+/// which is what leaving a permission out does).
+fn at_least_one(field: &str, value: Option<u64>) -> Result<Option<u64>, String> {
+    match value {
+        Some(0) => Err(format!(
+            "field {field}: must be at least 1 (leave it out for no limit of the key's own)"
+        )),
+        v => Ok(v),
     }
 }
 
@@ -443,6 +505,11 @@ fn appended_text(old: &str, new: &NewKey, id: u32, secret: &Secret) -> String {
         deny_publish: new.deny_publish.clone(),
         deny_subscribe: new.deny_subscribe.clone(),
         admin: new.admin,
+        messages_per_sec: new.quota.messages_per_sec,
+        bytes_per_sec: new.quota.bytes_per_sec,
+        max_subscriptions: new.quota.max_subscriptions,
+        max_sessions: new.quota.max_sessions,
+        reassembly_bytes: new.quota.reassembly_bytes,
     };
     let table = toml::to_string(&OneKey { key: [&raw] })
         .expect("a table of strings, integers and booleans always serializes");
@@ -497,6 +564,8 @@ id = 5
 secret = "{SECRET_B}"
 subscribe = [">"]
 admin = true
+messages-per-sec = 1000
+max-subscriptions = 10
 "#
         )
     }
@@ -523,6 +592,15 @@ admin = true
         assert_eq!(dashboard.id(), 5);
         assert!(dashboard.permissions().admin);
         assert!(dashboard.permissions().subscribe("anything.at.all").is_ok());
+        assert_eq!(
+            dashboard.quota(),
+            &Quota {
+                messages_per_sec: Some(1000),
+                max_subscriptions: Some(10),
+                ..Quota::default()
+            }
+        );
+        assert_eq!(sensor.quota(), &Quota::default(), "no limits of its own");
         assert!(file.anonymous().publish("public.chat").is_ok());
         assert!(file.anonymous().publish("sensors.7").is_err());
         assert!(file.key(2).is_none());
@@ -573,6 +651,14 @@ admin = true
                     "deny-publish = [\"a..b\"]",
                 ),
                 "key \"sensor-7\" (entry 1): field deny-publish: invalid pattern \"a..b\"",
+            ),
+            (
+                base.replace("max-subscriptions = 10", "max-subscriptions = 0"),
+                "key \"dashboard\" (entry 2): field max-subscriptions: must be at least 1",
+            ),
+            (
+                base.replace("messages-per-sec = 1000", "messages-per-sec = -5"),
+                "key \"dashboard\" (entry 2): field messages-per-sec: invalid value",
             ),
             (
                 base.replace("name = \"dashboard\"\n", ""),
@@ -637,6 +723,10 @@ admin = true
             name: "third \"quoted\"".into(),
             publish: vec!["a.>".into()],
             admin: true,
+            quota: Quota {
+                max_sessions: Some(3),
+                ..Quota::default()
+            },
             ..NewKey::default()
         };
         let (file, id) = KeyFile::add_key(&path, &new).unwrap();
@@ -650,6 +740,13 @@ admin = true
         assert_eq!(key.name(), "third \"quoted\"");
         assert!(key.permissions().admin);
         assert!(key.permissions().publish("a.b").is_ok());
+        assert_eq!(key.quota().max_sessions, Some(3));
+        let added = &after[before.len()..];
+        assert!(added.contains("max-sessions = 3"), "{added}");
+        assert!(
+            !added.contains("per-sec"),
+            "unset quotas are left out: {added}"
+        );
         assert_ne!(key.secret(), file.key(1).unwrap().secret());
         assert_eq!(KeyFile::load(&path).unwrap().keys().len(), 3);
     }

@@ -16,7 +16,7 @@ mod keys;
 mod session;
 
 pub use credential::{Credential, CredentialError, derive_secret};
-pub use keys::{Key, KeyFile, KeyFileError, NewKey};
+pub use keys::{Key, KeyFile, KeyFileError, NewKey, Quota};
 pub use session::{
     Initiator, NOISE_PARAMS, REPLAY_WINDOW, ReplayWindow, Sealer, SessionError, SessionKeys, Side,
     is_sealed, respond, sealed_header, verify,

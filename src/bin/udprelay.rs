@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use udprelay::auth::{KeyFile, NewKey};
+use udprelay::auth::{KeyFile, NewKey, Quota};
 use udprelay::client::message_json;
 use udprelay::config::{self, AuthMode, RelayConfig};
 use udprelay::driver::Driver;
@@ -66,6 +66,23 @@ enum KeyCommand {
         /// The key may see other clients' streams in STATS [default: off].
         #[arg(long)]
         admin: bool,
+        /// Most messages per second the key may publish, across all its
+        /// sessions (a burst of one second's worth) [default: no limit of its own].
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        messages_per_sec: Option<u64>,
+        /// Most payload bytes per second the key may publish (e.g. 10M) [default: no limit of its own].
+        #[arg(long, value_name = "SIZE", value_parser = parse_quota_size)]
+        bytes_per_sec: Option<u64>,
+        /// Most subscriptions the key may hold across its sessions [default: no limit of its own].
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        max_subscriptions: Option<u64>,
+        /// Most reliable publishing sessions the key may hold [default: no limit of its own].
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        max_sessions: Option<u64>,
+        /// Most bytes the key may have held for unreliable messages arriving
+        /// in pieces (e.g. 8M) [default: an eighth of --reassembly-memory per address].
+        #[arg(long, value_name = "SIZE", value_parser = parse_quota_size)]
+        reassembly_bytes: Option<u64>,
     },
     /// Print a credential derived from key NAME that is refused once DUR has
     /// passed; the relay needs no change to accept it. Summary to stderr, the
@@ -409,6 +426,34 @@ fn parse_pattern(s: &str) -> std::result::Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// A quota in bytes: a size (`8M`), at least one.
+fn parse_quota_size(s: &str) -> std::result::Result<u64, String> {
+    match config::parse_size(s) {
+        Ok(0) => Err("must be at least 1 (leave the flag out for no limit)".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A key's quotas for `key ls` and summaries: comma-separated, `-` for none.
+fn quota_list(q: &Quota) -> String {
+    let parts: Vec<String> = [
+        q.messages_per_sec.map(|n| format!("{n} msg/s")),
+        q.bytes_per_sec.map(|n| format!("{n} B/s")),
+        q.max_subscriptions.map(|n| format!("{n} subscriptions")),
+        q.max_sessions.map(|n| format!("{n} sessions")),
+        q.reassembly_bytes.map(|n| format!("{n} B reassembly")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if parts.is_empty() {
+        "-".to_string()
+    } else {
+        parts.join(", ")
+    }
+}
+
 /// Patterns for `key ls` and summaries: comma-separated, `-` for none.
 fn pattern_list(patterns: &[Pattern]) -> String {
     if patterns.is_empty() {
@@ -429,6 +474,11 @@ fn key_command(cmd: KeyCommand) -> Result<ExitCode> {
             deny_publish,
             deny_subscribe,
             admin,
+            messages_per_sec,
+            bytes_per_sec,
+            max_subscriptions,
+            max_sessions,
+            reassembly_bytes,
         } => {
             let created = !keys.exists();
             let new = NewKey {
@@ -438,6 +488,13 @@ fn key_command(cmd: KeyCommand) -> Result<ExitCode> {
                 deny_publish,
                 deny_subscribe,
                 admin,
+                quota: Quota {
+                    messages_per_sec,
+                    bytes_per_sec,
+                    max_subscriptions,
+                    max_sessions,
+                    reassembly_bytes,
+                },
             };
             let (file, id) = KeyFile::add_key(&keys, &new)?;
             let key = file.key(id).ok_or("the new key is missing")?;
@@ -452,12 +509,13 @@ fn key_command(cmd: KeyCommand) -> Result<ExitCode> {
                 format!("added key {:?} (id {id}) to {}", key.name(), keys.display())
             };
             eprintln!(
-                "{what}: publish {}, subscribe {}, deny-publish {}, deny-subscribe {}, admin {}",
+                "{what}: publish {}, subscribe {}, deny-publish {}, deny-subscribe {}, admin {}, quota {}",
                 pattern_list(&p.publish),
                 pattern_list(&p.subscribe),
                 pattern_list(&p.deny_publish),
                 pattern_list(&p.deny_subscribe),
                 if p.admin { "yes" } else { "no" },
+                quota_list(key.quota()),
             );
             writeln!(out, "{}", key.credential())?;
         }
@@ -496,6 +554,7 @@ fn key_command(cmd: KeyCommand) -> Result<ExitCode> {
                 "SUBSCRIBE",
                 "DENY-PUBLISH",
                 "DENY-SUBSCRIBE",
+                "QUOTA",
             ]
             .map(String::from);
             let mut rows = vec![header];
@@ -509,6 +568,7 @@ fn key_command(cmd: KeyCommand) -> Result<ExitCode> {
                     pattern_list(&p.subscribe),
                     pattern_list(&p.deny_publish),
                     pattern_list(&p.deny_subscribe),
+                    quota_list(key.quota()),
                 ]);
             }
             let a = file.anonymous();
@@ -520,8 +580,9 @@ fn key_command(cmd: KeyCommand) -> Result<ExitCode> {
                 pattern_list(&a.subscribe),
                 pattern_list(&a.deny_publish),
                 pattern_list(&a.deny_subscribe),
+                "-".to_string(),
             ]);
-            let mut widths = [0; 7];
+            let mut widths = [0; 8];
             for row in &rows {
                 for (w, cell) in widths.iter_mut().zip(row) {
                     *w = (*w).max(cell.chars().count());

@@ -129,6 +129,11 @@ impl Relay {
                 if replaced_other_key {
                     // What the address held was allowed under another key.
                     self.session_ended(from);
+                } else if self.peers.get(&from).is_some_and(|p| p.owner().is_none()) {
+                    // What it held anonymously was charged to no key and
+                    // allowed under other permissions: it goes too.
+                    let expired = self.remove_peer(from);
+                    self.counters.subscriptions_expired += expired as u64;
                 }
                 (session, reply)
             }

@@ -135,6 +135,8 @@ counters! {
     dropped_replayed,
     /// Requests refused for a missing permission.
     dropped_denied,
+    /// Messages over their key's publishing rate.
+    dropped_quota,
     /// Datagrams handed to the kernel.
     datagrams_sent,
     /// Datagrams that waited in the send queue for a full socket buffer.

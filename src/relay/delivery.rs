@@ -149,10 +149,16 @@ pub(super) struct Pumped {
     pub(super) damaged: Option<String>,
     /// When its ARQ next needs a call.
     pub(super) timer: Option<Instant>,
+    /// Bytes of new messages queued (retransmissions not counted).
+    pub(super) spent: usize,
+    /// Its next message to send is at the channel's head: nothing stored
+    /// waits for it.
+    pub(super) caught_up: bool,
 }
 
 /// Sends a reliable subscription what its ARQ allows: retransmissions
-/// re-read from the log, then new messages from its next offset, with
+/// re-read from the log, then new messages from its next offset (up to
+/// `budget` bytes of them, at least one if the budget is not spent), with
 /// earlier unacknowledged ones riding along where a datagram has room.
 pub(super) fn pump(
     sub: &mut Subscriber,
@@ -160,6 +166,7 @@ pub(super) fn pump(
     outbox: &mut Outbox,
     counters: &mut Counters,
     now: Now,
+    budget: usize,
 ) -> Pumped {
     let (peer, sub_id) = (sub.peer, sub.sub_id);
     let Some(arq) = sub.arq.as_deref_mut() else {
@@ -200,21 +207,22 @@ pub(super) fn pump(
         }
         let next = arq.next_seq();
         let clear = out.trouble.is_none() && out.damaged.is_none();
-        if clear && next < log.next_offset() && arq.can_send(now.instant) {
+        if clear && next < log.next_offset() && arq.can_send(now.instant) && budget > 0 {
             if next < log.first_offset() {
                 out.trouble = Some(format!("offset {next} was deleted before it was sent"));
             } else if let Err(e) = log.scan(next, |r| {
-                if !arq.can_send(now.instant) {
+                if !arq.can_send(now.instant) || out.spent >= budget {
                     return false;
                 }
                 arq.on_send_bytes(now.instant, r.payload.len());
                 counters.messages_delivered += 1;
-                outbox.push_delivery(peer, sub_id, r.offset, r.timestamp, r.payload);
+                out.spent += outbox.push_delivery(peer, sub_id, r.offset, r.timestamp, r.payload);
                 true
             }) {
                 out.damaged = Some(e.to_string());
             }
         }
+        out.caught_up = arq.next_seq() >= log.next_offset();
         // Thin-stream redundancy: new messages went out; earlier
         // unacknowledged ones ride along where the datagram has room.
         let clear = out.trouble.is_none() && out.damaged.is_none();

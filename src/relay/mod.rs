@@ -38,7 +38,9 @@
 //! - `reassembly`: unreliable messages arriving in pieces, within a budget.
 //! - `delivery`: fan-out of a stored message, replay, and the reliable
 //!   subscriber's sends (all read from the log).
-//! - `peers`: client addresses holding state, and their leases.
+//! - `peers`: client addresses holding state, their leases, and what each
+//!   key holds across its addresses.
+//! - `quota`: each key's publishing rates (messages and bytes per second).
 //! - `durability`: when appended records are synced, and retention.
 //! - `validation`: address tokens, the proof that a peer receives at the
 //!   address it claims; until then it is answered with at most the bytes
@@ -60,6 +62,7 @@ mod durability;
 mod outbox;
 mod peers;
 mod publishing;
+mod quota;
 mod reassembly;
 mod replies;
 mod secure;
@@ -86,9 +89,10 @@ use crate::wire::{self, ErrorCode, Frame};
 use channels::{ChannelId, Channels, Storage};
 use durability::Durability;
 use outbox::Outbox;
+use peers::Owner;
 use peers::Peers;
 use publishing::{Offered, Publishing};
-use reassembly::{Added, Reassembler};
+use reassembly::{Added, Holder, Reassembler};
 use replies::{OwnAddresses, SourceBuckets, TokenBucket};
 use secure::{Secure, Who};
 use sessions::Piece;
@@ -460,6 +464,7 @@ impl Relay {
                     sub_id,
                     mode,
                     start,
+                    owner: self.owner(),
                 };
                 self.subscribe(now, from, request, channel)
             }
@@ -568,8 +573,34 @@ impl Relay {
             self.refuse_channel(now, from);
             false
         } else {
-            true
+            action != Action::Publish || self.within_rate(now, from, len)
         }
+    }
+
+    /// True (and charged) if a message of `len` bytes from the sender of
+    /// the datagram being handled is within its key's publishing rates.
+    /// Over them, it is dropped and counted, and the key told at most once
+    /// a second: a reliable publisher, not acknowledged, sends it again.
+    fn within_rate(&mut self, now: Now, from: SocketAddr, len: usize) -> bool {
+        let who = self.who;
+        let Some(Err(over)) =
+            (self.secure.as_mut()).map(|s| s.charge_publish(who, now.instant, len))
+        else {
+            return true;
+        };
+        self.counters.dropped_quota += 1;
+        if over.tell {
+            self.reply_error(now, from, ErrorCode::LIMIT_REACHED, &over.to_string());
+        }
+        false
+    }
+
+    /// Who a new subscription or session of the sender of the datagram
+    /// being handled is charged to besides its address.
+    fn owner(&self) -> Owner {
+        self.secure
+            .as_ref()
+            .map_or(Owner::ADDRESS, |s| s.owner(self.who))
     }
 
     /// True if the sender of the datagram being handled may do `action` on
@@ -664,6 +695,7 @@ impl Relay {
         let offered = self.publishing.offer(
             now.instant,
             from,
+            self.owner(),
             (session, acked_below),
             piece,
             channel,
@@ -739,7 +771,12 @@ impl Relay {
             return;
         }
         let allowed = self.channels.allowed(piece.channel);
-        match self.reassembly.add(now.instant, piece, allowed) {
+        let who = self.who;
+        let holder = match self.secure.as_ref().and_then(|s| s.reassembly_quota(who)) {
+            Some((key, bytes)) => (Holder::Key(key), bytes),
+            None => (Holder::Address(from), self.reassembly.default_share()),
+        };
+        match self.reassembly.add(now.instant, piece, holder, allowed) {
             Added::Held | Added::Duplicate => {}
             Added::Malformed => self.counters.dropped_malformed += 1,
             Added::OverBudget => self.counters.dropped_limit += 1,
@@ -805,5 +842,7 @@ impl Relay {
     }
 }
 
+#[cfg(test)]
+mod quota_tests;
 #[cfg(test)]
 mod tests;

@@ -8,6 +8,11 @@
 //! valid address token: a forged one must not keep a victim's
 //! subscriptions alive): the deadline heap is checked lazily, when an entry
 //! comes due.
+//!
+//! What a peer holds is also charged to its owner, the key its session was
+//! opened under, if any: [`Peers::held_by`] is what a key holds across all
+//! its addresses, kept as subscriptions and sessions come and go, so a
+//! per-key limit costs one lookup.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -31,13 +36,51 @@ pub(super) struct Peer {
     pub(super) subscriptions: Vec<(u32, ChannelId)>,
     /// The address's reliable publishing sessions.
     pub(super) sessions: Vec<PublishSession>,
+    /// The key (index in the key file) what the address holds is charged
+    /// to, if it was opened under one.
+    owner: Option<usize>,
 }
 
 impl Peer {
+    /// The key what the address holds is charged to, if any.
+    pub(super) fn owner(&self) -> Option<usize> {
+        self.owner
+    }
+
     /// Holds nothing: the entry can go.
     pub(super) fn is_empty(&self) -> bool {
         self.subscriptions.is_empty() && self.sessions.is_empty()
     }
+}
+
+/// Who a new subscription or session is charged to besides its address,
+/// and how much that one may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Owner {
+    /// The key (index in the key file), if the request was sealed under one.
+    pub(super) key: Option<usize>,
+    /// Most subscriptions the key may hold across its addresses.
+    pub(super) max_subscriptions: usize,
+    /// Most reliable publishing sessions the key may hold.
+    pub(super) max_sessions: usize,
+}
+
+impl Owner {
+    /// Charged to the address alone.
+    pub(super) const ADDRESS: Owner = Owner {
+        key: None,
+        max_subscriptions: usize::MAX,
+        max_sessions: usize::MAX,
+    };
+}
+
+/// What one key holds across its addresses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Held {
+    /// Subscriptions.
+    pub(super) subscriptions: usize,
+    /// Reliable publishing sessions.
+    pub(super) sessions: usize,
 }
 
 /// Every peer, by address, with lease deadlines.
@@ -50,6 +93,9 @@ pub(super) struct Peers {
     leases: BinaryHeap<Reverse<(Instant, SocketAddr)>>,
     /// How long a peer lives without being heard from.
     lease: Duration,
+    /// What each key holds, by its index in the key file (grown to the
+    /// highest index seen: one entry per key, whatever the clients do).
+    held: Vec<Held>,
 }
 
 impl Peers {
@@ -59,6 +105,7 @@ impl Peers {
             peers: HashMap::new(),
             leases: BinaryHeap::new(),
             lease,
+            held: Vec::new(),
         }
     }
 
@@ -69,8 +116,9 @@ impl Peers {
         }
     }
 
-    /// The entry of `addr`, created (with its lease) if new.
-    pub(super) fn entry(&mut self, now: Instant, addr: SocketAddr) -> &mut Peer {
+    /// The entry of `addr`, created (with its lease, charged to `key`) if
+    /// new.
+    fn entry(&mut self, now: Instant, addr: SocketAddr, key: Option<usize>) -> &mut Peer {
         let lease = self.lease;
         self.peers.entry(addr).or_insert_with(|| {
             self.leases.push(Reverse((now + lease, addr)));
@@ -79,8 +127,78 @@ impl Peers {
                 lease_at: now + lease,
                 subscriptions: Vec::new(),
                 sessions: Vec::new(),
+                owner: key,
             }
         })
+    }
+
+    /// The tally of key `key`, grown to hold it.
+    fn tally(&mut self, key: usize) -> &mut Held {
+        if self.held.len() <= key {
+            self.held.resize(key + 1, Held::default());
+        }
+        &mut self.held[key]
+    }
+
+    /// What key `key` holds across all its addresses.
+    pub(super) fn held_by(&self, key: usize) -> Held {
+        self.held.get(key).copied().unwrap_or_default()
+    }
+
+    /// Adds subscription `sub` to `addr` (its entry created if new, owned
+    /// by `key`), charged to the entry's owner.
+    pub(super) fn add_subscription(
+        &mut self,
+        now: Instant,
+        addr: SocketAddr,
+        key: Option<usize>,
+        sub: (u32, ChannelId),
+    ) {
+        let peer = self.entry(now, addr, key);
+        peer.subscriptions.push(sub);
+        if let Some(owner) = peer.owner {
+            self.tally(owner).subscriptions += 1;
+        }
+    }
+
+    /// Removes the subscription at `pos` of `addr`'s entry (the entry too,
+    /// if that was all it held); `None` if there is no such entry.
+    pub(super) fn remove_subscription(
+        &mut self,
+        addr: &SocketAddr,
+        pos: usize,
+    ) -> Option<(u32, ChannelId)> {
+        let peer = self.peers.get_mut(addr)?;
+        if pos >= peer.subscriptions.len() {
+            return None;
+        }
+        let sub = peer.subscriptions.swap_remove(pos);
+        if let Some(owner) = peer.owner {
+            self.tally(owner).subscriptions -= 1;
+        }
+        if self.peers[addr].is_empty() {
+            self.peers.remove(addr);
+        }
+        Some(sub)
+    }
+
+    /// Adds reliable publishing session `session` to `addr` (its entry
+    /// created if new, owned by `key`), charged to the entry's owner;
+    /// returns its index in the entry.
+    pub(super) fn add_session(
+        &mut self,
+        now: Instant,
+        addr: SocketAddr,
+        key: Option<usize>,
+        session: PublishSession,
+    ) -> usize {
+        let peer = self.entry(now, addr, key);
+        peer.sessions.push(session);
+        let index = peer.sessions.len() - 1;
+        if let Some(owner) = peer.owner {
+            self.tally(owner).sessions += 1;
+        }
+        index
     }
 
     /// The entry of `addr`, if any.
@@ -93,9 +211,16 @@ impl Peers {
         self.peers.get_mut(addr)
     }
 
-    /// Removes the entry of `addr`.
+    /// Removes the entry of `addr`, and what it held from its owner's
+    /// tally.
     pub(super) fn remove(&mut self, addr: &SocketAddr) -> Option<Peer> {
-        self.peers.remove(addr)
+        let peer = self.peers.remove(addr)?;
+        if let Some(owner) = peer.owner {
+            let held = self.tally(owner);
+            held.subscriptions -= peer.subscriptions.len();
+            held.sessions -= peer.sessions.len();
+        }
+        Some(peer)
     }
 
     /// Every peer.
@@ -154,11 +279,11 @@ mod tests {
         let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
         for i in 0..1000 {
             let now = t + Duration::from_micros(i);
-            peers.entry(now, addr);
+            peers.entry(now, addr, None);
             peers.remove(&addr);
         }
         let last = t + Duration::from_millis(1);
-        peers.entry(last, addr);
+        peers.entry(last, addr, None);
         // The 1000 stale entries go as they come due; the live one stays.
         assert_eq!(
             peers.pop_lapsed(t + lease + Duration::from_micros(999)),
@@ -174,7 +299,7 @@ mod tests {
         let mut peers = Peers::new(lease);
         let t = Instant::now();
         let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        peers.entry(t, addr);
+        peers.entry(t, addr, None);
         let heard = t + Duration::from_millis(600);
         peers.heard_from(addr, heard);
         assert_eq!(peers.next_deadline(), Some(t + lease));
@@ -185,5 +310,36 @@ mod tests {
         assert_eq!(peers.pop_lapsed(lapses), Some(addr));
         peers.remove(&addr);
         assert_eq!(peers.pop_lapsed(lapses + lease), None);
+    }
+
+    #[test]
+    fn a_key_is_charged_what_its_addresses_hold_until_they_let_go() {
+        let t = Instant::now();
+        let mut peers = Peers::new(Duration::from_secs(1));
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        let plain: SocketAddr = "127.0.0.1:3".parse().unwrap();
+        let ch: ChannelId = 0;
+        peers.add_subscription(t, a, Some(2), (1, ch));
+        peers.add_subscription(t, a, Some(2), (2, ch));
+        peers.add_subscription(t, b, Some(2), (1, ch));
+        peers.add_subscription(t, plain, None, (1, ch));
+        let held = |peers: &Peers| peers.held_by(2).subscriptions;
+        assert_eq!(held(&peers), 3, "both addresses of key 2");
+        assert_eq!(peers.held_by(0), Held::default(), "key 0 holds nothing");
+        assert_eq!(peers.remove_subscription(&a, 0), Some((1, ch)));
+        assert_eq!(held(&peers), 2);
+        assert_eq!(
+            peers.remove_subscription(&a, 5),
+            None,
+            "no such subscription"
+        );
+        assert!(peers.remove(&b).is_some());
+        assert_eq!(held(&peers), 1, "a removed peer gives back all it held");
+        assert_eq!(peers.remove_subscription(&a, 0), Some((2, ch)));
+        assert!(peers.get(&a).is_none(), "the emptied entry is gone");
+        assert_eq!(held(&peers), 0);
+        assert_eq!(peers.get(&plain).unwrap().owner(), None);
+        assert_eq!(peers.get(&a).map(Peer::owner), None);
     }
 }

@@ -16,7 +16,7 @@ use std::time::Instant;
 use super::channels::{ChannelId, Channels, Storage};
 use super::counters::Counters;
 use super::outbox::Outbox;
-use super::peers::Peers;
+use super::peers::{Owner, Peers};
 use super::sessions::{self, Piece, PublishSession, SessionMemory, StoredSessions, Taken};
 use crate::reliable::{ArqConfig, Arrival};
 use crate::wire::{self, Frame};
@@ -97,6 +97,7 @@ impl Publishing {
         &mut self,
         now: Instant,
         from: SocketAddr,
+        owner: Owner,
         (session, acked_below): (u64, u64),
         channel: &str,
         channels: &Channels,
@@ -114,6 +115,12 @@ impl Publishing {
             counters.dropped_limit += 1;
             return Err("this address holds its maximum number of sessions");
         }
+        if let Some(key) = owner.key
+            && peers.held_by(key).sessions >= owner.max_sessions
+        {
+            counters.dropped_limit += 1;
+            return Err("this key holds its maximum number of sessions");
+        }
         if self.count >= self.limits.max {
             counters.dropped_limit += 1;
             return Err("the relay holds its maximum number of sessions");
@@ -129,14 +136,8 @@ impl Publishing {
         let stored = self.stored.stored_below(client, session).max(logged);
         self.count += 1;
         counters.sessions_opened += 1;
-        let peer = peers.entry(now, from);
-        peer.sessions.push(PublishSession::new(
-            session,
-            client,
-            self.limits.arq,
-            acked_below.max(stored),
-        ));
-        Ok(peer.sessions.len() - 1)
+        let new = PublishSession::new(session, client, self.limits.arq, acked_below.max(stored));
+        Ok(peers.add_session(now, from, owner.key, new))
     }
 
     /// Offers a piece of session `session` of `from` for `channel`,
@@ -147,6 +148,7 @@ impl Publishing {
         &mut self,
         now: Instant,
         from: SocketAddr,
+        owner: Owner,
         (session, acked_below): (u64, u64),
         piece: Piece<'_>,
         channel: &str,
@@ -158,6 +160,7 @@ impl Publishing {
         let opened = self.open(
             now,
             from,
+            owner,
             (session, acked_below),
             channel,
             channels,
@@ -323,6 +326,7 @@ mod tests {
             p.offer(
                 t,
                 alice,
+                Owner::ADDRESS,
                 (session, 0),
                 piece,
                 "news",

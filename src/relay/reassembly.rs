@@ -6,8 +6,11 @@
 //! message's piece table and bookkeeping, then each piece with its
 //! allocation. A peer that names 65,535 pieces of one byte each pays for the
 //! table it asks for, so a datagram of such frames cannot make the relay
-//! allocate more than the budget. Knows nothing of channels or the log: a
-//! whole message is handed back with its channel's name.
+//! allocate more than the budget. Each message is also charged to its
+//! holder, the sender's key or its address, within the holder's share: one
+//! client cannot take the whole budget from the others. Knows nothing of
+//! channels or the log: a whole message is handed back with its channel's
+//! name.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -35,6 +38,15 @@ pub fn reassembly_cost(channel: &str, count: u16) -> usize {
 /// What one stored piece of `len` bytes is charged.
 pub fn piece_cost(len: usize) -> usize {
     PIECE_OVERHEAD + len
+}
+
+/// Who the pieces of a message are charged to besides the shared budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Holder {
+    /// A key (by index in the key file) that sets its own quota.
+    Key(usize),
+    /// The sender's address.
+    Address(SocketAddr),
 }
 
 /// One FRAGMENT frame, as decoded.
@@ -93,6 +105,8 @@ struct Reassembly {
     bytes: usize,
     /// What this message is charged against the budget.
     charged: usize,
+    /// Who it is charged to.
+    holder: Holder,
     /// When it gives up: its entry in `deadlines` (another entry for the
     /// same key was left by an earlier message that completed).
     deadline: Instant,
@@ -110,6 +124,8 @@ pub struct Reassembler {
     charged: usize,
     /// The most `charged` may be.
     budget: usize,
+    /// What each holder holds, as charged; no entry for one holding nothing.
+    held: HashMap<Holder, usize>,
     /// The largest message accepted.
     max_message_size: usize,
 }
@@ -123,13 +139,21 @@ impl Reassembler {
             deadlines: VecDeque::new(),
             charged: 0,
             budget,
+            held: HashMap::new(),
             max_message_size,
         }
     }
 
-    /// Takes one piece. `channel_allowed` says whether a new message may
+    /// Takes one piece, charged to `holder`, which may hold at most
+    /// `share` bytes. `channel_allowed` says whether a new message may
     /// name its channel (asked only when the piece starts one).
-    pub fn add(&mut self, now: Instant, piece: Piece<'_>, channel_allowed: bool) -> Added {
+    pub fn add(
+        &mut self,
+        now: Instant,
+        piece: Piece<'_>,
+        (holder, share): (Holder, usize),
+        channel_allowed: bool,
+    ) -> Added {
         let Piece {
             from,
             msg_id,
@@ -148,10 +172,14 @@ impl Reassembler {
             None if !channel_allowed => return Added::ChannelRefused,
             None => reassembly_cost(channel, count) + piece_cost(chunk.len()),
         };
-        if self.charged + charge > self.budget {
+        // A message keeps the holder it started with.
+        let holder = self.messages.get(&key).map_or(holder, |m| m.holder);
+        let held = self.held.get(&holder).copied().unwrap_or(0);
+        if self.charged + charge > self.budget || held + charge > share {
             return Added::OverBudget;
         }
         self.charged += charge;
+        *self.held.entry(holder).or_insert(0) += charge;
         let m = self.messages.entry(key).or_insert_with(|| {
             let deadline = now + FRAGMENT_TIMEOUT;
             self.deadlines.push_back((deadline, from, msg_id));
@@ -161,6 +189,7 @@ impl Reassembler {
                 have: 0,
                 bytes: 0,
                 charged: 0,
+                holder,
                 deadline,
             }
         });
@@ -175,7 +204,7 @@ impl Reassembler {
         let Some(done) = self.messages.remove(&key) else {
             return Added::Held;
         };
-        self.charged -= done.charged;
+        self.release(&done);
         if too_large {
             return Added::TooLarge(done.bytes);
         }
@@ -201,11 +230,35 @@ impl Reassembler {
             if self.messages.get(&key).is_some_and(|m| m.deadline == at)
                 && let Some(m) = self.messages.remove(&key)
             {
-                self.charged -= m.charged;
+                self.release(&m);
                 expired += 1;
             }
         }
         expired
+    }
+
+    /// Gives back what a message that is gone was charged.
+    fn release(&mut self, m: &Reassembly) {
+        self.charged -= m.charged;
+        if let Some(held) = self.held.get_mut(&m.holder) {
+            *held -= m.charged;
+            if *held == 0 {
+                self.held.remove(&m.holder);
+            }
+        }
+    }
+
+    /// The share of the budget one holder gets unless its key sets its
+    /// own: an eighth, so that one client cannot take what others need
+    /// (never less than two of the largest messages).
+    pub fn default_share(&self) -> usize {
+        (self.budget / 8).max(2 * self.max_message_size)
+    }
+
+    /// What `holder` holds, as charged.
+    #[cfg(test)]
+    pub fn held_by(&self, holder: Holder) -> usize {
+        self.held.get(&holder).copied().unwrap_or(0)
     }
 
     /// When [`Reassembler::expire`] next has work, if ever.
@@ -244,6 +297,11 @@ mod tests {
 
     const FROM: &str = "127.0.0.1:4000";
 
+    /// Adds a piece charged to its address, with no share of its own.
+    fn add(r: &mut Reassembler, now: Instant, p: Piece<'_>, allowed: bool) -> Added {
+        r.add(now, p, (Holder::Address(p.from), usize::MAX), allowed)
+    }
+
     fn piece<'a>(msg_id: u32, index: u16, count: u16, chunk: &'a [u8]) -> Piece<'a> {
         Piece {
             from: FROM.parse().unwrap(),
@@ -259,12 +317,12 @@ mod tests {
     fn pieces_in_any_order_make_the_message_once() {
         let mut r = Reassembler::new(1 << 20, 1 << 20);
         let t = Instant::now();
-        assert_eq!(r.add(t, piece(1, 2, 3, b"c"), true), Added::Held);
-        assert_eq!(r.add(t, piece(1, 0, 3, b"a"), true), Added::Held);
-        assert_eq!(r.add(t, piece(1, 0, 3, b"a"), true), Added::Duplicate);
-        assert_eq!(r.add(t, piece(1, 1, 4, b"b"), true), Added::Malformed);
+        assert_eq!(add(&mut r, t, piece(1, 2, 3, b"c"), true), Added::Held);
+        assert_eq!(add(&mut r, t, piece(1, 0, 3, b"a"), true), Added::Held);
+        assert_eq!(add(&mut r, t, piece(1, 0, 3, b"a"), true), Added::Duplicate);
+        assert_eq!(add(&mut r, t, piece(1, 1, 4, b"b"), true), Added::Malformed);
         assert_eq!(
-            r.add(t, piece(1, 1, 3, b"b"), true),
+            add(&mut r, t, piece(1, 1, 3, b"b"), true),
             Added::Complete {
                 channel: "c".into(),
                 message: b"abc".to_vec()
@@ -281,12 +339,12 @@ mod tests {
         let t = Instant::now();
         for msg_id in 0..3 {
             assert_eq!(
-                r.add(t, piece(msg_id, 0, u16::MAX, b"x"), true),
+                add(&mut r, t, piece(msg_id, 0, u16::MAX, b"x"), true),
                 Added::Held
             );
         }
         assert_eq!(
-            r.add(t, piece(3, 0, u16::MAX, b"x"), true),
+            add(&mut r, t, piece(3, 0, u16::MAX, b"x"), true),
             Added::OverBudget
         );
         assert_eq!(r.len(), 3);
@@ -298,7 +356,7 @@ mod tests {
         assert_eq!(r.expire(deadline), 3);
         assert_eq!(r.charged(), 0);
         assert_eq!(
-            r.add(deadline, piece(4, 0, u16::MAX, b"x"), true),
+            add(&mut r, deadline, piece(4, 0, u16::MAX, b"x"), true),
             Added::Held
         );
     }
@@ -307,13 +365,13 @@ mod tests {
     fn a_message_id_used_again_gets_its_own_time() {
         let mut r = Reassembler::new(1 << 20, 1 << 20);
         let t = Instant::now();
-        r.add(t, piece(1, 0, 2, b"a"), true);
+        add(&mut r, t, piece(1, 0, 2, b"a"), true);
         assert!(matches!(
-            r.add(t, piece(1, 1, 2, b"b"), true),
+            add(&mut r, t, piece(1, 1, 2, b"b"), true),
             Added::Complete { .. }
         ));
         let later = t + FRAGMENT_TIMEOUT / 2;
-        assert_eq!(r.add(later, piece(1, 0, 2, b"c"), true), Added::Held);
+        assert_eq!(add(&mut r, later, piece(1, 0, 2, b"c"), true), Added::Held);
         assert_eq!(
             r.expire(t + FRAGMENT_TIMEOUT),
             0,
@@ -326,7 +384,10 @@ mod tests {
     fn a_new_message_for_a_refused_channel_takes_nothing() {
         let mut r = Reassembler::new(1 << 20, 1 << 20);
         let t = Instant::now();
-        assert_eq!(r.add(t, piece(1, 0, 2, b"a"), false), Added::ChannelRefused);
+        assert_eq!(
+            add(&mut r, t, piece(1, 0, 2, b"a"), false),
+            Added::ChannelRefused
+        );
         assert!(r.is_empty());
         assert_eq!(r.charged(), 0);
     }
@@ -335,8 +396,47 @@ mod tests {
     fn a_message_past_the_largest_is_dropped_whole() {
         let mut r = Reassembler::new(1 << 20, 3);
         let t = Instant::now();
-        assert_eq!(r.add(t, piece(1, 0, 3, b"ab"), true), Added::Held);
-        assert_eq!(r.add(t, piece(1, 1, 3, b"cd"), true), Added::TooLarge(4));
+        assert_eq!(add(&mut r, t, piece(1, 0, 3, b"ab"), true), Added::Held);
+        assert_eq!(
+            add(&mut r, t, piece(1, 1, 3, b"cd"), true),
+            Added::TooLarge(4)
+        );
         assert_eq!(r.charged(), 0);
+    }
+
+    #[test]
+    fn each_holder_stays_within_its_share_and_gets_it_back() {
+        let mut r = Reassembler::new(1 << 20, 1 << 20);
+        let t = Instant::now();
+        let one = reassembly_cost("c", 2) + piece_cost(100);
+        let key = (Holder::Key(3), 2 * one);
+        let chunk = [7u8; 100];
+        // Key 3 may start two messages, from any of its addresses; not a third.
+        let mut p = piece(1, 0, 2, &chunk);
+        assert_eq!(r.add(t, p, key, true), Added::Held);
+        p.from = "127.0.0.1:4001".parse().unwrap();
+        assert_eq!(r.add(t, p, key, true), Added::Held);
+        p.msg_id = 2;
+        assert_eq!(r.add(t, p, key, true), Added::OverBudget);
+        assert_eq!(r.held_by(Holder::Key(3)), 2 * one);
+        // Another holder is not held back by key 3.
+        let other = piece(9, 0, 2, &chunk);
+        let by_address = (Holder::Address(other.from), one);
+        assert_eq!(r.add(t, other, by_address, true), Added::Held);
+        // The second piece of a message goes to the holder it started
+        // with, whatever the caller says now; it is over the key's share.
+        let second = Piece {
+            index: 1,
+            ..piece(1, 0, 2, &chunk)
+        };
+        assert_eq!(r.add(t, second, by_address, true), Added::OverBudget);
+        // Expiry gives every holder back what it held.
+        assert_eq!(r.expire(t + FRAGMENT_TIMEOUT), 3);
+        assert_eq!(r.held_by(Holder::Key(3)), 0);
+        assert!(
+            r.held.is_empty(),
+            "no entry left for holders holding nothing"
+        );
+        assert_eq!(r.add(t + FRAGMENT_TIMEOUT, p, key, true), Added::Held);
     }
 }

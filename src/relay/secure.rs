@@ -19,8 +19,10 @@ use bytes::BytesMut;
 use foldhash::{HashMap, HashMapExt};
 
 use super::outbox::{Payload, Transmit};
+use super::peers::Owner;
+use super::quota::{OverRate, Rates};
 use crate::auth::{
-    self, Action, Denied, KeyFile, KeyFileError, Permissions, Sealer, SessionError, Side,
+    self, Action, Denied, KeyFile, KeyFileError, Permissions, Quota, Sealer, SessionError, Side,
 };
 use crate::wire::{self, FrameType, NOISE_MESSAGE_LEN, SEAL_OVERHEAD};
 
@@ -130,6 +132,8 @@ pub(super) struct Secure {
     arena: BytesMut,
     /// The last permission check and its answer.
     last_check: Option<(Who, Action, String, bool)>,
+    /// Each key's publishing rates.
+    rates: Rates,
 }
 
 impl std::fmt::Debug for Secure {
@@ -156,6 +160,7 @@ impl Secure {
     /// Sessions under `keys`, at most `max` at once.
     pub(super) fn new(keys: KeyFile, required: bool, max: usize, idle: Duration) -> Secure {
         let per_key = vec![0; keys.keys().len()];
+        let rates = Rates::new(keys.keys().iter().map(|k| k.quota()));
         Secure {
             keys,
             required,
@@ -170,6 +175,7 @@ impl Secure {
             opened: Vec::new(),
             arena: BytesMut::new(),
             last_check: None,
+            rates,
         }
     }
 
@@ -197,6 +203,50 @@ impl Secure {
                     .map(|k| k.permissions())
                     .unwrap_or(&NOTHING),
             ),
+        }
+    }
+
+    /// The quota of `who`'s key, if it is keyed.
+    fn quota(&self, who: Who) -> Option<(usize, &Quota)> {
+        match who {
+            Who::Keyed { key } => self.keys.keys().get(key).map(|k| (key, k.quota())),
+            _ => None,
+        }
+    }
+
+    /// Who a new subscription or session of `who` is charged to besides
+    /// its address.
+    pub(super) fn owner(&self, who: Who) -> Owner {
+        let Some((key, quota)) = self.quota(who) else {
+            return Owner::ADDRESS;
+        };
+        let limit = |q: Option<u64>| q.map_or(usize::MAX, |n| n.try_into().unwrap_or(usize::MAX));
+        Owner {
+            key: Some(key),
+            max_subscriptions: limit(quota.max_subscriptions),
+            max_sessions: limit(quota.max_sessions),
+        }
+    }
+
+    /// The key and the most bytes it may have held for reassembly, if
+    /// `who` is keyed and its key sets one.
+    pub(super) fn reassembly_quota(&self, who: Who) -> Option<(usize, usize)> {
+        let (key, quota) = self.quota(who)?;
+        let bytes = quota.reassembly_bytes?;
+        Some((key, bytes.try_into().unwrap_or(usize::MAX)))
+    }
+
+    /// Charges a message of `len` payload bytes published by `who` to its
+    /// key's rates, if it has any.
+    pub(super) fn charge_publish(
+        &mut self,
+        who: Who,
+        now: Instant,
+        len: usize,
+    ) -> Result<(), OverRate> {
+        match who {
+            Who::Keyed { key } => self.rates.charge(key, now, len),
+            _ => Ok(()),
         }
     }
 

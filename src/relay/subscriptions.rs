@@ -19,7 +19,7 @@ use super::channels::{Channel, ChannelId, Channels, Storage, Subscriber, subscri
 use super::counters::Counters;
 use super::delivery::{self, SubscriberAck};
 use super::outbox::Outbox;
-use super::peers::Peers;
+use super::peers::{Owner, Peers};
 use crate::reliable::{ArqConfig, Sender};
 use crate::time::Now;
 use crate::wire::{DeliveryMode, ErrorCode, Frame, StartPosition};
@@ -53,6 +53,8 @@ pub(super) struct Request {
     pub(super) mode: DeliveryMode,
     /// Where in the channel to start.
     pub(super) start: StartPosition,
+    /// Who a new subscription is charged to besides the address.
+    pub(super) owner: Owner,
 }
 
 /// A SUBSCRIBE that was refused (counted), with what to tell the client.
@@ -155,6 +157,7 @@ impl Subscriptions {
             sub_id,
             mode,
             start,
+            owner,
         } = request;
         let Some((first, next_offset)) = channels[id].storage.offsets() else {
             counters.dropped_unavailable += 1;
@@ -176,7 +179,8 @@ impl Subscriptions {
             .get(&from)
             .and_then(|p| p.subscriptions.iter().find(|(s, _)| *s == sub_id))
             .map(|&(_, ch)| ch);
-        if existing != Some(id) {
+        let is_new = existing != Some(id);
+        if is_new {
             // New, or replacing one of the same id to another channel; a
             // keepalive or a retried subscribe leaves it as it is.
             if existing.is_some() {
@@ -184,9 +188,8 @@ impl Subscriptions {
             }
             let arq = (mode == DeliveryMode::Reliable)
                 .then(|| Box::new(Sender::new(self.limits.arq, cursor)));
-            if let Err(reason) =
-                self.add(now.instant, from, sub_id, id, cursor, arq, channels, peers)
-            {
+            let new = (sub_id, id, cursor);
+            if let Err(reason) = self.add(now.instant, from, owner, new, arq, channels, peers) {
                 channels.forget_idle(id, counters);
                 counters.dropped_limit += 1;
                 return Err(Refusal {
@@ -207,7 +210,15 @@ impl Subscriptions {
             None => sub.cursor,
         };
         let reliable = sub.arq.is_some();
-        if !reliable && sub.cursor < next_offset && !sub.replaying {
+        // Behind the head, plain or reliable, it replays: within its
+        // client's replay budget, from the replay queue. (A live reliable
+        // one a little behind, its window full, is not made to replay by
+        // its keepalive.)
+        let behind = match &sub.arq {
+            Some(arq) => is_new && arq.next_seq() < next_offset,
+            None => sub.cursor < next_offset,
+        };
+        if behind && !sub.replaying {
             sub.replaying = true;
             self.replay_queue.push_back((id, from, sub_id));
             self.next_replay.get_or_insert(now.instant);
@@ -234,9 +245,8 @@ impl Subscriptions {
         &mut self,
         now: Instant,
         from: SocketAddr,
-        sub_id: u32,
-        id: ChannelId,
-        cursor: u64,
+        owner: Owner,
+        (sub_id, id, cursor): (u32, ChannelId, u64),
         arq: Option<Box<Sender>>,
         channels: &mut Channels,
         peers: &mut Peers,
@@ -244,11 +254,15 @@ impl Subscriptions {
         if self.count >= self.limits.max {
             return Err("the relay holds its maximum number of subscriptions");
         }
-        let peer = peers.entry(now, from);
-        if peer.subscriptions.len() >= self.limits.max_per_client {
+        if peers.get(&from).map_or(0, |p| p.subscriptions.len()) >= self.limits.max_per_client {
             return Err("this address holds its maximum number of subscriptions");
         }
-        peer.subscriptions.push((sub_id, id));
+        if let Some(key) = owner.key
+            && peers.held_by(key).subscriptions >= owner.max_subscriptions
+        {
+            return Err("this key holds its maximum number of subscriptions");
+        }
+        peers.add_subscription(now, from, owner.key, (sub_id, id));
         channels[id].subscribers.push(Subscriber {
             peer: from,
             sub_id,
@@ -293,16 +307,15 @@ impl Subscriptions {
         peers: &mut Peers,
         counters: &mut Counters,
     ) -> bool {
-        let Some(peer) = peers.get_mut(&from) else {
+        let Some(pos) = peers
+            .get(&from)
+            .and_then(|p| p.subscriptions.iter().position(|(s, _)| *s == sub_id))
+        else {
             return false;
         };
-        let Some(pos) = peer.subscriptions.iter().position(|(s, _)| *s == sub_id) else {
+        let Some((_, ch)) = peers.remove_subscription(&from, pos) else {
             return false;
         };
-        let (_, ch) = peer.subscriptions.swap_remove(pos);
-        if peer.is_empty() {
-            peers.remove(&from);
-        }
         self.detach(ch, from, sub_id, channels, counters);
         true
     }
@@ -366,7 +379,19 @@ impl Subscriptions {
         let Some(sub) = subscriber(subscribers, peer, sub_id) else {
             return;
         };
-        let pumped = delivery::pump(sub, storage, outbox, counters, now);
+        // A reliable subscription catching up is charged to its client's
+        // replay budget for the tick, as a plain replay is; a live one is
+        // not held back.
+        let budget = match sub.replaying {
+            true => (self.limits.replay_budget)
+                .saturating_sub(self.replay_spent.get(&peer).copied().unwrap_or(0)),
+            false => usize::MAX,
+        };
+        let pumped = delivery::pump(sub, storage, outbox, counters, now, budget);
+        if sub.replaying {
+            *self.replay_spent.entry(peer).or_default() += pumped.spent;
+            sub.replaying = !pumped.caught_up;
+        }
         if let Some(reason) = &pumped.damaged {
             tracing::error!(channel = %name, "not serving channel: {reason}");
             counters.log_errors += 1;
@@ -448,7 +473,7 @@ impl Subscriptions {
             self.pump(now, ch, peer, sub_id, channels, peers, outbox, counters);
         }
         if self.next_replay.is_some_and(|at| at <= now.instant) {
-            self.replay_tick(channels, outbox, counters);
+            self.replay_tick(now, channels, peers, outbox, counters);
             self.next_replay = (!self.replay_queue.is_empty()).then(|| now.instant + REPLAY_TICK);
         }
     }
@@ -457,14 +482,16 @@ impl Subscriptions {
     /// log, in turn, each client address up to its budget for the tick: a
     /// subscription whose client has spent it waits for the next tick,
     /// keeping its place.
+    #[allow(clippy::too_many_arguments)]
     fn replay_tick(
         &mut self,
+        now: Now,
         channels: &mut Channels,
+        peers: &mut Peers,
         outbox: &mut Outbox,
         counters: &mut Counters,
     ) {
-        let spent = &mut self.replay_spent;
-        spent.clear();
+        self.replay_spent.clear();
         for _ in 0..self.replay_queue.len() {
             let Some((id, peer, sub_id)) = self.replay_queue.pop_front() else {
                 break;
@@ -472,9 +499,23 @@ impl Subscriptions {
             let left = self
                 .limits
                 .replay_budget
-                .saturating_sub(spent.get(&peer).copied().unwrap_or(0));
+                .saturating_sub(self.replay_spent.get(&peer).copied().unwrap_or(0));
             if left == 0 {
                 self.replay_queue.push_back((id, peer, sub_id));
+                continue;
+            }
+            let replaying = subscriber(&mut channels[id].subscribers, peer, sub_id)
+                .filter(|s| s.replaying)
+                .map(|s| s.arq.is_some());
+            if replaying == Some(true) {
+                // Reliable: what its ARQ allows, within the budget left (the
+                // pump charges it).
+                self.pump(now, id, peer, sub_id, channels, peers, outbox, counters);
+                if subscriber(&mut channels[id].subscribers, peer, sub_id)
+                    .is_some_and(|s| s.replaying)
+                {
+                    self.replay_queue.push_back((id, peer, sub_id));
+                }
                 continue;
             }
             let Channel {
@@ -495,7 +536,7 @@ impl Subscriptions {
                 Ok((behind, bytes)) => {
                     // At least one message went: a client's turn costs it
                     // something even when one message is over its budget.
-                    *spent.entry(peer).or_default() += bytes.max(1);
+                    *self.replay_spent.entry(peer).or_default() += bytes.max(1);
                     if behind {
                         self.replay_queue.push_back((id, peer, sub_id));
                     }
@@ -553,6 +594,7 @@ mod tests {
             sub_id,
             mode: DeliveryMode::Unreliable,
             start: StartPosition::Latest,
+            owner: Owner::ADDRESS,
         };
         let (channels, peers) = (&mut p.channels, &mut p.peers);
         (p.subs).subscribe(

@@ -1876,16 +1876,21 @@ fn datagrams_from_addresses_no_host_sends_from_are_never_answered() {
     assert_eq!(Sent::collect(&mut r).frames_to(ALICE), ["pong 1"]);
 }
 
-#[test]
-fn replay_is_a_quota_per_client_not_per_subscription() {
-    // 10 KB per tick for each client address.
-    let (mut r, _dir) = relay_with(|c| c.replay_rate = 10_000_000);
+/// A relay replaying 10 KB per tick to each client address, with 300
+/// messages of 1,000 bytes stored on "news".
+fn three_hundred_kilobytes_at_ten_per_tick() -> (Relay, tempfile::TempDir, Now) {
+    let (mut r, dir) = relay_with(|c| c.replay_rate = 10_000_000);
     let t = start();
-    let message = [b'm'; 1000];
     for _ in 0..300 {
-        publish(&mut r, t, "news", &message);
+        publish(&mut r, t, "news", &[b'm'; 1000]);
     }
     Sent::collect(&mut r);
+    (r, dir, t)
+}
+
+#[test]
+fn replay_is_a_quota_per_client_not_per_subscription() {
+    let (mut r, _dir, t) = three_hundred_kilobytes_at_ten_per_tick();
     let earliest = |sub_id| Frame::Subscribe {
         sub_id,
         mode: DeliveryMode::Unreliable,
@@ -1968,4 +1973,66 @@ fn answers_that_fill_two_datagrams_count_both_headers() {
         r.counters().dropped_reply_too_large,
         120 - sent.frames_to("10.0.0.9:4000").len() as u64
     );
+}
+
+#[test]
+fn reliable_replays_share_their_clients_replay_quota_too() {
+    // Both clients acknowledge everything they get at once, so only the
+    // quota holds them back.
+    let (mut r, _dir, t) = three_hundred_kilobytes_at_ten_per_tick();
+    // ALICE opens twenty reliable replays of the whole channel, BOB one.
+    for sub_id in 1..=20 {
+        subscribe_reliable(&mut r, t, ALICE, sub_id, StartPosition::Earliest);
+    }
+    subscribe_reliable(&mut r, t, BOB, 1, StartPosition::Earliest);
+    let (mut alice, mut bob) = (0, 0);
+    let mut now = t;
+    let mut sent = Sent::collect(&mut r);
+    for _ in 0..5 {
+        for (who, count) in [(ALICE, &mut alice), (BOB, &mut bob)] {
+            let mut highest: std::collections::HashMap<u32, u64> = Default::default();
+            for f in sent.frames_to(who) {
+                if let Some(rest) = f.strip_prefix("deliver ") {
+                    let mut words = rest.split(' ');
+                    let sub_id: u32 = words.next().unwrap().parse().unwrap();
+                    let offset: u64 = words.next().unwrap()[1..].parse().unwrap();
+                    *count += 1;
+                    let h = highest.entry(sub_id).or_default();
+                    *h = (*h).max(offset + 1);
+                }
+            }
+            for (sub_id, cumulative) in highest {
+                let ack = Frame::Ack {
+                    kind: wire::AckKind::Subscription,
+                    id: u64::from(sub_id),
+                    cumulative,
+                    window: 10_000,
+                    ranges: &[],
+                };
+                send(&mut r, now, who, &[ack]);
+            }
+        }
+        now = now.after(Duration::from_millis(1));
+        r.handle_timeout(now);
+        sent = Sent::collect(&mut r);
+    }
+    // About ten 1,000-byte messages a tick each, whatever the number of
+    // subscriptions (the first tick's share went at subscribe time).
+    assert!(
+        (40..=70).contains(&bob),
+        "bob got {bob} messages in 5 ticks"
+    );
+    assert!(
+        alice <= bob + 10,
+        "twenty reliable replays got alice {alice} messages, one got bob {bob}"
+    );
+    // Caught up, a reliable subscription is live again: not held back.
+    let (mut r, _dir) = relay_with(|c| c.replay_rate = 1000);
+    subscribe_reliable(&mut r, t, BOB, 1, StartPosition::Latest);
+    Sent::collect(&mut r);
+    for _ in 0..5 {
+        publish(&mut r, t, "news", &[b'm'; 1000]);
+    }
+    let live = Sent::collect(&mut r).frames_to(BOB);
+    assert_eq!(live.iter().filter(|f| f.starts_with("deliver")).count(), 5);
 }

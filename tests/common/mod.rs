@@ -579,6 +579,14 @@ fn open<'a>(
     }
 }
 
+/// What `nc -u` does: one plain datagram each, no protocol at all.
+pub fn send_like_nc(to: SocketAddr, lines: &[&str]) {
+    let plain = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for line in lines {
+        plain.send_to(line.as_bytes(), to).unwrap();
+    }
+}
+
 /// Parses one JSON object per line (udpcat and `log dump` output).
 pub fn json_lines(out: impl AsRef<[u8]>) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(out.as_ref())
