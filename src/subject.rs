@@ -1,5 +1,5 @@
-//! NATS subject syntax over channel names: the patterns that permissions name
-//! (and, later, wildcard subscriptions).
+//! NATS subject syntax over channel names: the patterns that permissions and
+//! wildcard subscriptions name.
 //!
 //! A name is a channel name (the rule of [`crate::wire::validate_channel`]:
 //! UTF-8, 1 to 255 bytes, no control characters) made of dot-separated,
@@ -116,6 +116,34 @@ impl Pattern {
         }
         names.next().is_none()
     }
+}
+
+impl Pattern {
+    /// True if every name `other` matches, this pattern matches too: what
+    /// a permission to subscribe to this pattern says about a wildcard
+    /// subscription to `other` (as NATS checks a subscription's subject).
+    pub fn covers(&self, other: &Pattern) -> bool {
+        let mut theirs = other.tokens.iter();
+        for token in &*self.tokens {
+            let Some(t) = theirs.next() else {
+                return false;
+            };
+            match (token, t) {
+                // One or more tokens remain in `other`: `t` is the first.
+                (Token::Rest, _) => return true,
+                (Token::One, Token::Literal(_) | Token::One) => {}
+                (Token::Literal(a), Token::Literal(b)) if a == b => {}
+                _ => return false,
+            }
+        }
+        theirs.next().is_none()
+    }
+}
+
+/// True if `name` holds a `*` or `>` token: a pattern, which a SUBSCRIBE
+/// reads as a wildcard subscription and a publish may not name.
+pub fn is_pattern(name: &str) -> bool {
+    name.split('.').any(|t| t == "*" || t == ">")
 }
 
 /// A token a name may hold: not empty, not a wildcard.
@@ -238,5 +266,35 @@ mod tests {
         let pattern: Pattern = "sensors.*.temp".parse().unwrap();
         assert_eq!(pattern.to_string(), "sensors.*.temp");
         assert_eq!(pattern.as_str(), "sensors.*.temp");
+    }
+
+    #[test]
+    fn a_pattern_covers_the_patterns_whose_every_name_it_matches() {
+        let p = |s| Pattern::parse(s).unwrap();
+        for (a, b) in [
+            (">", ">"),
+            (">", "a.*"),
+            ("a.>", "a.b.>"),
+            ("a.>", "a.*"),
+            ("a.*", "a.*"),
+            ("a.*", "a.b"),
+            ("*.b", "a.b"),
+            ("a.*.c", "a.*.c"),
+        ] {
+            assert!(p(a).covers(&p(b)), "{a} covers {b}");
+        }
+        for (a, b) in [
+            ("a.*", "a.>"),
+            ("a.>", "a"),
+            ("a.>", ">"),
+            ("a.b", "a.*"),
+            ("a.*", "a.b.c"),
+            ("a.*.c", "a.*"),
+            ("a.*", "b.*"),
+        ] {
+            assert!(!p(a).covers(&p(b)), "{a} does not cover {b}");
+        }
+        assert!(is_pattern("a.*") && is_pattern(">") && is_pattern("a.>"));
+        assert!(!is_pattern("a.b*") && !is_pattern("a>b") && !is_pattern("news"));
     }
 }

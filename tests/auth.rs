@@ -374,6 +374,24 @@ fn a_captured_sealed_datagram_sent_again_is_not_stored_twice() {
 }
 
 #[test]
+fn a_subscriber_whose_credential_expires_says_so_and_stops() {
+    // The relay ends the session at the expiry and answers nothing more;
+    // udpcat must not wait for messages that cannot come.
+    let k = keyed_relay("required");
+    let file = KeyFile::load(&k.keys).unwrap();
+    let soon = file.named("alice").unwrap().derive(unix_now() + 2);
+    let sub = Subscriber::start(&[
+        &k.relay.addr_str(),
+        "news.soon",
+        "--credential",
+        &soon.to_string(),
+    ]);
+    let (status, _, stderr) = sub.finish();
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("expired at"), "{stderr}");
+}
+
+#[test]
 fn an_expired_credential_or_a_wrong_secret_is_refused() {
     let k = keyed_relay("required");
     let file = KeyFile::load(&k.keys).unwrap();

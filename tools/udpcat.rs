@@ -51,6 +51,9 @@ enum CatError {
     Unacknowledged { count: u64, why: String },
     #[error("{0}")]
     Credential(String),
+    /// Something this udpcat does not do.
+    #[error("{0}")]
+    Unsupported(String),
     #[error(
         "no handshake answer from the relay at {addr} within {waited:?}: is the credential \
          right, and was the relay started with the key file that holds its key (--keys)?"
@@ -167,6 +170,9 @@ struct Conn {
     pinger: Pinger,
     /// Error frames the relay sent.
     refusals: u64,
+    /// The credential's key id and expiry (unix seconds), if it has one:
+    /// past it the relay ends the session and answers nothing more.
+    expires: Option<(u32, u64)>,
 }
 
 /// The connected socket and, with a credential, the keyed session every
@@ -209,8 +215,10 @@ impl Conn {
             sealed: Vec::new(),
             opened: Vec::new(),
         };
+        let mut expires = None;
         if let Some(credential) = credential {
             link.secured = Some(link.handshake(&credential, reply_timeout)?);
+            expires = (credential.expires != 0).then_some((credential.id, credential.expires));
         }
         Ok(Conn {
             relay,
@@ -218,7 +226,24 @@ impl Conn {
             link,
             pinger: Pinger::new(Rng::from_entropy().next_u64(), reply_timeout),
             refusals: 0,
+            expires,
         })
+    }
+
+    /// The credential's expiry as an error once it has passed, and the
+    /// instant it will otherwise (for a wait to end at).
+    fn expiry(&self) -> Result<Option<Instant>, CatError> {
+        let Some((id, at)) = self.expires else {
+            return Ok(None);
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let left = Duration::from_secs(at).saturating_sub(now);
+        if left.is_zero() {
+            return Err(SecureError::Expired { id, expires: at }.into());
+        }
+        Ok(Some(Instant::now() + left))
     }
 
     fn send(&mut self, datagram: &[u8]) -> Result<(), CatError> {
@@ -579,8 +604,15 @@ struct SubOptions {
 }
 
 fn subscribe(conn: &mut Conn, opts: &SubOptions) -> Result<(), CatError> {
+    if udprelay::subject::is_pattern(&opts.channel) {
+        return Err(CatError::Unsupported(format!(
+            "{:?} is a pattern: wildcard subscriptions are served by the relay but udpcat cannot read them yet",
+            opts.channel
+        )));
+    }
     let start = Instant::now();
-    let sub_id = Rng::from_entropy().next_u64() as u32;
+    // Below the ids the relay keeps for the channels of wildcard subscriptions.
+    let sub_id = (Rng::from_entropy().next_u64() as u32) % udprelay::wire::RELAY_SUB_IDS;
     let mode = if opts.reliable {
         DeliveryMode::Reliable
     } else {
@@ -606,6 +638,12 @@ fn subscribe(conn: &mut Conn, opts: &SubOptions) -> Result<(), CatError> {
                 None => Ok(()),
             };
         }
+        // The relay ends a session whose credential expires, silently:
+        // say why the messages stopped rather than wait for them.
+        let expires_at = match conn.expiry() {
+            Ok(at) => at,
+            Err(e) => break Err(e),
+        };
         if !sub.is_active() && now >= answer_by {
             break Err(CatError::NoAnswer {
                 addr: conn.relay,
@@ -621,6 +659,9 @@ fn subscribe(conn: &mut Conn, opts: &SubOptions) -> Result<(), CatError> {
         }
         if !sub.is_active() {
             wake = wake.min(answer_by);
+        }
+        if let Some(at) = expires_at {
+            wake = wake.min(at);
         }
         let Some(datagram) = conn.recv_until(wake)? else {
             continue;

@@ -49,7 +49,7 @@ struct Args {
     #[arg(long, default_value = "0ms", value_parser = parse_duration)]
     jitter: Duration,
     /// Keep each flow's datagrams in order: jitter then holds back the ones
-    /// behind a delayed datagram instead of letting them overtake it.
+    /// behind a delayed datagram instead of letting them overtake it [default: off].
     #[arg(long)]
     in_order: bool,
     /// Bytes per second each sender may put through (e.g. 1M) [default: no cap].

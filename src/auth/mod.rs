@@ -174,6 +174,23 @@ impl Permissions {
     }
 }
 
+impl Permissions {
+    /// Ok if a wildcard subscription to `pattern` is allowed: an allow
+    /// pattern covers it and no deny pattern does (channels it matches that a
+    /// deny pattern names are then left out one by one, as NATS does).
+    pub fn subscribe_pattern(&self, pattern: &Pattern) -> Result<(), Denied> {
+        let allowed = self.subscribe.iter().any(|a| a.covers(pattern));
+        if allowed && !self.deny_subscribe.iter().any(|d| d.covers(pattern)) {
+            Ok(())
+        } else {
+            Err(Denied {
+                action: Action::Subscribe,
+                channel: pattern.as_str().to_string(),
+            })
+        }
+    }
+}
+
 /// Deny takes precedence: a channel any deny pattern matches is refused even
 /// if an allow pattern matches it too.
 fn check(action: Action, allow: &[Pattern], deny: &[Pattern], channel: &str) -> Result<(), Denied> {
@@ -224,6 +241,29 @@ mod tests {
         assert!(perms.publish("orders.new").is_err());
         assert_eq!(perms.subscribe("orders.new"), Ok(()));
         assert!(perms.subscribe("admin.users").is_err());
+    }
+
+    #[test]
+    fn a_wildcard_subscription_needs_an_allow_pattern_that_covers_it() {
+        let perms = Permissions {
+            subscribe: patterns(&["sensors.>", "orders.*"]),
+            deny_subscribe: patterns(&["sensors.secret.>"]),
+            ..Permissions::default()
+        };
+        let p = |s| Pattern::parse(s).unwrap();
+        assert_eq!(perms.subscribe_pattern(&p("sensors.*")), Ok(()));
+        assert_eq!(perms.subscribe_pattern(&p("sensors.eu.>")), Ok(()));
+        assert_eq!(perms.subscribe_pattern(&p("orders.*")), Ok(()));
+        // Wider than any allow pattern: refused whole, as NATS does.
+        for wider in [">", "orders.>", "*.eu"] {
+            assert!(perms.subscribe_pattern(&p(wider)).is_err(), "{wider}");
+        }
+        // All inside a deny pattern: nothing could ever be delivered.
+        assert!(perms.subscribe_pattern(&p("sensors.secret.*")).is_err());
+        // Partly inside one: allowed, and the denied channels are left out
+        // one by one (the relay checks each channel it would follow).
+        assert_eq!(perms.subscribe_pattern(&p("sensors.>")), Ok(()));
+        assert!(perms.subscribe("sensors.secret.key").is_err());
     }
 
     #[test]

@@ -147,7 +147,7 @@ enum DumpFormat {
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// Address of the protocol socket (port 0 picks a free port, printed at start). An address other than loopback also needs --allow-anonymous.
+    /// Address of the protocol socket (port 0 picks a free port, printed at start). An address other than loopback needs a key file (--keys) or --allow-anonymous.
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
     /// Listen on an address other than loopback with no key file: anyone who can reach the port may publish to and read every channel [default: off].
@@ -179,7 +179,7 @@ struct RunArgs {
     /// Delete whole oldest segments whose newest message is older than this (e.g. 7d) [default: unlimited].
     #[arg(long, value_parser = config::parse_duration)]
     retain_age: Option<Duration>,
-    /// Serve CHANNEL even though its log is corrupt in the middle, dropping every record from the first damaged one (repeatable).
+    /// Serve CHANNEL even though its log is corrupt in the middle, dropping every record from the first damaged one (repeatable) [default: none, a corrupt channel is refused].
     #[arg(long, value_name = "CHANNEL")]
     truncate_corrupt: Vec<String>,
     /// Bytes per second of replay (subscriptions that start in the past) one client address gets, however many replays it opens.
@@ -218,10 +218,10 @@ struct RunArgs {
     /// Most memory held for reliable publishers' out-of-order and incomplete messages, across all clients.
     #[arg(long, default_value = "64M", value_parser = config::parse_size)]
     session_memory: u64,
-    /// Plain-UDP ingest: every datagram arriving at ADDR becomes one message of CHANNEL (repeatable).
+    /// Plain-UDP ingest: every datagram arriving at ADDR becomes one message of CHANNEL (repeatable) [default: none].
     #[arg(long = "raw-in", value_name = "ADDR=CHANNEL", value_parser = config::parse_raw_in)]
     raw_in: Vec<(SocketAddr, String)>,
-    /// Plain-UDP egress: every message of CHANNEL is sent as a plain datagram to ADDR (repeatable).
+    /// Plain-UDP egress: every message of CHANNEL is sent as a plain datagram to ADDR (repeatable) [default: none].
     #[arg(long = "raw-out", value_name = "CHANNEL=ADDR", value_parser = config::parse_raw_out)]
     raw_out: Vec<(String, SocketAddr)>,
     /// Log level: error, warn, info, debug or trace (logs go to stderr).

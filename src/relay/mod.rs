@@ -32,6 +32,8 @@
 //!   forgotten), each channel's storage, subscribers and raw egress.
 //! - `subscriptions`: opening and ending subscriptions within the limits,
 //!   the replay queue, reliable subscriptions' timers and acknowledgements.
+//! - `wildcards`: subscriptions to patterns (`sensors.>`), each following
+//!   the channels it matches as ordinary subscriptions under the relay's ids.
 //! - `publishing`: the table of reliable publishing sessions (limits,
 //!   memory, acknowledgements, how far ended ones had stored), and in
 //!   `sessions` one session (reordering, pieces of large messages).
@@ -70,6 +72,7 @@ mod sessions;
 mod stats;
 mod subscriptions;
 mod validation;
+mod wildcards;
 
 pub use crate::time::Now;
 pub use counters::Counters;
@@ -98,6 +101,7 @@ use secure::{Secure, Who};
 use sessions::Piece;
 use subscriptions::Subscriptions;
 use validation::AddressTokens;
+use wildcards::Wildcards;
 
 /// Why a relay could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +132,8 @@ pub struct Relay {
     peers: Peers,
     /// Subscriptions: limits, replay, reliable delivery's timers.
     subscriptions: Subscriptions,
+    /// Wildcard subscriptions and the channels each follows.
+    wildcards: Wildcards,
     /// Reliable publishing sessions: limits, memory, what they stored.
     publishing: Publishing,
     /// Unreliable messages arriving in pieces.
@@ -181,6 +187,10 @@ impl Relay {
                 replay_budget: (config.replay_rate / 1000).max(1) as usize,
                 arq: config.arq,
             }),
+            wildcards: Wildcards::new(
+                config.max_subscriptions,
+                config.max_subscriptions_per_client,
+            ),
             publishing: Publishing::new(publishing::Limits {
                 max: config.max_sessions,
                 // One address's sessions are limited as its subscriptions are.
@@ -465,8 +475,21 @@ impl Relay {
                     mode,
                     start,
                     owner: self.owner(),
+                    wildcard: None,
                 };
-                self.subscribe(now, from, request, channel)
+                if sub_id >= wire::RELAY_SUB_IDS {
+                    self.counters.dropped_unsupported += 1;
+                    let reason = "subscription ids from 2147483648 up are the relay's";
+                    self.reply_error(now, from, ErrorCode::UNSUPPORTED, reason);
+                } else if crate::subject::is_pattern(channel) {
+                    self.subscribe_pattern(now, from, request, channel);
+                } else {
+                    self.subscribe(now, from, request, channel);
+                }
+            }
+            Frame::Unsubscribe { sub_id } if self.wildcards.contains(from, sub_id) => {
+                self.end_pattern(from, sub_id);
+                self.counters.subscriptions_closed += 1;
             }
             Frame::Unsubscribe { sub_id } => {
                 let (channels, peers) = (&mut self.channels, &mut self.peers);
@@ -546,6 +569,7 @@ impl Relay {
             | Frame::Stats { .. }
             | Frame::AddressToken { .. }
             | Frame::HandshakeReply { .. }
+            | Frame::Matched { .. }
             | Frame::Validate { .. } => self.counters.dropped_unexpected += 1,
             // Taken before this, in `handle_frames`, which knows whether the
             // datagram is proven.
@@ -564,7 +588,14 @@ impl Relay {
         channel: &str,
         len: usize,
     ) -> bool {
-        if !self.permitted(now, from, action, channel) {
+        if action == Action::Publish && crate::subject::is_pattern(channel) {
+            // `*` and `>` tokens name patterns, which only SUBSCRIBE takes.
+            self.counters.dropped_malformed += 1;
+            let reason =
+                format!("cannot publish to {channel:?}: a `*` or `>` token makes it a pattern");
+            self.reply_error(now, from, ErrorCode::BAD_CHANNEL, &reason);
+            false
+        } else if !self.permitted(now, from, action, channel) {
             false
         } else if len > self.max_message_size {
             self.refuse_too_large(now, from, len);
@@ -654,11 +685,17 @@ impl Relay {
         payload: &[u8],
     ) -> Result<u64, String> {
         let channel = &mut self.channels[id];
+        let first = matches!(channel.storage, Storage::Empty);
         let stored = channel.store(&self.data_dir, now.unix_nanos, session, payload);
         let offset = stored.map_err(|refused| refused.counted(&mut self.counters))?;
         self.durability.appended(now.instant, id);
+        if first && self.wildcards.count() > 0 {
+            // A channel's first message: the wildcards matching it follow
+            // it from here.
+            self.follow_new(now, id, offset);
+        }
         let reliable = delivery::fan_out(
-            channel,
+            &mut self.channels[id],
             offset,
             now.unix_nanos,
             payload,
@@ -799,7 +836,21 @@ impl Relay {
             return;
         }
         let id = self.channels.find_or_create(channel);
-        let subscribed = self.subscriptions.subscribe(
+        if let Err(refusal) = self.open_subscription(now, from, request, id) {
+            self.reply_error(now, from, refusal.code, &refusal.reason);
+        }
+    }
+
+    /// Opens (or keeps alive) subscription `request` of `from` to channel
+    /// `id`: see [`Subscriptions::subscribe`].
+    fn open_subscription(
+        &mut self,
+        now: Now,
+        from: SocketAddr,
+        request: subscriptions::Request,
+        id: ChannelId,
+    ) -> Result<(), subscriptions::Refusal> {
+        self.subscriptions.subscribe(
             now,
             from,
             request,
@@ -808,10 +859,7 @@ impl Relay {
             &mut self.peers,
             &mut self.outbox,
             &mut self.counters,
-        );
-        if let Err(refusal) = subscribed {
-            self.reply_error(now, from, refusal.code, &refusal.reason);
-        }
+        )
     }
 
     /// Removes a peer, its subscriptions and its sessions; returns how many
@@ -827,6 +875,9 @@ impl Relay {
             &mut self.channels,
             &mut self.counters,
         );
+        for sub_id in self.wildcards.of(addr) {
+            self.wildcards.remove(addr, sub_id);
+        }
         for s in peer.sessions {
             self.publishing
                 .release(s, &mut self.channels, &mut self.counters);

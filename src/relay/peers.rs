@@ -36,6 +36,10 @@ pub(super) struct Peer {
     pub(super) subscriptions: Vec<(u32, ChannelId)>,
     /// The address's reliable publishing sessions.
     pub(super) sessions: Vec<PublishSession>,
+    /// How many wildcard subscriptions the address holds (kept in
+    /// `wildcards`; counted here so that one holding nothing else keeps
+    /// its lease).
+    wildcards: usize,
     /// The key (index in the key file) what the address holds is charged
     /// to, if it was opened under one.
     owner: Option<usize>,
@@ -49,7 +53,7 @@ impl Peer {
 
     /// Holds nothing: the entry can go.
     pub(super) fn is_empty(&self) -> bool {
-        self.subscriptions.is_empty() && self.sessions.is_empty()
+        self.subscriptions.is_empty() && self.sessions.is_empty() && self.wildcards == 0
     }
 }
 
@@ -127,6 +131,7 @@ impl Peers {
                 lease_at: now + lease,
                 subscriptions: Vec::new(),
                 sessions: Vec::new(),
+                wildcards: 0,
                 owner: key,
             }
         })
@@ -180,6 +185,24 @@ impl Peers {
             self.peers.remove(addr);
         }
         Some(sub)
+    }
+
+    /// Counts a wildcard subscription of `addr` (its entry created if new,
+    /// owned by `key`).
+    pub(super) fn add_wildcard(&mut self, now: Instant, addr: SocketAddr, key: Option<usize>) {
+        self.entry(now, addr, key).wildcards += 1;
+    }
+
+    /// Uncounts a wildcard subscription of `addr` (the entry goes too, if
+    /// that was all it held).
+    pub(super) fn remove_wildcard(&mut self, addr: &SocketAddr) {
+        let Some(peer) = self.peers.get_mut(addr) else {
+            return;
+        };
+        peer.wildcards = peer.wildcards.saturating_sub(1);
+        if peer.is_empty() {
+            self.peers.remove(addr);
+        }
     }
 
     /// Adds reliable publishing session `session` to `addr` (its entry

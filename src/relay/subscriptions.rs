@@ -55,6 +55,9 @@ pub(super) struct Request {
     pub(super) start: StartPosition,
     /// Who a new subscription is charged to besides the address.
     pub(super) owner: Owner,
+    /// The wildcard subscription this one follows a channel for, if any:
+    /// its client is told with MATCHED instead of SUBSCRIBED.
+    pub(super) wildcard: Option<u32>,
 }
 
 /// A SUBSCRIBE that was refused (counted), with what to tell the client.
@@ -119,6 +122,18 @@ impl Subscriptions {
         self.count
     }
 
+    /// The lease handed to subscribers, in SUBSCRIBED's unit.
+    pub(super) fn lease_ms(&self) -> u32 {
+        self.limits.lease.as_millis().min(u128::from(u32::MAX)) as u32
+    }
+
+    /// True if `peer` holds subscription `sub_id` on channel `ch`.
+    pub(super) fn holds(peers: &Peers, peer: SocketAddr, sub_id: u32, ch: ChannelId) -> bool {
+        peers
+            .get(&peer)
+            .is_some_and(|p| p.subscriptions.contains(&(sub_id, ch)))
+    }
+
     /// Entries in the ARQ timer heap, live or stale.
     #[cfg(test)]
     pub(super) fn timer_entries(&self) -> usize {
@@ -158,6 +173,7 @@ impl Subscriptions {
             mode,
             start,
             owner,
+            wildcard,
         } = request;
         let Some((first, next_offset)) = channels[id].storage.offsets() else {
             counters.dropped_unavailable += 1;
@@ -223,16 +239,23 @@ impl Subscriptions {
             self.replay_queue.push_back((id, from, sub_id));
             self.next_replay.get_or_insert(now.instant);
         }
-        let lease_ms = self.limits.lease.as_millis().min(u128::from(u32::MAX)) as u32;
-        outbox.push_frame(
-            from,
-            &Frame::Subscribed {
+        let lease_ms = self.lease_ms();
+        let answer = match wildcard {
+            None => Frame::Subscribed {
                 sub_id,
                 first_offset,
                 next_offset,
                 lease_ms,
             },
-        );
+            Some(wildcard) => Frame::Matched {
+                sub_id: wildcard,
+                channel_sub_id: sub_id,
+                first_offset,
+                next_offset,
+                channel: &channels[id].name,
+            },
+        };
+        outbox.push_frame(from, &answer);
         if reliable {
             self.pump(now, id, from, sub_id, channels, peers, outbox, counters);
         }
@@ -595,6 +618,7 @@ mod tests {
             mode: DeliveryMode::Unreliable,
             start: StartPosition::Latest,
             owner: Owner::ADDRESS,
+            wildcard: None,
         };
         let (channels, peers) = (&mut p.channels, &mut p.peers);
         (p.subs).subscribe(

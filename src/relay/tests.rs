@@ -7,6 +7,8 @@ use crate::log::LogError;
 use crate::wire::{DeliveryMode, ErrorCode, Frame, StartPosition, encode_datagram};
 use std::time::Duration;
 
+mod wildcards;
+
 const ALICE: &str = "127.0.0.1:1001";
 const BOB: &str = "127.0.0.1:1002";
 const PUBLISHER: &str = "127.0.0.1:2000";
@@ -139,6 +141,15 @@ fn describe(f: &Frame<'_>) -> String {
         } => {
             format!("subscribed {sub_id} first={first_offset} next={next_offset} lease={lease_ms}")
         }
+        Frame::Matched {
+            sub_id,
+            channel_sub_id,
+            first_offset,
+            next_offset,
+            channel,
+        } => format!(
+            "matched {sub_id} {channel} as {channel_sub_id} first={first_offset} next={next_offset}"
+        ),
         Frame::Error { code, .. } => format!("error {}", code.name()),
         Frame::Pong { nonce } => format!("pong {nonce}"),
         other => format!("{other:?}"),

@@ -80,6 +80,17 @@ impl<'a> Frame<'a> {
                 r.end()?;
                 f
             }
+            FrameType::Matched => {
+                let f = Frame::Matched {
+                    sub_id: r.u32()?,
+                    channel_sub_id: r.u32()?,
+                    first_offset: r.u64()?,
+                    next_offset: r.u64()?,
+                    channel: r.channel()?,
+                };
+                r.end()?;
+                f
+            }
             FrameType::Deliver => Frame::Deliver {
                 sub_id: r.u32()?,
                 offset: r.u64()?,

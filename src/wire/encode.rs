@@ -20,6 +20,7 @@ impl Frame<'_> {
             Frame::Subscribe { channel, .. } => 4 + 1 + 1 + 8 + 1 + channel.len(),
             Frame::Unsubscribe { .. } => 4,
             Frame::Subscribed { .. } => 4 + 8 + 8 + 4,
+            Frame::Matched { channel, .. } => 4 + 4 + 8 + 8 + 1 + channel.len(),
             Frame::Deliver { payload, .. } => DELIVER_FIXED + payload.len(),
             Frame::Ack { ranges, .. } => 1 + 8 + 8 + 4 + ranges.len(),
             Frame::ReliablePublish {
@@ -55,7 +56,8 @@ impl Frame<'_> {
             Frame::Publish { channel, .. }
             | Frame::Subscribe { channel, .. }
             | Frame::ReliablePublish { channel, .. }
-            | Frame::Fragment { channel, .. } => {
+            | Frame::Fragment { channel, .. }
+            | Frame::Matched { channel, .. } => {
                 validate_channel(channel.as_bytes())?;
             }
             Frame::Ack { ranges, .. } if !ranges.len().is_multiple_of(16) => {
@@ -105,6 +107,19 @@ impl Frame<'_> {
                 out.put_slice(&first_offset.to_le_bytes());
                 out.put_slice(&next_offset.to_le_bytes());
                 out.put_slice(&lease_ms.to_le_bytes());
+            }
+            Frame::Matched {
+                sub_id,
+                channel_sub_id,
+                first_offset,
+                next_offset,
+                channel,
+            } => {
+                out.put_slice(&sub_id.to_le_bytes());
+                out.put_slice(&channel_sub_id.to_le_bytes());
+                out.put_slice(&first_offset.to_le_bytes());
+                out.put_slice(&next_offset.to_le_bytes());
+                put_len_prefixed(out, channel.as_bytes());
             }
             Frame::Deliver {
                 sub_id,

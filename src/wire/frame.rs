@@ -49,7 +49,14 @@ pub enum FrameType {
     /// The relay's answer to a handshake: the session it opened, relay to
     /// client.
     HandshakeReply = 0x12,
+    /// A channel that a wildcard subscription matches, and the id its
+    /// messages come under, relay to client.
+    Matched = 0x13,
 }
+
+/// Subscription ids from here up are the relay's, for the channels that
+/// wildcard subscriptions match; a client names its own below it.
+pub const RELAY_SUB_IDS: u32 = 0x8000_0000;
 
 /// Frame flag of RELIABLE_PUBLISH: the message continues in the next
 /// sequence number.
@@ -77,6 +84,7 @@ impl FrameType {
             0x10 => FrameType::Validate,
             0x11 => FrameType::Handshake,
             0x12 => FrameType::HandshakeReply,
+            0x13 => FrameType::Matched,
             _ => return None,
         })
     }
@@ -195,6 +203,21 @@ pub enum Frame<'a> {
         /// How long the relay keeps the subscription without hearing from the
         /// client, in milliseconds.
         lease_ms: u32,
+    },
+    /// Wildcard subscription `sub_id` matches `channel`: its messages come
+    /// as subscription `channel_sub_id`, an id the relay chose (at or above
+    /// [`RELAY_SUB_IDS`]), acknowledged under that id when reliable.
+    Matched {
+        /// The wildcard subscription.
+        sub_id: u32,
+        /// The id the channel's deliveries carry.
+        channel_sub_id: u32,
+        /// Offset of the first message of the channel it will be sent.
+        first_offset: u64,
+        /// Offset the channel's next published message will get.
+        next_offset: u64,
+        /// The channel's name, validated.
+        channel: &'a str,
     },
     /// A message of the channel behind `sub_id`.
     Deliver {
@@ -359,6 +382,7 @@ impl<'a> Frame<'a> {
             Frame::Validate { .. } => FrameType::Validate,
             Frame::Handshake { .. } => FrameType::Handshake,
             Frame::HandshakeReply { .. } => FrameType::HandshakeReply,
+            Frame::Matched { .. } => FrameType::Matched,
         }
     }
 }

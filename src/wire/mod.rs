@@ -30,7 +30,9 @@ pub use ack::{ack_ranges, encode_ack_ranges};
 pub use datagram::{
     DatagramBuilder, Frames, Header, decode_datagram, encode_datagram, frame_bodies,
 };
-pub use frame::{AckKind, DeliveryMode, ErrorCode, FLAG_MORE, Frame, FrameType, StartPosition};
+pub use frame::{
+    AckKind, DeliveryMode, ErrorCode, FLAG_MORE, Frame, FrameType, RELAY_SUB_IDS, StartPosition,
+};
 pub use stats::{STATS_FIXED, STATS_REQUEST_FIXED, StatEntries, stat_entry_len, stats_page};
 
 use thiserror::Error;

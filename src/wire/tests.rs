@@ -41,6 +41,13 @@ fn sample_frames() -> Vec<Frame<'static>> {
             next_offset: 10,
             lease_ms: 30_000,
         },
+        Frame::Matched {
+            sub_id: 9,
+            channel_sub_id: RELAY_SUB_IDS + 3,
+            first_offset: 0,
+            next_offset: 12,
+            channel: "sensors.eu.7",
+        },
         Frame::Deliver {
             sub_id: 9,
             offset: 42,

@@ -35,13 +35,13 @@ use run::run;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "udpbench", version)]
 struct Args {
-    /// Relay to measure, like 127.0.0.1:7070 (or use --spawn).
+    /// Relay to measure, like 127.0.0.1:7070 [default: none, give --spawn or --baseline].
     #[arg(long, conflicts_with = "spawn")]
     relay: Option<SocketAddr>,
-    /// Start a relay (the udprelay next to this binary) on a free port with a temporary data directory.
+    /// Start a relay (the udprelay next to this binary) on a free port with a temporary data directory [default: off].
     #[arg(long)]
     spawn: bool,
-    /// A flag for the relay --spawn starts, like --relay-arg=--busy-poll=200us (repeatable).
+    /// A flag for the relay --spawn starts, like --relay-arg=--busy-poll=200us (repeatable) [default: none].
     #[arg(
         long,
         requires = "spawn",
@@ -49,7 +49,7 @@ struct Args {
         value_name = "ARG"
     )]
     relay_arg: Vec<String>,
-    /// With --spawn: run the relay on a thread of this process (default relay settings, so no --relay-arg) instead of as a child process; its CPU time is that thread's.
+    /// With --spawn: run the relay on a thread of this process (default relay settings, so no --relay-arg) instead of as a child process; its CPU time is that thread's [default: off].
     #[arg(long, requires = "spawn", conflicts_with = "relay_arg")]
     in_process: bool,
     /// Publishers, each on its own socket and thread.
@@ -67,10 +67,11 @@ struct Args {
     /// How long to publish (e.g. 10s).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     duration: Duration,
-    /// Stop each publisher after this many messages instead.
+    /// Stop each publisher after this many messages, or at the end of --duration if sooner
+    /// [default: none, publish for --duration].
     #[arg(long)]
     count: Option<u64>,
-    /// Reliable publishing and subscribing (acknowledged, retransmitted).
+    /// Reliable publishing and subscribing (acknowledged, retransmitted) [default: off].
     #[arg(long)]
     reliable: bool,
     /// Pack messages into datagrams up to this size; 0 sends one message per datagram.
@@ -78,7 +79,7 @@ struct Args {
     batch: usize,
     /// Plain UDP through the relay's raw ports: publishers send bare messages
     /// to a --raw-in port, one per datagram, and each subscriber gets them
-    /// from a --raw-out address (needs --spawn; unreliable).
+    /// from a --raw-out address (needs --spawn; unreliable) [default: off].
     #[arg(long, requires = "spawn", conflicts_with = "reliable")]
     raw: bool,
     /// Measure the same traffic without the relay: `kernel` straight from
@@ -86,31 +87,33 @@ struct Args {
     /// `socat` through socat (`socat -u UDP4-RECV UDP4-SENDTO`; one
     /// subscriber; socat must be installed). All send one message per
     /// datagram. With --spawn or --relay too, both run and the report shows
-    /// the ratio.
+    /// the ratio [default: none, no baseline run].
     #[arg(long, value_enum)]
     baseline: Option<Baseline>,
     /// Find the highest rate with under 0.1 % loss: an unpaced run, then
     /// bisection over --rate (7 more runs of --duration each), for the relay
-    /// and the baseline alike; reports the fastest lossless run of each.
+    /// and the baseline alike; reports the fastest lossless run of each
+    /// [default: off].
     #[arg(long, conflicts_with = "rate")]
     find_lossless: bool,
     /// With --spawn: give the relay a key file with one key that may do
     /// everything and `--auth required`, and run every publisher and
     /// subscriber with its credential: handshakes, then every datagram
-    /// sealed (authenticated and encrypted) both ways.
+    /// sealed (authenticated and encrypted) both ways [default: off].
     #[arg(long, requires = "spawn", conflicts_with_all = ["raw", "credential", "credential_file"])]
     auth: bool,
     /// With --relay: the credential (udprelay1:ID:EXPIRES:SECRET) every
     /// publisher and subscriber handshakes with [default: none, plain datagrams].
     #[arg(long, value_name = "STRING", conflicts_with = "credential_file")]
     credential: Option<String>,
-    /// Read the credential from this file (its first line).
+    /// With --relay: read the credential from this file (its first line)
+    /// [default: none, plain datagrams].
     #[arg(long, value_name = "FILE")]
     credential_file: Option<std::path::PathBuf>,
-    /// Print the report as one JSON object.
+    /// Print the report as one JSON object [default: off].
     #[arg(long)]
     json: bool,
-    /// Draw throughput over time and latency percentiles to an SVG file.
+    /// Draw throughput over time and latency percentiles to an SVG file [default: none, no plot].
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<std::path::PathBuf>,
 }

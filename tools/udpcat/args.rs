@@ -24,10 +24,10 @@ pub enum Command {
         addr: String,
         /// Channel name.
         channel: String,
-        /// Send this one message instead of reading stdin.
+        /// Send this one message instead of reading stdin [default: none, read stdin].
         #[arg(long, conflicts_with = "file")]
         message: Option<String>,
-        /// Send the lines of this file instead of reading stdin.
+        /// Send the lines of this file instead of reading stdin [default: none, read stdin].
         #[arg(long)]
         file: Option<PathBuf>,
         /// Send the input this many times.
@@ -35,7 +35,8 @@ pub enum Command {
         count: u64,
         /// Send all of the input (stdin or --file) as one message, bytes as
         /// they are, instead of one message per line. Messages larger than a
-        /// datagram travel in pieces (up to the relay's --max-message-size).
+        /// datagram travel in pieces (up to the relay's --max-message-size)
+        /// [default: off].
         #[arg(long, conflicts_with = "message")]
         whole: bool,
         /// Pack messages into datagrams of up to this many bytes.
@@ -48,11 +49,12 @@ pub enum Command {
         reply_timeout: Duration,
         #[command(flatten)]
         key: KeyArgs,
-        /// Print a summary on stderr when done.
+        /// Print a summary on stderr when done [default: off].
         #[arg(short, long)]
         verbose: bool,
         /// Guaranteed delivery: every message is retransmitted until the relay
-        /// acknowledges it (once it is in the log); exit 0 only if all were.
+        /// acknowledges it (once it is in the log); exit 0 only if all were
+        /// [default: off].
         #[arg(long)]
         reliable: bool,
         /// With --reliable: while at most this many messages are unacknowledged, a datagram with room carries them again beside new ones, so a lost datagram is repaired by the next (costs bytes, not datagrams; 0 turns it off).
@@ -69,10 +71,11 @@ pub enum Command {
         /// `json` (one object per line: channel, offset, timestamp, payload).
         #[arg(long, value_enum, default_value_t = Format::Line)]
         format: Format,
-        /// Exit 0 after this many messages.
+        /// Exit 0 after this many messages [default: none, run until --timeout or interrupted].
         #[arg(long)]
         count: Option<u64>,
-        /// Stop after this long (exit 1 if --count messages had not arrived by then).
+        /// Stop after this long (exit 1 if --count messages had not arrived by then)
+        /// [default: none, run until --count or interrupted].
         #[arg(long, value_parser = parse_duration)]
         timeout: Option<Duration>,
         /// Where to start: `latest` (new messages only), `earliest`, or an offset.
@@ -84,10 +87,11 @@ pub enum Command {
         #[command(flatten)]
         key: KeyArgs,
         /// Guaranteed delivery: acknowledged, retransmitted, in offset order,
-        /// each message exactly once; resume with --from the next offset.
+        /// each message exactly once; resume with --from the next offset
+        /// [default: off].
         #[arg(long)]
         reliable: bool,
-        /// Print the subscription's counters on stderr when done.
+        /// Print the subscription's counters on stderr when done [default: off].
         #[arg(short, long)]
         verbose: bool,
     },
@@ -132,7 +136,8 @@ pub struct KeyArgs {
     /// --credential-file [default: none, plain datagrams].
     #[arg(long, value_name = "STRING", conflicts_with = "credential_file")]
     pub credential: Option<String>,
-    /// Read the credential from this file (its first line).
+    /// Read the credential from this file (its first line) [default: none, plain
+    /// datagrams].
     #[arg(long, value_name = "FILE")]
     pub credential_file: Option<PathBuf>,
 }

@@ -172,6 +172,25 @@ fn decode_seeds() -> Vec<(String, Vec<u8>)> {
             "subscribe-offset",
             subscribe(3, DeliveryMode::Unreliable, StartPosition::Offset(42)),
         ),
+        one(
+            "subscribe-pattern",
+            Frame::Subscribe {
+                sub_id: 4,
+                mode: DeliveryMode::Reliable,
+                start: StartPosition::Earliest,
+                channel: "news.>",
+            },
+        ),
+        one(
+            "matched",
+            Frame::Matched {
+                sub_id: 4,
+                channel_sub_id: 0x8000_0000,
+                first_offset: 0,
+                next_offset: 3,
+                channel: "news.eu",
+            },
+        ),
         one("unsubscribe", Frame::Unsubscribe { sub_id: 1 }),
         one(
             "subscribed",
