@@ -32,6 +32,58 @@ fn quick_start_publishes_three_lines_in_order() {
 }
 
 #[test]
+fn a_wildcard_subscriber_reads_every_channel_its_pattern_matches() {
+    let relay = Relay::start(&[]);
+    let addr = relay.addr_str();
+    let publish = |channel: &str, line: &[u8]| {
+        let out = udpcat(&["pub", &addr, channel], line);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    publish("sensors.a", b"stored\n");
+    let sub = Subscriber::start(&[
+        &addr,
+        "sensors.>",
+        "--from",
+        "earliest",
+        "--count",
+        "3",
+        "--format",
+        "json",
+    ]);
+    publish("sensors", b"not one token more\n");
+    publish("other.a", b"elsewhere\n");
+    publish("sensors.b.c", b"deeper\n");
+    publish("sensors.a", b"live\n");
+    let (status, stdout, stderr) = sub.finish();
+    assert!(status.success(), "sub failed: {stderr}");
+    let got: Vec<(String, u64, String)> = json_lines(&stdout)
+        .iter()
+        .map(|m| {
+            let s = |k: &str| m[k].as_str().unwrap().to_string();
+            (s("channel"), m["offset"].as_u64().unwrap(), s("payload"))
+        })
+        .collect();
+    let want = [
+        ("sensors.a", 0, "stored"),
+        ("sensors.b.c", 0, "deeper"),
+        ("sensors.a", 1, "live"),
+    ];
+    assert_eq!(
+        got,
+        want.map(|(c, o, p)| (c.to_string(), o, p.to_string())),
+        "{stderr}"
+    );
+    // A pattern is not a channel one can publish to.
+    let out = udpcat(&["pub", &addr, "sensors.*"], b"x\n");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad-channel"));
+}
+
+#[test]
 fn two_subscribers_each_receive_every_message() {
     fan_out(&[]);
 }

@@ -288,3 +288,75 @@ fn counters_of_each_reliable_stream_are_visible() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_reliable_wildcard_subscriber_gets_every_matching_channel_whole_and_in_order() {
+    // Two channels the pattern matches (one stored before it starts, one
+    // created after), one it does not, all across a lossy path.
+    let relay = Relay::start(&[]);
+    let lossy = ["--loss", "0.1", "--delay", "5ms", "--seed"];
+    let to_publisher = Chaos::start(relay.addr, &[&lossy[..], &["11"]].concat());
+    let to_subscriber = Chaos::start(relay.addr, &[&lossy[..], &["12"]].concat());
+    let publish = |channel: &str, input: &str| {
+        let out = udpcat(
+            &[
+                "pub",
+                &to_publisher.addr_str(),
+                channel,
+                "--reliable",
+                "--reply-timeout",
+                "10s",
+            ],
+            input.as_bytes(),
+        );
+        assert!(
+            out.status.success(),
+            "pub {channel}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let (eu, us) = (numbered(400, "eu"), numbered(400, "us"));
+    publish("orders.eu", &eu[..eu.len() / 2]);
+    let sub = Subscriber::start(&[
+        &to_subscriber.addr_str(),
+        "orders.*",
+        "--reliable",
+        "--from",
+        "earliest",
+        "--count",
+        "800",
+        "--format",
+        "json",
+        "--reply-timeout",
+        "10s",
+    ]);
+    publish("orders.us", &us);
+    publish("orders.eu.late", "not one token\n");
+    publish("orders.eu", &eu[eu.len() / 2..]);
+    let (status, stdout, stderr) = sub.finish();
+    assert!(status.success(), "sub: {stderr}");
+    let mut by_channel: std::collections::BTreeMap<String, String> = Default::default();
+    for (i, m) in json_lines(&stdout).iter().enumerate() {
+        let channel = m["channel"].as_str().unwrap().to_string();
+        let lines = by_channel.entry(channel.clone()).or_default();
+        assert_eq!(
+            m["offset"].as_u64().unwrap(),
+            lines.lines().count() as u64,
+            "message {i} on {channel}: offsets in order with no gap"
+        );
+        lines.push_str(m["payload"].as_str().unwrap());
+        lines.push('\n');
+    }
+    assert_eq!(by_channel.len(), 2, "{:?}", by_channel.keys());
+    assert!(
+        by_channel["orders.eu"] == eu,
+        "orders.eu: {} lines",
+        by_channel["orders.eu"].lines().count()
+    );
+    assert!(
+        by_channel["orders.us"] == us,
+        "orders.us: {} lines",
+        by_channel["orders.us"].lines().count()
+    );
+    assert!(stderr.contains("following orders.us"), "{stderr}");
+}

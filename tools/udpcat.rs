@@ -12,9 +12,8 @@ use clap::Parser;
 use socket2::{Domain, Protocol, Socket, Type};
 use udprelay::auth::Credential;
 use udprelay::client::{
-    AnySubscription, ClientError, Handshake, PacedPublisher, PingOutcome, Pinger,
-    ReliablePublisher, SecureError, Secured, StatsError, StatsPager, SubscriptionEvent,
-    message_json,
+    ClientError, Handshake, PacedPublisher, PingOutcome, Pinger, ReliablePublisher, SecureError,
+    Secured, StatsError, StatsPager, message_json,
 };
 use udprelay::reliable::ArqConfig;
 use udprelay::rng::Rng;
@@ -22,10 +21,13 @@ use udprelay::wire::{DeliveryMode, ErrorCode, StartPosition};
 
 #[path = "udpcat/args.rs"]
 mod args;
+#[path = "udpcat/either.rs"]
+mod either;
 #[path = "udpcat/input.rs"]
 mod input;
 
 use args::{Args, Command, Format, KeyArgs};
+use either::{Either, Event};
 use input::{Input, spawn_input};
 
 /// Why udpcat failed.
@@ -51,9 +53,6 @@ enum CatError {
     Unacknowledged { count: u64, why: String },
     #[error("{0}")]
     Credential(String),
-    /// Something this udpcat does not do.
-    #[error("{0}")]
-    Unsupported(String),
     #[error(
         "no handshake answer from the relay at {addr} within {waited:?}: is the credential \
          right, and was the relay started with the key file that holds its key (--keys)?"
@@ -604,12 +603,6 @@ struct SubOptions {
 }
 
 fn subscribe(conn: &mut Conn, opts: &SubOptions) -> Result<(), CatError> {
-    if udprelay::subject::is_pattern(&opts.channel) {
-        return Err(CatError::Unsupported(format!(
-            "{:?} is a pattern: wildcard subscriptions are served by the relay but udpcat cannot read them yet",
-            opts.channel
-        )));
-    }
     let start = Instant::now();
     // Below the ids the relay keeps for the channels of wildcard subscriptions.
     let sub_id = (Rng::from_entropy().next_u64() as u32) % udprelay::wire::RELAY_SUB_IDS;
@@ -618,7 +611,7 @@ fn subscribe(conn: &mut Conn, opts: &SubOptions) -> Result<(), CatError> {
     } else {
         DeliveryMode::Unreliable
     };
-    let mut sub = AnySubscription::new(mode, sub_id, &opts.channel, opts.from, start)?;
+    let mut sub = Either::new(mode, sub_id, &opts.channel, opts.from, start)?;
     let stop_at = opts.timeout.map(|t| start + t);
     let answer_by = start + conn.reply_timeout;
     let mut received = 0u64;
@@ -668,8 +661,10 @@ fn subscribe(conn: &mut Conn, opts: &SubOptions) -> Result<(), CatError> {
         };
         let mut write_result = Ok(());
         let mut denied = false;
-        sub.handle_datagram(Instant::now(), datagram, |event: SubscriptionEvent<'_>| match event {
-            SubscriptionEvent::Subscribed { first_offset, .. } => {
+        sub.handle_datagram(Instant::now(), datagram, |event| match event {
+            Event::Subscribed {
+                first_offset: Some(first_offset),
+            } => {
                 eprintln!("udpcat: subscribed to {} at offset {first_offset}", opts.channel);
                 if let StartPosition::Offset(asked) = opts.from
                     && first_offset > asked
@@ -679,7 +674,15 @@ fn subscribe(conn: &mut Conn, opts: &SubOptions) -> Result<(), CatError> {
                     );
                 }
             }
-            SubscriptionEvent::Message {
+            Event::Subscribed { first_offset: None } => {
+                eprintln!("udpcat: subscribed to {} (a pattern)", opts.channel);
+            }
+            Event::Matched {
+                channel,
+                first_offset,
+            } => eprintln!("udpcat: following {channel} from offset {first_offset}"),
+            Event::Message {
+                channel,
                 offset,
                 timestamp,
                 payload,
@@ -689,10 +692,11 @@ fn subscribe(conn: &mut Conn, opts: &SubOptions) -> Result<(), CatError> {
                 }
                 received += 1;
                 if write_result.is_ok() {
-                    write_result = write_message(&mut out, opts, offset, timestamp, payload);
+                    write_result =
+                        write_message(&mut out, opts.format, channel, offset, timestamp, payload);
                 }
             }
-            SubscriptionEvent::Error { code, reason } => {
+            Event::Error { code, reason } => {
                 report_refusal(code, reason);
                 // Asking again will not grant a missing permission.
                 denied |= code == ErrorCode::DENIED;
@@ -713,9 +717,8 @@ fn subscribe(conn: &mut Conn, opts: &SubOptions) -> Result<(), CatError> {
     // Best effort: the lease ends it anyway if this datagram is lost.
     let _ = conn.send(&sub.unsubscribe());
     if opts.verbose
-        && let AnySubscription::Reliable(r) = &sub
+        && let Some(st) = sub.reliable_stats()
     {
-        let st = r.stats();
         eprintln!(
             "udpcat: {} messages received in order; {} duplicates dropped, {} arrived out of order",
             st.received, st.duplicates, st.out_of_order
@@ -726,19 +729,20 @@ fn subscribe(conn: &mut Conn, opts: &SubOptions) -> Result<(), CatError> {
 
 fn write_message(
     out: &mut impl Write,
-    opts: &SubOptions,
+    format: Format,
+    channel: &str,
     offset: u64,
     timestamp: u64,
     payload: &[u8],
 ) -> io::Result<()> {
-    match opts.format {
+    match format {
         Format::Line => {
             out.write_all(payload)?;
             out.write_all(b"\n")
         }
         Format::Raw => out.write_all(payload),
         Format::Json => {
-            let obj = message_json(&opts.channel, offset, timestamp, payload);
+            let obj = message_json(channel, offset, timestamp, payload);
             writeln!(out, "{obj}")
         }
     }

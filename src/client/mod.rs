@@ -11,6 +11,8 @@
 //! - `reliable`: [`ReliablePublisher`] and [`ReliableSubscription`].
 //! - `subscription`: [`Subscription`], [`AnySubscription`] and the reading of
 //!   a relay's datagrams for one subscription.
+//! - `wildcard`: [`WildcardSubscription`], a subscription to a pattern and
+//!   the channels the relay says it matches, each with its own offsets.
 //! - `reassembly`: [`Reassembler`], large messages from their pieces.
 //! - `ping`: [`Pinger`], round trips measured from the answered send.
 //! - `stats`: [`StatsPager`], the relay's counters page by page.
@@ -31,6 +33,7 @@ mod reliable;
 mod secure;
 mod stats;
 mod subscription;
+mod wildcard;
 pub use paced::{PING_EVERY, PacedPublisher};
 pub use ping::{PING_RETRY, PingOutcome, Pinger};
 pub use proof::{AddressProof, HELLO_RETRY};
@@ -41,6 +44,7 @@ pub use secure::{HANDSHAKE_RETRY, Handshake, SecureError, Secured};
 pub use stats::{MAX_STATS_ENTRIES, MIN_STATS_REQUEST, STATS_RETRY, StatsError, StatsPager};
 pub use subscription::{AnySubscription, SUBSCRIBE_RETRY, Subscription, SubscriptionEvent};
 pub(crate) use subscription::{FromRelay, read_from_relay};
+pub use wildcard::{WildcardEvent, WildcardSubscription};
 
 use crate::wire::{self, Frame};
 

@@ -90,6 +90,15 @@ impl AddressProof {
         true
     }
 
+    /// `frames` as one datagram with the token in front; `None` if there
+    /// are no frames (or they do not encode).
+    pub fn stamp_frames(&self, frames: &[Frame<'_>]) -> Option<Vec<u8>> {
+        if frames.is_empty() {
+            return None;
+        }
+        wire::encode_datagram(frames).ok().map(|d| self.stamp(d))
+    }
+
     /// `datagram` with the token's VALIDATE frame in front of its frames;
     /// unchanged while there is no token.
     pub fn stamp(&self, mut datagram: Vec<u8>) -> Vec<u8> {

@@ -412,12 +412,7 @@ impl ReliableSubscription {
                 channel: &self.channel,
             });
         }
-        if frames_due.is_empty() {
-            return None;
-        }
-        wire::encode_datagram(&frames_due)
-            .ok()
-            .map(|d| self.proof.stamp(d))
+        self.proof.stamp_frames(&frames_due)
     }
 
     /// Reads a datagram from the relay, reporting the subscription, each

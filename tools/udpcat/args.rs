@@ -61,11 +61,12 @@ pub enum Command {
         #[arg(long, default_value_t = ArqConfig::default().bundle_limit)]
         bundle_limit: u32,
     },
-    /// Subscribe to a channel and print each message.
+    /// Subscribe to a channel (or a pattern's channels) and print each message.
     Sub {
         /// Relay address, like 127.0.0.1:7070.
         addr: String,
-        /// Channel name.
+        /// Channel name, or a pattern: `*` is one token, a last `>` one or
+        /// more (e.g. sensors.>), each channel it matches followed.
         channel: String,
         /// Output: `line` (payload and a newline), `raw` (payload bytes only) or
         /// `json` (one object per line: channel, offset, timestamp, payload).
