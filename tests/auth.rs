@@ -115,8 +115,14 @@ fn every_kind_of_plain_datagram(round: u64) -> Vec<Vec<u8>> {
             window: 64,
             ranges: &ranges,
         },
-        Frame::Ping { nonce: round },
-        Frame::Pong { nonce: round },
+        Frame::Ping {
+            nonce: round,
+            load: false,
+        },
+        Frame::Pong {
+            nonce: round,
+            load: None,
+        },
         Frame::Error {
             code: ErrorCode::MALFORMED,
             reason: "x",

@@ -241,7 +241,10 @@ fn hundred_thousand_hostile_datagrams_are_dropped_and_counted() {
             start: StartPosition::Latest,
             channel: "fuzz",
         },
-        Frame::Ping { nonce: 9 },
+        Frame::Ping {
+            nonce: 9,
+            load: false,
+        },
         Frame::Unsubscribe { sub_id: 1 },
     ])
     .unwrap();

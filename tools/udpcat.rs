@@ -3,7 +3,7 @@
 //! sans-IO pieces in `udprelay::client`.
 
 use std::io::{self, Write};
-use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -25,6 +25,8 @@ mod args;
 mod either;
 #[path = "udpcat/input.rs"]
 mod input;
+#[path = "common/pick.rs"]
+mod pick;
 
 use args::{Args, Command, Format, KeyArgs};
 use either::{Either, Event};
@@ -37,6 +39,8 @@ enum CatError {
     BadAddress(String),
     #[error("no answer from the relay at {addr} within {waited:?}")]
     NoAnswer { addr: SocketAddr, waited: Duration },
+    #[error("none of the {count} relays answered within {waited:?}")]
+    NoneAnswered { count: usize, waited: Duration },
     #[error("no relay at {0} (connection refused)")]
     Refused(SocketAddr),
     #[error("cannot read {0}: {1}")]
@@ -189,11 +193,16 @@ struct Link {
 impl Conn {
     fn open(addr: &str, reply_timeout: Duration, key: &KeyArgs) -> Result<Conn, CatError> {
         let credential = credential(key)?;
-        let relay = addr
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut a| a.next())
-            .ok_or_else(|| CatError::BadAddress(addr.to_string()))?;
+        let relays = pick::resolve(addr).map_err(CatError::BadAddress)?;
+        let relay = match relays[..] {
+            [one] => one,
+            _ => pick::pick("udpcat", &relays, key.pick, reply_timeout).map_err(|e| match e {
+                pick::PickError::Io(e) => CatError::Io(e),
+                pick::PickError::NoneAnswered { count, waited } => {
+                    CatError::NoneAnswered { count, waited }
+                }
+            })?,
+        };
         let local: SocketAddr = if relay.is_ipv4() {
             ([0, 0, 0, 0], 0).into()
         } else {
@@ -263,7 +272,7 @@ impl Conn {
             let now = Instant::now();
             self.pinger.handle_timeout(now);
             match self.pinger.poll_outcome() {
-                Some(PingOutcome::Answered { rtt }) => return Ok(rtt),
+                Some(PingOutcome::Answered { rtt, .. }) => return Ok(rtt),
                 Some(PingOutcome::TimedOut) => {
                     return Err(CatError::NoAnswer {
                         addr: self.relay,

@@ -15,6 +15,8 @@
 //!   the channels the relay says it matches, each with its own offsets.
 //! - `reassembly`: [`Reassembler`], large messages from their pieces.
 //! - `ping`: [`Pinger`], round trips measured from the answered send.
+//! - `route`: [`Picker`], which of several relays to use, by round trip
+//!   and by the load each reports.
 //! - `stats`: [`StatsPager`], the relay's counters page by page.
 //! - `proof`: [`AddressProof`], the address token that subscriptions,
 //!   reliable publishers and the STATS client get in one round trip and
@@ -30,6 +32,7 @@ mod proof;
 mod publisher;
 mod reassembly;
 mod reliable;
+mod route;
 mod secure;
 mod stats;
 mod subscription;
@@ -40,6 +43,7 @@ pub use proof::{AddressProof, HELLO_RETRY};
 pub use publisher::Publisher;
 pub use reassembly::{MAX_REASSEMBLED, Reassembler};
 pub use reliable::{ReliablePublisher, ReliableSubscription};
+pub use route::{Candidate, Pick, Picker};
 pub use secure::{HANDSHAKE_RETRY, Handshake, SecureError, Secured};
 pub use stats::{MAX_STATS_ENTRIES, MIN_STATS_REQUEST, STATS_RETRY, StatsError, StatsPager};
 pub use subscription::{AnySubscription, SUBSCRIBE_RETRY, Subscription, SubscriptionEvent};

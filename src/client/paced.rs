@@ -224,7 +224,7 @@ mod tests {
             .map(|f| f.unwrap())
             .collect();
         match frames[..] {
-            [Frame::Ping { nonce }] => Out::Ping(nonce),
+            [Frame::Ping { nonce, .. }] => Out::Ping(nonce),
             _ => {
                 assert!(frames.iter().all(|f| matches!(f, Frame::Publish { .. })));
                 Out::Messages(frames.len())
@@ -233,7 +233,7 @@ mod tests {
     }
 
     fn pong(nonce: u64) -> Vec<u8> {
-        wire::encode_datagram(&[Frame::Pong { nonce }]).unwrap()
+        wire::encode_datagram(&[Frame::Pong { nonce, load: None }]).unwrap()
     }
 
     /// Everything sendable at `now`.

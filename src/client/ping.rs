@@ -26,6 +26,8 @@ pub enum PingOutcome {
     Answered {
         /// Round-trip time of the answered ping.
         rtt: Duration,
+        /// The relay's load, if asked for (see [`Pinger::ask_load`]).
+        load: Option<u32>,
     },
     /// No pong within the reply timeout of the probe's first send.
     TimedOut,
@@ -58,6 +60,8 @@ pub struct Pinger {
     probe: Option<Probe>,
     /// How the last probe ended, until taken.
     outcome: Option<PingOutcome>,
+    /// Pings ask for the relay's load.
+    ask_load: bool,
 }
 
 impl Pinger {
@@ -69,7 +73,15 @@ impl Pinger {
             reply_timeout,
             probe: None,
             outcome: None,
+            ask_load: false,
         }
+    }
+
+    /// Makes every ping ask for the relay's load, reported with the round
+    /// trip (the ping is 4 bytes larger, to leave the answer room).
+    pub fn ask_load(mut self) -> Pinger {
+        self.ask_load = true;
+        self
     }
 
     /// Begins a probe whose first ping is due at `now` (a probe under way is
@@ -102,7 +114,11 @@ impl Pinger {
         }
         probe.sent.push_back((nonce, now));
         probe.next_send = now + PING_RETRY;
-        wire::encode_datagram(&[Frame::Ping { nonce }]).ok()
+        wire::encode_datagram(&[Frame::Ping {
+            nonce,
+            load: self.ask_load,
+        }])
+        .ok()
     }
 
     /// When [`Pinger::poll_transmit`] or [`Pinger::handle_timeout`] next has
@@ -132,13 +148,13 @@ impl Pinger {
         mut on_error: impl FnMut(ErrorCode, &str),
     ) -> bool {
         each_frame(datagram, |frame| match frame {
-            Frame::Pong { nonce } => self.on_pong(now, nonce),
+            Frame::Pong { nonce, load } => self.on_pong(now, nonce, load),
             Frame::Error { code, reason } => on_error(code, reason),
             _ => {}
         })
     }
 
-    fn on_pong(&mut self, now: Instant, nonce: u64) {
+    fn on_pong(&mut self, now: Instant, nonce: u64, load: Option<u32>) {
         let Some(probe) = &self.probe else { return };
         let Some(&(_, sent_at)) = probe.sent.iter().find(|(n, _)| *n == nonce) else {
             return;
@@ -146,6 +162,7 @@ impl Pinger {
         self.probe = None;
         self.outcome = Some(PingOutcome::Answered {
             rtt: now.saturating_duration_since(sent_at),
+            load,
         });
     }
 
@@ -164,13 +181,13 @@ mod tests {
 
     fn nonce_of(datagram: &[u8]) -> u64 {
         match wire::decode_datagram(datagram).unwrap().next().unwrap() {
-            Ok(Frame::Ping { nonce }) => nonce,
+            Ok(Frame::Ping { nonce, .. }) => nonce,
             other => panic!("not a ping: {other:?}"),
         }
     }
 
     fn pong(nonce: u64) -> Vec<u8> {
-        wire::encode_datagram(&[Frame::Pong { nonce }]).unwrap()
+        wire::encode_datagram(&[Frame::Pong { nonce, load: None }]).unwrap()
     }
 
     fn answer(p: &mut Pinger, at: Instant, nonce: u64) {
@@ -188,7 +205,10 @@ mod tests {
         answer(&mut p, t + 3 * MS, nonce);
         assert_eq!(
             p.poll_outcome(),
-            Some(PingOutcome::Answered { rtt: 3 * MS })
+            Some(PingOutcome::Answered {
+                rtt: 3 * MS,
+                load: None
+            })
         );
         assert!(!p.is_busy());
         assert_eq!(p.poll_outcome(), None, "reported once");
@@ -207,7 +227,10 @@ mod tests {
         answer(&mut p, t + PING_RETRY + 4 * MS, retry);
         assert_eq!(
             p.poll_outcome(),
-            Some(PingOutcome::Answered { rtt: 4 * MS })
+            Some(PingOutcome::Answered {
+                rtt: 4 * MS,
+                load: None
+            })
         );
     }
 
@@ -222,7 +245,8 @@ mod tests {
         assert_eq!(
             p.poll_outcome(),
             Some(PingOutcome::Answered {
-                rtt: PING_RETRY + MS
+                rtt: PING_RETRY + MS,
+                load: None
             })
         );
     }

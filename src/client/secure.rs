@@ -289,7 +289,10 @@ mod tests {
         let (_dir, mut relay, _, now) = relay(AuthMode::Required);
         let plain = [
             AddressProof::hello(),
-            datagram(&[Frame::Ping { nonce: 1 }]),
+            datagram(&[Frame::Ping {
+                nonce: 1,
+                load: false,
+            }]),
             datagram(&[Frame::Publish {
                 channel: "anon.x",
                 payload: b"p",
@@ -356,7 +359,17 @@ mod tests {
             channel: "anon.x",
             payload: &[0; 100],
         };
-        relay.handle_datagram(now, mapped, &datagram(&[padding, Frame::Ping { nonce: 3 }]));
+        relay.handle_datagram(
+            now,
+            mapped,
+            &datagram(&[
+                padding,
+                Frame::Ping {
+                    nonce: 3,
+                    load: false,
+                },
+            ]),
+        );
         let answers = sent(&mut relay);
         assert_eq!(answers.len(), 1);
         assert!(crate::auth::is_sealed(&answers[0]), "not in the clear");
@@ -509,7 +522,12 @@ mod tests {
         assert_eq!(relay.counters().handshakes_refused, 1);
         // The victim's session still works.
         let mut s = hs.handle_datagram(now.instant, &reply[0]).unwrap().unwrap();
-        let ping = s.seal(&datagram(&[Frame::Ping { nonce: 5 }])).unwrap();
+        let ping = s
+            .seal(&datagram(&[Frame::Ping {
+                nonce: 5,
+                load: false,
+            }]))
+            .unwrap();
         relay.handle_datagram(now, me(), &ping);
         assert_eq!(sent(&mut relay).len(), 1);
     }

@@ -234,6 +234,8 @@ pub struct Driver {
     busy_poll: Duration,
     /// When a datagram last arrived.
     last_datagram: Instant,
+    /// How busy the event loop is, for the load PONG reports.
+    load: LoadMeter,
     /// Send what each batch of received datagrams produced before reading
     /// the next, rather than once per drain round. Not under `--fsync
     /// always`, where the whole round shares one sync.
@@ -255,6 +257,48 @@ pub struct Driver {
 
 /// A thread that runs log syncs so the event loop never waits for the disk
 /// (except under `--fsync always`, where waiting is the point).
+/// The share of time the event loop spends working rather than waiting in
+/// `poll`, in thousandths, smoothed over about a second: the load a PONG
+/// reports to clients picking the least loaded relay.
+#[derive(Debug)]
+struct LoadMeter {
+    /// When the current window began.
+    since: Instant,
+    /// Time spent waiting in it.
+    idle: Duration,
+    /// The smoothed load, in thousandths.
+    load: f64,
+}
+
+impl LoadMeter {
+    /// Windows the load is measured over.
+    const WINDOW: Duration = Duration::from_millis(250);
+
+    fn new(now: Instant) -> LoadMeter {
+        LoadMeter {
+            since: now,
+            idle: Duration::ZERO,
+            load: 0.0,
+        }
+    }
+
+    /// Notes a wait in `poll` from `from` to `until`; the new load when a
+    /// window ended.
+    fn waited(&mut self, from: Instant, until: Instant) -> Option<u32> {
+        self.idle += until.saturating_duration_since(from);
+        let elapsed = until.saturating_duration_since(self.since);
+        if elapsed < Self::WINDOW {
+            return None;
+        }
+        let busy = elapsed.saturating_sub(self.idle).as_secs_f64() / elapsed.as_secs_f64();
+        // Four windows make a second: each new one weighs a quarter.
+        self.load += (busy * 1000.0 - self.load) * 0.25;
+        self.since = until;
+        self.idle = Duration::ZERO;
+        Some(self.load.round() as u32)
+    }
+}
+
 struct Syncer {
     requests: Option<mpsc::Sender<SyncRequest>>,
     results: mpsc::Receiver<(usize, Result<u64, LogError>)>,
@@ -395,6 +439,7 @@ impl Driver {
             pending_read: vec![true; sockets.len()],
             busy_poll: config.busy_poll,
             last_datagram: Instant::now(),
+            load: LoadMeter::new(Instant::now()),
             answer_each_batch: config.log.fsync != FsyncMode::Always,
             sockets,
             want_writable: false,
@@ -444,7 +489,12 @@ impl Driver {
                     .poll_timeout()
                     .map(|at| at.saturating_duration_since(Instant::now()))
             };
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
+            let waiting = Instant::now();
+            let polled = self.poll.poll(&mut events, timeout);
+            if let Some(load) = self.load.waited(waiting, Instant::now()) {
+                self.relay.set_load(load);
+            }
+            if let Err(e) = polled {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
@@ -656,4 +706,34 @@ fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, DriverError> {
     // buffer, which the receive batch cuts up again.
     batch::enable_gro(&socket);
     Ok(socket)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_load_is_the_smoothed_share_of_time_not_spent_waiting() {
+        let t = Instant::now();
+        let mut m = LoadMeter::new(t);
+        let ms = Duration::from_millis;
+        // Waiting all along: no load, reported once a window has passed.
+        assert_eq!(m.waited(t, t + ms(100)), None);
+        assert_eq!(m.waited(t + ms(100), t + ms(250)), Some(0));
+        // Busy for three quarters of each window from then on: it climbs
+        // towards 750 and stays below it.
+        let mut at = t + ms(250);
+        let mut loads = Vec::new();
+        for _ in 0..20 {
+            let busy_until = at + ms(187) + Duration::from_micros(500);
+            loads.push(m.waited(busy_until, at + ms(250)).unwrap());
+            at += ms(250);
+        }
+        assert!(loads.windows(2).all(|w| w[0] <= w[1]), "{loads:?}");
+        assert!((700..=750).contains(loads.last().unwrap()), "{loads:?}");
+        assert!(
+            loads[0] < 250,
+            "smoothed, not the last window alone: {loads:?}"
+        );
+    }
 }

@@ -154,6 +154,8 @@ pub struct Relay {
     unproven: Option<(SocketAddr, usize)>,
     /// The relay's own socket addresses, never sent to.
     own: OwnAddresses,
+    /// The load PONG reports when asked (see [`Relay::set_load`]).
+    load: u32,
     /// The key file and its sessions; `None` serves everyone unsealed.
     secure: Option<Secure>,
     /// Who sent the datagram being handled.
@@ -206,6 +208,7 @@ impl Relay {
             source_replies: SourceBuckets::new(),
             unproven: None,
             own: OwnAddresses::default(),
+            load: 0,
             secure: match &config.keys {
                 Some(path) => Some(Secure::load(
                     path,
@@ -527,8 +530,11 @@ impl Relay {
                 };
                 self.fragment(now, piece)
             }
-            Frame::Ping { nonce } => {
-                let pong = Frame::Pong { nonce };
+            Frame::Ping { nonce, load } => {
+                let pong = Frame::Pong {
+                    nonce,
+                    load: load.then_some(self.load),
+                };
                 if self.may_answer(from, pong.encoded_len()) {
                     self.outbox.push_frame(from, &pong);
                 }
@@ -883,6 +889,13 @@ impl Relay {
                 .release(s, &mut self.channels, &mut self.counters);
         }
         peer.subscriptions.len()
+    }
+
+    /// Sets the load a PONG reports to clients that ask (picking the least
+    /// loaded of several relays): the share of the last second the event
+    /// loop was busy, in thousandths, as the driver measures it.
+    pub fn set_load(&mut self, per_mille: u32) {
+        self.load = per_mille.min(1000);
     }
 
     /// Tells the subscribers of reliable subscriptions that were dropped.

@@ -151,7 +151,7 @@ fn describe(f: &Frame<'_>) -> String {
             "matched {sub_id} {channel} as {channel_sub_id} first={first_offset} next={next_offset}"
         ),
         Frame::Error { code, .. } => format!("error {}", code.name()),
-        Frame::Pong { nonce } => format!("pong {nonce}"),
+        Frame::Pong { nonce, .. } => format!("pong {nonce}"),
         other => format!("{other:?}"),
     }
 }
@@ -536,7 +536,15 @@ fn lease_lapses_exactly_at_its_length_after_the_last_packet() {
 
     // Any packet refreshes the lease: a ping at +300 ms moves expiry to +800 ms.
     let t300 = t.after(Duration::from_millis(300));
-    send(&mut r, t300, ALICE, &[Frame::Ping { nonce: 1 }]);
+    send(
+        &mut r,
+        t300,
+        ALICE,
+        &[Frame::Ping {
+            nonce: 1,
+            load: false,
+        }],
+    );
     r.handle_timeout(t.after(lease));
     assert_eq!(
         r.subscription_count(),
@@ -787,7 +795,15 @@ fn a_silent_reliable_subscriber_is_declared_lost() {
 #[test]
 fn ping_is_answered_with_its_nonce() {
     let (mut r, _dir) = relay();
-    send(&mut r, start(), ALICE, &[Frame::Ping { nonce: 77 }]);
+    send(
+        &mut r,
+        start(),
+        ALICE,
+        &[Frame::Ping {
+            nonce: 77,
+            load: false,
+        }],
+    );
     assert_eq!(Sent::collect(&mut r).frames_to(ALICE), ["pong 77"]);
 }
 
@@ -871,7 +887,15 @@ fn bad_input_is_counted_and_answered_only_when_it_speaks_the_protocol() {
 fn frames_before_a_bad_one_still_count() {
     let (mut r, _dir) = relay();
     let t = start();
-    let mut dgram = proven(&mut r, t, ALICE, &[Frame::Ping { nonce: 1 }]);
+    let mut dgram = proven(
+        &mut r,
+        t,
+        ALICE,
+        &[Frame::Ping {
+            nonce: 1,
+            load: false,
+        }],
+    );
     dgram.extend_from_slice(&[0x7F, 0, 0, 0]);
     r.handle_datagram(t, addr(ALICE), &dgram);
     assert_eq!(
@@ -1384,7 +1408,10 @@ fn datagrams_from_the_relays_own_sockets_are_never_answered() {
         "[::ffff:127.0.0.1]:7070",
     ] {
         let frames = [
-            Frame::Ping { nonce: 1 },
+            Frame::Ping {
+                nonce: 1,
+                load: false,
+            },
             Frame::Subscribe {
                 sub_id: 1,
                 mode: DeliveryMode::Unreliable,
@@ -1402,7 +1429,15 @@ fn datagrams_from_the_relays_own_sockets_are_never_answered() {
         "nothing sent anywhere"
     );
     // Another port on those hosts is someone else.
-    send(&mut r, t, "10.0.0.7:5515", &[Frame::Ping { nonce: 2 }]);
+    send(
+        &mut r,
+        t,
+        "10.0.0.7:5515",
+        &[Frame::Ping {
+            nonce: 2,
+            load: false,
+        }],
+    );
     assert_eq!(Sent::collect(&mut r).frames_to("10.0.0.7:5515"), ["pong 2"]);
 }
 
@@ -1754,12 +1789,25 @@ fn a_request_too_small_to_pay_for_a_token_is_not_answered_but_a_ping_is() {
     assert!(Sent::collect(&mut r).datagrams.is_empty());
     assert_eq!(r.counters().dropped_reply_too_large, 1);
     // A ping's pong is the ping's size: no proof needed.
-    send_unproven(&mut r, t, ALICE, &[Frame::Ping { nonce: 4 }]);
+    send_unproven(
+        &mut r,
+        t,
+        ALICE,
+        &[Frame::Ping {
+            nonce: 4,
+            load: false,
+        }],
+    );
     let sent = Sent::collect(&mut r);
     assert_eq!(sent.frames_to(ALICE), ["pong 4"]);
     assert_eq!(
         sizes_to(&sent, ALICE),
-        [encode_datagram(&[Frame::Ping { nonce: 4 }]).unwrap().len()]
+        [encode_datagram(&[Frame::Ping {
+            nonce: 4,
+            load: false
+        }])
+        .unwrap()
+        .len()]
     );
 }
 
@@ -1830,7 +1878,10 @@ fn unproven_datagrams_do_not_keep_a_lease_alive() {
             &mut r,
             t.after(Duration::from_millis(ms)),
             ALICE,
-            &[Frame::Ping { nonce: 1 }],
+            &[Frame::Ping {
+                nonce: 1,
+                load: false,
+            }],
         );
     }
     r.handle_timeout(t.after(lease));
@@ -1847,7 +1898,10 @@ fn an_old_token_still_works_and_brings_a_fresh_one() {
     let t = start();
     let old = r.tokens.issue(t.instant, t.unix_secs(), addr(ALICE));
     let later = t.after(validation::REFRESH_AFTER);
-    let ping = Frame::Ping { nonce: 1 };
+    let ping = Frame::Ping {
+        nonce: 1,
+        load: false,
+    };
     let datagram = encode_datagram(&[Frame::Validate { token: old }, ping]).unwrap();
     r.handle_datagram(later, addr(ALICE), &datagram);
     let sent = Sent::collect(&mut r);
@@ -1867,7 +1921,11 @@ fn an_old_token_still_works_and_brings_a_fresh_one() {
 fn datagrams_from_addresses_no_host_sends_from_are_never_answered() {
     let (mut r, _dir) = relay();
     let t = start();
-    let ping = encode_datagram(&[Frame::Ping { nonce: 1 }]).unwrap();
+    let ping = encode_datagram(&[Frame::Ping {
+        nonce: 1,
+        load: false,
+    }])
+    .unwrap();
     for from in [
         "127.0.0.1:0",
         "0.0.0.0:5000",
@@ -1897,6 +1955,46 @@ fn three_hundred_kilobytes_at_ten_per_tick() -> (Relay, tempfile::TempDir, Now) 
     }
     Sent::collect(&mut r);
     (r, dir, t)
+}
+
+#[test]
+fn a_ping_that_asks_gets_the_load_in_a_pong_no_larger_than_itself() {
+    let (mut r, _dir) = relay();
+    let t = start();
+    r.set_load(417);
+    let ping = Frame::Ping {
+        nonce: 9,
+        load: true,
+    };
+    send_unproven(&mut r, t, ALICE, &[ping]);
+    let sent = Sent::collect(&mut r);
+    let pong = wire::decode_datagram(&sent.datagrams[0].payload)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        pong,
+        Frame::Pong {
+            nonce: 9,
+            load: Some(417)
+        }
+    );
+    assert_eq!(
+        sizes_to(&sent, ALICE),
+        [encode_datagram(&[ping]).unwrap().len()]
+    );
+    // A plain ping gets a plain pong.
+    send_unproven(
+        &mut r,
+        t,
+        ALICE,
+        &[Frame::Ping {
+            nonce: 10,
+            load: false,
+        }],
+    );
+    assert_eq!(Sent::collect(&mut r).frames_to(ALICE), ["pong 10"]);
 }
 
 #[test]
@@ -1966,7 +2064,9 @@ fn answers_that_fill_two_datagrams_count_both_headers() {
     // with 1,440 bytes of PONGs in two datagrams, 1,456 with the headers.
     let (mut r, _dir) = relay();
     let t = start();
-    let pings: Vec<Frame<'_>> = (0..120).map(|nonce| Frame::Ping { nonce }).collect();
+    let pings: Vec<Frame<'_>> = (0..120)
+        .map(|nonce| Frame::Ping { nonce, load: false })
+        .collect();
     let request = encode_datagram(&pings).unwrap();
     send_unproven(&mut r, t, "10.0.0.9:4000", &pings);
     let sent = Sent::collect(&mut r);

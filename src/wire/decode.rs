@@ -200,11 +200,20 @@ impl<'a> Frame<'a> {
             }
             FrameType::Ping | FrameType::Pong => {
                 let nonce = r.u64()?;
-                r.end()?;
+                // The load, or the room for it, is the only thing that may
+                // follow.
+                let load = match r.rest() {
+                    [] => None,
+                    &[a, b, c, d] => Some(u32::from_le_bytes([a, b, c, d])),
+                    _ => return Err(WireError::BadLength),
+                };
                 if kind == FrameType::Ping {
-                    Frame::Ping { nonce }
+                    Frame::Ping {
+                        nonce,
+                        load: load.is_some(),
+                    }
                 } else {
-                    Frame::Pong { nonce }
+                    Frame::Pong { nonce, load }
                 }
             }
             FrameType::Error => {

@@ -28,7 +28,8 @@ impl Frame<'_> {
             } => 8 + 8 + 8 + 1 + channel.len() + payload.len(),
             Frame::Fragment { channel, chunk, .. } => 4 + 2 + 2 + 1 + channel.len() + chunk.len(),
             Frame::DeliverFragment { chunk, .. } => DELIVER_FRAGMENT_FIXED + chunk.len(),
-            Frame::Ping { .. } | Frame::Pong { .. } => 8,
+            Frame::Ping { load, .. } => 8 + if *load { 4 } else { 0 },
+            Frame::Pong { load, .. } => 8 + if load.is_some() { 4 } else { 0 },
             Frame::AddressToken { .. } | Frame::Validate { .. } => TOKEN_LEN,
             Frame::Handshake { .. } => 4 + 8 + NOISE_MESSAGE_LEN,
             Frame::HandshakeReply { .. } => 4 + NOISE_MESSAGE_LEN,
@@ -191,7 +192,18 @@ impl Frame<'_> {
                 out.put_slice(&at.to_le_bytes());
                 out.put_slice(chunk);
             }
-            Frame::Ping { nonce } | Frame::Pong { nonce } => out.put_slice(&nonce.to_le_bytes()),
+            Frame::Ping { nonce, load } => {
+                out.put_slice(&nonce.to_le_bytes());
+                if load {
+                    out.put_slice(&[0; 4]);
+                }
+            }
+            Frame::Pong { nonce, load } => {
+                out.put_slice(&nonce.to_le_bytes());
+                if let Some(load) = load {
+                    out.put_slice(&load.to_le_bytes());
+                }
+            }
             Frame::AddressToken { token } | Frame::Validate { token } => out.put_slice(&token),
             Frame::Handshake {
                 key_id,

@@ -327,11 +327,17 @@ pub enum Frame<'a> {
     Ping {
         /// Echoed in the pong.
         nonce: u64,
+        /// Asks for the relay's load in the pong (4 zero bytes follow the
+        /// nonce: room for it, so the answer is no larger than the ping).
+        load: bool,
     },
     /// Answer to a ping.
     Pong {
         /// The ping's nonce.
         nonce: u64,
+        /// The relay's load, if the ping asked: the share of the last
+        /// second its event loop was busy, in thousandths (0 to 1000).
+        load: Option<u32>,
     },
     /// A refusal, with a code and a human-readable reason.
     Error {

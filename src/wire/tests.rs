@@ -98,8 +98,22 @@ fn sample_frames() -> Vec<Frame<'static>> {
             at: 95,
             chunk: b"tail!",
         },
-        Frame::Ping { nonce: 1 },
-        Frame::Pong { nonce: u64::MAX },
+        Frame::Ping {
+            nonce: 1,
+            load: false,
+        },
+        Frame::Pong {
+            nonce: u64::MAX,
+            load: None,
+        },
+        Frame::Ping {
+            nonce: 3,
+            load: true,
+        },
+        Frame::Pong {
+            nonce: 3,
+            load: Some(417),
+        },
         Frame::Error {
             code: ErrorCode::BAD_CHANNEL,
             reason: "channel name has a control character",
@@ -171,7 +185,11 @@ fn every_frame_round_trips_alone_and_batched() {
 
 #[test]
 fn header_layout_is_magic_version_flags_key() {
-    let dgram = encode_datagram(&[Frame::Ping { nonce: 0x0102 }]).unwrap();
+    let dgram = encode_datagram(&[Frame::Ping {
+        nonce: 0x0102,
+        load: false,
+    }])
+    .unwrap();
     assert_eq!(&dgram[..8], &[b'U', b'R', 1, 0, 0, 0, 0, 0]);
     // Frame header: type 0x07, flags 0, body length 8 (little-endian).
     assert_eq!(&dgram[8..12], &[0x07, 0, 8, 0]);

@@ -301,7 +301,10 @@ impl Attack {
             channel: targets.stored,
         };
         let frames = match self {
-            Attack::Ping => vec![Frame::Ping { nonce: round }],
+            Attack::Ping => vec![Frame::Ping {
+                nonce: round,
+                load: false,
+            }],
             Attack::SubscribeLive => {
                 vec![subscribe(
                     FORGED_SUB_ID,
@@ -343,7 +346,11 @@ impl Attack {
                 return d;
             }
             Attack::BadVersion => {
-                let mut d = wire::encode_datagram(&[Frame::Ping { nonce: round }]).unwrap();
+                let mut d = wire::encode_datagram(&[Frame::Ping {
+                    nonce: round,
+                    load: false,
+                }])
+                .unwrap();
                 d[2] = wire::VERSION + 1;
                 return d;
             }

@@ -349,7 +349,7 @@ impl Got {
                 sub_id,
                 first_offset,
             },
-            Frame::Pong { nonce } => Got::Pong(nonce),
+            Frame::Pong { nonce, .. } => Got::Pong(nonce),
             Frame::Error { code, reason } => Got::Error(code.0, reason.to_string()),
             Frame::Stats { entries, .. } => {
                 Got::Stats(entries.iter().map(|(k, v)| (k.to_string(), v)).collect())
@@ -489,7 +489,7 @@ impl TestClient {
                 "no pong {nonce} within {DEADLINE:?}; got {got:?}"
             );
             if now >= resend {
-                self.send(&[Frame::Ping { nonce }]);
+                self.send(&[Frame::Ping { nonce, load: false }]);
                 resend = now + Duration::from_millis(250);
             }
             self.socket.set_read_timeout(Some(resend - now)).unwrap();

@@ -19,6 +19,8 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use udprelay::config::parse_duration;
 
+#[path = "../common/pick.rs"]
+mod pick;
 mod plot;
 mod publisher;
 mod report;
@@ -35,8 +37,16 @@ use run::run;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "udpbench", version)]
 struct Args {
-    /// Relay to measure, like 127.0.0.1:7070 [default: none, give --spawn or --baseline].
-    #[arg(long, conflicts_with = "spawn")]
+    /// Relay to measure, like 127.0.0.1:7070, or several (A,B,C): the one
+    /// --pick picks [default: none, give --spawn or --baseline].
+    #[arg(long = "relay", value_name = "ADDR", conflicts_with = "spawn")]
+    relays: Option<String>,
+    /// With several relays in --relay: how to pick one (nearest,
+    /// least-loaded, first, two-choices; see udpcat --help).
+    #[arg(long, value_name = "HOW", default_value = "two-choices")]
+    pick: udprelay::client::Pick,
+    /// The relay measured: --relay's, or the one picked among them.
+    #[arg(skip)]
     relay: Option<SocketAddr>,
     /// Start a relay (the udprelay next to this binary) on a free port with a temporary data directory [default: off].
     #[arg(long)]
@@ -126,7 +136,11 @@ enum Baseline {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Err(e) = pick_relay(&mut args) {
+        eprintln!("udpbench: {e}");
+        return ExitCode::FAILURE;
+    }
     match run_all(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -134,6 +148,26 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Resolves --relay, picking one when it lists several.
+fn pick_relay(args: &mut Args) -> Result<(), String> {
+    let Some(list) = &args.relays else {
+        return Ok(());
+    };
+    let relays = pick::resolve(list).map_err(|a| format!("cannot resolve relay address {a:?}"))?;
+    args.relay = Some(match relays[..] {
+        [one] => one,
+        _ => pick::pick("udpbench", &relays, args.pick, Duration::from_secs(2)).map_err(
+            |e| match e {
+                pick::PickError::Io(e) => e.to_string(),
+                pick::PickError::NoneAnswered { count, waited } => {
+                    format!("none of the {count} relays answered within {waited:?}")
+                }
+            },
+        )?,
+    });
+    Ok(())
 }
 
 /// The relay run, the baseline run, or both (then with their ratio).

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use udprelay::client::Pick;
 use udprelay::config::parse_duration;
 use udprelay::reliable::ArqConfig;
 use udprelay::wire::StartPosition;
@@ -20,7 +21,7 @@ pub struct Args {
 pub enum Command {
     /// Publish messages to a channel: each stdin line (or file line) is one message.
     Pub {
-        /// Relay address, like 127.0.0.1:7070.
+        /// Relay address, like 127.0.0.1:7070, or several: A,B,C (see --pick).
         addr: String,
         /// Channel name.
         channel: String,
@@ -63,7 +64,7 @@ pub enum Command {
     },
     /// Subscribe to a channel (or a pattern's channels) and print each message.
     Sub {
-        /// Relay address, like 127.0.0.1:7070.
+        /// Relay address, like 127.0.0.1:7070, or several: A,B,C (see --pick).
         addr: String,
         /// Channel name, or a pattern: `*` is one token, a last `>` one or
         /// more (e.g. sensors.>), each channel it matches followed.
@@ -98,7 +99,7 @@ pub enum Command {
     },
     /// Measure the round trip to the relay.
     Ping {
-        /// Relay address, like 127.0.0.1:7070.
+        /// Relay address, like 127.0.0.1:7070, or several: A,B,C (see --pick).
         addr: String,
         /// Number of pings.
         #[arg(long, default_value_t = 3)]
@@ -114,7 +115,7 @@ pub enum Command {
     },
     /// Print the relay's counters, one `name value` per line.
     Stats {
-        /// Relay address, like 127.0.0.1:7070.
+        /// Relay address, like 127.0.0.1:7070, or several: A,B,C (see --pick).
         addr: String,
         /// How long to wait for each page of the answer.
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
@@ -128,9 +129,16 @@ pub enum Command {
     },
 }
 
-/// The credential that makes a session with a relay that has keys.
+/// Which relay (ADDR may list several) and the credential that makes a
+/// session with one that has keys.
 #[derive(Debug, clap::Args)]
 pub struct KeyArgs {
+    /// With several relays in ADDR (A,B,C): how to pick one. `nearest`: the
+    /// lowest round trip of pings; `least-loaded`: the lowest load each
+    /// reports; `first`: the first that answers; `two-choices`: two at random
+    /// among those within 1.5x the best round trip, the less loaded of them.
+    #[arg(long, value_name = "HOW", default_value = "two-choices")]
+    pub pick: Pick,
     /// Credential (udprelay1:ID:EXPIRES:SECRET, from `udprelay key new` or
     /// `key derive`): handshake first, then every datagram sealed
     /// (authenticated and encrypted). Visible in `ps`: prefer

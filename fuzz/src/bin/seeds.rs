@@ -69,7 +69,7 @@ fn sealed_seeds() -> Vec<(String, Vec<u8>)> {
         conversation.extend([0x80, 0]); // the last one again
         conversation.extend([0x81, 17]); // the one before, changed
         conversation.extend(step(0x41, &publish("k.x"))); // forged source
-        conversation.extend(step(0x01, &datagram(&[Frame::Ping { nonce: 1 }])));
+        conversation.extend(step(0x01, &datagram(&[Frame::Ping { nonce: 1, load: false }])));
         conversation.extend([0xC0, 20]); // 4 s: leases lapse
         conversation.extend([0xC0, 255]); // 650 s: the session ends
         conversation.extend(step(0x40, &publish("k.x")));
@@ -216,8 +216,15 @@ fn decode_seeds() -> Vec<(String, Vec<u8>)> {
             ack(AckKind::Subscription, 2, 3, &ranges),
         ),
         one("ack-pieces", ack(AckKind::Pieces, 2, 4, &ranges[..16])),
-        one("ping", Frame::Ping { nonce: 0x1122 }),
-        one("pong", Frame::Pong { nonce: 0x1122 }),
+        one("ping", Frame::Ping { nonce: 0x1122, load: false }),
+        one(
+            "ping-load",
+            Frame::Ping {
+                nonce: 0x1123,
+                load: true,
+            },
+        ),
+        one("pong", Frame::Pong { nonce: 0x1122, load: None }),
         one(
             "error",
             Frame::Error {
@@ -276,7 +283,7 @@ fn decode_seeds() -> Vec<(String, Vec<u8>)> {
                     channel: "news",
                     payload: b"hi",
                 },
-                Frame::Ping { nonce: 7 },
+                Frame::Ping { nonce: 7, load: false },
                 Frame::StatsRequest {
                     cursor: 0,
                     padding: 40,
@@ -359,7 +366,7 @@ fn relay_seeds() -> Vec<(String, Vec<u8>)> {
         cursor: 5,
         padding: 120,
     }]);
-    let ping = datagram(&[Frame::Ping { nonce: 1 }]);
+    let ping = datagram(&[Frame::Ping { nonce: 1, load: false }]);
     let garbage = b"UR\x01\x00\x00\x00\x00\x00\x63\x00\x02\x00zz".to_vec();
     let big_publish = frames(&[Frame::Publish {
         channel: "bulk",

@@ -1,0 +1,118 @@
+//! End to end: routing in the client, with the real binaries. Several
+//! relays in ADDR, each at another distance (udpchaos in front of it adds
+//! delay), and `--pick` choosing among them.
+
+mod common;
+
+use common::*;
+
+/// Three relays: one direct, one 20 ms and one 40 ms away (each way).
+struct Three {
+    relays: [Relay; 3],
+    _chaos: [Chaos; 2],
+    /// The addresses clients use: 40 ms, direct, 20 ms.
+    list: String,
+    direct: String,
+    far: String,
+}
+
+fn three() -> Three {
+    let relays = [Relay::start(&[]), Relay::start(&[]), Relay::start(&[])];
+    let near = Chaos::start(relays[1].addr, &["--delay", "20ms"]);
+    let far = Chaos::start(relays[2].addr, &["--delay", "40ms"]);
+    let direct = relays[0].addr_str();
+    Three {
+        list: format!("{},{},{}", far.addr_str(), direct, near.addr_str()),
+        far: far.addr_str(),
+        direct,
+        relays,
+        _chaos: [near, far],
+    }
+}
+
+/// Publishes one message through the list with `--pick how`; returns what
+/// udpcat said on stderr.
+fn publish_with(t: &Three, how: &str) -> String {
+    let out = udpcat(&["pub", &t.list, "news", "--pick", how], b"hello\n");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    stderr
+}
+
+fn stored(relay: &Relay) -> usize {
+    let dump = std::process::Command::new(udprelay_bin())
+        .args(["log", "dump", "news", "--data-dir"])
+        .arg(relay.data_dir())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&dump.stdout).lines().count()
+}
+
+#[test]
+fn nearest_picks_the_relay_with_the_lowest_round_trip() {
+    let t = three();
+    let said = publish_with(&t, "nearest");
+    assert!(
+        said.contains(&format!("picked {} (nearest)", t.direct)),
+        "{said}"
+    );
+    assert_eq!(stored(&t.relays[0]), 1, "{said}");
+    assert_eq!(stored(&t.relays[1]) + stored(&t.relays[2]), 0);
+    // Every relay was measured, and said how loaded it is.
+    assert_eq!(said.matches(" rtt ").count(), 3, "{said}");
+    assert_eq!(said.matches(" load ").count(), 3, "{said}");
+}
+
+#[test]
+fn first_picks_the_first_that_answers_and_two_choices_never_a_far_one() {
+    let t = three();
+    let said = publish_with(&t, "first");
+    assert!(
+        said.contains(&format!("picked {} (first)", t.far)),
+        "{said}"
+    );
+    // The 20 and 40 ms relays are over 1.5x the direct one's round trip.
+    let said = publish_with(&t, "two-choices");
+    assert!(
+        said.contains(&format!("picked {} (two-choices)", t.direct)),
+        "{said}"
+    );
+}
+
+#[test]
+fn a_relay_that_is_down_is_passed_over_and_none_answering_is_one_clear_line() {
+    let up = Relay::start(&[]);
+    let down = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let down_addr = down.local_addr().unwrap().to_string();
+    drop(down);
+    let list = format!("{down_addr},{}", up.addr_str());
+    let out = udpcat(&["ping", &list, "--count", "1", "--pick", "first"], b"");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{down_addr} no answer")),
+        "{stderr}"
+    );
+    let out = udpcat(
+        &["ping", &down_addr, "--count", "1", "--pick", "nearest"],
+        b"",
+    );
+    assert!(!out.status.success());
+    let out = udpcat(
+        &[
+            "ping",
+            &format!("{down_addr},{down_addr}"),
+            "--count",
+            "1",
+            "--reply-timeout",
+            "300ms",
+        ],
+        b"",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(
+        stderr.trim(),
+        "udpcat: none of the 2 relays answered within 300ms"
+    );
+}
