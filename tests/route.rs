@@ -116,3 +116,92 @@ fn a_relay_that_is_down_is_passed_over_and_none_answering_is_one_clear_line() {
         "udpcat: none of the 2 relays answered within 300ms"
     );
 }
+
+#[test]
+fn a_subscriber_moves_to_another_relay_when_its_relay_is_killed() {
+    for mode in ["plain", "reliable"] {
+        let a = Relay::start(&[]);
+        let b = Relay::start(&[]);
+        let (a_addr, b_addr) = (a.addr_str(), b.addr_str());
+        let list = format!("{a_addr},{b_addr}");
+        let mut args = vec![&list[..], "news", "--pick", "first", "--count", "2"];
+        if mode == "reliable" {
+            args.push("--reliable");
+        }
+        let sub = Subscriber::start(&args);
+        let out = udpcat(&["pub", &a_addr, "news"], b"one\n");
+        assert!(out.status.success());
+        let _dir = a.kill9();
+        // A second of silence, and it subscribes at the other relay.
+        let said = sub.stderr_until("subscribed to");
+        assert!(
+            said.contains(&format!("now using {b_addr}")),
+            "{mode}: {said}"
+        );
+        let out = udpcat(&["pub", &b_addr, "news"], b"two\n");
+        assert!(out.status.success());
+        let (status, stdout, stderr) = sub.finish();
+        assert!(status.success(), "{mode}: {stderr}");
+        assert_eq!(stdout, "one\ntwo\n", "{mode}");
+    }
+}
+
+#[test]
+fn a_reliable_publisher_moves_to_another_relay_and_loses_nothing() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let a = Relay::start(&[]);
+    let b = Relay::start(&[]);
+    let list = format!("{},{}", a.addr_str(), b.addr_str());
+    let mut cmd = Command::new(udpcat_bin());
+    cmd.args(["pub", &list, "stream", "--pick", "first", "--reliable"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut publisher = ChildGuard::spawn("udpcat pub", &mut cmd);
+    let mut stdin = publisher.child().stdin.take().unwrap();
+    let lines =
+        |range: std::ops::Range<u32>| -> String { range.map(|i| format!("{i}\n")).collect() };
+    stdin.write_all(lines(0..500).as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    // The first half is in A's log before A is killed.
+    let mut watcher = TestClient::new(a.addr);
+    wait_until("relay A stored the first 500", || {
+        watcher.stats()["messages_published"] >= 500
+    });
+    let a_dir = a.kill9();
+    stdin.write_all(lines(500..1000).as_bytes()).unwrap();
+    drop(stdin);
+    let out = publisher.output_deadline(DEADLINE);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("now using {}", b.addr_str())),
+        "{stderr}"
+    );
+    let dump = |dir: &std::path::Path| -> Vec<u32> {
+        let out = Command::new(udprelay_bin())
+            .args(["log", "dump", "stream", "--data-dir"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.split('\t').nth(2).unwrap().parse().unwrap())
+            .collect()
+    };
+    let (on_a, on_b) = (dump(&a_dir.path().join("data")), dump(&b.data_dir()));
+    let mut all: Vec<u32> = on_a.iter().chain(&on_b).copied().collect();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(
+        all,
+        (0..1000).collect::<Vec<_>>(),
+        "A held {}, B {}",
+        on_a.len(),
+        on_b.len()
+    );
+    // What A acknowledged was not sent again; B took the rest, in order.
+    assert!(on_b.windows(2).all(|w| w[0] < w[1]), "B in order");
+    assert!(on_b.contains(&999));
+}

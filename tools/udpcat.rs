@@ -12,12 +12,12 @@ use clap::Parser;
 use socket2::{Domain, Protocol, Socket, Type};
 use udprelay::auth::Credential;
 use udprelay::client::{
-    ClientError, Handshake, PacedPublisher, PingOutcome, Pinger, ReliablePublisher, SecureError,
-    Secured, StatsError, StatsPager, message_json,
+    ClientError, Handshake, PacedPublisher, Pick, PingOutcome, Pinger, ReliablePublisher,
+    SecureError, Secured, StatsError, StatsPager, message_json,
 };
 use udprelay::reliable::ArqConfig;
 use udprelay::rng::Rng;
-use udprelay::wire::{DeliveryMode, ErrorCode, StartPosition};
+use udprelay::wire::{self, DeliveryMode, ErrorCode, Frame, StartPosition};
 
 #[path = "udpcat/args.rs"]
 mod args;
@@ -161,6 +161,10 @@ fn main() -> ExitCode {
     }
 }
 
+/// How long a subscriber with other relays to go to lets its relay be
+/// quiet before it pings it.
+const PING_EVERY_QUIET: Duration = Duration::from_millis(300);
+
 /// A UDP socket connected to the relay, so only the relay's datagrams reach
 /// it and a missing relay shows up as "connection refused".
 struct Conn {
@@ -176,6 +180,24 @@ struct Conn {
     /// The credential's key id and expiry (unix seconds), if it has one:
     /// past it the relay ends the session and answers nothing more.
     expires: Option<(u32, u64)>,
+    /// The other relays of the list, not given up on yet.
+    others: Vec<SocketAddr>,
+    /// How to pick among them.
+    pick: Pick,
+    /// The credential, for the handshake with another relay.
+    credential: Option<Credential>,
+}
+
+/// [`pick::pick`] with udpcat's errors.
+fn pick_among(
+    relays: &[SocketAddr],
+    how: Pick,
+    reply_timeout: Duration,
+) -> Result<SocketAddr, CatError> {
+    pick::pick("udpcat", relays, how, reply_timeout).map_err(|e| match e {
+        pick::PickError::Io(e) => CatError::Io(e),
+        pick::PickError::NoneAnswered { count, waited } => CatError::NoneAnswered { count, waited },
+    })
 }
 
 /// The connected socket and, with a credential, the keyed session every
@@ -196,38 +218,12 @@ impl Conn {
         let relays = pick::resolve(addr).map_err(CatError::BadAddress)?;
         let relay = match relays[..] {
             [one] => one,
-            _ => pick::pick("udpcat", &relays, key.pick, reply_timeout).map_err(|e| match e {
-                pick::PickError::Io(e) => CatError::Io(e),
-                pick::PickError::NoneAnswered { count, waited } => {
-                    CatError::NoneAnswered { count, waited }
-                }
-            })?,
+            _ => pick_among(&relays, key.pick, reply_timeout)?,
         };
-        let local: SocketAddr = if relay.is_ipv4() {
-            ([0, 0, 0, 0], 0).into()
-        } else {
-            ([0u16; 8], 0).into()
-        };
-        let socket = Socket::new(Domain::for_address(relay), Type::DGRAM, Some(Protocol::UDP))?;
-        // A subscriber reading a burst must not lose it in a small default
-        // buffer (the kernel caps this at net.core.rmem_max).
-        let _ = socket.set_recv_buffer_size(8 << 20);
-        socket.bind(&local.into())?;
-        socket.connect(&relay.into())?;
-        let socket: UdpSocket = socket.into();
-        let mut link = Link {
-            socket,
-            relay,
-            buf: vec![0; 65_536],
-            secured: None,
-            sealed: Vec::new(),
-            opened: Vec::new(),
-        };
-        let mut expires = None;
-        if let Some(credential) = credential {
-            link.secured = Some(link.handshake(&credential, reply_timeout)?);
-            expires = (credential.expires != 0).then_some((credential.id, credential.expires));
-        }
+        let link = Link::connect(relay, credential.as_ref(), reply_timeout)?;
+        let expires = (credential.as_ref())
+            .filter(|c| c.expires != 0)
+            .map(|c| (c.id, c.expires));
         Ok(Conn {
             relay,
             reply_timeout,
@@ -235,7 +231,41 @@ impl Conn {
             pinger: Pinger::new(Rng::from_entropy().next_u64(), reply_timeout),
             refusals: 0,
             expires,
+            others: relays.into_iter().filter(|&r| r != relay).collect(),
+            pick: key.pick,
+            credential,
         })
+    }
+
+    /// How long the relay may be silent, while it owes an answer, before
+    /// another is tried: at most a second when there is another.
+    fn patience(&self) -> Duration {
+        match self.others.is_empty() {
+            true => self.reply_timeout,
+            false => self.reply_timeout.min(Duration::from_secs(1)),
+        }
+    }
+
+    /// Moves to another relay of the list (the one --pick picks among those
+    /// not given up on), leaving this one behind; false if there is none.
+    fn fail_over(&mut self) -> Result<bool, CatError> {
+        if self.others.is_empty() {
+            return Ok(false);
+        }
+        let next = match self.others[..] {
+            [one] => one,
+            _ => match pick_among(&self.others, self.pick, self.reply_timeout) {
+                Ok(next) => next,
+                Err(CatError::NoneAnswered { .. }) => return Ok(false),
+                Err(e) => return Err(e),
+            },
+        };
+        let link = Link::connect(next, self.credential.as_ref(), self.reply_timeout)?;
+        eprintln!("udpcat: {} stopped answering; now using {next}", self.relay);
+        self.others.retain(|&r| r != next);
+        self.link = link;
+        self.relay = next;
+        Ok(true)
     }
 
     /// The credential's expiry as an error once it has passed, and the
@@ -300,6 +330,38 @@ impl Conn {
 }
 
 impl Link {
+    /// A socket connected to `relay` and, with a credential, the session
+    /// made with it.
+    fn connect(
+        relay: SocketAddr,
+        credential: Option<&Credential>,
+        reply_timeout: Duration,
+    ) -> Result<Link, CatError> {
+        let local: SocketAddr = if relay.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            ([0u16; 8], 0).into()
+        };
+        let socket = Socket::new(Domain::for_address(relay), Type::DGRAM, Some(Protocol::UDP))?;
+        // A subscriber reading a burst must not lose it in a small default
+        // buffer (the kernel caps this at net.core.rmem_max).
+        let _ = socket.set_recv_buffer_size(8 << 20);
+        socket.bind(&local.into())?;
+        socket.connect(&relay.into())?;
+        let mut link = Link {
+            socket: socket.into(),
+            relay,
+            buf: vec![0; 65_536],
+            secured: None,
+            sealed: Vec::new(),
+            opened: Vec::new(),
+        };
+        if let Some(credential) = credential {
+            link.secured = Some(link.handshake(credential, reply_timeout)?);
+        }
+        Ok(link)
+    }
+
     /// Opens a keyed session: the handshake, sent again every 250 ms until
     /// the relay answers or `timeout` passes.
     fn handshake(
@@ -537,6 +599,8 @@ fn publish_reliably(conn: &mut Conn, opts: PubOptions) -> Result<(), CatError> {
     let input = spawn_input(opts.input, opts.count);
     let mut input_done = false;
     let mut refusal: Option<String> = None;
+    // Silence is counted from the move to another relay, if later.
+    let mut moved_at: Option<Instant> = None;
     loop {
         while !input_done && rp.wants_input() {
             match input.try_recv() {
@@ -550,7 +614,16 @@ fn publish_reliably(conn: &mut Conn, opts: PubOptions) -> Result<(), CatError> {
             break;
         }
         let now = Instant::now();
-        let gone_at = rp.silent_since().map(|t| t + conn.reply_timeout);
+        let gone_at = rp
+            .silent_since()
+            .map(|t| t.max(moved_at.unwrap_or(t)) + conn.patience());
+        if gone_at.is_some_and(|t| now >= t) && refusal.is_none() && conn.fail_over()? {
+            // The session goes on at the other relay: it takes what was
+            // not acknowledged from `acked_below` on, so nothing is lost.
+            rp.moved();
+            moved_at = Some(Instant::now());
+            continue;
+        }
         if gone_at.is_some_and(|t| now >= t) {
             refusal.get_or_insert_with(|| {
                 format!("no answer from the relay within {:?}", conn.reply_timeout)
@@ -622,12 +695,38 @@ fn subscribe(conn: &mut Conn, opts: &SubOptions) -> Result<(), CatError> {
     };
     let mut sub = Either::new(mode, sub_id, &opts.channel, opts.from, start)?;
     let stop_at = opts.timeout.map(|t| start + t);
-    let answer_by = start + conn.reply_timeout;
+    let mut answer_by = start + conn.reply_timeout;
     let mut received = 0u64;
     let stdout = io::stdout();
     let mut out = stdout.lock();
+    // With other relays to go to: when this one was last heard from, and
+    // when it was last pinged (a quiet channel must not pass for a dead
+    // relay).
+    let (mut heard, mut pinged) = (start, start);
     let result = loop {
         let now = Instant::now();
+        if sub.is_active() && !conn.others.is_empty() {
+            if now >= heard + conn.patience() {
+                if !conn.fail_over()? {
+                    break Err(CatError::NoAnswer {
+                        addr: conn.relay,
+                        waited: conn.patience(),
+                    });
+                }
+                sub.moved(now);
+                heard = now;
+                answer_by = now + conn.reply_timeout;
+            } else if now >= heard.max(pinged) + PING_EVERY_QUIET {
+                conn.send(
+                    &wire::encode_datagram(&[Frame::Ping {
+                        nonce: 0,
+                        load: false,
+                    }])
+                    .unwrap_or_default(),
+                )?;
+                pinged = now;
+            }
+        }
         if opts.count.is_some_and(|c| received >= c) {
             break Ok(());
         }
@@ -659,15 +758,25 @@ fn subscribe(conn: &mut Conn, opts: &SubOptions) -> Result<(), CatError> {
         if let Some(s) = stop_at {
             wake = wake.min(s);
         }
+        if sub.is_active() && !conn.others.is_empty() {
+            wake = wake.min(heard.max(pinged) + PING_EVERY_QUIET);
+        }
         if !sub.is_active() {
             wake = wake.min(answer_by);
         }
         if let Some(at) = expires_at {
             wake = wake.min(at);
         }
-        let Some(datagram) = conn.recv_until(wake)? else {
+        let failing_over = !conn.others.is_empty();
+        let got = match conn.recv_until(wake) {
+            // Another relay is there to go to: the silence decides.
+            Err(CatError::Refused(_)) if failing_over => None,
+            other => other?,
+        };
+        let Some(datagram) = got else {
             continue;
         };
+        heard = Instant::now();
         let mut write_result = Ok(());
         let mut denied = false;
         sub.handle_datagram(Instant::now(), datagram, |event| match event {

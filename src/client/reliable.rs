@@ -158,6 +158,13 @@ impl ReliablePublisher {
     }
 
     /// When [`ReliablePublisher::handle_timeout`] (or, before the address
+    /// The relay is another one now (the client failed over): a token is
+    /// asked of it, and the session goes on there; a relay that does not
+    /// know the session takes it from what was acknowledged.
+    pub fn moved(&mut self) {
+        self.proof = AddressProof::new();
+    }
+
     /// token came, [`ReliablePublisher::poll_transmit`]) is next due.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.proof.poll_timeout().or(self.sender.poll_timeout())
@@ -481,6 +488,19 @@ impl ReliableSubscription {
                 });
             }
         }
+    }
+
+    /// The relay is another one now (the client failed over): a token is
+    /// asked of it, then the subscription is sent again at once, from that
+    /// relay's head (each relay has offsets of its own), with a fresh
+    /// receiver.
+    pub fn moved(&mut self, now: Instant) {
+        self.proof = AddressProof::new();
+        self.next_subscribe = now;
+        self.start = StartPosition::Latest;
+        self.receiver = None;
+        self.lease = None;
+        self.pieces = Reassembler::default();
     }
 
     /// The datagram that ends the subscription.

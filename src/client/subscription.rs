@@ -195,6 +195,17 @@ impl Subscription {
             .map(|d| self.proof.stamp(d))
     }
 
+    /// The relay is another one now (the client failed over): a token is
+    /// asked of it, then the subscription is sent again at once, from that
+    /// relay's head (each relay has offsets of its own).
+    pub fn moved(&mut self, now: Instant) {
+        self.proof = AddressProof::new();
+        self.next_send = now;
+        self.next_expected = None;
+        self.start = StartPosition::Latest;
+        self.lease = None;
+    }
+
     /// The datagram that ends the subscription.
     pub fn unsubscribe(&self) -> Vec<u8> {
         let frame = Frame::Unsubscribe {
@@ -317,6 +328,14 @@ impl AnySubscription {
                 s.handle_datagram(now, datagram, on_event);
             }
             AnySubscription::Reliable(s) => s.handle_datagram(now, datagram, on_event),
+        }
+    }
+
+    /// The relay is another one now: see [`Subscription::moved`].
+    pub fn moved(&mut self, now: Instant) {
+        match self {
+            AnySubscription::Plain(s) => s.moved(now),
+            AnySubscription::Reliable(s) => s.moved(now),
         }
     }
 

@@ -286,6 +286,17 @@ impl WildcardSubscription {
         }
     }
 
+    /// The relay is another one now (the client failed over): a token is
+    /// asked of it, then the pattern is sent again at once. Its channels are
+    /// told afresh under that relay's ids.
+    pub fn moved(&mut self, now: Instant) {
+        self.proof = AddressProof::new();
+        self.next_subscribe = now;
+        self.followed.clear();
+        self.start = StartPosition::Latest;
+        self.lease = None;
+    }
+
     /// The datagram that ends the subscription and every channel's.
     pub fn unsubscribe(&self) -> Vec<u8> {
         let frame = Frame::Unsubscribe {

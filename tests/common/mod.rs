@@ -283,14 +283,40 @@ impl Subscriber {
             .stderr(Stdio::piped());
         let mut guard = ChildGuard::spawn("udpcat sub", &mut cmd);
         let rx = line_reader(guard.child().stderr.take().unwrap());
-        let line = rx
+        let mut line = rx
             .recv_timeout(DEADLINE)
             .unwrap_or_else(|_| panic!("udpcat sub {args:?} did not report a subscription"));
+        // Given several relays, it says first which one it picked.
+        if line.contains("picked") {
+            line = rx
+                .recv_timeout(DEADLINE)
+                .unwrap_or_else(|_| panic!("udpcat sub {args:?} did not report a subscription"));
+        }
         assert!(
             line.contains("subscribed to"),
             "unexpected first line: {line}"
         );
         Subscriber { guard, stderr: rx }
+    }
+
+    /// Waits (within the deadline) for a line of stderr holding `needle`;
+    /// returns the lines before it and it.
+    pub fn stderr_until(&self, needle: &str) -> String {
+        let until = Instant::now() + DEADLINE;
+        let mut seen = String::new();
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => {
+                    seen.push_str(&line);
+                    seen.push('\n');
+                    if line.contains(needle) {
+                        return seen;
+                    }
+                }
+                Err(_) => panic!("udpcat sub never said {needle:?}; it said:\n{seen}"),
+            }
+        }
     }
 
     /// Waits for exit; returns status, stdout as bytes and the rest of stderr.

@@ -74,6 +74,14 @@ impl Either {
         }
     }
 
+    /// The relay is another one now (the client failed over).
+    pub fn moved(&mut self, now: Instant) {
+        match self {
+            Either::One(s, _) => s.moved(now),
+            Either::Pattern(s) => s.moved(now),
+        }
+    }
+
     pub fn unsubscribe(&self) -> Vec<u8> {
         match self {
             Either::One(s, _) => s.unsubscribe(),
