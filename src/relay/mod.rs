@@ -149,6 +149,9 @@ pub struct Relay {
     token_replies: TokenBucket,
     /// Limits replies to unproven datagrams per source.
     source_replies: SourceBuckets,
+    /// Limits new wildcard subscriptions per source (each scans every
+    /// channel).
+    pattern_opens: SourceBuckets,
     /// While a datagram from an unproven address is handled: that address
     /// and the bytes that may still be sent to it.
     unproven: Option<(SocketAddr, usize)>,
@@ -206,6 +209,7 @@ impl Relay {
             tokens: AddressTokens::new(now.instant).map_err(OpenError::Random)?,
             token_replies: TokenBucket::new(TOKEN_REPLIES_PER_SEC),
             source_replies: SourceBuckets::new(),
+            pattern_opens: SourceBuckets::new(),
             unproven: None,
             own: OwnAddresses::default(),
             load: 0,

@@ -11,6 +11,7 @@
 //! the channels' subscriptions through `subscriptions`.
 
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use foldhash::{HashMap, HashMapExt};
 
@@ -22,6 +23,10 @@ use super::{Now, Relay};
 use crate::auth::Action;
 use crate::subject::Pattern;
 use crate::wire::{DeliveryMode, ErrorCode, Frame, RELAY_SUB_IDS, StartPosition};
+
+/// How often a keepalive may have a wildcard's channels told again: each
+/// telling costs a MATCHED per channel.
+const RETELL_EVERY: Duration = Duration::from_secs(1);
 
 /// One wildcard subscription.
 #[derive(Debug)]
@@ -36,6 +41,8 @@ pub(super) struct Wildcard {
     pub(super) owner: Owner,
     /// The channels it follows and the relay's id for each.
     pub(super) channels: Vec<(ChannelId, u32)>,
+    /// When its channels were last told (MATCHED) in answer to a keepalive.
+    pub(super) told_at: Option<Instant>,
 }
 
 /// Why a wildcard subscription was refused.
@@ -194,6 +201,13 @@ impl Relay {
             Some(_) => self.end_pattern(from, sub_id),
             None => {}
         }
+        // A new one scans every channel: a source gets a few a second.
+        if !self.pattern_opens.take(now.instant, from) {
+            self.counters.dropped_limit += 1;
+            let reason =
+                "too many new wildcard subscriptions from this source; at most 20 a second";
+            return self.reply_error(now, from, ErrorCode::LIMIT_REACHED, reason);
+        }
         // So does one for a single channel.
         let (channels, peers) = (&mut self.channels, &mut self.peers);
         (self.subscriptions).unsubscribe(from, sub_id, channels, peers, &mut self.counters);
@@ -203,6 +217,7 @@ impl Relay {
             who: self.who,
             owner: request.owner,
             channels: Vec::new(),
+            told_at: None,
         };
         if let Err(full) = self.wildcards.add(from, sub_id, wildcard) {
             self.counters.dropped_limit += 1;
@@ -243,12 +258,16 @@ impl Relay {
 
     /// A keepalive of wildcard subscription `sub_id`: answered, and every
     /// channel it still follows told again in MATCHED (so a client that
-    /// missed one learns it), each channel's subscription kept alive.
+    /// missed one learns it), at most once a second.
     fn keep_pattern(&mut self, now: Now, from: SocketAddr, sub_id: u32) {
         self.answer_pattern(from, sub_id);
         let Some(w) = self.wildcards.get_mut(from, sub_id) else {
             return;
         };
+        if w.told_at.is_some_and(|t| now.instant < t + RETELL_EVERY) {
+            return;
+        }
+        w.told_at = Some(now.instant);
         // Channels whose subscription ended (its client unsubscribed it, or
         // it was dropped) are not followed again.
         let peers = &self.peers;
@@ -375,6 +394,7 @@ mod tests {
             who: Who::Open,
             owner: Owner::ADDRESS,
             channels: Vec::new(),
+            told_at: None,
         }
     }
 

@@ -195,9 +195,14 @@ fn a_keepalive_tells_every_channel_again_and_unsubscribe_ends_them_all() {
         "the wildcard and its two"
     );
 
+    // Told at most once a second: a keepalive right after says no more.
+    wildcard(&mut r, t, 3, "a.*");
+    assert!(matched(&Sent::collect(&mut r).frames_to(ALICE)).is_empty());
+
     // A client may end one channel alone; the keepalive does not bring it back.
     let (_, x) = first.iter().find(|(n, _)| n == "a.x").unwrap();
     send(&mut r, t, ALICE, &[Frame::Unsubscribe { sub_id: *x }]);
+    let t = t.after(Duration::from_secs(1));
     wildcard(&mut r, t, 3, "a.*");
     let kept: Vec<String> = matched(&Sent::collect(&mut r).frames_to(ALICE))
         .into_iter()
@@ -280,4 +285,56 @@ fn a_pattern_cannot_be_published_to_and_the_relays_ids_cannot_be_chosen() {
     assert_eq!(r.counters().messages_published, 0);
     assert_eq!(r.subscription_count(), 0);
     assert_eq!(r.channels.count(), 0, "nothing was created");
+}
+
+#[test]
+fn a_source_opens_a_few_wildcard_subscriptions_a_second_and_keepalives_are_free() {
+    let (mut r, _dir) = relay();
+    let t = start();
+    let stranger = "10.1.2.3:4000";
+    let pattern = |sub_id| Frame::Subscribe {
+        sub_id,
+        mode: DeliveryMode::Unreliable,
+        start: StartPosition::Latest,
+        channel: "x.>",
+    };
+    for sub_id in 1..=40 {
+        send(&mut r, t, stranger, &[pattern(sub_id)]);
+    }
+    let frames = Sent::collect(&mut r).frames_to(stranger);
+    let opened = frames
+        .iter()
+        .filter(|f| f.starts_with("subscribed"))
+        .count();
+    assert!(
+        (10..=25).contains(&opened),
+        "{opened} opened in one instant"
+    );
+    assert_eq!(
+        frames
+            .iter()
+            .filter(|f| *f == "error limit-reached")
+            .count(),
+        40 - opened
+    );
+    // Keepalives of those open are answered whatever the rate.
+    for _ in 0..50 {
+        send(&mut r, t, stranger, &[pattern(1)]);
+    }
+    let frames = Sent::collect(&mut r).frames_to(stranger);
+    assert_eq!(
+        frames
+            .iter()
+            .filter(|f| f.starts_with("subscribed 1 "))
+            .count(),
+        50
+    );
+    // A second later the source may open more.
+    send(
+        &mut r,
+        t.after(Duration::from_secs(1)),
+        stranger,
+        &[pattern(99)],
+    );
+    assert!(Sent::collect(&mut r).frames_to(stranger)[0].starts_with("subscribed 99"));
 }
