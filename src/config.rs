@@ -255,6 +255,11 @@ impl RelayConfig {
                     "invalid channel name {c:?}: 1 to 255 bytes of UTF-8, no control characters"
                 )));
             }
+            if crate::subject::is_pattern(c) {
+                return Err(ConfigError::OutOfRange(format!(
+                    "channel {c:?} is a pattern (a `*` or `>` token): a raw port names one channel"
+                )));
+            }
         }
         Ok(())
     }
@@ -345,6 +350,27 @@ pub fn parse_raw_out(s: &str) -> Result<(String, SocketAddr), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_raw_port_names_one_channel_not_a_pattern() {
+        for name in ["logs.*", "logs.>", ">"] {
+            let config = RelayConfig {
+                raw_in: vec![("127.0.0.1:5514".parse().unwrap(), name.to_string())],
+                ..RelayConfig::default()
+            };
+            let refused = config.validate().unwrap_err().to_string();
+            assert!(refused.contains("is a pattern"), "{refused}");
+        }
+        let config = RelayConfig {
+            raw_out: vec![("logs.a*".to_string(), "127.0.0.1:9000".parse().unwrap())],
+            ..RelayConfig::default()
+        };
+        assert_eq!(
+            config.validate(),
+            Ok(()),
+            "a star inside a token is a character"
+        );
+    }
 
     #[test]
     fn an_open_relay_must_be_asked_for() {

@@ -218,7 +218,12 @@ impl Conn {
         let relays = pick::resolve(addr).map_err(CatError::BadAddress)?;
         let relay = match relays[..] {
             [one] => one,
-            _ => pick_among(&relays, key.pick, reply_timeout)?,
+            // A relay that requires keys answers no plain ping: with a
+            // credential, the list is tried in order instead.
+            _ => match pick_among(&relays, key.pick, reply_timeout) {
+                Err(CatError::NoneAnswered { .. }) if credential.is_some() => relays[0],
+                other => other?,
+            },
         };
         let link = Link::connect(relay, credential.as_ref(), reply_timeout)?;
         let expires = (credential.as_ref())
@@ -247,25 +252,39 @@ impl Conn {
     }
 
     /// Moves to another relay of the list (the one --pick picks among those
-    /// not given up on), leaving this one behind; false if there is none.
+    /// not given up on, then the others in turn if it cannot be reached),
+    /// leaving this one behind; false if none is left.
     fn fail_over(&mut self) -> Result<bool, CatError> {
-        if self.others.is_empty() {
-            return Ok(false);
+        let from = self.relay;
+        while !self.others.is_empty() {
+            let next = self.next_relay()?;
+            self.others.retain(|&r| r != next);
+            match Link::connect(next, self.credential.as_ref(), self.reply_timeout) {
+                Ok(link) => {
+                    eprintln!("udpcat: {from} stopped answering; now using {next}");
+                    self.link = link;
+                    self.relay = next;
+                    return Ok(true);
+                }
+                Err(e) => eprintln!("udpcat: cannot use {next} either: {e}"),
+            }
         }
-        let next = match self.others[..] {
-            [one] => one,
+        Ok(false)
+    }
+
+    /// The relay to try next among the others: the one --pick picks, or,
+    /// when none answers a plain ping (a relay that requires keys answers
+    /// only a handshake), the first of them.
+    fn next_relay(&self) -> Result<SocketAddr, CatError> {
+        match self.others[..] {
+            [one] => Ok(one),
             _ => match pick_among(&self.others, self.pick, self.reply_timeout) {
-                Ok(next) => next,
-                Err(CatError::NoneAnswered { .. }) => return Ok(false),
-                Err(e) => return Err(e),
+                Err(CatError::NoneAnswered { .. }) if self.credential.is_some() => {
+                    Ok(self.others[0])
+                }
+                other => other,
             },
-        };
-        let link = Link::connect(next, self.credential.as_ref(), self.reply_timeout)?;
-        eprintln!("udpcat: {} stopped answering; now using {next}", self.relay);
-        self.others.retain(|&r| r != next);
-        self.link = link;
-        self.relay = next;
-        Ok(true)
+        }
     }
 
     /// The credential's expiry as an error once it has passed, and the
@@ -705,25 +724,32 @@ fn subscribe(conn: &mut Conn, opts: &SubOptions) -> Result<(), CatError> {
     let (mut heard, mut pinged) = (start, start);
     let result = loop {
         let now = Instant::now();
-        if sub.is_active() && !conn.others.is_empty() {
-            if now >= heard + conn.patience() {
+        // A new relay that never takes the subscription is left too.
+        let silent = match sub.is_active() {
+            true => now >= heard + conn.patience(),
+            false => now >= answer_by,
+        };
+        if !conn.others.is_empty() && (sub.is_active() || silent) {
+            if silent {
                 if !conn.fail_over()? {
                     break Err(CatError::NoAnswer {
                         addr: conn.relay,
                         waited: conn.patience(),
                     });
                 }
+                let now = Instant::now();
                 sub.moved(now);
                 heard = now;
                 answer_by = now + conn.reply_timeout;
-            } else if now >= heard.max(pinged) + PING_EVERY_QUIET {
-                conn.send(
-                    &wire::encode_datagram(&[Frame::Ping {
-                        nonce: 0,
-                        load: false,
-                    }])
-                    .unwrap_or_default(),
-                )?;
+            } else if sub.is_active() && now >= heard.max(pinged) + PING_EVERY_QUIET {
+                let ping = Frame::Ping {
+                    nonce: 0,
+                    load: false,
+                };
+                match conn.send(&wire::encode_datagram(&[ping]).unwrap_or_default()) {
+                    Err(CatError::Refused(_)) => {}
+                    other => other?,
+                }
                 pinged = now;
             }
         }
@@ -752,7 +778,12 @@ fn subscribe(conn: &mut Conn, opts: &SubOptions) -> Result<(), CatError> {
             });
         }
         if let Some(datagram) = sub.poll_transmit(now) {
-            conn.send(&datagram)?;
+            // With another relay to go to, the silence decides, not an
+            // ICMP error.
+            match conn.send(&datagram) {
+                Err(CatError::Refused(_)) if !conn.others.is_empty() => {}
+                other => other?,
+            }
         }
         let mut wake = sub.poll_timeout();
         if let Some(s) = stop_at {

@@ -11,13 +11,19 @@
 use std::time::{Duration, Instant};
 
 use super::{AddressProof, ClientError, Reassembler, SUBSCRIBE_RETRY, each_frame};
-use crate::reliable::{ArqConfig, Receiver, ReceiverStats};
+use crate::reliable::{ArqConfig, MAX_ACK_RANGES, Receiver, ReceiverStats};
 use crate::subject::Pattern;
 use crate::wire::{self, AckKind, DeliveryMode, ErrorCode, Frame, RELAY_SUB_IDS, StartPosition};
 
-/// Acknowledgements one datagram carries at most (of channels that need
-/// one); the others go in the next, sent at once.
-const ACKS_PER_DATAGRAM: usize = 32;
+/// Bytes of acknowledgements one datagram carries at most (of channels that
+/// need one); the others go in the next, sent at once.
+const ACK_BYTES_PER_DATAGRAM: usize = 1200;
+
+/// The most an ACK frame of a channel takes: header, fixed part, ranges.
+const MAX_ACK_BYTES: usize = wire::FRAME_HEADER_LEN + 21 + 16 * MAX_ACK_RANGES;
+
+/// Channels followed at most: the relay's default per-client limit.
+const MAX_FOLLOWED: usize = 4096;
 
 /// What a wildcard subscription saw in a datagram from the relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,17 +158,15 @@ impl WildcardSubscription {
             return self.proof.poll_hello(now);
         }
         let mut acks = Vec::new();
+        let mut bytes = 0;
         for f in &mut self.followed {
-            if acks.len() == ACKS_PER_DATAGRAM {
+            if bytes + MAX_ACK_BYTES > ACK_BYTES_PER_DATAGRAM && bytes > 0 {
                 break;
             }
             if let Some(ack) = f.receiver.as_mut().and_then(|r| r.poll_ack(now)) {
-                acks.push((
-                    f.id,
-                    ack.cumulative,
-                    ack.window,
-                    wire::encode_ack_ranges(&ack.ranges),
-                ));
+                let ranges = wire::encode_ack_ranges(&ack.ranges);
+                bytes += wire::FRAME_HEADER_LEN + 21 + ranges.len();
+                acks.push((f.id, ack.cumulative, ack.window, ranges));
             }
         }
         let mut frames: Vec<Frame<'_>> = (acks.iter())
@@ -220,8 +224,16 @@ impl WildcardSubscription {
                 next_offset,
                 channel,
             } if s == sub_id => {
-                if self.followed.iter().any(|f| f.id == channel_sub_id) {
-                    return; // told again by a keepalive
+                match self.followed.iter().position(|f| f.id == channel_sub_id) {
+                    // Told again by a keepalive.
+                    Some(i) if self.followed[i].channel == channel => return,
+                    // The id names another channel now (the relay restarted
+                    // and numbered its channels afresh): that one is gone.
+                    Some(i) => {
+                        self.followed.swap_remove(i);
+                    }
+                    None if self.followed.len() >= MAX_FOLLOWED => return,
+                    None => {}
                 }
                 self.followed.push(Followed {
                     id: channel_sub_id,
@@ -445,7 +457,9 @@ mod tests {
         l.publish("s.b", b"b1");
         l.exchange(&mut sub, |_| false);
         assert!(sub.poll_timeout() <= l.now.instant + SUBSCRIBE_RETRY);
-        for _ in 0..20 {
+        // Told again by a keepalive once the relay's retelling allows (a
+        // second), at the latest the regular one at a third of the lease.
+        for _ in 0..50 {
             l.wait(SUBSCRIBE_RETRY);
             l.exchange(&mut sub, |_| false);
         }
@@ -461,6 +475,39 @@ mod tests {
 
     fn message(channel: &str, offset: u64, payload: &[u8]) -> (String, u64, Vec<u8>) {
         (channel.to_string(), offset, payload.to_vec())
+    }
+
+    #[test]
+    fn an_id_told_again_for_another_channel_names_that_one_from_then_on() {
+        // A relay that restarted numbers its channels afresh.
+        let t = Instant::now();
+        let mut sub =
+            WildcardSubscription::new(DeliveryMode::Unreliable, 1, "s.*", StartPosition::Latest, t)
+                .unwrap();
+        let matched = |channel| {
+            wire::encode_datagram(&[Frame::Matched {
+                sub_id: 1,
+                channel_sub_id: RELAY_SUB_IDS,
+                first_offset: 0,
+                next_offset: 0,
+                channel,
+            }])
+            .unwrap()
+        };
+        let deliver = wire::encode_datagram(&[Frame::Deliver {
+            sub_id: RELAY_SUB_IDS,
+            offset: 0,
+            timestamp: 0,
+            payload: b"x",
+        }])
+        .unwrap();
+        let mut got = Vec::new();
+        for d in [matched("s.b"), matched("s.b"), matched("s.a"), deliver] {
+            sub.handle_datagram(t, &d, |e| got.push(format!("{e:?}")));
+        }
+        assert_eq!(sub.channels().collect::<Vec<_>>(), ["s.a"]);
+        assert_eq!(got.len(), 3, "told once each, then the message: {got:?}");
+        assert!(got[2].contains("channel: \"s.a\""), "{got:?}");
     }
 
     #[test]

@@ -255,8 +255,6 @@ pub struct Driver {
     syncer: Syncer,
 }
 
-/// A thread that runs log syncs so the event loop never waits for the disk
-/// (except under `--fsync always`, where waiting is the point).
 /// The share of time the event loop spends working rather than waiting in
 /// `poll`, in thousandths, smoothed over about a second: the load a PONG
 /// reports to clients picking the least loaded relay.
@@ -291,14 +289,19 @@ impl LoadMeter {
             return None;
         }
         let busy = elapsed.saturating_sub(self.idle).as_secs_f64() / elapsed.as_secs_f64();
-        // Four windows make a second: each new one weighs a quarter.
-        self.load += (busy * 1000.0 - self.load) * 0.25;
+        // Four windows make a second: each new one weighs a quarter. A
+        // window of a second or more (one long wait) is the last second on
+        // its own.
+        let weight = (elapsed.as_secs_f64() / (4.0 * Self::WINDOW.as_secs_f64())).clamp(0.25, 1.0);
+        self.load += (busy * 1000.0 - self.load) * weight;
         self.since = until;
         self.idle = Duration::ZERO;
         Some(self.load.round() as u32)
     }
 }
 
+/// A thread that runs log syncs so the event loop never waits for the disk
+/// (except under `--fsync always`, where waiting is the point).
 struct Syncer {
     requests: Option<mpsc::Sender<SyncRequest>>,
     results: mpsc::Receiver<(usize, Result<u64, LogError>)>,
@@ -735,5 +738,8 @@ mod tests {
             loads[0] < 250,
             "smoothed, not the last window alone: {loads:?}"
         );
+        // A long wait (an idle relay blocks in poll) is the last second
+        // alone: no stale load.
+        assert_eq!(m.waited(at, at + Duration::from_secs(3600)), Some(0));
     }
 }

@@ -192,9 +192,11 @@ impl Relay {
                 replay_budget: (config.replay_rate / 1000).max(1) as usize,
                 arq: config.arq,
             }),
+            // Every new channel is matched against every pattern: far fewer
+            // of them than of subscriptions.
             wildcards: Wildcards::new(
-                config.max_subscriptions,
-                config.max_subscriptions_per_client,
+                (config.max_subscriptions / 100).max(16),
+                config.max_subscriptions_per_client.min(64),
             ),
             publishing: Publishing::new(publishing::Limits {
                 max: config.max_sessions,
@@ -209,7 +211,7 @@ impl Relay {
             tokens: AddressTokens::new(now.instant).map_err(OpenError::Random)?,
             token_replies: TokenBucket::new(TOKEN_REPLIES_PER_SEC),
             source_replies: SourceBuckets::new(),
-            pattern_opens: SourceBuckets::new(),
+            pattern_opens: SourceBuckets::with_rate(2),
             unproven: None,
             own: OwnAddresses::default(),
             load: 0,
@@ -484,13 +486,11 @@ impl Relay {
                     owner: self.owner(),
                     wildcard: None,
                 };
-                if sub_id >= wire::RELAY_SUB_IDS {
-                    self.counters.dropped_unsupported += 1;
-                    let reason = "subscription ids from 2147483648 up are the relay's";
-                    self.reply_error(now, from, ErrorCode::UNSUPPORTED, reason);
-                } else if crate::subject::is_pattern(channel) {
+                if crate::subject::is_pattern(channel) {
                     self.subscribe_pattern(now, from, request, channel);
                 } else {
+                    // The same id for a single channel replaces a pattern.
+                    self.end_pattern(from, sub_id);
                     self.subscribe(now, from, request, channel);
                 }
             }

@@ -51,6 +51,11 @@ impl Peer {
         self.owner
     }
 
+    /// How many wildcard subscriptions the address holds.
+    pub(super) fn wildcards(&self) -> usize {
+        self.wildcards
+    }
+
     /// Holds nothing: the entry can go.
     pub(super) fn is_empty(&self) -> bool {
         self.subscriptions.is_empty() && self.sessions.is_empty() && self.wildcards == 0
@@ -190,7 +195,12 @@ impl Peers {
     /// Counts a wildcard subscription of `addr` (its entry created if new,
     /// owned by `key`).
     pub(super) fn add_wildcard(&mut self, now: Instant, addr: SocketAddr, key: Option<usize>) {
-        self.entry(now, addr, key).wildcards += 1;
+        let peer = self.entry(now, addr, key);
+        peer.wildcards += 1;
+        // Charged to the key as a subscription.
+        if let Some(owner) = peer.owner {
+            self.tally(owner).subscriptions += 1;
+        }
     }
 
     /// Uncounts a wildcard subscription of `addr` (the entry goes too, if
@@ -199,8 +209,14 @@ impl Peers {
         let Some(peer) = self.peers.get_mut(addr) else {
             return;
         };
-        peer.wildcards = peer.wildcards.saturating_sub(1);
-        if peer.is_empty() {
+        if peer.wildcards == 0 {
+            return;
+        }
+        peer.wildcards -= 1;
+        if let Some(owner) = peer.owner {
+            self.tally(owner).subscriptions -= 1;
+        }
+        if self.peers[addr].is_empty() {
             self.peers.remove(addr);
         }
     }
@@ -240,7 +256,7 @@ impl Peers {
         let peer = self.peers.remove(addr)?;
         if let Some(owner) = peer.owner {
             let held = self.tally(owner);
-            held.subscriptions -= peer.subscriptions.len();
+            held.subscriptions -= peer.subscriptions.len() + peer.wildcards;
             held.sessions -= peer.sessions.len();
         }
         Some(peer)

@@ -185,6 +185,37 @@ fn a_keys_subscriptions_are_counted_across_all_its_addresses() {
 }
 
 #[test]
+fn a_keys_wildcard_subscriptions_count_as_its_subscriptions() {
+    let mut k = relay("max-subscriptions = 2", RelayConfig::default());
+    let greedy = k.greedy.clone();
+    let mut a = Client::connect(&mut k, &greedy, 7011);
+    let mut b = Client::connect(&mut k, &greedy, 7012);
+    let pattern = |sub_id| Frame::Subscribe {
+        sub_id,
+        mode: DeliveryMode::Unreliable,
+        start: StartPosition::Latest,
+        channel: "x.>",
+    };
+    assert!(subscribed(&a.frames(&mut k, &[pattern(1)])));
+    assert!(subscribed(&b.subscribe(&mut k, 1)));
+    let refused = b.frames(&mut k, &[pattern(2)]);
+    assert!(!subscribed(&refused), "a third subscription of the key");
+    assert_eq!(
+        error(&refused),
+        Some((
+            ErrorCode::LIMIT_REACHED,
+            "this key holds its maximum number of subscriptions".into()
+        ))
+    );
+    // Ending the pattern gives its place back.
+    assert_eq!(
+        error(&a.frames(&mut k, &[Frame::Unsubscribe { sub_id: 1 }])),
+        None
+    );
+    assert!(subscribed(&b.frames(&mut k, &[pattern(2)])));
+}
+
+#[test]
 fn a_keys_reliable_sessions_are_counted_across_all_its_addresses() {
     let mut k = relay("max-sessions = 2", RelayConfig::default());
     let greedy = k.greedy.clone();

@@ -112,9 +112,14 @@ pub(super) struct SourceBuckets {
 
 impl SourceBuckets {
     pub(super) fn new() -> SourceBuckets {
+        SourceBuckets::with_rate(SOURCE_REPLIES_PER_SEC)
+    }
+
+    /// Buckets of `per_sec` a second (and as many at once) per source.
+    pub(super) fn with_rate(per_sec: u32) -> SourceBuckets {
         SourceBuckets {
             slots: (0..SOURCE_SLOTS)
-                .map(|_| TokenBucket::new(SOURCE_REPLIES_PER_SEC))
+                .map(|_| TokenBucket::new(per_sec))
                 .collect(),
             hasher: foldhash::fast::RandomState::default(),
         }

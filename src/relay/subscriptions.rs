@@ -122,6 +122,11 @@ impl Subscriptions {
         self.count
     }
 
+    /// Most subscriptions one address may hold.
+    pub(super) fn max_per_client(&self) -> usize {
+        self.limits.max_per_client
+    }
+
     /// The lease handed to subscribers, in SUBSCRIBED's unit.
     pub(super) fn lease_ms(&self) -> u32 {
         self.limits.lease.as_millis().min(u128::from(u32::MAX)) as u32
@@ -277,7 +282,11 @@ impl Subscriptions {
         if self.count >= self.limits.max {
             return Err("the relay holds its maximum number of subscriptions");
         }
-        if peers.get(&from).map_or(0, |p| p.subscriptions.len()) >= self.limits.max_per_client {
+        if peers
+            .get(&from)
+            .map_or(0, |p| p.subscriptions.len() + p.wildcards())
+            >= self.limits.max_per_client
+        {
             return Err("this address holds its maximum number of subscriptions");
         }
         if let Some(key) = owner.key

@@ -201,11 +201,25 @@ impl Relay {
             Some(_) => self.end_pattern(from, sub_id),
             None => {}
         }
+        // A pattern counts as a subscription of its address and its key.
+        let held = (self.peers.get(&from)).map_or(0, |p| p.subscriptions.len() + p.wildcards());
+        let full = if held >= self.subscriptions.max_per_client() {
+            Some("this address holds its maximum number of subscriptions")
+        } else if let Some(key) = request.owner.key
+            && self.peers.held_by(key).subscriptions >= request.owner.max_subscriptions
+        {
+            Some("this key holds its maximum number of subscriptions")
+        } else {
+            None
+        };
+        if let Some(reason) = full {
+            self.counters.dropped_limit += 1;
+            return self.reply_error(now, from, ErrorCode::LIMIT_REACHED, reason);
+        }
         // A new one scans every channel: a source gets a few a second.
         if !self.pattern_opens.take(now.instant, from) {
             self.counters.dropped_limit += 1;
-            let reason =
-                "too many new wildcard subscriptions from this source; at most 20 a second";
+            let reason = "too many new wildcard subscriptions from this source; at most 2 a second";
             return self.reply_error(now, from, ErrorCode::LIMIT_REACHED, reason);
         }
         // So does one for a single channel.
@@ -217,7 +231,8 @@ impl Relay {
             who: self.who,
             owner: request.owner,
             channels: Vec::new(),
-            told_at: None,
+            // Everything is told as it is followed, just below.
+            told_at: Some(now.instant),
         };
         if let Err(full) = self.wildcards.add(from, sub_id, wildcard) {
             self.counters.dropped_limit += 1;
