@@ -71,6 +71,7 @@ fn main() {
                 mode,
                 start: StartPosition::Earliest,
                 channel: &channel,
+                group: None,
             };
             send(&[subscribe], &proof);
         }

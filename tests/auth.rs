@@ -94,6 +94,7 @@ fn every_kind_of_plain_datagram(round: u64) -> Vec<Vec<u8>> {
             mode: DeliveryMode::Reliable,
             start: StartPosition::Earliest,
             channel: "news.flood",
+            group: None,
         },
         Frame::Unsubscribe { sub_id: 1 },
         Frame::Subscribed {
@@ -532,6 +533,7 @@ fn under_auth_optional_anonymous_clients_get_the_anonymous_permissions_and_stats
         mode: DeliveryMode::Reliable,
         start: StartPosition::Latest,
         channel: "private.b",
+        group: None,
     }]);
     keyed.barrier();
     let mine = keyed.stats();
@@ -579,6 +581,7 @@ fn a_keyed_client_over_its_quotas_is_held_to_them_and_another_key_is_not() {
         mode: DeliveryMode::Unreliable,
         start: StartPosition::Latest,
         channel: "flood.other",
+        group: None,
     }]);
     assert_eq!(
         limit_errors(&g2.barrier()),

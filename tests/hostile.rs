@@ -124,6 +124,7 @@ fn subscribing_to_many_names_does_not_keep_channel_slots() {
                 mode: DeliveryMode::Unreliable,
                 start: StartPosition::Latest,
                 channel: name,
+                group: None,
             })
             .collect();
         attacker.send(&frames);
@@ -151,6 +152,7 @@ fn a_subscription_forged_from_the_relays_own_port_sends_nothing() {
         mode: DeliveryMode::Unreliable,
         start: StartPosition::Latest,
         channel: "feed",
+        group: None,
     }])
     .unwrap();
     let Ok(forger) = forge::Forger::try_new() else {

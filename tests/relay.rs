@@ -84,6 +84,37 @@ fn a_wildcard_subscriber_reads_every_channel_its_pattern_matches() {
 }
 
 #[test]
+fn the_members_of_a_queue_group_share_a_channel_each_message_once() {
+    let relay = Relay::start(&[]);
+    let addr = relay.addr_str();
+    let members: Vec<Subscriber> = (0..3)
+        .map(|_| Subscriber::start(&[&addr, "jobs", "--group", "workers", "--timeout", "6s"]))
+        .collect();
+    let everyone = Subscriber::start(&[&addr, "jobs", "--count", "30"]);
+    let input: String = (0..30).map(|i| format!("job-{i:02}\n")).collect();
+    let out = udpcat(&["pub", &addr, "jobs"], input.as_bytes());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, stdout, stderr) = everyone.finish();
+    assert!(status.success(), "{stderr}");
+    assert_eq!(stdout, input, "a subscriber outside the group gets all");
+    let mut shared: Vec<String> = Vec::new();
+    for member in members {
+        let (status, stdout, stderr) = member.finish();
+        assert!(status.success(), "{stderr}");
+        let got: Vec<String> = stdout.lines().map(String::from).collect();
+        assert!(!got.is_empty(), "every member takes a share");
+        shared.extend(got);
+    }
+    shared.sort();
+    let want: Vec<String> = input.lines().map(String::from).collect();
+    assert_eq!(shared, want, "each message to one member, none twice");
+}
+
+#[test]
 fn two_subscribers_each_receive_every_message() {
     fan_out(&[]);
 }
@@ -240,6 +271,7 @@ fn hundred_thousand_hostile_datagrams_are_dropped_and_counted() {
             mode: DeliveryMode::Unreliable,
             start: StartPosition::Latest,
             channel: "fuzz",
+            group: None,
         },
         Frame::Ping {
             nonce: 9,

@@ -126,8 +126,10 @@ fn main() -> ExitCode {
             key,
             reliable,
             verbose,
+            group,
         } => {
             let opts = SubOptions {
+                group,
                 channel,
                 format,
                 count,
@@ -694,6 +696,8 @@ fn publish_reliably(conn: &mut Conn, opts: PubOptions) -> Result<(), CatError> {
 }
 
 struct SubOptions {
+    /// The queue group joined, if any.
+    group: Option<String>,
     channel: String,
     format: Format,
     count: Option<u64>,
@@ -712,7 +716,10 @@ fn subscribe(conn: &mut Conn, opts: &SubOptions) -> Result<(), CatError> {
     } else {
         DeliveryMode::Unreliable
     };
-    let mut sub = Either::new(mode, sub_id, &opts.channel, opts.from, start)?;
+    let mut sub = match &opts.group {
+        Some(group) => Either::member(sub_id, &opts.channel, group, start)?,
+        None => Either::new(mode, sub_id, &opts.channel, opts.from, start)?,
+    };
     let stop_at = opts.timeout.map(|t| start + t);
     let mut answer_by = start + conn.reply_timeout;
     let mut received = 0u64;

@@ -74,6 +74,7 @@ impl RelayCoreLoop {
             mode: DeliveryMode::Unreliable,
             start: StartPosition::Latest,
             channel: "bench",
+            group: None,
         }])
         .unwrap();
         relay.handle_datagram(now, subscriber, &subscribe);

@@ -417,6 +417,7 @@ impl ReliableSubscription {
                 mode: DeliveryMode::Reliable,
                 start,
                 channel: &self.channel,
+                group: None,
             });
         }
         self.proof.stamp_frames(&frames_due)

@@ -246,6 +246,7 @@ mod tests {
             mode: DeliveryMode::Unreliable,
             start: StartPosition::Latest,
             channel: "ok.news",
+            group: None,
         };
         let d = s.seal(&proof.stamp(datagram(&[subscribe]))).unwrap();
         relay.handle_datagram(now, me(), &d);

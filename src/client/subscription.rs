@@ -139,6 +139,8 @@ pub struct Subscription {
     pieces: Reassembler,
     /// The address token sent with every request.
     proof: AddressProof,
+    /// The queue group it joins, if any.
+    group: Option<String>,
 }
 
 impl Subscription {
@@ -159,7 +161,17 @@ impl Subscription {
             next_send: now,
             pieces: Reassembler::default(),
             proof: AddressProof::new(),
+            group: None,
         })
+    }
+
+    /// Makes it a member of queue group `group` of its channel: the
+    /// group's members share the channel's messages, each to one of them
+    /// (the group is named as a channel is).
+    pub fn join(mut self, group: &str) -> Result<Subscription, ClientError> {
+        check_channel(group)?;
+        self.group = Some(group.to_string());
+        Ok(self)
     }
 
     /// True once the relay has answered.
@@ -183,12 +195,17 @@ impl Subscription {
         }
         let interval = self.lease.map_or(SUBSCRIBE_RETRY, |l| l / 3);
         self.next_send = now + interval;
-        let start = self.next_expected.map_or(self.start, StartPosition::Offset);
+        // A group member is live only: its keepalive asks for no offset.
+        let start = match self.group {
+            Some(_) => StartPosition::Latest,
+            None => self.next_expected.map_or(self.start, StartPosition::Offset),
+        };
         let frame = Frame::Subscribe {
             sub_id: self.sub_id,
             mode: DeliveryMode::Unreliable,
             start,
             channel: &self.channel,
+            group: self.group.as_deref(),
         };
         wire::encode_datagram(&[frame])
             .ok()

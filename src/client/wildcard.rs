@@ -185,6 +185,7 @@ impl WildcardSubscription {
                 mode: self.mode,
                 start: self.start,
                 channel: &self.pattern,
+                group: None,
             });
         }
         self.proof.stamp_frames(&frames)

@@ -210,6 +210,22 @@ pub(super) struct Subscriber {
     /// first, at most `wire::MAX_PIECES_REPORTED`: resending one leaves them
     /// out.
     pub(super) pieces_in: Vec<(u64, Vec<(u64, u64)>)>,
+    /// The queue group it is a member of, if any: each message goes to one
+    /// member of each group, the least loaded.
+    pub(super) group: Option<Box<str>>,
+    /// A group member's recent deliveries, decaying with a time constant
+    /// of a second, and when that was last brought up to date (the
+    /// message timestamp, ns): its load.
+    pub(super) recent: (f64, u64),
+}
+
+impl Subscriber {
+    /// Its recent deliveries as of `at` (ns).
+    pub(super) fn load_at(&self, at: u64) -> f64 {
+        let (value, since) = self.recent;
+        let elapsed = at.saturating_sub(since) as f64 / 1e9;
+        value * (-elapsed).exp()
+    }
 }
 
 /// Subscription `sub_id` of `peer` among a channel's `subscribers`.

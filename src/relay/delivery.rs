@@ -31,7 +31,30 @@ pub(super) fn fan_out(
     counters: &mut Counters,
 ) -> Vec<(u32, std::net::SocketAddr)> {
     let mut reliable = Vec::new();
-    for sub in &mut channel.subscribers {
+    // Each queue group's least loaded member: (group, index, load).
+    let mut picks: Vec<(&str, usize, f64)> = Vec::new();
+    for (i, sub) in channel.subscribers.iter().enumerate() {
+        let Some(group) = sub.group.as_deref() else {
+            continue;
+        };
+        let load = sub.load_at(timestamp);
+        match picks.iter_mut().find(|(g, ..)| *g == group) {
+            Some(pick) if load < pick.2 => *pick = (group, i, load),
+            Some(_) => {}
+            None => picks.push((group, i, load)),
+        }
+    }
+    let chosen: Vec<usize> = picks.into_iter().map(|(_, i, _)| i).collect();
+    for (i, sub) in channel.subscribers.iter_mut().enumerate() {
+        if sub.group.is_some() {
+            // Members are live only, at the head, whichever takes it.
+            if !chosen.contains(&i) {
+                sub.cursor = offset + 1;
+                continue;
+            }
+            sub.recent = (sub.load_at(timestamp) + 1.0, timestamp);
+            sub.cursor = offset;
+        }
         if sub.arq.is_some() {
             reliable.push((sub.sub_id, sub.peer));
             continue;

@@ -478,6 +478,7 @@ impl Relay {
                 mode,
                 start,
                 channel,
+                group,
             } => {
                 let request = subscriptions::Request {
                     sub_id,
@@ -486,7 +487,9 @@ impl Relay {
                     owner: self.owner(),
                     wildcard: None,
                 };
-                if crate::subject::is_pattern(channel) {
+                if let Some(group) = group {
+                    self.join(now, from, request, channel, group);
+                } else if crate::subject::is_pattern(channel) {
                     self.subscribe_pattern(now, from, request, channel);
                 } else {
                     // The same id for a single channel replaces a pattern.
@@ -848,6 +851,49 @@ impl Relay {
         let id = self.channels.find_or_create(channel);
         if let Err(refusal) = self.open_subscription(now, from, request, id) {
             self.reply_error(now, from, refusal.code, &refusal.reason);
+        }
+    }
+
+    /// True if `from` holds subscription `sub_id` (of any channel).
+    fn holds_subscription(&self, from: SocketAddr, sub_id: u32) -> bool {
+        (self.peers.get(&from)).is_some_and(|p| p.subscriptions.iter().any(|&(s, _)| s == sub_id))
+    }
+
+    /// A SUBSCRIBE that joins queue group `group` of `channel`: a plain,
+    /// live subscription whose messages the group's members share.
+    fn join(
+        &mut self,
+        now: Now,
+        from: SocketAddr,
+        request: subscriptions::Request,
+        channel: &str,
+        group: &str,
+    ) {
+        let refused = if request.mode == wire::DeliveryMode::Reliable {
+            Some("reliable queue groups are not served yet")
+        } else if request.start != wire::StartPosition::Latest
+            && !self.holds_subscription(from, request.sub_id)
+        {
+            Some("a queue group member starts at the latest message")
+        } else if crate::subject::is_pattern(channel) {
+            Some("a queue group names one channel, not a pattern")
+        } else {
+            None
+        };
+        if let Some(reason) = refused {
+            self.counters.dropped_unsupported += 1;
+            return self.reply_error(now, from, ErrorCode::UNSUPPORTED, reason);
+        }
+        self.end_pattern(from, request.sub_id);
+        self.subscribe(now, from, request, channel);
+        let Some(id) = self.channels.id(channel) else {
+            return;
+        };
+        let member = channels::subscriber(&mut self.channels[id].subscribers, from, request.sub_id);
+        if let Some(sub) = member
+            && sub.group.as_deref() != Some(group)
+        {
+            sub.group = Some(group.into());
         }
     }
 

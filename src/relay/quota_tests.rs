@@ -125,6 +125,7 @@ impl Client {
                 mode: DeliveryMode::Unreliable,
                 start: StartPosition::Latest,
                 channel: "news",
+                group: None,
             }],
         )
     }
@@ -195,6 +196,7 @@ fn a_keys_wildcard_subscriptions_count_as_its_subscriptions() {
         mode: DeliveryMode::Unreliable,
         start: StartPosition::Latest,
         channel: "x.>",
+        group: None,
     };
     assert!(subscribed(&a.frames(&mut k, &[pattern(1)])));
     assert!(subscribed(&b.subscribe(&mut k, 1)));

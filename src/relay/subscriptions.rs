@@ -303,6 +303,8 @@ impl Subscriptions {
             arq,
             timer_at: None,
             pieces_in: Vec::new(),
+            group: None,
+            recent: (0.0, 0),
         });
         self.count += 1;
         Ok(())

@@ -7,6 +7,7 @@ use crate::log::LogError;
 use crate::wire::{DeliveryMode, ErrorCode, Frame, StartPosition, encode_datagram};
 use std::time::Duration;
 
+mod groups;
 mod wildcards;
 
 const ALICE: &str = "127.0.0.1:1001";
@@ -64,6 +65,7 @@ fn subscribe(relay: &mut Relay, now: Now, from: &str, sub_id: u32, channel: &str
         mode: DeliveryMode::Unreliable,
         start: StartPosition::Latest,
         channel,
+        group: None,
     };
     send(relay, now, from, &[frame]);
 }
@@ -75,6 +77,7 @@ fn subscribe_reliable(relay: &mut Relay, now: Now, from: &str, sub_id: u32, star
         mode: DeliveryMode::Reliable,
         start,
         channel: "news",
+        group: None,
     };
     send(relay, now, from, &[frame]);
 }
@@ -228,6 +231,7 @@ fn subscribe_from(relay: &mut Relay, now: Now, from: &str, sub_id: u32, start: S
         mode: DeliveryMode::Unreliable,
         start,
         channel: "news",
+        group: None,
     };
     send(relay, now, from, &[frame]);
 }
@@ -486,6 +490,7 @@ fn a_start_in_the_future_skips_earlier_messages() {
         mode: DeliveryMode::Unreliable,
         start: StartPosition::Offset(2),
         channel: "news",
+        group: None,
     };
     send(&mut r, t, ALICE, &[frame]);
     for p in ["0", "1", "2"] {
@@ -1417,6 +1422,7 @@ fn datagrams_from_the_relays_own_sockets_are_never_answered() {
                 mode: DeliveryMode::Unreliable,
                 start: StartPosition::Latest,
                 channel: "news",
+                group: None,
             },
         ];
         r.handle_datagram(t, addr(from), &encode_datagram(&frames).unwrap());
@@ -1729,6 +1735,7 @@ fn an_unproven_address_gets_a_token_no_larger_than_its_request_and_nothing_else(
         mode: DeliveryMode::Unreliable,
         start: StartPosition::Earliest,
         channel: "headlines",
+        group: None,
     };
     publish(&mut r, t, "headlines", b"stored");
     send_unproven(&mut r, t, ALICE, &[subscribe]);
@@ -1760,6 +1767,7 @@ fn an_unproven_address_gets_a_token_no_larger_than_its_request_and_nothing_else(
         mode: DeliveryMode::Unreliable,
         start: StartPosition::Earliest,
         channel: "headlines",
+        group: None,
     };
     r.handle_datagram(t, addr(BOB), &encode_datagram(&datagram).unwrap());
     assert_eq!(r.subscription_count(), 1);
@@ -1783,6 +1791,7 @@ fn a_request_too_small_to_pay_for_a_token_is_not_answered_but_a_ping_is() {
         mode: DeliveryMode::Unreliable,
         start: StartPosition::Latest,
         channel: "n",
+        group: None,
     };
     assert!(encode_datagram(&[tiny]).unwrap().len() < wire::HEADER_LEN + wire::VALIDATE_LEN);
     send_unproven(&mut r, t, ALICE, &[tiny]);
@@ -2005,6 +2014,7 @@ fn replay_is_a_quota_per_client_not_per_subscription() {
         mode: DeliveryMode::Unreliable,
         start: StartPosition::Earliest,
         channel: "news",
+        group: None,
     };
     // ALICE opens twenty replays of the whole channel, BOB one.
     for sub_id in 1..=20 {

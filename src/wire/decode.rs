@@ -57,12 +57,18 @@ impl<'a> Frame<'a> {
                     _ => return Err(WireError::InvalidField("start position")),
                 };
                 let channel = r.channel()?;
+                // A queue group, named as a channel is, may follow.
+                let group = match r.rest_is_empty() {
+                    true => None,
+                    false => Some(r.channel()?),
+                };
                 r.end()?;
                 Frame::Subscribe {
                     sub_id,
                     mode,
                     start,
                     channel,
+                    group,
                 }
             }
             FrameType::Unsubscribe => {

@@ -17,7 +17,9 @@ impl Frame<'_> {
     fn body_len(&self) -> usize {
         match self {
             Frame::Publish { channel, payload } => 1 + channel.len() + payload.len(),
-            Frame::Subscribe { channel, .. } => 4 + 1 + 1 + 8 + 1 + channel.len(),
+            Frame::Subscribe { channel, group, .. } => {
+                4 + 1 + 1 + 8 + 1 + channel.len() + group.map_or(0, |g| 1 + g.len())
+            }
             Frame::Unsubscribe { .. } => 4,
             Frame::Subscribed { .. } => 4 + 8 + 8 + 4,
             Frame::Matched { channel, .. } => 4 + 4 + 8 + 8 + 1 + channel.len(),
@@ -54,6 +56,11 @@ impl Frame<'_> {
             return Err(WireError::TooLarge);
         }
         match self {
+            Frame::Subscribe {
+                group: Some(group), ..
+            } if validate_channel(group.as_bytes()).is_err() => {
+                return Err(WireError::BadChannel);
+            }
             Frame::Publish { channel, .. }
             | Frame::Subscribe { channel, .. }
             | Frame::ReliablePublish { channel, .. }
@@ -82,6 +89,7 @@ impl Frame<'_> {
                 mode,
                 start,
                 channel,
+                group,
             } => {
                 out.put_slice(&sub_id.to_le_bytes());
                 out.put_u8(match mode {
@@ -96,6 +104,9 @@ impl Frame<'_> {
                 out.put_u8(kind);
                 out.put_slice(&offset.to_le_bytes());
                 put_len_prefixed(out, channel.as_bytes());
+                if let Some(group) = group {
+                    put_len_prefixed(out, group.as_bytes());
+                }
             }
             Frame::Unsubscribe { sub_id } => out.put_slice(&sub_id.to_le_bytes()),
             Frame::Subscribed {

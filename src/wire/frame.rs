@@ -186,6 +186,9 @@ pub enum Frame<'a> {
         start: StartPosition,
         /// Channel name, validated.
         channel: &'a str,
+        /// The queue group it joins, if any: the group's members share the
+        /// channel's messages, each to one of them.
+        group: Option<&'a str>,
     },
     /// End subscription `sub_id`.
     Unsubscribe {

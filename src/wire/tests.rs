@@ -21,18 +21,28 @@ fn sample_frames() -> Vec<Frame<'static>> {
             mode: DeliveryMode::Unreliable,
             start: StartPosition::Latest,
             channel: "news",
+            group: None,
         },
         Frame::Subscribe {
             sub_id: u32::MAX,
             mode: DeliveryMode::Reliable,
             start: StartPosition::Offset(1 << 40),
             channel: "sensors/temp",
+            group: None,
         },
         Frame::Subscribe {
             sub_id: 1,
             mode: DeliveryMode::Unreliable,
             start: StartPosition::Earliest,
             channel: "ünïcödé",
+            group: None,
+        },
+        Frame::Subscribe {
+            sub_id: 2,
+            mode: DeliveryMode::Unreliable,
+            start: StartPosition::Latest,
+            channel: "jobs",
+            group: Some("workers"),
         },
         Frame::Unsubscribe { sub_id: 9 },
         Frame::Subscribed {

@@ -293,12 +293,14 @@ impl Attack {
             mode: DeliveryMode::Unreliable,
             start,
             channel,
+            group: None,
         };
         let reliable = Frame::Subscribe {
             sub_id: FORGED_SUB_ID,
             mode: DeliveryMode::Reliable,
             start: StartPosition::Earliest,
             channel: targets.stored,
+            group: None,
         };
         let frames = match self {
             Attack::Ping => vec![Frame::Ping {

@@ -543,6 +543,7 @@ impl TestClient {
             mode: DeliveryMode::Unreliable,
             start: StartPosition::Latest,
             channel,
+            group: None,
         }]);
         let got = self.barrier();
         assert!(

@@ -93,6 +93,12 @@ pub enum Command {
         /// [default: off].
         #[arg(long)]
         reliable: bool,
+        /// Join this queue group of the channel: the members of a group (on
+        /// any number of hosts) share its messages, each to the least loaded
+        /// of them; plain, from the latest message [default: none, every
+        /// message].
+        #[arg(long, value_name = "NAME", conflicts_with_all = ["reliable", "from"])]
+        group: Option<String>,
         /// Print the subscription's counters on stderr when done [default: off].
         #[arg(short, long)]
         verbose: bool,

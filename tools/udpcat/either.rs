@@ -4,7 +4,8 @@
 use std::time::Instant;
 
 use udprelay::client::{
-    AnySubscription, ClientError, SubscriptionEvent, WildcardEvent, WildcardSubscription,
+    AnySubscription, ClientError, Subscription, SubscriptionEvent, WildcardEvent,
+    WildcardSubscription,
 };
 use udprelay::reliable::ReceiverStats;
 use udprelay::wire::{DeliveryMode, ErrorCode, StartPosition};
@@ -35,6 +36,21 @@ pub enum Either {
 impl Either {
     /// A subscription to `channel` (a pattern if it has a `*` or `>`
     /// token), sending its first request at `now`.
+    /// A member of queue group `group` of `channel` (plain, from the
+    /// latest message), sending its first request at `now`.
+    pub fn member(
+        sub_id: u32,
+        channel: &str,
+        group: &str,
+        now: Instant,
+    ) -> Result<Either, ClientError> {
+        let sub = Subscription::new(sub_id, channel, StartPosition::Latest, now)?.join(group)?;
+        Ok(Either::One(
+            AnySubscription::Plain(sub),
+            channel.to_string(),
+        ))
+    }
+
     pub fn new(
         mode: DeliveryMode,
         sub_id: u32,

@@ -59,6 +59,7 @@ fn sealed_seeds() -> Vec<(String, Vec<u8>)> {
         mode: DeliveryMode::Reliable,
         start: StartPosition::Earliest,
         channel: "k.x",
+        group: None,
     }]);
     let mut seeds = Vec::new();
     for (settings, mode) in [(0u8, "optional"), (1, "required")] {
@@ -113,6 +114,7 @@ fn subscribe(sub_id: u32, mode: DeliveryMode, start: StartPosition) -> Frame<'st
         mode,
         start,
         channel: "news",
+        group: None,
     }
 }
 
@@ -179,6 +181,7 @@ fn decode_seeds() -> Vec<(String, Vec<u8>)> {
                 mode: DeliveryMode::Reliable,
                 start: StartPosition::Earliest,
                 channel: "news.>",
+                group: None,
             },
         ),
         one(
@@ -189,6 +192,16 @@ fn decode_seeds() -> Vec<(String, Vec<u8>)> {
                 first_offset: 0,
                 next_offset: 3,
                 channel: "news.eu",
+            },
+        ),
+        one(
+            "subscribe-group",
+            Frame::Subscribe {
+                sub_id: 5,
+                mode: DeliveryMode::Unreliable,
+                start: StartPosition::Latest,
+                channel: "jobs",
+                group: Some("workers"),
             },
         ),
         one("unsubscribe", Frame::Unsubscribe { sub_id: 1 }),

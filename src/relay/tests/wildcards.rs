@@ -28,6 +28,7 @@ fn wildcard_from(
         mode,
         start,
         channel,
+        group: None,
     };
     send(relay, now, ALICE, &[frame]);
 }
@@ -302,6 +303,7 @@ fn a_source_opens_a_few_wildcard_subscriptions_a_second_and_keepalives_are_free(
         mode: DeliveryMode::Unreliable,
         start: StartPosition::Latest,
         channel: "x.>",
+        group: None,
     };
     for sub_id in 1..=40 {
         send(&mut r, t, stranger, &[pattern(sub_id)]);
