@@ -122,6 +122,11 @@ impl WildcardSubscription {
         self.lease.is_some()
     }
 
+    /// True if its channels are delivered reliably.
+    pub fn is_reliable(&self) -> bool {
+        self.mode == DeliveryMode::Reliable
+    }
+
     /// The channels followed so far.
     pub fn channels(&self) -> impl Iterator<Item = &str> {
         self.followed.iter().map(|f| f.channel.as_str())

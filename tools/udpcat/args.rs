@@ -99,7 +99,8 @@ pub enum Command {
         /// message].
         #[arg(long, value_name = "NAME", conflicts_with_all = ["reliable", "from"])]
         group: Option<String>,
-        /// Print the subscription's counters on stderr when done [default: off].
+        /// With --reliable: print the receive counters (in order,
+        /// duplicates, out of order) on stderr when done [default: off].
         #[arg(short, long)]
         verbose: bool,
     },

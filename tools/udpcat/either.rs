@@ -110,7 +110,7 @@ impl Either {
         match self {
             Either::One(AnySubscription::Reliable(r), _) => Some(r.stats()),
             Either::One(AnySubscription::Plain(_), _) => None,
-            Either::Pattern(s) => Some(s.stats()),
+            Either::Pattern(s) => s.is_reliable().then(|| s.stats()),
         }
     }
 
