@@ -17,6 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
+[[ $rounds =~ ^[1-9][0-9]*$ ]] || { echo "usage: tools/replay-storm.sh [ROUNDS] (1 or more)" >&2; exit 2; }
 bin=target/release
 storm=target/release/examples/replay_storm
 relay_bin=${UDPRELAY:-$bin/udprelay}
@@ -27,22 +28,24 @@ dir=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"' EXIT
 
-# Starts a relay with its own data directory; prints its address.
+# Starts a relay with its own data directory, fills its channel "stored",
+# and sets `addr` to its address (not in a subshell: the trap must see
+# its pid).
 start_relay() {
     local name=$1
     "$relay_bin" --listen 127.0.0.1:0 --data-dir "$dir/$name" --log-level warn \
         > "$dir/$name.out" 2> "$dir/$name.err" &
     pids+=($!)
     for _ in $(seq 100); do grep -q listening "$dir/$name.out" 2>/dev/null && break; sleep 0.1; done
-    local addr
     addr=$(sed -n 's/^udprelay listening on //p' "$dir/$name.out")
     [ -n "$addr" ] || { echo "replay-storm: relay $name did not start: $(cat "$dir/$name.err")" >&2; exit 1; }
     python3 -c "import sys; sys.stdout.write(('x' * 900 + '\n') * 20000)" |
         "$bin/udpcat" pub "$addr" stored --reliable > /dev/null
-    echo "$addr"
 }
-healthy=$(start_relay healthy)
-other=$(start_relay other)
+start_relay healthy
+healthy=$addr
+start_relay other
+other=$addr
 
 # One healthy run against the healthy relay; prints a line, records p99.
 run() {
