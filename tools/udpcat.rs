@@ -190,6 +190,24 @@ struct Conn {
     credential: Option<Credential>,
 }
 
+/// The relay of `relays` to use: the one --pick picks, or, when none
+/// answers a plain ping and there is a credential (a relay that requires
+/// keys answers only a handshake), the first of them.
+fn choose(
+    relays: &[SocketAddr],
+    how: Pick,
+    reply_timeout: Duration,
+    keyed: bool,
+) -> Result<SocketAddr, CatError> {
+    match relays[..] {
+        [one] => Ok(one),
+        _ => match pick_among(relays, how, reply_timeout) {
+            Err(CatError::NoneAnswered { .. }) if keyed => Ok(relays[0]),
+            other => other,
+        },
+    }
+}
+
 /// [`pick::pick`] with udpcat's errors.
 fn pick_among(
     relays: &[SocketAddr],
@@ -218,15 +236,7 @@ impl Conn {
     fn open(addr: &str, reply_timeout: Duration, key: &KeyArgs) -> Result<Conn, CatError> {
         let credential = credential(key)?;
         let relays = pick::resolve(addr).map_err(CatError::BadAddress)?;
-        let relay = match relays[..] {
-            [one] => one,
-            // A relay that requires keys answers no plain ping: with a
-            // credential, the list is tried in order instead.
-            _ => match pick_among(&relays, key.pick, reply_timeout) {
-                Err(CatError::NoneAnswered { .. }) if credential.is_some() => relays[0],
-                other => other?,
-            },
-        };
+        let relay = choose(&relays, key.pick, reply_timeout, credential.is_some())?;
         let link = Link::connect(relay, credential.as_ref(), reply_timeout)?;
         let expires = (credential.as_ref())
             .filter(|c| c.expires != 0)
@@ -259,7 +269,8 @@ impl Conn {
     fn fail_over(&mut self) -> Result<bool, CatError> {
         let from = self.relay;
         while !self.others.is_empty() {
-            let next = self.next_relay()?;
+            let keyed = self.credential.is_some();
+            let next = choose(&self.others, self.pick, self.reply_timeout, keyed)?;
             self.others.retain(|&r| r != next);
             match Link::connect(next, self.credential.as_ref(), self.reply_timeout) {
                 Ok(link) => {
@@ -272,21 +283,6 @@ impl Conn {
             }
         }
         Ok(false)
-    }
-
-    /// The relay to try next among the others: the one --pick picks, or,
-    /// when none answers a plain ping (a relay that requires keys answers
-    /// only a handshake), the first of them.
-    fn next_relay(&self) -> Result<SocketAddr, CatError> {
-        match self.others[..] {
-            [one] => Ok(one),
-            _ => match pick_among(&self.others, self.pick, self.reply_timeout) {
-                Err(CatError::NoneAnswered { .. }) if self.credential.is_some() => {
-                    Ok(self.others[0])
-                }
-                other => other,
-            },
-        }
     }
 
     /// The credential's expiry as an error once it has passed, and the

@@ -856,7 +856,7 @@ impl Relay {
 
     /// True if `from` holds subscription `sub_id` (of any channel).
     fn holds_subscription(&self, from: SocketAddr, sub_id: u32) -> bool {
-        (self.peers.get(&from)).is_some_and(|p| p.subscriptions.iter().any(|&(s, _)| s == sub_id))
+        self.peers.channel_of(&from, sub_id).is_some()
     }
 
     /// A SUBSCRIBE that joins queue group `group` of `channel`: a plain,
@@ -931,8 +931,10 @@ impl Relay {
             &mut self.channels,
             &mut self.counters,
         );
-        for sub_id in self.wildcards.of(addr) {
-            self.wildcards.remove(addr, sub_id);
+        if peer.wildcards() > 0 {
+            for sub_id in self.wildcards.of(addr) {
+                self.wildcards.remove(addr, sub_id);
+            }
         }
         for s in peer.sessions {
             self.publishing

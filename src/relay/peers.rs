@@ -240,6 +240,13 @@ impl Peers {
         index
     }
 
+    /// The channel of subscription `sub_id` of `addr`, if it holds one.
+    pub(super) fn channel_of(&self, addr: &SocketAddr, sub_id: u32) -> Option<ChannelId> {
+        let peer = self.peers.get(addr)?;
+        let &(_, ch) = peer.subscriptions.iter().find(|(s, _)| *s == sub_id)?;
+        Some(ch)
+    }
+
     /// The entry of `addr`, if any.
     pub(super) fn get(&self, addr: &SocketAddr) -> Option<&Peer> {
         self.peers.get(addr)

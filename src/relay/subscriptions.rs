@@ -122,11 +122,6 @@ impl Subscriptions {
         self.count
     }
 
-    /// Most subscriptions one address may hold.
-    pub(super) fn max_per_client(&self) -> usize {
-        self.limits.max_per_client
-    }
-
     /// The lease handed to subscribers, in SUBSCRIBED's unit.
     pub(super) fn lease_ms(&self) -> u32 {
         self.limits.lease.as_millis().min(u128::from(u32::MAX)) as u32
@@ -134,9 +129,29 @@ impl Subscriptions {
 
     /// True if `peer` holds subscription `sub_id` on channel `ch`.
     pub(super) fn holds(peers: &Peers, peer: SocketAddr, sub_id: u32, ch: ChannelId) -> bool {
-        peers
-            .get(&peer)
-            .is_some_and(|p| p.subscriptions.contains(&(sub_id, ch)))
+        peers.channel_of(&peer, sub_id) == Some(ch)
+    }
+
+    /// Why `from` (and `owner`'s key) may hold no more subscriptions, if
+    /// so: a wildcard subscription counts as one too.
+    pub(super) fn room(
+        &self,
+        peers: &Peers,
+        from: SocketAddr,
+        owner: Owner,
+    ) -> Result<(), &'static str> {
+        let held = peers
+            .get(&from)
+            .map_or(0, |p| p.subscriptions.len() + p.wildcards());
+        if held >= self.limits.max_per_client {
+            return Err("this address holds its maximum number of subscriptions");
+        }
+        if let Some(key) = owner.key
+            && peers.held_by(key).subscriptions >= owner.max_subscriptions
+        {
+            return Err("this key holds its maximum number of subscriptions");
+        }
+        Ok(())
     }
 
     /// Entries in the ARQ timer heap, live or stale.
@@ -196,10 +211,7 @@ impl Subscriptions {
             StartPosition::Earliest => first,
             StartPosition::Offset(o) => o.max(first),
         };
-        let existing = peers
-            .get(&from)
-            .and_then(|p| p.subscriptions.iter().find(|(s, _)| *s == sub_id))
-            .map(|&(_, ch)| ch);
+        let existing = peers.channel_of(&from, sub_id);
         let is_new = existing != Some(id);
         if is_new {
             // New, or replacing one of the same id to another channel; a
@@ -282,18 +294,7 @@ impl Subscriptions {
         if self.count >= self.limits.max {
             return Err("the relay holds its maximum number of subscriptions");
         }
-        if peers
-            .get(&from)
-            .map_or(0, |p| p.subscriptions.len() + p.wildcards())
-            >= self.limits.max_per_client
-        {
-            return Err("this address holds its maximum number of subscriptions");
-        }
-        if let Some(key) = owner.key
-            && peers.held_by(key).subscriptions >= owner.max_subscriptions
-        {
-            return Err("this key holds its maximum number of subscriptions");
-        }
+        self.room(peers, from, owner)?;
         peers.add_subscription(now, from, owner.key, (sub_id, id));
         channels[id].subscribers.push(Subscriber {
             peer: from,
@@ -460,11 +461,9 @@ impl Subscriptions {
         outbox: &mut Outbox,
         counters: &mut Counters,
     ) {
-        let found = u32::try_from(id).ok().and_then(|sub_id| {
-            let peer = peers.get(&from)?;
-            let &(_, ch) = peer.subscriptions.iter().find(|(s, _)| *s == sub_id)?;
-            Some((sub_id, ch))
-        });
+        let found = u32::try_from(id)
+            .ok()
+            .and_then(|sub_id| Some((sub_id, peers.channel_of(&from, sub_id)?)));
         let Some((sub_id, ch)) = found else {
             counters.dropped_unknown_subscription += 1;
             return;

@@ -67,8 +67,6 @@ impl std::fmt::Display for Full {
 #[derive(Debug)]
 pub(super) struct Wildcards {
     by_id: HashMap<(SocketAddr, u32), Wildcard>,
-    /// How many each address holds.
-    per_client: HashMap<SocketAddr, usize>,
     /// Most wildcard subscriptions in all, and of one address.
     max: usize,
     max_per_client: usize,
@@ -81,7 +79,6 @@ impl Wildcards {
     pub(super) fn new(max: usize, max_per_client: usize) -> Wildcards {
         Wildcards {
             by_id: HashMap::new(),
-            per_client: HashMap::new(),
             max,
             max_per_client,
             next_id: RELAY_SUB_IDS,
@@ -103,37 +100,32 @@ impl Wildcards {
         self.by_id.get_mut(&(peer, sub_id))
     }
 
-    /// Adds one, within the limits.
-    pub(super) fn add(&mut self, peer: SocketAddr, sub_id: u32, w: Wildcard) -> Result<(), Full> {
+    /// Adds one of `peer`, which holds `held` already (its peer entry
+    /// counts them), within the limits.
+    pub(super) fn add(
+        &mut self,
+        peer: SocketAddr,
+        sub_id: u32,
+        w: Wildcard,
+        held: usize,
+    ) -> Result<(), Full> {
         if self.by_id.len() >= self.max {
             return Err(Full::Relay);
         }
-        let held = self.per_client.entry(peer).or_default();
-        if *held >= self.max_per_client {
+        if held >= self.max_per_client {
             return Err(Full::Client);
         }
-        *held += 1;
         self.by_id.insert((peer, sub_id), w);
         Ok(())
     }
 
     /// Takes wildcard subscription `sub_id` of `peer` out, if it exists.
     pub(super) fn remove(&mut self, peer: SocketAddr, sub_id: u32) -> Option<Wildcard> {
-        let w = self.by_id.remove(&(peer, sub_id))?;
-        if let Some(held) = self.per_client.get_mut(&peer) {
-            *held -= 1;
-            if *held == 0 {
-                self.per_client.remove(&peer);
-            }
-        }
-        Some(w)
+        self.by_id.remove(&(peer, sub_id))
     }
 
     /// The ids of `peer`'s wildcard subscriptions.
     pub(super) fn of(&self, peer: SocketAddr) -> Vec<u32> {
-        if !self.per_client.contains_key(&peer) {
-            return Vec::new();
-        }
         let mut ids: Vec<u32> = (self.by_id.keys())
             .filter(|(p, _)| *p == peer)
             .map(|&(_, id)| id)
@@ -202,17 +194,7 @@ impl Relay {
             None => {}
         }
         // A pattern counts as a subscription of its address and its key.
-        let held = (self.peers.get(&from)).map_or(0, |p| p.subscriptions.len() + p.wildcards());
-        let full = if held >= self.subscriptions.max_per_client() {
-            Some("this address holds its maximum number of subscriptions")
-        } else if let Some(key) = request.owner.key
-            && self.peers.held_by(key).subscriptions >= request.owner.max_subscriptions
-        {
-            Some("this key holds its maximum number of subscriptions")
-        } else {
-            None
-        };
-        if let Some(reason) = full {
+        if let Err(reason) = self.subscriptions.room(&self.peers, from, request.owner) {
             self.counters.dropped_limit += 1;
             return self.reply_error(now, from, ErrorCode::LIMIT_REACHED, reason);
         }
@@ -234,7 +216,8 @@ impl Relay {
             // Everything is told as it is followed, just below.
             told_at: Some(now.instant),
         };
-        if let Err(full) = self.wildcards.add(from, sub_id, wildcard) {
+        let held = self.peers.get(&from).map_or(0, |p| p.wildcards());
+        if let Err(full) = self.wildcards.add(from, sub_id, wildcard, held) {
             self.counters.dropped_limit += 1;
             return self.reply_error(now, from, ErrorCode::LIMIT_REACHED, &full.to_string());
         }
@@ -350,10 +333,8 @@ impl Relay {
         {
             return true;
         }
-        let taken = self.peers.get(&peer).map(|p| &p.subscriptions);
-        let channel_sub_id = self
-            .wildcards
-            .new_id(|id| taken.is_some_and(|t| t.iter().any(|&(s, _)| s == id)));
+        let peers = &self.peers;
+        let channel_sub_id = (self.wildcards).new_id(|id| peers.channel_of(&peer, id).is_some());
         let request = subscriptions::Request {
             sub_id: channel_sub_id,
             mode,
@@ -418,15 +399,16 @@ mod tests {
         let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
         let mut w = Wildcards::new(3, 2);
-        w.add(a, 1, wildcard("a.*")).unwrap();
-        w.add(a, 2, wildcard("b.*")).unwrap();
-        assert_eq!(w.add(a, 3, wildcard("c.*")), Err(Full::Client));
-        w.add(b, 1, wildcard(">")).unwrap();
-        assert_eq!(w.add(b, 2, wildcard("d.*")), Err(Full::Relay));
+        // `held` is what the address's peer entry counts.
+        w.add(a, 1, wildcard("a.*"), 0).unwrap();
+        w.add(a, 2, wildcard("b.*"), 1).unwrap();
+        assert_eq!(w.add(a, 3, wildcard("c.*"), 2), Err(Full::Client));
+        w.add(b, 1, wildcard(">"), 0).unwrap();
+        assert_eq!(w.add(b, 2, wildcard("d.*"), 1), Err(Full::Relay));
         assert_eq!(w.of(a), [1, 2]);
         assert!(w.remove(a, 1).is_some());
         assert!(w.remove(a, 1).is_none());
-        w.add(b, 2, wildcard("d.*")).unwrap();
+        w.add(b, 2, wildcard("d.*"), 1).unwrap();
         assert_eq!(w.count(), 3);
         assert_eq!(w.matching("d.x", 0), [(b, 1), (b, 2)], "> matches it too");
         let mut matched = w.matching("b.x", 7);
