@@ -360,3 +360,57 @@ fn a_reliable_wildcard_subscriber_gets_every_matching_channel_whole_and_in_order
     );
     assert!(stderr.contains("following orders.us"), "{stderr}");
 }
+
+#[test]
+fn a_reliable_queue_group_gets_every_message_once_and_its_slow_member_the_fewest() {
+    let relay = Relay::start(&[]);
+    // The third member is 30 ms away each way: its acknowledgements come
+    // late, so it has the most unacknowledged messages.
+    let far = Chaos::start(relay.addr, &["--delay", "30ms", "--seed", "3"]);
+    let paths = [relay.addr_str(), relay.addr_str(), far.addr_str()];
+    let mut members: Vec<Subscriber> = paths
+        .iter()
+        .map(|addr| Subscriber::start(&[addr, "jobs", "--reliable", "--group", "workers"]))
+        .collect();
+    let lines: Vec<_> = members.iter_mut().map(Subscriber::stdout_lines).collect();
+    let n = 3000;
+    let input = numbered(n, "job");
+    let out = udpcat(
+        &["pub", &relay.addr_str(), "jobs", "--reliable"],
+        input.as_bytes(),
+    );
+    assert!(
+        out.status.success(),
+        "pub: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut got: Vec<Vec<String>> = vec![Vec::new(); 3];
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while got.iter().map(Vec::len).sum::<usize>() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the members got {:?} of {n} messages",
+            got.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+        for (k, rx) in lines.iter().enumerate() {
+            if let Ok(line) = rx.recv_timeout(std::time::Duration::from_millis(5)) {
+                got[k].push(line);
+            }
+            got[k].extend(rx.try_iter());
+        }
+    }
+    let counts: Vec<usize> = got.iter().map(Vec::len).collect();
+    let mut all: Vec<String> = got.into_iter().flatten().collect();
+    all.sort();
+    let want: Vec<String> = input.lines().map(String::from).collect();
+    assert_eq!(all, want, "each message to one member, none twice");
+    assert!(
+        counts[2] < counts[0] && counts[2] < counts[1],
+        "the far member got the fewest: {counts:?}"
+    );
+    // And the relay gave none to a second member.
+    let stats = udpcat(&["stats", &relay.addr_str()], b"");
+    let stats = String::from_utf8_lossy(&stats.stdout);
+    assert!(stats.contains("group_redeliveries 0"), "{stats}");
+    drop(members);
+}

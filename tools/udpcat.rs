@@ -713,7 +713,7 @@ fn subscribe(conn: &mut Conn, opts: &SubOptions) -> Result<(), CatError> {
         DeliveryMode::Unreliable
     };
     let mut sub = match &opts.group {
-        Some(group) => Either::member(sub_id, &opts.channel, group, start)?,
+        Some(group) => Either::member(mode, sub_id, &opts.channel, group, start)?,
         None => Either::new(mode, sub_id, &opts.channel, opts.from, start)?,
     };
     let stop_at = opts.timeout.map(|t| start + t);

@@ -313,6 +313,8 @@ pub struct ReliableSubscription {
     pieces: Reassembler,
     /// The address token sent with every datagram.
     proof: AddressProof,
+    /// The queue group it joins, if any.
+    group: Option<String>,
 }
 
 impl ReliableSubscription {
@@ -335,7 +337,20 @@ impl ReliableSubscription {
             next_subscribe: now,
             pieces: Reassembler::default(),
             proof: AddressProof::new(),
+            group: None,
         })
+    }
+
+    /// Makes it a member of reliable queue group `group` of its channel:
+    /// the group's members share the channel's messages, each to one of
+    /// them, and a message a member leaves without acknowledging goes to
+    /// another. A member's offsets are its own (0, 1, 2... for the
+    /// messages it was given), not the channel's.
+    pub fn join(mut self, group: &str) -> Result<ReliableSubscription, ClientError> {
+        check_channel(group)?;
+        self.group = Some(group.to_string());
+        self.start = StartPosition::Latest;
+        Ok(self)
     }
 
     /// True once the relay has answered.
@@ -411,13 +426,17 @@ impl ReliableSubscription {
         }
         if now >= self.next_subscribe {
             self.next_subscribe = now + self.lease.map_or(SUBSCRIBE_RETRY, |l| l / 3);
-            let start = self.next_offset().map_or(self.start, StartPosition::Offset);
+            // A member's start is the group's to say.
+            let start = match self.group {
+                Some(_) => StartPosition::Latest,
+                None => self.next_offset().map_or(self.start, StartPosition::Offset),
+            };
             frames_due.push(Frame::Subscribe {
                 sub_id: self.sub_id,
                 mode: DeliveryMode::Reliable,
                 start,
                 channel: &self.channel,
-                group: None,
+                group: self.group.as_deref(),
             });
         }
         self.proof.stamp_frames(&frames_due)
@@ -449,6 +468,16 @@ impl ReliableSubscription {
                     lease,
                 } => {
                     self.lease = Some(lease);
+                    // A member the relay had let go and took in again
+                    // starts over at its new numbers.
+                    let renumbered = self.group.is_some()
+                        && self
+                            .receiver
+                            .as_ref()
+                            .is_some_and(|r| first_offset < r.cumulative());
+                    if renumbered {
+                        self.receiver = None;
+                    }
                     if self.receiver.is_none() {
                         self.receiver = Some(Receiver::new(self.config, first_offset));
                         self.next_subscribe = now + lease / 3;

@@ -308,6 +308,15 @@ impl AnySubscription {
         })
     }
 
+    /// Makes it a member of queue group `group` of its channel (see
+    /// [`Subscription::join`] and [`ReliableSubscription::join`]).
+    pub fn join(self, group: &str) -> Result<AnySubscription, ClientError> {
+        Ok(match self {
+            AnySubscription::Plain(s) => AnySubscription::Plain(s.join(group)?),
+            AnySubscription::Reliable(s) => AnySubscription::Reliable(Box::new(s.join(group)?)),
+        })
+    }
+
     /// True once the relay has answered.
     pub fn is_active(&self) -> bool {
         match self {

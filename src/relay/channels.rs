@@ -15,6 +15,7 @@ use std::time::Instant;
 use foldhash::{HashMap, HashMapExt};
 
 use super::counters::Counters;
+use super::groups::{Group, Share};
 use crate::log::{ChannelLog, DataDir, LogError, Recovery, SessionMark};
 use crate::reliable::Sender;
 
@@ -95,6 +96,9 @@ pub(super) struct Channel {
     pub(super) storage: Storage,
     /// Who receives live messages.
     pub(super) subscribers: Vec<Subscriber>,
+    /// Its reliable queue groups (a plain group is only its members'
+    /// `group`).
+    pub(super) groups: Vec<Group>,
     /// Plain-UDP destinations that get every message as-is.
     pub(super) raw_out: Vec<SocketAddr>,
     /// Offsets below this are known to be on disk (`--fsync interval`).
@@ -217,6 +221,9 @@ pub(super) struct Subscriber {
     /// of a second, and when that was last brought up to date (the
     /// message timestamp, ns): its load.
     pub(super) recent: (f64, u64),
+    /// For a member of a reliable queue group, the channel offsets of the
+    /// messages its ARQ numbers (a member's sequence numbers are its own).
+    pub(super) share: Option<Box<Share>>,
 }
 
 impl Subscriber {
@@ -350,6 +357,7 @@ impl Channels {
             name: name.into(),
             storage: Storage::Empty,
             subscribers: Vec::new(),
+            groups: Vec::new(),
             raw_out: Vec::new(),
             durable_to: 0,
             pinned: false,

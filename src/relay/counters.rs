@@ -79,6 +79,9 @@ counters! {
     duplicates_dropped,
     /// Messages sent again to reliable subscribers (re-read from the log).
     reliable_retransmits,
+    /// Messages a reliable queue group member left without acknowledging,
+    /// given to another member.
+    group_redeliveries,
     /// Pieces of large messages not sent again because the reliable
     /// subscriber said it had them.
     pieces_not_resent,

@@ -21,7 +21,8 @@ use crate::wire;
 
 /// Sends a message just stored at `offset` to the channel's live plain
 /// subscribers and raw egress addresses; returns the reliable subscribers
-/// (sub_id, address), which the caller pumps.
+/// (sub_id, address), which the caller pumps (reliable queue groups are
+/// the caller's too: see `groups::dispatch`).
 pub(super) fn fan_out(
     channel: &mut Channel,
     offset: u64,
@@ -37,6 +38,9 @@ pub(super) fn fan_out(
         let Some(group) = sub.group.as_deref() else {
             continue;
         };
+        if sub.share.is_some() {
+            continue; // a reliable group's: see `groups::dispatch`
+        }
         let load = sub.load_at(timestamp);
         match picks.iter_mut().find(|(g, ..)| *g == group) {
             Some(pick) if load < pick.2 => *pick = (group, i, load),
@@ -46,6 +50,9 @@ pub(super) fn fan_out(
     }
     let chosen: Vec<usize> = picks.into_iter().map(|(_, i, _)| i).collect();
     for (i, sub) in channel.subscribers.iter_mut().enumerate() {
+        if sub.share.is_some() {
+            continue;
+        }
         if sub.group.is_some() {
             // Members are live only, at the head, whichever takes it.
             if !chosen.contains(&i) {
@@ -160,6 +167,9 @@ pub(super) fn on_ack(sub: &mut Subscriber, ack: SubscriberAck<'_>, now: Instant)
     );
     let done = arq.snd_una();
     sub.pieces_in.retain(|(offset, _)| *offset >= done);
+    if let Some(share) = sub.share.as_deref_mut() {
+        share.acknowledged(done);
+    }
     Some(true)
 }
 
@@ -195,14 +205,25 @@ pub(super) fn pump(
     let Some(arq) = sub.arq.as_deref_mut() else {
         return Pumped::default();
     };
+    // A queue group member numbers the messages it was given: its sequence
+    // numbers map to channel offsets, and its new messages come from the
+    // group (`groups::dispatch`), not from here.
+    let share = sub.share.as_deref();
+    let offset_of = |seq: u64| match share {
+        None => Some(seq),
+        Some(share) => share.offset(seq),
+    };
     let mut out = Pumped::default();
     if let Storage::Open(log) = storage {
         let mut resent = false;
         while let Some(seq) = arq.poll_retransmit(now.instant) {
             resent = true;
-            if seq < log.first_offset() {
+            let Some(offset) = offset_of(seq) else {
+                continue; // not sent: nothing to send again
+            };
+            if offset < log.first_offset() {
                 out.trouble = Some(format!(
-                    "offset {seq} was deleted before it was acknowledged"
+                    "offset {offset} was deleted before it was acknowledged"
                 ));
                 break;
             }
@@ -212,15 +233,9 @@ pub(super) fn pump(
                 .iter()
                 .find(|(offset, _)| *offset == seq)
                 .map_or(&[][..], |(_, have)| have.as_slice());
-            if let Err(e) = log.scan(seq, |r| {
-                let (_, left_out) = outbox.push_delivery_except(
-                    peer,
-                    sub_id,
-                    r.offset,
-                    r.timestamp,
-                    r.payload,
-                    have,
-                );
+            if let Err(e) = log.scan(offset, |r| {
+                let (_, left_out) =
+                    outbox.push_delivery_except(peer, sub_id, seq, r.timestamp, r.payload, have);
                 counters.pieces_not_resent += left_out;
                 false
             }) {
@@ -230,7 +245,8 @@ pub(super) fn pump(
         }
         let next = arq.next_seq();
         let clear = out.trouble.is_none() && out.damaged.is_none();
-        if clear && next < log.next_offset() && arq.can_send(now.instant) && budget > 0 {
+        let own = share.is_none();
+        if own && clear && next < log.next_offset() && arq.can_send(now.instant) && budget > 0 {
             if next < log.first_offset() {
                 out.trouble = Some(format!("offset {next} was deleted before it was sent"));
             } else if let Err(e) = log.scan(next, |r| {
@@ -245,7 +261,7 @@ pub(super) fn pump(
                 out.damaged = Some(e.to_string());
             }
         }
-        out.caught_up = arq.next_seq() >= log.next_offset();
+        out.caught_up = !own || arq.next_seq() >= log.next_offset();
         // Thin-stream redundancy: new messages went out; earlier
         // unacknowledged ones ride along where the datagram has room.
         let clear = out.trouble.is_none() && out.damaged.is_none();

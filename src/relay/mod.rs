@@ -32,6 +32,9 @@
 //!   forgotten), each channel's storage, subscribers and raw egress.
 //! - `subscriptions`: opening and ending subscriptions within the limits,
 //!   the replay queue, reliable subscriptions' timers and acknowledgements.
+//! - `groups`: reliable queue groups: a channel's messages handed out to
+//!   the members, each to the least loaded, and what a member leaves
+//!   unacknowledged given to another.
 //! - `wildcards`: subscriptions to patterns (`sensors.>`), each following
 //!   the channels it matches as ordinary subscriptions under the relay's ids.
 //! - `publishing`: the table of reliable publishing sessions (limits,
@@ -61,6 +64,7 @@ mod channels;
 mod counters;
 mod delivery;
 mod durability;
+mod groups;
 mod outbox;
 mod peers;
 mod publishing;
@@ -486,9 +490,10 @@ impl Relay {
                     start,
                     owner: self.owner(),
                     wildcard: None,
+                    group,
                 };
-                if let Some(group) = group {
-                    self.join(now, from, request, channel, group);
+                if group.is_some() {
+                    self.join(now, from, request, channel);
                 } else if crate::subject::is_pattern(channel) {
                     self.subscribe_pattern(now, from, request, channel);
                 } else {
@@ -727,6 +732,15 @@ impl Relay {
                 &mut self.counters,
             );
         }
+        if !self.channels[id].groups.is_empty() {
+            (self.subscriptions).dispatch_all(
+                now,
+                id,
+                &mut self.channels,
+                &mut self.outbox,
+                &mut self.counters,
+            );
+        }
         Ok(offset)
     }
 
@@ -859,21 +873,21 @@ impl Relay {
         self.peers.channel_of(&from, sub_id).is_some()
     }
 
-    /// A SUBSCRIBE that joins queue group `group` of `channel`: a plain,
-    /// live subscription whose messages the group's members share.
+    /// A SUBSCRIBE that joins queue group `group` of `channel`: a live
+    /// subscription whose messages the group's members share (see
+    /// `groups` for reliable members).
     fn join(
         &mut self,
         now: Now,
         from: SocketAddr,
-        request: subscriptions::Request,
+        request: subscriptions::Request<'_>,
         channel: &str,
-        group: &str,
     ) {
-        let refused = if request.mode == wire::DeliveryMode::Reliable {
-            Some("reliable queue groups are not served yet")
-        } else if request.start != wire::StartPosition::Latest
+        let refused = if request.mode == wire::DeliveryMode::Unreliable
+            && request.start != wire::StartPosition::Latest
             && !self.holds_subscription(from, request.sub_id)
         {
+            // A reliable member's start is ignored: the group says.
             Some("a queue group member starts at the latest message")
         } else if crate::subject::is_pattern(channel) {
             Some("a queue group names one channel, not a pattern")
@@ -886,15 +900,6 @@ impl Relay {
         }
         self.end_pattern(from, request.sub_id);
         self.subscribe(now, from, request, channel);
-        let Some(id) = self.channels.id(channel) else {
-            return;
-        };
-        let member = channels::subscriber(&mut self.channels[id].subscribers, from, request.sub_id);
-        if let Some(sub) = member
-            && sub.group.as_deref() != Some(group)
-        {
-            sub.group = Some(group.into());
-        }
     }
 
     /// Opens (or keeps alive) subscription `request` of `from` to channel
@@ -950,8 +955,16 @@ impl Relay {
         self.load = per_mille.min(1000);
     }
 
-    /// Tells the subscribers of reliable subscriptions that were dropped.
+    /// Tells the subscribers of reliable subscriptions that were dropped,
+    /// and gives what members who left a reliable queue group had not
+    /// acknowledged to the others.
     fn tell_lost(&mut self, now: Now) {
+        (self.subscriptions).settle(
+            now,
+            &mut self.channels,
+            &mut self.outbox,
+            &mut self.counters,
+        );
         while let Some(lost) = self.subscriptions.poll_lost() {
             self.reply_error(now, lost.peer, ErrorCode::UNAVAILABLE, &lost.reason);
         }

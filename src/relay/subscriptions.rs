@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use super::channels::{Channel, ChannelId, Channels, Storage, Subscriber, subscriber};
 use super::counters::Counters;
 use super::delivery::{self, SubscriberAck};
+use super::groups::{self, Group};
 use super::outbox::Outbox;
 use super::peers::{Owner, Peers};
 use crate::reliable::{ArqConfig, Sender};
@@ -46,7 +47,7 @@ pub(super) struct Limits {
 
 /// What a SUBSCRIBE asks for.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Request {
+pub(super) struct Request<'a> {
     /// The id the client chose.
     pub(super) sub_id: u32,
     /// Plain or reliable delivery.
@@ -58,6 +59,8 @@ pub(super) struct Request {
     /// The wildcard subscription this one follows a channel for, if any:
     /// its client is told with MATCHED instead of SUBSCRIBED.
     pub(super) wildcard: Option<u32>,
+    /// The queue group it joins, if any.
+    pub(super) group: Option<&'a str>,
 }
 
 /// A SUBSCRIBE that was refused (counted), with what to tell the client.
@@ -101,6 +104,9 @@ pub(super) struct Subscriptions {
     timers: BinaryHeap<Reverse<(Instant, SocketAddr, u32, ChannelId)>>,
     /// Subscriptions dropped since the conductor last asked.
     lost: Vec<Lost>,
+    /// Channels whose reliable queue groups have messages to give again
+    /// (a member left), handed out in [`Subscriptions::settle`].
+    regroup: Vec<ChannelId>,
 }
 
 impl Subscriptions {
@@ -114,6 +120,7 @@ impl Subscriptions {
             replay_spent: HashMap::new(),
             timers: BinaryHeap::new(),
             lost: Vec::new(),
+            regroup: Vec::new(),
         }
     }
 
@@ -181,7 +188,7 @@ impl Subscriptions {
         &mut self,
         now: Now,
         from: SocketAddr,
-        request: Request,
+        request: Request<'_>,
         id: ChannelId,
         channels: &mut Channels,
         peers: &mut Peers,
@@ -194,6 +201,7 @@ impl Subscriptions {
             start,
             owner,
             wildcard,
+            group,
         } = request;
         let Some((first, next_offset)) = channels[id].storage.offsets() else {
             counters.dropped_unavailable += 1;
@@ -211,16 +219,30 @@ impl Subscriptions {
             StartPosition::Earliest => first,
             StartPosition::Offset(o) => o.max(first),
         };
+        let reliable = mode == DeliveryMode::Reliable;
         let existing = peers.channel_of(&from, sub_id);
-        let is_new = existing != Some(id);
+        // The same subscription, unless it joins or leaves a group.
+        let same = existing == Some(id)
+            && subscriber(&mut channels[id].subscribers, from, sub_id)
+                .is_some_and(|s| s.group.as_deref() == group);
+        let is_new = !same;
         if is_new {
-            // New, or replacing one of the same id to another channel; a
-            // keepalive or a retried subscribe leaves it as it is.
+            // New, or replacing one of the same id; a keepalive or a
+            // retried subscribe leaves it as it is.
+            if let Some(name) = group {
+                check_group(&channels[id], name, reliable, counters)?;
+            }
             if existing.is_some() {
                 self.unsubscribe(from, sub_id, channels, peers, counters);
             }
-            let arq = (mode == DeliveryMode::Reliable)
-                .then(|| Box::new(Sender::new(self.limits.arq, cursor)));
+            // A reliable member's ARQ numbers its own messages from 0.
+            let member = reliable && group.is_some();
+            let arq = reliable.then(|| {
+                Box::new(Sender::new(
+                    self.limits.arq,
+                    if member { 0 } else { cursor },
+                ))
+            });
             let new = (sub_id, id, cursor);
             if let Err(reason) = self.add(now.instant, from, owner, new, arq, channels, peers) {
                 channels.forget_idle(id, counters);
@@ -231,8 +253,18 @@ impl Subscriptions {
                 });
             }
             counters.subscriptions_opened += 1;
-            if matches!(start, StartPosition::Offset(o) if o < first) {
+            if matches!(start, StartPosition::Offset(o) if o < first) && group.is_none() {
                 counters.replay_gaps += 1;
+            }
+            if let Some(name) = group {
+                let channel = &mut channels[id];
+                if member && !channel.groups.iter().any(|g| *g.name == *name) {
+                    channel.groups.push(Group::new(name, next_offset));
+                }
+                if let Some(sub) = subscriber(&mut channel.subscribers, from, sub_id) {
+                    sub.group = Some(name.into());
+                    sub.share = member.then(Box::default);
+                }
             }
         }
         let Some(sub) = subscriber(&mut channels[id].subscribers, from, sub_id) else {
@@ -243,12 +275,17 @@ impl Subscriptions {
             None => sub.cursor,
         };
         let reliable = sub.arq.is_some();
+        // A reliable member's offsets are its own.
+        let next_offset = match (&sub.arq, &sub.share) {
+            (Some(arq), Some(_)) => arq.next_seq(),
+            _ => next_offset,
+        };
         // Behind the head, plain or reliable, it replays: within its
         // client's replay budget, from the replay queue. (A live reliable
         // one a little behind, its window full, is not made to replay by
-        // its keepalive.)
+        // its keepalive; a group member is given what the group has.)
         let behind = match &sub.arq {
-            Some(arq) => is_new && arq.next_seq() < next_offset,
+            Some(arq) => is_new && sub.share.is_none() && arq.next_seq() < next_offset,
             None => sub.cursor < next_offset,
         };
         if behind && !sub.replaying {
@@ -306,6 +343,7 @@ impl Subscriptions {
             pieces_in: Vec::new(),
             group: None,
             recent: (0.0, 0),
+            share: None,
         });
         self.count += 1;
         Ok(())
@@ -378,13 +416,16 @@ impl Subscriptions {
         channels: &mut Channels,
         counters: &mut Counters,
     ) {
-        let subs = &mut channels[ch].subscribers;
-        if let Some(pos) = subs
+        let channel = &mut channels[ch];
+        if let Some(pos) = (channel.subscribers)
             .iter()
             .position(|s| s.peer == peer && s.sub_id == sub_id)
         {
-            subs.swap_remove(pos);
+            let sub = channel.subscribers.swap_remove(pos);
             self.count -= 1;
+            if groups::leaving(channel, &sub, counters) && !self.regroup.contains(&ch) {
+                self.regroup.push(ch);
+            }
         }
         channels.forget_idle(ch, counters);
     }
@@ -438,12 +479,77 @@ impl Subscriptions {
             sub.timer_at = Some(at);
             self.timers.push(Reverse((at, peer, sub_id, ch)));
         }
+        // A reliable member's new messages come from its group.
+        let group = sub.share.is_some().then(|| sub.group.clone()).flatten();
         if let Some(reason) = pumped.trouble {
             self.unsubscribe(peer, sub_id, channels, peers, counters);
             counters.subscribers_lost += 1;
             let reason = format!("reliable subscription {sub_id} dropped: {reason}");
             tracing::info!(%peer, "{reason}");
             self.lost.push(Lost { peer, reason });
+        } else if let Some(name) = group
+            && let Some(gi) = channels[ch].groups.iter().position(|g| g.name == name)
+        {
+            self.dispatch(now, ch, gi, channels, outbox, counters);
+        }
+    }
+
+    /// Hands out the waiting messages of every reliable queue group of
+    /// channel `ch` (after an append).
+    pub(super) fn dispatch_all(
+        &mut self,
+        now: Now,
+        ch: ChannelId,
+        channels: &mut Channels,
+        outbox: &mut Outbox,
+        counters: &mut Counters,
+    ) {
+        for gi in 0..channels[ch].groups.len() {
+            self.dispatch(now, ch, gi, channels, outbox, counters);
+        }
+    }
+
+    /// Hands out the messages that members who left had not acknowledged.
+    pub(super) fn settle(
+        &mut self,
+        now: Now,
+        channels: &mut Channels,
+        outbox: &mut Outbox,
+        counters: &mut Counters,
+    ) {
+        while let Some(ch) = self.regroup.pop() {
+            self.dispatch_all(now, ch, channels, outbox, counters);
+        }
+    }
+
+    /// Hands out reliable queue group `gi` of channel `ch`'s waiting
+    /// messages to its members (see [`groups::dispatch`]), and arms the
+    /// timers of those sent something.
+    fn dispatch(
+        &mut self,
+        now: Now,
+        ch: ChannelId,
+        gi: usize,
+        channels: &mut Channels,
+        outbox: &mut Outbox,
+        counters: &mut Counters,
+    ) {
+        let channel = &mut channels[ch];
+        let out = groups::dispatch(channel, gi, outbox, counters, now.instant, now.unix_nanos);
+        for i in out.sent_to {
+            let sub = &mut channel.subscribers[i];
+            let at = sub.arq.as_deref().and_then(Sender::poll_timeout);
+            if let Some(at) = at
+                && sub.timer_at.is_none_or(|t| at < t)
+            {
+                sub.timer_at = Some(at);
+                self.timers.push(Reverse((at, sub.peer, sub.sub_id, ch)));
+            }
+        }
+        if let Some(e) = out.damaged {
+            tracing::error!(channel = %channel.name, "not serving channel: {e}");
+            counters.log_errors += 1;
+            channel.storage = Storage::Failed(e.to_string());
         }
     }
 
@@ -584,6 +690,38 @@ impl Subscriptions {
     }
 }
 
+/// Refuses (counted) a new member of group `name` of `channel` whose kind
+/// (reliable or plain) is not the group's: a group's members are all one
+/// or all the other.
+fn check_group(
+    channel: &Channel,
+    name: &str,
+    reliable: bool,
+    counters: &mut Counters,
+) -> Result<(), Refusal> {
+    let group_is_reliable = channel.groups.iter().any(|g| *g.name == *name);
+    let group_is_plain = (channel.subscribers)
+        .iter()
+        .any(|s| s.share.is_none() && s.group.as_deref() == Some(name));
+    let clash = match reliable {
+        true => group_is_plain.then_some("plain"),
+        false => group_is_reliable.then_some("reliable"),
+    };
+    match clash {
+        None => Ok(()),
+        Some(kind) => {
+            counters.dropped_unsupported += 1;
+            Err(Refusal {
+                code: ErrorCode::UNSUPPORTED,
+                reason: format!(
+                    "queue group {name} of channel {} is {kind}: its members must all be",
+                    channel.name
+                ),
+            })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -629,6 +767,7 @@ mod tests {
             start: StartPosition::Latest,
             owner: Owner::ADDRESS,
             wildcard: None,
+            group: None,
         };
         let (channels, peers) = (&mut p.channels, &mut p.peers);
         (p.subs).subscribe(

@@ -279,6 +279,7 @@ impl Relay {
                 start: StartPosition::Latest,
                 owner,
                 wildcard: Some(sub_id),
+                group: None,
             };
             if let Err(refusal) = self.open_subscription(now, from, request, ch) {
                 self.reply_error(now, from, refusal.code, &refusal.reason);
@@ -341,6 +342,7 @@ impl Relay {
             start,
             owner,
             wildcard: Some(sub_id),
+            group: None,
         };
         match self.open_subscription(now, peer, request, ch) {
             Ok(()) => {

@@ -299,6 +299,13 @@ impl Subscriber {
         Subscriber { guard, stderr: rx }
     }
 
+    /// Its stdout, line by line as it comes (`finish` then returns none of
+    /// it).
+    pub fn stdout_lines(&mut self) -> mpsc::Receiver<String> {
+        let stdout = self.guard.child().stdout.take();
+        line_reader(stdout.expect("stdout is read once"))
+    }
+
     /// Waits (within the deadline) for a line of stderr holding `needle`;
     /// returns the lines before it and it.
     pub fn stderr_until(&self, needle: &str) -> String {

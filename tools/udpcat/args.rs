@@ -94,10 +94,12 @@ pub enum Command {
         #[arg(long)]
         reliable: bool,
         /// Join this queue group of the channel: the members of a group (on
-        /// any number of hosts) share its messages, each to the least loaded
-        /// of them; plain, from the latest message [default: none, every
-        /// message].
-        #[arg(long, value_name = "NAME", conflicts_with_all = ["reliable", "from"])]
+        /// any number of hosts) share its messages from the latest on, each
+        /// to the least loaded of them. With --reliable, every message is
+        /// acknowledged by one member, a message a member leaves without
+        /// acknowledging goes to another, and the offsets shown are the
+        /// member's own (0, 1, 2...) [default: none, every message].
+        #[arg(long, value_name = "NAME", conflicts_with = "from")]
         group: Option<String>,
         /// With --reliable: print the receive counters (in order,
         /// duplicates, out of order) on stderr when done [default: off].

@@ -4,8 +4,7 @@
 use std::time::Instant;
 
 use udprelay::client::{
-    AnySubscription, ClientError, Subscription, SubscriptionEvent, WildcardEvent,
-    WildcardSubscription,
+    AnySubscription, ClientError, SubscriptionEvent, WildcardEvent, WildcardSubscription,
 };
 use udprelay::reliable::ReceiverStats;
 use udprelay::wire::{DeliveryMode, ErrorCode, StartPosition};
@@ -34,23 +33,21 @@ pub enum Either {
 }
 
 impl Either {
-    /// A subscription to `channel` (a pattern if it has a `*` or `>`
-    /// token), sending its first request at `now`.
-    /// A member of queue group `group` of `channel` (plain, from the
-    /// latest message), sending its first request at `now`.
+    /// A member of queue group `group` of `channel` (plain or reliable, as
+    /// `mode` says), sending its first request at `now`.
     pub fn member(
+        mode: DeliveryMode,
         sub_id: u32,
         channel: &str,
         group: &str,
         now: Instant,
     ) -> Result<Either, ClientError> {
-        let sub = Subscription::new(sub_id, channel, StartPosition::Latest, now)?.join(group)?;
-        Ok(Either::One(
-            AnySubscription::Plain(sub),
-            channel.to_string(),
-        ))
+        let sub = AnySubscription::new(mode, sub_id, channel, StartPosition::Latest, now)?;
+        Ok(Either::One(sub.join(group)?, channel.to_string()))
     }
 
+    /// A subscription to `channel` (a pattern if it has a `*` or `>`
+    /// token), sending its first request at `now`.
     pub fn new(
         mode: DeliveryMode,
         sub_id: u32,
