@@ -143,6 +143,9 @@ pub struct RelayConfig {
     pub session_memory: usize,
     /// Most reliable publishing sessions across all clients.
     pub max_sessions: usize,
+    /// NATS servers of the JetStream cluster this relay is an edge of
+    /// (`nats://HOST:PORT`); empty: a relay on its own.
+    pub cluster: Vec<String>,
 }
 
 impl Default for RelayConfig {
@@ -172,6 +175,7 @@ impl Default for RelayConfig {
             reassembly_memory: 64 << 20,
             session_memory: 64 << 20,
             max_sessions: 100_000,
+            cluster: Vec::new(),
         }
     }
 }
@@ -243,6 +247,14 @@ impl RelayConfig {
                 "lease must be between 10ms and 24h, got {:?}",
                 self.lease
             )));
+        }
+        for url in &self.cluster {
+            let hostport = url.strip_prefix("nats://").unwrap_or("");
+            if hostport.is_empty() || hostport.contains(['/', ' ']) || !hostport.contains(':') {
+                return Err(ConfigError::OutOfRange(format!(
+                    "invalid cluster server {url:?}: expected nats://HOST:PORT"
+                )));
+            }
         }
         let channels = self
             .raw_in

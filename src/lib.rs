@@ -31,8 +31,11 @@
 //!   replay, reliable sends), peers and leases, durability and retention,
 //!   address validation (tokens, and what an unproven address may be
 //!   sent), keyed sessions (`relay::secure`: handshakes answered, datagrams
-//!   opened and sealed, permissions), replies and counters, one file each. No sockets, no clock: its only
-//!   I/O is its channels' logs.
+//!   opened and sealed, permissions), queue groups (`relay::groups`), the
+//!   core's side of a cluster (`relay::cluster`: what goes up to NATS
+//!   JetStream, what this relay follows, other relays' messages appended
+//!   once each), replies and counters, one file each. No sockets, no
+//!   clock: its only I/O is its channels' logs.
 //! - [`reliable`]: the sans-IO ARQ over sequence numbers only, split by
 //!   state: the RTT estimator (RTO, backoff, Karn), the congestion window,
 //!   the pacer, the sender that conducts them (sequence space, RACK loss
@@ -67,7 +70,9 @@
 //! - [`driver`]: the mio event loop around a [`relay::Relay`]: sockets,
 //!   send queue, deadlines, the background sync thread, SIGINT/SIGTERM;
 //!   [`driver::batch`] sends and receives many datagrams per system call
-//!   (recvmmsg/sendmmsg, UDP GSO/GRO), also for udpbench.
+//!   (recvmmsg/sendmmsg, UDP GSO/GRO), also for udpbench; `driver::bridge`
+//!   (feature `cluster`) is the thread that runs the NATS client
+//!   (`async-nats` on a current-thread tokio runtime) for `--cluster`.
 //! - [`config`]: validated relay configuration and the duration parser shared
 //!   by the binaries.
 //! - [`rng`]: the seeded generator used wherever randomness is needed.

@@ -42,6 +42,20 @@ enum Token {
     Rest,
 }
 
+/// True if `name` can be a NATS subject as it is (`udprelay.<name>`): no
+/// whitespace, no empty token, no `*` or `>` token. Other channels are
+/// served by their relay only.
+pub fn is_bridgeable(name: &str) -> bool {
+    !name.contains(char::is_whitespace) && name.split('.').all(is_name_token)
+}
+
+/// True if pattern `pattern` can be a NATS subject filter as it is
+/// (`udprelay.<pattern>`): no whitespace, no empty token; `*` and `>` mean
+/// the same in NATS.
+pub fn is_bridgeable_pattern(pattern: &str) -> bool {
+    !pattern.contains(char::is_whitespace) && pattern.split('.').all(|t| !t.is_empty())
+}
+
 /// A parsed NATS-style subject pattern, such as `sensors.>` or `orders.*.eu`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pattern {

@@ -185,6 +185,9 @@ struct RunArgs {
     /// Bytes per second of replay (subscriptions that start in the past) one client address gets, however many replays it opens.
     #[arg(long, default_value = "32000000", value_parser = config::parse_size)]
     replay_rate: u64,
+    /// Make this relay an edge of the NATS JetStream cluster at these servers (nats://HOST:PORT, comma-separated): every message stored here is published to the stream UDPRELAY (subject udprelay.CHANNEL), and messages published at other relays reach this relay's subscribers [default: none, a relay on its own].
+    #[arg(long, value_name = "URLS", value_delimiter = ',')]
+    cluster: Vec<String>,
     /// After each datagram, keep polling the sockets without sleeping for this long (e.g. 200us): lower latency for CPU time; 0 sleeps at once.
     #[arg(long, default_value = "0ms", value_parser = config::parse_duration)]
     busy_poll: Duration,
@@ -280,6 +283,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         truncate_corrupt: args.truncate_corrupt,
         replay_rate: args.replay_rate,
         busy_poll: args.busy_poll,
+        cluster: args.cluster,
         arq: ArqConfig {
             bundle_limit: args.bundle_limit,
             ..ArqConfig::default()

@@ -30,6 +30,8 @@ use thiserror::Error;
 use tracing::{debug, info, warn};
 
 pub mod batch;
+#[cfg(feature = "cluster")]
+pub mod bridge;
 
 use crate::config::{ConfigError, RelayConfig};
 use crate::log::{FsyncMode, LogError};
@@ -253,6 +255,10 @@ pub struct Driver {
     sender: batch::BatchSender,
     /// Background syncs (`--fsync interval`): requests out, results back.
     syncer: Syncer,
+    /// With `--cluster`: the bridge thread, and when how far each channel
+    /// is bridged was last written.
+    #[cfg(feature = "cluster")]
+    bridge: Option<(bridge::Bridge, Instant)>,
 }
 
 /// The share of time the event loop spends working rather than waiting in
@@ -435,6 +441,28 @@ impl Driver {
         }
         let waker = Arc::new(Waker::new(poll.registry(), WAKE_TOKEN)?);
         shutdown.register(&poll, Arc::clone(&waker))?;
+        #[cfg(feature = "cluster")]
+        let bridge = match config.cluster.is_empty() {
+            true => None,
+            false => {
+                let (id, unreadable) = relay.join_cluster(now())?;
+                if unreadable > 0 {
+                    warn!(
+                        lines = unreadable,
+                        "cluster: unreadable lines in the BRIDGED file: those channels are sent again"
+                    );
+                }
+                info!(relay = %format!("{id:016x}"), servers = ?config.cluster, "cluster: joining");
+                let bridge = bridge::Bridge::start(config.cluster.clone(), id, Arc::clone(&waker))?;
+                Some((bridge, Instant::now()))
+            }
+        };
+        #[cfg(not(feature = "cluster"))]
+        if !config.cluster.is_empty() {
+            return Err(DriverError::Config(ConfigError::OutOfRange(
+                "--cluster: this udprelay was built without the `cluster` feature".into(),
+            )));
+        }
         let syncer = Syncer::start(waker)?;
         Ok(Driver {
             poll,
@@ -452,6 +480,8 @@ impl Driver {
             recv: batch::RecvBatch::new(),
             sender: batch::BatchSender::new(),
             syncer,
+            #[cfg(feature = "cluster")]
+            bridge,
         })
     }
 
@@ -517,8 +547,8 @@ impl Driver {
                             }
                         }
                     }
-                    // A finished sync, or a shutdown request, whose flag
-                    // was read above.
+                    // A finished sync, the bridge's news, or a shutdown
+                    // request, whose flag was read above.
                     WAKE_TOKEN => self.syncer.collect(&mut self.relay),
                     Token(t) => {
                         let i = t - 1;
@@ -541,10 +571,12 @@ impl Driver {
             }
             self.relay.handle_timeout(now());
             self.syncer.submit(&mut self.relay);
+            self.bridge(false);
             self.send_all()?;
         }
         self.syncer.finish(&mut self.relay);
         self.relay.sync_all();
+        self.bridge(true);
         self.send_all()?;
         if !self.send_queue.is_empty() {
             warn!(
@@ -554,6 +586,28 @@ impl Driver {
         }
         Ok(())
     }
+
+    /// With a cluster: moves work between the core and the bridge thread,
+    /// and writes how far each channel is bridged once a second (and when
+    /// `last`, at shutdown).
+    #[cfg(feature = "cluster")]
+    fn bridge(&mut self, last: bool) {
+        let Some((bridge, saved_at)) = &mut self.bridge else {
+            return;
+        };
+        if !last {
+            bridge.exchange(&mut self.relay, now());
+        }
+        if last || saved_at.elapsed() >= Duration::from_secs(1) {
+            *saved_at = Instant::now();
+            if let Err(e) = self.relay.save_bridged() {
+                warn!("cluster: cannot keep how far channels are bridged: {e}");
+            }
+        }
+    }
+
+    #[cfg(not(feature = "cluster"))]
+    fn bridge(&mut self, _last: bool) {}
 
     /// Reads socket `i` until it would block or the budget is spent; returns
     /// true if data may remain.

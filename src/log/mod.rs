@@ -35,7 +35,7 @@ pub mod shared;
 
 pub use channel::{ChannelLog, LogStats, SyncJob};
 pub use recovery::{DAMAGE_NOTE, Recovery, RecoveryMode};
-pub use segment::{Record, RecordMark, SessionMark};
+pub use segment::{REMOTE_CLIENT, Record, RecordMark, SessionMark};
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -286,6 +286,92 @@ impl DataDir {
         ChannelLog::open(&dir, &self.config, RecoveryMode::TolerateTornTail).map(|(log, _)| log)
     }
 }
+
+impl DataDir {
+    /// This relay's id in a cluster: made at random the first time (kept
+    /// in the file `RELAY_ID`, 16 hex digits), the same on every start.
+    pub fn relay_id(&self) -> Result<u64, LogError> {
+        let path = self.path.join(RELAY_ID_FILE);
+        let io = |source| LogError::Io {
+            path: path.clone(),
+            source,
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let text = text.trim();
+                match u64::from_str_radix(text, 16) {
+                    Ok(id) if text.len() == 16 => Ok(id),
+                    _ => Err(LogError::Corrupt {
+                        path: path.clone(),
+                        position: 0,
+                        reason: "not a relay id (16 hex digits)",
+                    }),
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut bytes = [0u8; 8];
+                getrandom::fill(&mut bytes).map_err(|e| io(std::io::Error::other(e)))?;
+                let id = u64::from_le_bytes(bytes);
+                let tmp = path.with_extension("tmp");
+                std::fs::write(&tmp, format!("{id:016x}\n")).map_err(io)?;
+                std::fs::rename(&tmp, &path).map_err(io)?;
+                Ok(id)
+            }
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    /// How far each channel was bridged to the cluster, as last written by
+    /// [`DataDir::write_bridged`] (file `BRIDGED`: one `offset<TAB>name`
+    /// line per channel). Lines that do not parse are skipped and counted
+    /// in the second value: resending from an earlier offset is harmless.
+    pub fn read_bridged(&self) -> Result<(Vec<(String, u64)>, usize), LogError> {
+        let path = self.path.join(BRIDGED_FILE);
+        let text = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+            Err(source) => return Err(LogError::Io { path, source }),
+        };
+        let (mut out, mut bad) = (Vec::new(), 0);
+        for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let parsed = std::str::from_utf8(line).ok().and_then(|line| {
+                let (offset, name) = line.split_once('\t')?;
+                crate::wire::validate_channel(name.as_bytes()).ok()?;
+                Some((name.to_string(), offset.parse().ok()?))
+            });
+            match parsed {
+                Some(entry) => out.push(entry),
+                None => bad += 1,
+            }
+        }
+        Ok((out, bad))
+    }
+
+    /// Writes how far each channel was bridged (see
+    /// [`DataDir::read_bridged`]), replacing the file whole.
+    pub fn write_bridged<'a>(
+        &self,
+        entries: impl IntoIterator<Item = (&'a str, u64)>,
+    ) -> Result<(), LogError> {
+        let path = self.path.join(BRIDGED_FILE);
+        let mut text = String::new();
+        for (name, offset) in entries {
+            text.push_str(&format!("{offset}\t{name}\n"));
+        }
+        let tmp = path.with_extension("tmp");
+        let io = |source| LogError::Io {
+            path: path.clone(),
+            source,
+        };
+        std::fs::write(&tmp, text).map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)
+    }
+}
+
+/// The file holding a relay's cluster id.
+pub const RELAY_ID_FILE: &str = "RELAY_ID";
+/// The file holding how far each channel was bridged to the cluster.
+pub const BRIDGED_FILE: &str = "BRIDGED";
 
 /// Every channel directory under `data_dir` that has a NAME file: (name, dir).
 pub fn channel_dirs(data_dir: &Path) -> Result<Vec<(String, PathBuf)>, LogError> {

@@ -33,7 +33,10 @@
 //! kill -9, not only while the relay runs. A session's records mostly
 //! follow one another, so after the first in a segment they carry the mark
 //! in the flags (SESSION_NEXT) and cost no more bytes than unmarked ones;
-//! a reader resolves them walking the segment from its start.
+//! a reader resolves them walking the segment from its start. A copy of a
+//! message from another relay of a cluster is marked in full, always, with
+//! client bit 63 set (`REMOTE_CLIENT`), the source relay's id as session
+//! and its offset there as seq.
 //!
 //! The record body is written first and the length last, so a reader that
 //! sees a length sees a whole record (and the CRC catches a torn one).
@@ -79,6 +82,35 @@ pub struct SessionMark {
     pub seq: u64,
 }
 
+/// The `client` of a [`SessionMark`] on a message copied from another relay
+/// of a cluster: its `session` is that relay's id, its `seq` the message's
+/// offset there. (Client tags of addresses never set this bit.)
+pub const REMOTE_CLIENT: u64 = 1 << 63;
+
+impl SessionMark {
+    /// The mark of a copy of message `offset` of relay `source`.
+    pub fn remote(source: u64, offset: u64) -> SessionMark {
+        SessionMark {
+            client: REMOTE_CLIENT,
+            session: source,
+            seq: offset,
+        }
+    }
+
+    /// True for the mark of a copy from another relay.
+    pub fn is_remote(&self) -> bool {
+        self.client & REMOTE_CLIENT != 0
+    }
+}
+
+impl RecordMark {
+    /// True if the record is a copy from another relay (those are always
+    /// marked in full).
+    pub fn is_remote(&self) -> bool {
+        matches!(self, RecordMark::Full(mark) if mark.is_remote())
+    }
+}
+
 /// A record's session mark as written: none, in full, or as a step from the
 /// last marked record before it in the segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +135,9 @@ impl RecordMark {
             return RecordMark::None;
         };
         match last {
+            // A copy from another relay is marked in full, so that any
+            // reader, from any position, sees where it came from.
+            _ if mark.is_remote() => RecordMark::Full(mark),
             Some(l)
                 if l.client == mark.client
                     && l.session == mark.session

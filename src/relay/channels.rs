@@ -108,6 +108,15 @@ pub(super) struct Channel {
     /// Reliable publishing sessions that may still append to it: while any
     /// does, its slot is not reused.
     pub(super) holds: usize,
+    /// With a cluster: every message of this relay below this offset is
+    /// stored in the cluster (as it reported).
+    pub(super) bridged_to: u64,
+    /// With a cluster: the next offset to hand to the bridge.
+    pub(super) bridge_next: u64,
+    /// In the cluster's queue of channels with messages to hand out.
+    pub(super) bridge_queued: bool,
+    /// Waiting to be tried again after the cluster did not store one.
+    pub(super) bridge_waiting: bool,
 }
 
 /// Why a channel did not store a message.
@@ -362,6 +371,10 @@ impl Channels {
             durable_to: 0,
             pinned: false,
             holds: 0,
+            bridged_to: 0,
+            bridge_next: 0,
+            bridge_queued: false,
+            bridge_waiting: false,
         };
         let id = match self.free.pop() {
             Some(id) => {

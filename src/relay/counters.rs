@@ -79,6 +79,20 @@ counters! {
     duplicates_dropped,
     /// Messages sent again to reliable subscribers (re-read from the log).
     reliable_retransmits,
+    /// Messages of this relay the cluster stored (PubAck).
+    bridge_published,
+    /// Messages of this relay the cluster did not store (sent again).
+    bridge_failed,
+    /// Messages never bridged: the channel name is not a NATS subject, or
+    /// retention deleted them first.
+    bridge_skipped,
+    /// Messages of other relays appended from the cluster.
+    bridge_received,
+    /// Messages from the cluster already stored (or this relay's own).
+    bridge_duplicates,
+    /// Messages from the cluster that came before an earlier one of their
+    /// source, asked for again.
+    bridge_ahead,
     /// Messages a reliable queue group member left without acknowledging,
     /// given to another member.
     group_redeliveries,

@@ -61,6 +61,7 @@
 
 mod answer;
 mod channels;
+mod cluster;
 mod counters;
 mod delivery;
 mod durability;
@@ -79,6 +80,7 @@ mod validation;
 mod wildcards;
 
 pub use crate::time::Now;
+pub use cluster::{Bridged, Interest, Outgoing, Receipt, Remote, WINDOW as BRIDGE_WINDOW};
 pub use counters::Counters;
 pub use durability::SyncRequest;
 pub use outbox::{Payload, Transmit};
@@ -175,6 +177,9 @@ pub struct Relay {
     data_dir: DataDir,
     /// When appended records are synced, and old segments deleted.
     durability: Durability,
+    /// With `--cluster`: what goes up to the cluster, and what this relay
+    /// wants from it.
+    cluster: Option<cluster::Cluster>,
 }
 
 impl Relay {
@@ -233,6 +238,7 @@ impl Relay {
             counters: Counters::default(),
             data_dir,
             durability: Durability::new(config.log.fsync, retention.then_some(now.instant)),
+            cluster: None,
         };
         for opened in opened {
             let storage = Storage::recovered(&opened.name, opened.log);
@@ -391,6 +397,9 @@ impl Relay {
             self.reassembly.next_deadline(),
             self.durability.next_deadline(),
             self.secure.as_ref().and_then(Secure::next_deadline),
+            self.cluster
+                .as_ref()
+                .and_then(cluster::Cluster::next_deadline),
         ]
         .into_iter()
         .flatten()
@@ -423,6 +432,12 @@ impl Relay {
         self.tell_lost(now);
         self.durability
             .handle_timeout(now, &mut self.channels, &mut self.counters);
+        if let Some(cluster) = &mut self.cluster {
+            let patterns = (self.wildcards.patterns())
+                .filter(|p| crate::subject::is_bridgeable_pattern(p))
+                .map(String::from);
+            cluster.handle_timeout(now.instant, &mut self.channels, patterns);
+        }
     }
 
     /// The next sync to run in the background, if any.
@@ -707,6 +722,9 @@ impl Relay {
         let stored = channel.store(&self.data_dir, now.unix_nanos, session, payload);
         let offset = stored.map_err(|refused| refused.counted(&mut self.counters))?;
         self.durability.appended(now.instant, id);
+        if let Some(cluster) = &mut self.cluster {
+            cluster.appended(&mut self.channels, id);
+        }
         if first && self.wildcards.count() > 0 {
             // A channel's first message: the wildcards matching it follow
             // it from here.
@@ -946,6 +964,159 @@ impl Relay {
                 .release(s, &mut self.channels, &mut self.counters);
         }
         peer.subscriptions.len()
+    }
+
+    /// Makes this relay an edge of a cluster, with id `id`: from now on
+    /// every message stored here is handed to the bridge
+    /// ([`Relay::poll_outgoing`]), from `bridged` on (how far each channel
+    /// was bridged before, as [`Relay::bridged`] said), and it says what it
+    /// wants from the cluster ([`Relay::poll_interest`]).
+    pub fn enable_cluster(&mut self, now: Now, id: u64, bridged: &[(String, u64)]) {
+        self.cluster = Some(cluster::Cluster::new(
+            id,
+            bridged,
+            &mut self.channels,
+            now.instant,
+        ));
+    }
+
+    /// This relay's id in its cluster, if it is in one.
+    pub fn cluster_id(&self) -> Option<u64> {
+        self.cluster.as_ref().map(|c| c.id)
+    }
+
+    /// Stored messages for the bridge to publish (at most 4,096 and 16 MiB
+    /// unreported at a time); report each with
+    /// [`Relay::handle_bridged`].
+    pub fn poll_outgoing(&mut self) -> Vec<Outgoing> {
+        let Some(cluster) = &mut self.cluster else {
+            return Vec::new();
+        };
+        match cluster.poll_outgoing(&mut self.channels, &mut self.counters) {
+            Ok(out) => out,
+            Err((ch, e)) => {
+                let channel = &mut self.channels[ch];
+                tracing::error!(channel = %channel.name, "not serving channel: {e}");
+                self.counters.log_errors += 1;
+                channel.storage = Storage::Failed(e.to_string());
+                Vec::new()
+            }
+        }
+    }
+
+    /// What the cluster did with a message handed out by
+    /// [`Relay::poll_outgoing`].
+    pub fn handle_bridged(&mut self, now: Now, receipt: Receipt, outcome: Bridged) {
+        if let Some(cluster) = &mut self.cluster {
+            let (channels, counters) = (&mut self.channels, &mut self.counters);
+            cluster.handle_bridged(now.instant, channels, counters, receipt, outcome);
+        }
+    }
+
+    /// Reads this relay's cluster id and how far its channels were bridged
+    /// from the data directory, and makes it an edge of the cluster (see
+    /// [`Relay::enable_cluster`]). Returns the id, and how many lines of
+    /// the bridged file did not parse (those channels are resent whole:
+    /// the cluster drops what it has).
+    pub fn join_cluster(&mut self, now: Now) -> Result<(u64, usize), LogError> {
+        let id = self.data_dir.relay_id()?;
+        let (bridged, bad) = self.data_dir.read_bridged()?;
+        self.enable_cluster(now, id, &bridged);
+        Ok((id, bad))
+    }
+
+    /// Writes how far each channel is bridged to the data directory, if it
+    /// changed since the last write; true if it wrote.
+    pub fn save_bridged(&mut self) -> Result<bool, LogError> {
+        let Some(bridged) = self.bridged() else {
+            return Ok(false);
+        };
+        let entries = bridged
+            .iter()
+            .map(|(name, offset)| (name.as_str(), *offset));
+        self.data_dir.write_bridged(entries)?;
+        Ok(true)
+    }
+
+    /// The next change in the channels and patterns this relay wants from
+    /// the cluster (those its clients subscribe to).
+    pub fn poll_interest(&mut self) -> Option<Interest> {
+        self.cluster.as_mut()?.poll_interest()
+    }
+
+    /// How far each channel is bridged, if that changed since the last
+    /// call: to keep in the data directory for the next start.
+    pub fn bridged(&mut self) -> Option<Vec<(String, u64)>> {
+        let cluster = self.cluster.as_mut()?;
+        if !cluster.progressed {
+            return None;
+        }
+        cluster.progressed = false;
+        let bridged = (self.channels.iter())
+            .filter(|c| !c.name.is_empty() && c.bridged_to > 0)
+            .map(|c| (c.name.to_string(), c.bridged_to))
+            .collect();
+        Some(bridged)
+    }
+
+    /// Message `offset` of relay `source` on `channel`, from the cluster:
+    /// appended and delivered here once, in each source's order. One that
+    /// comes before an earlier one of its source is [`Remote::Ahead`],
+    /// unless `past_a_gap` (the earlier ones are given up for lost): then
+    /// it is appended and the gap counted.
+    pub fn handle_remote(
+        &mut self,
+        now: Now,
+        channel: &str,
+        source: u64,
+        (offset, past_a_gap): (u64, bool),
+        payload: &[u8],
+    ) -> Remote {
+        let Some(cluster) = &self.cluster else {
+            return Remote::Refused;
+        };
+        let id = cluster.id;
+        if wire::validate_channel(channel.as_bytes()).is_err()
+            || crate::subject::is_pattern(channel)
+        {
+            // Never deliverable here: taken, and dropped.
+            self.counters.dropped_malformed += 1;
+            return Remote::Duplicate;
+        }
+        if payload.len() > self.max_message_size {
+            self.counters.dropped_too_large += 1;
+            return Remote::Duplicate;
+        }
+        let ch = self.channels.find_or_create(channel);
+        let last = match &self.channels[ch].storage {
+            Storage::Open(log) => log.session_last_seq(crate::log::REMOTE_CLIENT, source),
+            Storage::Empty => None,
+            Storage::Failed(_) => return Remote::Refused,
+        };
+        let mark = match cluster::place(id, source, offset, last) {
+            Ok(mark) => mark,
+            Err(Remote::Ahead) if past_a_gap => {
+                self.counters.replay_gaps += 1;
+                crate::log::SessionMark::remote(source, offset)
+            }
+            Err(outcome) => {
+                match outcome {
+                    Remote::Ahead => self.counters.bridge_ahead += 1,
+                    _ => self.counters.bridge_duplicates += 1,
+                }
+                self.channels.forget_idle(ch, &mut self.counters);
+                return outcome;
+            }
+        };
+        let outcome = match self.append(now, ch, Some(mark), payload) {
+            Ok(_) => {
+                self.counters.bridge_received += 1;
+                Remote::Appended
+            }
+            Err(_) => Remote::Refused,
+        };
+        self.tell_lost(now);
+        outcome
     }
 
     /// Sets the load a PONG reports to clients that ask (picking the least

@@ -7,6 +7,7 @@ use crate::log::LogError;
 use crate::wire::{DeliveryMode, ErrorCode, Frame, StartPosition, encode_datagram};
 use std::time::Duration;
 
+mod cluster;
 mod groups;
 mod wildcards;
 

@@ -85,6 +85,11 @@ impl Wildcards {
         }
     }
 
+    /// The patterns subscribed to (each as often as it is).
+    pub(super) fn patterns(&self) -> impl Iterator<Item = &str> {
+        self.by_id.values().map(|w| w.pattern.as_str())
+    }
+
     /// Wildcard subscriptions in all.
     pub(super) fn count(&self) -> usize {
         self.by_id.len()

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test file uses its own subset
 
 pub mod forge;
+pub mod nats;
 pub mod tap;
 
 use std::cell::RefCell;

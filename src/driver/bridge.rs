@@ -1,0 +1,488 @@
+//! The bridge to a NATS JetStream cluster (`--cluster`): the official
+//! client, `async-nats`, on a thread of its own with a current-thread tokio
+//! runtime, joined to the event loop by two queues and the loop's waker.
+//! The loop never waits for NATS: an outage only delays the bridge, and
+//! what is not yet bridged stays in the log (the core hands out a window of
+//! it at a time, see [`Relay::poll_outgoing`]).
+//!
+//! Up: each message the core hands out is published to `udprelay.<channel>`
+//! with `Nats-Msg-Id` = `<relay id, 16 hex digits>:<channel>:<offset>`; the
+//! PubAcks are awaited in order and reported back, stored or not. The
+//! stream (`UDPRELAY`, subjects `udprelay.>`, file storage, a two-hour
+//! duplicate window, up to three replicas) is made if missing.
+//!
+//! Down: for each channel or pattern the core follows, a durable pull
+//! consumer of this relay (named from the relay id and the subject) feeds
+//! the loop messages of other relays; each is acknowledged to JetStream
+//! once the core stored it (or had it), and asked for again later when the
+//! core could not take it yet. A subject no longer followed keeps its
+//! consumer, which JetStream deletes after a day without a pull.
+//!
+//! The queue to the thread is unbounded in type but bounded by what feeds
+//! it: the core's window of outgoing messages, the subjects followed, and
+//! one answer per message the thread handed over, of which the queue back
+//! (bounded) and each consumer's `max_ack_pending` hold a bounded number.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, stream};
+use mio::Waker;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::relay::{Bridged, Interest, Now, Outgoing, Receipt, Relay, Remote};
+
+/// The stream every relay of a cluster publishes to.
+pub const STREAM: &str = "UDPRELAY";
+/// The subject prefix of channels.
+pub const PREFIX: &str = "udprelay.";
+/// Messages the thread hands the loop before it waits for the loop.
+const BACK_QUEUE: usize = 1024;
+/// How long JetStream remembers a message id: a relay that comes back
+/// within this long resends what it had not seen acknowledged, and the
+/// stream drops what it had.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(2 * 3600);
+/// Unacknowledged messages a consumer hands out at most: twice what a
+/// relay has in flight, so that messages a relay sent again after later
+/// ones were stored (a server failed under it) are handed out while the
+/// later ones wait for them.
+const MAX_ACK_PENDING: i64 = 2 * crate::relay::BRIDGE_WINDOW as i64;
+/// How long a consumer waits for an acknowledgement before sending again.
+const ACK_WAIT: Duration = Duration::from_secs(10);
+/// How long JetStream keeps a relay's consumer that nobody pulls (the
+/// relay stopped following its subject, or is down).
+const CONSUMER_IDLE: Duration = Duration::from_secs(24 * 3600);
+/// How long a message the core could not take waits to come again.
+const NAK_DELAY: Duration = Duration::from_millis(200);
+/// Pause before trying again after NATS refused or failed.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// What the loop asks of the thread.
+enum ToBridge {
+    Publish(Outgoing),
+    Follow(String),
+    Unfollow(String),
+    Done(Box<jetstream::Message>, Remote),
+}
+
+/// What the thread tells the loop.
+enum FromBridge {
+    Published(Receipt, Bridged),
+    Message {
+        channel: String,
+        source: u64,
+        offset: u64,
+        message: Box<jetstream::Message>,
+    },
+}
+
+/// How long messages that came before an earlier one of their source wait
+/// for it (JetStream sends it again, or the source relay does) before it
+/// is given up for lost and they are appended past the gap.
+const GAP_WAIT: Duration = Duration::from_secs(60);
+
+/// A message of another relay held until the one before it comes: when it
+/// came, and the message.
+type HeldMessage = (Instant, Box<jetstream::Message>);
+
+/// The bridge thread, from the loop's side.
+pub struct Bridge {
+    to: mpsc::UnboundedSender<ToBridge>,
+    from: mpsc::Receiver<FromBridge>,
+    /// Messages of other relays that came before an earlier one of their
+    /// source, by (channel, source, offset): not acknowledged, so at most
+    /// every consumer's `max_ack_pending`.
+    held: BTreeMap<(String, u64, u64), HeldMessage>,
+    _thread: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Bridge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bridge").finish_non_exhaustive()
+    }
+}
+
+impl Bridge {
+    /// Starts the thread for relay `id`, connecting to `servers`; it wakes
+    /// the loop with `waker` when it has something for it.
+    pub fn start(servers: Vec<String>, id: u64, waker: Arc<Waker>) -> std::io::Result<Bridge> {
+        let (to, rx) = mpsc::unbounded_channel();
+        let (tx, from) = mpsc::channel(BACK_QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("udprelay-bridge".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                match runtime {
+                    Ok(rt) => rt.block_on(serve(servers, id, rx, Back { tx, waker })),
+                    Err(e) => warn!("cluster bridge not started: {e}"),
+                }
+            })?;
+        Ok(Bridge {
+            to,
+            from,
+            held: BTreeMap::new(),
+            _thread: thread,
+        })
+    }
+
+    /// Moves work between the core and the thread: what the cluster
+    /// answered and sent goes to the core; what the core has for the
+    /// cluster goes to the thread. Called on every turn of the loop.
+    pub fn exchange(&mut self, relay: &mut Relay, now: Now) {
+        while let Ok(back) = self.from.try_recv() {
+            match back {
+                FromBridge::Published(receipt, outcome) => {
+                    relay.handle_bridged(now, receipt, outcome)
+                }
+                FromBridge::Message {
+                    channel,
+                    source,
+                    offset,
+                    message,
+                } => self.take(relay, now, (channel, source, offset), message, false),
+            }
+        }
+        // Gaps waited for long enough: their first held message goes in
+        // past the gap, and those after it follow.
+        let stale: Vec<(String, u64, u64)> = (self.held.iter())
+            .filter(|(_, (since, _))| since.elapsed() >= GAP_WAIT)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in stale {
+            if let Some((_, message)) = self.held.remove(&key) {
+                self.take(relay, now, key, message, true);
+            }
+        }
+        for outgoing in relay.poll_outgoing() {
+            let receipt = outgoing.receipt();
+            if self.to.send(ToBridge::Publish(outgoing)).is_err() {
+                relay.handle_bridged(now, receipt, Bridged::Failed);
+            }
+        }
+        while let Some(interest) = relay.poll_interest() {
+            let ask = match interest {
+                Interest::Follow(name) => ToBridge::Follow(name),
+                Interest::Unfollow(name) => ToBridge::Unfollow(name),
+            };
+            let _ = self.to.send(ask);
+        }
+    }
+}
+
+impl Bridge {
+    /// Hands a message of another relay to the core; one that came before
+    /// an earlier one of its source is held, and the held ones that follow
+    /// one appended go in after it.
+    fn take(
+        &mut self,
+        relay: &mut Relay,
+        now: Now,
+        key: (String, u64, u64),
+        message: Box<jetstream::Message>,
+        past_a_gap: bool,
+    ) {
+        let (channel, source, offset) = key;
+        let place = (offset, past_a_gap);
+        let outcome = relay.handle_remote(now, &channel, source, place, &message.payload);
+        if outcome == Remote::Ahead {
+            // A second delivery of the same message replaces the first
+            // (acknowledging either is the same to JetStream).
+            let since = self
+                .held
+                .get(&(channel.clone(), source, offset))
+                .map_or_else(Instant::now, |(since, _)| *since);
+            self.held
+                .insert((channel, source, offset), (since, message));
+            return;
+        }
+        let _ = self.to.send(ToBridge::Done(message, outcome));
+        if outcome != Remote::Appended {
+            return;
+        }
+        let mut next = offset + 1;
+        while let Some((_, message)) = self.held.remove(&(channel.clone(), source, next)) {
+            let outcome =
+                relay.handle_remote(now, &channel, source, (next, false), &message.payload);
+            let _ = self.to.send(ToBridge::Done(message, outcome));
+            next += 1;
+        }
+    }
+}
+
+/// The thread's way back to the loop.
+#[derive(Clone)]
+struct Back {
+    tx: mpsc::Sender<FromBridge>,
+    waker: Arc<Waker>,
+}
+
+impl Back {
+    /// Hands the loop `item`, waiting while its queue is full; false once
+    /// the loop is gone.
+    async fn send(&self, item: FromBridge) -> bool {
+        let sent = self.tx.send(item).await.is_ok();
+        // A failed wake only delays this to the loop's next turn.
+        let _ = self.waker.wake();
+        sent
+    }
+}
+
+async fn serve(
+    servers: Vec<String>,
+    id: u64,
+    mut rx: mpsc::UnboundedReceiver<ToBridge>,
+    back: Back,
+) {
+    let client = loop {
+        let options = async_nats::ConnectOptions::new()
+            .name(format!("udprelay-{id:016x}"))
+            .retry_on_initial_connect();
+        match options.connect(servers.as_slice()).await {
+            Ok(client) => break client,
+            Err(e) => {
+                warn!("cluster: cannot connect to {servers:?}: {e}");
+                tokio::time::sleep(RETRY).await;
+            }
+        }
+    };
+    let js = jetstream::new(client.clone());
+    // Three replicas, or fewer where the cluster has fewer servers (the
+    // first relay to make the stream decides).
+    let mut replicas = 3;
+    let stream = loop {
+        let config = stream::Config {
+            name: STREAM.into(),
+            subjects: vec![format!("{PREFIX}>")],
+            storage: stream::StorageType::File,
+            duplicate_window: DUPLICATE_WINDOW,
+            num_replicas: replicas,
+            ..Default::default()
+        };
+        match js.get_or_create_stream(config).await {
+            Ok(stream) => break stream,
+            // "insufficient resources" from a cluster of fewer servers,
+            // "replicas > 1 not supported in non-clustered mode" from one.
+            Err(e)
+                if replicas > 1
+                    && ["insufficient resources", "replicas"]
+                        .iter()
+                        .any(|m| e.to_string().contains(m)) =>
+            {
+                replicas -= 1;
+            }
+            Err(e) => {
+                warn!("cluster: cannot open stream {STREAM}: {e}");
+                tokio::time::sleep(RETRY).await;
+            }
+        }
+    };
+    let replicas = stream.cached_info().config.num_replicas;
+    info!(relay = %format!("{id:016x}"), replicas, "cluster: bridged to stream {STREAM}");
+    // PubAcks, awaited in order by one task so that reports keep the order
+    // of the messages.
+    let (acks, pending) = mpsc::unbounded_channel();
+    tokio::spawn(await_acks(pending, back.clone()));
+    let mut followed: HashMap<String, tokio::task::AbortHandle> = HashMap::new();
+    while let Some(ask) = rx.recv().await {
+        match ask {
+            ToBridge::Publish(outgoing) => {
+                let receipt = outgoing.receipt();
+                let subject = format!("{PREFIX}{}", outgoing.name);
+                let message = jetstream::message::PublishMessage::build()
+                    .payload(outgoing.payload.into())
+                    .message_id(format!("{id:016x}:{}:{}", outgoing.name, outgoing.offset));
+                let ack = js.send_publish(subject, message).await;
+                let _ = acks.send((receipt, ack));
+            }
+            ToBridge::Follow(name) => {
+                let task = tokio::spawn(follow(stream.clone(), id, name.clone(), back.clone()));
+                if let Some(old) = followed.insert(name, task.abort_handle()) {
+                    old.abort();
+                }
+            }
+            ToBridge::Unfollow(name) => {
+                // The consumer stays (JetStream deletes it after
+                // CONSUMER_IDLE): followed again, it goes on from where it
+                // was, so a channel whose subscribers come back misses
+                // nothing published elsewhere meanwhile.
+                if let Some(task) = followed.remove(&name) {
+                    task.abort();
+                }
+            }
+            ToBridge::Done(message, outcome) => {
+                let kind = match outcome {
+                    Remote::Appended | Remote::Duplicate => jetstream::AckKind::Ack,
+                    Remote::Ahead | Remote::Refused => jetstream::AckKind::Nak(Some(NAK_DELAY)),
+                };
+                // Not acknowledged: JetStream sends it again after ACK_WAIT.
+                let _ = message.ack_with(kind).await;
+            }
+        }
+    }
+}
+
+/// A publish as sent: the future of its PubAck, or why it was not sent.
+type Sent = Result<jetstream::context::PublishAckFuture, jetstream::context::PublishError>;
+
+/// Reports each PubAck (or its failure) to the loop, in publish order. The
+/// acknowledgements are awaited together (each publish's timeout runs from
+/// when it was sent, not from when the one before it was answered).
+async fn await_acks(mut pending: mpsc::UnboundedReceiver<(Receipt, Sent)>, back: Back) {
+    use futures_util::StreamExt;
+    let mut waiting = futures_util::stream::FuturesOrdered::new();
+    loop {
+        tokio::select! {
+            next = pending.recv() => match next {
+                Some((receipt, sent)) => waiting.push_back(outcome(receipt, sent)),
+                None => return,
+            },
+            Some((receipt, outcome)) = waiting.next(), if !waiting.is_empty() => {
+                if !back.send(FromBridge::Published(receipt, outcome)).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// What became of a publish.
+async fn outcome(receipt: Receipt, sent: Sent) -> (Receipt, Bridged) {
+    use jetstream::context::PublishErrorKind;
+    let outcome = match sent {
+        Ok(ack) => match ack.await {
+            Ok(_) => Bridged::Stored,
+            Err(_) => Bridged::Failed,
+        },
+        Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+            warn!(
+                offset = receipt.offset,
+                "cluster: message larger than the cluster takes"
+            );
+            Bridged::Refused
+        }
+        Err(_) => Bridged::Failed,
+    };
+    (receipt, outcome)
+}
+
+/// The durable consumer name of relay `id` for channel or pattern `name`:
+/// NATS names may not hold `.`, `*` or `>`, so the subject is hashed.
+fn consumer_name(id: u64, name: &str) -> String {
+    let hash = blake3::hash(name.as_bytes());
+    let hex: String = hash.as_bytes()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("udprelay-{id:016x}-{hex}")
+}
+
+/// Consumes `udprelay.<name>` for relay `id` until aborted, handing every
+/// message of another relay to the loop; starts again after a failure.
+async fn follow(stream: stream::Stream, id: u64, name: String, back: Back) {
+    loop {
+        match consume(&stream, id, &name, &back).await {
+            Ok(()) => return, // the loop is gone
+            Err(e) => {
+                warn!(subject = %format!("{PREFIX}{name}"), "cluster: consumer failed: {e}");
+                tokio::time::sleep(RETRY).await;
+            }
+        }
+    }
+}
+
+async fn consume(
+    stream: &stream::Stream,
+    id: u64,
+    name: &str,
+    back: &Back,
+) -> Result<(), async_nats::Error> {
+    use futures_util::StreamExt;
+    let durable = consumer_name(id, name);
+    let config = consumer::pull::Config {
+        durable_name: Some(durable.clone()),
+        filter_subject: format!("{PREFIX}{name}"),
+        deliver_policy: consumer::DeliverPolicy::New,
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: ACK_WAIT,
+        max_ack_pending: MAX_ACK_PENDING,
+        inactive_threshold: CONSUMER_IDLE,
+        ..Default::default()
+    };
+    let consumer: consumer::PullConsumer = stream.get_or_create_consumer(&durable, config).await?;
+    let mut messages = consumer.messages().await?;
+    info!(subject = %format!("{PREFIX}{name}"), "cluster: following");
+    while let Some(message) = messages.next().await {
+        let message = message?;
+        let Some((source, offset)) = origin(&message) else {
+            // Not a relay's: nothing says where it belongs in any order.
+            let _ = message.ack().await;
+            continue;
+        };
+        let channel = message.subject.as_str().strip_prefix(PREFIX);
+        let Some(channel) = channel.map(String::from) else {
+            let _ = message.ack().await;
+            continue;
+        };
+        let item = FromBridge::Message {
+            channel,
+            source,
+            offset,
+            message: Box::new(message),
+        };
+        if !back.send(item).await {
+            return Ok(());
+        }
+    }
+    Err("the consumer's message stream ended".into())
+}
+
+/// The source relay and offset a message's id names
+/// (`<16 hex digits>:<channel>:<offset>`).
+fn origin(message: &jetstream::Message) -> Option<(u64, u64)> {
+    let id = message
+        .headers
+        .as_ref()?
+        .get(async_nats::header::NATS_MESSAGE_ID)?;
+    parse_message_id(id.as_str())
+}
+
+/// Parses `<16 hex digits>:<channel>:<offset>`.
+fn parse_message_id(id: &str) -> Option<(u64, u64)> {
+    let (relay, rest) = id.split_once(':')?;
+    let (_, offset) = rest.rsplit_once(':')?;
+    if relay.len() != 16 {
+        return None;
+    }
+    Some((u64::from_str_radix(relay, 16).ok()?, offset.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_ids_name_their_source_and_offset() {
+        assert_eq!(
+            parse_message_id("00000000000000ff:a:b:c:42"),
+            Some((255, 42)),
+            "a channel may hold colons"
+        );
+        for bad in [
+            "",
+            "ff:a:1",
+            "00000000000000ff:a",
+            "00000000000000zz:a:1",
+            "00000000000000ff:a:x",
+        ] {
+            assert_eq!(parse_message_id(bad), None, "{bad:?}");
+        }
+        assert_ne!(consumer_name(1, "a"), consumer_name(1, "b"));
+        assert_ne!(consumer_name(1, "a"), consumer_name(2, "a"));
+        assert!(!consumer_name(1, "sensors.>").contains(['.', '*', '>']));
+    }
+}

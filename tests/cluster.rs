@@ -1,0 +1,177 @@
+//! End to end on a real NATS JetStream cluster: three `nats-server`s and
+//! three relays on loopback, reliable publishers at one relay and reliable
+//! subscribers at another, with servers and relays killed mid-run.
+//! Skipped (saying so) where `nats-server` is not installed, unless
+//! `UDPRELAY_REQUIRE_NATS` is set, as `.ci/run` does.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+
+use common::nats::{self, NatsCluster};
+use common::*;
+
+const MESSAGES: usize = 100_000;
+
+/// What happens in the middle of the run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Midway {
+    Nothing,
+    KillNatsServer,
+    KillRelayA,
+}
+
+/// A relay that is an edge of `cluster`.
+fn edge(cluster: &NatsCluster) -> Relay {
+    Relay::start(&["--cluster", &cluster.urls()])
+}
+
+/// Waits until `relay` consumes `udprelay.<channel>` from the cluster.
+fn wait_following(relay: &Relay, channel: &str) {
+    let line = format!("following subject=udprelay.{channel}");
+    wait_until(&format!("the relay to follow {channel}"), || {
+        relay.stderr().contains(&line)
+    });
+}
+
+fn numbered(n: usize) -> String {
+    (0..n).map(|i| format!("order-{i:06}\n")).collect()
+}
+
+/// 100,000 messages published reliably at relay A reach a reliable
+/// subscriber at relay C, all, once, in A's order, whatever `midway` does.
+fn a_to_c(midway: Midway) {
+    if !nats::available() {
+        return;
+    }
+    let mut cluster = NatsCluster::start(3);
+    // A knows only the server that is killed: it must find the others
+    // from what that one told it.
+    let mut a = match midway {
+        Midway::KillNatsServer => Relay::start(&["--cluster", &cluster.url(0)]),
+        _ => edge(&cluster),
+    };
+    let _b = edge(&cluster);
+    let c = edge(&cluster);
+    let mut sub = Subscriber::start(&[
+        &c.addr_str(),
+        "orders",
+        "--reliable",
+        "--count",
+        &MESSAGES.to_string(),
+    ]);
+    let lines = sub.stdout_lines();
+    wait_following(&c, "orders");
+    let listen = a.addr_str();
+    let mut cmd = Command::new(udpcat_bin());
+    cmd.args([
+        "pub",
+        &listen,
+        "orders",
+        "--reliable",
+        "--reply-timeout",
+        "30s",
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    let mut publisher = ChildGuard::spawn("udpcat pub", &mut cmd);
+    let mut stdin = publisher.child().stdin.take().unwrap();
+    let input = numbered(MESSAGES);
+    let to_write = input.clone();
+    let writer = thread::spawn(move || {
+        use std::io::Write;
+        let _ = stdin.write_all(to_write.as_bytes());
+    });
+    let mut got: Vec<String> = Vec::with_capacity(MESSAGES);
+    let deadline = std::time::Instant::now() + 3 * DEADLINE;
+    // Takes lines until `n` in all; false if the deadline passed first.
+    let receive_until = |got: &mut Vec<String>, n: usize| -> bool {
+        while got.len() < n {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) => got.push(line),
+                Err(mpsc::RecvTimeoutError::Timeout) => return false,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        true
+    };
+    let stuck = |got: &[String], a: &Relay| -> String {
+        format!(
+            "{midway:?}: C got {} of {MESSAGES}\nA: {}\n{}\nC: {}\n{}",
+            got.len(),
+            bridge_counters(a),
+            tail(&a.stderr()),
+            bridge_counters(&c),
+            tail(&c.stderr())
+        )
+    };
+    if !receive_until(&mut got, MESSAGES / 3) {
+        panic!("{}", stuck(&got, &a));
+    }
+    match midway {
+        Midway::Nothing => {}
+        Midway::KillNatsServer => cluster.kill9(0),
+        Midway::KillRelayA => {
+            let dir = a.kill9();
+            a = Relay::start_at(dir, &listen, &["--cluster", &cluster.urls()]);
+        }
+    }
+    if !receive_until(&mut got, MESSAGES) {
+        panic!("{}", stuck(&got, &a));
+    }
+    let out = publisher.output_deadline(DEADLINE);
+    writer.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{midway:?}: the publisher failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, _, stderr) = sub.finish();
+    assert!(
+        status.success(),
+        "{midway:?}: the subscriber failed: {stderr}"
+    );
+    let want: Vec<&str> = input.lines().collect();
+    if got != want {
+        let first_wrong = got.iter().zip(&want).position(|(g, w)| g != w);
+        panic!(
+            "{midway:?}: C got {} messages for {MESSAGES}; first out of place at {first_wrong:?}",
+            got.len()
+        );
+    }
+    drop(a);
+}
+
+/// The relay's bridge counters, on one line.
+fn bridge_counters(relay: &Relay) -> String {
+    let out = udpcat(&["stats", &relay.addr_str()], b"");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("bridge_") || l.starts_with("replay_gaps"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+#[test]
+fn a_hundred_thousand_reliable_messages_cross_three_relays_once_in_order() {
+    a_to_c(Midway::Nothing);
+}
+
+#[test]
+fn a_nats_server_killed_mid_run_loses_and_doubles_nothing() {
+    a_to_c(Midway::KillNatsServer);
+}
+
+#[test]
+fn relay_a_killed_mid_run_and_restarted_loses_and_doubles_nothing() {
+    a_to_c(Midway::KillRelayA);
+}

@@ -1,0 +1,146 @@
+//! A NATS JetStream cluster of real `nats-server` processes on free
+//! loopback ports, each with its own store directory, killed on drop.
+//!
+//! Without `nats-server` on the PATH the tests that need one say so and
+//! pass, unless `UDPRELAY_REQUIRE_NATS` is set (as `.ci/run` does, after
+//! installing it): then its absence fails them.
+
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+
+use tempfile::TempDir;
+
+use super::{ChildGuard, wait_until};
+
+/// The server binary: on the PATH, or where Debian puts it (`/usr/sbin`,
+/// not on every user's PATH).
+fn server_bin() -> &'static str {
+    let on_path = Command::new("nats-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if on_path {
+        "nats-server"
+    } else {
+        "/usr/sbin/nats-server"
+    }
+}
+
+/// True if `nats-server` can be run; if not, says why tests are skipped
+/// (or fails when the environment requires it).
+pub fn available() -> bool {
+    let found = Command::new(server_bin())
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var_os("UDPRELAY_REQUIRE_NATS").is_none(),
+            "nats-server is required (UDPRELAY_REQUIRE_NATS) but not found: apt-get install nats-server"
+        );
+        eprintln!("skipped: nats-server not found (apt-get install nats-server)");
+    }
+    found
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked: the server binds it
+/// right after).
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().unwrap().port()
+}
+
+/// One server of the cluster.
+pub struct Node {
+    pub process: Option<ChildGuard>,
+    pub client_port: u16,
+    route_port: u16,
+    name: String,
+}
+
+/// A JetStream cluster of `n` servers.
+pub struct NatsCluster {
+    pub nodes: Vec<Node>,
+    dir: TempDir,
+}
+
+impl NatsCluster {
+    /// Starts `n` clustered servers and waits until each takes clients.
+    pub fn start(n: usize) -> NatsCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let nodes: Vec<Node> = (0..n)
+            .map(|i| Node {
+                process: None,
+                client_port: free_port(),
+                route_port: free_port(),
+                name: format!("n{i}"),
+            })
+            .collect();
+        let mut cluster = NatsCluster { nodes, dir };
+        for i in 0..n {
+            cluster.run(i);
+        }
+        cluster
+    }
+
+    /// (Re)starts server `i` on its ports and store.
+    pub fn run(&mut self, i: usize) {
+        let routes: Vec<String> = (self.nodes)
+            .iter()
+            .enumerate()
+            .filter(|&(k, _)| k != i)
+            .map(|(_, n)| format!("nats://127.0.0.1:{}", n.route_port))
+            .collect();
+        let node = &self.nodes[i];
+        let store = self.dir.path().join(&node.name);
+        let mut cmd = Command::new(server_bin());
+        cmd.args(["-a", "127.0.0.1", "-p"])
+            .arg(node.client_port.to_string())
+            .args(["-js", "-sd"])
+            .arg(&store)
+            .args(["-n", &node.name]);
+        if self.nodes.len() > 1 {
+            cmd.args(["--cluster_name", "udprelay-test", "--cluster"])
+                .arg(format!("nats://127.0.0.1:{}", node.route_port))
+                .arg("--routes")
+                .arg(routes.join(","));
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let process = ChildGuard::spawn("nats-server", &mut cmd);
+        let port = node.client_port;
+        self.nodes[i].process = Some(process);
+        wait_until(
+            &format!("nats-server {} to take clients", self.nodes[i].name),
+            || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        );
+    }
+
+    /// Kills server `i` with SIGKILL.
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut process) = self.nodes[i].process.take() {
+            let pid = process.child().id();
+            super::signal(pid, "KILL");
+            process.wait_deadline(super::DEADLINE);
+        }
+    }
+
+    /// Every server's client URL, comma-separated: the relays' `--cluster`.
+    pub fn urls(&self) -> String {
+        (self.nodes)
+            .iter()
+            .map(|n| format!("nats://127.0.0.1:{}", n.client_port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Server `i`'s client URL alone.
+    pub fn url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.nodes[i].client_port)
+    }
+}
