@@ -426,10 +426,12 @@ impl ReliableSubscription {
         }
         if now >= self.next_subscribe {
             self.next_subscribe = now + self.lease.map_or(SUBSCRIBE_RETRY, |l| l / 3);
-            // A member's start is the group's to say.
-            let start = match self.group {
-                Some(_) => StartPosition::Latest,
-                None => self.next_offset().map_or(self.start, StartPosition::Offset),
+            // A member asks to be numbered on from where its receiver is,
+            // should the relay have let it go; a new one from the start.
+            let start = match (&self.group, self.next_offset()) {
+                (_, Some(next)) => StartPosition::Offset(next),
+                (Some(_), None) => StartPosition::Latest,
+                (None, None) => self.start,
             };
             frames_due.push(Frame::Subscribe {
                 sub_id: self.sub_id,
@@ -468,16 +470,6 @@ impl ReliableSubscription {
                     lease,
                 } => {
                     self.lease = Some(lease);
-                    // A member the relay had let go and took in again
-                    // starts over at its new numbers.
-                    let renumbered = self.group.is_some()
-                        && self
-                            .receiver
-                            .as_ref()
-                            .is_some_and(|r| first_offset < r.cumulative());
-                    if renumbered {
-                        self.receiver = None;
-                    }
                     if self.receiver.is_none() {
                         self.receiver = Some(Receiver::new(self.config, first_offset));
                         self.next_subscribe = now + lease / 3;

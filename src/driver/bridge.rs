@@ -84,6 +84,10 @@ enum FromBridge {
 /// is given up for lost and they are appended past the gap.
 const GAP_WAIT: Duration = Duration::from_secs(60);
 
+/// Most payload bytes held waiting for an earlier message: past it a
+/// message ahead is asked for again later instead (JetStream keeps it).
+const HELD_BYTES: usize = 64 << 20;
+
 /// A message of another relay held until the one before it comes: when it
 /// came, and the message.
 type HeldMessage = (Instant, Box<jetstream::Message>);
@@ -96,6 +100,8 @@ pub struct Bridge {
     /// source, by (channel, source, offset): not acknowledged, so at most
     /// every consumer's `max_ack_pending`.
     held: BTreeMap<(String, u64, u64), HeldMessage>,
+    /// Payload bytes in `held`, at most [`HELD_BYTES`].
+    held_bytes: usize,
     _thread: JoinHandle<()>,
 }
 
@@ -126,6 +132,7 @@ impl Bridge {
             to,
             from,
             held: BTreeMap::new(),
+            held_bytes: 0,
             _thread: thread,
         })
     }
@@ -155,6 +162,7 @@ impl Bridge {
             .collect();
         for key in stale {
             if let Some((_, message)) = self.held.remove(&key) {
+                self.held_bytes -= message.payload.len();
                 self.take(relay, now, key, message, true);
             }
         }
@@ -167,7 +175,10 @@ impl Bridge {
         while let Some(interest) = relay.poll_interest() {
             let ask = match interest {
                 Interest::Follow(name) => ToBridge::Follow(name),
-                Interest::Unfollow(name) => ToBridge::Unfollow(name),
+                Interest::Unfollow(name) => {
+                    self.forget_held(&name);
+                    ToBridge::Unfollow(name)
+                }
             };
             let _ = self.to.send(ask);
         }
@@ -175,6 +186,21 @@ impl Bridge {
 }
 
 impl Bridge {
+    /// Drops, unacknowledged, the held messages of a subject no longer
+    /// followed: JetStream sends them again when it is followed again
+    /// (appending them past a gap meanwhile would lose the one missing).
+    fn forget_held(&mut self, name: &str) {
+        let pattern = crate::subject::Pattern::parse(name).ok();
+        let held_bytes = &mut self.held_bytes;
+        self.held.retain(|(channel, ..), (_, message)| {
+            let matches = pattern.as_ref().is_some_and(|p| p.matches(channel));
+            if matches {
+                *held_bytes -= message.payload.len();
+            }
+            !matches
+        });
+    }
+
     /// Hands a message of another relay to the core; one that came before
     /// an earlier one of its source is held, and the held ones that follow
     /// one appended go in after it.
@@ -190,26 +216,37 @@ impl Bridge {
         let place = (offset, past_a_gap);
         let outcome = relay.handle_remote(now, &channel, source, place, &message.payload);
         if outcome == Remote::Ahead {
+            let key = (channel, source, offset);
             // A second delivery of the same message replaces the first
             // (acknowledging either is the same to JetStream).
-            let since = self
-                .held
-                .get(&(channel.clone(), source, offset))
-                .map_or_else(Instant::now, |(since, _)| *since);
-            self.held
-                .insert((channel, source, offset), (since, message));
+            let since = match self.held.remove(&key) {
+                Some((since, old)) => {
+                    self.held_bytes -= old.payload.len();
+                    since
+                }
+                None => Instant::now(),
+            };
+            if self.held_bytes + message.payload.len() > HELD_BYTES {
+                // Asked for again later: JetStream keeps it.
+                let _ = self.to.send(ToBridge::Done(message, outcome));
+                return;
+            }
+            self.held_bytes += message.payload.len();
+            self.held.insert(key, (since, message));
             return;
         }
         let _ = self.to.send(ToBridge::Done(message, outcome));
         if outcome != Remote::Appended {
             return;
         }
-        let mut next = offset + 1;
-        while let Some((_, message)) = self.held.remove(&(channel.clone(), source, next)) {
-            let outcome =
-                relay.handle_remote(now, &channel, source, (next, false), &message.payload);
+        let mut next = offset.checked_add(1);
+        while let Some(at) = next
+            && let Some((_, message)) = self.held.remove(&(channel.clone(), source, at))
+        {
+            self.held_bytes -= message.payload.len();
+            let outcome = relay.handle_remote(now, &channel, source, (at, false), &message.payload);
             let _ = self.to.send(ToBridge::Done(message, outcome));
-            next += 1;
+            next = at.checked_add(1);
         }
     }
 }

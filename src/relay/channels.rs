@@ -113,6 +113,9 @@ pub(super) struct Channel {
     pub(super) bridged_to: u64,
     /// With a cluster: the next offset to hand to the bridge.
     pub(super) bridge_next: u64,
+    /// With a cluster: the first offset no message handed out covers (the
+    /// copies of other relays' messages scanned since the last one).
+    pub(super) bridge_cover: u64,
     /// In the cluster's queue of channels with messages to hand out.
     pub(super) bridge_queued: bool,
     /// Waiting to be tried again after the cluster did not store one.
@@ -373,6 +376,7 @@ impl Channels {
             holds: 0,
             bridged_to: 0,
             bridge_next: 0,
+            bridge_cover: 0,
             bridge_queued: false,
             bridge_waiting: false,
         };

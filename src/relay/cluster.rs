@@ -155,8 +155,13 @@ impl Cluster {
         };
         for (name, offset) in bridged {
             if let Some(ch) = channels.id(name) {
-                channels[ch].bridged_to = *offset;
-                channels[ch].bridge_next = *offset;
+                // Never past the log's end (a recovery may have cut it).
+                let channel = &mut channels[ch];
+                let end = channel.storage.offsets().map_or(0, |(_, next)| next);
+                let offset = (*offset).min(end);
+                channel.bridged_to = offset;
+                channel.bridge_next = offset;
+                channel.bridge_cover = offset;
             }
         }
         for ch in channels.ids() {
@@ -210,7 +215,8 @@ impl Cluster {
         self.interest_at = now + INTEREST_EVERY;
         let mut wanted: BTreeSet<String> = patterns.collect();
         for channel in channels.iter() {
-            if !channel.subscribers.is_empty() && crate::subject::is_bridgeable(&channel.name) {
+            let served = !channel.subscribers.is_empty() || !channel.raw_out.is_empty();
+            if served && crate::subject::is_bridgeable(&channel.name) {
                 wanted.insert(channel.name.to_string());
             }
         }
@@ -229,13 +235,18 @@ impl Cluster {
     }
 
     /// Stored messages for the bridge to publish, within the window; each
-    /// must be reported with [`Cluster::handle_bridged`].
+    /// must be reported with [`Cluster::handle_bridged`]. With
+    /// `durable_only`, only messages below a channel's `durable_to` (on
+    /// disk) go. A channel whose log fails to read is returned beside them,
+    /// to be stopped.
     pub(super) fn poll_outgoing(
         &mut self,
         channels: &mut Channels,
         counters: &mut Counters,
-    ) -> Result<Vec<Outgoing>, (ChannelId, LogError)> {
+        durable_only: bool,
+    ) -> (Vec<Outgoing>, Option<(ChannelId, LogError)>) {
         let mut out = Vec::new();
+        let mut failed = None;
         let mut turns = self.queue.len();
         while turns > 0 && self.in_flight.0 < WINDOW && self.in_flight.1 < WINDOW_BYTES {
             turns -= 1;
@@ -252,11 +263,16 @@ impl Cluster {
                 channel.bridge_queued = false;
                 continue;
             }
+            let limit = match durable_only {
+                true => channel.durable_to.min(log.next_offset()),
+                false => log.next_offset(),
+            };
             if !crate::subject::is_bridgeable(&channel.name) {
                 // Not a NATS subject (a space, an empty token): kept here only.
-                counters.bridge_skipped += log.next_offset().saturating_sub(channel.bridge_next);
-                channel.bridge_next = log.next_offset();
-                channel.bridged_to = log.next_offset();
+                counters.bridge_skipped += limit.saturating_sub(channel.bridge_next);
+                channel.bridge_next = channel.bridge_next.max(limit);
+                channel.bridge_cover = channel.bridge_next;
+                channel.bridged_to = channel.bridge_next;
                 channel.bridge_queued = false;
                 continue;
             }
@@ -264,53 +280,66 @@ impl Cluster {
                 // Retention deleted what was never bridged.
                 counters.bridge_skipped += log.first_offset() - channel.bridge_next;
                 channel.bridge_next = log.first_offset();
-                if channel.bridged_to < log.first_offset() {
-                    channel.bridged_to = log.first_offset();
-                }
+                channel.bridge_cover = channel.bridge_cover.max(log.first_offset());
+                channel.bridged_to = channel.bridged_to.max(log.first_offset());
             }
-            let (mut next, mut covers_from) = (channel.bridge_next, channel.bridge_next);
+            // `covers_from`: the first offset no message handed out covers
+            // (copies scanned since the last one sent, in earlier turns too).
+            let (mut next, mut covers_from) = (channel.bridge_next, channel.bridge_cover);
             let mut taken = 0;
             let in_flight = &mut self.in_flight;
             let name = &channel.name;
-            let scanned = log.scan(next, |r| {
-                if taken >= TURN || in_flight.0 >= WINDOW || in_flight.1 >= WINDOW_BYTES {
-                    return false;
-                }
-                next = r.offset + 1;
-                if r.mark.is_remote() {
-                    return true; // a copy: the cluster has it from its source
-                }
-                in_flight.0 += 1;
-                in_flight.1 += r.payload.len();
-                taken += 1;
-                out.push(Outgoing {
-                    channel: ch,
-                    name: name.clone(),
-                    offset: r.offset,
-                    covers_from,
-                    payload: r.payload.to_vec(),
-                });
-                covers_from = r.offset + 1;
-                true
-            });
+            let scanned = if next < limit {
+                log.scan(next, |r| {
+                    if r.offset >= limit
+                        || taken >= TURN
+                        || in_flight.0 >= WINDOW
+                        || in_flight.1 >= WINDOW_BYTES
+                    {
+                        return false;
+                    }
+                    next = r.offset + 1;
+                    if r.mark.is_remote() {
+                        return true; // a copy: the cluster has it from its source
+                    }
+                    in_flight.0 += 1;
+                    in_flight.1 += r.payload.len();
+                    taken += 1;
+                    out.push(Outgoing {
+                        channel: ch,
+                        name: name.clone(),
+                        offset: r.offset,
+                        covers_from,
+                        payload: r.payload.to_vec(),
+                    });
+                    covers_from = r.offset + 1;
+                    true
+                })
+            } else {
+                Ok(next)
+            };
             channel.bridge_next = next;
+            channel.bridge_cover = covers_from;
             if let Err(e) = scanned {
                 channel.bridge_queued = false;
-                return Err((ch, e));
+                failed = Some((ch, e));
+                continue;
             }
-            if next < log.next_offset() {
+            if next < limit {
                 self.queue.push_back(ch);
             } else {
+                // Queued again by the next append (or sync).
                 channel.bridge_queued = false;
                 if covers_from < next && covers_from == channel.bridged_to {
                     // Only copies since the last message sent: nothing to
                     // wait for.
                     channel.bridged_to = next;
+                    channel.bridge_cover = next;
                     self.progressed = true;
                 }
             }
         }
-        Ok(out)
+        (out, failed)
     }
 
     /// What the cluster did with the message of `receipt`.
@@ -341,6 +370,13 @@ impl Cluster {
             if covers_from <= channel.bridged_to && channel.bridged_to <= offset {
                 channel.bridged_to = offset + 1;
                 self.progressed = true;
+                if channel.bridged_to == channel.bridge_cover
+                    && channel.bridge_cover < channel.bridge_next
+                {
+                    // Only copies lie between it and the next to hand out.
+                    channel.bridged_to = channel.bridge_next;
+                    channel.bridge_cover = channel.bridge_next;
+                }
             }
             return;
         }
@@ -349,6 +385,7 @@ impl Cluster {
         // cluster drops what it has by message id), after a pause.
         if channel.bridge_next > channel.bridged_to {
             channel.bridge_next = channel.bridged_to;
+            channel.bridge_cover = channel.bridged_to;
         }
         if !channel.bridge_waiting {
             channel.bridge_waiting = true;

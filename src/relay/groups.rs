@@ -83,7 +83,8 @@ fn is_member(sub: &Subscriber, name: &str) -> bool {
     sub.share.is_some() && sub.group.as_deref() == Some(name)
 }
 
-/// A member is leaving: what it was given and had not acknowledged goes back
+/// A member is leaving: what it was given and had not acknowledged
+/// cumulatively goes back
 /// to its group, for another member; a group with no members left is
 /// ended. Returns true if there is something to give again.
 pub(super) fn leaving(channel: &mut Channel, sub: &Subscriber, counters: &mut Counters) -> bool {
@@ -101,10 +102,10 @@ pub(super) fn leaving(channel: &mut Channel, sub: &Subscriber, counters: &mut Co
     }
     let group = &mut channel.groups[gi];
     let mut given_back = 0;
+    // Everything not acknowledged cumulatively: what the member holds
+    // above a gap never reached its application (its receiver delivers
+    // in order).
     for seq in arq.snd_una()..arq.next_seq() {
-        if arq.is_acked(seq) {
-            continue;
-        }
         if let Some(offset) = share.offset(seq) {
             let at = group.orphans.partition_point(|&o| o < offset);
             if group.orphans.get(at) != Some(&offset) {

@@ -448,10 +448,19 @@ impl Relay {
     /// Reports how a background sync ended. A failed sync stops the channel:
     /// its writes are refused from then on, never retried into silence.
     pub fn handle_sync_done(&mut self, channel: usize, result: Result<u64, LogError>) {
-        if self
-            .durability
-            .handle_sync_done(&mut self.channels, &mut self.counters, channel, result)
+        let synced = (self.durability).handle_sync_done(
+            &mut self.channels,
+            &mut self.counters,
+            channel,
+            result,
+        );
+        if let Some(cluster) = &mut self.cluster
+            && channel < self.channels.ids().end
         {
+            // More of it may go to the cluster now.
+            cluster.appended(&mut self.channels, channel);
+        }
+        if synced {
             for (addr, session) in self.publishing.take_awaiting_sync() {
                 self.ack_session(addr, session);
             }
@@ -992,16 +1001,21 @@ impl Relay {
         let Some(cluster) = &mut self.cluster else {
             return Vec::new();
         };
-        match cluster.poll_outgoing(&mut self.channels, &mut self.counters) {
-            Ok(out) => out,
-            Err((ch, e)) => {
-                let channel = &mut self.channels[ch];
-                tracing::error!(channel = %channel.name, "not serving channel: {e}");
-                self.counters.log_errors += 1;
-                channel.storage = Storage::Failed(e.to_string());
-                Vec::new()
-            }
+        // What goes to the cluster is on disk first, as whatever else
+        // depends on a message is: synced now under `--fsync always`, below
+        // each channel's synced offset under `interval`.
+        self.durability
+            .before_send(&mut self.channels, &mut self.counters);
+        let durable_only = self.durability.acks_wait_for_sync();
+        let (out, failed) =
+            cluster.poll_outgoing(&mut self.channels, &mut self.counters, durable_only);
+        if let Some((ch, e)) = failed {
+            let channel = &mut self.channels[ch];
+            tracing::error!(channel = %channel.name, "not serving channel: {e}");
+            self.counters.log_errors += 1;
+            channel.storage = Storage::Failed(e.to_string());
         }
+        out
     }
 
     /// What the cluster did with a message handed out by
@@ -1085,6 +1099,11 @@ impl Relay {
         }
         if payload.len() > self.max_message_size {
             self.counters.dropped_too_large += 1;
+            return Remote::Duplicate;
+        }
+        if !self.channels.allowed(channel) {
+            // A new channel past --max-channels, as a client's would be.
+            self.counters.dropped_limit += 1;
             return Remote::Duplicate;
         }
         let ch = self.channels.find_or_create(channel);

@@ -235,14 +235,16 @@ impl Subscriptions {
             if existing.is_some() {
                 self.unsubscribe(from, sub_id, channels, peers, counters);
             }
-            // A reliable member's ARQ numbers its own messages from 0.
+            // A reliable member's ARQ numbers its own messages: from 0, or
+            // from where its client's receiver is (a member the relay had
+            // let go and takes in again).
             let member = reliable && group.is_some();
-            let arq = reliable.then(|| {
-                Box::new(Sender::new(
-                    self.limits.arq,
-                    if member { 0 } else { cursor },
-                ))
-            });
+            let first_seq = match (member, start) {
+                (false, _) => cursor,
+                (true, StartPosition::Offset(o)) => o,
+                (true, _) => 0,
+            };
+            let arq = reliable.then(|| Box::new(Sender::new(self.limits.arq, first_seq)));
             let new = (sub_id, id, cursor);
             if let Err(reason) = self.add(now.instant, from, owner, new, arq, channels, peers) {
                 channels.forget_idle(id, counters);

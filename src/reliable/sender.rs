@@ -182,15 +182,6 @@ impl Sender {
         self.stats
     }
 
-    /// True if `seq` was acknowledged, cumulatively or selectively.
-    pub fn is_acked(&self, seq: u64) -> bool {
-        if seq < self.snd_una {
-            return true;
-        }
-        let i = usize::try_from(seq - self.snd_una).unwrap_or(usize::MAX);
-        self.slots.get(i).is_some_and(|s| s.acked)
-    }
-
     /// Messages sent and not yet acknowledged.
     pub fn in_flight(&self) -> u64 {
         self.next_seq - self.snd_una

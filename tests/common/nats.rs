@@ -47,11 +47,18 @@ pub fn available() -> bool {
     found
 }
 
-/// A free TCP port on 127.0.0.1 (free when asked: the server binds it
-/// right after).
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().unwrap().port()
+/// `n` distinct free TCP ports on 127.0.0.1 (free when asked: each server
+/// binds its own right after; one that finds its port taken is started
+/// again on new ones).
+fn free_ports(n: usize) -> Vec<u16> {
+    // Held together until all are known, so that none is handed out twice.
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
 }
 
 /// One server of the cluster.
@@ -70,25 +77,32 @@ pub struct NatsCluster {
 
 impl NatsCluster {
     /// Starts `n` clustered servers and waits until each takes clients.
+    /// A port taken by someone else meanwhile (another test picks ports at
+    /// the same time) makes a server exit: then all start again on new
+    /// ports, a few times.
     pub fn start(n: usize) -> NatsCluster {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let nodes: Vec<Node> = (0..n)
-            .map(|i| Node {
-                process: None,
-                client_port: free_port(),
-                route_port: free_port(),
-                name: format!("n{i}"),
-            })
-            .collect();
-        let mut cluster = NatsCluster { nodes, dir };
-        for i in 0..n {
-            cluster.run(i);
+        for _ in 0..4 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let ports = free_ports(2 * n);
+            let nodes: Vec<Node> = (0..n)
+                .map(|i| Node {
+                    process: None,
+                    client_port: ports[2 * i],
+                    route_port: ports[2 * i + 1],
+                    name: format!("n{i}"),
+                })
+                .collect();
+            let mut cluster = NatsCluster { nodes, dir };
+            if (0..n).all(|i| cluster.run(i)) {
+                return cluster;
+            }
         }
-        cluster
+        panic!("nats-server did not start on free ports four times");
     }
 
-    /// (Re)starts server `i` on its ports and store.
-    pub fn run(&mut self, i: usize) {
+    /// (Re)starts server `i` on its ports and store and waits until it
+    /// takes clients; false if it exited first (its port was taken).
+    pub fn run(&mut self, i: usize) -> bool {
         let routes: Vec<String> = (self.nodes)
             .iter()
             .enumerate()
@@ -109,16 +123,20 @@ impl NatsCluster {
                 .arg("--routes")
                 .arg(routes.join(","));
         }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let process = ChildGuard::spawn("nats-server", &mut cmd);
+        let log_path = self.dir.path().join(format!("{}.log", node.name));
+        let log = std::fs::File::create(log_path).expect("server log file");
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         let port = node.client_port;
-        self.nodes[i].process = Some(process);
-        wait_until(
-            &format!("nats-server {} to take clients", self.nodes[i].name),
-            || TcpStream::connect(("127.0.0.1", port)).is_ok(),
-        );
+        let name = node.name.clone();
+        let process = self.nodes[i]
+            .process
+            .insert(ChildGuard::spawn("nats-server", &mut cmd));
+        let mut exited = false;
+        wait_until(&format!("nats-server {name} to take clients"), || {
+            exited = process.child().try_wait().ok().flatten().is_some();
+            exited || TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        !exited
     }
 
     /// Kills server `i` with SIGKILL.

@@ -217,3 +217,38 @@ fn the_relay_follows_the_channels_and_patterns_its_clients_subscribe_to() {
     let asked: Vec<Interest> = std::iter::from_fn(|| c.poll_interest()).collect();
     assert_eq!(asked, [Interest::Unfollow("news".into())]);
 }
+
+#[test]
+fn copies_between_own_messages_do_not_hold_back_how_far_it_is_bridged() {
+    let (mut c, _d) = clustered(C);
+    let t = start();
+    publish(&mut c, t, "news", b"own 0");
+    let first = c.poll_outgoing();
+    assert_eq!(first.len(), 1);
+    // A copy lands while 0 is out, and is scanned past.
+    assert_eq!(
+        c.handle_remote(t, "news", A, (0, false), b"copy 1"),
+        Remote::Appended
+    );
+    assert!(c.poll_outgoing().is_empty(), "a copy does not go up");
+    c.handle_bridged(t, first[0].receipt(), Bridged::Stored);
+    assert_eq!(c.bridged(), Some(vec![("news".to_string(), 2)]));
+    publish(&mut c, t, "news", b"own 2");
+    assert_eq!(bridge_all(&mut c, t, Bridged::Stored), [2]);
+    assert_eq!(c.bridged(), Some(vec![("news".to_string(), 3)]));
+}
+
+#[test]
+fn under_interval_fsync_only_what_is_on_disk_goes_up() {
+    let (mut a, _d) =
+        relay_with(|c| c.log.fsync = crate::log::FsyncMode::Interval(Duration::from_millis(10)));
+    let t = start();
+    a.enable_cluster(t, A, &[]);
+    publish(&mut a, t, "news", b"m");
+    assert!(a.poll_outgoing().is_empty(), "not synced yet");
+    let later = run_timers(&mut a, t, t.after(Duration::from_millis(50)));
+    let request = a.poll_sync().expect("a sync is due");
+    let durable = request.job.run().unwrap();
+    a.handle_sync_done(request.channel, Ok(durable));
+    assert_eq!(bridge_all(&mut a, later, Bridged::Stored), [0]);
+}

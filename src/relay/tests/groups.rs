@@ -281,3 +281,30 @@ fn a_group_is_reliable_or_plain_not_both() {
     let frames = Sent::collect(&mut r).frames_to(BOB);
     assert_eq!(frames, ["subscribed 2 first=0 next=0 lease=30000"]);
 }
+
+#[test]
+fn a_member_taken_back_goes_on_from_where_its_receiver_is() {
+    let (mut r, _dir) = relay();
+    let t = start();
+    let frame = Frame::Subscribe {
+        sub_id: 4,
+        mode: DeliveryMode::Reliable,
+        start: StartPosition::Offset(5),
+        channel: "jobs",
+        group: Some("workers"),
+    };
+    send(&mut r, t, ALICE, &[frame]);
+    publish(&mut r, t, "jobs", b"next");
+    let frames = Sent::collect(&mut r).frames_to(ALICE);
+    assert_eq!(
+        frames,
+        [
+            "subscribed 4 first=5 next=5 lease=30000",
+            "deliver 4 @5 next"
+        ]
+    );
+    // Its keepalive, numbered on, changes nothing.
+    send(&mut r, t, ALICE, &[frame]);
+    let frames = Sent::collect(&mut r).frames_to(ALICE);
+    assert_eq!(frames, ["subscribed 4 first=5 next=6 lease=30000"]);
+}
