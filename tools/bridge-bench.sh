@@ -22,6 +22,7 @@ nats=$(command -v nats-server || echo /usr/sbin/nats-server)
 [ -x "$nats" ] || { echo "bridge-bench: nats-server missing: apt-get install nats-server" >&2; exit 2; }
 dir=$(mktemp -d)
 pids=()
+nats_pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"' EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -34,6 +35,7 @@ for i in 0 1 2; do
         --cluster_name bench --cluster "nats://127.0.0.1:${route[$i]}" --routes "$routes" \
         > "$dir/nats$i.log" 2>&1 &
     pids+=($!)
+    nats_pids+=($!)
 done
 urls="nats://127.0.0.1:${client[0]},nats://127.0.0.1:${client[1]},nats://127.0.0.1:${client[2]}"
 for i in 0 1 2; do
@@ -50,8 +52,13 @@ start_relay() {
     addr=$(sed -n 's/^udprelay listening on //p' "$dir/$name.out")
 }
 start_relay alone; alone=$addr
-start_relay a --cluster "$urls"; a=$addr
-start_relay c --cluster "$urls"; c=$addr
+start_relay a --cluster "$urls"; a=$addr; a_pid=${pids[-1]}
+start_relay c --cluster "$urls"; c=$addr; c_pid=${pids[-1]}
+
+# CPU seconds (user + system) a process has used so far.
+cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"; }
+# CPU seconds of the three servers together.
+nats_cpu() { local t=0; for p in "${nats_pids[@]}"; do t=$(python3 -c "print($t + $(cpu "$p"))"); done; echo "$t"; }
 
 payloads="$dir/payloads"
 for i in $(seq 1 "$n"); do printf '%064d\n' "$i"; done | cut -c1-63 > "$payloads"
@@ -59,10 +66,11 @@ for i in $(seq 1 "$n"); do printf '%064d\n' "$i"; done | cut -c1-63 > "$payloads
 # rate PUB_RELAY SUB_RELAY CHANNEL [SUB_RELAY_ERR]: messages per second.
 rate() {
     local pub=$1 sub=$2 channel=$3 err=${4:-}
+    rm -f "$dir/sub.out" "$dir/sub.err"
     "$bin/udpcat" sub "$sub" "$channel" --reliable --count "$n" > "$dir/sub.out" 2> "$dir/sub.err" &
     local sub_pid=$!
     pids+=($sub_pid)
-    for _ in $(seq 100); do grep -q subscribed "$dir/sub.err" 2>/dev/null && break; sleep 0.05; done
+    for _ in $(seq 100); do grep -q "subscribed to" "$dir/sub.err" 2>/dev/null && break; sleep 0.05; done
     if [ -n "$err" ]; then
         for _ in $(seq 200); do grep -q "following subject=udprelay.$channel" "$err" && break; sleep 0.05; done
     fi
@@ -78,7 +86,11 @@ rate() {
 echo "messages=$n size=64 rounds=$rounds (rates in msg/s)"
 for r in $(seq 1 "$rounds"); do
     one=$(rate "$alone" "$alone" "one$r")
+    n0=$(nats_cpu) a0=$(cpu "$a_pid") c0=$(cpu "$c_pid")
     bridged=$(rate "$a" "$c" "bridge$r" "$dir/c.err")
+    n1=$(nats_cpu) a1=$(cpu "$a_pid") c1=$(cpu "$c_pid")
     js=$("$bin/examples/jetstream_publish" "nats://127.0.0.1:${client[0]}" "js$r" "$n" 64 | awk '{print $4}')
+    n2=$(nats_cpu)
     echo "round $r: one relay $one   A -> JetStream -> C $bridged   JetStream publish alone $js"
+    python3 -c "print(f'  CPU s for A -> C: nats-servers {$n1 - $n0:.1f}, relay A {$a1 - $a0:.1f}, relay C {$c1 - $c0:.1f}; for the JetStream publish: nats-servers {$n2 - $n1:.1f}')"
 done

@@ -251,9 +251,15 @@ fn main() -> ExitCode {
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 fn run(args: RunArgs) -> Result<ExitCode> {
+    // The NATS client says every reconnect attempt at info: during an
+    // outage that is a line a second; the bridge says what matters.
+    let filter = tracing_subscriber::EnvFilter::new(format!(
+        "{},async_nats=warn",
+        args.log_level.as_str().to_ascii_lowercase()
+    ));
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_max_level(args.log_level)
+        .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let config = RelayConfig {

@@ -16,7 +16,7 @@
 //! the loop messages of other relays; each is acknowledged to JetStream
 //! once the core stored it (or had it), and asked for again later when the
 //! core could not take it yet. A subject no longer followed keeps its
-//! consumer, which JetStream deletes after a day without a pull.
+//! consumer, which JetStream deletes after an hour without a pull.
 //!
 //! The queue to the thread is unbounded in type but bounded by what feeds
 //! it: the core's window of outgoing messages, the subjects followed, and
@@ -53,8 +53,9 @@ const MAX_ACK_PENDING: i64 = 2 * crate::relay::BRIDGE_WINDOW as i64;
 /// How long a consumer waits for an acknowledgement before sending again.
 const ACK_WAIT: Duration = Duration::from_secs(10);
 /// How long JetStream keeps a relay's consumer that nobody pulls (the
-/// relay stopped following its subject, or is down).
-const CONSUMER_IDLE: Duration = Duration::from_secs(24 * 3600);
+/// relay stopped following its subject, or is down): what is published
+/// elsewhere meanwhile still reaches it when it follows again within this.
+const CONSUMER_IDLE: Duration = Duration::from_secs(3600);
 /// How long a message the core could not take waits to come again.
 const NAK_DELAY: Duration = Duration::from_millis(200);
 /// Pause before trying again after NATS refused or failed.

@@ -32,6 +32,9 @@ pub const WINDOW_BYTES: usize = 16 << 20;
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// How often the subjects this relay wants are worked out again.
 const INTEREST_EVERY: Duration = Duration::from_millis(100);
+/// Most subjects a relay follows at once: each is a durable consumer in
+/// JetStream, and clients choose the channels they subscribe to.
+pub const MAX_FOLLOWED: usize = 4096;
 /// Most messages taken from one channel in a turn, so that one busy
 /// channel does not hold back the others.
 const TURN: usize = 256;
@@ -130,6 +133,8 @@ pub(super) struct Cluster {
     changes: VecDeque<Interest>,
     /// When the wanted subjects are next worked out.
     interest_at: Instant,
+    /// More were wanted than [`MAX_FOLLOWED`] last time (said once).
+    over_limit: bool,
     /// The bridged-to offsets changed since the driver last asked.
     pub(super) progressed: bool,
 }
@@ -151,6 +156,7 @@ impl Cluster {
             followed: BTreeSet::new(),
             changes: VecDeque::new(),
             interest_at: now,
+            over_limit: false,
             progressed: false,
         };
         for (name, offset) in bridged {
@@ -219,6 +225,26 @@ impl Cluster {
             if served && crate::subject::is_bridgeable(&channel.name) {
                 wanted.insert(channel.name.to_string());
             }
+        }
+        if wanted.len() > MAX_FOLLOWED {
+            // Those followed already stay; new ones wait for room.
+            let mut kept: BTreeSet<String> = wanted.intersection(&self.followed).cloned().collect();
+            for name in &wanted {
+                if kept.len() >= MAX_FOLLOWED {
+                    break;
+                }
+                kept.insert(name.clone());
+            }
+            if !self.over_limit {
+                tracing::warn!(
+                    wanted = wanted.len(),
+                    "cluster: more channels and patterns subscribed to than the {MAX_FOLLOWED} followed at most; the others are served from this relay only"
+                );
+            }
+            self.over_limit = true;
+            wanted = kept;
+        } else {
+            self.over_limit = false;
         }
         for gone in self.followed.difference(&wanted) {
             self.changes.push_back(Interest::Unfollow(gone.clone()));
