@@ -452,6 +452,7 @@ impl Subscriptions {
             storage,
             subscribers,
             name,
+            groups,
             ..
         } = &mut channels[ch];
         let Some(sub) = subscriber(subscribers, peer, sub_id) else {
@@ -475,24 +476,33 @@ impl Subscriptions {
             counters.log_errors += 1;
             *storage = Storage::Failed(reason.clone());
         }
-        if let Some(at) = pumped.timer
-            && sub.timer_at.is_none_or(|t| at < t)
-        {
-            sub.timer_at = Some(at);
-            self.timers.push(Reverse((at, peer, sub_id, ch)));
-        }
+        self.arm(sub, ch, pumped.timer);
         // A reliable member's new messages come from its group.
-        let group = sub.share.is_some().then(|| sub.group.clone()).flatten();
+        let group = match sub.share {
+            Some(_) => groups
+                .iter()
+                .position(|g| Some(&*g.name) == sub.group.as_deref()),
+            None => None,
+        };
         if let Some(reason) = pumped.trouble {
             self.unsubscribe(peer, sub_id, channels, peers, counters);
             counters.subscribers_lost += 1;
             let reason = format!("reliable subscription {sub_id} dropped: {reason}");
             tracing::info!(%peer, "{reason}");
             self.lost.push(Lost { peer, reason });
-        } else if let Some(name) = group
-            && let Some(gi) = channels[ch].groups.iter().position(|g| g.name == name)
-        {
+        } else if let Some(gi) = group {
             self.dispatch(now, ch, gi, channels, outbox, counters);
+        }
+    }
+
+    /// Puts subscription `sub` of channel `ch`'s ARQ deadline `at` in the
+    /// timer heap, unless an earlier entry for it waits there already.
+    fn arm(&mut self, sub: &mut Subscriber, ch: ChannelId, at: Option<Instant>) {
+        if let Some(at) = at
+            && sub.timer_at.is_none_or(|t| at < t)
+        {
+            sub.timer_at = Some(at);
+            self.timers.push(Reverse((at, sub.peer, sub.sub_id, ch)));
         }
     }
 
@@ -541,12 +551,7 @@ impl Subscriptions {
         for i in out.sent_to {
             let sub = &mut channel.subscribers[i];
             let at = sub.arq.as_deref().and_then(Sender::poll_timeout);
-            if let Some(at) = at
-                && sub.timer_at.is_none_or(|t| at < t)
-            {
-                sub.timer_at = Some(at);
-                self.timers.push(Reverse((at, sub.peer, sub.sub_id, ch)));
-            }
+            self.arm(sub, ch, at);
         }
         if let Some(e) = out.damaged {
             tracing::error!(channel = %channel.name, "not serving channel: {e}");
