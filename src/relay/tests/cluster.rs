@@ -252,3 +252,23 @@ fn under_interval_fsync_only_what_is_on_disk_goes_up() {
     a.handle_sync_done(request.channel, Ok(durable));
     assert_eq!(bridge_all(&mut a, later, Bridged::Stored), [0]);
 }
+
+#[test]
+fn clients_subscribing_to_many_channels_get_at_most_the_followed_limit_of_consumers() {
+    use crate::relay::cluster::MAX_FOLLOWED;
+    let (mut c, _d) = clustered(C);
+    let t = start();
+    // Two addresses, a new channel name for each subscription: each name
+    // followed would be a durable consumer in JetStream.
+    for i in 0..MAX_FOLLOWED + 100 {
+        let from = if i % 2 == 0 { ALICE } else { BOB };
+        subscribe(&mut c, t, from, i as u32, &format!("c{i}"));
+    }
+    assert_eq!(c.subscription_count(), MAX_FOLLOWED + 100);
+    let t = run_timers(&mut c, t, t.after(Duration::from_millis(200)));
+    let follows = std::iter::from_fn(|| c.poll_interest()).count();
+    assert_eq!(follows, MAX_FOLLOWED, "no more consumers than the limit");
+    // Those followed stay followed while the others still want in.
+    run_timers(&mut c, t, t.after(Duration::from_millis(200)));
+    assert_eq!(c.poll_interest(), None);
+}
