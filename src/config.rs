@@ -146,6 +146,33 @@ pub struct RelayConfig {
     /// NATS servers of the JetStream cluster this relay is an edge of
     /// (`nats://HOST:PORT`); empty: a relay on its own.
     pub cluster: Vec<String>,
+    /// With a cluster: when a reliable publisher's message is acknowledged.
+    pub cluster_ack: ClusterAck,
+}
+
+/// When a relay in a cluster acknowledges a reliable publisher's message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClusterAck {
+    /// Once the cluster stored it (as well as this relay, and on disk where
+    /// `--fsync` says so): a publisher that moves to another relay after
+    /// this one died loses nothing it was told was stored.
+    #[default]
+    Cluster,
+    /// Once this relay stored it: sooner, but until it is bridged it lives
+    /// only in this relay's log.
+    Local,
+}
+
+impl std::str::FromStr for ClusterAck {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<ClusterAck, String> {
+        match s {
+            "cluster" => Ok(ClusterAck::Cluster),
+            "local" => Ok(ClusterAck::Local),
+            other => Err(format!("unknown cluster ack {other:?}: cluster or local")),
+        }
+    }
 }
 
 impl Default for RelayConfig {
@@ -176,6 +203,7 @@ impl Default for RelayConfig {
             session_memory: 64 << 20,
             max_sessions: 100_000,
             cluster: Vec::new(),
+            cluster_ack: ClusterAck::default(),
         }
     }
 }

@@ -175,3 +175,112 @@ fn a_nats_server_killed_mid_run_loses_and_doubles_nothing() {
 fn relay_a_killed_mid_run_and_restarted_loses_and_doubles_nothing() {
     a_to_c(Midway::KillRelayA);
 }
+
+/// The issue's routing case on a real cluster: a reliable publisher given
+/// three relays, one direct and two behind udpchaos (20 ms and 40 ms),
+/// picks the direct one by `--pick nearest`; that relay is killed -9
+/// mid-run; the publisher moves to the 20 ms one and goes on in the same
+/// session, and a reliable subscriber at the third relay gets every
+/// message once, in order: what the dead relay acknowledged was in
+/// JetStream already (`--cluster-ack cluster`, the default), and what it
+/// had stored but not acknowledged, sent again through the other relay,
+/// JetStream drops by its session message id.
+#[test]
+fn a_reliable_publisher_picks_the_nearest_relay_and_moves_when_it_dies_losing_nothing() {
+    use std::io::Write;
+    const N: usize = 20_000;
+    if !nats::available() {
+        return;
+    }
+    let cluster = NatsCluster::start(3);
+    let a = edge(&cluster);
+    let b = edge(&cluster);
+    let c = edge(&cluster);
+    let near = Chaos::start(b.addr, &["--delay", "20ms"]);
+    let far = Chaos::start(c.addr, &["--delay", "40ms"]);
+    let mut sub = Subscriber::start(&[
+        &c.addr_str(),
+        "orders",
+        "--reliable",
+        "--count",
+        &N.to_string(),
+    ]);
+    let lines = sub.stdout_lines();
+    wait_following(&c, "orders");
+    let list = format!("{},{},{}", far.addr_str(), a.addr_str(), near.addr_str());
+    let mut cmd = Command::new(udpcat_bin());
+    cmd.args(["pub", &list, "orders", "--pick", "nearest", "--reliable"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut publisher = ChildGuard::spawn("udpcat pub", &mut cmd);
+    let mut stdin = publisher.child().stdin.take().unwrap();
+    let said = line_reader(publisher.child().stderr.take().unwrap());
+    let input = numbered(N);
+    let (first, second) = input.split_at(input.len() / 2);
+    stdin.write_all(first.as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    let deadline = std::time::Instant::now() + 3 * DEADLINE;
+    let mut got: Vec<String> = Vec::with_capacity(N);
+    let receive_until = |got: &mut Vec<String>, n: usize| {
+        while got.len() < n {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) => got.push(line),
+                Err(e) => panic!(
+                    "C got {} of {n} ({e:?})\nB: {}\n{}\nC: {}\n{}",
+                    got.len(),
+                    bridge_counters(&b),
+                    tail(&b.stderr()),
+                    bridge_counters(&c),
+                    tail(&c.stderr())
+                ),
+            }
+        }
+    };
+    // A quarter reached C through A and the cluster: A is in use.
+    receive_until(&mut got, N / 4);
+    let a_addr = a.addr_str();
+    let _a_dir = a.kill9();
+    let killed = std::time::Instant::now();
+    stdin.write_all(second.as_bytes()).unwrap();
+    drop(stdin);
+    // Its stderr, as it comes: when it moved.
+    let mut stderr = Vec::new();
+    let mut moved_after = None;
+    while moved_after.is_none() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = said
+            .recv_timeout(left)
+            .unwrap_or_else(|e| panic!("udpcat never moved ({e:?}): {stderr:?}"));
+        if line.contains("now using") {
+            moved_after = Some(killed.elapsed());
+        }
+        stderr.push(line);
+    }
+    receive_until(&mut got, N);
+    let status = publisher.wait_deadline(DEADLINE);
+    let stderr = format!("{}\n{}", stderr.join("\n"), rest_of(&said));
+    assert!(status.success(), "the publisher failed: {stderr}");
+    assert!(
+        stderr.contains(&format!("picked {a_addr} (nearest)")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("stopped answering; now using {}", near.addr_str())),
+        "the next nearest: {stderr}"
+    );
+    let (status, _, sub_stderr) = sub.finish();
+    assert!(status.success(), "the subscriber failed: {sub_stderr}");
+    let want: Vec<&str> = input.lines().collect();
+    if got != want {
+        let first_wrong = got.iter().zip(&want).position(|(g, w)| g != w);
+        panic!(
+            "C got {} messages for {N}; first out of place at {first_wrong:?}",
+            got.len()
+        );
+    }
+    // Measured, not asserted (a loaded machine may take longer): the issue
+    // asks for under 2 s.
+    eprintln!("moved to the next relay {moved_after:?} after the kill");
+}

@@ -188,6 +188,9 @@ struct RunArgs {
     /// Make this relay an edge of the NATS JetStream cluster at these servers (nats://HOST:PORT, comma-separated): every message stored here is published to the stream UDPRELAY (subject udprelay.CHANNEL), and messages published at other relays reach this relay's subscribers [default: none, a relay on its own].
     #[arg(long, value_name = "URLS", value_delimiter = ',')]
     cluster: Vec<String>,
+    /// With --cluster, when a reliable publisher's message is acknowledged: `cluster` once JetStream stored it (a publisher that moves to another relay after this one died loses nothing), `local` once this relay stored it (sooner; until bridged it lives only in this relay's log).
+    #[arg(long, value_name = "WHEN", default_value = "cluster")]
+    cluster_ack: config::ClusterAck,
     /// After each datagram, keep polling the sockets without sleeping for this long (e.g. 200us): lower latency for CPU time; 0 sleeps at once.
     #[arg(long, default_value = "0ms", value_parser = config::parse_duration)]
     busy_poll: Duration,
@@ -290,6 +293,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         replay_rate: args.replay_rate,
         busy_poll: args.busy_poll,
         cluster: args.cluster,
+        cluster_ack: args.cluster_ack,
         arq: ArqConfig {
             bundle_limit: args.bundle_limit,
             ..ArqConfig::default()

@@ -33,7 +33,7 @@ use mio::Waker;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::relay::{Bridged, Interest, Now, Outgoing, Receipt, Relay, Remote};
+use crate::relay::{Bridged, Interest, Now, Origin, Outgoing, Receipt, Relay, Remote, Source};
 
 /// The stream every relay of a cluster publishes to.
 pub const STREAM: &str = "UDPRELAY";
@@ -74,11 +74,15 @@ enum FromBridge {
     Published(Receipt, Bridged),
     Message {
         channel: String,
-        source: u64,
-        offset: u64,
+        origin: Origin,
         message: Box<jetstream::Message>,
     },
 }
+
+/// The header that says below which position every earlier message of a
+/// message's source is (see [`Origin::prior_below`]); absent when the
+/// sending relay does not know.
+pub const PRIOR_HEADER: &str = "Udprelay-Prior";
 
 /// How long messages that came before an earlier one of their source wait
 /// for it (JetStream sends it again, or the source relay does) before it
@@ -90,17 +94,20 @@ const GAP_WAIT: Duration = Duration::from_secs(60);
 const HELD_BYTES: usize = 64 << 20;
 
 /// A message of another relay held until the one before it comes: when it
-/// came, and the message.
-type HeldMessage = (Instant, Box<jetstream::Message>);
+/// came, what it follows, and the message.
+type HeldMessage = (Instant, Option<u64>, Box<jetstream::Message>);
+
+/// Where a held message belongs: its channel, source and position there.
+type HeldKey = (String, Source, u64);
 
 /// The bridge thread, from the loop's side.
 pub struct Bridge {
     to: mpsc::UnboundedSender<ToBridge>,
     from: mpsc::Receiver<FromBridge>,
     /// Messages of other relays that came before an earlier one of their
-    /// source, by (channel, source, offset): not acknowledged, so at most
+    /// source, by (channel, source, position): not acknowledged, so at most
     /// every consumer's `max_ack_pending`.
-    held: BTreeMap<(String, u64, u64), HeldMessage>,
+    held: BTreeMap<HeldKey, HeldMessage>,
     /// Payload bytes in `held`, at most [`HELD_BYTES`].
     held_bytes: usize,
     _thread: JoinHandle<()>,
@@ -149,22 +156,27 @@ impl Bridge {
                 }
                 FromBridge::Message {
                     channel,
-                    source,
-                    offset,
+                    origin,
                     message,
-                } => self.take(relay, now, (channel, source, offset), message, false),
+                } => self.take(relay, now, channel, origin, message, false),
             }
         }
         // Gaps waited for long enough: their first held message goes in
         // past the gap, and those after it follow.
-        let stale: Vec<(String, u64, u64)> = (self.held.iter())
-            .filter(|(_, (since, _))| since.elapsed() >= GAP_WAIT)
+        let stale: Vec<HeldKey> = (self.held.iter())
+            .filter(|(_, (since, ..))| since.elapsed() >= GAP_WAIT)
             .map(|(key, _)| key.clone())
             .collect();
         for key in stale {
-            if let Some((_, message)) = self.held.remove(&key) {
+            if let Some((_, prior_below, message)) = self.held.remove(&key) {
                 self.held_bytes -= message.payload.len();
-                self.take(relay, now, key, message, true);
+                let (channel, source, position) = key;
+                let origin = Origin {
+                    source,
+                    position,
+                    prior_below,
+                };
+                self.take(relay, now, channel, origin, message, true);
             }
         }
         for outgoing in relay.poll_outgoing() {
@@ -193,7 +205,7 @@ impl Bridge {
     fn forget_held(&mut self, name: &str) {
         let pattern = crate::subject::Pattern::parse(name).ok();
         let held_bytes = &mut self.held_bytes;
-        self.held.retain(|(channel, ..), (_, message)| {
+        self.held.retain(|(channel, ..), (.., message)| {
             let matches = pattern.as_ref().is_some_and(|p| p.matches(channel));
             if matches {
                 *held_bytes -= message.payload.len();
@@ -209,19 +221,28 @@ impl Bridge {
         &mut self,
         relay: &mut Relay,
         now: Now,
-        key: (String, u64, u64),
+        channel: String,
+        origin: Origin,
         message: Box<jetstream::Message>,
         past_a_gap: bool,
     ) {
-        let (channel, source, offset) = key;
-        let place = (offset, past_a_gap);
-        let outcome = relay.handle_remote(now, &channel, source, place, &message.payload);
+        // One that does not say what it follows waits behind the held ones
+        // of its source: they came first, and would be taken for
+        // duplicates once it is stored.
+        let behind_held = !past_a_gap
+            && origin.prior_below.is_none()
+            && (self.first_held(&channel, origin.source))
+                .is_some_and(|(_, _, position)| position < origin.position);
+        let outcome = match behind_held {
+            true => Remote::Ahead,
+            false => relay.handle_remote(now, &channel, origin, past_a_gap, &message.payload),
+        };
         if outcome == Remote::Ahead {
-            let key = (channel, source, offset);
+            let key = (channel, origin.source, origin.position);
             // A second delivery of the same message replaces the first
             // (acknowledging either is the same to JetStream).
             let since = match self.held.remove(&key) {
-                Some((since, old)) => {
+                Some((since, _, old)) => {
                     self.held_bytes -= old.payload.len();
                     since
                 }
@@ -233,22 +254,40 @@ impl Bridge {
                 return;
             }
             self.held_bytes += message.payload.len();
-            self.held.insert(key, (since, message));
+            self.held.insert(key, (since, origin.prior_below, message));
             return;
         }
         let _ = self.to.send(ToBridge::Done(message, outcome));
         if outcome != Remote::Appended {
             return;
         }
-        let mut next = offset.checked_add(1);
-        while let Some(at) = next
-            && let Some((_, message)) = self.held.remove(&(channel.clone(), source, at))
-        {
+        // The held ones of its source, lowest first, while they now fit.
+        while let Some(key) = self.first_held(&channel, origin.source) {
+            let Some((since, prior_below, message)) = self.held.remove(&key) else {
+                break;
+            };
+            let (_, source, position) = key;
+            let held = Origin {
+                source,
+                position,
+                prior_below,
+            };
+            let outcome = relay.handle_remote(now, &channel, held, false, &message.payload);
+            if outcome == Remote::Ahead {
+                self.held
+                    .insert((channel, source, position), (since, prior_below, message));
+                break;
+            }
             self.held_bytes -= message.payload.len();
-            let outcome = relay.handle_remote(now, &channel, source, (at, false), &message.payload);
             let _ = self.to.send(ToBridge::Done(message, outcome));
-            next = at.checked_add(1);
         }
+    }
+
+    /// The key of the held message of `source` on `channel` lowest in its
+    /// numbering.
+    fn first_held(&self, channel: &str, source: Source) -> Option<HeldKey> {
+        let range = (channel.to_string(), source, 0)..=(channel.to_string(), source, u64::MAX);
+        self.held.range(range).next().map(|(key, _)| key.clone())
     }
 }
 
@@ -331,9 +370,12 @@ async fn serve(
             ToBridge::Publish(outgoing) => {
                 let receipt = outgoing.receipt();
                 let subject = format!("{PREFIX}{}", outgoing.name);
-                let message = jetstream::message::PublishMessage::build()
+                let mut message = jetstream::message::PublishMessage::build()
                     .payload(outgoing.payload.into())
-                    .message_id(format!("{id:016x}:{}:{}", outgoing.name, outgoing.offset));
+                    .message_id(message_id(&outgoing.name, outgoing.origin));
+                if let Some(prior) = outgoing.origin.prior_below {
+                    message = message.header(PRIOR_HEADER, prior.to_string().as_str());
+                }
                 let ack = js.send_publish(subject, message).await;
                 let _ = acks.send((receipt, ack));
             }
@@ -456,7 +498,7 @@ async fn consume(
     info!(subject = %format!("{PREFIX}{name}"), "cluster: following");
     while let Some(message) = messages.next().await {
         let message = message?;
-        let Some((source, offset)) = origin(&message) else {
+        let Some(origin) = origin(&message) else {
             // Not a relay's: nothing says where it belongs in any order.
             let _ = message.ack().await;
             continue;
@@ -468,8 +510,7 @@ async fn consume(
         };
         let item = FromBridge::Message {
             channel,
-            source,
-            offset,
+            origin,
             message: Box::new(message),
         };
         if !back.send(item).await {
@@ -479,24 +520,51 @@ async fn consume(
     Err("the consumer's message stream ended".into())
 }
 
-/// The source relay and offset a message's id names
-/// (`<16 hex digits>:<channel>:<offset>`).
-fn origin(message: &jetstream::Message) -> Option<(u64, u64)> {
-    let id = message
-        .headers
-        .as_ref()?
-        .get(async_nats::header::NATS_MESSAGE_ID)?;
-    parse_message_id(id.as_str())
+/// The `Nats-Msg-Id` of a message of `origin` on `channel`:
+/// `<relay id, 16 hex digits>:<channel>:<offset>` for a relay's own,
+/// `s<session id, 16 hex digits>:<channel>:<seq>` for a reliable session's
+/// (so that JetStream drops the same message published again through
+/// another relay).
+fn message_id(channel: &str, origin: Origin) -> String {
+    match origin.source {
+        Source::Relay(relay) => format!("{relay:016x}:{channel}:{}", origin.position),
+        Source::Session(session) => format!("s{session:016x}:{channel}:{}", origin.position),
+    }
 }
 
-/// Parses `<16 hex digits>:<channel>:<offset>`.
-fn parse_message_id(id: &str) -> Option<(u64, u64)> {
-    let (relay, rest) = id.split_once(':')?;
-    let (_, offset) = rest.rsplit_once(':')?;
-    if relay.len() != 16 {
+/// Where a message from the cluster stands in its source's numbering: its
+/// id, and its [`PRIOR_HEADER`] if it has a valid one.
+fn origin(message: &jetstream::Message) -> Option<Origin> {
+    let headers = message.headers.as_ref()?;
+    let id = headers.get(async_nats::header::NATS_MESSAGE_ID)?;
+    let (source, position) = parse_message_id(id.as_str())?;
+    let prior_below = (headers.get(PRIOR_HEADER))
+        .and_then(|v| v.as_str().parse::<u64>().ok())
+        .filter(|&prior| prior <= position);
+    Some(Origin {
+        source,
+        position,
+        prior_below,
+    })
+}
+
+/// Parses a [`message_id`].
+fn parse_message_id(id: &str) -> Option<(Source, u64)> {
+    let (source, rest) = id.split_once(':')?;
+    let (_, position) = rest.rsplit_once(':')?;
+    let (hex, session) = match source.strip_prefix('s') {
+        Some(hex) => (hex, true),
+        None => (source, false),
+    };
+    if hex.len() != 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
-    Some((u64::from_str_radix(relay, 16).ok()?, offset.parse().ok()?))
+    let number = u64::from_str_radix(hex, 16).ok()?;
+    let source = match session {
+        true => Source::Session(number),
+        false => Source::Relay(number),
+    };
+    Some((source, position.parse().ok()?))
 }
 
 #[cfg(test)]
@@ -507,15 +575,36 @@ mod tests {
     fn message_ids_name_their_source_and_offset() {
         assert_eq!(
             parse_message_id("00000000000000ff:a:b:c:42"),
-            Some((255, 42)),
+            Some((Source::Relay(255), 42)),
             "a channel may hold colons"
         );
+        for origin in [
+            Origin {
+                source: Source::Relay(7),
+                position: 3,
+                prior_below: None,
+            },
+            Origin {
+                source: Source::Session(u64::MAX),
+                position: 9,
+                prior_below: Some(2),
+            },
+        ] {
+            let id = message_id("a.b", origin);
+            assert_eq!(
+                parse_message_id(&id),
+                Some((origin.source, origin.position))
+            );
+        }
         for bad in [
             "",
             "ff:a:1",
             "00000000000000ff:a",
             "00000000000000zz:a:1",
             "00000000000000ff:a:x",
+            "s00000000000000ff:a",
+            "S00000000000000ff:a:1",
+            "+0000000000000ff:a:1",
         ] {
             assert_eq!(parse_message_id(bad), None, "{bad:?}");
         }

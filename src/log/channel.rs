@@ -356,6 +356,34 @@ impl ChannelLog {
         result
     }
 
+    /// The session mark of the last marked record before `offset` in the
+    /// segment that holds `offset`: what a step mark at `offset` continues
+    /// (see [`RecordMark::resolve`]). Walks that segment from its start, so
+    /// it is for a reader that starts mid-segment once, not for every
+    /// record.
+    pub fn mark_before(&mut self, offset: u64) -> Result<Option<SessionMark>, LogError> {
+        let i = self
+            .segments
+            .partition_point(|s| s.segment.base <= offset)
+            .saturating_sub(1);
+        let Some(base) = self.segments.get(i).map(|s| s.segment.base) else {
+            return Ok(None);
+        };
+        let mut last = None;
+        self.scan(base, |r| {
+            if r.offset >= offset {
+                return false;
+            }
+            // A step with nothing before it is damage the recovery warned
+            // of: it is not a mark to go on from.
+            if let Ok(Some(mark)) = r.mark.resolve(last) {
+                last = Some(mark);
+            }
+            true
+        })?;
+        Ok(last)
+    }
+
     fn scan_checked(
         &mut self,
         from: u64,

@@ -35,7 +35,9 @@ pub mod shared;
 
 pub use channel::{ChannelLog, LogStats, SyncJob};
 pub use recovery::{DAMAGE_NOTE, Recovery, RecoveryMode};
-pub use segment::{REMOTE_CLIENT, Record, RecordMark, SessionMark};
+pub use segment::{
+    CLUSTER_SESSION, REMOTE_CLIENT, REMOTE_SESSION, Record, RecordMark, SessionMark,
+};
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};

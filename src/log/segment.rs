@@ -36,7 +36,8 @@
 //! a reader resolves them walking the segment from its start. A copy of a
 //! message from another relay of a cluster is marked in full, always, with
 //! client bit 63 set (`REMOTE_CLIENT`), the source relay's id as session
-//! and its offset there as seq.
+//! and its offset there as seq (or `REMOTE_SESSION`, bit 0 too, for a
+//! message of a reliable session: the session id and its seq).
 //!
 //! The record body is written first and the length last, so a reader that
 //! sees a length sees a whole record (and the CRC catches a torn one).
@@ -87,6 +88,18 @@ pub struct SessionMark {
 /// offset there. (Client tags of addresses never set this bit.)
 pub const REMOTE_CLIENT: u64 = 1 << 63;
 
+/// The `client` of a [`SessionMark`] on a copy, from another relay of a
+/// cluster, of a message of a reliable publishing session: its `session`
+/// is the session id, its `seq` the sequence number of its last piece.
+pub const REMOTE_SESSION: u64 = REMOTE_CLIENT | 1;
+
+/// The `client` of every reliable publishing session's marks on a relay
+/// in a cluster: there a session is named by its id alone, whichever
+/// relay and address it publishes through, so that a publisher that moves
+/// to another relay goes on in the same session. (Client tags of addresses
+/// never set this bit either.)
+pub const CLUSTER_SESSION: u64 = 1 << 62;
+
 impl SessionMark {
     /// The mark of a copy of message `offset` of relay `source`.
     pub fn remote(source: u64, offset: u64) -> SessionMark {
@@ -94,6 +107,16 @@ impl SessionMark {
             client: REMOTE_CLIENT,
             session: source,
             seq: offset,
+        }
+    }
+
+    /// The mark of a copy of the message of session `session` of another
+    /// relay whose last piece is `seq`.
+    pub fn remote_session(session: u64, seq: u64) -> SessionMark {
+        SessionMark {
+            client: REMOTE_SESSION,
+            session,
+            seq,
         }
     }
 

@@ -120,6 +120,9 @@ pub(super) struct Channel {
     pub(super) bridge_queued: bool,
     /// Waiting to be tried again after the cluster did not store one.
     pub(super) bridge_waiting: bool,
+    /// With a cluster: where each source's numbering stands at
+    /// `bridge_next`, to tell the cluster what each message follows.
+    pub(super) bridge_chain: super::cluster::Chain,
 }
 
 /// Why a channel did not store a message.
@@ -379,6 +382,7 @@ impl Channels {
             bridge_cover: 0,
             bridge_queued: false,
             bridge_waiting: false,
+            bridge_chain: Default::default(),
         };
         let id = match self.free.pop() {
             Some(id) => {

@@ -9,8 +9,18 @@
 //! copied out at a time, each reported back as stored or not by the
 //! cluster.
 //!
+//! Each message goes up under its [`Source`]: a reliable publishing
+//! session's messages under the session (numbered by their sequence
+//! numbers, whichever relay they were published through, so that a
+//! publisher that moves to another relay goes on in the same numbering and
+//! the cluster drops what it already has), every other message under this
+//! relay (numbered by its offsets). Each says what its source's message
+//! before it was ([`Origin::prior_below`]), so that a relay receiving it
+//! can tell a gap (a message the cluster stored later, after a resend)
+//! from the copies and other sources' messages that lie between.
+//!
 //! A message of another relay is appended to the local channel of the same
-//! name with a remote session mark (source relay id, its offset there), so
+//! name with a remote session mark (its source, its position there), so
 //! replay, reliable delivery and raw egress serve it as any other; the
 //! channel's session table says how far each source got, across restarts,
 //! so a message the cluster delivers twice is stored once. Copies are never
@@ -19,9 +29,11 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
+use foldhash::HashMap;
+
 use super::channels::{ChannelId, Channels, Storage};
 use super::counters::Counters;
-use crate::log::{LogError, SessionMark};
+use crate::log::{CLUSTER_SESSION, LogError, RecordMark, SessionMark};
 
 /// Most messages handed to the bridge and not yet reported.
 pub const WINDOW: usize = 4096;
@@ -38,6 +50,97 @@ pub const MAX_FOLLOWED: usize = 4096;
 /// Most messages taken from one channel in a turn, so that one busy
 /// channel does not hold back the others.
 const TURN: usize = 256;
+/// Most sessions a channel's [`Chain`] remembers; past it they are all
+/// forgotten (their next messages say nothing of what they follow).
+const CHAIN_SESSIONS: usize = 1024;
+
+/// Whose numbering a message bridged between relays follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Source {
+    /// A relay's messages that no reliable session published, numbered by
+    /// their offsets there.
+    Relay(u64),
+    /// A reliable publishing session's messages, numbered by the sequence
+    /// number of their last piece, through whichever relay.
+    Session(u64),
+}
+
+/// Where a message bridged between relays stands in its source's numbering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    /// Whose numbering.
+    pub source: Source,
+    /// Its number there: the offset, or the last piece's sequence number.
+    pub position: u64,
+    /// Every earlier message of its source is numbered below this; `None`
+    /// when that is not known (the first a relay hands out after a restart
+    /// or a resend): then it only has to be later than the last stored.
+    pub prior_below: Option<u64>,
+}
+
+/// Where each source's numbering stands in a channel at its `bridge_next`:
+/// what the next message handed out follows.
+#[derive(Debug, Default)]
+pub(super) struct Chain {
+    /// False until the scan's start is looked up: after a restart, a resend
+    /// or a jump over deleted messages.
+    started: bool,
+    /// The last marked record's mark (what a step mark continues).
+    mark: Option<SessionMark>,
+    /// The offset after this relay's last message handed out.
+    relay: Option<u64>,
+    /// Each session's last sequence number handed out.
+    sessions: HashMap<u64, u64>,
+}
+
+impl Chain {
+    /// Forgets where the numbering stands: the scan jumps.
+    fn reset(&mut self) {
+        *self = Chain::default();
+    }
+
+    /// The origin of the record at `offset` marked `mark` (resolved:
+    /// `resolved`), relay `id`'s; moves the chain past it.
+    fn origin(
+        &mut self,
+        id: u64,
+        offset: u64,
+        mark: RecordMark,
+        resolved: Option<SessionMark>,
+    ) -> Origin {
+        match resolved {
+            Some(m) if m.client == CLUSTER_SESSION => {
+                let prior_below = match mark {
+                    // A step from the record before, which is this
+                    // session's message before: it ended just below.
+                    RecordMark::Next { step } => Some((m.seq + 1).saturating_sub(u64::from(step))),
+                    _ => self.sessions.get(&m.session).map(|&seq| seq + 1),
+                };
+                if self.sessions.len() >= CHAIN_SESSIONS && !self.sessions.contains_key(&m.session)
+                {
+                    self.sessions.clear();
+                }
+                self.sessions.insert(m.session, m.seq);
+                Origin {
+                    source: Source::Session(m.session),
+                    position: m.seq,
+                    prior_below,
+                }
+            }
+            // Unmarked, or marked by a session of an address (stored before
+            // this relay was in a cluster): this relay's numbering.
+            _ => {
+                let prior_below = self.relay;
+                self.relay = Some(offset + 1);
+                Origin {
+                    source: Source::Relay(id),
+                    position: offset,
+                    prior_below,
+                }
+            }
+        }
+    }
+}
 
 /// A stored message to publish to the cluster.
 #[derive(Debug, Clone)]
@@ -51,6 +154,8 @@ pub struct Outgoing {
     /// The lowest offset this report covers: the message and the copies of
     /// other relays' messages just before it, which are not sent.
     pub covers_from: u64,
+    /// Its place in its source's numbering, for the relays that receive it.
+    pub origin: Origin,
     /// The message.
     pub payload: Vec<u8>,
 }
@@ -137,6 +242,9 @@ pub(super) struct Cluster {
     over_limit: bool,
     /// The bridged-to offsets changed since the driver last asked.
     pub(super) progressed: bool,
+    /// A bridged-to offset moved since the core last asked (publishers
+    /// waiting on it may be acknowledged).
+    pub(super) moved: bool,
 }
 
 impl Cluster {
@@ -158,6 +266,7 @@ impl Cluster {
             interest_at: now,
             over_limit: false,
             progressed: false,
+            moved: false,
         };
         for (name, offset) in bridged {
             if let Some(ch) = channels.id(name) {
@@ -300,6 +409,7 @@ impl Cluster {
                 channel.bridge_cover = channel.bridge_next;
                 channel.bridged_to = channel.bridge_next;
                 channel.bridge_queued = false;
+                self.moved = true;
                 continue;
             }
             if channel.bridge_next < log.first_offset() {
@@ -308,6 +418,25 @@ impl Cluster {
                 channel.bridge_next = log.first_offset();
                 channel.bridge_cover = channel.bridge_cover.max(log.first_offset());
                 channel.bridged_to = channel.bridged_to.max(log.first_offset());
+                channel.bridge_chain.reset();
+                self.moved = true;
+            }
+            let chain = &mut channel.bridge_chain;
+            if !chain.started && channel.bridge_next < limit {
+                // What a step mark at the start continues, and, from a
+                // channel's very start, that nothing came before.
+                match log.mark_before(channel.bridge_next) {
+                    Ok(mark) => chain.mark = mark,
+                    Err(e) => {
+                        channel.bridge_queued = false;
+                        failed = Some((ch, e));
+                        continue;
+                    }
+                }
+                if channel.bridge_next == 0 {
+                    chain.relay = Some(0);
+                }
+                chain.started = true;
             }
             // `covers_from`: the first offset no message handed out covers
             // (copies scanned since the last one sent, in earlier turns too).
@@ -315,6 +444,7 @@ impl Cluster {
             let mut taken = 0;
             let in_flight = &mut self.in_flight;
             let name = &channel.name;
+            let id = self.id;
             let scanned = if next < limit {
                 log.scan(next, |r| {
                     if r.offset >= limit
@@ -325,6 +455,12 @@ impl Cluster {
                         return false;
                     }
                     next = r.offset + 1;
+                    // Damage the recovery warned of (a step with nothing
+                    // before it) goes up as this relay's own.
+                    let resolved = r.mark.resolve(chain.mark).ok().flatten();
+                    if resolved.is_some() {
+                        chain.mark = resolved;
+                    }
                     if r.mark.is_remote() {
                         return true; // a copy: the cluster has it from its source
                     }
@@ -336,6 +472,7 @@ impl Cluster {
                         name: name.clone(),
                         offset: r.offset,
                         covers_from,
+                        origin: chain.origin(id, r.offset, r.mark, resolved),
                         payload: r.payload.to_vec(),
                     });
                     covers_from = r.offset + 1;
@@ -362,6 +499,7 @@ impl Cluster {
                     channel.bridged_to = next;
                     channel.bridge_cover = next;
                     self.progressed = true;
+                    self.moved = true;
                 }
             }
         }
@@ -396,6 +534,7 @@ impl Cluster {
             if covers_from <= channel.bridged_to && channel.bridged_to <= offset {
                 channel.bridged_to = offset + 1;
                 self.progressed = true;
+                self.moved = true;
                 if channel.bridged_to == channel.bridge_cover
                     && channel.bridge_cover < channel.bridge_next
                 {
@@ -412,6 +551,7 @@ impl Cluster {
         if channel.bridge_next > channel.bridged_to {
             channel.bridge_next = channel.bridged_to;
             channel.bridge_cover = channel.bridged_to;
+            channel.bridge_chain.reset();
         }
         if !channel.bridge_waiting {
             channel.bridge_waiting = true;
@@ -420,20 +560,24 @@ impl Cluster {
     }
 }
 
-/// The mark and decision for message `offset` of relay `source` in a
-/// channel whose log says `last` is the last it stored from there.
-pub(super) fn place(
-    id: u64,
-    source: u64,
-    offset: u64,
-    last: Option<u64>,
-) -> Result<SessionMark, Remote> {
-    if source == id {
+/// The mark and decision for a message of `origin` in a channel whose log
+/// says `last` is the last it stored from that source, at relay `id`.
+pub(super) fn place(id: u64, origin: Origin, last: Option<u64>) -> Result<SessionMark, Remote> {
+    let Origin {
+        source,
+        position,
+        prior_below,
+    } = origin;
+    if source == Source::Relay(id) {
         return Err(Remote::Duplicate);
     }
-    match last {
-        Some(last) if offset <= last => Err(Remote::Duplicate),
-        Some(last) if offset > last + 1 => Err(Remote::Ahead),
-        _ => Ok(SessionMark::remote(source, offset)),
+    match (last, prior_below) {
+        (Some(last), _) if position <= last => return Err(Remote::Duplicate),
+        (Some(last), Some(prior)) if prior > last.saturating_add(1) => return Err(Remote::Ahead),
+        _ => {}
     }
+    Ok(match source {
+        Source::Relay(relay) => SessionMark::remote(relay, position),
+        Source::Session(session) => SessionMark::remote_session(session, position),
+    })
 }

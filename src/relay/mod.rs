@@ -80,7 +80,9 @@ mod validation;
 mod wildcards;
 
 pub use crate::time::Now;
-pub use cluster::{Bridged, Interest, Outgoing, Receipt, Remote, WINDOW as BRIDGE_WINDOW};
+pub use cluster::{
+    Bridged, Interest, Origin, Outgoing, Receipt, Remote, Source, WINDOW as BRIDGE_WINDOW,
+};
 pub use counters::Counters;
 pub use durability::SyncRequest;
 pub use outbox::{Payload, Transmit};
@@ -93,7 +95,7 @@ use std::time::Instant;
 
 use crate::auth::{Action, KeyFileError};
 use crate::config::{AuthMode, RelayConfig};
-use crate::log::{DataDir, LogError, SessionMark};
+use crate::log::{CLUSTER_SESSION, DataDir, LogError, SessionMark};
 use crate::wire::{self, ErrorCode, Frame};
 use channels::{ChannelId, Channels, Storage};
 use durability::Durability;
@@ -180,6 +182,11 @@ pub struct Relay {
     /// With `--cluster`: what goes up to the cluster, and what this relay
     /// wants from it.
     cluster: Option<cluster::Cluster>,
+    /// With a cluster: when reliable publishers are acknowledged.
+    cluster_ack: crate::config::ClusterAck,
+    /// Bridged offsets moved since publishers waiting on them were last
+    /// acknowledged.
+    acks_due: bool,
 }
 
 impl Relay {
@@ -239,6 +246,8 @@ impl Relay {
             data_dir,
             durability: Durability::new(config.log.fsync, retention.then_some(now.instant)),
             cluster: None,
+            cluster_ack: config.cluster_ack,
+            acks_due: false,
         };
         for opened in opened {
             let storage = Storage::recovered(&opened.name, opened.log);
@@ -484,6 +493,11 @@ impl Relay {
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.durability
             .before_send(&mut self.channels, &mut self.counters);
+        if std::mem::take(&mut self.acks_due) && self.acks_wait_for_cluster() {
+            for (addr, session) in self.publishing.take_awaiting_sync() {
+                self.ack_session(addr, session);
+            }
+        }
         loop {
             let t = self.outbox.pop()?;
             let Some(secure) = &mut self.secure else {
@@ -809,10 +823,16 @@ impl Relay {
                 session,
                 seq: ready.seq,
             };
+            if self.copied_already(ready.channel, session, ready.seq) {
+                // The cluster brought it here from the relay the publisher
+                // used before: stored, there and here.
+                self.counters.duplicates_dropped += 1;
+                continue;
+            }
             match self.append(now, ready.channel, Some(mark), &ready.payload) {
                 Ok(offset) => {
                     self.counters.messages_published += 1;
-                    if self.durability.acks_wait_for_sync() {
+                    if self.durability.acks_wait_for_sync() || self.acks_wait_for_cluster() {
                         self.publishing.stored_not_durable(
                             &mut self.peers,
                             from,
@@ -843,13 +863,42 @@ impl Relay {
 
     /// Sends session `session` of `from` its acknowledgement.
     fn ack_session(&mut self, from: SocketAddr, session: u64) {
-        self.publishing.ack(
-            from,
-            session,
-            &self.channels,
-            &mut self.peers,
-            &mut self.outbox,
+        let (sync, cluster) = (
+            self.durability.acks_wait_for_sync(),
+            self.acks_wait_for_cluster(),
         );
+        let channels = &self.channels;
+        // Below what every wait covers: synced, and stored in the cluster.
+        let acked_to = |ch: ChannelId| {
+            let channel = &channels[ch];
+            let synced = if sync { channel.durable_to } else { u64::MAX };
+            let bridged = if cluster {
+                channel.bridged_to
+            } else {
+                u64::MAX
+            };
+            synced.min(bridged)
+        };
+        (self.publishing).ack(from, session, acked_to, &mut self.peers, &mut self.outbox);
+    }
+
+    /// True if, in a cluster, `channel` holds a copy of message `seq` of
+    /// session `session` (or a later one) from another relay.
+    fn copied_already(&self, channel: ChannelId, session: u64, seq: u64) -> bool {
+        if self.cluster.is_none() {
+            return false;
+        }
+        let Storage::Open(log) = &self.channels[channel].storage else {
+            return false;
+        };
+        log.session_last_seq(crate::log::REMOTE_SESSION, session)
+            .is_some_and(|last| last >= seq)
+    }
+
+    /// True if reliable publishers are acknowledged only once the cluster
+    /// stored their messages.
+    fn acks_wait_for_cluster(&self) -> bool {
+        self.cluster.is_some() && self.cluster_ack == crate::config::ClusterAck::Cluster
     }
 
     /// A piece of an unreliable message too large for one datagram: held
@@ -981,6 +1030,7 @@ impl Relay {
     /// was bridged before, as [`Relay::bridged`] said), and it says what it
     /// wants from the cluster ([`Relay::poll_interest`]).
     pub fn enable_cluster(&mut self, now: Now, id: u64, bridged: &[(String, u64)]) {
+        self.publishing.cluster_wide = true;
         self.cluster = Some(cluster::Cluster::new(
             id,
             bridged,
@@ -1009,6 +1059,7 @@ impl Relay {
         let durable_only = self.durability.acks_wait_for_sync();
         let (out, failed) =
             cluster.poll_outgoing(&mut self.channels, &mut self.counters, durable_only);
+        self.acks_due |= std::mem::take(&mut cluster.moved);
         if let Some((ch, e)) = failed {
             let channel = &mut self.channels[ch];
             tracing::error!(channel = %channel.name, "not serving channel: {e}");
@@ -1024,6 +1075,8 @@ impl Relay {
         if let Some(cluster) = &mut self.cluster {
             let (channels, counters) = (&mut self.channels, &mut self.counters);
             cluster.handle_bridged(now.instant, channels, counters, receipt, outcome);
+            // Acknowledged together before the next datagram goes.
+            self.acks_due |= std::mem::take(&mut cluster.moved);
         }
     }
 
@@ -1073,17 +1126,17 @@ impl Relay {
         Some(bridged)
     }
 
-    /// Message `offset` of relay `source` on `channel`, from the cluster:
-    /// appended and delivered here once, in each source's order. One that
-    /// comes before an earlier one of its source is [`Remote::Ahead`],
-    /// unless `past_a_gap` (the earlier ones are given up for lost): then
-    /// it is appended and the gap counted.
+    /// A message of another relay on `channel`, from the cluster: appended
+    /// and delivered here once, in its source's order. One that comes before
+    /// an earlier one of its source is [`Remote::Ahead`], unless
+    /// `past_a_gap` (the earlier ones are given up for lost): then it is
+    /// appended and the gap counted.
     pub fn handle_remote(
         &mut self,
         now: Now,
         channel: &str,
-        source: u64,
-        (offset, past_a_gap): (u64, bool),
+        origin: Origin,
+        past_a_gap: bool,
         payload: &[u8],
     ) -> Remote {
         let Some(cluster) = &self.cluster else {
@@ -1108,15 +1161,29 @@ impl Relay {
         }
         let ch = self.channels.find_or_create(channel);
         let last = match &self.channels[ch].storage {
-            Storage::Open(log) => log.session_last_seq(crate::log::REMOTE_CLIENT, source),
+            Storage::Open(log) => match origin.source {
+                Source::Relay(relay) => log.session_last_seq(crate::log::REMOTE_CLIENT, relay),
+                // Its copies, or what its publisher published here.
+                Source::Session(session) => [crate::log::REMOTE_SESSION, CLUSTER_SESSION]
+                    .into_iter()
+                    .filter_map(|client| log.session_last_seq(client, session))
+                    .max(),
+            },
             Storage::Empty => None,
             Storage::Failed(_) => return Remote::Refused,
         };
-        let mark = match cluster::place(id, source, offset, last) {
+        let mark = match cluster::place(id, origin, last) {
             Ok(mark) => mark,
             Err(Remote::Ahead) if past_a_gap => {
                 self.counters.replay_gaps += 1;
-                crate::log::SessionMark::remote(source, offset)
+                let lenient = Origin {
+                    prior_below: None,
+                    ..origin
+                };
+                match cluster::place(id, lenient, last) {
+                    Ok(mark) => mark,
+                    Err(outcome) => return outcome,
+                }
             }
             Err(outcome) => {
                 match outcome {

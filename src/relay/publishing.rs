@@ -63,8 +63,13 @@ pub(super) struct Publishing {
     pub(super) count: usize,
     /// How far sessions not open now had stored.
     stored: StoredSessions,
-    /// Sessions waiting for a sync before they can be acknowledged further.
+    /// Sessions waiting for a sync (or the cluster) before they can be
+    /// acknowledged further.
     awaiting_sync: Vec<(SocketAddr, u64)>,
+    /// In a cluster: sessions are named by their id alone (see
+    /// [`crate::log::CLUSTER_SESSION`]), and what the cluster brought of
+    /// one counts as stored.
+    pub(super) cluster_wide: bool,
 }
 
 impl Publishing {
@@ -79,6 +84,7 @@ impl Publishing {
             count: 0,
             stored: StoredSessions::new(2 * limits.max),
             awaiting_sync: Vec::new(),
+            cluster_wide: false,
         }
     }
 
@@ -125,11 +131,14 @@ impl Publishing {
             counters.dropped_limit += 1;
             return Err("the relay holds its maximum number of sessions");
         }
-        let client = sessions::client_tag(from);
+        let client = match self.cluster_wide {
+            true => crate::log::CLUSTER_SESSION,
+            false => sessions::client_tag(from),
+        };
         let in_log = channels
             .id(channel)
             .and_then(|id| match &channels[id].storage {
-                Storage::Open(log) => log.session_last_seq(client, session),
+                Storage::Open(log) => self.stored_in(log, client, session),
                 _ => None,
             });
         let logged = in_log.map_or(0, |last| last.saturating_add(1));
@@ -138,6 +147,23 @@ impl Publishing {
         counters.sessions_opened += 1;
         let new = PublishSession::new(session, client, self.limits.arq, acked_below.max(stored));
         Ok(peers.add_session(now, from, owner.key, new))
+    }
+
+    /// The last sequence number of session `session` of `client` that `log`
+    /// holds: stored here, or, in a cluster, copied from another relay it
+    /// was published through before.
+    pub(super) fn stored_in(
+        &self,
+        log: &crate::log::ChannelLog,
+        client: u64,
+        session: u64,
+    ) -> Option<u64> {
+        let here = log.session_last_seq(client, session);
+        let copied = match self.cluster_wide {
+            true => log.session_last_seq(crate::log::REMOTE_SESSION, session),
+            false => None,
+        };
+        here.max(copied)
     }
 
     /// Offers a piece of session `session` of `from` for `channel`,
@@ -236,14 +262,14 @@ impl Publishing {
         &mut self,
         from: SocketAddr,
         session: u64,
-        channels: &Channels,
+        acked_to: impl Fn(ChannelId) -> u64,
         peers: &mut Peers,
         outbox: &mut Outbox,
     ) {
         let Some(s) = session_mut(peers, from, session) else {
             return;
         };
-        let (ack, waits) = s.ack(|ch| channels[ch].durable_to);
+        let (ack, waits) = s.ack(acked_to);
         if waits && !self.awaiting_sync.contains(&(from, session)) {
             self.awaiting_sync.push((from, session));
         }

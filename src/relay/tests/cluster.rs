@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::relay::cluster::WINDOW;
+use crate::relay::{Origin, Source};
 
 const A: u64 = 0xa;
 const C: u64 = 0xc;
@@ -44,7 +45,7 @@ fn messages_go_up_once_each_and_copies_never_go_up_again() {
     subscribe(&mut c, t, ALICE, 1, "news");
     Sent::collect(&mut c);
     for o in out.iter().chain(&out) {
-        c.handle_remote(t, "news", A, (o.offset, false), &o.payload);
+        c.handle_remote(t, "news", o.origin, false, &o.payload);
     }
     let frames = Sent::collect(&mut c).frames_to(ALICE);
     assert_eq!(
@@ -54,7 +55,7 @@ fn messages_go_up_once_each_and_copies_never_go_up_again() {
     assert_eq!(c.counters().bridge_received, 3);
     assert_eq!(c.counters().bridge_duplicates, 3);
     assert_eq!(
-        c.handle_remote(t, "news", C, (9, false), b"mine"),
+        c.handle_remote(t, "news", from_relay(C, 9, Some(9)), false, b"mine"),
         Remote::Duplicate
     );
     // C's own message goes up; the copies do not.
@@ -142,11 +143,22 @@ fn at_most_a_window_is_out_and_a_restart_resends_from_what_was_stored() {
     assert_eq!(again.first().map(|o| o.offset), Some(100));
 }
 
-/// Feeds `c` remote messages (channel, source, offset, past a gap) and
-/// checks what became of each.
+/// A message of relay `relay` at `offset`, its previous one below `prior`.
+fn from_relay(relay: u64, offset: u64, prior: Option<u64>) -> Origin {
+    Origin {
+        source: Source::Relay(relay),
+        position: offset,
+        prior_below: prior,
+    }
+}
+
+/// Feeds `c` remote messages of relays (channel, source, offset, past a
+/// gap), each right after the offset before it, and checks what became of
+/// each.
 fn feed(c: &mut Relay, t: Now, cases: &[(&str, u64, u64, bool, Remote)]) {
     for &(channel, source, offset, past_a_gap, want) in cases {
-        let got = c.handle_remote(t, channel, source, (offset, past_a_gap), b"m");
+        let origin = from_relay(source, offset, Some(offset));
+        let got = c.handle_remote(t, channel, origin, past_a_gap, b"m");
         assert_eq!(got, want, "{channel} {source:x}:{offset}");
     }
 }
@@ -227,7 +239,7 @@ fn copies_between_own_messages_do_not_hold_back_how_far_it_is_bridged() {
     assert_eq!(first.len(), 1);
     // A copy lands while 0 is out, and is scanned past.
     assert_eq!(
-        c.handle_remote(t, "news", A, (0, false), b"copy 1"),
+        c.handle_remote(t, "news", from_relay(A, 0, Some(0)), false, b"copy 1"),
         Remote::Appended
     );
     assert!(c.poll_outgoing().is_empty(), "a copy does not go up");
@@ -271,4 +283,209 @@ fn clients_subscribing_to_many_channels_get_at_most_the_followed_limit_of_consum
     // Those followed stay followed while the others still want in.
     run_timers(&mut c, t, t.after(Duration::from_millis(200)));
     assert_eq!(c.poll_interest(), None);
+}
+
+/// Piece `seq` of session `session` on "news" from PUBLISHER, the message
+/// continuing in the next if `more`, everything below `acked_below`
+/// acknowledged to it.
+fn rpiece(
+    r: &mut Relay,
+    t: Now,
+    session: u64,
+    (seq, acked_below, more): (u64, u64, bool),
+    p: &[u8],
+) {
+    let frame = Frame::ReliablePublish {
+        session,
+        seq,
+        acked_below,
+        more,
+        channel: "news",
+        payload: p,
+    };
+    send(r, t, PUBLISHER, &[frame]);
+}
+
+fn session_at(session: u64, seq: u64, prior: Option<u64>) -> Origin {
+    Origin {
+        source: Source::Session(session),
+        position: seq,
+        prior_below: prior,
+    }
+}
+
+#[test]
+fn a_reliable_session_goes_up_in_its_own_numbering_and_is_acknowledged_once_stored_there() {
+    let (mut a, _d) = clustered(A);
+    let t = start();
+    rpiece(&mut a, t, 7, (0, 0, false), b"a");
+    publish(&mut a, t, "news", b"plain");
+    rpiece(&mut a, t, 7, (1, 0, false), b"b");
+    rpiece(&mut a, t, 7, (2, 0, true), b"c1");
+    rpiece(&mut a, t, 7, (3, 0, false), b"c2");
+    let acks = publish_acks(&Sent::collect(&mut a));
+    assert!(
+        acks.iter().all(|(cumulative, _)| *cumulative == 0),
+        "stored here, not yet in the cluster: {acks:?}"
+    );
+    assert_eq!(
+        acks.last().unwrap().1,
+        [(0, 4)],
+        "received: not to be resent"
+    );
+    let out = a.poll_outgoing();
+    let origins: Vec<(u64, Origin)> = out.iter().map(|o| (o.offset, o.origin)).collect();
+    assert_eq!(
+        origins,
+        [
+            (0, session_at(7, 0, None)),
+            (1, from_relay(A, 1, Some(0))),
+            (2, session_at(7, 1, Some(1))),
+            (3, session_at(7, 3, Some(2))),
+        ],
+        "a message in two pieces is numbered by its last and follows the one before"
+    );
+    for o in &out[..2] {
+        a.handle_bridged(t, o.receipt(), Bridged::Stored);
+    }
+    assert_eq!(publish_acks(&Sent::collect(&mut a))[0].0, 1);
+    for o in &out[2..] {
+        a.handle_bridged(t, o.receipt(), Bridged::Stored);
+    }
+    assert_eq!(publish_acks(&Sent::collect(&mut a))[0].0, 4);
+    // Acknowledged as soon as stored here, if asked to.
+    let (mut local, _d) = relay_with(|c| c.cluster_ack = crate::config::ClusterAck::Local);
+    local.enable_cluster(t, A, &[]);
+    rpiece(&mut local, t, 7, (0, 0, false), b"a");
+    assert_eq!(publish_acks(&Sent::collect(&mut local)), [(1, vec![])]);
+}
+
+#[test]
+fn a_publisher_that_moves_here_goes_on_in_its_session_and_nothing_is_stored_twice() {
+    let (mut b, _d) = clustered(0xb);
+    let t = start();
+    subscribe(&mut b, t, ALICE, 1, "news");
+    let copy = |b: &mut Relay, seq: u64| {
+        let origin = session_at(7, seq, Some(seq));
+        b.handle_remote(t, "news", origin, false, b"via a")
+    };
+    // What the publisher stored through A came here through the cluster.
+    for seq in 0..3 {
+        assert_eq!(copy(&mut b, seq), Remote::Appended);
+    }
+    assert_eq!(copy(&mut b, 2), Remote::Duplicate);
+    assert_eq!(copy(&mut b, 9), Remote::Ahead);
+    Sent::collect(&mut b);
+    // A died with 1 and 2 unacknowledged: the publisher sends them here.
+    rpiece(&mut b, t, 7, (1, 1, false), b"b");
+    rpiece(&mut b, t, 7, (2, 1, false), b"c");
+    rpiece(&mut b, t, 7, (3, 1, false), b"d");
+    let sent = Sent::collect(&mut b);
+    assert_eq!(sent.frames_to(ALICE), ["deliver 1 @3 d"], "each once");
+    assert_eq!(b.next_offset("news"), Some(4));
+    let up = b.poll_outgoing();
+    let origins: Vec<Origin> = up.iter().map(|o| o.origin).collect();
+    assert_eq!(origins.len(), 1, "copies never go up: {origins:?}");
+    assert_eq!(
+        (origins[0].source, origins[0].position),
+        (Source::Session(7), 3)
+    );
+    b.handle_bridged(t, up[0].receipt(), Bridged::Stored);
+    assert_eq!(publish_acks(&Sent::collect(&mut b)), [(4, vec![])]);
+    // A's copy of 3, stored before it died, comes after: it is here.
+    assert_eq!(copy(&mut b, 3), Remote::Duplicate);
+    // And a session this relay never saw starts after what came of it.
+    let other = session_at(8, 0, Some(0));
+    assert_eq!(
+        b.handle_remote(t, "news", other, false, b"x"),
+        Remote::Appended
+    );
+    rpiece(&mut b, t, 8, (0, 0, false), b"x");
+    assert_eq!(b.next_offset("news"), Some(5), "not stored twice");
+}
+
+#[test]
+fn a_relay_numbers_its_own_messages_past_the_copies_between_them() {
+    let (mut a, _da) = clustered(A);
+    let (mut c, _dc) = clustered(C);
+    let t = start();
+    publish(&mut a, t, "news", b"own 0");
+    let from_b = from_relay(0xb, 0, Some(0));
+    assert_eq!(
+        a.handle_remote(t, "news", from_b, false, b"copy"),
+        Remote::Appended
+    );
+    publish(&mut a, t, "news", b"own 2");
+    publish(&mut a, t, "news", b"own 3");
+    let out = a.poll_outgoing();
+    let origins: Vec<Origin> = out.iter().map(|o| o.origin).collect();
+    assert_eq!(
+        origins,
+        [
+            from_relay(A, 0, Some(0)),
+            from_relay(A, 2, Some(1)),
+            from_relay(A, 3, Some(3))
+        ]
+    );
+    // At C, 2 follows 0 directly; 3 waits for 2.
+    let (zero, two, three) = (&out[0], &out[1], &out[2]);
+    let mut take = |o: &Outgoing| c.handle_remote(t, "news", o.origin, false, &o.payload);
+    assert_eq!(take(zero), Remote::Appended);
+    assert_eq!(take(three), Remote::Ahead);
+    assert_eq!(take(two), Remote::Appended);
+    assert_eq!(take(three), Remote::Appended);
+    // Not stored, 2 goes again; after the jump it does not know what it
+    // follows, and C takes it if it is new.
+    a.handle_bridged(t, zero.receipt(), Bridged::Stored);
+    a.handle_bridged(t, two.receipt(), Bridged::Failed);
+    a.handle_bridged(t, three.receipt(), Bridged::Stored);
+    let later = run_timers(&mut a, t, t.after(Duration::from_secs(2)));
+    let again = a.poll_outgoing();
+    let origins: Vec<Origin> = again.iter().map(|o| o.origin).collect();
+    assert_eq!(origins, [from_relay(A, 2, None), from_relay(A, 3, Some(3))]);
+    assert_eq!(
+        c.handle_remote(later, "news", again[0].origin, false, b"own 2"),
+        Remote::Duplicate
+    );
+}
+
+#[test]
+fn after_a_restart_a_session_message_still_says_what_it_follows() {
+    let (_dir, config) = on_disk();
+    let t = start();
+    let mut a = Relay::open(&config, t).unwrap();
+    a.join_cluster(t).unwrap();
+    for seq in 0..3 {
+        rpiece(&mut a, t, 7, (seq, 0, false), b"m");
+    }
+    let out = a.poll_outgoing();
+    a.handle_bridged(t, out[0].receipt(), Bridged::Stored);
+    assert!(a.save_bridged().unwrap());
+    drop(a);
+    let mut a = Relay::open(&config, t).unwrap();
+    a.join_cluster(t).unwrap();
+    let origins: Vec<Origin> = a.poll_outgoing().iter().map(|o| o.origin).collect();
+    // The step mark at offset 1 is read from the record before it.
+    assert_eq!(
+        origins,
+        [session_at(7, 1, Some(1)), session_at(7, 2, Some(2))]
+    );
+}
+
+#[test]
+fn a_reliable_publisher_to_a_channel_that_stays_here_is_acknowledged_without_the_cluster() {
+    let (mut a, _d) = clustered(A);
+    let t = start();
+    let frame = Frame::ReliablePublish {
+        session: 7,
+        seq: 0,
+        acked_below: 0,
+        more: false,
+        channel: "not a subject",
+        payload: b"m",
+    };
+    send(&mut a, t, PUBLISHER, &[frame]);
+    assert_eq!(publish_acks(&Sent::collect(&mut a))[0].0, 0);
+    assert!(a.poll_outgoing().is_empty(), "kept here only");
+    assert_eq!(publish_acks(&Sent::collect(&mut a)), [(1, vec![])]);
 }
