@@ -48,6 +48,33 @@ fn stored(relay: &Relay) -> usize {
     String::from_utf8_lossy(&dump.stdout).lines().count()
 }
 
+/// `udpcat pub LIST stream --pick first` (and `extra`), with its stdin.
+fn spawn_publisher(list: &str, extra: &[&str]) -> (ChildGuard, std::process::ChildStdin) {
+    use std::process::{Command, Stdio};
+    let mut cmd = Command::new(udpcat_bin());
+    cmd.args(["pub", list, "stream", "--pick", "first"])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut publisher = ChildGuard::spawn("udpcat pub", &mut cmd);
+    let stdin = publisher.child().stdin.take().unwrap();
+    (publisher, stdin)
+}
+
+/// The numbers stored on channel "stream" in data directory `dir`.
+fn dump_stream(dir: &std::path::Path) -> Vec<u32> {
+    let out = std::process::Command::new(udprelay_bin())
+        .args(["log", "dump", "stream", "--data-dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split('\t').nth(2).unwrap().parse().unwrap())
+        .collect()
+}
+
 #[test]
 fn nearest_picks_the_relay_with_the_lowest_round_trip() {
     let t = three();
@@ -149,17 +176,10 @@ fn a_subscriber_moves_to_another_relay_when_its_relay_is_killed() {
 #[test]
 fn a_reliable_publisher_moves_to_another_relay_and_loses_nothing() {
     use std::io::Write;
-    use std::process::{Command, Stdio};
     let a = Relay::start(&[]);
     let b = Relay::start(&[]);
     let list = format!("{},{}", a.addr_str(), b.addr_str());
-    let mut cmd = Command::new(udpcat_bin());
-    cmd.args(["pub", &list, "stream", "--pick", "first", "--reliable"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut publisher = ChildGuard::spawn("udpcat pub", &mut cmd);
-    let mut stdin = publisher.child().stdin.take().unwrap();
+    let (publisher, mut stdin) = spawn_publisher(&list, &["--reliable"]);
     let lines =
         |range: std::ops::Range<u32>| -> String { range.map(|i| format!("{i}\n")).collect() };
     stdin.write_all(lines(0..500).as_bytes()).unwrap();
@@ -179,18 +199,10 @@ fn a_reliable_publisher_moves_to_another_relay_and_loses_nothing() {
         stderr.contains(&format!("now using {}", b.addr_str())),
         "{stderr}"
     );
-    let dump = |dir: &std::path::Path| -> Vec<u32> {
-        let out = Command::new(udprelay_bin())
-            .args(["log", "dump", "stream", "--data-dir"])
-            .arg(dir)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| l.split('\t').nth(2).unwrap().parse().unwrap())
-            .collect()
-    };
-    let (on_a, on_b) = (dump(&a_dir.path().join("data")), dump(&b.data_dir()));
+    let (on_a, on_b) = (
+        dump_stream(&a_dir.path().join("data")),
+        dump_stream(&b.data_dir()),
+    );
     let mut all: Vec<u32> = on_a.iter().chain(&on_b).copied().collect();
     all.sort_unstable();
     all.dedup();
@@ -205,4 +217,37 @@ fn a_reliable_publisher_moves_to_another_relay_and_loses_nothing() {
     // when it died may be on both).
     assert!(on_b.windows(2).all(|w| w[0] < w[1]), "B in order");
     assert!(on_b.contains(&999));
+}
+
+#[test]
+fn a_plain_publisher_moves_to_another_relay_when_its_relay_is_killed() {
+    use std::io::Write;
+    let a = Relay::start(&[]);
+    let b = Relay::start(&[]);
+    let list = format!("{},{}", a.addr_str(), b.addr_str());
+    let (publisher, mut stdin) = spawn_publisher(&list, &[]);
+    let lines =
+        |range: std::ops::Range<u32>| -> String { range.map(|i| format!("{i:06}\n")).collect() };
+    stdin.write_all(lines(0..100).as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    let mut watcher = TestClient::new(a.addr);
+    wait_until("relay A stored the first 100", || {
+        watcher.stats()["messages_published"] >= 100
+    });
+    let _a_dir = a.kill9();
+    // Windows of it go to A unanswered until the publisher gives A up;
+    // the rest goes to B.
+    stdin.write_all(lines(100..50_000).as_bytes()).unwrap();
+    drop(stdin);
+    let out = publisher.output_deadline(DEADLINE);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("stopped answering; now using {}", b.addr_str())),
+        "{stderr}"
+    );
+    let on_b = dump_stream(&b.data_dir());
+    assert!(!on_b.is_empty(), "B got the rest");
+    assert!(on_b.windows(2).all(|w| w[0] < w[1]), "in order, once");
+    assert_eq!(on_b.last(), Some(&49_999), "up to the end of the input");
 }

@@ -505,11 +505,12 @@ struct PubOptions {
 
 fn publish(conn: &mut Conn, opts: PubOptions) -> Result<(), CatError> {
     let nonce = Rng::from_entropy().next_u64();
+    // With other relays to go to, a second of silence moves there.
     let mut pp = PacedPublisher::new(
         &opts.channel,
         opts.datagram_size,
         nonce,
-        conn.reply_timeout,
+        conn.patience(),
         Instant::now(),
     )?;
     // Read no input before someone listens: spawned once the relay answered.
@@ -522,6 +523,12 @@ fn publish(conn: &mut Conn, opts: PubOptions) -> Result<(), CatError> {
             break;
         }
         if let Some(waited) = pp.failed_after() {
+            if conn.fail_over()? {
+                // What the dead relay was sent and had not handled is
+                // lost (plain publishing); the rest goes to the new one.
+                pp.moved(Instant::now());
+                continue;
+            }
             return Err(CatError::NoAnswer {
                 addr: conn.relay,
                 waited,
@@ -551,7 +558,11 @@ fn publish(conn: &mut Conn, opts: PubOptions) -> Result<(), CatError> {
         }
         let now = Instant::now();
         while let Some(datagram) = pp.poll_transmit(now) {
-            conn.send(&datagram)?;
+            match conn.send(&datagram) {
+                // Another relay is there to go to: the silence decides.
+                Err(CatError::Refused(_)) if !conn.others.is_empty() => {}
+                other => other?,
+            }
         }
         if !input_done && !input_paused && pp.wants_input() {
             continue;
@@ -576,7 +587,11 @@ fn publish(conn: &mut Conn, opts: PubOptions) -> Result<(), CatError> {
         }
         // A ping times out only after a wait in which nothing came: its pong
         // may sit in the socket buffer while input is being read.
-        match conn.link.recv_until(wake)? {
+        let got = match conn.link.recv_until(wake) {
+            Err(CatError::Refused(_)) if !conn.others.is_empty() => None,
+            other => other?,
+        };
+        match got {
             Some(datagram) => {
                 pp.handle_datagram(Instant::now(), datagram, |code, reason| {
                     report_refusal(code, reason);

@@ -53,6 +53,8 @@ pub struct PacedPublisher {
     /// in, and no datagram goes before it.
     ping_owed: bool,
     phase: Phase,
+    /// The input ended ([`PacedPublisher::finish`]).
+    finished: bool,
     /// How long a ping may go unanswered.
     reply_timeout: Duration,
 }
@@ -78,6 +80,7 @@ impl PacedPublisher {
             sent: 0,
             ping_owed: false,
             phase: Phase::Probing,
+            finished: false,
             reply_timeout,
         })
     }
@@ -102,6 +105,7 @@ impl PacedPublisher {
     /// The input ended: send the rest, then ping once more.
     pub fn finish(&mut self) {
         self.flush();
+        self.finished = true;
         if matches!(self.phase, Phase::Probing | Phase::Publishing) {
             self.phase = Phase::Finishing {
                 last_ping_sent: false,
@@ -118,6 +122,16 @@ impl PacedPublisher {
     /// How long a ping went unanswered, once one did: the relay is gone.
     pub fn failed_after(&self) -> Option<Duration> {
         (self.phase == Phase::Failed).then_some(self.reply_timeout)
+    }
+
+    /// Goes on at another relay after this one stopped answering: asks it
+    /// whether it is there, then sends what is queued. What the old relay
+    /// was sent and may not have handled is lost: plain publishing is
+    /// fire-and-forget.
+    pub fn moved(&mut self, now: Instant) {
+        self.ping_owed = false;
+        self.pinger.start(now);
+        self.phase = Phase::Probing;
     }
 
     /// Datagrams of messages sent so far.
@@ -193,6 +207,12 @@ impl PacedPublisher {
         match self.pinger.poll_outcome() {
             Some(PingOutcome::TimedOut) => self.phase = Phase::Failed,
             Some(PingOutcome::Answered { .. }) => match self.phase {
+                // After a move the input may have ended already.
+                Phase::Probing if self.finished => {
+                    self.phase = Phase::Finishing {
+                        last_ping_sent: false,
+                    }
+                }
                 Phase::Probing => self.phase = Phase::Publishing,
                 Phase::Finishing {
                     last_ping_sent: true,
@@ -311,6 +331,42 @@ mod tests {
         p.handle_timeout(t + 1000 * MS);
         assert_eq!(p.failed_after(), Some(1000 * MS));
         assert!(!p.wants_input());
+    }
+
+    #[test]
+    fn after_a_move_the_new_relay_is_asked_first_then_gets_what_was_left() {
+        let t = Instant::now();
+        let mut p = PacedPublisher::new("news", 100, 1, 1000 * MS, t).unwrap();
+        assert_eq!(drain(&mut p, t), [Out::Ping(1)]);
+        p.handle_datagram(t + MS, &pong(1), |_, _| {});
+        // Three windows of input; two go before the relay dies unanswering.
+        for _ in 0..3 * 2 * PING_EVERY {
+            p.push(&[b'x'; 30]).unwrap();
+        }
+        p.finish();
+        let sent = drain(&mut p, t + 2 * MS);
+        assert_eq!(sent.len() as u64, 2 * PING_EVERY + 1);
+        p.handle_timeout(t + 1002 * MS);
+        assert!(p.failed_after().is_some());
+        let mut now = t + 1003 * MS;
+        p.moved(now);
+        assert_eq!(p.failed_after(), None);
+        // Nothing but the question until the new relay answers.
+        assert_eq!(drain(&mut p, now), [Out::Ping(3)]);
+        let mut pending = Some(3);
+        let mut messages = 0;
+        while let Some(nonce) = pending.take() {
+            now += MS;
+            p.handle_datagram(now, &pong(nonce), |_, _| {});
+            for out in drain(&mut p, now) {
+                match out {
+                    Out::Ping(n) => pending = Some(n),
+                    Out::Messages(_) => messages += 1,
+                }
+            }
+        }
+        assert_eq!(messages, PING_EVERY, "the window left, to the new relay");
+        assert!(p.is_done(), "and the ping after everything answered");
     }
 
     #[test]
