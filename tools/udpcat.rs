@@ -5,14 +5,15 @@
 use std::io::{self, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::process::ExitCode;
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use socket2::{Domain, Protocol, Socket, Type};
 use udprelay::auth::Credential;
+use udprelay::client::Routes;
 use udprelay::client::{
-    ClientError, Handshake, PacedPublisher, Pick, PingOutcome, Pinger, ReliablePublisher,
+    ClientError, Handshake, PacedPublisher, Pick, Picker, PingOutcome, Pinger, ReliablePublisher,
     SecureError, Secured, StatsError, StatsPager, message_json,
 };
 use udprelay::reliable::ArqConfig;
@@ -186,6 +187,8 @@ struct Conn {
     others: Vec<SocketAddr>,
     /// How to pick among them.
     pick: Pick,
+    /// What the pings of the list, again every ten seconds or so, measured.
+    routes: Option<Arc<Mutex<Routes>>>,
     /// The credential, for the handshake with another relay.
     credential: Option<Credential>,
 }
@@ -193,17 +196,19 @@ struct Conn {
 /// The relay of `relays` to use: the one --pick picks, or, when none
 /// answers a plain ping and there is a credential (a relay that requires
 /// keys answers only a handshake), the first of them.
+///
+/// Returns the round of pings too, when there was one.
 fn choose(
     relays: &[SocketAddr],
     how: Pick,
     reply_timeout: Duration,
     keyed: bool,
-) -> Result<SocketAddr, CatError> {
+) -> Result<(SocketAddr, Option<Picker>), CatError> {
     match relays[..] {
-        [one] => Ok(one),
+        [one] => Ok((one, None)),
         _ => match pick_among(relays, how, reply_timeout) {
-            Err(CatError::NoneAnswered { .. }) if keyed => Ok(relays[0]),
-            other => other,
+            Err(CatError::NoneAnswered { .. }) if keyed => Ok((relays[0], None)),
+            other => other.map(|(relay, round)| (relay, Some(round))),
         },
     }
 }
@@ -213,7 +218,7 @@ fn pick_among(
     relays: &[SocketAddr],
     how: Pick,
     reply_timeout: Duration,
-) -> Result<SocketAddr, CatError> {
+) -> Result<(SocketAddr, Picker), CatError> {
     pick::pick("udpcat", relays, how, reply_timeout).map_err(|e| match e {
         pick::PickError::Io(e) => CatError::Io(e),
         pick::PickError::NoneAnswered { count, waited } => CatError::NoneAnswered { count, waited },
@@ -236,7 +241,10 @@ impl Conn {
     fn open(addr: &str, reply_timeout: Duration, key: &KeyArgs) -> Result<Conn, CatError> {
         let credential = credential(key)?;
         let relays = pick::resolve(addr).map_err(CatError::BadAddress)?;
-        let relay = choose(&relays, key.pick, reply_timeout, credential.is_some())?;
+        let (relay, round) = choose(&relays, key.pick, reply_timeout, credential.is_some())?;
+        // Measured again while it runs, so that a move need not wait for
+        // a round of pings.
+        let routes = round.map(|round| pick::reprobe(&relays, key.pick, reply_timeout, &round));
         let link = Link::connect(relay, credential.as_ref(), reply_timeout)?;
         let expires = (credential.as_ref())
             .filter(|c| c.expires != 0)
@@ -250,6 +258,7 @@ impl Conn {
             expires,
             others: relays.into_iter().filter(|&r| r != relay).collect(),
             pick: key.pick,
+            routes,
             credential,
         })
     }
@@ -264,13 +273,19 @@ impl Conn {
     }
 
     /// Moves to another relay of the list (the one --pick picks among those
-    /// not given up on, then the others in turn if it cannot be reached),
-    /// leaving this one behind; false if none is left.
+    /// not given up on, by the last round of pings that answered, else by a
+    /// round now; then the others in turn if it cannot be reached), leaving
+    /// this one behind; false if none is left.
     fn fail_over(&mut self) -> Result<bool, CatError> {
         let from = self.relay;
         while !self.others.is_empty() {
             let keyed = self.credential.is_some();
-            let next = choose(&self.others, self.pick, self.reply_timeout, keyed)?;
+            let known = (self.routes.as_ref())
+                .and_then(|r| r.lock().ok().and_then(|mut r| r.choice(&self.others)));
+            let next = match known {
+                Some(next) => next,
+                None => choose(&self.others, self.pick, self.reply_timeout, keyed)?.0,
+            };
             self.others.retain(|&r| r != next);
             match Link::connect(next, self.credential.as_ref(), self.reply_timeout) {
                 Ok(link) => {

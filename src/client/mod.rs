@@ -15,7 +15,7 @@
 //!   the channels the relay says it matches, each with its own offsets.
 //! - `reassembly`: [`Reassembler`], large messages from their pieces.
 //! - `ping`: [`Pinger`], round trips measured from the answered send.
-//! - `route`: [`Picker`], which of several relays to use, by round trip
+//! - `route`: [`Picker`] and [`Routes`], which of several relays to use, by round trip
 //!   and by the load each reports.
 //! - `stats`: [`StatsPager`], the relay's counters page by page.
 //! - `proof`: [`AddressProof`], the address token that subscriptions,
@@ -43,7 +43,7 @@ pub use proof::{AddressProof, HELLO_RETRY};
 pub use publisher::Publisher;
 pub use reassembly::{MAX_REASSEMBLED, Reassembler};
 pub use reliable::{ReliablePublisher, ReliableSubscription};
-pub use route::{Candidate, Pick, Picker};
+pub use route::{Candidate, Pick, Picker, REPROBE_EVERY, RTT_GAIN, Route, Routes};
 pub use secure::{HANDSHAKE_RETRY, Handshake, SecureError, Secured};
 pub use stats::{MAX_STATS_ENTRIES, MIN_STATS_REQUEST, STATS_RETRY, StatsError, StatsPager};
 pub use subscription::{AnySubscription, SUBSCRIBE_RETRY, Subscription, SubscriptionEvent};

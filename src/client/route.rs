@@ -3,8 +3,16 @@
 //! its PONG).
 //!
 //! A [`Picker`] pings every relay a few times, keeps each one's lowest round
-//! trip and its last reported load, and then picks by a [`Pick`] rule. Relays that have not answered a while after
-//! the others finished are left out; none answering is a timeout.
+//! trip and its last reported load, and then picks by a [`Pick`] rule.
+//! Relays that have not answered a while after the others finished are left
+//! out; none answering is a timeout.
+//!
+//! A [`Routes`] table keeps what rounds of probing measured while a client
+//! runs: each relay's round trip as an EWMA of its rounds' lowest, its last
+//! load, and whether it answered the last round. A client probes again at
+//! [`Routes::next_probe`], every [`REPROBE_EVERY`] with jitter (so that many
+//! clients started together do not probe together), and, when its relay
+//! stops answering, picks the next one from the table at once.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -24,6 +32,13 @@ pub const STRAGGLER_WAIT: Duration = Duration::from_millis(500);
 /// A relay's round trip counts as near the best one's up to this factor
 /// (for [`Pick::TwoChoices`]).
 pub const NEAR_FACTOR: f64 = 1.5;
+
+/// How often a running client probes its relays again, on average; each
+/// wait is drawn between half and one and a half times this.
+pub const REPROBE_EVERY: Duration = Duration::from_secs(10);
+
+/// The weight of a new round's round trip in a relay's EWMA.
+pub const RTT_GAIN: f64 = 0.25;
 
 /// How to pick among relays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -198,31 +213,116 @@ impl Picker {
     /// The relay picked (its index in the list), once probing is over;
     /// `None` if none answered.
     pub fn choice(&mut self) -> Option<usize> {
-        let answered: Vec<usize> = (0..self.candidates.len())
-            .filter(|&i| self.candidates[i].rtt.is_some())
+        let measured: Vec<(usize, Duration, Option<u32>)> = (self.candidates.iter().enumerate())
+            .filter_map(|(i, c)| Some((i, c.rtt?, c.load)))
             .collect();
-        let rtt = |i: usize| self.candidates[i].rtt.unwrap_or(Duration::MAX);
-        let load = |i: usize| self.candidates[i].load.unwrap_or(u32::MAX);
-        match self.pick {
-            Pick::First => answered.first().copied(),
-            Pick::Nearest => answered.iter().copied().min_by_key(|&i| (rtt(i), i)),
-            Pick::LeastLoaded => answered.iter().copied().min_by_key(|&i| (load(i), rtt(i))),
-            Pick::TwoChoices => {
-                let best = answered.iter().map(|&i| rtt(i)).min()?;
-                let near: Vec<usize> = (answered.iter().copied())
-                    .filter(|&i| rtt(i).as_secs_f64() <= best.as_secs_f64() * NEAR_FACTOR)
-                    .collect();
-                let a = near[self.rng.below(near.len() as u64) as usize];
-                if near.len() == 1 {
-                    return Some(a);
-                }
-                let mut b = near[self.rng.below(near.len() as u64 - 1) as usize];
-                if b == a {
-                    b = near[near.len() - 1];
-                }
-                Some(std::cmp::min_by_key(a, b, |&i| (load(i), rtt(i))))
+        choose(self.pick, &measured, &mut self.rng)
+    }
+}
+
+/// The one of `measured` (index, round trip, load) that `pick` picks;
+/// `None` if it is empty. `measured` is in the list's order.
+fn choose(pick: Pick, measured: &[(usize, Duration, Option<u32>)], rng: &mut Rng) -> Option<usize> {
+    let load = |m: &(usize, Duration, Option<u32>)| m.2.unwrap_or(u32::MAX);
+    match pick {
+        Pick::First => measured.first().map(|m| m.0),
+        Pick::Nearest => measured.iter().min_by_key(|m| (m.1, m.0)).map(|m| m.0),
+        Pick::LeastLoaded => measured.iter().min_by_key(|m| (load(m), m.1)).map(|m| m.0),
+        Pick::TwoChoices => {
+            let best = measured.iter().map(|m| m.1).min()?;
+            let near: Vec<&(usize, Duration, Option<u32>)> = (measured.iter())
+                .filter(|m| m.1.as_secs_f64() <= best.as_secs_f64() * NEAR_FACTOR)
+                .collect();
+            let a = near[rng.below(near.len() as u64) as usize];
+            if near.len() == 1 {
+                return Some(a.0);
             }
+            let mut b = near[rng.below(near.len() as u64 - 1) as usize];
+            if b.0 == a.0 {
+                b = near[near.len() - 1];
+            }
+            Some(std::cmp::min_by_key(a, b, |m| (load(m), m.1)).0)
         }
+    }
+}
+
+/// What one relay of a [`Routes`] table is known by.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Route {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Its round trip: an EWMA of its rounds' lowest, once it answered.
+    pub rtt: Option<Duration>,
+    /// Its last reported load, in thousandths.
+    pub load: Option<u32>,
+    /// It answered the last round it was probed in.
+    pub up: bool,
+}
+
+/// What rounds of probing measured of a client's relays, while it runs.
+#[derive(Debug)]
+pub struct Routes {
+    pick: Pick,
+    routes: Vec<Route>,
+    next_probe: Instant,
+    rng: Rng,
+}
+
+impl Routes {
+    /// A table of `relays`, none measured yet; the first round is due at
+    /// `now`; `seed` draws the jitter and the two choices.
+    pub fn new(relays: &[SocketAddr], pick: Pick, now: Instant, seed: u64) -> Routes {
+        Routes {
+            pick,
+            routes: (relays.iter())
+                .map(|&addr| Route {
+                    addr,
+                    rtt: None,
+                    load: None,
+                    up: false,
+                })
+                .collect(),
+            next_probe: now,
+            rng: Rng::new(seed),
+        }
+    }
+
+    /// What is known of each relay, in the order given.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// When the next round of probing is due.
+    pub fn next_probe(&self) -> Instant {
+        self.next_probe
+    }
+
+    /// Takes what a finished round measured (`picker`, over the same
+    /// relays) at `now`, and draws when the next is due.
+    pub fn update(&mut self, picker: &Picker, now: Instant) {
+        for (route, c) in self.routes.iter_mut().zip(picker.candidates()) {
+            route.up = c.rtt.is_some();
+            let Some(sample) = c.rtt else { continue };
+            route.rtt = Some(match route.rtt {
+                None => sample,
+                Some(old) => old.mul_f64(1.0 - RTT_GAIN) + sample.mul_f64(RTT_GAIN),
+            });
+            route.load = c.load.or(route.load);
+        }
+        let jitter = 0.5 + self.rng.below(1001) as f64 / 1000.0;
+        self.next_probe = now + REPROBE_EVERY.mul_f64(jitter);
+    }
+
+    /// The relay of `among` to use (when the one in use stopped answering,
+    /// the others not given up on): the one [`Pick`] picks among those that
+    /// answered their last round; `None` if none did.
+    pub fn choice(&mut self, among: &[SocketAddr]) -> Option<SocketAddr> {
+        let measured: Vec<(usize, Duration, Option<u32>)> = (self.routes.iter().enumerate())
+            .filter(|(_, r)| r.up && among.contains(&r.addr))
+            .filter_map(|(i, r)| Some((i, r.rtt?, r.load)))
+            .collect();
+        let i = choose(self.pick, &measured, &mut self.rng)?;
+        Some(self.routes[i].addr)
     }
 }
 
@@ -353,6 +453,45 @@ mod tests {
         }
         assert_eq!(picked[2], 0, "{picked:?}");
         assert!(picked[0] > 0 && picked[1] > picked[0], "{picked:?}");
+    }
+
+    #[test]
+    fn a_table_of_rounds_keeps_an_ewma_and_picks_the_next_relay_at_once() {
+        let relays: Vec<SocketAddr> = (1..=3)
+            .map(|i| format!("127.0.0.{i}:7070").parse().unwrap())
+            .collect();
+        let t = Instant::now();
+        let mut routes = Routes::new(&relays, Pick::Nearest, t, 1);
+        assert_eq!(routes.next_probe(), t, "the first round is due at once");
+        assert_eq!(routes.choice(&relays), None, "nothing measured yet");
+        let (round, _) = probed(Pick::Nearest, [Some(40), Some(1), Some(20)], [0; 3], 1);
+        routes.update(&round, t);
+        assert_eq!(routes.choice(&relays), Some(relays[1]));
+        let others = [relays[0], relays[2]];
+        assert_eq!(routes.choice(&others), Some(relays[2]), "the next nearest");
+        // Relay 1 slows to 100 ms: its EWMA moves a quarter of the way.
+        let (round, _) = probed(Pick::Nearest, [Some(40), Some(100), Some(20)], [0; 3], 1);
+        routes.update(&round, t);
+        let rtt = routes.routes()[1].rtt.unwrap();
+        assert_eq!(rtt.as_micros(), 25_750, "0.75 x 1 ms + 0.25 x 100 ms");
+        assert_eq!(routes.choice(&relays), Some(relays[2]));
+        // A relay that did not answer its last round is not picked.
+        let (round, _) = probed(Pick::Nearest, [Some(40), Some(1), None], [0; 3], 1);
+        routes.update(&round, t);
+        assert!(!routes.routes()[2].up);
+        assert_eq!(routes.choice(&others), Some(relays[0]));
+        // Rounds come every REPROBE_EVERY, give or take a half, not in step.
+        let mut waits = std::collections::BTreeSet::new();
+        for _ in 0..50 {
+            routes.update(&round, t);
+            let wait = routes.next_probe() - t;
+            assert!(
+                wait >= REPROBE_EVERY / 2 && wait <= REPROBE_EVERY * 3 / 2,
+                "{wait:?}"
+            );
+            waits.insert(wait);
+        }
+        assert!(waits.len() > 10, "drawn, not fixed: {waits:?}");
     }
 
     #[test]
