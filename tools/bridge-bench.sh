@@ -54,6 +54,8 @@ start_relay() {
 start_relay alone; alone=$addr
 start_relay a --cluster "$urls"; a=$addr; a_pid=${pids[-1]}
 start_relay c --cluster "$urls"; c=$addr; c_pid=${pids[-1]}
+# The same as A, acknowledging once stored here rather than in JetStream.
+start_relay a_local --cluster "$urls" --cluster-ack local; a_local=$addr
 
 # CPU seconds (user + system) a process has used so far.
 cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"; }
@@ -91,6 +93,7 @@ for r in $(seq 1 "$rounds"); do
     n1=$(nats_cpu) a1=$(cpu "$a_pid") c1=$(cpu "$c_pid")
     js=$("$bin/examples/jetstream_publish" "nats://127.0.0.1:${client[0]}" "js$r" "$n" 64 | awk '{print $4}')
     n2=$(nats_cpu)
-    echo "round $r: one relay $one   A -> JetStream -> C $bridged   JetStream publish alone $js"
+    local_ack=$(rate "$a_local" "$c" "local$r" "$dir/c.err")
+    echo "round $r: one relay $one   A -> JetStream -> C $bridged (acknowledged once in JetStream; $local_ack once stored at A)   JetStream publish alone $js"
     python3 -c "print(f'  CPU s for A -> C: nats-servers {$n1 - $n0:.1f}, relay A {$a1 - $a0:.1f}, relay C {$c1 - $c0:.1f}; for the JetStream publish: nats-servers {$n2 - $n1:.1f}')"
 done

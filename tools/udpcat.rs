@@ -541,7 +541,9 @@ fn publish(conn: &mut Conn, opts: PubOptions) -> Result<(), CatError> {
             if conn.fail_over()? {
                 // What the dead relay was sent and had not handled is
                 // lost (plain publishing); the rest goes to the new one.
-                pp.moved(Instant::now());
+                // The last relay of the list is waited for as long as one
+                // alone would be.
+                pp.moved(Instant::now(), conn.patience());
                 continue;
             }
             return Err(CatError::NoAnswer {
@@ -772,6 +774,13 @@ fn subscribe(conn: &mut Conn, opts: &SubOptions) -> Result<(), CatError> {
                 }
                 let now = Instant::now();
                 sub.moved(now);
+                if opts.reliable {
+                    // Offsets are each relay's own (docs/DESIGN-CLUSTER.md).
+                    eprintln!(
+                        "udpcat: the reliable subscription starts again at the new relay's head: \
+                         what reached it meanwhile is not replayed"
+                    );
+                }
                 heard = now;
                 answer_by = now + conn.reply_timeout;
             } else if sub.is_active() && now >= heard.max(pinged) + PING_EVERY_QUIET {

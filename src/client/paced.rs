@@ -124,12 +124,15 @@ impl PacedPublisher {
         (self.phase == Phase::Failed).then_some(self.reply_timeout)
     }
 
-    /// Goes on at another relay after this one stopped answering: asks it
-    /// whether it is there, then sends what is queued. What the old relay
-    /// was sent and may not have handled is lost: plain publishing is
+    /// Goes on at another relay after this one stopped answering, its
+    /// pings giving up after `reply_timeout` from now on: asks it whether
+    /// it is there, then sends what is queued. What the old relay was sent
+    /// and may not have handled is lost: plain publishing is
     /// fire-and-forget.
-    pub fn moved(&mut self, now: Instant) {
+    pub fn moved(&mut self, now: Instant, reply_timeout: Duration) {
         self.ping_owed = false;
+        self.reply_timeout = reply_timeout;
+        self.pinger.set_reply_timeout(reply_timeout);
         self.pinger.start(now);
         self.phase = Phase::Probing;
     }
@@ -349,7 +352,7 @@ mod tests {
         p.handle_timeout(t + 1002 * MS);
         assert!(p.failed_after().is_some());
         let mut now = t + 1003 * MS;
-        p.moved(now);
+        p.moved(now, 1000 * MS);
         assert_eq!(p.failed_after(), None);
         // Nothing but the question until the new relay answers.
         assert_eq!(drain(&mut p, now), [Out::Ping(3)]);

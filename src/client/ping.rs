@@ -84,6 +84,11 @@ impl Pinger {
         self
     }
 
+    /// From the next probe on, gives up after `reply_timeout` without a pong.
+    pub fn set_reply_timeout(&mut self, reply_timeout: Duration) {
+        self.reply_timeout = reply_timeout;
+    }
+
     /// Begins a probe whose first ping is due at `now` (a probe under way is
     /// abandoned, its pongs ignored from then on).
     pub fn start(&mut self, now: Instant) {

@@ -85,7 +85,7 @@ enum FromBridge {
 pub const PRIOR_HEADER: &str = "Udprelay-Prior";
 
 /// How long messages that came before an earlier one of their source wait
-/// for it (JetStream sends it again, or the source relay does) before it
+/// for it, once something of that source is stored here (JetStream sends it again, or the source relay does) before it
 /// is given up for lost and they are appended past the gap.
 const GAP_WAIT: Duration = Duration::from_secs(60);
 
@@ -93,8 +93,14 @@ const GAP_WAIT: Duration = Duration::from_secs(60);
 /// message ahead is asked for again later instead (JetStream keeps it).
 const HELD_BYTES: usize = 64 << 20;
 
-/// A message of another relay held until the one before it comes: when it
-/// came, what it follows, and the message.
+/// How long a message that says earlier ones of its source exist waits for
+/// them when nothing of that source is stored here yet (see
+/// [`Remote::Unsure`]): a resend after a failure comes within this; past
+/// it, this relay began following after them.
+const FIRST_WAIT: Duration = Duration::from_secs(10);
+
+/// A message of another relay held until the one before it comes: until
+/// when, what it follows, and the message.
 type HeldMessage = (Instant, Option<u64>, Box<jetstream::Message>);
 
 /// Where a held message belongs: its channel, source and position there.
@@ -164,7 +170,7 @@ impl Bridge {
         // Gaps waited for long enough: their first held message goes in
         // past the gap, and those after it follow.
         let stale: Vec<HeldKey> = (self.held.iter())
-            .filter(|(_, (since, ..))| since.elapsed() >= GAP_WAIT)
+            .filter(|(_, (until, ..))| Instant::now() >= *until)
             .map(|(key, _)| key.clone())
             .collect();
         for key in stale {
@@ -237,16 +243,22 @@ impl Bridge {
             true => Remote::Ahead,
             false => relay.handle_remote(now, &channel, origin, past_a_gap, &message.payload),
         };
-        if outcome == Remote::Ahead {
+        if let Remote::Ahead | Remote::Unsure = outcome {
             let key = (channel, origin.source, origin.position);
             // A second delivery of the same message replaces the first
             // (acknowledging either is the same to JetStream).
-            let since = match self.held.remove(&key) {
-                Some((since, _, old)) => {
+            let until = match self.held.remove(&key) {
+                Some((until, _, old)) => {
                     self.held_bytes -= old.payload.len();
-                    since
+                    until
                 }
-                None => Instant::now(),
+                None => {
+                    let wait = match outcome {
+                        Remote::Unsure => FIRST_WAIT,
+                        _ => GAP_WAIT,
+                    };
+                    Instant::now() + wait
+                }
             };
             if self.held_bytes + message.payload.len() > HELD_BYTES {
                 // Asked for again later: JetStream keeps it.
@@ -254,16 +266,18 @@ impl Bridge {
                 return;
             }
             self.held_bytes += message.payload.len();
-            self.held.insert(key, (since, origin.prior_below, message));
+            self.held.insert(key, (until, origin.prior_below, message));
             return;
         }
         let _ = self.to.send(ToBridge::Done(message, outcome));
-        if outcome != Remote::Appended {
+        if let Remote::Refused = outcome {
             return;
         }
-        // The held ones of its source, lowest first, while they now fit.
+        // The held ones of its source, lowest first, while they now fit (a
+        // duplicate may have been the one they waited for: the relay had
+        // it from its publisher).
         while let Some(key) = self.first_held(&channel, origin.source) {
-            let Some((since, prior_below, message)) = self.held.remove(&key) else {
+            let Some((until, prior_below, message)) = self.held.remove(&key) else {
                 break;
             };
             let (_, source, position) = key;
@@ -273,9 +287,9 @@ impl Bridge {
                 prior_below,
             };
             let outcome = relay.handle_remote(now, &channel, held, false, &message.payload);
-            if outcome == Remote::Ahead {
+            if let Remote::Ahead | Remote::Unsure | Remote::Refused = outcome {
                 self.held
-                    .insert((channel, source, position), (since, prior_below, message));
+                    .insert((channel, source, position), (until, prior_below, message));
                 break;
             }
             self.held_bytes -= message.payload.len();
@@ -397,7 +411,9 @@ async fn serve(
             ToBridge::Done(message, outcome) => {
                 let kind = match outcome {
                     Remote::Appended | Remote::Duplicate => jetstream::AckKind::Ack,
-                    Remote::Ahead | Remote::Refused => jetstream::AckKind::Nak(Some(NAK_DELAY)),
+                    Remote::Ahead | Remote::Unsure | Remote::Refused => {
+                        jetstream::AckKind::Nak(Some(NAK_DELAY))
+                    }
                 };
                 // Not acknowledged: JetStream sends it again after ACK_WAIT.
                 let _ = message.ack_with(kind).await;

@@ -123,6 +123,14 @@ pub(super) struct Channel {
     /// With a cluster: where each source's numbering stands at
     /// `bridge_next`, to tell the cluster what each message follows.
     pub(super) bridge_chain: super::cluster::Chain,
+    /// With a cluster: the step mark a scan starting at this offset
+    /// continues, as last looked up (a resend looks it up once, not once a
+    /// try).
+    pub(super) bridge_mark_at: Option<(u64, Option<crate::log::SessionMark>)>,
+    /// With a cluster: the open reliable sessions that stored messages
+    /// here, each with the seq of the first it stored (copies of theirs
+    /// below it, from the relay they used before, still go in).
+    pub(super) sessions_here: HashMap<u64, u64>,
 }
 
 /// Why a channel did not store a message.
@@ -383,6 +391,8 @@ impl Channels {
             bridge_queued: false,
             bridge_waiting: false,
             bridge_chain: Default::default(),
+            bridge_mark_at: None,
+            sessions_here: HashMap::new(),
         };
         let id = match self.free.pop() {
             Some(id) => {

@@ -50,9 +50,9 @@ pub const MAX_FOLLOWED: usize = 4096;
 /// Most messages taken from one channel in a turn, so that one busy
 /// channel does not hold back the others.
 const TURN: usize = 256;
-/// Most sessions a channel's [`Chain`] remembers; past it they are all
-/// forgotten (their next messages say nothing of what they follow).
-const CHAIN_SESSIONS: usize = 1024;
+/// Most sessions a channel's [`Chain`] remembers; past it one is forgotten
+/// for each new one (its next message says nothing of what it follows).
+pub(super) const CHAIN_SESSIONS: usize = 1024;
 
 /// Whose numbering a message bridged between relays follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -116,9 +116,13 @@ impl Chain {
                     RecordMark::Next { step } => Some((m.seq + 1).saturating_sub(u64::from(step))),
                     _ => self.sessions.get(&m.session).map(|&seq| seq + 1),
                 };
-                if self.sessions.len() >= CHAIN_SESSIONS && !self.sessions.contains_key(&m.session)
+                if self.sessions.len() >= CHAIN_SESSIONS
+                    && !self.sessions.contains_key(&m.session)
+                    && let Some(&any) = self.sessions.keys().next()
                 {
-                    self.sessions.clear();
+                    // One forgotten, not all: its next message says
+                    // nothing of what it follows.
+                    self.sessions.remove(&any);
                 }
                 self.sessions.insert(m.session, m.seq);
                 Origin {
@@ -216,6 +220,11 @@ pub enum Remote {
     /// An earlier message of the same source is missing: ask for it again
     /// later, after the one before it.
     Ahead,
+    /// Nothing of its source is stored here yet and it says earlier ones
+    /// exist, near the source's start: they may be on their way (sent
+    /// again after a failure) or long gone (this relay began following
+    /// after them). Held a short while, then taken.
+    Unsure,
     /// Could not be stored now (disk full, channel not served): ask again
     /// later.
     Refused,
@@ -425,8 +434,14 @@ impl Cluster {
             if !chain.started && channel.bridge_next < limit {
                 // What a step mark at the start continues, and, from a
                 // channel's very start, that nothing came before.
-                match log.mark_before(channel.bridge_next) {
-                    Ok(mark) => chain.mark = mark,
+                let at = channel.bridge_next;
+                let known =
+                    (channel.bridge_mark_at).and_then(|(o, mark)| (o == at).then_some(mark));
+                match known.map_or_else(|| log.mark_before(at), Ok) {
+                    Ok(mark) => {
+                        chain.mark = mark;
+                        channel.bridge_mark_at = Some((at, mark));
+                    }
                     Err(e) => {
                         channel.bridge_queued = false;
                         failed = Some((ch, e));
@@ -574,6 +589,9 @@ pub(super) fn place(id: u64, origin: Origin, last: Option<u64>) -> Result<Sessio
     match (last, prior_below) {
         (Some(last), _) if position <= last => return Err(Remote::Duplicate),
         (Some(last), Some(prior)) if prior > last.saturating_add(1) => return Err(Remote::Ahead),
+        (None, Some(prior)) if prior > 0 && prior <= WINDOW as u64 => {
+            return Err(Remote::Unsure);
+        }
         _ => {}
     }
     Ok(match source {

@@ -832,6 +832,10 @@ impl Relay {
             match self.append(now, ready.channel, Some(mark), &ready.payload) {
                 Ok(offset) => {
                     self.counters.messages_published += 1;
+                    if self.cluster.is_some() {
+                        let here = &mut self.channels[ready.channel].sessions_here;
+                        here.entry(session).or_insert(ready.seq);
+                    }
                     if self.durability.acks_wait_for_sync() || self.acks_wait_for_cluster() {
                         self.publishing.stored_not_durable(
                             &mut self.peers,
@@ -1162,20 +1166,29 @@ impl Relay {
         let ch = self.channels.find_or_create(channel);
         let last = match &self.channels[ch].storage {
             Storage::Open(log) => match origin.source {
-                Source::Relay(relay) => log.session_last_seq(crate::log::REMOTE_CLIENT, relay),
-                // Its copies, or what its publisher published here.
-                Source::Session(session) => [crate::log::REMOTE_SESSION, CLUSTER_SESSION]
-                    .into_iter()
-                    .filter_map(|client| log.session_last_seq(client, session))
-                    .max(),
+                Source::Relay(relay) => Ok(log.session_last_seq(crate::log::REMOTE_CLIENT, relay)),
+                Source::Session(session) => {
+                    let first_here = self.channels[ch].sessions_here.get(&session).copied();
+                    session_last(log, session, first_here, origin.position)
+                }
             },
-            Storage::Empty => None,
+            Storage::Empty => Ok(None),
             Storage::Failed(_) => return Remote::Refused,
+        };
+        let last = match last {
+            Ok(last) => last,
+            Err(outcome) => {
+                self.counters.bridge_duplicates += 1;
+                self.channels.forget_idle(ch, &mut self.counters);
+                return outcome;
+            }
         };
         let mark = match cluster::place(id, origin, last) {
             Ok(mark) => mark,
-            Err(Remote::Ahead) if past_a_gap => {
-                self.counters.replay_gaps += 1;
+            Err(unsure_or_ahead @ (Remote::Ahead | Remote::Unsure)) if past_a_gap => {
+                if unsure_or_ahead == Remote::Ahead {
+                    self.counters.replay_gaps += 1;
+                }
                 let lenient = Origin {
                     prior_below: None,
                     ..origin
@@ -1187,7 +1200,7 @@ impl Relay {
             }
             Err(outcome) => {
                 match outcome {
-                    Remote::Ahead => self.counters.bridge_ahead += 1,
+                    Remote::Ahead | Remote::Unsure => self.counters.bridge_ahead += 1,
                     _ => self.counters.bridge_duplicates += 1,
                 }
                 self.channels.forget_idle(ch, &mut self.counters);
@@ -1232,3 +1245,36 @@ impl Relay {
 mod quota_tests;
 #[cfg(test)]
 mod tests;
+
+/// The last position of session `session` this channel's `log` stored,
+/// for a copy of message `position` from another relay: what came here
+/// through the cluster, and, where `first_here` says from which seq the
+/// session published here itself, that too once the copies reach it. A
+/// copy of a message the session stored here is a duplicate (`Err`); one
+/// below what it stored here (the relay it used before had it, and it was
+/// on its way) still goes in.
+fn session_last(
+    log: &crate::log::ChannelLog,
+    session: u64,
+    first_here: Option<u64>,
+    position: u64,
+) -> Result<Option<u64>, Remote> {
+    let copied = log.session_last_seq(crate::log::REMOTE_SESSION, session);
+    let Some(here) = log.session_last_seq(CLUSTER_SESSION, session) else {
+        return Ok(copied);
+    };
+    let Some(first) = first_here else {
+        // Not known when it began here (a restart, or it ended): what it
+        // stored here counts as all before it.
+        return Ok(copied.max(Some(here)));
+    };
+    if (first..=here).contains(&position) {
+        return Err(Remote::Duplicate);
+    }
+    // The copies reached where it began here: they go on after it.
+    let joined = copied.map_or(first == 0, |c| c.saturating_add(1) >= first);
+    Ok(match joined {
+        true => copied.max(Some(here)),
+        false => copied,
+    })
+}

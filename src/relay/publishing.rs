@@ -138,7 +138,9 @@ impl Publishing {
         let in_log = channels
             .id(channel)
             .and_then(|id| match &channels[id].storage {
-                Storage::Open(log) => self.stored_in(log, client, session),
+                // Only what this relay stored: a copy on one channel says
+                // nothing of what the session left unbridged on another.
+                Storage::Open(log) => log.session_last_seq(client, session),
                 _ => None,
             });
         let logged = in_log.map_or(0, |last| last.saturating_add(1));
@@ -147,23 +149,6 @@ impl Publishing {
         counters.sessions_opened += 1;
         let new = PublishSession::new(session, client, self.limits.arq, acked_below.max(stored));
         Ok(peers.add_session(now, from, owner.key, new))
-    }
-
-    /// The last sequence number of session `session` of `client` that `log`
-    /// holds: stored here, or, in a cluster, copied from another relay it
-    /// was published through before.
-    pub(super) fn stored_in(
-        &self,
-        log: &crate::log::ChannelLog,
-        client: u64,
-        session: u64,
-    ) -> Option<u64> {
-        let here = log.session_last_seq(client, session);
-        let copied = match self.cluster_wide {
-            true => log.session_last_seq(crate::log::REMOTE_SESSION, session),
-            false => None,
-        };
-        here.max(copied)
     }
 
     /// Offers a piece of session `session` of `from` for `channel`,
@@ -306,6 +291,7 @@ impl Publishing {
         self.stored.remember(s.client, s.id, s.stored_below());
         for id in s.channels {
             channels[id].holds -= 1;
+            channels[id].sessions_here.remove(&s.id);
             channels.forget_idle(id, counters);
         }
     }

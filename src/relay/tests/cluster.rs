@@ -165,6 +165,8 @@ fn feed(c: &mut Relay, t: Now, cases: &[(&str, u64, u64, bool, Remote)]) {
 
 #[test]
 fn a_message_ahead_of_its_source_waits_and_a_restart_remembers_each_source() {
+    // Far from A's start, so its first is not waited for.
+    const FAR: u64 = 1 << 20;
     let (dir, config) = on_disk();
     let t = start();
     let mut c = Relay::open(&config, t).unwrap();
@@ -173,8 +175,8 @@ fn a_message_ahead_of_its_source_waits_and_a_restart_remembers_each_source() {
         &mut c,
         t,
         &[
-            ("news", A, 7, false, Remote::Appended),
-            ("news", A, 9, false, Remote::Ahead),
+            ("news", A, FAR + 7, false, Remote::Appended),
+            ("news", A, FAR + 9, false, Remote::Ahead),
         ],
     );
     assert_eq!(c.next_offset("news"), Some(1), "not stored");
@@ -182,10 +184,10 @@ fn a_message_ahead_of_its_source_waits_and_a_restart_remembers_each_source() {
         &mut c,
         t,
         &[
-            ("news", A, 8, false, Remote::Appended),
-            ("news", A, 9, false, Remote::Appended),
+            ("news", A, FAR + 8, false, Remote::Appended),
+            ("news", A, FAR + 9, false, Remote::Appended),
             ("news", 0xb, 0, false, Remote::Appended),
-            ("a pattern.>", A, 0, false, Remote::Duplicate),
+            ("a pattern.>", A, FAR, false, Remote::Duplicate),
         ],
     );
     drop(c);
@@ -195,11 +197,11 @@ fn a_message_ahead_of_its_source_waits_and_a_restart_remembers_each_source() {
         &mut c,
         t,
         &[
-            ("news", A, 9, false, Remote::Duplicate),
+            ("news", A, FAR + 9, false, Remote::Duplicate),
             ("news", 0xb, 0, false, Remote::Duplicate),
-            ("news", A, 10, false, Remote::Appended),
+            ("news", A, FAR + 10, false, Remote::Appended),
             // Given up for lost, what is missing is a gap.
-            ("news", A, 20, true, Remote::Appended),
+            ("news", A, FAR + 20, true, Remote::Appended),
         ],
     );
     assert_eq!(c.counters().replay_gaps, 1);
@@ -488,4 +490,128 @@ fn a_reliable_publisher_to_a_channel_that_stays_here_is_acknowledged_without_the
     assert_eq!(publish_acks(&Sent::collect(&mut a))[0].0, 0);
     assert!(a.poll_outgoing().is_empty(), "kept here only");
     assert_eq!(publish_acks(&Sent::collect(&mut a)), [(1, vec![])]);
+}
+
+#[test]
+fn a_new_sources_message_that_says_earlier_ones_exist_waits_for_them_a_while() {
+    let (mut a, _da) = clustered(A);
+    let (mut c, _dc) = clustered(C);
+    let t = start();
+    rpiece(&mut a, t, 7, (0, 0, false), b"0");
+    rpiece(&mut a, t, 7, (1, 0, false), b"1");
+    let out = a.poll_outgoing();
+    // The cluster lost 0 and stored 1: C gets 1 first.
+    a.handle_bridged(t, out[0].receipt(), Bridged::Failed);
+    a.handle_bridged(t, out[1].receipt(), Bridged::Stored);
+    assert_eq!(
+        c.handle_remote(t, "news", out[1].origin, false, b"1"),
+        Remote::Unsure
+    );
+    let later = run_timers(&mut a, t, t.after(Duration::from_secs(2)));
+    let again = a.poll_outgoing();
+    assert_eq!(
+        c.handle_remote(later, "news", again[0].origin, false, b"0"),
+        Remote::Appended
+    );
+    assert_eq!(
+        c.handle_remote(later, "news", out[1].origin, false, b"1"),
+        Remote::Appended
+    );
+    // Waited for long enough, it goes in: this relay began after them.
+    let late = session_at(8, 500, Some(500));
+    assert_eq!(
+        c.handle_remote(later, "news", late, false, b"x"),
+        Remote::Unsure
+    );
+    assert_eq!(
+        c.handle_remote(later, "news", late, true, b"x"),
+        Remote::Appended
+    );
+    assert_eq!(c.counters().replay_gaps, 0, "not a gap: never seen");
+    // Far from its source's start, nothing is waited for.
+    let old = session_at(9, 1 << 40, Some(1 << 40));
+    assert_eq!(
+        c.handle_remote(later, "news", old, false, b"y"),
+        Remote::Appended
+    );
+}
+
+#[test]
+fn copies_on_their_way_still_go_in_after_the_publisher_moved_here() {
+    let (mut c, _d) = clustered(C);
+    let t = start();
+    let copy = |c: &mut Relay, seq: u64| {
+        let origin = session_at(7, seq, Some(seq));
+        c.handle_remote(t, "news", origin, false, b"via a")
+    };
+    for seq in 0..3 {
+        assert_eq!(copy(&mut c, seq), Remote::Appended);
+    }
+    // A stored 3 and 4 in the cluster and acknowledged them; the publisher
+    // moves here and sends 5 before the copies of 3 and 4 come.
+    rpiece(&mut c, t, 7, (5, 5, false), b"five");
+    assert_eq!(c.next_offset("news"), Some(4));
+    assert_eq!(copy(&mut c, 3), Remote::Appended);
+    assert_eq!(copy(&mut c, 4), Remote::Appended);
+    assert_eq!(copy(&mut c, 5), Remote::Duplicate, "stored here");
+    assert_eq!(copy(&mut c, 6), Remote::Appended, "follows 5");
+    assert_eq!(c.next_offset("news"), Some(7));
+}
+
+#[test]
+fn a_copy_on_one_channel_does_not_acknowledge_what_the_session_left_on_another() {
+    let (mut b, _d) = clustered(0xb);
+    let t = start();
+    let copy = session_at(7, 3, None);
+    assert_eq!(
+        b.handle_remote(t, "news", copy, false, b"3"),
+        Remote::Appended
+    );
+    let piece = |seq, channel| Frame::ReliablePublish {
+        session: 7,
+        seq,
+        acked_below: 1,
+        more: false,
+        channel,
+        payload: b"m",
+    };
+    // The datagram with 1 was lost: 3 opens the session.
+    send(&mut b, t, PUBLISHER, &[piece(3, "news")]);
+    send(
+        &mut b,
+        t,
+        PUBLISHER,
+        &[piece(1, "other"), piece(2, "other")],
+    );
+    assert_eq!(b.next_offset("other"), Some(2), "1 and 2 stored");
+    assert_eq!(b.next_offset("news"), Some(1), "3 not twice");
+}
+
+#[test]
+fn past_the_sessions_a_chain_remembers_only_the_oldest_are_forgotten() {
+    use crate::relay::cluster::CHAIN_SESSIONS;
+    let (mut a, _d) = clustered(A);
+    let t = start();
+    let sessions = CHAIN_SESSIONS as u64 + 76;
+    let mut known = 0;
+    for seq in 0..2 {
+        for s in 0..sessions {
+            let from = format!("127.0.0.2:{}", 1000 + s);
+            let frame = Frame::ReliablePublish {
+                session: s,
+                seq,
+                acked_below: 0,
+                more: false,
+                channel: "news",
+                payload: b"m",
+            };
+            send(&mut a, t, &from, &[frame]);
+            for o in a.poll_outgoing() {
+                known += usize::from(seq == 1 && o.origin.prior_below.is_some());
+                a.handle_bridged(t, o.receipt(), Bridged::Stored);
+            }
+        }
+    }
+    // Each new one forgets one other; clearing all would know none.
+    assert!(known >= CHAIN_SESSIONS - 2 * 76, "{known} of {sessions}");
 }
