@@ -163,6 +163,7 @@ impl ReliablePublisher {
     /// know the session takes it from what was acknowledged.
     pub fn moved(&mut self) {
         self.proof = AddressProof::new();
+        self.sender.new_path();
     }
 
     /// token came, [`ReliablePublisher::poll_transmit`]) is next due.

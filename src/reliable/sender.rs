@@ -441,6 +441,36 @@ impl Sender {
         self.timers.set_or_stop(Timer::Rack, next_check);
     }
 
+    /// The peer is another one now (a client moved to another relay):
+    /// what this one acknowledged selectively is not known there, and its
+    /// path is a new one. Everything not cumulatively acknowledged goes
+    /// again, first; the round trip, the congestion window and the timeout
+    /// start afresh, as on a new stream (RFC 9000 section 9.4 does the same
+    /// on a new path).
+    pub fn new_path(&mut self) {
+        self.lost.clear();
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            if slot.acked {
+                slot.acked = false;
+                self.in_flight_bytes += slot.bytes;
+            }
+            slot.lost = true;
+            slot.suspect = true;
+            self.lost.push_back(self.snd_una + i as u64);
+        }
+        self.pipe = 0;
+        self.highest_acked = self.snd_una;
+        self.rtt = RttEstimator::new(&self.config);
+        self.congestion = Congestion::new(&self.config, self.next_seq);
+        self.pacer = Pacer::new();
+        self.peer_window = u64::from(self.config.receive_window);
+        self.timers = TimerTable::new();
+        self.rack = None;
+        self.reo_wnd = Duration::ZERO;
+        self.silent_timeouts = 0;
+        self.probed = false;
+    }
+
     /// The earliest time [`Sender::handle_timeout`] has something to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.next_deadline()

@@ -384,3 +384,28 @@ fn a_second_timeout_forgets_selective_acknowledgements_in_case_the_receiver_rene
     assert_eq!(s.on_ack(4, [], 64, at + MS), 4);
     assert!(s.is_idle());
 }
+
+#[test]
+fn a_new_path_sends_everything_not_cumulatively_acknowledged_again_at_once() {
+    let t = Instant::now();
+    let mut s = Sender::new(cfg(), 0);
+    send_n(&mut s, 10, t);
+    // The old relay stored 0..3 and said it received 3..6 (its cluster had
+    // not stored them yet); 6..10 were in the air when it died.
+    s.on_ack(3, [(3, 6)], 100, t + 10 * MS);
+    assert!(s.srtt().is_some());
+    s.handle_timeout(t + 2000 * MS);
+    assert!(s.stats().timeouts > 0, "the dead relay's silence");
+    s.new_path();
+    assert_eq!(s.srtt(), None, "the new path is measured afresh");
+    assert_eq!(s.rto(), cfg().initial_rto);
+    let now = t + 2001 * MS;
+    assert_eq!(
+        retransmits(&mut s, now),
+        (3..10).collect::<Vec<_>>(),
+        "selectively acknowledged ones too, without waiting for a timeout"
+    );
+    // The new relay acknowledging them all ends it.
+    s.on_ack(10, [], 100, now + 40 * MS);
+    assert!(s.is_idle());
+}
