@@ -163,6 +163,8 @@ impl ReliablePublisher {
     /// know the session takes it from what was acknowledged.
     pub fn moved(&mut self) {
         self.proof = AddressProof::new();
+        // A piece kept for the next datagram goes from the lost queue.
+        self.carry = None;
         self.sender.new_path();
     }
 

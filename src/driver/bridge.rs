@@ -99,9 +99,17 @@ const HELD_BYTES: usize = 64 << 20;
 /// it, this relay began following after them.
 const FIRST_WAIT: Duration = Duration::from_secs(10);
 
-/// A message of another relay held until the one before it comes: until
-/// when, what it follows, and the message.
-type HeldMessage = (Instant, Option<u64>, Box<jetstream::Message>);
+/// A message of another relay held until the one before it comes: when it
+/// came and how long it may wait, what it follows, and the message.
+type HeldMessage = ((Instant, Duration), Option<u64>, Box<jetstream::Message>);
+
+/// How long a message held as `outcome` may wait in all.
+fn wait_for(outcome: Remote) -> Duration {
+    match outcome {
+        Remote::Unsure => FIRST_WAIT,
+        _ => GAP_WAIT,
+    }
+}
 
 /// Where a held message belongs: its channel, source and position there.
 type HeldKey = (String, Source, u64);
@@ -170,7 +178,7 @@ impl Bridge {
         // Gaps waited for long enough: their first held message goes in
         // past the gap, and those after it follow.
         let stale: Vec<HeldKey> = (self.held.iter())
-            .filter(|(_, (until, ..))| Instant::now() >= *until)
+            .filter(|(_, ((came, wait), ..))| came.elapsed() >= *wait)
             .map(|(key, _)| key.clone())
             .collect();
         for key in stale {
@@ -247,18 +255,13 @@ impl Bridge {
             let key = (channel, origin.source, origin.position);
             // A second delivery of the same message replaces the first
             // (acknowledging either is the same to JetStream).
+            // A wait that turns out to be for a gap gets a gap's time.
             let until = match self.held.remove(&key) {
-                Some((until, _, old)) => {
+                Some(((came, wait), _, old)) => {
                     self.held_bytes -= old.payload.len();
-                    until
+                    (came, wait.max(wait_for(outcome)))
                 }
-                None => {
-                    let wait = match outcome {
-                        Remote::Unsure => FIRST_WAIT,
-                        _ => GAP_WAIT,
-                    };
-                    Instant::now() + wait
-                }
+                None => (Instant::now(), wait_for(outcome)),
             };
             if self.held_bytes + message.payload.len() > HELD_BYTES {
                 // Asked for again later: JetStream keeps it.
@@ -277,7 +280,7 @@ impl Bridge {
         // duplicate may have been the one they waited for: the relay had
         // it from its publisher).
         while let Some(key) = self.first_held(&channel, origin.source) {
-            let Some((until, prior_below, message)) = self.held.remove(&key) else {
+            let Some(((came, wait), prior_below, message)) = self.held.remove(&key) else {
                 break;
             };
             let (_, source, position) = key;
@@ -288,6 +291,7 @@ impl Bridge {
             };
             let outcome = relay.handle_remote(now, &channel, held, false, &message.payload);
             if let Remote::Ahead | Remote::Unsure | Remote::Refused = outcome {
+                let until = (came, wait.max(wait_for(outcome)));
                 self.held
                     .insert((channel, source, position), (until, prior_below, message));
                 break;

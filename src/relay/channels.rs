@@ -128,9 +128,46 @@ pub(super) struct Channel {
     /// try).
     pub(super) bridge_mark_at: Option<(u64, Option<crate::log::SessionMark>)>,
     /// With a cluster: the open reliable sessions that stored messages
-    /// here, each with the seq of the first it stored (copies of theirs
-    /// below it, from the relay they used before, still go in).
-    pub(super) sessions_here: HashMap<u64, u64>,
+    /// here, by id, with what each stint of theirs stored (copies of theirs
+    /// outside those, from the relays they used between, still go in).
+    pub(super) sessions_here: HashMap<u64, Stints>,
+}
+
+/// In a cluster: the stretches of one reliable session's messages a relay
+/// stored itself on a channel, one per address the session came from while
+/// open (a publisher that moves away and back is a second stint).
+#[derive(Debug, Default)]
+pub(super) struct Stints {
+    /// (address, first seq stored, last seq stored).
+    pub(super) open: Vec<(SocketAddr, u64, u64)>,
+    /// A stint ended while another was open: what it stored is no longer
+    /// known here.
+    pub(super) forgot: bool,
+}
+
+impl Stints {
+    /// Notes message `seq` stored here by the session from `from`.
+    pub(super) fn stored(&mut self, from: SocketAddr, seq: u64) {
+        match self.open.iter_mut().find(|s| s.0 == from) {
+            Some(stint) => stint.2 = stint.2.max(seq),
+            None => self.open.push((from, seq, seq)),
+        }
+    }
+}
+
+impl Channel {
+    /// The stint of session `session` from `from` ended (its peer is gone).
+    pub(super) fn session_ended(&mut self, session: u64, from: SocketAddr) {
+        let Some(stints) = self.sessions_here.get_mut(&session) else {
+            return;
+        };
+        stints.open.retain(|s| s.0 != from);
+        if stints.open.is_empty() {
+            self.sessions_here.remove(&session);
+        } else {
+            stints.forgot = true;
+        }
+    }
 }
 
 /// Why a channel did not store a message.

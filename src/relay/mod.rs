@@ -834,7 +834,7 @@ impl Relay {
                     self.counters.messages_published += 1;
                     if self.cluster.is_some() {
                         let here = &mut self.channels[ready.channel].sessions_here;
-                        here.entry(session).or_insert(ready.seq);
+                        here.entry(session).or_default().stored(from, ready.seq);
                     }
                     if self.durability.acks_wait_for_sync() || self.acks_wait_for_cluster() {
                         self.publishing.stored_not_durable(
@@ -1022,6 +1022,9 @@ impl Relay {
             }
         }
         for s in peer.sessions {
+            for &ch in &s.channels {
+                self.channels[ch].session_ended(s.id, addr);
+            }
             self.publishing
                 .release(s, &mut self.channels, &mut self.counters);
         }
@@ -1168,8 +1171,8 @@ impl Relay {
             Storage::Open(log) => match origin.source {
                 Source::Relay(relay) => Ok(log.session_last_seq(crate::log::REMOTE_CLIENT, relay)),
                 Source::Session(session) => {
-                    let first_here = self.channels[ch].sessions_here.get(&session).copied();
-                    session_last(log, session, first_here, origin.position)
+                    let stints = self.channels[ch].sessions_here.get(&session);
+                    session_last(log, session, stints, origin.position)
                 }
             },
             Storage::Empty => Ok(None),
@@ -1248,33 +1251,38 @@ mod tests;
 
 /// The last position of session `session` this channel's `log` stored,
 /// for a copy of message `position` from another relay: what came here
-/// through the cluster, and, where `first_here` says from which seq the
-/// session published here itself, that too once the copies reach it. A
-/// copy of a message the session stored here is a duplicate (`Err`); one
-/// below what it stored here (the relay it used before had it, and it was
-/// on its way) still goes in.
+/// through the cluster, and, where `stints` says what the session stored
+/// here itself, that too once the copies reach it. A copy of a message the
+/// session stored here is a duplicate (`Err`); one outside what it stored
+/// here (a relay it used before or between had it, and it was on its way)
+/// still goes in.
 fn session_last(
     log: &crate::log::ChannelLog,
     session: u64,
-    first_here: Option<u64>,
+    stints: Option<&channels::Stints>,
     position: u64,
 ) -> Result<Option<u64>, Remote> {
     let copied = log.session_last_seq(crate::log::REMOTE_SESSION, session);
     let Some(here) = log.session_last_seq(CLUSTER_SESSION, session) else {
         return Ok(copied);
     };
-    let Some(first) = first_here else {
-        // Not known when it began here (a restart, or it ended): what it
-        // stored here counts as all before it.
+    let known = stints.filter(|s| !s.forgot && s.open.iter().map(|o| o.2).max() == Some(here));
+    let Some(stints) = known else {
+        // Not all it stored here is known (a restart, a stint that ended):
+        // what it stored here counts as all before it.
         return Ok(copied.max(Some(here)));
     };
-    if (first..=here).contains(&position) {
+    if (stints.open.iter()).any(|&(_, first, last)| (first..=last).contains(&position)) {
         return Err(Remote::Duplicate);
     }
-    // The copies reached where it began here: they go on after it.
-    let joined = copied.map_or(first == 0, |c| c.saturating_add(1) >= first);
-    Ok(match joined {
-        true => copied.max(Some(here)),
-        false => copied,
-    })
+    // The copies go on after each stint they reach.
+    let mut ranges: Vec<(u64, u64)> = stints.open.iter().map(|&(_, f, l)| (f, l)).collect();
+    ranges.sort_unstable();
+    let mut last = copied;
+    for (first, end) in ranges {
+        if last.map_or(first == 0, |l| l.saturating_add(1) >= first) {
+            last = last.max(Some(end));
+        }
+    }
+    Ok(last)
 }

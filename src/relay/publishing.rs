@@ -291,7 +291,6 @@ impl Publishing {
         self.stored.remember(s.client, s.id, s.stored_below());
         for id in s.channels {
             channels[id].holds -= 1;
-            channels[id].sessions_here.remove(&s.id);
             channels.forget_idle(id, counters);
         }
     }

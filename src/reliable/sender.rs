@@ -454,8 +454,11 @@ impl Sender {
                 slot.acked = false;
                 self.in_flight_bytes += slot.bytes;
             }
+            // The new peer never saw it: its first acknowledgement there is
+            // a round-trip sample of the new path.
             slot.lost = true;
-            slot.suspect = true;
+            slot.suspect = false;
+            slot.transmissions = 0;
             self.lost.push_back(self.snd_una + i as u64);
         }
         self.pipe = 0;

@@ -405,7 +405,8 @@ fn a_new_path_sends_everything_not_cumulatively_acknowledged_again_at_once() {
         (3..10).collect::<Vec<_>>(),
         "selectively acknowledged ones too, without waiting for a timeout"
     );
-    // The new relay acknowledging them all ends it.
+    // The new relay acknowledging them all ends it, and measures the path.
     s.on_ack(10, [], 100, now + 40 * MS);
     assert!(s.is_idle());
+    assert_eq!(s.srtt(), Some(40 * MS), "a sample of the new path");
 }

@@ -615,3 +615,41 @@ fn past_the_sessions_a_chain_remembers_only_the_oldest_are_forgotten() {
     // Each new one forgets one other; clearing all would know none.
     assert!(known >= CHAIN_SESSIONS - 2 * 76, "{known} of {sessions}");
 }
+
+#[test]
+fn copies_from_the_relay_a_publisher_used_between_two_stints_here_still_go_in() {
+    let (mut c, _d) = clustered(C);
+    let t = start();
+    for seq in 0..3 {
+        rpiece(&mut c, t, 7, (seq, 0, false), b"here");
+    }
+    // It moved to B (which stored 3 and 4), and back, from a new socket.
+    for seq in 5..10 {
+        let frame = Frame::ReliablePublish {
+            session: 7,
+            seq,
+            acked_below: 5,
+            more: false,
+            channel: "news",
+            payload: b"again",
+        };
+        send(&mut c, t, "127.0.0.1:2001", &[frame]);
+    }
+    assert_eq!(c.next_offset("news"), Some(8));
+    for seq in 3..5 {
+        let copy = session_at(7, seq, Some(seq));
+        assert_eq!(
+            c.handle_remote(t, "news", copy, false, b"via b"),
+            Remote::Appended,
+            "copy {seq}"
+        );
+    }
+    for seq in [1, 6] {
+        let copy = session_at(7, seq, Some(seq));
+        assert_eq!(
+            c.handle_remote(t, "news", copy, false, b"via b"),
+            Remote::Duplicate,
+            "{seq} was stored here"
+        );
+    }
+}
