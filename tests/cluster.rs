@@ -40,6 +40,54 @@ fn numbered(n: usize) -> String {
     (0..n).map(|i| format!("order-{i:06}\n")).collect()
 }
 
+/// A reliable subscriber at `relay` to "orders" for `n` messages, once the
+/// relay follows the channel in the cluster; and its lines as they come.
+fn reliable_orders_at(relay: &Relay, n: usize) -> (Subscriber, mpsc::Receiver<String>) {
+    let mut sub = Subscriber::start(&[
+        &relay.addr_str(),
+        "orders",
+        "--reliable",
+        "--count",
+        &n.to_string(),
+    ]);
+    let lines = sub.stdout_lines();
+    wait_following(relay, "orders");
+    (sub, lines)
+}
+
+/// Takes `lines` into `got` until it holds `n`; false if `deadline` passed
+/// first (the subscriber ending early leaves it short).
+fn receive_until(
+    lines: &mpsc::Receiver<String>,
+    deadline: std::time::Instant,
+    got: &mut Vec<String>,
+    n: usize,
+) -> bool {
+    while got.len() < n {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => got.push(line),
+            Err(mpsc::RecvTimeoutError::Timeout) => return false,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    true
+}
+
+/// Panics, saying `what` and where, unless `got` is `input`'s lines: all,
+/// once, in order.
+fn assert_all_once_in_order(got: &[String], input: &str, what: &str) {
+    let want: Vec<&str> = input.lines().collect();
+    if got != want {
+        let first_wrong = got.iter().zip(&want).position(|(g, w)| g != w);
+        panic!(
+            "{what}: C got {} messages for {}; first out of place at {first_wrong:?}",
+            got.len(),
+            want.len()
+        );
+    }
+}
+
 /// 100,000 messages published reliably at relay A reach a reliable
 /// subscriber at relay C, all, once, in A's order, whatever `midway` does.
 fn a_to_c(midway: Midway) {
@@ -55,15 +103,7 @@ fn a_to_c(midway: Midway) {
     };
     let _b = edge(&cluster);
     let c = edge(&cluster);
-    let mut sub = Subscriber::start(&[
-        &c.addr_str(),
-        "orders",
-        "--reliable",
-        "--count",
-        &MESSAGES.to_string(),
-    ]);
-    let lines = sub.stdout_lines();
-    wait_following(&c, "orders");
+    let (sub, lines) = reliable_orders_at(&c, MESSAGES);
     let listen = a.addr_str();
     let mut cmd = Command::new(udpcat_bin());
     cmd.args([
@@ -87,18 +127,6 @@ fn a_to_c(midway: Midway) {
     });
     let mut got: Vec<String> = Vec::with_capacity(MESSAGES);
     let deadline = std::time::Instant::now() + 3 * DEADLINE;
-    // Takes lines until `n` in all; false if the deadline passed first.
-    let receive_until = |got: &mut Vec<String>, n: usize| -> bool {
-        while got.len() < n {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match lines.recv_timeout(left) {
-                Ok(line) => got.push(line),
-                Err(mpsc::RecvTimeoutError::Timeout) => return false,
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            }
-        }
-        true
-    };
     let stuck = |got: &[String], a: &Relay| -> String {
         format!(
             "{midway:?}: C got {} of {MESSAGES}\nA: {}\n{}\nC: {}\n{}",
@@ -109,7 +137,7 @@ fn a_to_c(midway: Midway) {
             tail(&c.stderr())
         )
     };
-    if !receive_until(&mut got, MESSAGES / 3) {
+    if !receive_until(&lines, deadline, &mut got, MESSAGES / 3) {
         panic!("{}", stuck(&got, &a));
     }
     match midway {
@@ -120,7 +148,7 @@ fn a_to_c(midway: Midway) {
             a = Relay::start_at(dir, &listen, &["--cluster", &cluster.urls()]);
         }
     }
-    if !receive_until(&mut got, MESSAGES) {
+    if !receive_until(&lines, deadline, &mut got, MESSAGES) {
         panic!("{}", stuck(&got, &a));
     }
     let out = publisher.output_deadline(DEADLINE);
@@ -135,14 +163,7 @@ fn a_to_c(midway: Midway) {
         status.success(),
         "{midway:?}: the subscriber failed: {stderr}"
     );
-    let want: Vec<&str> = input.lines().collect();
-    if got != want {
-        let first_wrong = got.iter().zip(&want).position(|(g, w)| g != w);
-        panic!(
-            "{midway:?}: C got {} messages for {MESSAGES}; first out of place at {first_wrong:?}",
-            got.len()
-        );
-    }
+    assert_all_once_in_order(&got, &input, &format!("{midway:?}"));
     drop(a);
 }
 
@@ -198,15 +219,7 @@ fn a_reliable_publisher_picks_the_nearest_relay_and_moves_when_it_dies_losing_no
     let c = edge(&cluster);
     let near = Chaos::start(b.addr, &["--delay", "20ms"]);
     let far = Chaos::start(c.addr, &["--delay", "40ms"]);
-    let mut sub = Subscriber::start(&[
-        &c.addr_str(),
-        "orders",
-        "--reliable",
-        "--count",
-        &N.to_string(),
-    ]);
-    let lines = sub.stdout_lines();
-    wait_following(&c, "orders");
+    let (sub, lines) = reliable_orders_at(&c, N);
     let list = format!("{},{},{}", far.addr_str(), a.addr_str(), near.addr_str());
     let mut cmd = Command::new(udpcat_bin());
     cmd.args(["pub", &list, "orders", "--pick", "nearest", "--reliable"])
@@ -222,24 +235,20 @@ fn a_reliable_publisher_picks_the_nearest_relay_and_moves_when_it_dies_losing_no
     stdin.flush().unwrap();
     let deadline = std::time::Instant::now() + 3 * DEADLINE;
     let mut got: Vec<String> = Vec::with_capacity(N);
-    let receive_until = |got: &mut Vec<String>, n: usize| {
-        while got.len() < n {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match lines.recv_timeout(left) {
-                Ok(line) => got.push(line),
-                Err(e) => panic!(
-                    "C got {} of {n} ({e:?})\nB: {}\n{}\nC: {}\n{}",
-                    got.len(),
-                    bridge_counters(&b),
-                    tail(&b.stderr()),
-                    bridge_counters(&c),
-                    tail(&c.stderr())
-                ),
-            }
+    let receive = |got: &mut Vec<String>, n: usize| {
+        if !receive_until(&lines, deadline, got, n) || got.len() < n {
+            panic!(
+                "C got {} of {n}\nB: {}\n{}\nC: {}\n{}",
+                got.len(),
+                bridge_counters(&b),
+                tail(&b.stderr()),
+                bridge_counters(&c),
+                tail(&c.stderr())
+            );
         }
     };
     // A quarter reached C through A and the cluster: A is in use.
-    receive_until(&mut got, N / 4);
+    receive(&mut got, N / 4);
     let a_addr = a.addr_str();
     let _a_dir = a.kill9();
     let killed = std::time::Instant::now();
@@ -258,7 +267,7 @@ fn a_reliable_publisher_picks_the_nearest_relay_and_moves_when_it_dies_losing_no
         }
         stderr.push(line);
     }
-    receive_until(&mut got, N);
+    receive(&mut got, N);
     let status = publisher.wait_deadline(DEADLINE);
     let stderr = format!("{}\n{}", stderr.join("\n"), rest_of(&said));
     assert!(status.success(), "the publisher failed: {stderr}");
@@ -272,14 +281,7 @@ fn a_reliable_publisher_picks_the_nearest_relay_and_moves_when_it_dies_losing_no
     );
     let (status, _, sub_stderr) = sub.finish();
     assert!(status.success(), "the subscriber failed: {sub_stderr}");
-    let want: Vec<&str> = input.lines().collect();
-    if got != want {
-        let first_wrong = got.iter().zip(&want).position(|(g, w)| g != w);
-        panic!(
-            "C got {} messages for {N}; first out of place at {first_wrong:?}",
-            got.len()
-        );
-    }
+    assert_all_once_in_order(&got, &input, "after the move");
     // Measured, not asserted (a loaded machine may take longer): the issue
     // asks for under 2 s.
     eprintln!("moved to the next relay {moved_after:?} after the kill");

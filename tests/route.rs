@@ -75,6 +75,35 @@ fn dump_stream(dir: &std::path::Path) -> Vec<u32> {
         .collect()
 }
 
+/// Feeds `first` to a publisher of "stream", waits until relay `a` stored
+/// `stored` messages, kills it -9, and feeds `rest`; returns A's directory
+/// and what the publisher said on stderr, once it succeeded, having moved
+/// to `b`.
+fn kill_midway(
+    (a, b): (Relay, &Relay),
+    (publisher, mut stdin): (ChildGuard, std::process::ChildStdin),
+    (first, stored, rest): (&str, u64, &str),
+) -> (tempfile::TempDir, String) {
+    use std::io::Write;
+    stdin.write_all(first.as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    let mut watcher = TestClient::new(a.addr);
+    wait_until(&format!("relay A stored the first {stored}"), || {
+        watcher.stats()["messages_published"] >= stored
+    });
+    let a_dir = a.kill9();
+    stdin.write_all(rest.as_bytes()).unwrap();
+    drop(stdin);
+    let out = publisher.output_deadline(DEADLINE);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("stopped answering; now using {}", b.addr_str())),
+        "{stderr}"
+    );
+    (a_dir, stderr)
+}
+
 #[test]
 fn nearest_picks_the_relay_with_the_lowest_round_trip() {
     let t = three();
@@ -175,30 +204,14 @@ fn a_subscriber_moves_to_another_relay_when_its_relay_is_killed() {
 
 #[test]
 fn a_reliable_publisher_moves_to_another_relay_and_loses_nothing() {
-    use std::io::Write;
     let a = Relay::start(&[]);
     let b = Relay::start(&[]);
     let list = format!("{},{}", a.addr_str(), b.addr_str());
-    let (publisher, mut stdin) = spawn_publisher(&list, &["--reliable"]);
+    let publisher = spawn_publisher(&list, &["--reliable"]);
     let lines =
         |range: std::ops::Range<u32>| -> String { range.map(|i| format!("{i}\n")).collect() };
-    stdin.write_all(lines(0..500).as_bytes()).unwrap();
-    stdin.flush().unwrap();
     // The first half is in A's log before A is killed.
-    let mut watcher = TestClient::new(a.addr);
-    wait_until("relay A stored the first 500", || {
-        watcher.stats()["messages_published"] >= 500
-    });
-    let a_dir = a.kill9();
-    stdin.write_all(lines(500..1000).as_bytes()).unwrap();
-    drop(stdin);
-    let out = publisher.output_deadline(DEADLINE);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains(&format!("now using {}", b.addr_str())),
-        "{stderr}"
-    );
+    let (a_dir, _) = kill_midway((a, &b), publisher, (&lines(0..500), 500, &lines(500..1000)));
     let (on_a, on_b) = (
         dump_stream(&a_dir.path().join("data")),
         dump_stream(&b.data_dir()),
@@ -221,30 +234,18 @@ fn a_reliable_publisher_moves_to_another_relay_and_loses_nothing() {
 
 #[test]
 fn a_plain_publisher_moves_to_another_relay_when_its_relay_is_killed() {
-    use std::io::Write;
     let a = Relay::start(&[]);
     let b = Relay::start(&[]);
     let list = format!("{},{}", a.addr_str(), b.addr_str());
-    let (publisher, mut stdin) = spawn_publisher(&list, &[]);
+    let publisher = spawn_publisher(&list, &[]);
     let lines =
         |range: std::ops::Range<u32>| -> String { range.map(|i| format!("{i:06}\n")).collect() };
-    stdin.write_all(lines(0..100).as_bytes()).unwrap();
-    stdin.flush().unwrap();
-    let mut watcher = TestClient::new(a.addr);
-    wait_until("relay A stored the first 100", || {
-        watcher.stats()["messages_published"] >= 100
-    });
-    let _a_dir = a.kill9();
-    // Windows of it go to A unanswered until the publisher gives A up;
-    // the rest goes to B.
-    stdin.write_all(lines(100..50_000).as_bytes()).unwrap();
-    drop(stdin);
-    let out = publisher.output_deadline(DEADLINE);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains(&format!("stopped answering; now using {}", b.addr_str())),
-        "{stderr}"
+    // Windows of the rest go to A unanswered until the publisher gives A
+    // up; what is left goes to B.
+    let _ = kill_midway(
+        (a, &b),
+        publisher,
+        (&lines(0..100), 100, &lines(100..50_000)),
     );
     let on_b = dump_stream(&b.data_dir());
     assert!(!on_b.is_empty(), "B got the rest");

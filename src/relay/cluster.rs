@@ -576,8 +576,15 @@ impl Cluster {
 }
 
 /// The mark and decision for a message of `origin` in a channel whose log
-/// says `last` is the last it stored from that source, at relay `id`.
-pub(super) fn place(id: u64, origin: Origin, last: Option<u64>) -> Result<SessionMark, Remote> {
+/// says `last` is the last it stored from that source, at relay `id`; with
+/// `past_a_gap` (the earlier ones are given up for lost) one that would
+/// wait goes in, and the second value says whether it went past a gap.
+pub(super) fn place(
+    id: u64,
+    origin: Origin,
+    last: Option<u64>,
+    past_a_gap: bool,
+) -> Result<(SessionMark, bool), Remote> {
     let Origin {
         source,
         position,
@@ -586,16 +593,21 @@ pub(super) fn place(id: u64, origin: Origin, last: Option<u64>) -> Result<Sessio
     if source == Source::Relay(id) {
         return Err(Remote::Duplicate);
     }
+    let mut gap = false;
     match (last, prior_below) {
         (Some(last), _) if position <= last => return Err(Remote::Duplicate),
-        (Some(last), Some(prior)) if prior > last.saturating_add(1) => return Err(Remote::Ahead),
-        (None, Some(prior)) if prior > 0 && prior <= WINDOW as u64 => {
+        (Some(last), Some(prior)) if prior > last.saturating_add(1) => match past_a_gap {
+            true => gap = true,
+            false => return Err(Remote::Ahead),
+        },
+        (None, Some(prior)) if prior > 0 && prior <= WINDOW as u64 && !past_a_gap => {
             return Err(Remote::Unsure);
         }
         _ => {}
     }
-    Ok(match source {
+    let mark = match source {
         Source::Relay(relay) => SessionMark::remote(relay, position),
         Source::Session(session) => SessionMark::remote_session(session, position),
-    })
+    };
+    Ok((mark, gap))
 }

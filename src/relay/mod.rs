@@ -1178,28 +1178,11 @@ impl Relay {
             Storage::Empty => Ok(None),
             Storage::Failed(_) => return Remote::Refused,
         };
-        let last = match last {
-            Ok(last) => last,
-            Err(outcome) => {
-                self.counters.bridge_duplicates += 1;
-                self.channels.forget_idle(ch, &mut self.counters);
-                return outcome;
-            }
-        };
-        let mark = match cluster::place(id, origin, last) {
-            Ok(mark) => mark,
-            Err(unsure_or_ahead @ (Remote::Ahead | Remote::Unsure)) if past_a_gap => {
-                if unsure_or_ahead == Remote::Ahead {
-                    self.counters.replay_gaps += 1;
-                }
-                let lenient = Origin {
-                    prior_below: None,
-                    ..origin
-                };
-                match cluster::place(id, lenient, last) {
-                    Ok(mark) => mark,
-                    Err(outcome) => return outcome,
-                }
+        let placed = last.and_then(|last| cluster::place(id, origin, last, past_a_gap));
+        let mark = match placed {
+            Ok((mark, gap)) => {
+                self.counters.replay_gaps += u64::from(gap);
+                mark
             }
             Err(outcome) => {
                 match outcome {
