@@ -653,3 +653,33 @@ fn copies_from_the_relay_a_publisher_used_between_two_stints_here_still_go_in() 
         );
     }
 }
+
+#[test]
+fn what_a_session_makes_a_clustered_relay_remember_is_bounded_and_goes_with_it() {
+    let (mut a, _d) = clustered(A);
+    let t = start();
+    // One session naming ever more channels: each it stores to is a stint
+    // the channel remembers, at most the session's channel limit.
+    for seq in 0..80u64 {
+        let channel = format!("c{seq}");
+        let frame = Frame::ReliablePublish {
+            session: 7,
+            seq,
+            acked_below: 0,
+            more: false,
+            channel: &channel,
+            payload: b"m",
+        };
+        send(&mut a, t, PUBLISHER, &[frame]);
+    }
+    let remembered = |a: &Relay| {
+        (a.channels.iter())
+            .filter(|c| c.sessions_here.contains_key(&7))
+            .count()
+    };
+    assert_eq!(remembered(&a), 64, "the session's channel limit");
+    assert_eq!(a.next_offset("c64"), None, "refused past it");
+    // Its peer gone (the lease lapsed), nothing of it is remembered.
+    run_timers(&mut a, t, t.after(Duration::from_secs(120)));
+    assert_eq!(remembered(&a), 0);
+}
