@@ -72,6 +72,8 @@ fn main() {
                 start: StartPosition::Earliest,
                 channel: &channel,
                 group: None,
+                origins: false,
+                resume: udprelay::wire::ResumeVector::EMPTY,
             };
             send(&[subscribe], &proof);
         }

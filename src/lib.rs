@@ -34,7 +34,8 @@
 //!   opened and sealed, permissions), queue groups (`relay::groups`), the
 //!   core's side of a cluster (`relay::cluster`: what goes up to NATS
 //!   JetStream, what this relay follows, other relays' messages appended
-//!   once each), replies and counters, one file each. No sockets, no
+//!   once each; `relay::resume`: origins, and where a reliable subscriber
+//!   that moved here starts), replies and counters, one file each. No sockets, no
 //!   clock: its only I/O is its channels' logs.
 //! - [`reliable`]: the sans-IO ARQ over sequence numbers only, split by
 //!   state: the RTT estimator (RTO, backoff, Karn), the congestion window,
@@ -53,6 +54,8 @@
 //!   - `client::paced`: plain publishing paced by ping round trips until the
 //!     relay has handled everything.
 //!   - `client::reliable`: the reliable publishing session and subscription.
+//!   - `client::resume`: what a reliable subscriber holds of each source, to
+//!     move between relays of a cluster without loss or duplicate.
 //!   - `client::subscription`: the plain subscription with keepalive, and
 //!     `AnySubscription`, either kind behind one interface.
 //!   - `client::reassembly`: large messages put back together, bounded.

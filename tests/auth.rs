@@ -95,6 +95,8 @@ fn every_kind_of_plain_datagram(round: u64) -> Vec<Vec<u8>> {
             start: StartPosition::Earliest,
             channel: "news.flood",
             group: None,
+            origins: false,
+            resume: udprelay::wire::ResumeVector::EMPTY,
         },
         Frame::Unsubscribe { sub_id: 1 },
         Frame::Subscribed {
@@ -108,6 +110,7 @@ fn every_kind_of_plain_datagram(round: u64) -> Vec<Vec<u8>> {
             offset: 0,
             timestamp: 0,
             payload: b"x",
+            origin: None,
         },
         Frame::Ack {
             kind: AckKind::Subscription,
@@ -159,6 +162,7 @@ fn every_kind_of_plain_datagram(round: u64) -> Vec<Vec<u8>> {
             total: 8,
             at: 0,
             chunk: b"half",
+            origin: None,
         },
         Frame::AddressToken { token },
         Frame::Validate { token },
@@ -534,6 +538,8 @@ fn under_auth_optional_anonymous_clients_get_the_anonymous_permissions_and_stats
         start: StartPosition::Latest,
         channel: "private.b",
         group: None,
+        origins: false,
+        resume: udprelay::wire::ResumeVector::EMPTY,
     }]);
     keyed.barrier();
     let mine = keyed.stats();
@@ -582,6 +588,8 @@ fn a_keyed_client_over_its_quotas_is_held_to_them_and_another_key_is_not() {
         start: StartPosition::Latest,
         channel: "flood.other",
         group: None,
+        origins: false,
+        resume: udprelay::wire::ResumeVector::EMPTY,
     }]);
     assert_eq!(
         limit_errors(&g2.barrier()),

@@ -125,6 +125,8 @@ fn subscribing_to_many_names_does_not_keep_channel_slots() {
                 start: StartPosition::Latest,
                 channel: name,
                 group: None,
+                origins: false,
+                resume: udprelay::wire::ResumeVector::EMPTY,
             })
             .collect();
         attacker.send(&frames);
@@ -153,6 +155,8 @@ fn a_subscription_forged_from_the_relays_own_port_sends_nothing() {
         start: StartPosition::Latest,
         channel: "feed",
         group: None,
+        origins: false,
+        resume: udprelay::wire::ResumeVector::EMPTY,
     }])
     .unwrap();
     let Ok(forger) = forge::Forger::try_new() else {

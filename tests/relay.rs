@@ -272,6 +272,8 @@ fn hundred_thousand_hostile_datagrams_are_dropped_and_counted() {
             start: StartPosition::Latest,
             channel: "fuzz",
             group: None,
+            origins: false,
+            resume: udprelay::wire::ResumeVector::EMPTY,
         },
         Frame::Ping {
             nonce: 9,

@@ -748,6 +748,18 @@ fn subscribe(conn: &mut Conn, opts: &SubOptions) -> Result<(), CatError> {
         Some(group) => Either::member(mode, sub_id, &opts.channel, group, start)?,
         None => Either::new(mode, sub_id, &opts.channel, opts.from, start)?,
     };
+    if opts.reliable && opts.group.is_none() && !conn.others.is_empty() {
+        // With relays to move to: each message's origin, to resume exactly.
+        // From the latest message: nothing stored well before now is wanted.
+        let floor = match opts.from {
+            StartPosition::Latest => {
+                let now = udprelay::driver::now().unix_nanos;
+                now.saturating_sub(udprelay::client::RESUME_MARGIN.as_nanos() as u64)
+            }
+            _ => 0,
+        };
+        sub = sub.with_origins(floor);
+    }
     let stop_at = opts.timeout.map(|t| start + t);
     let mut answer_by = start + conn.reply_timeout;
     let mut received = 0u64;
@@ -773,8 +785,13 @@ fn subscribe(conn: &mut Conn, opts: &SubOptions) -> Result<(), CatError> {
                     });
                 }
                 let now = Instant::now();
-                sub.moved(now);
-                if opts.reliable {
+                let resumed = sub.moved(now);
+                if resumed {
+                    eprintln!(
+                        "udpcat: the reliable subscription resumes at the new relay after what it \
+                         received of each source"
+                    );
+                } else if opts.reliable {
                     // Offsets are each relay's own (docs/DESIGN-CLUSTER.md).
                     eprintln!(
                         "udpcat: the reliable subscription starts again at the new relay's head: \

@@ -75,6 +75,8 @@ impl RelayCoreLoop {
             start: StartPosition::Latest,
             channel: "bench",
             group: None,
+            origins: false,
+            resume: udprelay::wire::ResumeVector::EMPTY,
         }])
         .unwrap();
         relay.handle_datagram(now, subscriber, &subscribe);

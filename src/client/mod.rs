@@ -9,6 +9,8 @@
 //! - `publisher`: [`Publisher`], messages packed into datagrams.
 //! - `paced`: [`PacedPublisher`], plain publishing paced by ping round trips.
 //! - `reliable`: [`ReliablePublisher`] and [`ReliableSubscription`].
+//! - `resume`: [`Positions`], what a reliable subscriber holds of each
+//!   source, to move to another relay of a cluster without loss or duplicate.
 //! - `subscription`: [`Subscription`], [`AnySubscription`] and the reading of
 //!   a relay's datagrams for one subscription.
 //! - `wildcard`: [`WildcardSubscription`], a subscription to a pattern and
@@ -32,6 +34,7 @@ mod proof;
 mod publisher;
 mod reassembly;
 mod reliable;
+mod resume;
 mod route;
 mod secure;
 mod stats;
@@ -43,6 +46,7 @@ pub use proof::{AddressProof, HELLO_RETRY};
 pub use publisher::Publisher;
 pub use reassembly::{MAX_REASSEMBLED, Reassembler};
 pub use reliable::{ReliablePublisher, ReliableSubscription};
+pub use resume::{MAX_SOURCES_KEPT, Positions, RESUME_MARGIN};
 pub use route::{Candidate, Pick, Picker, REPROBE_EVERY, RTT_GAIN, Route, Routes};
 pub use secure::{HANDSHAKE_RETRY, Handshake, SecureError, Secured};
 pub use stats::{MAX_STATS_ENTRIES, MIN_STATS_REQUEST, STATS_RETRY, StatsError, StatsPager};

@@ -6,8 +6,8 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use super::{
-    AddressProof, ClientError, FromRelay, Reassembler, SUBSCRIBE_RETRY, SubscriptionEvent,
-    check_channel, read_from_relay,
+    AddressProof, ClientError, FromRelay, Positions, Reassembler, SUBSCRIBE_RETRY,
+    SubscriptionEvent, check_channel, read_from_relay,
 };
 use crate::reliable::{ArqConfig, MAX_ACK_RANGES, Receiver, ReceiverStats, Sender, SenderStats};
 use crate::wire::{
@@ -297,6 +297,10 @@ impl ReliablePublisher {
     }
 }
 
+/// A message a reliable subscription holds until the ones before it came:
+/// its timestamp, origin and bytes.
+type Held = (u64, Option<wire::Origin>, Vec<u8>);
+
 /// A reliable subscription's client side: asks (and keeps asking, as a
 /// keepalive) for the subscription, acknowledges offsets, and hands messages
 /// over in offset order, each exactly once, whatever the network did.
@@ -306,8 +310,9 @@ pub struct ReliableSubscription {
     channel: String,
     start: StartPosition,
     config: ArqConfig,
-    /// Created by the relay's first answer, at the offset it starts from.
-    receiver: Option<Receiver<(u64, Vec<u8>)>>,
+    /// Created by the relay's first answer, at the offset it starts from;
+    /// holds each message's timestamp and origin beside its bytes.
+    receiver: Option<Receiver<Held>>,
     /// Lease the relay granted; `None` until the first answer.
     lease: Option<std::time::Duration>,
     /// When the next subscribe (retry or keepalive) is due.
@@ -318,6 +323,11 @@ pub struct ReliableSubscription {
     proof: AddressProof,
     /// The queue group it joins, if any.
     group: Option<String>,
+    /// With origins asked for: what it holds of each source, to resume at
+    /// another relay of a cluster.
+    positions: Option<Positions>,
+    /// The resume vector a moved subscription sends until answered.
+    resume: Vec<u8>,
 }
 
 impl ReliableSubscription {
@@ -341,7 +351,25 @@ impl ReliableSubscription {
             pieces: Reassembler::default(),
             proof: AddressProof::new(),
             group: None,
+            positions: None,
+            resume: Vec::new(),
         })
+    }
+
+    /// Asks the relay for each message's origin, and keeps what it holds of
+    /// each source, so that [`ReliableSubscription::moved`] resumes at
+    /// another relay of a cluster without loss or duplicate. `floor` (ns
+    /// since the Unix epoch): should it move before any message came, what
+    /// was stored before this is not wanted (for a start at the latest
+    /// message, about when it subscribed; 0 otherwise).
+    pub fn with_origins(mut self, floor: u64) -> ReliableSubscription {
+        self.positions = Some(Positions::new(floor));
+        self
+    }
+
+    /// What it holds of each source, if it asked for origins.
+    pub fn positions(&self) -> Option<&Positions> {
+        self.positions.as_ref()
     }
 
     /// Makes it a member of reliable queue group `group` of its channel:
@@ -436,12 +464,18 @@ impl ReliableSubscription {
                 (Some(_), None) => StartPosition::Latest,
                 (None, None) => self.start,
             };
+            let resume = match start {
+                StartPosition::Resume { .. } => wire::ResumeVector::new(&self.resume),
+                _ => Some(wire::ResumeVector::EMPTY),
+            };
             frames_due.push(Frame::Subscribe {
                 sub_id: self.sub_id,
                 mode: DeliveryMode::Reliable,
                 start,
                 channel: &self.channel,
                 group: self.group.as_deref(),
+                origins: self.positions.is_some(),
+                resume: resume.unwrap_or_default(),
             });
         }
         self.proof.stamp_frames(&frames_due)
@@ -485,12 +519,13 @@ impl ReliableSubscription {
                 FromRelay::Message {
                     offset,
                     timestamp,
+                    origin,
                     payload,
                 } => {
                     // An empty payload for an offset already received still
                     // counts as a duplicate, which asks for an acknowledgement.
                     if let Some(r) = self.receiver.as_mut() {
-                        r.on_data(offset, (timestamp, payload.into_owned()), now);
+                        r.on_data(offset, (timestamp, origin, payload.into_owned()), now);
                     }
                 }
                 FromRelay::Error { code, reason } => {
@@ -505,7 +540,14 @@ impl ReliableSubscription {
             if !self.pieces.is_empty() {
                 r.ack_by(now + self.config.delayed_ack);
             }
-            while let Some((offset, (timestamp, payload))) = r.pop() {
+            while let Some((offset, (timestamp, origin, payload))) = r.pop() {
+                // After a move, the new relay starts a little early: what
+                // this subscriber holds of a source is not handed over again.
+                if let Some(positions) = self.positions.as_mut()
+                    && !positions.take(timestamp, origin)
+                {
+                    continue;
+                }
                 on_event(SubscriptionEvent::Message {
                     offset,
                     timestamp,
@@ -516,16 +558,28 @@ impl ReliableSubscription {
     }
 
     /// The relay is another one now (the client failed over): a token is
-    /// asked of it, then the subscription is sent again at once, from that
-    /// relay's head (each relay has offsets of its own), with a fresh
-    /// receiver.
-    pub fn moved(&mut self, now: Instant) {
+    /// asked of it, then the subscription is sent again at once, with a
+    /// fresh receiver (each relay has offsets of its own). With origins
+    /// (see [`ReliableSubscription::with_origins`]) and every message's
+    /// origin known, it resumes after what it holds of each source and
+    /// returns true; otherwise it starts at that relay's head.
+    pub fn moved(&mut self, now: Instant) -> bool {
         self.proof = AddressProof::new();
         self.next_subscribe = now;
         self.start = StartPosition::Latest;
+        self.resume.clear();
+        let resumes = self.group.is_none() && self.positions.as_ref().is_some_and(|p| p.is_exact());
+        if let Some(positions) = self.positions.as_mut().filter(|_| resumes) {
+            self.start = StartPosition::Resume {
+                since: positions.since(),
+            };
+            self.resume = positions.vector();
+            positions.resumed();
+        }
         self.receiver = None;
         self.lease = None;
         self.pieces = Reassembler::default();
+        resumes
     }
 
     /// The datagram that ends the subscription.

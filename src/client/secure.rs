@@ -247,6 +247,8 @@ mod tests {
             start: StartPosition::Latest,
             channel: "ok.news",
             group: None,
+            origins: false,
+            resume: crate::wire::ResumeVector::EMPTY,
         };
         let d = s.seal(&proof.stamp(datagram(&[subscribe]))).unwrap();
         relay.handle_datagram(now, me(), &d);

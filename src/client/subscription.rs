@@ -27,6 +27,7 @@ pub(crate) enum FromRelay<'a> {
     Message {
         offset: u64,
         timestamp: u64,
+        origin: Option<wire::Origin>,
         payload: std::borrow::Cow<'a, [u8]>,
     },
     /// A refusal.
@@ -60,16 +61,19 @@ pub(crate) fn read_from_relay<'a>(
             sub_id: s,
             offset,
             timestamp,
+            origin,
             payload,
         } if s == sub_id => on(FromRelay::Message {
             offset,
             timestamp,
+            origin,
             payload: payload.into(),
         }),
         Frame::DeliverFragment {
             sub_id: s,
             offset,
             timestamp,
+            origin,
             total,
             at,
             chunk,
@@ -83,6 +87,7 @@ pub(crate) fn read_from_relay<'a>(
                 on(FromRelay::Message {
                     offset,
                     timestamp,
+                    origin,
                     payload: payload.into(),
                 });
             }
@@ -206,6 +211,8 @@ impl Subscription {
             start,
             channel: &self.channel,
             group: self.group.as_deref(),
+            origins: false,
+            resume: wire::ResumeVector::EMPTY,
         };
         wire::encode_datagram(&[frame])
             .ok()
@@ -263,6 +270,7 @@ impl Subscription {
                 offset,
                 timestamp,
                 payload,
+                ..
             } => {
                 self.next_expected = Some(offset + 1);
                 on_event(SubscriptionEvent::Message {
@@ -357,11 +365,29 @@ impl AnySubscription {
         }
     }
 
-    /// The relay is another one now: see [`Subscription::moved`].
-    pub fn moved(&mut self, now: Instant) {
+    /// The relay is another one now: see [`Subscription::moved`] and
+    /// [`ReliableSubscription::moved`]. True if it resumes after what it
+    /// holds of each source (a reliable one with origins), false if it
+    /// starts at the new relay's head.
+    pub fn moved(&mut self, now: Instant) -> bool {
         match self {
-            AnySubscription::Plain(s) => s.moved(now),
+            AnySubscription::Plain(s) => {
+                s.moved(now);
+                false
+            }
             AnySubscription::Reliable(s) => s.moved(now),
+        }
+    }
+
+    /// A reliable one asks for origins, to resume exactly where it moves
+    /// (see [`ReliableSubscription::with_origins`]); a plain one is as it
+    /// was.
+    pub fn with_origins(self, floor: u64) -> AnySubscription {
+        match self {
+            AnySubscription::Reliable(s) => {
+                AnySubscription::Reliable(Box::new(s.with_origins(floor)))
+            }
+            plain => plain,
         }
     }
 
@@ -533,5 +559,93 @@ mod tests {
             let (messages, _) = exchange(&mut sub, &mut relay, now);
             assert!(messages.is_empty(), "{mode:?} unsubscribed: {messages:?}");
         }
+    }
+
+    #[test]
+    fn a_reliable_subscriber_with_origins_moves_between_clustered_relays_missing_and_repeating_nothing()
+     {
+        use crate::relay::{Origin, Remote, Source};
+        let t = Instant::now();
+        let now = Now {
+            instant: t,
+            unix_nanos: 1_700_000_000_000_000_000,
+        };
+        let relay = |id: u64| {
+            let dir = tempfile::tempdir().unwrap();
+            let config = RelayConfig {
+                data_dir: dir.path().to_path_buf(),
+                ..RelayConfig::default()
+            };
+            let mut relay = Relay::open(&config, now).unwrap();
+            relay.enable_cluster(now, id, &[]);
+            (relay, dir)
+        };
+        let ((mut b, _db), (mut c, _dc)) = (relay(0xb), relay(0xc));
+        // Relay A's messages and session 7's, as the cluster brings them.
+        let copy = |r: &mut Relay, (source, n): (Source, u64)| {
+            let origin = Origin {
+                source,
+                position: n,
+                prior_below: Some(n),
+            };
+            let name = match source {
+                Source::Relay(_) => format!("a{n}"),
+                Source::Session(_) => format!("s{n}"),
+            };
+            assert_eq!(
+                r.handle_remote(now, "news", origin, false, name.as_bytes()),
+                Remote::Appended
+            );
+        };
+        let (a, s) = (Source::Relay(0xa), Source::Session(7));
+        let mut sub = AnySubscription::Reliable(Box::new(
+            ReliableSubscription::new(3, "news", StartPosition::Latest, ArqConfig::default(), t)
+                .unwrap()
+                .with_origins(0),
+        ));
+        exchange(&mut sub, &mut c, now);
+        assert!(sub.is_active());
+        // Both relays get the first six of each, in different orders.
+        for n in 0..6 {
+            copy(&mut c, (a, n));
+            copy(&mut c, (s, n));
+        }
+        for n in 0..6 {
+            copy(&mut b, (s, n));
+        }
+        for n in 0..6 {
+            copy(&mut b, (a, n));
+        }
+        let (first, _) = exchange(&mut sub, &mut c, now);
+        assert_eq!(first.len(), 12);
+        // C gets two more of A's and dies; B has all of both.
+        copy(&mut c, (a, 6));
+        copy(&mut c, (a, 7));
+        let (more, _) = exchange(&mut sub, &mut c, now);
+        assert_eq!(more.len(), 2);
+        for n in 6..10 {
+            copy(&mut b, (a, n));
+            copy(&mut b, (s, n));
+        }
+        sub.moved(t);
+        let AnySubscription::Reliable(r) = &sub else {
+            unreachable!()
+        };
+        assert!(
+            r.positions()
+                .is_some_and(|p| p.is_exact() && p.sources() == 2)
+        );
+        let (after, _) = exchange(&mut sub, &mut b, now);
+        let got: Vec<String> = (after.iter())
+            .map(|(_, p)| String::from_utf8_lossy(p).into_owned())
+            .collect();
+        let mut want: Vec<String> = (6..10).map(|n| format!("s{n}")).collect();
+        want.extend(["a8", "a9"].map(String::from));
+        let mut sorted = got.clone();
+        sorted.sort();
+        want.sort();
+        assert_eq!(sorted, want, "each message it lacked, once: {got:?}");
+        let s_order: Vec<&String> = got.iter().filter(|p| p.starts_with('s')).collect();
+        assert_eq!(s_order, ["s6", "s7", "s8", "s9"], "in its source's order");
     }
 }

@@ -191,6 +191,8 @@ impl WildcardSubscription {
                 start: self.start,
                 channel: &self.pattern,
                 group: None,
+                origins: false,
+                resume: wire::ResumeVector::EMPTY,
             });
         }
         self.proof.stamp_frames(&frames)
@@ -259,6 +261,7 @@ impl WildcardSubscription {
                 offset,
                 timestamp,
                 payload,
+                ..
             } => match self.followed.iter_mut().find(|f| f.id == s) {
                 Some(f) => take(f, now, offset, timestamp, payload, &mut on_event),
                 None => unknown |= s >= RELAY_SUB_IDS,
@@ -270,6 +273,7 @@ impl WildcardSubscription {
                 total,
                 at,
                 chunk,
+                ..
             } => match self.followed.iter_mut().find(|f| f.id == s) {
                 Some(f) => {
                     let below = f.receiver.as_ref().map_or(0, |r| r.cumulative());
@@ -505,6 +509,7 @@ mod tests {
             offset: 0,
             timestamp: 0,
             payload: b"x",
+            origin: None,
         }])
         .unwrap();
         let mut got = Vec::new();

@@ -64,7 +64,7 @@ const RETRY: Duration = Duration::from_secs(1);
 /// What the loop asks of the thread.
 enum ToBridge {
     Publish(Outgoing),
-    Follow(String),
+    Follow(String, Option<u64>),
     Unfollow(String),
     Done(Box<jetstream::Message>, Remote),
 }
@@ -201,7 +201,7 @@ impl Bridge {
         }
         while let Some(interest) = relay.poll_interest() {
             let ask = match interest {
-                Interest::Follow(name) => ToBridge::Follow(name),
+                Interest::Follow { name, since } => ToBridge::Follow(name, since),
                 Interest::Unfollow(name) => {
                     self.forget_held(&name);
                     ToBridge::Unfollow(name)
@@ -397,8 +397,14 @@ async fn serve(
                 let ack = js.send_publish(subject, message).await;
                 let _ = acks.send((receipt, ack));
             }
-            ToBridge::Follow(name) => {
-                let task = tokio::spawn(follow(stream.clone(), id, name.clone(), back.clone()));
+            ToBridge::Follow(name, since) => {
+                let task = tokio::spawn(follow(
+                    stream.clone(),
+                    id,
+                    name.clone(),
+                    since,
+                    back.clone(),
+                ));
                 if let Some(old) = followed.insert(name, task.abort_handle()) {
                     old.abort();
                 }
@@ -483,9 +489,9 @@ fn consumer_name(id: u64, name: &str) -> String {
 
 /// Consumes `udprelay.<name>` for relay `id` until aborted, handing every
 /// message of another relay to the loop; starts again after a failure.
-async fn follow(stream: stream::Stream, id: u64, name: String, back: Back) {
+async fn follow(stream: stream::Stream, id: u64, name: String, since: Option<u64>, back: Back) {
     loop {
-        match consume(&stream, id, &name, &back).await {
+        match consume(&stream, id, &name, since, &back).await {
             Ok(()) => return, // the loop is gone
             Err(e) => {
                 warn!(subject = %format!("{PREFIX}{name}"), "cluster: consumer failed: {e}");
@@ -499,14 +505,24 @@ async fn consume(
     stream: &stream::Stream,
     id: u64,
     name: &str,
+    since: Option<u64>,
     back: &Back,
 ) -> Result<(), async_nats::Error> {
     use futures_util::StreamExt;
     let durable = consumer_name(id, name);
+    // A new consumer starts with what is published from now on, or, for a
+    // subscriber that resumed here from another relay, with what was
+    // stored since it was last served there (an existing one goes on from
+    // where it was: it has that already).
+    let deliver_policy =
+        match since.map(|t| time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t))) {
+            Some(Ok(start_time)) => consumer::DeliverPolicy::ByStartTime { start_time },
+            _ => consumer::DeliverPolicy::New,
+        };
     let config = consumer::pull::Config {
         durable_name: Some(durable.clone()),
         filter_subject: format!("{PREFIX}{name}"),
-        deliver_policy: consumer::DeliverPolicy::New,
+        deliver_policy,
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: ACK_WAIT,
         max_ack_pending: MAX_ACK_PENDING,

@@ -356,6 +356,12 @@ impl ChannelLog {
         result
     }
 
+    /// The first offset of each segment, oldest first (the first may be
+    /// below [`ChannelLog::first_offset`] when retention trimmed it).
+    pub fn segment_bases(&self) -> impl DoubleEndedIterator<Item = u64> + '_ {
+        self.segments.iter().map(|s| s.segment.base)
+    }
+
     /// The session mark of the last marked record before `offset` in the
     /// segment that holds `offset`: what a step mark at `offset` continues
     /// (see [`RecordMark::resolve`]). Walks that segment from its start, so

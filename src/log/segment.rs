@@ -158,9 +158,11 @@ impl RecordMark {
             return RecordMark::None;
         };
         match last {
-            // A copy from another relay is marked in full, so that any
-            // reader, from any position, sees where it came from.
-            _ if mark.is_remote() => RecordMark::Full(mark),
+            // A copy from another relay, and a reliable session's message
+            // in a cluster, is marked in full, so that any reader, from any
+            // position, sees where it came from (a subscriber that moves
+            // between relays is told each message's origin).
+            _ if mark.is_remote() || mark.client == CLUSTER_SESSION => RecordMark::Full(mark),
             Some(l)
                 if l.client == mark.client
                     && l.session == mark.session

@@ -131,6 +131,10 @@ pub(super) struct Channel {
     /// here, by id, with what each stint of theirs stored (copies of theirs
     /// outside those, from the relays they used between, still go in).
     pub(super) sessions_here: HashMap<u64, Stints>,
+    /// With a cluster: a subscriber resumed here from another relay and
+    /// needs the cluster's messages stored from this time (ns) on; taken
+    /// when the channel is next followed (a new consumer starts there).
+    pub(super) follow_since: Option<u64>,
 }
 
 /// In a cluster: the stretches of one reliable session's messages a relay
@@ -277,6 +281,10 @@ pub(super) struct Subscriber {
     /// The queue group it is a member of, if any: each message goes to one
     /// member of each group, the least loaded.
     pub(super) group: Option<Box<str>>,
+    /// With a cluster, for a reliable subscription that asked for origins:
+    /// this relay's id (its own messages' source), and each DELIVER says
+    /// where its message came from.
+    pub(super) origins: Option<u64>,
     /// A group member's recent deliveries, decaying with a time constant
     /// of a second, and when that was last brought up to date (the
     /// message timestamp, ns): its load.
@@ -430,6 +438,7 @@ impl Channels {
             bridge_chain: Default::default(),
             bridge_mark_at: None,
             sessions_here: HashMap::new(),
+            follow_since: None,
         };
         let id = match self.free.pop() {
             Some(id) => {

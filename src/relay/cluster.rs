@@ -54,16 +54,7 @@ const TURN: usize = 256;
 /// for each new one (its next message says nothing of what it follows).
 pub(super) const CHAIN_SESSIONS: usize = 1024;
 
-/// Whose numbering a message bridged between relays follows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Source {
-    /// A relay's messages that no reliable session published, numbered by
-    /// their offsets there.
-    Relay(u64),
-    /// A reliable publishing session's messages, numbered by the sequence
-    /// number of their last piece, through whichever relay.
-    Session(u64),
-}
+pub use crate::wire::Source;
 
 /// Where a message bridged between relays stands in its source's numbering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,7 +196,14 @@ pub enum Bridged {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Interest {
     /// Start consuming this channel name or pattern.
-    Follow(String),
+    Follow {
+        /// The channel name or pattern.
+        name: String,
+        /// Where a consumer that does not exist yet starts (ns since the
+        /// Unix epoch): what the cluster stored from then on; `None` from
+        /// now.
+        since: Option<u64>,
+    },
     /// Stop consuming it.
     Unfollow(String),
 }
@@ -368,7 +366,12 @@ impl Cluster {
             self.changes.push_back(Interest::Unfollow(gone.clone()));
         }
         for new in wanted.difference(&self.followed) {
-            self.changes.push_back(Interest::Follow(new.clone()));
+            // A subscriber that resumed here needs what was stored since.
+            let since = (channels.id(new)).and_then(|ch| channels[ch].follow_since.take());
+            self.changes.push_back(Interest::Follow {
+                name: new.clone(),
+                since,
+            });
         }
         self.followed = wanted;
     }
@@ -441,6 +444,12 @@ impl Cluster {
                     Ok(mark) => {
                         chain.mark = mark;
                         channel.bridge_mark_at = Some((at, mark));
+                        // The last marked record before is its session's
+                        // last message before (session marks are whole in
+                        // a cluster, so its next says what it follows).
+                        if let Some(m) = mark.filter(|m| m.client == CLUSTER_SESSION) {
+                            chain.sessions.insert(m.session, m.seq);
+                        }
                     }
                     Err(e) => {
                         channel.bridge_queued = false;

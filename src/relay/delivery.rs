@@ -14,6 +14,7 @@ use std::time::Instant;
 use super::channels::{Channel, Storage, Subscriber};
 use super::counters::Counters;
 use super::outbox::Outbox;
+use super::resume;
 use crate::log::{ChannelLog, LogError};
 use crate::reliable::MAX_ACK_RANGES;
 use crate::time::Now;
@@ -201,9 +202,14 @@ pub(super) fn pump(
     now: Now,
     budget: usize,
 ) -> Pumped {
-    let (peer, sub_id) = (sub.peer, sub.sub_id);
+    let (peer, sub_id, origins) = (sub.peer, sub.sub_id, sub.origins);
     let Some(arq) = sub.arq.as_deref_mut() else {
         return Pumped::default();
+    };
+    // The head of a delivery's frame: what it says before the payload.
+    let head = |seq: u64, r: &crate::log::Record<'_>| {
+        let origin = origins.and_then(|id| resume::origin_of(id, r.offset, r.mark));
+        (sub_id, seq, r.timestamp, origin)
     };
     // A queue group member numbers the messages it was given: its sequence
     // numbers map to channel offsets, and its new messages come from the
@@ -235,7 +241,7 @@ pub(super) fn pump(
                 .map_or(&[][..], |(_, have)| have.as_slice());
             if let Err(e) = log.scan(offset, |r| {
                 let (_, left_out) =
-                    outbox.push_delivery_except(peer, sub_id, seq, r.timestamp, r.payload, have);
+                    outbox.push_delivery_except(peer, head(seq, &r), r.payload, have);
                 counters.pieces_not_resent += left_out;
                 false
             }) {
@@ -255,7 +261,8 @@ pub(super) fn pump(
                 }
                 arq.on_send_bytes(now.instant, r.payload.len());
                 counters.messages_delivered += 1;
-                out.spent += outbox.push_delivery(peer, sub_id, r.offset, r.timestamp, r.payload);
+                out.spent +=
+                    (outbox.push_delivery_except(peer, head(r.offset, &r), r.payload, &[])).0;
                 true
             }) {
                 out.damaged = Some(e.to_string());
@@ -270,13 +277,7 @@ pub(super) fn pump(
                 let mut fitted = false;
                 let read = log.scan(seq, |r| {
                     fitted = r.offset == seq
-                        && outbox.push_delivery_if_room(
-                            peer,
-                            sub_id,
-                            r.offset,
-                            r.timestamp,
-                            r.payload,
-                        );
+                        && outbox.push_delivery_if_room(peer, head(seq, &r), r.payload);
                     false
                 });
                 read.is_ok() && fitted

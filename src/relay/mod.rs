@@ -55,6 +55,11 @@
 //! - `secure`: with a key file, the keyed sessions: handshakes answered,
 //!   sealed datagrams opened, everything to a session's address sealed,
 //!   who sent the datagram being handled and what it may do.
+//! - `cluster`: with `--cluster`, what goes up to NATS JetStream, what
+//!   this relay follows, and where another relay's message goes here.
+//! - `resume`: each stored message's origin (told to subscribers that
+//!   ask), and where a reliable subscriber that moved here from another
+//!   relay of the cluster starts.
 //! - `replies`: the reply budget and the relay's own addresses.
 //! - `stats`: the paged STATS answer.
 //! - `outbox`: datagrams packed per destination; `counters`: what happened.
@@ -72,6 +77,7 @@ mod publishing;
 mod quota;
 mod reassembly;
 mod replies;
+mod resume;
 mod secure;
 mod sessions;
 mod stats;
@@ -105,6 +111,7 @@ use peers::Peers;
 use publishing::{Offered, Publishing};
 use reassembly::{Added, Holder, Reassembler};
 use replies::{OwnAddresses, SourceBuckets, TokenBucket};
+use resume::{RESUME_HORIZON, RESUMES_PER_SEC};
 use secure::{Secure, Who};
 use sessions::Piece;
 use subscriptions::Subscriptions;
@@ -160,6 +167,10 @@ pub struct Relay {
     /// Limits new wildcard subscriptions per source (each scans every
     /// channel).
     pattern_opens: SourceBuckets,
+    /// Limits resuming subscriptions per source (each reads back through
+    /// its channel's log), and all together.
+    resume_opens: SourceBuckets,
+    resume_walks: TokenBucket,
     /// While a datagram from an unproven address is handled: that address
     /// and the bytes that may still be sent to it.
     unproven: Option<(SocketAddr, usize)>,
@@ -228,6 +239,8 @@ impl Relay {
             token_replies: TokenBucket::new(TOKEN_REPLIES_PER_SEC),
             source_replies: SourceBuckets::new(),
             pattern_opens: SourceBuckets::with_rate(2),
+            resume_opens: SourceBuckets::with_rate(2),
+            resume_walks: TokenBucket::new(RESUMES_PER_SEC),
             unproven: None,
             own: OwnAddresses::default(),
             load: 0,
@@ -521,6 +534,8 @@ impl Relay {
                 start,
                 channel,
                 group,
+                origins,
+                resume,
             } => {
                 let request = subscriptions::Request {
                     sub_id,
@@ -529,8 +544,11 @@ impl Relay {
                     owner: self.owner(),
                     wildcard: None,
                     group,
+                    origins: self.cluster.as_ref().map(|c| c.id).filter(|_| origins),
                 };
-                if group.is_some() {
+                if let wire::StartPosition::Resume { since } = start {
+                    self.resume(now, from, request, channel, (since, resume));
+                } else if group.is_some() {
                     self.join(now, from, request, channel);
                 } else if crate::subject::is_pattern(channel) {
                     self.subscribe_pattern(now, from, request, channel);
@@ -943,6 +961,68 @@ impl Relay {
             return;
         }
         let id = self.channels.find_or_create(channel);
+        if let Err(refusal) = self.open_subscription(now, from, request, id) {
+            self.reply_error(now, from, refusal.code, &refusal.reason);
+        }
+    }
+
+    /// A SUBSCRIBE of a reliable subscriber that moved here from another
+    /// relay of the cluster: it starts at the first stored message it lacks
+    /// (see `resume`), and the channel is followed from `since` on if it
+    /// was not yet. A keepalive of one held here changes nothing.
+    fn resume(
+        &mut self,
+        now: Now,
+        from: SocketAddr,
+        mut request: subscriptions::Request,
+        channel: &str,
+        (since, vector): (u64, wire::ResumeVector<'_>),
+    ) {
+        if crate::subject::is_pattern(channel) || request.mode != wire::DeliveryMode::Reliable {
+            self.counters.dropped_malformed += 1;
+            let reason = "a resume is a reliable subscription of one channel";
+            return self.reply_error(now, from, ErrorCode::UNSUPPORTED, reason);
+        }
+        if !self.admissible(now, from, Action::Subscribe, channel, 0) {
+            return;
+        }
+        let known = self.channels.id(channel);
+        let held = known.is_some() && self.peers.channel_of(&from, request.sub_id) == known;
+        if !held {
+            // It reads back through the log: a source gets a few a second,
+            // and all together a few dozen.
+            if !self.resume_opens.take(now.instant, from) || !self.resume_walks.take(now.instant) {
+                self.counters.dropped_limit += 1;
+                let reason = "too many resuming subscriptions from this source; at most 2 a second";
+                return self.reply_error(now, from, ErrorCode::LIMIT_REACHED, reason);
+            }
+        }
+        let id = self.channels.find_or_create(channel);
+        let start = match (&self.cluster, &mut self.channels[id].storage) {
+            (_, _) if held => 0, // a keepalive: its start is not looked at
+            (Some(cluster), Storage::Open(log)) => {
+                resume::start(log, cluster.id, vector, since).unwrap_or_else(|e| {
+                    tracing::warn!(channel, error = %e, "resume: reading the log failed; starting at the oldest message");
+                    log.first_offset()
+                })
+            }
+            // Nothing stored: from the first message that comes.
+            (Some(_), Storage::Empty) => 0,
+            // Outside a cluster no position elsewhere means anything here.
+            _ => self.channels[id].storage.offsets().map_or(0, |(_, next)| next),
+        };
+        if self.cluster.is_some() && !held {
+            // The cluster's history a resume can make this relay take in
+            // is an hour's, as a consumer not used for an hour is gone.
+            let horizon = now
+                .unix_nanos
+                .saturating_sub(RESUME_HORIZON.as_nanos() as u64);
+            let since = since.max(horizon);
+            let ch = &mut self.channels[id];
+            ch.follow_since = Some(ch.follow_since.map_or(since, |s| s.min(since)));
+        }
+        request.start = wire::StartPosition::Offset(start);
+        self.end_pattern(from, request.sub_id);
         if let Err(refusal) = self.open_subscription(now, from, request, id) {
             self.reply_error(now, from, refusal.code, &refusal.reason);
         }

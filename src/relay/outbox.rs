@@ -20,9 +20,14 @@ use bytes::{Bytes, BytesMut};
 use foldhash::HashMap;
 
 use crate::wire::{
-    DELIVER_FRAGMENT_OVERHEAD, DELIVER_OVERHEAD, FRAME_HEADER_LEN, Frame, HEADER_LEN, Header,
+    self, DELIVER_FRAGMENT_OVERHEAD, DELIVER_OVERHEAD, FRAME_HEADER_LEN, Frame, HEADER_LEN, Header,
     MAX_DATAGRAM,
 };
+
+/// What a delivery's frame says before its payload: sub_id, offset (or a
+/// queue group member's number), timestamp, and origin (for a subscription
+/// that asked for origins).
+pub(super) type DeliveryHead = (u32, u64, u64, Option<wire::Origin>);
 
 /// Arena block size. A block is replaced when it is full and a datagram cut
 /// from it is still unsent, and reused from its start when none is. Small on
@@ -225,28 +230,30 @@ impl Outbox {
         timestamp: u64,
         payload: &[u8],
     ) -> usize {
-        self.push_delivery_except(to, sub_id, offset, timestamp, payload, &[])
+        self.push_delivery_except(to, (sub_id, offset, timestamp, None), payload, &[])
             .0
     }
 
-    /// As [`Outbox::push_delivery`], but a message that goes in pieces
-    /// leaves out each piece inside the byte ranges `have` (what the
-    /// subscriber said it holds). Returns the bytes queued and the pieces
-    /// left out.
+    /// As [`Outbox::push_delivery`], with the message's origin when the
+    /// subscription asked for origins (`head` is sub_id, offset,
+    /// timestamp, origin), and a message that goes in pieces leaves out
+    /// each piece inside the byte ranges `have` (what the subscriber said
+    /// it holds). Returns the bytes queued and the pieces left out.
     pub(super) fn push_delivery_except(
         &mut self,
         to: SocketAddr,
-        sub_id: u32,
-        offset: u64,
-        timestamp: u64,
+        head: DeliveryHead,
         payload: &[u8],
         have: &[(u64, u64)],
     ) -> (usize, u64) {
-        if payload.len() <= MAX_DATAGRAM - HEADER_LEN - DELIVER_OVERHEAD {
+        let (sub_id, offset, timestamp, origin) = head;
+        let origin_len = origin.map_or(0, |_| wire::ORIGIN_LEN);
+        if payload.len() <= MAX_DATAGRAM - HEADER_LEN - DELIVER_OVERHEAD - origin_len {
             let frame = Frame::Deliver {
                 sub_id,
                 offset,
                 timestamp,
+                origin,
                 payload,
             };
             let queued = if self.push_frame(to, &frame) {
@@ -256,7 +263,8 @@ impl Outbox {
             };
             return (queued, 0);
         }
-        let piece = (self.datagram_size - HEADER_LEN - DELIVER_FRAGMENT_OVERHEAD).max(256);
+        let piece =
+            (self.datagram_size - HEADER_LEN - DELIVER_FRAGMENT_OVERHEAD - origin_len).max(256);
         let mut queued = 0;
         let mut left_out = 0;
         for (i, chunk) in payload.chunks(piece).enumerate() {
@@ -269,6 +277,7 @@ impl Outbox {
                 sub_id,
                 offset,
                 timestamp,
+                origin,
                 total: payload.len() as u32,
                 at: (i * piece) as u32,
                 chunk,
@@ -286,15 +295,15 @@ impl Outbox {
     pub(super) fn push_delivery_if_room(
         &mut self,
         to: SocketAddr,
-        sub_id: u32,
-        offset: u64,
-        timestamp: u64,
+        head: DeliveryHead,
         payload: &[u8],
     ) -> bool {
+        let (sub_id, offset, timestamp, origin) = head;
         let frame = Frame::Deliver {
             sub_id,
             offset,
             timestamp,
+            origin,
             payload,
         };
         // push() leaves the datagram as it was when the frame does not fit.
@@ -549,6 +558,7 @@ mod tests {
                 sub_id: 1,
                 offset: 1,
                 timestamp: 0,
+                origin: None,
                 payload: &[b'L'; 1000],
             },
         );

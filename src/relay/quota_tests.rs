@@ -126,6 +126,8 @@ impl Client {
                 start: StartPosition::Latest,
                 channel: "news",
                 group: None,
+                origins: false,
+                resume: crate::wire::ResumeVector::EMPTY,
             }],
         )
     }
@@ -197,6 +199,8 @@ fn a_keys_wildcard_subscriptions_count_as_its_subscriptions() {
         start: StartPosition::Latest,
         channel: "x.>",
         group: None,
+        origins: false,
+        resume: crate::wire::ResumeVector::EMPTY,
     };
     assert!(subscribed(&a.frames(&mut k, &[pattern(1)])));
     assert!(subscribed(&b.subscribe(&mut k, 1)));

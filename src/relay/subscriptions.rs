@@ -61,6 +61,9 @@ pub(super) struct Request<'a> {
     pub(super) wildcard: Option<u32>,
     /// The queue group it joins, if any.
     pub(super) group: Option<&'a str>,
+    /// In a cluster, for a reliable subscription that asked for origins:
+    /// this relay's id (see [`Subscriber::origins`]).
+    pub(super) origins: Option<u64>,
 }
 
 /// A SUBSCRIBE that was refused (counted), with what to tell the client.
@@ -202,6 +205,7 @@ impl Subscriptions {
             owner,
             wildcard,
             group,
+            origins,
         } = request;
         let Some((first, next_offset)) = channels[id].storage.offsets() else {
             counters.dropped_unavailable += 1;
@@ -218,6 +222,9 @@ impl Subscriptions {
             StartPosition::Latest => next_offset,
             StartPosition::Earliest => first,
             StartPosition::Offset(o) => o.max(first),
+            // Worked out by the relay before (`Relay::resume_at`); one
+            // that gets here anyway starts at the head.
+            StartPosition::Resume { .. } => next_offset,
         };
         let reliable = mode == DeliveryMode::Reliable;
         let existing = peers.channel_of(&from, sub_id);
@@ -257,6 +264,10 @@ impl Subscriptions {
             counters.subscriptions_opened += 1;
             if matches!(start, StartPosition::Offset(o) if o < first) && group.is_none() {
                 counters.replay_gaps += 1;
+            }
+            if let Some(sub) = subscriber(&mut channels[id].subscribers, from, sub_id) {
+                // Origins are told on a subscription's own numbering only.
+                sub.origins = origins.filter(|_| reliable && group.is_none());
             }
             if let Some(name) = group {
                 let channel = &mut channels[id];
@@ -346,6 +357,7 @@ impl Subscriptions {
             group: None,
             recent: (0.0, 0),
             share: None,
+            origins: None,
         });
         self.count += 1;
         Ok(())
@@ -775,6 +787,7 @@ mod tests {
             owner: Owner::ADDRESS,
             wildcard: None,
             group: None,
+            origins: None,
         };
         let (channels, peers) = (&mut p.channels, &mut p.peers);
         (p.subs).subscribe(

@@ -67,18 +67,40 @@ fn subscribe(relay: &mut Relay, now: Now, from: &str, sub_id: u32, channel: &str
         start: StartPosition::Latest,
         channel,
         group: None,
+        origins: false,
+        resume: crate::wire::ResumeVector::EMPTY,
     };
     send(relay, now, from, &[frame]);
 }
 
 /// A reliable subscription `sub_id` to "news" from `start`.
 fn subscribe_reliable(relay: &mut Relay, now: Now, from: &str, sub_id: u32, start: StartPosition) {
+    reliable_news(
+        relay,
+        now,
+        from,
+        sub_id,
+        (start, false, wire::ResumeVector::EMPTY),
+    );
+}
+
+/// A reliable subscription `sub_id` to "news" from `start`, asking for
+/// origins or not, with `resume` (the vector of a `Resume` start).
+fn reliable_news(
+    relay: &mut Relay,
+    now: Now,
+    from: &str,
+    sub_id: u32,
+    (start, origins, resume): (StartPosition, bool, wire::ResumeVector<'_>),
+) {
     let frame = Frame::Subscribe {
         sub_id,
         mode: DeliveryMode::Reliable,
         start,
         channel: "news",
         group: None,
+        origins,
+        resume,
     };
     send(relay, now, from, &[frame]);
 }
@@ -132,11 +154,21 @@ fn describe(f: &Frame<'_>) -> String {
             sub_id,
             offset,
             payload,
+            origin,
             ..
-        } => format!(
-            "deliver {sub_id} @{offset} {}",
-            String::from_utf8_lossy(payload)
-        ),
+        } => {
+            let from = match origin {
+                None => String::new(),
+                Some(o) => match o.source {
+                    wire::Source::Relay(id) => format!(" [relay {id:x}#{}]", o.position),
+                    wire::Source::Session(id) => format!(" [session {id:x}#{}]", o.position),
+                },
+            };
+            format!(
+                "deliver {sub_id} @{offset} {}{from}",
+                String::from_utf8_lossy(payload)
+            )
+        }
         Frame::Subscribed {
             sub_id,
             first_offset,
@@ -233,6 +265,8 @@ fn subscribe_from(relay: &mut Relay, now: Now, from: &str, sub_id: u32, start: S
         start,
         channel: "news",
         group: None,
+        origins: false,
+        resume: crate::wire::ResumeVector::EMPTY,
     };
     send(relay, now, from, &[frame]);
 }
@@ -492,6 +526,8 @@ fn a_start_in_the_future_skips_earlier_messages() {
         start: StartPosition::Offset(2),
         channel: "news",
         group: None,
+        origins: false,
+        resume: crate::wire::ResumeVector::EMPTY,
     };
     send(&mut r, t, ALICE, &[frame]);
     for p in ["0", "1", "2"] {
@@ -1424,6 +1460,8 @@ fn datagrams_from_the_relays_own_sockets_are_never_answered() {
                 start: StartPosition::Latest,
                 channel: "news",
                 group: None,
+                origins: false,
+                resume: crate::wire::ResumeVector::EMPTY,
             },
         ];
         r.handle_datagram(t, addr(from), &encode_datagram(&frames).unwrap());
@@ -1737,6 +1775,8 @@ fn an_unproven_address_gets_a_token_no_larger_than_its_request_and_nothing_else(
         start: StartPosition::Earliest,
         channel: "headlines",
         group: None,
+        origins: false,
+        resume: crate::wire::ResumeVector::EMPTY,
     };
     publish(&mut r, t, "headlines", b"stored");
     send_unproven(&mut r, t, ALICE, &[subscribe]);
@@ -1769,6 +1809,8 @@ fn an_unproven_address_gets_a_token_no_larger_than_its_request_and_nothing_else(
         start: StartPosition::Earliest,
         channel: "headlines",
         group: None,
+        origins: false,
+        resume: crate::wire::ResumeVector::EMPTY,
     };
     r.handle_datagram(t, addr(BOB), &encode_datagram(&datagram).unwrap());
     assert_eq!(r.subscription_count(), 1);
@@ -1793,6 +1835,8 @@ fn a_request_too_small_to_pay_for_a_token_is_not_answered_but_a_ping_is() {
         start: StartPosition::Latest,
         channel: "n",
         group: None,
+        origins: false,
+        resume: crate::wire::ResumeVector::EMPTY,
     };
     assert!(encode_datagram(&[tiny]).unwrap().len() < wire::HEADER_LEN + wire::VALIDATE_LEN);
     send_unproven(&mut r, t, ALICE, &[tiny]);
@@ -2016,6 +2060,8 @@ fn replay_is_a_quota_per_client_not_per_subscription() {
         start: StartPosition::Earliest,
         channel: "news",
         group: None,
+        origins: false,
+        resume: crate::wire::ResumeVector::EMPTY,
     };
     // ALICE opens twenty replays of the whole channel, BOB one.
     for sub_id in 1..=20 {

@@ -285,6 +285,7 @@ impl Relay {
                 owner,
                 wildcard: Some(sub_id),
                 group: None,
+                origins: None,
             };
             if let Err(refusal) = self.open_subscription(now, from, request, ch) {
                 self.reply_error(now, from, refusal.code, &refusal.reason);
@@ -348,6 +349,7 @@ impl Relay {
             owner,
             wildcard: Some(sub_id),
             group: None,
+            origins: None,
         };
         match self.open_subscription(now, peer, request, ch) {
             Ok(()) => {

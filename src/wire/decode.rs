@@ -7,9 +7,22 @@
 use super::reader::Reader;
 use super::stats::{STATS_LAST_PAGE, StatEntries};
 use super::{
-    AckKind, DeliveryMode, ErrorCode, FLAG_MORE, FRAME_HEADER_LEN, Frame, FrameType, StartPosition,
-    TOKEN_LEN, WireError,
+    AckKind, DeliveryMode, ErrorCode, FLAG_MORE, FLAG_ORIGIN, FRAME_HEADER_LEN, Frame, FrameType,
+    ORIGIN_LEN, Origin, ResumeVector, StartPosition, TOKEN_LEN, WireError,
 };
+
+/// The origin after a delivery's timestamp, if its frame is flagged so.
+fn origin(r: &mut Reader<'_>, flagged: bool) -> Result<Option<Origin>, WireError> {
+    if !flagged {
+        return Ok(None);
+    }
+    let bytes: &[u8; ORIGIN_LEN] = (r.bytes(ORIGIN_LEN)?)
+        .try_into()
+        .map_err(|_| WireError::Truncated)?;
+    Origin::from_bytes(bytes)
+        .map(Some)
+        .ok_or(WireError::InvalidField("origin"))
+}
 
 impl<'a> Frame<'a> {
     /// Decodes the frame at the start of `input`, returning it and the bytes
@@ -19,11 +32,12 @@ impl<'a> Frame<'a> {
             return Err(WireError::Truncated);
         };
         let kind = FrameType::from_u8(head[0]).ok_or(WireError::UnknownFrame(head[0]))?;
-        let allowed = if kind == FrameType::ReliablePublish {
-            FLAG_MORE
-        } else {
-            0
+        let allowed = match kind {
+            FrameType::ReliablePublish => FLAG_MORE,
+            FrameType::Subscribe | FrameType::Deliver | FrameType::DeliverFragment => FLAG_ORIGIN,
+            _ => 0,
         };
+        let flagged = head[1] & FLAG_ORIGIN != 0;
         if head[1] & !allowed != 0 {
             return Err(WireError::BadFrameFlags(head[0], head[1]));
         }
@@ -54,13 +68,24 @@ impl<'a> Frame<'a> {
                     0 => StartPosition::Latest,
                     1 => StartPosition::Earliest,
                     2 => StartPosition::Offset(offset),
+                    3 => StartPosition::Resume { since: offset },
                     _ => return Err(WireError::InvalidField("start position")),
                 };
                 let channel = r.channel()?;
-                // A queue group, named as a channel is, may follow.
-                let group = match r.rest_is_empty() {
-                    true => None,
-                    false => Some(r.channel()?),
+                let (group, resume) = match start {
+                    // A resume's vector follows; it joins no group.
+                    StartPosition::Resume { .. } => {
+                        let count = usize::from(r.u8()?);
+                        let bytes = r.bytes(count * ORIGIN_LEN)?;
+                        let vector = ResumeVector::new(bytes)
+                            .ok_or(WireError::InvalidField("resume vector"))?;
+                        (None, vector)
+                    }
+                    // A queue group, named as a channel is, may follow.
+                    _ => match r.rest_is_empty() {
+                        true => (None, ResumeVector::EMPTY),
+                        false => (Some(r.channel()?), ResumeVector::EMPTY),
+                    },
                 };
                 r.end()?;
                 Frame::Subscribe {
@@ -69,6 +94,8 @@ impl<'a> Frame<'a> {
                     start,
                     channel,
                     group,
+                    origins: flagged,
+                    resume,
                 }
             }
             FrameType::Unsubscribe => {
@@ -101,6 +128,7 @@ impl<'a> Frame<'a> {
                 sub_id: r.u32()?,
                 offset: r.u64()?,
                 timestamp: r.u64()?,
+                origin: origin(&mut r, flagged)?,
                 payload: r.rest(),
             },
             FrameType::Ack => {
@@ -165,6 +193,7 @@ impl<'a> Frame<'a> {
                 let sub_id = r.u32()?;
                 let offset = r.u64()?;
                 let timestamp = r.u64()?;
+                let origin = origin(&mut r, flagged)?;
                 let total = r.u32()?;
                 let at = r.u32()?;
                 let chunk = r.rest();
@@ -175,6 +204,7 @@ impl<'a> Frame<'a> {
                     sub_id,
                     offset,
                     timestamp,
+                    origin,
                     total,
                     at,
                     chunk,

@@ -9,27 +9,42 @@ use bytes::BufMut;
 use super::frame::{DELIVER_FIXED, DELIVER_FRAGMENT_FIXED};
 use super::stats::{STATS_LAST_PAGE, StatEntries};
 use super::{
-    AckKind, DeliveryMode, FLAG_MORE, FRAME_HEADER_LEN, Frame, MAX_FRAME_BODY, NOISE_MESSAGE_LEN,
-    STATS_FIXED, STATS_REQUEST_FIXED, StartPosition, TOKEN_LEN, WireError, validate_channel,
+    AckKind, DeliveryMode, FLAG_MORE, FLAG_ORIGIN, FRAME_HEADER_LEN, Frame, MAX_FRAME_BODY,
+    NOISE_MESSAGE_LEN, ORIGIN_LEN, STATS_FIXED, STATS_REQUEST_FIXED, StartPosition, TOKEN_LEN,
+    WireError, validate_channel,
 };
 
 impl Frame<'_> {
     fn body_len(&self) -> usize {
         match self {
             Frame::Publish { channel, payload } => 1 + channel.len() + payload.len(),
-            Frame::Subscribe { channel, group, .. } => {
-                4 + 1 + 1 + 8 + 1 + channel.len() + group.map_or(0, |g| 1 + g.len())
+            Frame::Subscribe {
+                channel,
+                group,
+                start,
+                resume,
+                ..
+            } => {
+                let vector = match start {
+                    StartPosition::Resume { .. } => 1 + resume.as_bytes().len(),
+                    _ => 0,
+                };
+                4 + 1 + 1 + 8 + 1 + channel.len() + group.map_or(0, |g| 1 + g.len()) + vector
             }
             Frame::Unsubscribe { .. } => 4,
             Frame::Subscribed { .. } => 4 + 8 + 8 + 4,
             Frame::Matched { channel, .. } => 4 + 4 + 8 + 8 + 1 + channel.len(),
-            Frame::Deliver { payload, .. } => DELIVER_FIXED + payload.len(),
+            Frame::Deliver {
+                payload, origin, ..
+            } => DELIVER_FIXED + origin.map_or(0, |_| ORIGIN_LEN) + payload.len(),
             Frame::Ack { ranges, .. } => 1 + 8 + 8 + 4 + ranges.len(),
             Frame::ReliablePublish {
                 channel, payload, ..
             } => 8 + 8 + 8 + 1 + channel.len() + payload.len(),
             Frame::Fragment { channel, chunk, .. } => 4 + 2 + 2 + 1 + channel.len() + chunk.len(),
-            Frame::DeliverFragment { chunk, .. } => DELIVER_FRAGMENT_FIXED + chunk.len(),
+            Frame::DeliverFragment { chunk, origin, .. } => {
+                DELIVER_FRAGMENT_FIXED + origin.map_or(0, |_| ORIGIN_LEN) + chunk.len()
+            }
             Frame::Ping { load, .. } => 8 + if *load { 4 } else { 0 },
             Frame::Pong { load, .. } => 8 + if load.is_some() { 4 } else { 0 },
             Frame::AddressToken { .. } | Frame::Validate { .. } => TOKEN_LEN,
@@ -61,6 +76,18 @@ impl Frame<'_> {
             } if validate_channel(group.as_bytes()).is_err() => {
                 return Err(WireError::BadChannel);
             }
+            // A resume names one channel outside any group, and only a
+            // resume carries a vector.
+            Frame::Subscribe {
+                start: StartPosition::Resume { .. },
+                group: Some(_),
+                ..
+            } => return Err(WireError::InvalidField("start position")),
+            Frame::Subscribe { start, resume, .. }
+                if !resume.is_empty() && !matches!(start, StartPosition::Resume { .. }) =>
+            {
+                return Err(WireError::InvalidField("start position"));
+            }
             Frame::Publish { channel, .. }
             | Frame::Subscribe { channel, .. }
             | Frame::ReliablePublish { channel, .. }
@@ -76,6 +103,13 @@ impl Frame<'_> {
         out.put_u8(self.frame_type() as u8);
         out.put_u8(match self {
             Frame::ReliablePublish { more: true, .. } => FLAG_MORE,
+            Frame::Subscribe { origins: true, .. }
+            | Frame::Deliver {
+                origin: Some(_), ..
+            }
+            | Frame::DeliverFragment {
+                origin: Some(_), ..
+            } => FLAG_ORIGIN,
             _ => 0,
         });
         out.put_slice(&(body as u16).to_le_bytes());
@@ -90,6 +124,8 @@ impl Frame<'_> {
                 start,
                 channel,
                 group,
+                origins: _,
+                resume,
             } => {
                 out.put_slice(&sub_id.to_le_bytes());
                 out.put_u8(match mode {
@@ -100,12 +136,17 @@ impl Frame<'_> {
                     StartPosition::Latest => (0, 0),
                     StartPosition::Earliest => (1, 0),
                     StartPosition::Offset(o) => (2, o),
+                    StartPosition::Resume { since } => (3, since),
                 };
                 out.put_u8(kind);
                 out.put_slice(&offset.to_le_bytes());
                 put_len_prefixed(out, channel.as_bytes());
                 if let Some(group) = group {
                     put_len_prefixed(out, group.as_bytes());
+                }
+                if kind == 3 {
+                    out.put_u8(resume.len() as u8);
+                    out.put_slice(resume.as_bytes());
                 }
             }
             Frame::Unsubscribe { sub_id } => out.put_slice(&sub_id.to_le_bytes()),
@@ -137,11 +178,15 @@ impl Frame<'_> {
                 sub_id,
                 offset,
                 timestamp,
+                origin,
                 payload,
             } => {
                 out.put_slice(&sub_id.to_le_bytes());
                 out.put_slice(&offset.to_le_bytes());
                 out.put_slice(&timestamp.to_le_bytes());
+                if let Some(origin) = origin {
+                    out.put_slice(&origin.to_bytes());
+                }
                 out.put_slice(payload);
             }
             Frame::Ack {
@@ -192,6 +237,7 @@ impl Frame<'_> {
                 sub_id,
                 offset,
                 timestamp,
+                origin,
                 total,
                 at,
                 chunk,
@@ -199,6 +245,9 @@ impl Frame<'_> {
                 out.put_slice(&sub_id.to_le_bytes());
                 out.put_slice(&offset.to_le_bytes());
                 out.put_slice(&timestamp.to_le_bytes());
+                if let Some(origin) = origin {
+                    out.put_slice(&origin.to_bytes());
+                }
                 out.put_slice(&total.to_le_bytes());
                 out.put_slice(&at.to_le_bytes());
                 out.put_slice(chunk);

@@ -62,6 +62,16 @@ pub const RELAY_SUB_IDS: u32 = 0x8000_0000;
 /// sequence number.
 pub const FLAG_MORE: u8 = 0x01;
 
+/// Frame flag of SUBSCRIBE (send me origins) and of DELIVER and
+/// DELIVER_FRAGMENT (an [`Origin`] follows the timestamp).
+pub const FLAG_ORIGIN: u8 = 0x02;
+
+/// Bytes of an origin on the wire: kind, id, position.
+pub const ORIGIN_LEN: usize = 1 + 8 + 8;
+
+/// Most sources a resuming SUBSCRIBE names.
+pub const MAX_RESUME_SOURCES: usize = 64;
+
 impl FrameType {
     /// The frame type whose code is `v`, if this build knows it.
     pub(super) fn from_u8(v: u8) -> Option<FrameType> {
@@ -108,6 +118,118 @@ pub enum StartPosition {
     Earliest,
     /// A given offset (or the oldest retained one, if that is later).
     Offset(u64),
+    /// Where a subscriber that moved from another relay of a cluster left
+    /// off: past the positions of the subscribe's [`ResumeVector`], and, for
+    /// a source it does not name, from messages stored at or after `since`
+    /// (ns since the Unix epoch) on.
+    Resume {
+        /// Messages of sources the vector does not name stored before this
+        /// are not wanted.
+        since: u64,
+    },
+}
+
+/// Whose numbering a message follows across the relays of a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Source {
+    /// A relay's messages that no reliable session published, numbered by
+    /// their offsets there.
+    Relay(u64),
+    /// A reliable publishing session's messages, numbered by the sequence
+    /// number of their last piece, through whichever relay.
+    Session(u64),
+}
+
+/// Where a delivered message stands in its source's numbering: the same
+/// at every relay of a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Origin {
+    /// Whose numbering.
+    pub source: Source,
+    /// Its number there.
+    pub position: u64,
+}
+
+impl Origin {
+    /// The 17 bytes of the origin.
+    pub fn to_bytes(self) -> [u8; ORIGIN_LEN] {
+        let (kind, id) = match self.source {
+            Source::Relay(id) => (0, id),
+            Source::Session(id) => (1, id),
+        };
+        let mut out = [0; ORIGIN_LEN];
+        out[0] = kind;
+        out[1..9].copy_from_slice(&id.to_le_bytes());
+        out[9..].copy_from_slice(&self.position.to_le_bytes());
+        out
+    }
+
+    /// The origin in `bytes`; `None` for an unknown kind.
+    pub fn from_bytes(bytes: &[u8; ORIGIN_LEN]) -> Option<Origin> {
+        let id = u64::from_le_bytes(bytes[1..9].try_into().unwrap_or_default());
+        let position = u64::from_le_bytes(bytes[9..].try_into().unwrap_or_default());
+        let source = match bytes[0] {
+            0 => Source::Relay(id),
+            1 => Source::Session(id),
+            _ => return None,
+        };
+        Some(Origin { source, position })
+    }
+}
+
+/// The last position a subscriber holds of each of up to
+/// [`MAX_RESUME_SOURCES`] sources, as a resuming SUBSCRIBE carries them:
+/// [`ORIGIN_LEN`]-byte entries, each checked when decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ResumeVector<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> ResumeVector<'a> {
+    /// No sources.
+    pub const EMPTY: ResumeVector<'static> = ResumeVector { bytes: &[] };
+
+    /// The vector in `bytes` (entries back to back), if every entry is
+    /// whole and of a known kind and there are at most
+    /// [`MAX_RESUME_SOURCES`].
+    pub fn new(bytes: &'a [u8]) -> Option<ResumeVector<'a>> {
+        let whole = bytes.len().is_multiple_of(ORIGIN_LEN);
+        let valid = whole
+            && bytes.len() / ORIGIN_LEN <= MAX_RESUME_SOURCES
+            && bytes
+                .chunks_exact(ORIGIN_LEN)
+                .all(|e| e.try_into().ok().and_then(Origin::from_bytes).is_some());
+        valid.then_some(ResumeVector { bytes })
+    }
+
+    /// The bytes of `origins` (at most [`MAX_RESUME_SOURCES`] are taken),
+    /// for [`ResumeVector::new`].
+    pub fn encode(origins: &[Origin]) -> Vec<u8> {
+        (origins.iter().take(MAX_RESUME_SOURCES))
+            .flat_map(|o| o.to_bytes())
+            .collect()
+    }
+
+    /// How many sources it names.
+    pub fn len(&self) -> usize {
+        self.bytes.len() / ORIGIN_LEN
+    }
+
+    /// True if it names none.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Its entries as they are on the wire.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// Each source and the last position the subscriber holds of it.
+    pub fn iter(&self) -> impl Iterator<Item = Origin> + 'a {
+        (self.bytes.chunks_exact(ORIGIN_LEN))
+            .filter_map(|e| e.try_into().ok().and_then(Origin::from_bytes))
+    }
 }
 
 /// What an [`Frame::Ack`] acknowledges.
@@ -189,6 +311,13 @@ pub enum Frame<'a> {
         /// The queue group it joins, if any: the group's members share the
         /// channel's messages, each to one of them.
         group: Option<&'a str>,
+        /// Deliveries should say where each message came from (frame flag
+        /// [`FLAG_ORIGIN`]; a relay in a cluster does so for reliable
+        /// subscriptions).
+        origins: bool,
+        /// With [`StartPosition::Resume`], the positions the subscriber
+        /// holds; empty otherwise.
+        resume: ResumeVector<'a>,
     },
     /// End subscription `sub_id`.
     Unsubscribe {
@@ -230,6 +359,9 @@ pub enum Frame<'a> {
         offset: u64,
         /// When the relay stored it, in nanoseconds since the Unix epoch.
         timestamp: u64,
+        /// Where it came from, for a subscription that asked (frame flag
+        /// [`FLAG_ORIGIN`]).
+        origin: Option<Origin>,
         /// Message bytes.
         payload: &'a [u8],
     },
@@ -289,6 +421,8 @@ pub enum Frame<'a> {
         offset: u64,
         /// When the relay stored it, in nanoseconds since the Unix epoch.
         timestamp: u64,
+        /// Where it came from, as in [`Frame::Deliver`].
+        origin: Option<Origin>,
         /// The whole message's length.
         total: u32,
         /// Where this piece starts in the message.

@@ -31,7 +31,8 @@ pub use datagram::{
     DatagramBuilder, Frames, Header, decode_datagram, encode_datagram, frame_bodies,
 };
 pub use frame::{
-    AckKind, DeliveryMode, ErrorCode, FLAG_MORE, Frame, FrameType, RELAY_SUB_IDS, StartPosition,
+    AckKind, DeliveryMode, ErrorCode, FLAG_MORE, FLAG_ORIGIN, Frame, FrameType, MAX_RESUME_SOURCES,
+    ORIGIN_LEN, Origin, RELAY_SUB_IDS, ResumeVector, Source, StartPosition,
 };
 pub use stats::{STATS_FIXED, STATS_REQUEST_FIXED, StatEntries, stat_entry_len, stats_page};
 

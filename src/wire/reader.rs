@@ -23,7 +23,7 @@ impl<'a> Reader<'a> {
         Ok(*head)
     }
 
-    fn bytes(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+    pub(super) fn bytes(&mut self, n: usize) -> Result<&'a [u8], WireError> {
         if self.buf.len() < n {
             return Err(WireError::BadLength);
         }

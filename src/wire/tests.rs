@@ -6,6 +6,11 @@ fn sample_frames() -> Vec<Frame<'static>> {
         5, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 12, 0, 0, 0, 0, 0,
         0, 0,
     ];
+    // Two entries: relay 0xa at 7, session 0x7 at 3.
+    static RESUME: [u8; 34] = [
+        0, 0xa, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, //
+        1, 0x7, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0,
+    ];
     static STATS: [(&str, u64); 2] = [("datagrams_received", 12), ("dropped_malformed", 3)];
     vec![
         Frame::Publish {
@@ -22,6 +27,8 @@ fn sample_frames() -> Vec<Frame<'static>> {
             start: StartPosition::Latest,
             channel: "news",
             group: None,
+            origins: false,
+            resume: crate::wire::ResumeVector::EMPTY,
         },
         Frame::Subscribe {
             sub_id: u32::MAX,
@@ -29,6 +36,8 @@ fn sample_frames() -> Vec<Frame<'static>> {
             start: StartPosition::Offset(1 << 40),
             channel: "sensors/temp",
             group: None,
+            origins: false,
+            resume: crate::wire::ResumeVector::EMPTY,
         },
         Frame::Subscribe {
             sub_id: 1,
@@ -36,6 +45,8 @@ fn sample_frames() -> Vec<Frame<'static>> {
             start: StartPosition::Earliest,
             channel: "ünïcödé",
             group: None,
+            origins: false,
+            resume: crate::wire::ResumeVector::EMPTY,
         },
         Frame::Subscribe {
             sub_id: 2,
@@ -43,6 +54,8 @@ fn sample_frames() -> Vec<Frame<'static>> {
             start: StartPosition::Latest,
             channel: "jobs",
             group: Some("workers"),
+            origins: false,
+            resume: crate::wire::ResumeVector::EMPTY,
         },
         Frame::Unsubscribe { sub_id: 9 },
         Frame::Subscribed {
@@ -63,6 +76,40 @@ fn sample_frames() -> Vec<Frame<'static>> {
             offset: 42,
             timestamp: 1_700_000_000_000_000_000,
             payload: b"payload bytes",
+            origin: None,
+        },
+        Frame::Deliver {
+            sub_id: 9,
+            offset: 43,
+            timestamp: 1_700_000_000_000_000_001,
+            payload: b"from elsewhere",
+            origin: Some(Origin {
+                source: Source::Session(0xfeed),
+                position: 12,
+            }),
+        },
+        Frame::Subscribe {
+            sub_id: 3,
+            mode: DeliveryMode::Reliable,
+            start: StartPosition::Resume {
+                since: 1_700_000_000,
+            },
+            channel: "news",
+            group: None,
+            origins: true,
+            resume: ResumeVector::new(&RESUME).unwrap(),
+        },
+        Frame::DeliverFragment {
+            sub_id: 9,
+            offset: 44,
+            timestamp: 5,
+            origin: Some(Origin {
+                source: Source::Relay(0xa),
+                position: 99,
+            }),
+            total: 10,
+            at: 4,
+            chunk: b"piece",
         },
         Frame::Ack {
             kind: AckKind::Subscription,
@@ -107,6 +154,7 @@ fn sample_frames() -> Vec<Frame<'static>> {
             total: 100,
             at: 95,
             chunk: b"tail!",
+            origin: None,
         },
         Frame::Ping {
             nonce: 1,
@@ -257,6 +305,44 @@ fn frame_errors_are_typed() {
     );
     // Channel length byte pointing past the body.
     assert_eq!(decode(&[0x01, 0, 2, 0, 5, b'a']), Err(WireError::BadLength));
+    // A delivery flagged with an origin too short for one, or of an
+    // unknown kind; SUBSCRIBE's resume vector likewise.
+    let frame = |kind: u8, body: &[u8]| {
+        let mut f = vec![kind, FLAG_ORIGIN];
+        f.extend_from_slice(&(body.len() as u16).to_le_bytes());
+        f.extend_from_slice(body);
+        f
+    };
+    let short = frame(0x05, &[0; 20 + 16]);
+    assert_eq!(decode(&short), Err(WireError::BadLength));
+    let mut body = vec![0; 20];
+    body.extend_from_slice(&[2; 17]);
+    let unknown_kind = frame(0x05, &body);
+    assert_eq!(
+        decode(&unknown_kind),
+        Err(WireError::InvalidField("origin"))
+    );
+    let resume = |count: usize, entries: &[u8]| {
+        let mut body = vec![9, 0, 0, 0, 1, 3, 0, 0, 0, 0, 0, 0, 0, 0, 1, b'n'];
+        body.push(count as u8);
+        body.extend_from_slice(entries);
+        frame(0x02, &body)
+    };
+    let entry = [0u8; 17];
+    assert!(decode(&resume(1, &entry)).is_ok());
+    assert_eq!(decode(&resume(2, &entry)), Err(WireError::BadLength));
+    assert_eq!(decode(&resume(0, &entry)), Err(WireError::BadLength));
+    let mut unknown = entry;
+    unknown[0] = 9;
+    assert_eq!(
+        decode(&resume(1, &unknown)),
+        Err(WireError::InvalidField("resume vector"))
+    );
+    let n = MAX_RESUME_SOURCES + 1;
+    assert_eq!(
+        decode(&resume(n, &vec![0; 17 * n])),
+        Err(WireError::InvalidField("resume vector"))
+    );
     // Ack ranges that are not whole pairs.
     let mut ack = vec![0x06, 0, 22, 0, 0];
     ack.extend_from_slice(&[0; 21]);

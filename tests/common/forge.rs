@@ -294,6 +294,8 @@ impl Attack {
             start,
             channel,
             group: None,
+            origins: false,
+            resume: udprelay::wire::ResumeVector::EMPTY,
         };
         let reliable = Frame::Subscribe {
             sub_id: FORGED_SUB_ID,
@@ -301,6 +303,8 @@ impl Attack {
             start: StartPosition::Earliest,
             channel: targets.stored,
             group: None,
+            origins: false,
+            resume: udprelay::wire::ResumeVector::EMPTY,
         };
         let frames = match self {
             Attack::Ping => vec![Frame::Ping {

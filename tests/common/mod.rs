@@ -552,6 +552,8 @@ impl TestClient {
             start: StartPosition::Latest,
             channel,
             group: None,
+            origins: false,
+            resume: udprelay::wire::ResumeVector::EMPTY,
         }]);
         let got = self.barrier();
         assert!(

@@ -87,11 +87,27 @@ impl Either {
         }
     }
 
-    /// The relay is another one now (the client failed over).
-    pub fn moved(&mut self, now: Instant) {
+    /// The relay is another one now (the client failed over). True if the
+    /// subscription resumes after what it received of each source, false
+    /// if it starts at the new relay's head.
+    pub fn moved(&mut self, now: Instant) -> bool {
         match self {
             Either::One(s, _) => s.moved(now),
-            Either::Pattern(s) => s.moved(now),
+            Either::Pattern(s) => {
+                s.moved(now);
+                false
+            }
+        }
+    }
+
+    /// A reliable subscription to one channel asks for each message's
+    /// origin, so that it can resume exactly at another relay; `floor`: what
+    /// was stored before it is not wanted should it move before a message
+    /// came.
+    pub fn with_origins(self, floor: u64) -> Either {
+        match self {
+            Either::One(s, channel) => Either::One(s.with_origins(floor), channel),
+            pattern => pattern,
         }
     }
 

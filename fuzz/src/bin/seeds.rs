@@ -23,6 +23,12 @@ use udprelay_fuzz::log_input::{self, CHANNEL, LogInput, SegmentInput, flag};
 use udprelay_fuzz::relay_input::{self, Settings, Step};
 use udprelay_fuzz::scratch_dir;
 
+/// A resume vector: relay 0xa at 7, session 0x7 at 3.
+static RESUME: [u8; 34] = [
+    0, 0xa, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, //
+    1, 0x7, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0,
+];
+
 fn main() {
     let root = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "corpus".into()));
     let counts = [
@@ -60,6 +66,8 @@ fn sealed_seeds() -> Vec<(String, Vec<u8>)> {
         start: StartPosition::Earliest,
         channel: "k.x",
         group: None,
+        origins: false,
+        resume: udprelay::wire::ResumeVector::EMPTY,
     }]);
     let mut seeds = Vec::new();
     for (settings, mode) in [(0u8, "optional"), (1, "required")] {
@@ -70,7 +78,13 @@ fn sealed_seeds() -> Vec<(String, Vec<u8>)> {
         conversation.extend([0x80, 0]); // the last one again
         conversation.extend([0x81, 17]); // the one before, changed
         conversation.extend(step(0x41, &publish("k.x"))); // forged source
-        conversation.extend(step(0x01, &datagram(&[Frame::Ping { nonce: 1, load: false }])));
+        conversation.extend(step(
+            0x01,
+            &datagram(&[Frame::Ping {
+                nonce: 1,
+                load: false,
+            }]),
+        ));
         conversation.extend([0xC0, 20]); // 4 s: leases lapse
         conversation.extend([0xC0, 255]); // 650 s: the session ends
         conversation.extend(step(0x40, &publish("k.x")));
@@ -115,6 +129,8 @@ fn subscribe(sub_id: u32, mode: DeliveryMode, start: StartPosition) -> Frame<'st
         start,
         channel: "news",
         group: None,
+        origins: false,
+        resume: udprelay::wire::ResumeVector::EMPTY,
     }
 }
 
@@ -182,6 +198,8 @@ fn decode_seeds() -> Vec<(String, Vec<u8>)> {
                 start: StartPosition::Earliest,
                 channel: "news.>",
                 group: None,
+                origins: false,
+                resume: udprelay::wire::ResumeVector::EMPTY,
             },
         ),
         one(
@@ -202,6 +220,35 @@ fn decode_seeds() -> Vec<(String, Vec<u8>)> {
                 start: StartPosition::Latest,
                 channel: "jobs",
                 group: Some("workers"),
+                origins: false,
+                resume: udprelay::wire::ResumeVector::EMPTY,
+            },
+        ),
+        one(
+            "subscribe-resume",
+            Frame::Subscribe {
+                sub_id: 6,
+                mode: DeliveryMode::Reliable,
+                start: StartPosition::Resume {
+                    since: 1_700_000_000_000_000_000,
+                },
+                channel: "orders",
+                group: None,
+                origins: true,
+                resume: udprelay::wire::ResumeVector::new(&RESUME).unwrap(),
+            },
+        ),
+        one(
+            "deliver-origin",
+            Frame::Deliver {
+                sub_id: 6,
+                offset: 9,
+                timestamp: 1_700_000_000_000_000_000,
+                payload: b"from a",
+                origin: Some(udprelay::wire::Origin {
+                    source: udprelay::wire::Source::Session(0xfeed),
+                    position: 3,
+                }),
             },
         ),
         one("unsubscribe", Frame::Unsubscribe { sub_id: 1 }),
@@ -221,6 +268,7 @@ fn decode_seeds() -> Vec<(String, Vec<u8>)> {
                 offset: 4,
                 timestamp: 1_700_000_000_000_000_000,
                 payload: b"hello",
+                origin: None,
             },
         ),
         one("ack-publish", ack(AckKind::Publish, 77, 2, &ranges)),
@@ -229,7 +277,13 @@ fn decode_seeds() -> Vec<(String, Vec<u8>)> {
             ack(AckKind::Subscription, 2, 3, &ranges),
         ),
         one("ack-pieces", ack(AckKind::Pieces, 2, 4, &ranges[..16])),
-        one("ping", Frame::Ping { nonce: 0x1122, load: false }),
+        one(
+            "ping",
+            Frame::Ping {
+                nonce: 0x1122,
+                load: false,
+            },
+        ),
         one(
             "ping-load",
             Frame::Ping {
@@ -237,7 +291,13 @@ fn decode_seeds() -> Vec<(String, Vec<u8>)> {
                 load: true,
             },
         ),
-        one("pong", Frame::Pong { nonce: 0x1122, load: None }),
+        one(
+            "pong",
+            Frame::Pong {
+                nonce: 0x1122,
+                load: None,
+            },
+        ),
         one(
             "error",
             Frame::Error {
@@ -278,6 +338,7 @@ fn decode_seeds() -> Vec<(String, Vec<u8>)> {
                 total: 3000,
                 at: 1400,
                 chunk: b"a piece",
+                origin: None,
             },
         ),
         one("address-token", Frame::AddressToken { token: TOKEN }),
@@ -296,7 +357,10 @@ fn decode_seeds() -> Vec<(String, Vec<u8>)> {
                     channel: "news",
                     payload: b"hi",
                 },
-                Frame::Ping { nonce: 7, load: false },
+                Frame::Ping {
+                    nonce: 7,
+                    load: false,
+                },
                 Frame::StatsRequest {
                     cursor: 0,
                     padding: 40,
@@ -379,7 +443,10 @@ fn relay_seeds() -> Vec<(String, Vec<u8>)> {
         cursor: 5,
         padding: 120,
     }]);
-    let ping = datagram(&[Frame::Ping { nonce: 1, load: false }]);
+    let ping = datagram(&[Frame::Ping {
+        nonce: 1,
+        load: false,
+    }]);
     let garbage = b"UR\x01\x00\x00\x00\x00\x00\x63\x00\x02\x00zz".to_vec();
     let big_publish = frames(&[Frame::Publish {
         channel: "bulk",

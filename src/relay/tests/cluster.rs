@@ -222,8 +222,14 @@ fn the_relay_follows_the_channels_and_patterns_its_clients_subscribe_to() {
     assert_eq!(
         asked,
         [
-            Interest::Follow("news".into()),
-            Interest::Follow("sensors.>".into())
+            Interest::Follow {
+                name: "news".into(),
+                since: None
+            },
+            Interest::Follow {
+                name: "sensors.>".into(),
+                since: None
+            }
         ]
     );
     send(&mut c, t, ALICE, &[Frame::Unsubscribe { sub_id: 1 }]);
@@ -467,7 +473,7 @@ fn after_a_restart_a_session_message_still_says_what_it_follows() {
     let mut a = Relay::open(&config, t).unwrap();
     a.join_cluster(t).unwrap();
     let origins: Vec<Origin> = a.poll_outgoing().iter().map(|o| o.origin).collect();
-    // The step mark at offset 1 is read from the record before it.
+    // What offset 1 follows is read from the marked record before it.
     assert_eq!(
         origins,
         [session_at(7, 1, Some(1)), session_at(7, 2, Some(2))]
@@ -682,4 +688,211 @@ fn what_a_session_makes_a_clustered_relay_remember_is_bounded_and_goes_with_it()
     // Its peer gone (the lease lapsed), nothing of it is remembered.
     run_timers(&mut a, t, t.after(Duration::from_secs(120)));
     assert_eq!(remembered(&a), 0);
+}
+
+/// A reliable subscription `sub_id` of `from` to "news" that asks for
+/// origins and starts at `start`, resuming after `vector` when it is
+/// [`StartPosition::Resume`].
+fn subscribe_with_origins(
+    r: &mut Relay,
+    t: Now,
+    from: &str,
+    sub_id: u32,
+    start: StartPosition,
+    vector: &[wire::Origin],
+) {
+    let bytes = wire::ResumeVector::encode(vector);
+    let resume = wire::ResumeVector::new(&bytes).unwrap();
+    reliable_news(r, t, from, sub_id, (start, true, resume));
+}
+
+fn held(source: Source, position: u64) -> wire::Origin {
+    wire::Origin { source, position }
+}
+
+/// B's "news": copies of relay A's 0..4 and session 7's 0..4, taking turns,
+/// with B's own message after each pair: offsets A0 S0 B2 A1 S1 B5 ...
+fn interleaved(b: &mut Relay, t: Now) {
+    for i in 0..4 {
+        let a = b.handle_remote(t, "news", from_relay(A, i, Some(i)), false, b"a");
+        let s = b.handle_remote(t, "news", session_at(7, i, Some(i)), false, b"s");
+        assert_eq!((a, s), (Remote::Appended, Remote::Appended));
+        publish(b, t, "news", b"b");
+    }
+}
+
+const B: u64 = 0xb;
+
+#[test]
+fn a_subscriber_that_asks_is_told_where_each_message_came_from() {
+    let (mut b, _d) = clustered(B);
+    let t = start();
+    interleaved(&mut b, t);
+    subscribe_with_origins(&mut b, t, ALICE, 1, StartPosition::Earliest, &[]);
+    subscribe_reliable(&mut b, t, BOB, 2, StartPosition::Earliest);
+    let sent = Sent::collect(&mut b);
+    let to_alice = sent.frames_to(ALICE);
+    assert_eq!(
+        to_alice[1..4],
+        [
+            "deliver 1 @0 a [relay a#0]",
+            "deliver 1 @1 s [session 7#0]",
+            "deliver 1 @2 b [relay b#2]"
+        ],
+        "{to_alice:?}"
+    );
+    let to_bob = sent.frames_to(BOB);
+    assert_eq!(to_bob[1], "deliver 2 @0 a", "only when asked: {to_bob:?}");
+}
+
+#[test]
+fn a_resuming_subscriber_starts_at_the_first_message_it_lacks() {
+    let (mut b, _d) = clustered(B);
+    let t = start();
+    interleaved(&mut b, t);
+    // Offsets: A0 S0 B2 | A1 S1 B5 | A2 S2 B8 | A3 S3 B11.
+    let later = t.after(Duration::from_secs(1)).unix_nanos;
+    let cases: [(&[wire::Origin], u64, u64); 6] = [
+        // Holds A to 1 and S to 2, wants nothing else stored so late.
+        (
+            &[held(Source::Relay(A), 1), held(Source::Session(7), 2)],
+            later,
+            6,
+        ),
+        // Holds both to their ends: nothing it lacks.
+        (
+            &[held(Source::Relay(A), 3), held(Source::Session(7), 3)],
+            later,
+            12,
+        ),
+        // B's own messages count by offset: it holds B's up to 5.
+        (
+            &[
+                held(Source::Relay(A), 3),
+                held(Source::Session(7), 3),
+                held(Source::Relay(B), 5),
+            ],
+            later,
+            8,
+        ),
+        // A source it never heard of: from `since`, which is when all were
+        // stored.
+        (&[held(Source::Relay(A), 3)], t.unix_nanos, 1),
+        // Nothing held, nothing wanted from before now: at the head.
+        (&[], later, 12),
+        // Positions past anything stored (a hostile client's) hold all.
+        (
+            &[
+                held(Source::Relay(B), u64::MAX),
+                held(Source::Relay(A), u64::MAX),
+                held(Source::Session(7), u64::MAX),
+            ],
+            0,
+            12,
+        ),
+    ];
+    for (i, (vector, since, first)) in cases.into_iter().enumerate() {
+        let at = t.after(Duration::from_secs(i as u64));
+        let from = format!("127.0.0.{}:4000", 10 + i);
+        subscribe_with_origins(
+            &mut b,
+            at,
+            &from,
+            1,
+            StartPosition::Resume { since },
+            vector,
+        );
+        let frames = Sent::collect(&mut b).frames_to(&from);
+        assert_eq!(
+            frames[0],
+            format!("subscribed 1 first={first} next=12 lease=30000"),
+            "case {i}: {frames:?}"
+        );
+    }
+}
+
+#[test]
+fn a_resume_walks_back_across_segments_and_a_keepalive_does_not_walk_again() {
+    let (mut b, _d) = relay_with(|c| c.log.segment_size = 4096);
+    let t = start();
+    b.enable_cluster(t, B, &[]);
+    for i in 0..200 {
+        let o = from_relay(A, i, Some(i));
+        assert_eq!(
+            b.handle_remote(t, "news", o, false, &[b'a'; 64]),
+            Remote::Appended
+        );
+    }
+    let later = t.after(Duration::from_secs(1));
+    let resume = StartPosition::Resume {
+        since: later.unix_nanos,
+    };
+    let vector = [held(Source::Relay(A), 9)];
+    subscribe_with_origins(&mut b, later, ALICE, 1, resume, &vector);
+    let frames = Sent::collect(&mut b).frames_to(ALICE);
+    assert_eq!(frames[0], "subscribed 1 first=10 next=200 lease=30000");
+    assert_eq!(
+        frames[1],
+        format!("deliver 1 @10 {} [relay a#10]", "a".repeat(64))
+    );
+    // Sent again (its answer lost), it is the same subscription.
+    for _ in 0..3 {
+        subscribe_with_origins(&mut b, later, ALICE, 1, resume, &vector);
+        let again = Sent::collect(&mut b).frames_to(ALICE);
+        assert!(again[0].starts_with("subscribed 1 first=10 "), "{again:?}");
+    }
+}
+
+#[test]
+fn resumes_from_one_source_are_limited_and_outside_a_cluster_start_at_the_head() {
+    let (mut b, _d) = clustered(B);
+    let t = start();
+    interleaved(&mut b, t);
+    let resume = StartPosition::Resume { since: 0 };
+    // (Loopback is not limited: every local client shares it.)
+    let remote = "192.0.2.7:4000";
+    for sub_id in 1..=3 {
+        subscribe_with_origins(&mut b, t, remote, sub_id, resume, &[]);
+    }
+    let frames = Sent::collect(&mut b).frames_to(remote);
+    let answers: Vec<&String> = (frames.iter())
+        .filter(|f| f.starts_with("subscribed") || f.starts_with("error"))
+        .collect();
+    assert_eq!(
+        answers,
+        [
+            "subscribed 1 first=0 next=12 lease=30000",
+            "subscribed 2 first=0 next=12 lease=30000",
+            "error limit-reached"
+        ]
+    );
+    let (mut alone, _d) = relay();
+    publish(&mut alone, t, "news", b"x");
+    subscribe_with_origins(&mut alone, t, ALICE, 1, resume, &[]);
+    let frames = Sent::collect(&mut alone).frames_to(ALICE);
+    assert_eq!(frames, ["subscribed 1 first=1 next=1 lease=30000"]);
+}
+
+#[test]
+fn a_channel_first_followed_for_a_resume_is_followed_from_its_since() {
+    let (mut b, _d) = clustered(B);
+    let t = start();
+    let since = t.unix_nanos - 10;
+    subscribe_with_origins(&mut b, t, ALICE, 1, StartPosition::Resume { since }, &[]);
+    let later = run_timers(&mut b, t, t.after(Duration::from_secs(1)));
+    let asked: Vec<Interest> = std::iter::from_fn(|| b.poll_interest()).collect();
+    assert_eq!(
+        asked,
+        [Interest::Follow {
+            name: "news".into(),
+            since: Some(since)
+        }]
+    );
+    // A copy that comes later is sent with its origin.
+    b.handle_remote(later, "news", from_relay(A, 0, Some(0)), false, b"late");
+    let frames = Sent::collect(&mut b).frames_to(ALICE);
+    assert!(
+        frames.contains(&"deliver 1 @0 late [relay a#0]".to_string()),
+        "{frames:?}"
+    );
 }

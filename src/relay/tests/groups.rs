@@ -15,6 +15,8 @@ fn a_queue_groups_members_share_a_channels_messages_each_once() {
             start: StartPosition::Latest,
             channel: "jobs",
             group: Some(group),
+            origins: false,
+            resume: crate::wire::ResumeVector::EMPTY,
         };
         send(r, now, from, &[frame]);
     };
@@ -73,6 +75,8 @@ fn a_queue_groups_members_share_a_channels_messages_each_once() {
         start: StartPosition::Offset(5),
         channel: "jobs",
         group: Some("workers"),
+        origins: false,
+        resume: crate::wire::ResumeVector::EMPTY,
     };
     send(&mut r, now, members[1], &[keepalive]);
     assert!(Sent::collect(&mut r).frames_to(members[1])[0].starts_with("subscribed 1"));
@@ -84,6 +88,8 @@ fn a_queue_groups_members_share_a_channels_messages_each_once() {
         start: StartPosition::Latest,
         channel: "jobs",
         group: Some("workers"),
+        origins: false,
+        resume: crate::wire::ResumeVector::EMPTY,
     };
     let earliest = Frame::Subscribe {
         sub_id: 3,
@@ -91,6 +97,8 @@ fn a_queue_groups_members_share_a_channels_messages_each_once() {
         start: StartPosition::Earliest,
         channel: "jobs",
         group: Some("workers"),
+        origins: false,
+        resume: crate::wire::ResumeVector::EMPTY,
     };
     send(&mut r, now, "127.0.0.1:3009", &[reliable, earliest]);
     assert_eq!(
@@ -107,6 +115,8 @@ fn join_reliable(r: &mut Relay, now: Now, from: &str, sub_id: u32) {
         start: StartPosition::Latest,
         channel: "jobs",
         group: Some("workers"),
+        origins: false,
+        resume: crate::wire::ResumeVector::EMPTY,
     };
     send(r, now, from, &[frame]);
 }
@@ -270,6 +280,8 @@ fn a_group_is_reliable_or_plain_not_both() {
         start: StartPosition::Latest,
         channel: "jobs",
         group: Some("workers"),
+        origins: false,
+        resume: crate::wire::ResumeVector::EMPTY,
     };
     send(&mut r, t, BOB, &[plain]);
     let frames = Sent::collect(&mut r).frames_to(BOB);
@@ -292,6 +304,8 @@ fn a_member_taken_back_goes_on_from_where_its_receiver_is() {
         start: StartPosition::Offset(5),
         channel: "jobs",
         group: Some("workers"),
+        origins: false,
+        resume: crate::wire::ResumeVector::EMPTY,
     };
     send(&mut r, t, ALICE, &[frame]);
     publish(&mut r, t, "jobs", b"next");

@@ -29,6 +29,8 @@ fn wildcard_from(
         start,
         channel,
         group: None,
+        origins: false,
+        resume: crate::wire::ResumeVector::EMPTY,
     };
     send(relay, now, ALICE, &[frame]);
 }
@@ -304,6 +306,8 @@ fn a_source_opens_a_few_wildcard_subscriptions_a_second_and_keepalives_are_free(
         start: StartPosition::Latest,
         channel: "x.>",
         group: None,
+        origins: false,
+        resume: crate::wire::ResumeVector::EMPTY,
     };
     for sub_id in 1..=40 {
         send(&mut r, t, stranger, &[pattern(sub_id)]);
