@@ -17,6 +17,9 @@ use udprelay::log::{FsyncMode, LogConfig, inspect};
 use udprelay::reliable::ArqConfig;
 use udprelay::subject::Pattern;
 
+#[path = "udprelay/config_file.rs"]
+mod config_file;
+
 /// A UDP datagram relay: clients publish to named channels, the relay stores
 /// every message in the channel's log and delivers it to the subscribers.
 #[derive(Debug, Parser)]
@@ -36,6 +39,23 @@ enum Command {
     /// Manage a key file: add keys, hand out time-limited credentials, list keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Check a configuration file, or print an example of one.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Read FILE as `udprelay --config FILE` would, and print the settings in
+    /// effect (every key); an unknown key or a bad value is one line naming
+    /// it, and exit status 1.
+    Check {
+        /// The configuration file (TOML).
+        file: PathBuf,
+    },
+    /// Print a configuration file with every key commented out at its
+    /// default (what dist/udprelay.toml holds).
+    Example,
 }
 
 #[derive(Debug, Subcommand)]
@@ -147,6 +167,9 @@ enum DumpFormat {
 
 #[derive(Debug, Args)]
 struct RunArgs {
+    /// Read settings from FILE (TOML): each key is one of the flags below by its name (`data-dir = "/var/lib/udprelay"`, `raw-out = ["feed=127.0.0.1:9000"]` for a repeatable one, `allow-anonymous = true` for a switch); a flag on the command line overrides the file [default: none].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Address of the protocol socket (port 0 picks a free port, printed at start). An address other than loopback needs a key file (--keys) or --allow-anonymous.
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
@@ -236,10 +259,20 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match config_file::with_file(std::env::args_os().skip(1).collect()) {
+        Ok(cli) => cli,
+        Err(e) => match e.downcast::<clap::Error>() {
+            Ok(clap_error) => clap_error.exit(),
+            Err(e) => {
+                eprintln!("udprelay: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     let result = match cli.command {
         Some(Command::Log(cmd)) => log_command(cmd),
         Some(Command::Key(cmd)) => key_command(cmd),
+        Some(Command::Config(cmd)) => config_command(cmd),
         None => run(cli.run),
     };
     match result {
@@ -265,7 +298,42 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let config = RelayConfig {
+    let config = relay_config(args)?;
+    let mut driver = Driver::bind(&config)?;
+    // These lines are the relay's contract with scripts and tests: they name
+    // the real ports when 0 was asked for. Whoever started the relay may
+    // stop reading its output after the line it wanted: a closed stdout is
+    // not a reason to stop relaying (println! would panic on it).
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "udprelay listening on {}", driver.local_addr()?);
+    if let Some(keys) = &config.keys {
+        let mode = match config.auth {
+            AuthMode::Optional => "optional",
+            AuthMode::Required => "required",
+        };
+        let _ = writeln!(out, "keys from {} (auth {mode})", keys.display());
+    }
+    for (addr, (_, channel)) in driver.raw_in_addrs()?.iter().zip(&config.raw_in) {
+        let _ = writeln!(out, "raw-in {addr} -> channel {channel}");
+    }
+    for (channel, addr) in &config.raw_out {
+        let _ = writeln!(out, "raw-out channel {channel} -> {addr}");
+    }
+    let _ = out.flush();
+    drop(out);
+    driver.run()?;
+    let relay = driver.relay();
+    let counters = relay
+        .counters()
+        .entries(relay.channel_count(), relay.subscription_count());
+    let summary: Vec<String> = counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    tracing::info!("stopped: {}", summary.join(" "));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The relay's configuration from its flags (and file).
+fn relay_config(args: RunArgs) -> Result<RelayConfig> {
+    Ok(RelayConfig {
         listen: args.listen,
         allow_anonymous: args.allow_anonymous,
         keys: args.keys,
@@ -299,36 +367,21 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             ..ArqConfig::default()
         },
         ..RelayConfig::default()
-    };
-    let mut driver = Driver::bind(&config)?;
-    // These lines are the relay's contract with scripts and tests: they name
-    // the real ports when 0 was asked for. Whoever started the relay may
-    // stop reading its output after the line it wanted: a closed stdout is
-    // not a reason to stop relaying (println! would panic on it).
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "udprelay listening on {}", driver.local_addr()?);
-    if let Some(keys) = &config.keys {
-        let mode = match config.auth {
-            AuthMode::Optional => "optional",
-            AuthMode::Required => "required",
-        };
-        let _ = writeln!(out, "keys from {} (auth {mode})", keys.display());
+    })
+}
+
+fn config_command(cmd: ConfigCommand) -> Result<ExitCode> {
+    match cmd {
+        ConfigCommand::Check { file } => {
+            let tokens = config_file::read(&file, None)?;
+            let argv = std::iter::once("udprelay".into()).chain(tokens);
+            let matches = <Cli as clap::CommandFactory>::command().try_get_matches_from(argv)?;
+            let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches)?;
+            relay_config(cli.run)?.validate()?;
+            print!("{}", config_file::effective(&matches));
+        }
+        ConfigCommand::Example => print!("{}", config_file::example()),
     }
-    for (addr, (_, channel)) in driver.raw_in_addrs()?.iter().zip(&config.raw_in) {
-        let _ = writeln!(out, "raw-in {addr} -> channel {channel}");
-    }
-    for (channel, addr) in &config.raw_out {
-        let _ = writeln!(out, "raw-out channel {channel} -> {addr}");
-    }
-    let _ = out.flush();
-    drop(out);
-    driver.run()?;
-    let relay = driver.relay();
-    let counters = relay
-        .counters()
-        .entries(relay.channel_count(), relay.subscription_count());
-    let summary: Vec<String> = counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    tracing::info!("stopped: {}", summary.join(" "));
     Ok(ExitCode::SUCCESS)
 }
 
