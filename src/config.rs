@@ -148,6 +148,9 @@ pub struct RelayConfig {
     pub cluster: Vec<String>,
     /// With a cluster: when a reliable publisher's message is acknowledged.
     pub cluster_ack: ClusterAck,
+    /// Where to serve Prometheus metrics (`/metrics`, `/healthz`); `None`:
+    /// nowhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// When a relay in a cluster acknowledges a reliable publisher's message.
@@ -204,6 +207,7 @@ impl Default for RelayConfig {
             max_sessions: 100_000,
             cluster: Vec::new(),
             cluster_ack: ClusterAck::default(),
+            metrics: None,
         }
     }
 }

@@ -253,6 +253,9 @@ struct RunArgs {
     /// Plain-UDP egress: every message of CHANNEL is sent as a plain datagram to ADDR (repeatable) [default: none].
     #[arg(long = "raw-out", value_name = "CHANNEL=ADDR", value_parser = config::parse_raw_out)]
     raw_out: Vec<(String, SocketAddr)>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (and `ok` at /healthz) from a thread of its own; port 0 picks a free one, printed at start. Anyone who reaches it sees the counters and the busiest channels' names: keep it on loopback or a private network [default: none].
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
     /// Log level: error, warn, info, debug or trace (logs go to stderr).
     #[arg(long, default_value = "info")]
     log_level: tracing::Level,
@@ -305,6 +308,9 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     // stop reading its output after the line it wanted: a closed stdout is
     // not a reason to stop relaying (println! would panic on it).
     let mut out = std::io::stdout().lock();
+    if let Some(addr) = driver.metrics_addr() {
+        let _ = writeln!(out, "metrics on http://{addr}/metrics");
+    }
     let _ = writeln!(out, "udprelay listening on {}", driver.local_addr()?);
     if let Some(keys) = &config.keys {
         let mode = match config.auth {
@@ -362,6 +368,7 @@ fn relay_config(args: RunArgs) -> Result<RelayConfig> {
         busy_poll: args.busy_poll,
         cluster: args.cluster,
         cluster_ack: args.cluster_ack,
+        metrics: args.metrics,
         arq: ArqConfig {
             bundle_limit: args.bundle_limit,
             ..ArqConfig::default()

@@ -32,6 +32,8 @@ use tracing::{debug, info, warn};
 pub mod batch;
 #[cfg(feature = "cluster")]
 pub mod bridge;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 
 use crate::config::{ConfigError, RelayConfig};
 use crate::log::{FsyncMode, LogError};
@@ -59,6 +61,10 @@ pub enum DriverError {
     /// The configuration was refused.
     #[error("{0}")]
     Config(#[from] ConfigError),
+    /// The metrics endpoint could not start.
+    #[cfg(feature = "metrics")]
+    #[error("{0}")]
+    Metrics(#[from] metrics::MetricsError),
     /// A socket could not be opened or bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -259,6 +265,12 @@ pub struct Driver {
     /// is bridged was last written.
     #[cfg(feature = "cluster")]
     bridge: Option<(bridge::Bridge, Instant)>,
+    /// With `--metrics`: the exporter, and the address it serves.
+    #[cfg(feature = "metrics")]
+    metrics: Option<(metrics::Metrics, SocketAddr)>,
+    /// When the first datagram not yet answered was read (for the
+    /// receive-to-send histogram).
+    received_at: Option<Instant>,
 }
 
 /// The share of time the event loop spends working rather than waiting in
@@ -464,6 +476,21 @@ impl Driver {
             )));
         }
         let syncer = Syncer::start(waker)?;
+        #[cfg(feature = "metrics")]
+        let metrics = match config.metrics {
+            None => None,
+            Some(addr) => {
+                use std::os::fd::AsRawFd;
+                let fds: Vec<i32> = sockets.iter().map(|s| s.as_raw_fd()).collect();
+                Some(metrics::Metrics::start(addr, &fds)?)
+            }
+        };
+        #[cfg(not(feature = "metrics"))]
+        if config.metrics.is_some() {
+            return Err(DriverError::Config(ConfigError::OutOfRange(
+                "--metrics: this udprelay was built without the `metrics` feature".into(),
+            )));
+        }
         Ok(Driver {
             poll,
             shutdown,
@@ -482,7 +509,18 @@ impl Driver {
             syncer,
             #[cfg(feature = "cluster")]
             bridge,
+            #[cfg(feature = "metrics")]
+            metrics,
+            received_at: None,
         })
+    }
+
+    /// Where `--metrics` is served (with the real port when 0 was asked).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        #[cfg(feature = "metrics")]
+        return self.metrics.as_ref().map(|(_, addr)| *addr);
+        #[cfg(not(feature = "metrics"))]
+        None
     }
 
     /// The protocol socket's address (with the real port when 0 was asked).
@@ -518,9 +556,13 @@ impl Driver {
             let timeout = if spinning || self.pending_read.iter().any(|&p| p) {
                 Some(Duration::ZERO)
             } else {
-                self.relay
-                    .poll_timeout()
-                    .map(|at| at.saturating_duration_since(Instant::now()))
+                let at = self.relay.poll_timeout();
+                #[cfg(feature = "metrics")]
+                let at = match self.metrics.as_ref().and_then(|(m, _)| m.deadline()) {
+                    Some(due) => Some(at.map_or(due, |at| at.min(due))),
+                    None => at,
+                };
+                at.map(|at| at.saturating_duration_since(Instant::now()))
             };
             let waiting = Instant::now();
             let polled = self.poll.poll(&mut events, timeout);
@@ -573,6 +615,12 @@ impl Driver {
             self.syncer.submit(&mut self.relay);
             self.bridge(false);
             self.send_all()?;
+            // What was read and not answered was not answered at all.
+            self.received_at = None;
+            #[cfg(feature = "metrics")]
+            if let Some((metrics, _)) = &mut self.metrics {
+                metrics.update(&self.relay);
+            }
         }
         self.syncer.finish(&mut self.relay);
         self.relay.sync_all();
@@ -620,6 +668,9 @@ impl Driver {
                     if !self.busy_poll.is_zero() {
                         self.last_datagram = Instant::now();
                     }
+                    if n > 0 {
+                        self.received_at.get_or_insert_with(Instant::now);
+                    }
                     for k in 0..n {
                         let (datagrams, from) = self.recv.get(k);
                         for datagram in datagrams {
@@ -655,6 +706,19 @@ impl Driver {
         true
     }
 
+    /// Datagrams went out: how long after the read they answer.
+    fn sent_after_receive(&mut self) {
+        let Some(at) = self.received_at.take() else {
+            return;
+        };
+        #[cfg(feature = "metrics")]
+        if let Some((metrics, _)) = &self.metrics {
+            metrics.observe(at.elapsed());
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = at;
+    }
+
     /// Sends every datagram the core has ready, many per system call,
     /// queueing behind a full socket.
     fn send_all(&mut self) -> io::Result<()> {
@@ -673,6 +737,9 @@ impl Driver {
             let mut sent = 0;
             if self.send_queue.is_empty() {
                 sent = self.send_batch(&ready);
+            }
+            if sent > 0 {
+                self.sent_after_receive();
             }
             for t in ready.drain(sent..) {
                 if self.send_queue.len() >= self.send_queue_limit {

@@ -11,6 +11,11 @@ macro_rules! counters {
         }
 
         impl Counters {
+            /// Every counter's name and what it counts (its doc comment).
+            pub const HELP: &'static [(&'static str, &'static str)] = &[
+                $( (stringify!($name), concat!($($doc),*)), )*
+            ];
+
             /// Every counter by name, followed by the gauges `channels` and
             /// `subscriptions` that the caller supplies.
             pub fn entries(&self, channels: usize, subscriptions: usize) -> Vec<(&'static str, u64)> {

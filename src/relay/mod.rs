@@ -90,6 +90,22 @@ pub use cluster::{
     Bridged, Interest, Origin, Outgoing, Receipt, Remote, Source, WINDOW as BRIDGE_WINDOW,
 };
 pub use counters::Counters;
+
+/// One channel's figures for a metrics exporter (see
+/// [`Relay::channel_gauges`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChannelGauge {
+    /// The channel's name ("other" for the sum of the channels not shown).
+    pub name: String,
+    /// Messages stored (next offset less the oldest kept).
+    pub messages: u64,
+    /// The offset its next message gets.
+    pub next_offset: u64,
+    /// Bytes of its segment files.
+    pub stored_bytes: u64,
+    /// Its subscriptions.
+    pub subscribers: u64,
+}
 pub use durability::SyncRequest;
 pub use outbox::{Payload, Transmit};
 pub use replies::OwnAddressError;
@@ -324,6 +340,47 @@ impl Relay {
     /// The offset the channel's next message will get, if the channel exists.
     pub fn next_offset(&self, channel: &str) -> Option<u64> {
         self.channels.next_offset(channel)
+    }
+
+    /// The `top` channels with the most messages stored (by next offset),
+    /// each with its figures, and the rest summed (named "other"): what a
+    /// metrics exporter shows without a series per channel.
+    pub fn channel_gauges(&self, top: usize) -> (Vec<ChannelGauge>, ChannelGauge) {
+        let gauge = |c: &channels::Channel| {
+            let (first, next) = c.storage.offsets().unwrap_or_default();
+            let stored_bytes = match &c.storage {
+                Storage::Open(log) => log.stats().bytes,
+                _ => 0,
+            };
+            ChannelGauge {
+                name: c.name.to_string(),
+                messages: next - first,
+                next_offset: next,
+                stored_bytes,
+                subscribers: c.subscribers.len() as u64,
+            }
+        };
+        let mut order: Vec<(u64, &channels::Channel)> = (self.channels.iter())
+            .map(|c| (c.storage.offsets().map_or(0, |(_, next)| next), c))
+            .collect();
+        let cut = top.min(order.len());
+        if cut < order.len() {
+            order.select_nth_unstable_by(cut, |a, b| b.0.cmp(&a.0));
+        }
+        let mut shown: Vec<ChannelGauge> = order[..cut].iter().map(|(_, c)| gauge(c)).collect();
+        shown.sort_by(|a, b| b.next_offset.cmp(&a.next_offset).then(a.name.cmp(&b.name)));
+        let mut other = ChannelGauge {
+            name: "other".into(),
+            ..ChannelGauge::default()
+        };
+        for (_, c) in &order[cut..] {
+            let g = gauge(c);
+            other.messages += g.messages;
+            other.next_offset += g.next_offset;
+            other.stored_bytes += g.stored_bytes;
+            other.subscribers += g.subscribers;
+        }
+        (shown, other)
     }
 
     /// Channels that cannot be served, with the reason.

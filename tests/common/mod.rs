@@ -111,6 +111,8 @@ pub struct Relay {
     pub process: ChildGuard,
     pub addr: SocketAddr,
     pub raw_in: Vec<SocketAddr>,
+    /// Where `--metrics` is served, if it was asked for.
+    pub metrics: Option<SocketAddr>,
     pub dir: TempDir,
     stderr_path: PathBuf,
 }
@@ -151,6 +153,7 @@ impl Relay {
         let raw_count = args.iter().filter(|a| **a == "--raw-in").count();
         let mut addr = None;
         let mut raw_in = Vec::new();
+        let mut metrics = None;
         let until = Instant::now() + DEADLINE;
         while addr.is_none() || raw_in.len() < raw_count {
             let left = until.saturating_duration_since(Instant::now());
@@ -163,6 +166,9 @@ impl Relay {
             };
             if let Some(a) = line.strip_prefix("udprelay listening on ") {
                 addr = Some(a.trim().parse().expect("listen address"));
+            } else if let Some(rest) = line.strip_prefix("metrics on http://") {
+                let a = rest.trim().trim_end_matches("/metrics");
+                metrics = Some(a.parse().expect("metrics address"));
             } else if let Some(rest) = line.strip_prefix("raw-in ") {
                 let a = rest.split_whitespace().next().unwrap();
                 raw_in.push(a.parse().expect("raw-in address"));
@@ -172,6 +178,7 @@ impl Relay {
             process,
             addr: addr.unwrap(),
             raw_in,
+            metrics,
             dir,
             stderr_path,
         }
@@ -681,4 +688,24 @@ impl Chaos {
     pub fn addr_str(&self) -> String {
         self.addr.to_string()
     }
+}
+
+/// True if `bin --version` runs; if not, says that what needs it is
+/// skipped, or fails when the environment variable `required_by` is set
+/// (as `.ci/run` sets it); `install` says how to get it.
+pub fn tool_available(bin: &str, required_by: &str, install: &str) -> bool {
+    let found = Command::new(bin)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var_os(required_by).is_none(),
+            "{bin} is required ({required_by}) but not found: {install}"
+        );
+        eprintln!("skipped: {bin} not found ({install})");
+    }
+    found
 }

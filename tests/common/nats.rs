@@ -31,20 +31,11 @@ fn server_bin() -> &'static str {
 /// True if `nats-server` can be run; if not, says why tests are skipped
 /// (or fails when the environment requires it).
 pub fn available() -> bool {
-    let found = Command::new(server_bin())
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var_os("UDPRELAY_REQUIRE_NATS").is_none(),
-            "nats-server is required (UDPRELAY_REQUIRE_NATS) but not found: apt-get install nats-server"
-        );
-        eprintln!("skipped: nats-server not found (apt-get install nats-server)");
-    }
-    found
+    super::tool_available(
+        server_bin(),
+        "UDPRELAY_REQUIRE_NATS",
+        "apt-get install nats-server",
+    )
 }
 
 /// `n` distinct free TCP ports on 127.0.0.1 (free when asked: each server
