@@ -151,6 +151,10 @@ pub struct RelayConfig {
     /// Where to serve Prometheus metrics (`/metrics`, `/healthz`); `None`:
     /// nowhere.
     pub metrics: Option<SocketAddr>,
+    /// On SIGTERM, how long the relay goes on for the subscriptions and
+    /// sessions it has (taking no new ones) before it stops; zero stops at
+    /// once.
+    pub drain_timeout: Duration,
 }
 
 /// When a relay in a cluster acknowledges a reliable publisher's message.
@@ -208,6 +212,7 @@ impl Default for RelayConfig {
             cluster: Vec::new(),
             cluster_ack: ClusterAck::default(),
             metrics: None,
+            drain_timeout: Duration::from_secs(10),
         }
     }
 }

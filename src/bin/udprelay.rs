@@ -256,6 +256,9 @@ struct RunArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (and `ok` at /healthz) from a thread of its own; port 0 picks a free one, printed at start. Anyone who reaches it sees the counters and the busiest channels' names: keep it on loopback or a private network [default: none].
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// On SIGTERM, how long to go on for the subscriptions and sessions there are (taking no new ones: reliable publishers finish, reliable subscribers catch up) before stopping; a second SIGTERM, or SIGINT, stops at once; 0 stops at once.
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = config::parse_duration)]
+    drain_timeout: Duration,
     /// Log level: error, warn, info, debug or trace (logs go to stderr).
     #[arg(long, default_value = "info")]
     log_level: tracing::Level,
@@ -327,6 +330,10 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     }
     let _ = out.flush();
     drop(out);
+    // Sockets bound, logs recovered: under systemd (Type=notify), ready.
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        tracing::warn!("systemd notify: {e}");
+    }
     driver.run()?;
     let relay = driver.relay();
     let counters = relay
@@ -369,6 +376,7 @@ fn relay_config(args: RunArgs) -> Result<RelayConfig> {
         cluster: args.cluster,
         cluster_ack: args.cluster_ack,
         metrics: args.metrics,
+        drain_timeout: args.drain_timeout,
         arq: ArqConfig {
             bundle_limit: args.bundle_limit,
             ..ArqConfig::default()

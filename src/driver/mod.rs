@@ -271,6 +271,18 @@ pub struct Driver {
     /// When the first datagram not yet answered was read (for the
     /// receive-to-send histogram).
     received_at: Option<Instant>,
+    /// See [`RelayConfig::drain_timeout`].
+    drain_timeout: Duration,
+    /// Draining since SIGTERM: stop by then at the latest.
+    drain_until: Option<Instant>,
+}
+
+/// Tells systemd (when it started the relay with a NOTIFY_SOCKET) that the
+/// relay is stopping; nothing without one.
+fn notify_stopping() {
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]) {
+        debug!("systemd notify: {e}");
+    }
 }
 
 /// The share of time the event loop spends working rather than waiting in
@@ -512,6 +524,8 @@ impl Driver {
             #[cfg(feature = "metrics")]
             metrics,
             received_at: None,
+            drain_timeout: config.drain_timeout,
+            drain_until: None,
         })
     }
 
@@ -557,6 +571,14 @@ impl Driver {
                 Some(Duration::ZERO)
             } else {
                 let at = self.relay.poll_timeout();
+                // Draining: look again at what is left every 50 ms.
+                let at = match self.drain_until {
+                    Some(_) => {
+                        let soon = Instant::now() + Duration::from_millis(50);
+                        Some(at.map_or(soon, |at| at.min(soon)))
+                    }
+                    None => at,
+                };
                 #[cfg(feature = "metrics")]
                 let at = match self.metrics.as_ref().and_then(|(m, _)| m.deadline()) {
                     Some(due) => Some(at.map_or(due, |at| at.min(due))),
@@ -582,11 +604,12 @@ impl Driver {
             for event in events.iter() {
                 match event.token() {
                     SIGNAL_TOKEN => {
-                        if let Some(signals) = &mut self.shutdown.signals {
-                            for signal in signals.pending() {
-                                info!(signal, "stopping on signal");
-                                stop = true;
-                            }
+                        let pending: Vec<i32> = match &mut self.shutdown.signals {
+                            Some(signals) => signals.pending().collect(),
+                            None => Vec::new(),
+                        };
+                        for signal in pending {
+                            stop |= self.on_signal(signal);
                         }
                     }
                     // A finished sync, the bridge's news, or a shutdown
@@ -601,6 +624,15 @@ impl Driver {
                             self.flush_queue();
                         }
                     }
+                }
+            }
+            if let Some(until) = self.drain_until {
+                if self.relay.is_drained(now()) {
+                    info!("drained: stopping");
+                    stop = true;
+                } else if Instant::now() >= until {
+                    warn!("drain timeout: stopping with work unfinished");
+                    stop = true;
                 }
             }
             if stop {
@@ -704,6 +736,21 @@ impl Driver {
             }
         }
         true
+    }
+
+    /// A signal arrived: SIGTERM drains (within `--drain-timeout`) or, a
+    /// second time, stops; SIGINT stops. True to stop now.
+    fn on_signal(&mut self, signal: i32) -> bool {
+        if signal != SIGTERM || self.drain_until.is_some() || self.drain_timeout.is_zero() {
+            info!(signal, "stopping on signal");
+            notify_stopping();
+            return true;
+        }
+        info!(timeout = ?self.drain_timeout, "draining on SIGTERM: no new subscriptions or sessions; a second SIGTERM or SIGINT stops at once");
+        notify_stopping();
+        self.relay.begin_drain();
+        self.drain_until = Some(Instant::now() + self.drain_timeout);
+        false
     }
 
     /// Datagrams went out: how long after the read they answer.

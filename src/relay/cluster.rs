@@ -255,6 +255,12 @@ pub(super) struct Cluster {
 }
 
 impl Cluster {
+    /// True if nothing stored here waits to be handed to the bridge or for
+    /// its answer.
+    pub(super) fn is_idle(&self) -> bool {
+        self.queue.is_empty() && self.in_flight.0 == 0 && self.waiting.is_empty()
+    }
+
     /// A relay with id `id`; `bridged` says how far each channel was
     /// bridged before (as kept in the data directory).
     pub(super) fn new(

@@ -41,6 +41,12 @@ pub(super) struct Group {
 }
 
 impl Group {
+    /// True if the group gave out everything below `next` and has nothing
+    /// to give again.
+    pub(super) fn is_done(&self, next: u64) -> bool {
+        self.next >= next && self.orphans.is_empty()
+    }
+
     /// A group whose first message is the one stored at `next`.
     pub(super) fn new(name: &str, next: u64) -> Group {
         Group {

@@ -69,6 +69,7 @@ mod channels;
 mod cluster;
 mod counters;
 mod delivery;
+mod drain;
 mod durability;
 mod groups;
 mod outbox;
@@ -106,6 +107,7 @@ pub struct ChannelGauge {
     /// Its subscriptions.
     pub subscribers: u64,
 }
+pub use drain::DRAIN_QUIET;
 pub use durability::SyncRequest;
 pub use outbox::{Payload, Transmit};
 pub use replies::OwnAddressError;
@@ -183,6 +185,12 @@ pub struct Relay {
     /// Limits new wildcard subscriptions per source (each scans every
     /// channel).
     pattern_opens: SourceBuckets,
+    /// Shutting down: no new subscription or publishing session (see
+    /// `drain`).
+    draining: bool,
+    /// When the last RELIABLE_PUBLISH arrived (a draining relay waits for
+    /// its publishers to go quiet).
+    last_reliable_publish: Option<Instant>,
     /// Limits resuming subscriptions per source (each reads back through
     /// its channel's log), and all together.
     resume_opens: SourceBuckets,
@@ -255,6 +263,8 @@ impl Relay {
             token_replies: TokenBucket::new(TOKEN_REPLIES_PER_SEC),
             source_replies: SourceBuckets::new(),
             pattern_opens: SourceBuckets::with_rate(2),
+            draining: false,
+            last_reliable_publish: None,
             resume_opens: SourceBuckets::with_rate(2),
             resume_walks: TokenBucket::new(RESUMES_PER_SEC),
             unproven: None,
@@ -603,7 +613,12 @@ impl Relay {
                     group,
                     origins: self.cluster.as_ref().map(|c| c.id).filter(|_| origins),
                 };
-                if let wire::StartPosition::Resume { since } = start {
+                let held =
+                    self.holds_subscription(from, sub_id) || self.wildcards.contains(from, sub_id);
+                if self.draining && !held {
+                    self.counters.dropped_unavailable += 1;
+                    self.reply_error(now, from, ErrorCode::UNAVAILABLE, drain::SHUTTING_DOWN);
+                } else if let wire::StartPosition::Resume { since } = start {
                     self.resume(now, from, request, channel, (since, resume));
                 } else if group.is_some() {
                     self.join(now, from, request, channel);
@@ -636,7 +651,15 @@ impl Relay {
                 payload,
             } => {
                 let piece = Piece { seq, more, payload };
-                self.reliable_publish(now, from, session, acked_below, channel, piece)
+                self.last_reliable_publish = Some(now.instant);
+                let open = (self.peers.get(&from))
+                    .is_some_and(|p| p.sessions.iter().any(|s| s.id == session));
+                if self.draining && !open {
+                    self.counters.dropped_unavailable += 1;
+                    self.reply_error(now, from, ErrorCode::UNAVAILABLE, drain::SHUTTING_DOWN);
+                } else {
+                    self.reliable_publish(now, from, session, acked_below, channel, piece)
+                }
             }
             Frame::Fragment {
                 msg_id,

@@ -110,6 +110,12 @@ pub(super) struct PublishSession {
 }
 
 impl PublishSession {
+    /// True if it holds nothing out of order or in part and every message
+    /// it stored is acknowledged or may be (none waits for a sync).
+    pub(super) fn is_settled(&self) -> bool {
+        self.held == 0 && self.partial.is_none() && self.not_durable.is_empty()
+    }
+
     /// Session `id` of the client tagged `client`, expecting `first` next.
     pub(super) fn new(id: u64, client: u64, arq: ArqConfig, first: u64) -> PublishSession {
         PublishSession {

@@ -282,6 +282,11 @@ pub struct Subscriber {
 }
 
 impl Subscriber {
+    /// Its process id (to signal it).
+    pub fn pid(&mut self) -> u32 {
+        self.guard.child().id()
+    }
+
     pub fn start(args: &[&str]) -> Subscriber {
         let mut cmd = Command::new(udpcat_bin());
         cmd.arg("sub")
