@@ -528,6 +528,19 @@ impl ReliableSubscription {
                         r.on_data(offset, (timestamp, origin, payload.into_owned()), now);
                     }
                 }
+                // A relay of an earlier build refuses the ORIGIN flag:
+                // without origins, then (a move starts at the head).
+                FromRelay::Error { code, .. }
+                    if code == wire::ErrorCode::MALFORMED
+                        && self.receiver.is_none()
+                        && self.positions.take().is_some() =>
+                {
+                    self.resume.clear();
+                    if matches!(self.start, StartPosition::Resume { .. }) {
+                        self.start = StartPosition::Latest;
+                    }
+                    self.next_subscribe = now;
+                }
                 FromRelay::Error { code, reason } => {
                     on_event(SubscriptionEvent::Error { code, reason })
                 }
@@ -641,5 +654,35 @@ mod tests {
         // Another session's acknowledgement is not the relay answering us.
         p.handle_datagram(later + 9 * MS, &ack(8, 3), |_, _| {});
         assert_eq!(p.silent_since(), Some(later + 3 * MS));
+    }
+
+    #[test]
+    fn a_relay_that_refuses_origins_is_asked_again_without_them() {
+        let t = Instant::now();
+        let mut sub =
+            ReliableSubscription::new(4, "news", StartPosition::Latest, ArqConfig::default(), t)
+                .unwrap()
+                .with_origins(0);
+        assert_eq!(sub.poll_transmit(t), Some(AddressProof::hello()));
+        sub.handle_datagram(t, &super::super::token_datagram(), |_| {});
+        let first = sub.poll_transmit(t).expect("the subscribe");
+        assert!(matches!(
+            super::super::after_token(&first)[..],
+            [Frame::Subscribe { origins: true, .. }]
+        ));
+        let refusal = wire::encode_datagram(&[Frame::Error {
+            code: wire::ErrorCode::MALFORMED,
+            reason: "frame type 0x02 has undefined flags 0x02",
+        }])
+        .unwrap();
+        let mut told = Vec::new();
+        sub.handle_datagram(t, &refusal, |e| told.push(format!("{e:?}")));
+        assert!(told.is_empty(), "handled, not reported: {told:?}");
+        assert!(sub.positions().is_none());
+        let again = sub.poll_transmit(t).expect("the subscribe again, at once");
+        assert!(matches!(
+            super::super::after_token(&again)[..],
+            [Frame::Subscribe { origins: false, .. }]
+        ));
     }
 }

@@ -2,13 +2,17 @@
 //! another relay of a cluster and go on without loss or duplicate.
 //!
 //! A subscription that asks for origins is told, with each message, its
-//! source and its position there (the same at every relay). [`Positions`]
-//! keeps the last position handed over per source, drops a message at or
-//! below it (one the subscriber has: a new relay starts a little early),
-//! and says what to resume from: the most recently heard sources with
-//! their positions, and a time before which nothing of the other sources
-//! is wanted (the last message's time less [`RESUME_MARGIN`], which covers
-//! how much later one relay may store a message than another).
+//! source and its position there (the same at every relay). A relay stores
+//! a source's messages in the source's order, except that copies still on
+//! their way when a publisher moved to that relay are stored after the
+//! publisher's next messages; so [`Positions`] keeps, per source, the
+//! highest position handed over and which of the [`WINDOW`] positions below
+//! it were, drops a message it holds (a new relay starts a little early),
+//! and says what to resume from: for the sources heard from most recently,
+//! a position at or below which it holds everything ([`WINDOW`] below the
+//! highest), and a time before which nothing of the other sources is
+//! wanted (the last message's time less [`RESUME_MARGIN`], which covers how
+//! much later one relay may store a message than another).
 
 use std::time::Duration;
 
@@ -21,33 +25,118 @@ use crate::wire::{MAX_RESUME_SOURCES, Origin, ResumeVector, Source};
 /// that was behind the cluster by up to this much had not yet delivered.
 pub const RESUME_MARGIN: Duration = Duration::from_secs(10);
 
+/// Positions below a source's highest whose messages may still come (a
+/// copy stored late) and are told apart from ones held; one further below
+/// is taken as held. As many as the bridge has in flight per relay.
+pub const WINDOW: u64 = 4096;
+
 /// Most sources remembered; past it the one heard from longest ago is
 /// forgotten (a message of it, should one come again, is then judged by
 /// time).
-pub const MAX_SOURCES_KEPT: usize = 65_536;
+pub const MAX_SOURCES_KEPT: usize = 16_384;
+
+const WORDS: usize = (WINDOW / 64) as usize;
+
+/// One source: the first and the highest position handed over, which of
+/// the [`WINDOW`] positions up to the highest were (bit `p % WINDOW`), and
+/// when it was heard.
+#[derive(Debug, Clone)]
+struct Held {
+    first: u64,
+    highest: u64,
+    seen: Box<[u64; WORDS]>,
+    heard: u64,
+}
+
+impl Held {
+    fn new(position: u64, heard: u64) -> Held {
+        let mut held = Held {
+            first: position,
+            highest: position,
+            seen: Box::new([0; WORDS]),
+            heard,
+        };
+        held.mark(position);
+        held
+    }
+
+    fn bit(p: u64) -> (usize, u64) {
+        let i = p % WINDOW;
+        ((i / 64) as usize, 1 << (i % 64))
+    }
+
+    fn mark(&mut self, p: u64) {
+        let (word, bit) = Held::bit(p);
+        self.seen[word] |= bit;
+    }
+
+    /// True (and noted) if `p` was not handed over before (one before the
+    /// first handed over came before the subscription).
+    fn take(&mut self, p: u64) -> bool {
+        if p > self.highest {
+            // The positions the window moves over are free again.
+            if p - self.highest >= WINDOW {
+                self.seen.fill(0);
+            } else {
+                for q in self.highest + 1..p {
+                    let (word, bit) = Held::bit(q);
+                    self.seen[word] &= !bit;
+                }
+            }
+            self.highest = p;
+            self.mark(p);
+            return true;
+        }
+        if self.highest - p >= WINDOW || p < self.first {
+            return false; // below the window: taken as held
+        }
+        let (word, bit) = Held::bit(p);
+        let new = self.seen[word] & bit == 0;
+        self.seen[word] |= bit;
+        new
+    }
+
+    /// A position at or below which everything is held, came before the
+    /// subscription, or is older than anything the window tells apart.
+    fn floor(&self) -> u64 {
+        self.highest.saturating_sub(WINDOW).max(self.first)
+    }
+
+    /// Notes `p` as handed over, whatever came before.
+    fn note(&mut self, p: u64) {
+        if !self.take(p) && p < self.first {
+            self.first = p;
+            self.mark(p);
+        }
+    }
+}
 
 /// The subscriber's place in each source's numbering.
 #[derive(Debug, Clone, Default)]
 pub struct Positions {
-    /// Source -> (last position handed over, when it was heard: a count).
-    last: HashMap<Source, (u64, u64)>,
+    last: HashMap<Source, Held>,
     /// Counts messages handed over (for "heard from most recently").
     tick: u64,
     /// The store time of the last message handed over.
     last_timestamp: Option<u64>,
-    /// Messages of a source not in `last` stored before this are not
-    /// wanted (set by a resume; 0 takes everything).
-    floor: u64,
+    /// When it subscribed (client clock, less the margin): `since` for a
+    /// move before any message came.
+    start: u64,
+    /// After a resume: messages of a source not held stored before this
+    /// are not wanted.
+    floor: Option<u64>,
     /// A message came without an origin: a resume cannot be exact.
     unknown: bool,
+    /// It moved: from now on, what it holds is not handed over again.
+    moved: bool,
 }
 
 impl Positions {
-    /// Nothing held, and nothing stored before `floor` (ns since the Unix
-    /// epoch) wanted of any source when resuming before a message came.
-    pub fn new(floor: u64) -> Positions {
+    /// Nothing held; `start` (ns since the Unix epoch): should it move
+    /// before any message came, what was stored before this is not wanted.
+    pub fn new(start: u64) -> Positions {
         Positions {
-            floor,
+            start,
             ..Positions::default()
         }
     }
@@ -61,20 +150,29 @@ impl Positions {
             return true;
         };
         self.tick += 1;
+        let tick = self.tick;
         match self.last.get_mut(&origin.source) {
-            Some((held, _)) if origin.position <= *held => return false,
-            Some(entry) => *entry = (origin.position, self.tick),
-            None if timestamp < self.floor => return false,
+            // Before a move the relay sends each message once: all go.
+            Some(held) if !self.moved => {
+                held.note(origin.position);
+                held.heard = tick;
+            }
+            Some(held) => {
+                if !held.take(origin.position) {
+                    return false;
+                }
+                held.heard = tick;
+            }
+            None if self.floor.is_some_and(|floor| timestamp < floor) => return false,
             None => {
                 if self.last.len() >= MAX_SOURCES_KEPT
                     && let Some(oldest) = (self.last.iter())
-                        .min_by_key(|(_, (_, heard))| *heard)
+                        .min_by_key(|(_, held)| held.heard)
                         .map(|(source, _)| *source)
                 {
                     self.last.remove(&oldest);
                 }
-                self.last
-                    .insert(origin.source, (origin.position, self.tick));
+                (self.last).insert(origin.source, Held::new(origin.position, tick));
             }
         }
         self.last_timestamp = Some(timestamp);
@@ -92,22 +190,29 @@ impl Positions {
         self.last.len()
     }
 
-    /// The time a resume asks from for sources it does not name.
+    /// The time a resume asks from for sources it does not name: the last
+    /// message's store time less the margin (or, before any came, when it
+    /// subscribed), never before an earlier resume's.
     pub fn since(&self) -> u64 {
         let margin = RESUME_MARGIN.as_nanos() as u64;
-        match self.last_timestamp {
-            Some(t) => t.saturating_sub(margin).max(self.floor.min(t)),
-            None => self.floor,
-        }
+        let since = match self.last_timestamp {
+            Some(t) => t.saturating_sub(margin),
+            None => self.start,
+        };
+        since.max(self.floor.unwrap_or(0))
     }
 
     /// The resume vector's bytes: the sources heard from most recently
-    /// (at most [`MAX_RESUME_SOURCES`]) and the last position of each.
+    /// (at most [`MAX_RESUME_SOURCES`]), each with a position at or below
+    /// which it holds everything.
     pub fn vector(&self) -> Vec<u8> {
-        let mut recent: Vec<(&Source, &(u64, u64))> = self.last.iter().collect();
-        recent.sort_unstable_by_key(|(_, (_, heard))| std::cmp::Reverse(*heard));
+        let mut recent: Vec<(&Source, &Held)> = self.last.iter().collect();
+        recent.sort_unstable_by_key(|(_, held)| std::cmp::Reverse(held.heard));
         let origins: Vec<Origin> = (recent.into_iter().take(MAX_RESUME_SOURCES))
-            .map(|(&source, &(position, _))| Origin { source, position })
+            .map(|(&source, held)| Origin {
+                source,
+                position: held.floor(),
+            })
             .collect();
         ResumeVector::encode(&origins)
     }
@@ -115,7 +220,8 @@ impl Positions {
     /// Resuming at another relay from [`Positions::since`]: from now on, a
     /// source not held is taken only from there.
     pub fn resumed(&mut self) {
-        self.floor = self.since();
+        self.floor = Some(self.since());
+        self.moved = true;
     }
 }
 
@@ -128,20 +234,44 @@ mod tests {
     }
 
     #[test]
-    fn a_message_at_or_below_what_is_held_of_its_source_is_dropped() {
+    fn after_a_move_a_message_held_is_dropped_and_a_late_one_below_the_highest_is_not() {
         let mut p = Positions::new(0);
         let (a, s) = (Source::Relay(1), Source::Session(9));
         assert!(p.take(10, at(a, 5)));
-        assert!(p.take(11, at(s, 0)));
-        assert!(!p.take(12, at(a, 5)), "the same message again");
-        assert!(!p.take(12, at(a, 3)), "an earlier one of the same source");
-        assert!(p.take(13, at(a, 6)));
+        assert!(p.take(11, at(s, 2)));
         assert!(
-            p.take(14, at(s, 2)),
-            "a later one, past a gap the source left"
+            p.take(12, at(s, 1)),
+            "before a move, everything the relay sends goes"
+        );
+        p.resumed();
+        assert!(!p.take(12, at(a, 5)), "the same message again");
+        assert!(
+            !p.take(12, at(a, 3)),
+            "one before the first: before the subscription"
+        );
+        assert!(p.take(13, at(a, 7)));
+        assert!(p.take(13, at(a, 6)), "an earlier one that came late");
+        assert!(!p.take(13, at(a, 6)), "and again");
+        assert!(!p.take(14, at(s, 1)), "held");
+        let far = 7 + WINDOW + 100;
+        assert!(p.take(15, at(a, far)));
+        assert!(!p.take(15, at(a, far - WINDOW)), "below the window: held");
+        assert!(
+            p.take(15, at(a, far - WINDOW + 1)),
+            "inside it: not seen yet"
         );
         assert!(p.is_exact());
         assert_eq!(p.sources(), 2);
+    }
+
+    #[test]
+    fn before_a_move_every_new_source_is_taken_whatever_the_clock() {
+        let mut p = Positions::new(u64::MAX / 2);
+        assert!(
+            p.take(1, at(Source::Relay(1), 0)),
+            "stored long before it subscribed"
+        );
+        assert_eq!(p.since(), 0, "the last message's time less the margin");
     }
 
     #[test]
@@ -164,17 +294,18 @@ mod tests {
     }
 
     #[test]
-    fn the_vector_names_the_sources_heard_from_most_recently() {
+    fn the_vector_names_the_sources_heard_from_most_recently_a_window_below_their_highest() {
         let mut p = Positions::new(0);
         for id in 0..(MAX_RESUME_SOURCES as u64 + 10) {
-            assert!(p.take(id, at(Source::Session(id), id * 2)));
+            assert!(p.take(id, at(Source::Session(id), 0)));
+            assert!(p.take(id, at(Source::Session(id), WINDOW + id)));
         }
         let bytes = p.vector();
         let vector = ResumeVector::new(&bytes).expect("a valid vector");
         assert_eq!(vector.len(), MAX_RESUME_SOURCES);
         let named: Vec<Origin> = vector.iter().collect();
         let newest = MAX_RESUME_SOURCES as u64 + 9;
-        assert_eq!(named[0], at(Source::Session(newest), newest * 2).unwrap());
+        assert_eq!(named[0], at(Source::Session(newest), newest).unwrap());
         assert!(
             named.iter().all(|o| o.source >= Source::Session(10)),
             "{named:?}"

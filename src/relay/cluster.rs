@@ -255,6 +255,12 @@ pub(super) struct Cluster {
 }
 
 impl Cluster {
+    /// True if this relay consumes `channel` from the cluster already (by
+    /// name; a pattern that covers it is not asked about).
+    pub(super) fn follows(&self, channel: &str) -> bool {
+        self.followed.contains(channel)
+    }
+
     /// True if nothing stored here waits to be handed to the bridge or for
     /// its answer.
     pub(super) fn is_idle(&self) -> bool {
@@ -370,6 +376,12 @@ impl Cluster {
         }
         for gone in self.followed.difference(&wanted) {
             self.changes.push_back(Interest::Unfollow(gone.clone()));
+        }
+        for name in wanted.intersection(&self.followed) {
+            // Followed already: it has what a resume asked for.
+            if let Some(ch) = channels.id(name) {
+                channels[ch].follow_since = None;
+            }
         }
         for new in wanted.difference(&self.followed) {
             // A subscriber that resumed here needs what was stored since.

@@ -129,7 +129,7 @@ use peers::Peers;
 use publishing::{Offered, Publishing};
 use reassembly::{Added, Holder, Reassembler};
 use replies::{OwnAddresses, SourceBuckets, TokenBucket};
-use resume::{RESUME_HORIZON, RESUMES_PER_SEC};
+use resume::{RESUME_HORIZON, RESUMES_PER_SOURCE, WalkBudget};
 use secure::{Secure, Who};
 use sessions::Piece;
 use subscriptions::Subscriptions;
@@ -194,7 +194,7 @@ pub struct Relay {
     /// Limits resuming subscriptions per source (each reads back through
     /// its channel's log), and all together.
     resume_opens: SourceBuckets,
-    resume_walks: TokenBucket,
+    resume_walks: WalkBudget,
     /// While a datagram from an unproven address is handled: that address
     /// and the bytes that may still be sent to it.
     unproven: Option<(SocketAddr, usize)>,
@@ -265,8 +265,8 @@ impl Relay {
             pattern_opens: SourceBuckets::with_rate(2),
             draining: false,
             last_reliable_publish: None,
-            resume_opens: SourceBuckets::with_rate(2),
-            resume_walks: TokenBucket::new(RESUMES_PER_SEC),
+            resume_opens: SourceBuckets::with_rate(RESUMES_PER_SOURCE),
+            resume_walks: WalkBudget::new(),
             unproven: None,
             own: OwnAddresses::default(),
             load: 0,
@@ -1068,36 +1068,51 @@ impl Relay {
         }
         let known = self.channels.id(channel);
         let held = known.is_some() && self.peers.channel_of(&from, request.sub_id) == known;
-        if !held {
-            // It reads back through the log: a source gets a few a second,
-            // and all together a few dozen.
-            if !self.resume_opens.take(now.instant, from) || !self.resume_walks.take(now.instant) {
-                self.counters.dropped_limit += 1;
-                let reason = "too many resuming subscriptions from this source; at most 2 a second";
-                return self.reply_error(now, from, ErrorCode::LIMIT_REACHED, reason);
-            }
+        // It reads back through the log: a source gets a few a second, and
+        // all together a byte budget.
+        let budget = match held {
+            true => 0,
+            false => self.resume_walks.for_one(now.instant),
+        };
+        if !held && (budget == 0 || !self.resume_opens.take(now.instant, from)) {
+            self.counters.dropped_limit += 1;
+            let reason = "too many resuming subscriptions just now; ask again";
+            return self.reply_error(now, from, ErrorCode::LIMIT_REACHED, reason);
         }
         let id = self.channels.find_or_create(channel);
         let start = match (&self.cluster, &mut self.channels[id].storage) {
             (_, _) if held => 0, // a keepalive: its start is not looked at
             (Some(cluster), Storage::Open(log)) => {
-                resume::start(log, cluster.id, vector, since).unwrap_or_else(|e| {
-                    tracing::warn!(channel, error = %e, "resume: reading the log failed; starting at the oldest message");
-                    log.first_offset()
-                })
+                match resume::start(log, cluster.id, vector, since, budget) {
+                    Ok((start, read)) => {
+                        self.resume_walks.spend(read);
+                        start
+                    }
+                    Err(e) => {
+                        tracing::warn!(channel, error = %e, "resume: reading the log failed; starting at the oldest message");
+                        log.first_offset()
+                    }
+                }
             }
             // Nothing stored: from the first message that comes.
             (Some(_), Storage::Empty) => 0,
             // Outside a cluster no position elsewhere means anything here.
-            _ => self.channels[id].storage.offsets().map_or(0, |(_, next)| next),
+            _ => self.channels[id]
+                .storage
+                .offsets()
+                .map_or(0, |(_, next)| next),
         };
-        if self.cluster.is_some() && !held {
-            // The cluster's history a resume can make this relay take in
-            // is an hour's, as a consumer not used for an hour is gone.
+        if let Some(cluster) = &self.cluster
+            && !held
+            && !cluster.follows(channel)
+        {
+            // A channel not followed yet is followed from `since`, within
+            // the hour a consumer not used is kept for, and not from the
+            // future.
             let horizon = now
                 .unix_nanos
                 .saturating_sub(RESUME_HORIZON.as_nanos() as u64);
-            let since = since.max(horizon);
+            let since = since.clamp(horizon, now.unix_nanos);
             let ch = &mut self.channels[id];
             ch.follow_since = Some(ch.follow_since.map_or(since, |s| s.min(since)));
         }

@@ -3,17 +3,20 @@
 //! subscription that asks), and where in this relay's log such a subscriber
 //! starts so that it misses nothing it had not received.
 //!
-//! Each relay stores every source's messages in that source's order, but
-//! interleaves sources in its own order, so no one offset here matches
-//! where the subscriber was at the other relay. What it says instead: the
-//! last position it holds of each source it heard from lately, and a time
-//! before which it wants nothing of the others. The relay walks back
-//! through the channel's log, newest segment first, until every named
-//! source has a message at or below the position named (everything older
-//! of it the subscriber has) and a message is older than that time; it
-//! starts at the first message past either. Starting early is safe (the
-//! client drops what it holds, by origin), so the walk is bounded: past
-//! [`RESUME_SCAN_BYTES`] it starts at the oldest stored message.
+//! Each relay stores every source's messages in that source's order (but
+//! for copies that were on their way when a publisher moved here, stored
+//! after its next messages), and interleaves sources in its own order, so
+//! no one offset here matches where the subscriber was at the other relay.
+//! What it says instead: for each source it heard from lately, a position
+//! at or below which it holds everything, and a time before which it wants
+//! nothing of the others. The relay starts at the first message stored at
+//! or after that time, or earlier where a named source has a message the
+//! subscriber lacks further back: it reads back from the head, newest
+//! segment first, until every named source shows a message at or below
+//! the position named. Starting early is safe (the client drops what it
+//! holds, by origin). The walk is bounded: at most [`RESUME_SCAN_BYTES`]
+//! each, and [`RESUME_BYTES_PER_SEC`] for all together (a resume past it
+//! is refused, to be asked again).
 
 use crate::log::{
     CLUSTER_SESSION, ChannelLog, LogError, REMOTE_CLIENT, REMOTE_SESSION, RecordMark,
@@ -23,12 +26,50 @@ use crate::wire::{Origin, ResumeVector, Source};
 /// Most bytes of records one resume reads back through to find its start.
 pub(super) const RESUME_SCAN_BYTES: usize = 64 << 20;
 
-/// Resumes all sources together may open a second (each source 2).
-pub(super) const RESUMES_PER_SEC: u32 = 32;
+/// Bytes of records all resumes together may read back through a second
+/// (each source may open 4 a second).
+pub(super) const RESUME_BYTES_PER_SEC: u64 = 256 << 20;
+
+/// Resumes one source may open a second.
+pub(super) const RESUMES_PER_SOURCE: u32 = 4;
 
 /// How far back a resume can make a relay follow a channel it did not
 /// follow: JetStream forgets a consumer unused for as long.
 pub(super) const RESUME_HORIZON: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The bytes of records resumes may still read back through, refilled at
+/// [`RESUME_BYTES_PER_SEC`] up to a second's worth.
+#[derive(Debug)]
+pub(super) struct WalkBudget {
+    available: u64,
+    refilled: Option<std::time::Instant>,
+}
+
+impl WalkBudget {
+    /// A second's worth.
+    pub(super) fn new() -> WalkBudget {
+        WalkBudget {
+            available: RESUME_BYTES_PER_SEC,
+            refilled: None,
+        }
+    }
+
+    /// What one walk may read at `now`; zero when the budget is spent.
+    pub(super) fn for_one(&mut self, now: std::time::Instant) -> usize {
+        if let Some(then) = self.refilled {
+            let earned =
+                now.saturating_duration_since(then).as_secs_f64() * RESUME_BYTES_PER_SEC as f64;
+            self.available = (self.available + earned as u64).min(RESUME_BYTES_PER_SEC);
+        }
+        self.refilled = Some(now);
+        (self.available as usize).min(RESUME_SCAN_BYTES)
+    }
+
+    /// A walk read `bytes`.
+    pub(super) fn spend(&mut self, bytes: usize) {
+        self.available = self.available.saturating_sub(bytes as u64);
+    }
+}
 
 /// Bytes a record is counted for in the walk besides its payload.
 const RECORD_COST: usize = 32;
@@ -81,34 +122,78 @@ pub(super) fn lacks(vector: &[Origin], origin: Option<Origin>, timestamp: u64, s
     }
 }
 
+/// The first offset in `log` whose record was stored at or after `since`
+/// (store times taken as rising with offsets), or the head: found by the
+/// first record of each segment, then within one segment.
+fn first_since(log: &mut ChannelLog, since: u64) -> Result<u64, LogError> {
+    let first_ts = |log: &mut ChannelLog, base: u64| -> Result<Option<u64>, LogError> {
+        let mut ts = None;
+        log.scan(base.max(log.first_offset()), |r| {
+            ts = Some(r.timestamp);
+            false
+        })?;
+        Ok(ts)
+    };
+    let bases: Vec<u64> = log.segment_bases().collect();
+    // The last segment that starts before `since`: the first record at or
+    // after it is in that one or starts the next.
+    let (mut lo, mut hi) = (0, bases.len());
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        match first_ts(log, bases[mid])? {
+            Some(ts) if ts < since => lo = mid + 1,
+            _ => hi = mid,
+        }
+    }
+    let Some(&base) = lo.checked_sub(1).and_then(|i| bases.get(i)) else {
+        return Ok(log.first_offset());
+    };
+    let mut found = log.next_offset();
+    log.scan(base.max(log.first_offset()), |r| {
+        if r.timestamp >= since {
+            found = r.offset;
+            return false;
+        }
+        true
+    })?;
+    Ok(found)
+}
+
 /// Where in `log` (relay `id`'s) a subscriber holding `vector`, wanting
-/// other sources' messages stored from `since` on, starts: the first
-/// message it lacks, or the head when it lacks none.
+/// other sources' messages stored from `since` on, starts, reading back at
+/// most `budget` bytes of records; and the bytes it read.
+///
+/// The start is at or before the first message it lacks: at the first one
+/// stored at or after `since`, or earlier where a named source has a
+/// message it lacks further back. Looking for those reads back from the
+/// head until each named source shows a message at or below what the
+/// subscriber holds (everything older of it is held); past the budget it
+/// gives up on them (a named source the relay it left was more than the
+/// margin behind on: the limit the time rule has anyway).
 pub(super) fn start(
     log: &mut ChannelLog,
     id: u64,
     vector: ResumeVector<'_>,
     since: u64,
-) -> Result<u64, LogError> {
+    budget: usize,
+) -> Result<(u64, usize), LogError> {
     let held: Vec<Origin> = vector.iter().collect();
-    // Sources with a message here that may be one the subscriber lacks,
+    let by_time = first_since(log, since)?;
+    // Named sources that may have a message here the subscriber lacks,
     // until one at or below what it holds is found further back. One whose
-    // last stored message it holds needs no walk.
+    // last stored position it holds needs no walk.
     let mut open: Vec<Origin> = (held.iter().copied())
         .filter(|o| match o.source {
             Source::Relay(relay) if relay == id => o.position.saturating_add(1) < log.next_offset(),
-            // A source the session table does not know (never stored
-            // here, or an hour quiet) has nothing here to walk back to.
-            source => last_stored(log, source).is_some_and(|last| last > o.position),
+            source => last_stored(log, source).is_none_or(|last| last > o.position),
         })
         .collect();
-    let mut time_open = true;
-    let mut found = log.next_offset();
+    let mut found = by_time;
     let mut end = log.next_offset();
     let mut read = 0;
     let bases: Vec<u64> = log.segment_bases().collect();
     for base in bases.into_iter().rev() {
-        if open.is_empty() && !time_open {
+        if open.is_empty() || read > budget {
             break;
         }
         let from = base.max(log.first_offset());
@@ -116,16 +201,11 @@ pub(super) fn start(
             continue;
         }
         let mut first_here = None;
-        let mut over = false;
         log.scan(from, |r| {
             if r.offset >= end {
                 return false;
             }
             read += r.payload.len() + RECORD_COST;
-            if read > RESUME_SCAN_BYTES {
-                over = true;
-                return false;
-            }
             let origin = origin_of(id, r.offset, r.mark);
             if first_here.is_none() && lacks(&held, origin, r.timestamp, since) {
                 first_here = Some(r.offset);
@@ -139,18 +219,12 @@ pub(super) fn start(
                     origin.is_some_and(|m| m.source == o.source && m.position <= o.position);
                 !(own_below || held_here)
             });
-            if r.timestamp < since {
-                time_open = false;
-            }
             true
         })?;
-        if over {
-            return Ok(log.first_offset());
-        }
         if let Some(offset) = first_here {
-            found = offset;
+            found = found.min(offset);
         }
         end = from;
     }
-    Ok(found)
+    Ok((found, read))
 }

@@ -222,7 +222,7 @@ impl Subscriptions {
             StartPosition::Latest => next_offset,
             StartPosition::Earliest => first,
             StartPosition::Offset(o) => o.max(first),
-            // Worked out by the relay before (`Relay::resume_at`); one
+            // Worked out by the relay before (`Relay::resume`); one
             // that gets here anyway starts at the head.
             StartPosition::Resume { .. } => next_offset,
         };
