@@ -821,22 +821,27 @@ fn a_resuming_subscriber_starts_at_the_first_message_it_lacks() {
     }
 }
 
-#[test]
-fn a_resume_walks_back_across_segments_and_a_keepalive_does_not_walk_again() {
-    let (mut b, _d) = relay_with(|c| c.log.segment_size = 4096);
-    let t = start();
+/// Makes `b` relay B of a cluster with `n` copies of relay A's messages
+/// of `len` bytes stored at `t`; a second later, and a resume from then.
+fn copies_of_a(b: &mut Relay, t: Now, n: u64, len: usize) -> (Now, StartPosition) {
     b.enable_cluster(t, B, &[]);
-    for i in 0..200 {
+    for i in 0..n {
         let o = from_relay(A, i, Some(i));
         assert_eq!(
-            b.handle_remote(t, "news", o, false, &[b'a'; 64]),
+            b.handle_remote(t, "news", o, false, &vec![b'a'; len]),
             Remote::Appended
         );
     }
     let later = t.after(Duration::from_secs(1));
-    let resume = StartPosition::Resume {
-        since: later.unix_nanos,
-    };
+    let since = later.unix_nanos;
+    (later, StartPosition::Resume { since })
+}
+
+#[test]
+fn a_resume_walks_back_across_segments_and_a_keepalive_does_not_walk_again() {
+    let (mut b, _d) = relay_with(|c| c.log.segment_size = 4096);
+    let t = start();
+    let (later, resume) = copies_of_a(&mut b, t, 200, 64);
     let vector = [held(Source::Relay(A), 9)];
     subscribe_with_origins(&mut b, later, ALICE, 1, resume, &vector);
     let frames = Sent::collect(&mut b).frames_to(ALICE);
@@ -973,21 +978,10 @@ fn copies_stored_after_a_publisher_moved_here_reach_a_subscriber_that_moved_here
 fn a_busy_channel_resumes_from_the_time_not_from_its_oldest_message() {
     let (mut b, _d) = relay_with(|c| c.max_message_size = 2048);
     let t = start();
-    b.enable_cluster(t, B, &[]);
     let n = 70_000;
-    for i in 0..n {
-        let o = from_relay(A, i, Some(i));
-        assert_eq!(
-            b.handle_remote(t, "news", o, false, &[b'a'; 1000]),
-            Remote::Appended
-        );
-    }
     // Holds all of A; wants nothing else stored before a second later: 70
     // MB lie between it and the head, more than one walk reads.
-    let later = t.after(Duration::from_secs(1));
-    let resume = StartPosition::Resume {
-        since: later.unix_nanos,
-    };
+    let (later, resume) = copies_of_a(&mut b, t, n, 1000);
     subscribe_with_origins(
         &mut b,
         later,
