@@ -306,6 +306,13 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         .init();
     let config = relay_config(args)?;
     let mut driver = Driver::bind(&config)?;
+    // SIGHUP makes the configuration again from the same flags and the
+    // file as it is then.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    driver.set_reloader(Box::new(move || {
+        let cli = config_file::with_file(argv.clone()).map_err(|e| one_line(&*e))?;
+        relay_config(cli.run).map_err(|e| e.to_string())
+    }));
     // These lines are the relay's contract with scripts and tests: they name
     // the real ports when 0 was asked for. Whoever started the relay may
     // stop reading its output after the line it wanted: a closed stdout is
@@ -342,6 +349,16 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     let summary: Vec<String> = counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
     tracing::info!("stopped: {}", summary.join(" "));
     Ok(ExitCode::SUCCESS)
+}
+
+/// An error in one line (clap's own messages run to several).
+fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let text = match e.downcast_ref::<clap::Error>() {
+        Some(clap_error) => clap_error.render().to_string(),
+        None => e.to_string(),
+    };
+    let first = text.lines().next().unwrap_or_default();
+    first.trim_start_matches("error: ").to_string()
 }
 
 /// The relay's configuration from its flags (and file).

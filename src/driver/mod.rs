@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use socket2::{Domain, Protocol, Socket, Type};
 use thiserror::Error;
@@ -189,7 +189,7 @@ impl Shutdown {
     /// returned handle.
     pub fn on_signals() -> io::Result<(Shutdown, ShutdownHandle)> {
         let (mut shutdown, handle) = Shutdown::handle();
-        shutdown.signals = Some(Signals::new([SIGINT, SIGTERM])?);
+        shutdown.signals = Some(Signals::new([SIGINT, SIGTERM, SIGHUP])?);
         Ok((shutdown, handle))
     }
 
@@ -271,11 +271,18 @@ pub struct Driver {
     /// When the first datagram not yet answered was read (for the
     /// receive-to-send histogram).
     received_at: Option<Instant>,
+    /// The configuration that runs (what a reload compares with).
+    config: RelayConfig,
+    /// Reads the configuration again, on SIGHUP.
+    reloader: Option<Reloader>,
     /// See [`RelayConfig::drain_timeout`].
     drain_timeout: Duration,
     /// Draining since SIGTERM: stop by then at the latest.
     drain_until: Option<Instant>,
 }
+
+/// Makes the configuration afresh (from its file and flags), for a reload.
+pub type Reloader = Box<dyn FnMut() -> Result<RelayConfig, String> + Send>;
 
 /// Tells systemd (when it started the relay with a NOTIFY_SOCKET) that the
 /// relay is stopping; nothing without one.
@@ -448,16 +455,7 @@ impl Driver {
         let mut sockets: Vec<UdpSocket> = std::iter::once(sockets.protocol)
             .chain(sockets.raw_in)
             .collect();
-        let own = sockets
-            .iter()
-            .map(|s| s.local_addr())
-            .collect::<io::Result<Vec<_>>>()?;
-        // Only a socket bound to every address needs to know which they are.
-        let local_ips = if own.iter().any(|a| a.ip().is_unspecified()) {
-            if_addrs::get_if_addrs()?.iter().map(|i| i.ip()).collect()
-        } else {
-            Vec::new()
-        };
+        let (own, local_ips) = own_addresses(&sockets)?;
         relay.set_own_addresses(own, local_ips)?;
         for (i, socket) in sockets.iter_mut().enumerate() {
             poll.registry()
@@ -524,6 +522,8 @@ impl Driver {
             #[cfg(feature = "metrics")]
             metrics,
             received_at: None,
+            config: config.clone(),
+            reloader: None,
             drain_timeout: config.drain_timeout,
             drain_until: None,
         })
@@ -738,9 +738,130 @@ impl Driver {
         true
     }
 
+    /// What SIGHUP calls to read the configuration again (see
+    /// [`Driver::reload`]); without one, SIGHUP is logged and ignored.
+    pub fn set_reloader(&mut self, reloader: Reloader) {
+        self.reloader = Some(reloader);
+    }
+
+    /// Reads the configuration again and applies what can change while
+    /// running (limits, raw ports, cluster acknowledgement, drain timeout,
+    /// busy polling); says which settings cannot; keeps the running one
+    /// if the new one is refused. Under systemd, says RELOADING=1 first
+    /// and READY=1 after.
+    pub fn reload(&mut self) {
+        let mut says = vec![sd_notify::NotifyState::Reloading];
+        if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
+            says.push(now);
+        }
+        if let Err(e) = sd_notify::notify(false, &says) {
+            debug!("systemd notify: {e}");
+        }
+        match self.reloader.as_mut().map(|read| read()) {
+            None => warn!("SIGHUP: no configuration to read again"),
+            Some(Err(e)) => warn!("reload refused, the running configuration stays: {e}"),
+            Some(Ok(new)) => match new
+                .validate()
+                .map_err(DriverError::from)
+                .and_then(|()| self.apply(new))
+            {
+                Ok(()) => info!("reloaded the configuration"),
+                Err(e) => warn!("reload refused, the running configuration stays: {e}"),
+            },
+        }
+        if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+            debug!("systemd notify: {e}");
+        }
+    }
+
+    /// Applies `new` (validated): binds the raw-in ports it adds before
+    /// anything changes, so a port that cannot be bound refuses the whole.
+    fn apply(&mut self, mut new: RelayConfig) -> Result<(), DriverError> {
+        let old = self.config.clone();
+        // Each raw-in port: the socket there already (by the address it was
+        // asked for), or a new one, bound before anything changes.
+        let mut taken = vec![false; old.raw_in.len()];
+        let mut plan: Vec<Result<usize, UdpSocket>> = Vec::new();
+        for (addr, _) in &new.raw_in {
+            let same =
+                (old.raw_in.iter().enumerate()).position(|(j, (a, _))| a == addr && !taken[j]);
+            plan.push(match same {
+                Some(j) => {
+                    taken[j] = true;
+                    Ok(j)
+                }
+                None => Err(bind_udp(*addr)?),
+            });
+        }
+        let mut old_raw: Vec<Option<UdpSocket>> = self.sockets.drain(1..).map(Some).collect();
+        for (socket, kept) in old_raw.iter_mut().zip(&taken) {
+            if let (Some(socket), false) = (socket.as_mut(), kept) {
+                let _ = self.poll.registry().deregister(socket);
+            }
+        }
+        for step in plan {
+            let token = socket_token(self.sockets.len());
+            let socket = match step {
+                Ok(j) => match old_raw.get_mut(j).and_then(Option::take) {
+                    Some(mut socket) => {
+                        self.poll
+                            .registry()
+                            .reregister(&mut socket, token, Interest::READABLE)?;
+                        socket
+                    }
+                    None => continue, // each old socket is taken once
+                },
+                Err(mut socket) => {
+                    self.poll
+                        .registry()
+                        .register(&mut socket, token, Interest::READABLE)?;
+                    socket
+                }
+            };
+            self.sockets.push(socket);
+        }
+        self.pending_read = vec![true; self.sockets.len()];
+        let fixed = self.relay.reconfigure(&old, &new);
+        if !fixed.is_empty() {
+            warn!(
+                "reload: {} cannot change while the relay runs (restart for them)",
+                fixed.join(", ")
+            );
+        }
+        let (own, local_ips) = own_addresses(&self.sockets)?;
+        self.relay.set_own_addresses(own, local_ips)?;
+        for (addr, (_, channel)) in self.raw_in_addrs()?.iter().zip(&new.raw_in) {
+            info!(%addr, channel, "reload: raw-in");
+        }
+        for (channel, addr) in &new.raw_out {
+            info!(%addr, channel, "reload: raw-out");
+        }
+        self.busy_poll = new.busy_poll;
+        self.drain_timeout = new.drain_timeout;
+        self.send_queue_limit = new.send_queue_limit;
+        // What did not change stays what runs.
+        new.listen = old.listen;
+        new.data_dir = old.data_dir.clone();
+        new.log = old.log.clone();
+        new.truncate_corrupt = old.truncate_corrupt.clone();
+        new.keys = old.keys.clone();
+        new.auth = old.auth;
+        new.max_auth_sessions = old.max_auth_sessions;
+        new.allow_anonymous = old.allow_anonymous;
+        new.cluster = old.cluster.clone();
+        new.metrics = old.metrics;
+        self.config = new;
+        Ok(())
+    }
+
     /// A signal arrived: SIGTERM drains (within `--drain-timeout`) or, a
-    /// second time, stops; SIGINT stops. True to stop now.
+    /// second time, stops; SIGINT stops; SIGHUP reloads. True to stop now.
     fn on_signal(&mut self, signal: i32) -> bool {
+        if signal == SIGHUP {
+            info!("SIGHUP: reading the configuration again");
+            self.reload();
+            return false;
+        }
         if signal != SIGTERM || self.drain_until.is_some() || self.drain_timeout.is_zero() {
             info!(signal, "stopping on signal");
             notify_stopping();
@@ -863,6 +984,21 @@ fn open_relay(config: &RelayConfig) -> Result<Relay, DriverError> {
 
 /// A non-blocking UDP socket bound to `addr`, with large buffers. No
 /// SO_REUSEADDR: a second relay on the same port must fail, not share it.
+/// The relay's own socket addresses, and, where one is bound to every
+/// address, the machine's (only then does it need to know which they are).
+fn own_addresses(sockets: &[UdpSocket]) -> io::Result<(Vec<SocketAddr>, Vec<std::net::IpAddr>)> {
+    let own = sockets
+        .iter()
+        .map(|s| s.local_addr())
+        .collect::<io::Result<Vec<_>>>()?;
+    let local_ips = if own.iter().any(|a| a.ip().is_unspecified()) {
+        if_addrs::get_if_addrs()?.iter().map(|i| i.ip()).collect()
+    } else {
+        Vec::new()
+    };
+    Ok((own, local_ips))
+}
+
 fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, DriverError> {
     let bind_err = |source| DriverError::Bind { addr, source };
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))

@@ -387,6 +387,20 @@ impl Channels {
         id
     }
 
+    /// Most channels from now on (those there are stay).
+    pub(super) fn set_max(&mut self, max: usize) {
+        self.max = max;
+    }
+
+    /// No channel is pinned or sends raw egress any more (a reload names
+    /// them again).
+    pub(super) fn unpin_all(&mut self) {
+        for channel in self.iter_mut() {
+            channel.pinned = false;
+            channel.raw_out.clear();
+        }
+    }
+
     /// The offset the named channel's next message will get, if it exists
     /// and is served.
     pub(super) fn next_offset(&self, name: &str) -> Option<u64> {

@@ -77,6 +77,7 @@ mod peers;
 mod publishing;
 mod quota;
 mod reassembly;
+mod reload;
 mod replies;
 mod resume;
 mod secure;

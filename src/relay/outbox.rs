@@ -161,6 +161,11 @@ pub(super) struct Outbox {
 }
 
 impl Outbox {
+    /// Packs up to `datagram_size` from the next datagram on.
+    pub(super) fn set_datagram_size(&mut self, datagram_size: usize) {
+        self.datagram_size = datagram_size.clamp(HEADER_LEN + FRAME_HEADER_LEN, MAX_DATAGRAM);
+    }
+
     pub(super) fn new(datagram_size: usize) -> Self {
         Outbox {
             datagram_size: datagram_size.clamp(HEADER_LEN + FRAME_HEADER_LEN, MAX_DATAGRAM),

@@ -118,6 +118,11 @@ impl Peers {
         }
     }
 
+    /// Each peer lives `lease` past the next datagram from it.
+    pub(super) fn set_lease(&mut self, lease: Duration) {
+        self.lease = lease;
+    }
+
     /// Notes a datagram from `addr` at `now`: its lease runs from here.
     pub(super) fn heard_from(&mut self, addr: SocketAddr, now: Instant) {
         if let Some(peer) = self.peers.get_mut(&addr) {

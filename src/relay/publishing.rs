@@ -88,6 +88,13 @@ impl Publishing {
         }
     }
 
+    /// New limits for new sessions and what they hold (those there are
+    /// stay).
+    pub(super) fn set_limits(&mut self, limits: Limits) {
+        self.memory.budget = limits.memory;
+        self.limits = limits;
+    }
+
     /// The index in its peer of session `session` of `from`, opened if new
     /// and the limits allow (counted, and the reason returned, if not).
     ///

@@ -144,6 +144,11 @@ impl Reassembler {
         }
     }
 
+    /// A new budget and largest message (what is held stays).
+    pub fn set_limits(&mut self, budget: usize, max_message_size: usize) {
+        (self.budget, self.max_message_size) = (budget, max_message_size);
+    }
+
     /// Takes one piece, charged to `holder`, which may hold at most
     /// `share` bytes. `channel_allowed` says whether a new message may
     /// name its channel (asked only when the piece starts one).

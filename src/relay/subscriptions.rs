@@ -113,6 +113,12 @@ pub(super) struct Subscriptions {
 }
 
 impl Subscriptions {
+    /// New limits (the subscriptions there are stay; a new lease counts
+    /// from each one's next datagram).
+    pub(super) fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
     /// No subscriptions yet.
     pub(super) fn new(limits: Limits) -> Subscriptions {
         Subscriptions {

@@ -85,6 +85,11 @@ impl Wildcards {
         }
     }
 
+    /// New limits (those there are stay).
+    pub(super) fn set_limits(&mut self, max: usize, max_per_client: usize) {
+        (self.max, self.max_per_client) = (max, max_per_client);
+    }
+
     /// The patterns subscribed to (each as often as it is).
     pub(super) fn patterns(&self) -> impl Iterator<Item = &str> {
         self.by_id.values().map(|w| w.pattern.as_str())

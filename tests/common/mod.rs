@@ -714,3 +714,16 @@ pub fn tool_available(bin: &str, required_by: &str, install: &str) -> bool {
     }
     found
 }
+
+/// `udpcat pub ADDRS CHANNEL --reliable` running, with its stdin to feed
+/// (and its stderr piped, for `output_deadline`).
+pub fn reliable_publisher(addrs: &str, channel: &str) -> (ChildGuard, std::process::ChildStdin) {
+    let mut cmd = Command::new(udpcat_bin());
+    cmd.args(["pub", addrs, channel, "--reliable"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut publisher = ChildGuard::spawn("udpcat pub", &mut cmd);
+    let stdin = publisher.child().stdin.take().expect("stdin is piped");
+    (publisher, stdin)
+}
