@@ -160,6 +160,12 @@ enum LogCommand {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum DumpFormat {
     Line,
     Json,
@@ -259,6 +265,9 @@ struct RunArgs {
     /// On SIGTERM, how long to go on for the subscriptions and sessions there are (taking no new ones: reliable publishers finish, reliable subscribers catch up) before stopping; a second SIGTERM, or SIGINT, stops at once; 0 stops at once.
     #[arg(long, value_name = "DUR", default_value = "10s", value_parser = config::parse_duration)]
     drain_timeout: Duration,
+    /// How log lines are written: `text` for people, `json` for log shippers (one object a line: timestamp, level, target, message and fields).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// Log level: error, warn, info, debug or trace (logs go to stderr).
     #[arg(long, default_value = "info")]
     log_level: tracing::Level,
@@ -299,11 +308,17 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         "{},async_nats=warn",
         args.log_level.as_str().to_ascii_lowercase()
     ));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_env_filter(filter);
+    match args.log_format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // One JSON object a line (timestamp, level, target, fields), for
+        // log shippers.
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     let config = relay_config(args)?;
     let mut driver = Driver::bind(&config)?;
     // SIGHUP makes the configuration again from the same flags and the
