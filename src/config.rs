@@ -362,14 +362,37 @@ pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
     n.checked_mul(scale).ok_or_else(bad)
 }
 
+/// A socket address, `IP:PORT` or `HOST:PORT` (the host resolved, its
+/// first address taken), with the reason in one line when it is neither.
+pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    let has_port = s.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty() && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())
+    });
+    if !has_port {
+        return Err(format!(
+            "{s:?} has no port: write HOST:PORT, like 127.0.0.1:7070"
+        ));
+    }
+    use std::net::ToSocketAddrs;
+    match s.to_socket_addrs() {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| format!("{s:?} resolves to no address")),
+        Err(e) => Err(format!("cannot resolve {s:?}: {e}")),
+    }
+}
+
 /// Parses `ADDR=CHANNEL` (for `--raw-in`).
 pub fn parse_raw_in(s: &str) -> Result<(SocketAddr, String), ConfigError> {
     let (addr, channel) = s.split_once('=').ok_or(ConfigError::BadMapping(
         s.to_string(),
         "expected ADDR=CHANNEL",
     ))?;
-    let addr = addr.parse().map_err(|_| {
-        ConfigError::BadMapping(s.to_string(), "ADDR must be IP:PORT, like 127.0.0.1:5514")
+    let addr = parse_addr(addr).map_err(|_| {
+        ConfigError::BadMapping(s.to_string(), "ADDR must be HOST:PORT, like 127.0.0.1:5514")
     })?;
     Ok((addr, channel.to_string()))
 }
@@ -381,8 +404,8 @@ pub fn parse_raw_out(s: &str) -> Result<(String, SocketAddr), ConfigError> {
         s.to_string(),
         "expected CHANNEL=ADDR",
     ))?;
-    let addr: SocketAddr = addr.parse().map_err(|_| {
-        ConfigError::BadMapping(s.to_string(), "ADDR must be IP:PORT, like 127.0.0.1:9000")
+    let addr: SocketAddr = parse_addr(addr).map_err(|_| {
+        ConfigError::BadMapping(s.to_string(), "ADDR must be HOST:PORT, like 127.0.0.1:9000")
     })?;
     // 0.0.0.0 and :: as a destination mean this host to the kernel (the
     // trap of coturn's CVE-2020-26262), and port 0 is no port: name the

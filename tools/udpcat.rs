@@ -36,7 +36,7 @@ use input::{Input, spawn_input};
 /// Why udpcat failed.
 #[derive(Debug, thiserror::Error)]
 enum CatError {
-    #[error("cannot resolve relay address {0:?}")]
+    #[error("relay address: {0}")]
     BadAddress(String),
     #[error("no answer from the relay at {addr} within {waited:?}")]
     NoAnswer { addr: SocketAddr, waited: Duration },

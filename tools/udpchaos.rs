@@ -28,10 +28,10 @@ use udprelay::sim::{LinkConfig, Network};
 #[command(name = "udpchaos", version)]
 struct Args {
     /// Address clients send to (port 0 picks a free port, printed at start).
-    #[arg(long, default_value = "127.0.0.1:7171")]
+    #[arg(long, default_value = "127.0.0.1:7171", value_parser = udprelay::config::parse_addr)]
     listen: SocketAddr,
-    /// Where datagrams are forwarded, like a relay at 127.0.0.1:7070.
-    #[arg(long)]
+    /// Where datagrams are forwarded, like a relay at 127.0.0.1:7070 (a host name is resolved).
+    #[arg(long, value_parser = udprelay::config::parse_addr)]
     upstream: SocketAddr,
     /// Probability that a datagram is lost, 0 to 1, each direction.
     #[arg(long, default_value_t = 0.0, value_parser = probability)]

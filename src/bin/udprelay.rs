@@ -177,7 +177,7 @@ struct RunArgs {
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Address of the protocol socket (port 0 picks a free port, printed at start). An address other than loopback needs a key file (--keys) or --allow-anonymous.
-    #[arg(long, default_value = "127.0.0.1:7070")]
+    #[arg(long, default_value = "127.0.0.1:7070", value_parser = config::parse_addr)]
     listen: SocketAddr,
     /// Listen on an address other than loopback with no key file: anyone who can reach the port may publish to and read every channel [default: off].
     #[arg(long)]
@@ -260,7 +260,7 @@ struct RunArgs {
     #[arg(long = "raw-out", value_name = "CHANNEL=ADDR", value_parser = config::parse_raw_out)]
     raw_out: Vec<(String, SocketAddr)>,
     /// Serve Prometheus metrics at http://ADDR/metrics (and `ok` at /healthz) from a thread of its own; port 0 picks a free one, printed at start. Anyone who reaches it sees the counters and the busiest channels' names: keep it on loopback or a private network [default: none].
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = config::parse_addr)]
     metrics: Option<SocketAddr>,
     /// On SIGTERM, how long to go on for the subscriptions and sessions there are (taking no new ones: reliable publishers finish, reliable subscribers catch up) before stopping; a second SIGTERM, or SIGINT, stops at once; 0 stops at once.
     #[arg(long, value_name = "DUR", default_value = "10s", value_parser = config::parse_duration)]

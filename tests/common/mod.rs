@@ -668,11 +668,20 @@ pub struct Chaos {
 
 impl Chaos {
     pub fn start(upstream: SocketAddr, args: &[&str]) -> Chaos {
+        Chaos::start_to(&upstream.to_string(), args)
+    }
+
+    /// As [`Chaos::start`], the upstream given as written (a host name).
+    pub fn start_named(upstream: &str) -> Chaos {
+        Chaos::start_to(upstream, &[])
+    }
+
+    fn start_to(upstream: &str, args: &[&str]) -> Chaos {
         let mut cmd = Command::new(udpchaos_bin());
         cmd.arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--upstream")
-            .arg(upstream.to_string())
+            .arg(upstream)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -2,7 +2,7 @@
 //! with [`udprelay::client::Picker`] over a socket, and probing them again
 //! on a thread while the tool runs ([`reprobe`]), for udpcat and udpbench.
 
-use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,14 +21,7 @@ pub enum PickError {
 /// The relays of `list` (`A`, or `A,B,C`), each resolved; the one that
 /// does not resolve, otherwise.
 pub fn resolve(list: &str) -> Result<Vec<SocketAddr>, String> {
-    list.split(',')
-        .map(|a| {
-            a.to_socket_addrs()
-                .ok()
-                .and_then(|mut a| a.next())
-                .ok_or_else(|| a.to_string())
-        })
-        .collect()
+    list.split(',').map(udprelay::config::parse_addr).collect()
 }
 
 /// Pings every relay of `relays` and picks one by `pick`; says on stderr,

@@ -155,7 +155,7 @@ fn pick_relay(args: &mut Args) -> Result<(), String> {
     let Some(list) = &args.relays else {
         return Ok(());
     };
-    let relays = pick::resolve(list).map_err(|a| format!("cannot resolve relay address {a:?}"))?;
+    let relays = pick::resolve(list).map_err(|e| format!("relay address: {e}"))?;
     args.relay = Some(match relays[..] {
         [one] => one,
         _ => {
