@@ -35,7 +35,9 @@
 //!   core's side of a cluster (`relay::cluster`: what goes up to NATS
 //!   JetStream, what this relay follows, other relays' messages appended
 //!   once each; `relay::resume`: origins, and where a reliable subscriber
-//!   that moved here starts), replies and counters, one file each. No sockets, no
+//!   that moved here starts), draining before a shutdown (`relay::drain`),
+//!   a new configuration while running (`relay::reload`), replies and
+//!   counters, one file each. No sockets, no
 //!   clock: its only I/O is its channels' logs.
 //! - [`reliable`]: the sans-IO ARQ over sequence numbers only, split by
 //!   state: the RTT estimator (RTO, backoff, Karn), the congestion window,
@@ -71,7 +73,9 @@
 //!   checksummed records, recovery, retention, sync, and the read-only
 //!   inspection behind `udprelay log`. Knows nothing of the network.
 //! - [`driver`]: the mio event loop around a [`relay::Relay`]: sockets,
-//!   send queue, deadlines, the background sync thread, SIGINT/SIGTERM;
+//!   send queue, deadlines, the background sync thread, signals (SIGTERM
+//!   drains, SIGHUP reloads, what systemd is told); `driver::metrics`
+//!   (feature `metrics`) is the thread that serves `--metrics`;
 //!   [`driver::batch`] sends and receives many datagrams per system call
 //!   (recvmmsg/sendmmsg, UDP GSO/GRO), also for udpbench; `driver::bridge`
 //!   (feature `cluster`) is the thread that runs the NATS client

@@ -60,6 +60,9 @@
 //! - `resume`: each stored message's origin (told to subscribers that
 //!   ask), and where a reliable subscriber that moved here from another
 //!   relay of the cluster starts.
+//! - `drain`: a relay shutting down takes nothing new and says when what
+//!   it has is finished.
+//! - `reload`: limits and raw ports from a new configuration.
 //! - `replies`: the reply budget and the relay's own addresses.
 //! - `stats`: the paged STATS answer.
 //! - `outbox`: datagrams packed per destination; `counters`: what happened.
