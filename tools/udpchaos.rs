@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use clap::Parser;
 use mio::net::UdpSocket;
@@ -17,51 +17,12 @@ use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use socket2::{Domain, Protocol, Socket, Type};
-use udprelay::config::{parse_duration, parse_size};
 use udprelay::rng::Rng;
 use udprelay::sim::{LinkConfig, Network};
 
-/// Impairment proxy: loss, duplication, reordering, delay, jitter and a rate
-/// cap, applied to both directions of every flow between clients and an
-/// upstream UDP endpoint.
-#[derive(Debug, Parser)]
-#[command(name = "udpchaos", version)]
-struct Args {
-    /// Address clients send to (port 0 picks a free port, printed at start).
-    #[arg(long, default_value = "127.0.0.1:7171", value_parser = udprelay::config::parse_addr)]
-    listen: SocketAddr,
-    /// Where datagrams are forwarded, like a relay at 127.0.0.1:7070 (a host name is resolved).
-    #[arg(long, value_parser = udprelay::config::parse_addr)]
-    upstream: SocketAddr,
-    /// Probability that a datagram is lost, 0 to 1, each direction.
-    #[arg(long, default_value_t = 0.0, value_parser = probability)]
-    loss: f64,
-    /// Probability that a datagram arrives twice.
-    #[arg(long, default_value_t = 0.0, value_parser = probability)]
-    dup: f64,
-    /// Probability that a datagram is held back one extra delay, so later ones overtake it.
-    #[arg(long, default_value_t = 0.0, value_parser = probability)]
-    reorder: f64,
-    /// One-way delay added to every datagram (e.g. 20ms).
-    #[arg(long, default_value = "0ms", value_parser = parse_duration)]
-    delay: Duration,
-    /// Extra random delay, uniform between 0 and this.
-    #[arg(long, default_value = "0ms", value_parser = parse_duration)]
-    jitter: Duration,
-    /// Keep each flow's datagrams in order: jitter then holds back the ones
-    /// behind a delayed datagram instead of letting them overtake it [default: off].
-    #[arg(long)]
-    in_order: bool,
-    /// Bytes per second each sender may put through (e.g. 1M) [default: no cap].
-    #[arg(long, value_parser = parse_size)]
-    rate: Option<u64>,
-    /// Seed of the impairment decisions; the same seed and traffic give the same fate [default: random, printed].
-    #[arg(long)]
-    seed: Option<u64>,
-    /// A client silent for this long loses its upstream socket.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
-    idle: Duration,
-}
+#[path = "udpchaos/args.rs"]
+mod args;
+use args::Args;
 
 /// A non-blocking UDP socket with large buffers: the proxy must not be what
 /// drops a burst (a relay sends a large message as hundreds of datagrams at
@@ -73,15 +34,6 @@ fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     Ok(UdpSocket::from_std(socket.into()))
-}
-
-fn probability(s: &str) -> Result<f64, String> {
-    let p: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
-    if (0.0..=1.0).contains(&p) {
-        Ok(p)
-    } else {
-        Err(format!("{p} is not between 0 and 1"))
-    }
 }
 
 const LISTEN: Token = Token(0);

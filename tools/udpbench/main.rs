@@ -7,18 +7,17 @@
 //! send, nothing else), so a result reads as a fraction of what the machine
 //! can do at all.
 //!
-//! This file holds the flags and what runs: one run, the relay beside its
+//! This file holds what runs (the flags are in `args`): one run, the relay beside its
 //! baseline, or the `--find-lossless` search. [`run()`] makes one run with
 //! [`publisher`]s and [`subscriber`]s exchanging [`traffic`] through what
 //! [`spawn`] started; [`report`] is its result, [`plot()`] draws it.
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
-use udprelay::config::parse_duration;
+use clap::Parser;
 
+mod args;
 #[path = "../common/pick.rs"]
 mod pick;
 mod plot;
@@ -29,111 +28,10 @@ mod spawn;
 mod subscriber;
 mod traffic;
 
+use args::{Args, Baseline};
 use plot::plot;
 use report::{Report, Run};
 use run::run;
-
-/// Throughput and latency benchmark for udprelay.
-#[derive(Debug, Clone, Parser)]
-#[command(name = "udpbench", version)]
-struct Args {
-    /// Relay to measure, like 127.0.0.1:7070, or several (A,B,C): the one
-    /// --pick picks [default: none, give --spawn or --baseline].
-    #[arg(long = "relay", value_name = "ADDR", conflicts_with = "spawn")]
-    relays: Option<String>,
-    /// With several relays in --relay: how to pick one (nearest,
-    /// least-loaded, first, two-choices; see udpcat --help).
-    #[arg(long, value_name = "HOW", default_value = "two-choices")]
-    pick: udprelay::client::Pick,
-    /// The relay measured: --relay's, or the one picked among them.
-    #[arg(skip)]
-    relay: Option<SocketAddr>,
-    /// Start a relay (the udprelay next to this binary) on a free port with a temporary data directory [default: off].
-    #[arg(long)]
-    spawn: bool,
-    /// A flag for the relay --spawn starts, like --relay-arg=--busy-poll=200us (repeatable) [default: none].
-    #[arg(
-        long,
-        requires = "spawn",
-        allow_hyphen_values = true,
-        value_name = "ARG"
-    )]
-    relay_arg: Vec<String>,
-    /// With --spawn: run the relay on a thread of this process (default relay settings, so no --relay-arg) instead of as a child process; its CPU time is that thread's [default: off].
-    #[arg(long, requires = "spawn", conflicts_with = "relay_arg")]
-    in_process: bool,
-    /// Publishers, each on its own socket and thread.
-    #[arg(long, default_value_t = 1)]
-    publishers: usize,
-    /// Subscribers, each on its own socket and thread; every one gets every message.
-    #[arg(long, default_value_t = 1)]
-    subscribers: usize,
-    /// Message size in bytes (at least 20: publisher, number and send time lead).
-    #[arg(long, default_value_t = 64)]
-    size: usize,
-    /// Messages per second per publisher; 0 sends as fast as possible.
-    #[arg(long, default_value_t = 0)]
-    rate: u64,
-    /// How long to publish (e.g. 10s).
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    duration: Duration,
-    /// Stop each publisher after this many messages, or at the end of --duration if sooner
-    /// [default: none, publish for --duration].
-    #[arg(long)]
-    count: Option<u64>,
-    /// Reliable publishing and subscribing (acknowledged, retransmitted) [default: off].
-    #[arg(long)]
-    reliable: bool,
-    /// Pack messages into datagrams up to this size; 0 sends one message per datagram.
-    #[arg(long, default_value_t = 1400)]
-    batch: usize,
-    /// Plain UDP through the relay's raw ports: publishers send bare messages
-    /// to a --raw-in port, one per datagram, and each subscriber gets them
-    /// from a --raw-out address (needs --spawn; unreliable) [default: off].
-    #[arg(long, requires = "spawn", conflicts_with = "reliable")]
-    raw: bool,
-    /// Measure the same traffic without the relay: `kernel` straight from
-    /// publishers to subscribers, `relay` through a minimal forwarder,
-    /// `socat` through socat (`socat -u UDP4-RECV UDP4-SENDTO`; one
-    /// subscriber; socat must be installed). All send one message per
-    /// datagram. With --spawn or --relay too, both run and the report shows
-    /// the ratio [default: none, no baseline run].
-    #[arg(long, value_enum)]
-    baseline: Option<Baseline>,
-    /// Find the highest rate with under 0.1 % loss: an unpaced run, then
-    /// bisection over --rate (7 more runs of --duration each), for the relay
-    /// and the baseline alike; reports the fastest lossless run of each
-    /// [default: off].
-    #[arg(long, conflicts_with = "rate")]
-    find_lossless: bool,
-    /// With --spawn: give the relay a key file with one key that may do
-    /// everything and `--auth required`, and run every publisher and
-    /// subscriber with its credential: handshakes, then every datagram
-    /// sealed (authenticated and encrypted) both ways [default: off].
-    #[arg(long, requires = "spawn", conflicts_with_all = ["raw", "credential", "credential_file"])]
-    auth: bool,
-    /// With --relay: the credential (udprelay1:ID:EXPIRES:SECRET) every
-    /// publisher and subscriber handshakes with [default: none, plain datagrams].
-    #[arg(long, value_name = "STRING", conflicts_with = "credential_file")]
-    credential: Option<String>,
-    /// With --relay: read the credential from this file (its first line)
-    /// [default: none, plain datagrams].
-    #[arg(long, value_name = "FILE")]
-    credential_file: Option<std::path::PathBuf>,
-    /// Print the report as one JSON object [default: off].
-    #[arg(long)]
-    json: bool,
-    /// Draw throughput over time and latency percentiles to an SVG file [default: none, no plot].
-    #[arg(long, value_name = "FILE.svg")]
-    plot: Option<std::path::PathBuf>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Baseline {
-    Kernel,
-    Relay,
-    Socat,
-}
 
 fn main() -> ExitCode {
     let mut args = Args::parse();

@@ -13,7 +13,7 @@ use std::path::Path;
 
 use clap::{ArgAction, ArgMatches, CommandFactory, FromArgMatches, parser::ValueSource};
 
-use super::Cli;
+use super::cli::Cli;
 
 /// Flags that are not keys of the file.
 const NOT_KEYS: [&str; 3] = ["config", "help", "version"];
