@@ -8,7 +8,6 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use socket2::{Domain, Protocol, Socket, Type};
 use udprelay::auth::Credential;
 use udprelay::client::Routes;
@@ -28,6 +27,8 @@ mod either;
 mod input;
 #[path = "common/pick.rs"]
 mod pick;
+#[path = "common/usage.rs"]
+mod usage;
 
 use args::{Args, Command, Format, KeyArgs};
 use either::{Either, Event};
@@ -76,7 +77,7 @@ fn credential(key: &KeyArgs) -> Result<Option<Credential>, CatError> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = usage::parse::<Args>("udpcat");
     let result = match args.command {
         Command::Pub {
             addr,

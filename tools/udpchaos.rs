@@ -11,7 +11,6 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use clap::Parser;
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -22,6 +21,8 @@ use udprelay::sim::{LinkConfig, Network};
 
 #[path = "udpchaos/args.rs"]
 mod args;
+#[path = "common/usage.rs"]
+mod usage;
 use args::Args;
 
 /// A non-blocking UDP socket with large buffers: the proxy must not be what
@@ -49,7 +50,7 @@ struct Flow {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = usage::parse::<Args>("udpchaos");
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

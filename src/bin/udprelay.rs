@@ -21,6 +21,8 @@ use udprelay::subject::Pattern;
 mod cli;
 #[path = "udprelay/config_file.rs"]
 mod config_file;
+#[path = "../../tools/common/usage.rs"]
+mod usage;
 
 use cli::{Cli, Command, ConfigCommand, DumpFormat, KeyCommand, LogCommand, LogFormat, RunArgs};
 
@@ -28,7 +30,7 @@ fn main() -> ExitCode {
     let cli = match config_file::with_file(std::env::args_os().skip(1).collect()) {
         Ok(cli) => cli,
         Err(e) => match e.downcast::<clap::Error>() {
-            Ok(clap_error) => clap_error.exit(),
+            Ok(clap_error) => usage::exit("udprelay", *clap_error),
             Err(e) => {
                 eprintln!("udprelay: {e}");
                 return ExitCode::FAILURE;
@@ -119,12 +121,10 @@ fn run(args: RunArgs) -> Result<ExitCode> {
 
 /// An error in one line (clap's own messages run to several).
 fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
-    let text = match e.downcast_ref::<clap::Error>() {
-        Some(clap_error) => clap_error.render().to_string(),
+    match e.downcast_ref::<clap::Error>() {
+        Some(clap_error) => usage::one_line(clap_error),
         None => e.to_string(),
-    };
-    let first = text.lines().next().unwrap_or_default();
-    first.trim_start_matches("error: ").to_string()
+    }
 }
 
 /// The relay's configuration from its flags (and file).

@@ -15,8 +15,6 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
-
 mod args;
 #[path = "../common/pick.rs"]
 mod pick;
@@ -27,6 +25,8 @@ mod run;
 mod spawn;
 mod subscriber;
 mod traffic;
+#[path = "../common/usage.rs"]
+mod usage;
 
 use args::{Args, Baseline};
 use plot::plot;
@@ -34,7 +34,7 @@ use report::{Report, Run};
 use run::run;
 
 fn main() -> ExitCode {
-    let mut args = Args::parse();
+    let mut args = usage::parse::<Args>("udpbench");
     if let Err(e) = pick_relay(&mut args) {
         eprintln!("udpbench: {e}");
         return ExitCode::FAILURE;

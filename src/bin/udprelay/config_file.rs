@@ -112,7 +112,7 @@ pub fn read(path: &Path, given: Option<&ArgMatches>) -> Result<Vec<OsString>, Co
         // Checked alone by the flag's own parser, so the error names the key.
         let alone = program().chain(tokens.iter().cloned());
         if let Err(e) = Cli::command().try_get_matches_from(alone) {
-            return Err(bad(one_line(&e)));
+            return Err(bad(super::usage::one_line(&e)));
         }
         if !on_command_line {
             out.extend(tokens);
@@ -150,13 +150,6 @@ fn tokens(key: &str, action: &ArgAction, value: &toml::Value) -> Result<Vec<OsSt
 
 fn program() -> impl Iterator<Item = OsString> {
     std::iter::once(OsString::from("udprelay"))
-}
-
-/// A clap error's message in one line, without its "error: " and usage.
-fn one_line(e: &clap::Error) -> String {
-    let text = e.render().to_string();
-    let first = text.lines().next().unwrap_or_default();
-    first.trim_start_matches("error: ").to_string()
 }
 
 /// ` (line N)` for a TOML error's span.
