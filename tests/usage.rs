@@ -52,3 +52,48 @@ fn a_bad_flag_is_one_line_and_help_is_the_whole_text() {
         );
     }
 }
+
+#[test]
+fn ctrl_c_ends_udpcat_ping_with_its_totals() {
+    use std::process::Stdio;
+    let relay = Relay::start(&[]);
+    let mut cmd = Command::new(udpcat_bin());
+    cmd.args([
+        "ping",
+        &relay.addr_str(),
+        "--count",
+        "0",
+        "--interval",
+        "20ms",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut ping = ChildGuard::spawn("udpcat ping", &mut cmd);
+    let lines = line_reader(ping.child().stdout.take().unwrap());
+    for seq in 1..=2 {
+        let line = lines.recv_timeout(DEADLINE).expect("a pong");
+        assert!(line.contains(&format!("seq={seq} ")), "{line}");
+    }
+    signal(ping.child().id(), "INT");
+    assert!(ping.wait_deadline(DEADLINE).success());
+    let rest: Vec<String> = lines.iter().collect();
+    let totals = rest
+        .iter()
+        .find(|l| l.contains(" pings, "))
+        .expect("the totals");
+    let (sent, answered) = totals
+        .split_once(" pings, ")
+        .map(|(n, rest)| {
+            (
+                n.parse::<u32>().unwrap(),
+                rest.split(' ').next().unwrap().parse::<u32>().unwrap(),
+            )
+        })
+        .unwrap();
+    assert!(answered >= 2 && answered <= sent, "{totals}");
+    assert!(totals.ends_with("% loss"), "{totals}");
+    assert!(
+        rest.iter().any(|l| l.starts_with("rtt min/avg/max = ")),
+        "{rest:?}"
+    );
+}

@@ -5,6 +5,7 @@
 use std::io::{self, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -958,17 +959,29 @@ fn write_message(
 }
 
 fn ping(conn: &mut Conn, count: u32, interval: Duration) -> Result<(), CatError> {
-    let mut answered = 0;
+    // Ctrl-C ends it with the totals, as ping(8) does.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&interrupted));
+    let stop = || interrupted.load(Ordering::Relaxed);
+    let mut rtts: Vec<Duration> = Vec::new();
+    let mut sent = 0u32;
     let mut last_err = None;
-    for seq in 1..=count {
-        if seq > 1 {
-            std::thread::sleep(interval);
+    while (count == 0 || sent < count) && !stop() {
+        if sent > 0 {
+            let until = Instant::now() + interval;
+            while Instant::now() < until && !stop() {
+                std::thread::sleep(Duration::from_millis(10).min(interval));
+            }
+            if stop() {
+                break;
+            }
         }
+        sent += 1;
         match conn.ping() {
             Ok(rtt) => {
-                answered += 1;
+                rtts.push(rtt);
                 println!(
-                    "pong from {}: seq={seq} time={:.3} ms",
+                    "pong from {}: seq={sent} time={:.3} ms",
                     conn.relay,
                     rtt.as_secs_f64() * 1000.0
                 );
@@ -977,7 +990,22 @@ fn ping(conn: &mut Conn, count: u32, interval: Duration) -> Result<(), CatError>
             Err(e) => return Err(e),
         }
     }
-    println!("{count} pings, {answered} answered");
+    let answered = rtts.len();
+    let loss = match sent {
+        0 => 0.0,
+        n => 100.0 * f64::from(n - answered as u32) / f64::from(n),
+    };
+    println!("--- {} ping statistics ---", conn.relay);
+    println!("{sent} pings, {answered} answered, {loss:.0}% loss");
+    if let (Some(min), Some(max)) = (rtts.iter().min(), rtts.iter().max()) {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let avg = rtts.iter().map(|&d| ms(d)).sum::<f64>() / answered as f64;
+        println!(
+            "rtt min/avg/max = {:.3}/{avg:.3}/{:.3} ms",
+            ms(*min),
+            ms(*max)
+        );
+    }
     match (answered, last_err) {
         (0, Some(e)) => Err(e),
         _ => Ok(()),

@@ -110,7 +110,7 @@ pub enum Command {
     Ping {
         /// Relay address, like 127.0.0.1:7070, or several: A,B,C (see --pick).
         addr: String,
-        /// Number of pings.
+        /// Number of pings; 0 pings until Ctrl-C. Either way it ends with the totals: pings, answered, loss, and the round trip's min/avg/max.
         #[arg(long, default_value_t = 3)]
         count: u32,
         /// Time between pings.
