@@ -97,3 +97,60 @@ fn ctrl_c_ends_udpcat_ping_with_its_totals() {
         "{rest:?}"
     );
 }
+
+#[test]
+fn a_start_past_the_end_starts_at_the_end_unless_told_to_wait() {
+    use std::process::Stdio;
+    let relay = Relay::start(&[]);
+    let out = udpcat(&["pub", &relay.addr_str(), "news"], b"1\n2\n3\n4\n5\n");
+    assert!(out.status.success());
+    let mut cmd = Command::new(udpcat_bin());
+    cmd.args([
+        "sub",
+        &relay.addr_str(),
+        "news",
+        "--from",
+        "999999",
+        "--count",
+        "1",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut sub = ChildGuard::spawn("udpcat sub", &mut cmd);
+    let said = line_reader(sub.child().stderr.take().unwrap());
+    let first = said.recv_timeout(DEADLINE).expect("a line");
+    assert!(
+        first.contains("news ends before offset 999999 (its next message is 5): starting there"),
+        "{first}"
+    );
+    let second = said.recv_timeout(DEADLINE).expect("a line");
+    assert!(
+        second.contains("subscribed to news at offset 5"),
+        "{second}"
+    );
+    let out = udpcat(&["pub", &relay.addr_str(), "news"], b"six\n");
+    assert!(out.status.success());
+    let got = sub.output_deadline(DEADLINE);
+    assert!(got.status.success());
+    assert_eq!(String::from_utf8_lossy(&got.stdout), "six\n");
+    // Told to wait, it waits for that offset.
+    let waited = udpcat(
+        &[
+            "sub",
+            &relay.addr_str(),
+            "news",
+            "--from",
+            "999999",
+            "--wait",
+            "--timeout",
+            "500ms",
+        ],
+        b"",
+    );
+    let stderr = String::from_utf8_lossy(&waited.stderr);
+    assert!(
+        stderr.contains("subscribed to news at offset 999999"),
+        "{stderr}"
+    );
+    assert!(waited.stdout.is_empty());
+}

@@ -130,6 +130,7 @@ fn main() -> ExitCode {
             reliable,
             verbose,
             group,
+            wait,
         } => {
             let opts = SubOptions {
                 group,
@@ -140,6 +141,7 @@ fn main() -> ExitCode {
                 from,
                 reliable,
                 verbose,
+                wait,
             };
             Conn::open(&addr, reply_timeout, &key).and_then(|mut c| subscribe(&mut c, &opts))
         }
@@ -735,10 +737,17 @@ struct SubOptions {
     from: StartPosition,
     reliable: bool,
     verbose: bool,
+    /// A start past the channel's end waits for it.
+    wait: bool,
 }
 
-fn subscribe(conn: &mut Conn, opts: &SubOptions) -> Result<(), CatError> {
-    let start = Instant::now();
+/// The subscription `opts` asks for, from `from`, under a new id.
+fn open_subscription(
+    conn: &Conn,
+    opts: &SubOptions,
+    from: StartPosition,
+    now: Instant,
+) -> Result<Either, CatError> {
     // Below the ids the relay keeps for the channels of wildcard subscriptions.
     let sub_id = (Rng::from_entropy().next_u64() as u32) % udprelay::wire::RELAY_SUB_IDS;
     let mode = if opts.reliable {
@@ -747,13 +756,13 @@ fn subscribe(conn: &mut Conn, opts: &SubOptions) -> Result<(), CatError> {
         DeliveryMode::Unreliable
     };
     let mut sub = match &opts.group {
-        Some(group) => Either::member(mode, sub_id, &opts.channel, group, start)?,
-        None => Either::new(mode, sub_id, &opts.channel, opts.from, start)?,
+        Some(group) => Either::member(mode, sub_id, &opts.channel, group, now)?,
+        None => Either::new(mode, sub_id, &opts.channel, from, now)?,
     };
     if opts.reliable && opts.group.is_none() && !conn.others.is_empty() {
         // With relays to move to: each message's origin, to resume exactly.
         // From the latest message: nothing stored well before now is wanted.
-        let floor = match opts.from {
+        let floor = match from {
             StartPosition::Latest => {
                 let now = udprelay::driver::now().unix_nanos;
                 now.saturating_sub(udprelay::client::RESUME_MARGIN.as_nanos() as u64)
@@ -762,6 +771,14 @@ fn subscribe(conn: &mut Conn, opts: &SubOptions) -> Result<(), CatError> {
         };
         sub = sub.with_origins(floor);
     }
+    Ok(sub)
+}
+
+fn subscribe(conn: &mut Conn, opts: &SubOptions) -> Result<(), CatError> {
+    let start = Instant::now();
+    let mut sub = open_subscription(conn, opts, opts.from, start)?;
+    // A start past the channel's end starts over at its end, once.
+    let mut started_over = false;
     let stop_at = opts.timeout.map(|t| start + t);
     let mut answer_by = start + conn.reply_timeout;
     let mut received = 0u64;
@@ -871,9 +888,21 @@ fn subscribe(conn: &mut Conn, opts: &SubOptions) -> Result<(), CatError> {
         heard = Instant::now();
         let mut write_result = Ok(());
         let mut denied = false;
+        let mut start_over = None;
         sub.handle_datagram(Instant::now(), datagram, |event| match event {
             Event::Subscribed {
                 first_offset: Some(first_offset),
+                next_offset: Some(next_offset),
+            } if first_offset > next_offset && !opts.wait && !started_over => {
+                eprintln!(
+                    "udpcat: {} ends before offset {first_offset} (its next message is {next_offset}): starting there (--wait waits for {first_offset})",
+                    opts.channel
+                );
+                start_over = Some(next_offset);
+            }
+            Event::Subscribed {
+                first_offset: Some(first_offset),
+                ..
             } => {
                 eprintln!("udpcat: subscribed to {} at offset {first_offset}", opts.channel);
                 if let StartPosition::Offset(asked) = opts.from
@@ -884,7 +913,9 @@ fn subscribe(conn: &mut Conn, opts: &SubOptions) -> Result<(), CatError> {
                     );
                 }
             }
-            Event::Subscribed { first_offset: None } => {
+            Event::Subscribed {
+                first_offset: None, ..
+            } => {
                 eprintln!("udpcat: subscribed to {} (a pattern)", opts.channel);
             }
             Event::Matched {
@@ -914,6 +945,12 @@ fn subscribe(conn: &mut Conn, opts: &SubOptions) -> Result<(), CatError> {
         });
         if denied {
             break Err(CatError::Refusals(1));
+        }
+        if let Some(next) = start_over {
+            conn.send(&sub.unsubscribe())?;
+            sub = open_subscription(conn, opts, StartPosition::Offset(next), Instant::now())?;
+            started_over = true;
+            answer_by = Instant::now() + conn.reply_timeout;
         }
         out.flush()?;
         if let Err(e) = write_result {

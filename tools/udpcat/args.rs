@@ -83,6 +83,9 @@ pub enum Command {
         /// Where to start: `latest` (new messages only), `earliest`, or an offset.
         #[arg(long, default_value = "latest", value_parser = parse_start)]
         from: StartPosition,
+        /// With --from past the channel's last message, wait for that offset instead of starting at the next message [default: off].
+        #[arg(long)]
+        wait: bool,
         /// How long to wait for the relay to accept the subscription.
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
         reply_timeout: Duration,

@@ -12,7 +12,10 @@ use udprelay::wire::{DeliveryMode, ErrorCode, StartPosition};
 /// What the subscription saw, for the loop to print.
 pub enum Event<'a> {
     /// The relay accepted it; for one channel, from this offset.
-    Subscribed { first_offset: Option<u64> },
+    Subscribed {
+        first_offset: Option<u64>,
+        next_offset: Option<u64>,
+    },
     /// A pattern's new channel, from this offset.
     Matched { channel: &'a str, first_offset: u64 },
     /// A message.
@@ -135,8 +138,12 @@ impl Either {
     ) {
         match self {
             Either::One(s, channel) => s.handle_datagram(now, datagram, |e| match e {
-                SubscriptionEvent::Subscribed { first_offset, .. } => on(Event::Subscribed {
+                SubscriptionEvent::Subscribed {
+                    first_offset,
+                    next_offset,
+                } => on(Event::Subscribed {
                     first_offset: Some(first_offset),
+                    next_offset: Some(next_offset),
                 }),
                 SubscriptionEvent::Message {
                     offset,
@@ -151,7 +158,10 @@ impl Either {
                 SubscriptionEvent::Error { code, reason } => on(Event::Error { code, reason }),
             }),
             Either::Pattern(s) => s.handle_datagram(now, datagram, |e| match e {
-                WildcardEvent::Subscribed => on(Event::Subscribed { first_offset: None }),
+                WildcardEvent::Subscribed => on(Event::Subscribed {
+                    first_offset: None,
+                    next_offset: None,
+                }),
                 WildcardEvent::Matched {
                     channel,
                     first_offset,
