@@ -154,3 +154,27 @@ fn a_start_past_the_end_starts_at_the_end_unless_told_to_wait() {
     );
     assert!(waited.stdout.is_empty());
 }
+
+#[test]
+fn a_line_over_the_maximum_is_one_message_too_large_without_a_made_up_size() {
+    let relay = Relay::start(&[]);
+    let line = format!("{}\n", "a".repeat(2_000_000));
+    let addr = relay.addr_str();
+    for extra in [&[][..], &["--reliable"][..]] {
+        let mut args = vec!["pub", addr.as_str(), "news"];
+        args.extend_from_slice(extra);
+        let out = udpcat(&args, line.as_bytes());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra:?}: {stderr}");
+        assert!(
+            stderr.contains("message larger than the maximum of 1048576 bytes"),
+            "{extra:?}: {stderr}"
+        );
+        if !extra.is_empty() {
+            assert!(
+                stderr.contains("udpcat: 1 message(s) were not acknowledged"),
+                "{stderr}"
+            );
+        }
+    }
+}

@@ -685,7 +685,7 @@ fn publish_reliably(conn: &mut Conn, opts: PubOptions) -> Result<(), CatError> {
         if rp.is_failed() || refusal.is_some() {
             let why = refusal.unwrap_or_else(|| "the relay stopped answering".into());
             return Err(CatError::Unacknowledged {
-                count: rp.unacknowledged(),
+                count: rp.unacknowledged_messages(),
                 why,
             });
         }

@@ -132,6 +132,14 @@ impl ReliablePublisher {
         self.queued.len() as u64 + self.sender.in_flight()
     }
 
+    /// Messages not yet acknowledged whole (queued or in flight), each
+    /// counted once however many pieces it went in.
+    pub fn unacknowledged_messages(&self) -> u64 {
+        let ends =
+            |pieces: &VecDeque<(Vec<u8>, bool)>| pieces.iter().filter(|(_, more)| !more).count();
+        (ends(&self.queued) + ends(&self.in_flight)) as u64
+    }
+
     /// Pieces acknowledged so far (a large message counts once per piece).
     pub fn acknowledged(&self) -> u64 {
         self.sender.snd_una()

@@ -756,7 +756,7 @@ impl Relay {
         } else if !self.permitted(now, from, action, channel) {
             false
         } else if len > self.max_message_size {
-            self.refuse_too_large(now, from, len);
+            self.refuse_too_large(now, from, Some(len));
             false
         } else if !self.channels.allowed(channel) {
             self.refuse_channel(now, from);
@@ -812,12 +812,16 @@ impl Relay {
         self.reply_error(now, from, ErrorCode::LIMIT_REACHED, "too many channels");
     }
 
-    fn refuse_too_large(&mut self, now: Now, from: SocketAddr, len: usize) {
+    /// Refuses a message over the maximum: of `len` bytes when its length
+    /// is known, else (it came in pieces, cut off once past the maximum)
+    /// only larger.
+    fn refuse_too_large(&mut self, now: Now, from: SocketAddr, len: Option<usize>) {
         self.counters.dropped_too_large += 1;
-        let reason = format!(
-            "message of {len} bytes exceeds the maximum of {}",
-            self.max_message_size
-        );
+        let max = self.max_message_size;
+        let reason = match len {
+            Some(len) => format!("message of {len} bytes exceeds the maximum of {max}"),
+            None => format!("message larger than the maximum of {max} bytes"),
+        };
         self.reply_error(now, from, ErrorCode::TOO_LARGE, &reason);
     }
 
@@ -960,7 +964,7 @@ impl Relay {
             }
         }
         if let Some(first) = taken.too_large {
-            self.refuse_too_large(now, from, self.max_message_size + 1);
+            self.refuse_too_large(now, from, None);
             self.publishing
                 .rewind(&mut self.peers, from, session, first);
         }
@@ -1027,7 +1031,7 @@ impl Relay {
             Added::Malformed => self.counters.dropped_malformed += 1,
             Added::OverBudget => self.counters.dropped_limit += 1,
             Added::ChannelRefused => self.refuse_channel(now, from),
-            Added::TooLarge(len) => self.refuse_too_large(now, from, len),
+            Added::TooLarge(_) => self.refuse_too_large(now, from, None),
             Added::Complete { channel, message } => {
                 self.publish(now, from, &channel, &message);
             }
