@@ -178,3 +178,25 @@ fn a_line_over_the_maximum_is_one_message_too_large_without_a_made_up_size() {
         }
     }
 }
+
+#[test]
+fn ctrl_c_on_a_reliable_publisher_says_how_much_of_the_input_is_stored() {
+    use std::io::Write;
+    let relay = Relay::start(&[]);
+    let (mut publisher, mut stdin) = reliable_publisher(&relay.addr_str(), "news");
+    stdin.write_all(b"1\n2\n3\n4\n5\n").unwrap();
+    stdin.flush().unwrap();
+    let mut watcher = TestClient::new(relay.addr);
+    wait_until("the relay to store the five", || {
+        watcher.stats()["messages_published"] >= 5
+    });
+    signal(publisher.child().id(), "INT");
+    let out = publisher.output_deadline(DEADLINE);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("interrupted: 5 of 5 message(s) read were acknowledged"),
+        "{stderr}"
+    );
+    drop(stdin);
+}

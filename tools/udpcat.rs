@@ -38,6 +38,8 @@ use input::{Input, spawn_input};
 /// Why udpcat failed.
 #[derive(Debug, thiserror::Error)]
 enum CatError {
+    #[error("interrupted")]
+    Interrupted,
     #[error("relay address: {0}")]
     BadAddress(String),
     #[error("no answer from the relay at {addr} within {waited:?}")]
@@ -161,6 +163,8 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // Said already; the shell's code for a Ctrl-C.
+        Err(CatError::Interrupted) => ExitCode::from(130),
         Err(e) => {
             eprintln!("udpcat: {e}");
             ExitCode::FAILURE
@@ -654,10 +658,25 @@ fn publish_reliably(conn: &mut Conn, opts: PubOptions) -> Result<(), CatError> {
     let mut refusal: Option<String> = None;
     // Silence is counted from the move to another relay, if later.
     let mut moved_at: Option<Instant> = None;
+    // Ctrl-C says how much of the input is stored, to resume from.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&interrupted));
+    let mut pushed = 0u64;
     loop {
+        if interrupted.load(Ordering::Relaxed) {
+            let acked = pushed - rp.unacknowledged_messages();
+            eprintln!(
+                "udpcat: interrupted: {acked} of {pushed} message(s) read were acknowledged (stored): \
+                 the first {acked} of the input; resume with the rest"
+            );
+            return Err(CatError::Interrupted);
+        }
         while !input_done && rp.wants_input() {
             match input.try_recv() {
-                Ok(Ok(message)) => rp.push(message)?,
+                Ok(Ok(message)) => {
+                    rp.push(message)?;
+                    pushed += 1;
+                }
                 Ok(Err(e)) => return Err(e),
                 Err(mpsc::TryRecvError::Empty) => break,
                 Err(mpsc::TryRecvError::Disconnected) => input_done = true,
@@ -713,10 +732,10 @@ fn publish_reliably(conn: &mut Conn, opts: PubOptions) -> Result<(), CatError> {
     if opts.verbose {
         let stats = rp.stats();
         eprintln!(
-            "udpcat: {} pieces acknowledged on {} (a message larger than a datagram is several): \
+            "udpcat: {pushed} message(s) acknowledged on {} ({} pieces: a message larger than a datagram is several): \
              {} retransmissions, {} timeouts, {} tail-loss probes, srtt {:?}, window {}",
-            rp.acknowledged(),
             opts.channel,
+            rp.acknowledged(),
             stats.retransmits,
             stats.timeouts,
             stats.tail_loss_probes,
