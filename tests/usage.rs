@@ -200,3 +200,19 @@ fn ctrl_c_on_a_reliable_publisher_says_how_much_of_the_input_is_stored() {
     );
     drop(stdin);
 }
+
+#[test]
+fn udpbench_refuses_arguments_that_would_make_a_meaningless_run() {
+    let bench = std::path::Path::new(udpchaos_bin()).with_file_name("udpbench");
+    for (args, want) in [
+        (&["--publishers", "0"][..], "0 is not in 1..=1024"),
+        (&["--subscribers", "0"][..], "0 is not in 1..=1024"),
+        (&["--size", "2000000"][..], "2000000 is not in 20..=65000"),
+        (&["--size", "8"][..], "8 is not in 20..=65000"),
+    ] {
+        let out = Command::new(&bench).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+    }
+}

@@ -36,14 +36,14 @@ pub(crate) struct Args {
     /// With --spawn: run the relay on a thread of this process (default relay settings, so no --relay-arg) instead of as a child process; its CPU time is that thread's [default: off].
     #[arg(long, requires = "spawn", conflicts_with = "relay_arg")]
     pub(crate) in_process: bool,
-    /// Publishers, each on its own socket and thread.
-    #[arg(long, default_value_t = 1)]
+    /// Publishers, each on its own socket and thread (1 to 1024).
+    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
     pub(crate) publishers: usize,
-    /// Subscribers, each on its own socket and thread; every one gets every message.
-    #[arg(long, default_value_t = 1)]
+    /// Subscribers, each on its own socket and thread; every one gets every message (1 to 1024).
+    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
     pub(crate) subscribers: usize,
-    /// Message size in bytes (at least 20: publisher, number and send time lead).
-    #[arg(long, default_value_t = 64)]
+    /// Message size in bytes, 20 (publisher, number and send time lead) to 65000 (one datagram).
+    #[arg(long, default_value_t = 64, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(20..=65_000))]
     pub(crate) size: usize,
     /// Messages per second per publisher; 0 sends as fast as possible.
     #[arg(long, default_value_t = 0)]
