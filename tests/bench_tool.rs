@@ -15,7 +15,7 @@ mod report;
 
 use std::process::{Command, Output, Stdio};
 
-use common::{ChildGuard, DEADLINE};
+use common::{ChildGuard, DEADLINE, signal, wait_until};
 use report::{Latency, Mode, Report, Run};
 
 /// `extra` and a run of one second at 2,000 messages a second per
@@ -365,4 +365,50 @@ fn in_process_relay_runs_plain_and_raw_on_a_thread_of_udpbench() {
             "the relay thread is measured"
         );
     }
+}
+
+/// The child processes of `pid`, from /proc.
+fn children(pid: u32) -> Vec<u32> {
+    let path = format!("/proc/{pid}/task/{pid}/children");
+    (std::fs::read_to_string(path).unwrap_or_default())
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// True while `pid` runs (not gone, not a zombie).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    })
+}
+
+#[test]
+fn udpbench_signalled_alone_stops_its_relay_and_removes_its_data() {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_udpbench"));
+    cmd.args(["--spawn", "--duration", "60s", "--rate", "100"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut bench = ChildGuard::spawn("udpbench", &mut cmd);
+    let pid = bench.child().id();
+    let mut relay = None;
+    wait_until("udpbench to start its relay", || {
+        relay = children(pid).into_iter().next();
+        relay.is_some()
+    });
+    let relay = relay.unwrap();
+    let cmdline = std::fs::read_to_string(format!("/proc/{relay}/cmdline")).unwrap();
+    let args: Vec<&str> = cmdline.split('\0').collect();
+    let at = args
+        .iter()
+        .position(|a| *a == "--data-dir")
+        .expect("--data-dir");
+    let dir = std::path::PathBuf::from(args[at + 1]);
+    wait_until("the relay's data directory", || dir.exists());
+    signal(pid, "TERM");
+    let status = bench.wait_deadline(DEADLINE);
+    assert_eq!(status.code(), Some(130));
+    wait_until("the relay to stop", || !running(relay));
+    assert!(!dir.exists(), "{} left behind", dir.display());
 }

@@ -35,6 +35,10 @@ use run::run;
 
 fn main() -> ExitCode {
     let mut args = usage::parse::<Args>("udpbench");
+    if let Err(e) = spawn::clean_up_on_signals() {
+        eprintln!("udpbench: cannot handle signals: {e}");
+        return ExitCode::FAILURE;
+    }
     if let Err(e) = pick_relay(&mut args) {
         eprintln!("udpbench: {e}");
         return ExitCode::FAILURE;

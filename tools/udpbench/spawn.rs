@@ -16,6 +16,50 @@ use udprelay::driver::{BoundSockets, Driver, Shutdown, ShutdownHandle};
 
 use crate::traffic::socket;
 
+/// Data directories of relays started for the run (and the child's pid,
+/// for a child), removed if udpbench is stopped by a signal: a dropped
+/// [`Spawned`] takes its own entry out.
+static LEFT_BEHIND: Mutex<Vec<(Option<u32>, std::path::PathBuf)>> = Mutex::new(Vec::new());
+
+/// On SIGINT or SIGTERM to udpbench alone: kill the relays it started,
+/// remove their data directories, exit 130.
+pub fn clean_up_on_signals() -> Result<(), String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(|e| e.to_string())?;
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                let left = LEFT_BEHIND.lock().map(|l| l.clone()).unwrap_or_default();
+                for (pid, dir) in left {
+                    if let Some(pid) = pid.and_then(|p| libc::pid_t::try_from(p).ok()) {
+                        // SAFETY: kill has no memory-safety preconditions;
+                        // the pid is our own child's, not yet waited for.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+                eprintln!("udpbench: stopped by signal {signal}; the relays it started are stopped and their data removed");
+                std::process::exit(130);
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn leave_behind(pid: Option<u32>, dir: &std::path::Path) {
+    if let Ok(mut left) = LEFT_BEHIND.lock() {
+        left.push((pid, dir.to_path_buf()));
+    }
+}
+
+fn taken_back(dir: &std::path::Path) {
+    if let Ok(mut left) = LEFT_BEHIND.lock() {
+        left.retain(|(_, d)| d != dir);
+    }
+}
+
 /// A relay started for the run, stopped when dropped.
 pub struct Spawned {
     /// The relay's raw-in address, when it was given one.
@@ -55,6 +99,7 @@ impl Spawned {
 
 impl Drop for Spawned {
     fn drop(&mut self) {
+        taken_back(self._dir.path());
         match &mut self.relay {
             Running::Child(child) => {
                 let _ = child.kill();
@@ -121,6 +166,7 @@ pub fn run_in_process(
     let tid = tid_rx
         .recv()
         .map_err(|_| "the relay thread ended at once".to_string())?;
+    leave_behind(None, dir.path());
     Ok(Spawned {
         raw_in,
         relay: Running::Thread {
@@ -145,24 +191,48 @@ pub fn spawn_relay(extra: &[String]) -> Result<Spawned, String> {
     } else {
         &["--log-level", "warn"]
     };
-    let mut child = Command::new(&relay_bin)
+    let mut command = Command::new(&relay_bin);
+    command
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         .args(quiet)
         .args(extra)
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::inherit());
+    // The relay goes when udpbench goes, however it goes (even kill -9).
+    // SAFETY: the closure runs in the child between fork and exec and only
+    // calls prctl, which is async-signal-safe.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", relay_bin.display()))?;
+    leave_behind(Some(child.id()), dir.path());
     let stdout = child.stdout.take().ok_or("no stdout")?;
     let mut stdout = BufReader::new(stdout);
     let mut line = String::new();
-    stdout.read_line(&mut line).map_err(|e| e.to_string())?;
+    // Lines before it (`metrics on …`, with a --relay-arg) are passed over.
+    loop {
+        line.clear();
+        if stdout.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
+            return Err("udprelay ended before it said where it listens".into());
+        }
+        if line.starts_with("udprelay listening on ") {
+            break;
+        }
+    }
     let addr = line
         .trim()
         .strip_prefix("udprelay listening on ")
         .and_then(|a| a.parse().ok())
-        .ok_or_else(|| format!("unexpected first line from udprelay: {line:?}"))?;
+        .ok_or_else(|| format!("unexpected line from udprelay: {line:?}"))?;
     let mut raw_in = None;
     if extra.iter().any(|a| a == "--raw-in") {
         line.clear();
