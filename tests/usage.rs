@@ -216,3 +216,50 @@ fn udpbench_refuses_arguments_that_would_make_a_meaningless_run() {
         assert!(stderr.contains(want), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn stats_and_the_log_commands_speak_json_and_ls_quotes_names_with_spaces() {
+    let relay = Relay::start(&[]);
+    for channel in ["news", "two words"] {
+        assert!(
+            udpcat(&["pub", &relay.addr_str(), channel], b"hi\n")
+                .status
+                .success()
+        );
+    }
+    let stats = udpcat(&["stats", &relay.addr_str(), "--json"], b"");
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("one JSON object");
+    assert_eq!(stats["messages_published"], 2);
+    let (_, _, dir) = relay.terminate();
+    let data = dir.path().join("data");
+    let log = |args: &[&str]| {
+        let out = Command::new(udprelay_bin())
+            .arg("log")
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let listed = json_lines(log(&["ls", "--json"]));
+    let names: Vec<&str> = listed
+        .iter()
+        .map(|c| c["channel"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["news", "two words"]);
+    assert!(listed.iter().all(|c| c["messages"] == 1));
+    let table = log(&["ls"]);
+    assert!(
+        table.lines().any(|l| l.starts_with("\"two words\" ")),
+        "{table}"
+    );
+    let verified: serde_json::Value = serde_json::from_str(&log(&["verify", "--json"])).unwrap();
+    assert_eq!(verified["checked"], 2);
+    assert_eq!(verified["problems"], serde_json::json!([]));
+}

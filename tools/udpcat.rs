@@ -159,7 +159,9 @@ fn main() -> ExitCode {
             reply_timeout,
             key,
             datagram_size,
-        } => Conn::open(&addr, reply_timeout, &key).and_then(|mut c| stats(&mut c, datagram_size)),
+            json,
+        } => Conn::open(&addr, reply_timeout, &key)
+            .and_then(|mut c| stats(&mut c, datagram_size, json)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -1068,7 +1070,7 @@ fn ping(conn: &mut Conn, count: u32, interval: Duration) -> Result<(), CatError>
     }
 }
 
-fn stats(conn: &mut Conn, datagram_size: usize) -> Result<(), CatError> {
+fn stats(conn: &mut Conn, datagram_size: usize, json: bool) -> Result<(), CatError> {
     let mut pager = StatsPager::new(Instant::now(), datagram_size, conn.reply_timeout);
     let entries = loop {
         let now = Instant::now();
@@ -1093,6 +1095,13 @@ fn stats(conn: &mut Conn, datagram_size: usize) -> Result<(), CatError> {
         }
     };
     let mut out = io::stdout().lock();
+    if json {
+        let object: serde_json::Map<String, serde_json::Value> = (entries.into_iter())
+            .map(|(name, value)| (name, value.into()))
+            .collect();
+        writeln!(out, "{}", serde_json::Value::Object(object))?;
+        return Ok(());
+    }
     for (name, value) in entries {
         writeln!(out, "{name} {value}")?;
     }

@@ -195,18 +195,37 @@ fn log_command(cmd: LogCommand) -> Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match cmd {
-        LogCommand::Ls { data_dir } => {
+        LogCommand::Ls { data_dir, json } => {
             require_dir(&data_dir)?;
+            if json {
+                for c in inspect::list(&data_dir)? {
+                    let line = serde_json::json!({
+                        "channel": c.name,
+                        "first": c.first_offset,
+                        "next": c.next_offset,
+                        "messages": c.next_offset - c.first_offset,
+                        "segments": c.segments,
+                        "bytes": c.bytes,
+                    });
+                    writeln!(out, "{line}")?;
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             writeln!(
                 out,
                 "{:<24} {:>12} {:>12} {:>12} {:>8} {:>14}",
                 "CHANNEL", "FIRST", "NEXT", "MESSAGES", "SEGMENTS", "BYTES"
             )?;
             for c in inspect::list(&data_dir)? {
+                // A name with spaces is quoted, so the columns still read.
+                let name = match c.name.contains(char::is_whitespace) {
+                    true => format!("{:?}", c.name),
+                    false => c.name.clone(),
+                };
                 writeln!(
                     out,
                     "{:<24} {:>12} {:>12} {:>12} {:>8} {:>14}",
-                    c.name,
+                    name,
                     c.first_offset,
                     c.next_offset,
                     c.next_offset - c.first_offset,
@@ -258,9 +277,27 @@ fn log_command(cmd: LogCommand) -> Result<ExitCode> {
                 None => {}
             }
         }
-        LogCommand::Verify { data_dir } => {
+        LogCommand::Verify { data_dir, json } => {
             require_dir(&data_dir)?;
             let (problems, checked) = inspect::verify(&data_dir)?;
+            if json {
+                let list: Vec<serde_json::Value> = (problems.iter())
+                    .map(|p| {
+                        serde_json::json!({
+                            "channel": p.channel,
+                            "path": p.path.display().to_string(),
+                            "position": p.position,
+                            "reason": p.reason.to_string(),
+                        })
+                    })
+                    .collect();
+                let summary = serde_json::json!({"checked": checked, "problems": list});
+                writeln!(out, "{summary}")?;
+                return Ok(match problems.is_empty() {
+                    true => ExitCode::SUCCESS,
+                    false => ExitCode::FAILURE,
+                });
+            }
             for p in &problems {
                 writeln!(
                     out,

@@ -138,6 +138,9 @@ pub enum Command {
         /// most as many, so this is the page size.
         #[arg(long, default_value_t = 1400)]
         datagram_size: usize,
+        /// One JSON object of every counter (`{"name": value, ...}`) instead of `name value` lines [default: off].
+        #[arg(long)]
+        json: bool,
     },
 }
 

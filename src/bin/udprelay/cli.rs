@@ -123,6 +123,9 @@ pub(crate) enum LogCommand {
         /// The data directory.
         #[arg(long, default_value = "./udprelay-data")]
         data_dir: PathBuf,
+        /// One JSON object a channel (name, first, next, messages, segments, bytes) instead of the table [default: off].
+        #[arg(long)]
+        json: bool,
     },
     /// Print a channel's stored messages.
     Dump {
@@ -147,6 +150,9 @@ pub(crate) enum LogCommand {
         /// The data directory.
         #[arg(long, default_value = "./udprelay-data")]
         data_dir: PathBuf,
+        /// One JSON object: records checked and each problem (channel, path, position, reason) [default: off].
+        #[arg(long)]
+        json: bool,
     },
 }
 
