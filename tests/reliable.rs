@@ -244,7 +244,7 @@ fn counters_of_each_reliable_stream_are_visible() {
     assert!(out.status.success());
     let pub_report = String::from_utf8_lossy(&out.stderr);
     assert!(
-        pub_report.contains("100 pieces acknowledged"),
+        pub_report.contains("100 message(s) acknowledged on seen (100 pieces"),
         "{pub_report}"
     );
     assert!(
