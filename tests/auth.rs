@@ -9,35 +9,13 @@ mod common;
 use std::collections::HashMap;
 use std::io;
 use std::net::UdpSocket;
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{Chaos, Relay, Subscriber, TestClient, send_like_nc, udpcat, udprelay_bin};
+use common::{Chaos, Relay, Subscriber, TestClient, new_key, send_like_nc, udpcat, udprelay_bin};
 use udprelay::auth::{Credential, KeyFile};
 use udprelay::client::Handshake;
 use udprelay::wire::{self, AckKind, DeliveryMode, ErrorCode, Frame, StartPosition, StatEntries};
-
-/// Adds key `name` to `keys` with the given flags; returns its credential.
-fn new_key(keys: &Path, name: &str, flags: &[&str]) -> Credential {
-    let out = Command::new(udprelay_bin())
-        .args(["key", "new", name, "--keys", keys.to_str().unwrap()])
-        .args(flags)
-        .output()
-        .expect("run udprelay key new");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    stdout
-        .lines()
-        .last()
-        .unwrap()
-        .parse()
-        .expect("a credential")
-}
 
 fn unix_now() -> u64 {
     SystemTime::now()

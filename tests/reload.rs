@@ -2,8 +2,10 @@
 //! while a reliable publisher and subscriber run, a new limit and a new
 //! raw-out port take effect and the subscriber gets every message once; a
 //! file that does not parse keeps the running configuration; a setting
-//! that cannot change while running says so. Under systemd the relay says
-//! RELOADING=1 (with MONOTONIC_USEC) and READY=1 again.
+//! that cannot change while running says so. The key file is read again:
+//! a key kept keeps its subscriptions, a key that loses a permission or is
+//! removed loses what needed it and its client is told. Under systemd the
+//! relay says RELOADING=1 (with MONOTONIC_USEC) and READY=1 again.
 
 mod common;
 
@@ -134,6 +136,86 @@ fn sighup_takes_a_new_limit_and_raw_out_port_while_reliable_clients_run() {
     wait_for_line(&relay, "segment-size cannot change while the relay runs", 1);
     client.publish("fourth", b"x");
     assert_eq!(client.stats()["dropped_limit"], 1);
+}
+
+#[test]
+fn sighup_reads_the_key_file_again_and_what_it_no_longer_allows_ends_with_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.toml");
+    let alice = new_key(
+        &keys,
+        "alice",
+        &["--publish", "news.>", "--subscribe", "news.>"],
+    );
+    let bob = new_key(&keys, "bob", &["--subscribe", "news.>"]);
+    let (alice, bob) = (alice.to_string(), bob.to_string());
+    let original = std::fs::read_to_string(&keys).unwrap();
+    let keys_arg = keys.to_str().unwrap().to_string();
+    let mut relay = Relay::start_in(dir, &["--keys", &keys_arg, "--auth", "required"]);
+    let pid = relay.process.child().id();
+    let addr = relay.addr_str();
+    let mut alice_sub = Subscriber::start(&[&addr, "news.eu", "--credential", &alice]);
+    let alice_lines = alice_sub.stdout_lines();
+    let mut bob_sub = Subscriber::start(&[&addr, "news.eu", "--credential", &bob]);
+    let bob_lines = bob_sub.stdout_lines();
+    let publish = |line: &str| {
+        let out = udpcat(
+            &[
+                "pub",
+                &addr,
+                "news.eu",
+                "--reliable",
+                "--credential",
+                &alice,
+            ],
+            format!("{line}\n").as_bytes(),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    publish("one");
+    for (who, lines) in [("alice", &alice_lines), ("bob", &bob_lines)] {
+        let got = lines.recv_timeout(DEADLINE);
+        assert_eq!(got.as_deref(), Ok("one"), "{who} before the reload");
+    }
+    // Bob may now subscribe only to sports.>; alice is as she was.
+    let (head, bob_entry) = original.split_at(original.find("name = \"bob\"").unwrap());
+    let narrowed = bob_entry.replace("subscribe = [\"news.>\"]", "subscribe = [\"sports.>\"]");
+    assert_ne!(narrowed, bob_entry, "the key file names bob's permission");
+    std::fs::write(&keys, format!("{head}{narrowed}")).unwrap();
+    signal(pid, "HUP");
+    wait_for_line(&relay, "reload: key file", 1);
+    let (status, _, stderr) = bob_sub.finish();
+    assert!(!status.success(), "bob's subscriber stops: {stderr}");
+    assert!(
+        stderr.contains("relay refused (denied)") && stderr.contains("news.eu"),
+        "bob is told which permission went: {stderr}"
+    );
+    publish("two");
+    let got = alice_lines.recv_timeout(DEADLINE);
+    assert_eq!(
+        got.as_deref(),
+        Ok("two"),
+        "alice's subscription outlived the reload"
+    );
+    // Alice's key removed: her session ends, and she is told.
+    std::fs::write(&keys, format!("[[key]]\n{narrowed}")).unwrap();
+    signal(pid, "HUP");
+    wait_for_line(&relay, "reload: key file", 2);
+    let (status, _, stderr) = alice_sub.finish();
+    assert!(!status.success(), "alice's subscriber stops: {stderr}");
+    assert!(
+        stderr.contains("key \"alice\" was removed"),
+        "alice is told why: {stderr}"
+    );
+    assert!(
+        relay.stderr().contains("ended_subscriptions=1"),
+        "the log says what the reload ended:\n{}",
+        relay.stderr()
+    );
 }
 
 #[test]

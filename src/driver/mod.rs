@@ -91,6 +91,14 @@ pub enum DriverError {
         /// Raw ingest ports configured.
         configured: usize,
     },
+    /// The key file, read again on reload, was refused.
+    #[error("key file {path}: {source}")]
+    Keys {
+        /// The key file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        source: crate::auth::KeyFileError,
+    },
     /// The poller or signal handling failed.
     #[error("event loop: {0}")]
     Io(#[from] io::Error),
@@ -745,8 +753,8 @@ impl Driver {
     }
 
     /// Reads the configuration again and applies what can change while
-    /// running (limits, raw ports, cluster acknowledgement, drain timeout,
-    /// busy polling); says which settings cannot; keeps the running one
+    /// running (limits, raw ports, the key file and its permissions,
+    /// cluster acknowledgement, drain timeout, busy polling); says which settings cannot; keeps the running one
     /// if the new one is refused. Under systemd, says RELOADING=1 first
     /// and READY=1 after.
     pub fn reload(&mut self) {
@@ -778,6 +786,18 @@ impl Driver {
     /// anything changes, so a port that cannot be bound refuses the whole.
     fn apply(&mut self, mut new: RelayConfig) -> Result<(), DriverError> {
         let old = self.config.clone();
+        // The key file is read again (its path may have changed), before
+        // anything changes; turning keys on or off needs a restart.
+        let keys =
+            match (&old.keys, &new.keys) {
+                (Some(_), Some(path)) => Some(crate::auth::KeyFile::load(path).map_err(
+                    |source| DriverError::Keys {
+                        path: path.clone(),
+                        source,
+                    },
+                )?),
+                _ => None,
+            };
         // Each raw-in port: the socket there already (by the address it was
         // asked for), or a new one, bound before anything changes.
         let mut taken = vec![false; old.raw_in.len()];
@@ -822,6 +842,19 @@ impl Driver {
         }
         self.pending_read = vec![true; self.sockets.len()];
         let fixed = self.relay.reconfigure(&old, &new);
+        if let (Some(file), Some(path)) = (keys, &new.keys) {
+            let count = file.keys().len();
+            let required = new.auth == crate::config::AuthMode::Required;
+            let revoked = self.relay.rekey(file, required, new.max_auth_sessions);
+            info!(
+                keys = count,
+                ended_keyed_sessions = revoked.keyed_sessions,
+                ended_subscriptions = revoked.subscriptions,
+                ended_publishing_sessions = revoked.publishing_sessions,
+                "reload: key file {}",
+                path.display()
+            );
+        }
         if !fixed.is_empty() {
             warn!(
                 "reload: {} cannot change while the relay runs (restart for them)",
@@ -844,9 +877,11 @@ impl Driver {
         new.data_dir = old.data_dir.clone();
         new.log = old.log.clone();
         new.truncate_corrupt = old.truncate_corrupt.clone();
-        new.keys = old.keys.clone();
-        new.auth = old.auth;
-        new.max_auth_sessions = old.max_auth_sessions;
+        if old.keys.is_some() != new.keys.is_some() {
+            new.keys = old.keys.clone();
+            new.auth = old.auth;
+            new.max_auth_sessions = old.max_auth_sessions;
+        }
         new.allow_anonymous = old.allow_anonymous;
         new.cluster = old.cluster.clone();
         new.metrics = old.metrics;

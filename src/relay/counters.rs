@@ -145,6 +145,10 @@ counters! {
     handshakes_refused,
     /// Keyed sessions ended: idle, credential expired, or replaced.
     auth_sessions_ended,
+    /// Keyed sessions, subscriptions and publishing sessions ended by a
+    /// reload that removed their key or withdrew their permission (each
+    /// client told with an ERROR).
+    revoked,
     /// Datagrams without a valid seal where the relay requires one
     /// (`--auth required`), or sealed ones at a relay with no keys,
     /// dropped unanswered.

@@ -62,7 +62,8 @@
 //!   relay of the cluster starts.
 //! - `drain`: a relay shutting down takes nothing new and says when what
 //!   it has is finished.
-//! - `reload`: limits and raw ports from a new configuration.
+//! - `reload`: limits, raw ports and the key file from a new configuration
+//!   (what a key removed or a permission withdrawn ended, `rekey_tests`).
 //! - `replies`: the reply budget and the relay's own addresses.
 //! - `stats`: the paged STATS answer.
 //! - `outbox`: datagrams packed per destination; `counters`: what happened.
@@ -114,6 +115,7 @@ pub struct ChannelGauge {
 pub use drain::DRAIN_QUIET;
 pub use durability::SyncRequest;
 pub use outbox::{Payload, Transmit};
+pub use reload::Revoked;
 pub use replies::OwnAddressError;
 #[cfg(test)]
 pub(crate) use secure::MAX_SESSIONS_PER_KEY;
@@ -1412,6 +1414,8 @@ impl Relay {
 
 #[cfg(test)]
 mod quota_tests;
+#[cfg(test)]
+mod rekey_tests;
 #[cfg(test)]
 mod tests;
 

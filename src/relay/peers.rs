@@ -245,6 +245,21 @@ impl Peers {
         index
     }
 
+    /// Takes reliable publishing session `id` out of `addr`'s entry (the
+    /// entry too, if that was all it held), and from its owner's tally.
+    pub(super) fn remove_session(&mut self, addr: &SocketAddr, id: u64) -> Option<PublishSession> {
+        let peer = self.peers.get_mut(addr)?;
+        let pos = peer.sessions.iter().position(|s| s.id == id)?;
+        let session = peer.sessions.swap_remove(pos);
+        if let Some(owner) = peer.owner {
+            self.tally(owner).sessions -= 1;
+        }
+        if self.peers[addr].is_empty() {
+            self.peers.remove(addr);
+        }
+        Some(session)
+    }
+
     /// The channel of subscription `sub_id` of `addr`, if it holds one.
     pub(super) fn channel_of(&self, addr: &SocketAddr, sub_id: u32) -> Option<ChannelId> {
         let peer = self.peers.get(addr)?;

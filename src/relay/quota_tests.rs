@@ -17,31 +17,40 @@ const UNIX: u64 = 1_700_000_000;
 
 /// A relay whose key `greedy` (id 1) has `quota` (lines of its table) and
 /// key `other` (id 2) has none; both may publish and subscribe anywhere.
-struct Keyed {
+pub(super) struct Keyed {
     _dir: tempfile::TempDir,
-    relay: Relay,
-    greedy: Credential,
-    other: Credential,
-    now: Now,
+    pub(super) relay: Relay,
+    pub(super) greedy: Credential,
+    pub(super) other: Credential,
+    pub(super) now: Now,
 }
 
-fn relay(quota: &str, config: RelayConfig) -> Keyed {
-    let dir = tempfile::tempdir().unwrap();
-    let secret = |b| {
-        base64::Engine::encode(
-            &base64::engine::general_purpose::STANDARD,
-            Secret::from_bytes([b; SECRET_LEN]).expose(),
-        )
-    };
-    let text = format!(
-        "[[key]]\nname = \"greedy\"\nid = 1\nsecret = \"{}\"\npublish = [\">\"]\nsubscribe = [\">\"]\n{quota}\n\n\
-         [[key]]\nname = \"other\"\nid = 2\nsecret = \"{}\"\npublish = [\">\"]\nsubscribe = [\">\"]\n",
-        secret(5),
-        secret(6),
+/// A `[[key]]` table: `name`, `id`, a secret of 32 bytes `secret`, and
+/// `rest` (permissions, quota lines).
+pub(super) fn key_entry(name: &str, id: u32, secret: u8, rest: &str) -> String {
+    let secret = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        Secret::from_bytes([secret; SECRET_LEN]).expose(),
     );
+    format!("[[key]]\nname = \"{name}\"\nid = {id}\nsecret = \"{secret}\"\n{rest}\n\n")
+}
+
+/// Permission lines that allow everything.
+pub(super) const EVERYTHING: &str = "publish = [\">\"]\nsubscribe = [\">\"]";
+
+fn relay(quota: &str, config: RelayConfig) -> Keyed {
+    let text = key_entry("greedy", 1, 5, &format!("{EVERYTHING}\n{quota}"))
+        + &key_entry("other", 2, 6, EVERYTHING);
+    relay_with_keys(&text, config)
+}
+
+/// A relay under the key file `text`, which has keys 1 (`greedy`) and 2
+/// (`other`); keys are required.
+pub(super) fn relay_with_keys(text: &str, config: RelayConfig) -> Keyed {
+    let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys.toml");
-    std::fs::write(&keys, &text).unwrap();
-    let file = KeyFile::parse(&text).unwrap();
+    std::fs::write(&keys, text).unwrap();
+    let file = KeyFile::parse(text).unwrap();
     let config = RelayConfig {
         data_dir: dir.path().join("data"),
         keys: Some(keys),
@@ -62,15 +71,15 @@ fn relay(quota: &str, config: RelayConfig) -> Keyed {
 }
 
 /// A keyed client at one address, with a session and a proven address.
-struct Client {
-    addr: SocketAddr,
-    sealed: Secured,
+pub(super) struct Client {
+    pub(super) addr: SocketAddr,
+    pub(super) sealed: Secured,
     proof: AddressProof,
 }
 
 impl Client {
     /// Handshakes from `port`, then proves the address inside the session.
-    fn connect(k: &mut Keyed, credential: &Credential, port: u16) -> Client {
+    pub(super) fn connect(k: &mut Keyed, credential: &Credential, port: u16) -> Client {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut hs = Handshake::new(credential, UNIX).unwrap();
         let mut sealed = None;
@@ -98,9 +107,15 @@ impl Client {
 
     /// Seals and sends one datagram (stamped with the token once there is
     /// one); returns the frames of every answer, opened.
-    fn send(&mut self, k: &mut Keyed, plain: Vec<u8>) -> Vec<Frame<'static>> {
+    pub(super) fn send(&mut self, k: &mut Keyed, plain: Vec<u8>) -> Vec<Frame<'static>> {
         let d = self.sealed.seal(&self.proof.stamp(plain)).unwrap();
         k.relay.handle_datagram(k.now, self.addr, &d);
+        self.receive(k)
+    }
+
+    /// Every datagram the relay has ready, all for this client, opened:
+    /// their frames.
+    pub(super) fn receive(&mut self, k: &mut Keyed) -> Vec<Frame<'static>> {
         let mut frames = Vec::new();
         let mut plain = Vec::new();
         while let Some(t) = k.relay.poll_transmit() {
@@ -113,28 +128,30 @@ impl Client {
         frames
     }
 
-    fn frames(&mut self, k: &mut Keyed, frames: &[Frame<'_>]) -> Vec<Frame<'static>> {
+    pub(super) fn frames(&mut self, k: &mut Keyed, frames: &[Frame<'_>]) -> Vec<Frame<'static>> {
         self.send(k, wire::encode_datagram(frames).unwrap())
     }
 
-    fn subscribe(&mut self, k: &mut Keyed, sub_id: u32) -> Vec<Frame<'static>> {
-        self.frames(
-            k,
-            &[Frame::Subscribe {
-                sub_id,
-                mode: DeliveryMode::Unreliable,
-                start: StartPosition::Latest,
-                channel: "news",
-                group: None,
-                origins: false,
-                resume: crate::wire::ResumeVector::EMPTY,
-            }],
-        )
+    pub(super) fn subscribe(&mut self, k: &mut Keyed, sub_id: u32) -> Vec<Frame<'static>> {
+        self.frames(k, &[subscribe_frame(sub_id, "news")])
+    }
+}
+
+/// An unreliable subscription to `channel` from its end.
+pub(super) fn subscribe_frame(sub_id: u32, channel: &str) -> Frame<'_> {
+    Frame::Subscribe {
+        sub_id,
+        mode: DeliveryMode::Unreliable,
+        start: StartPosition::Latest,
+        channel,
+        group: None,
+        origins: false,
+        resume: crate::wire::ResumeVector::EMPTY,
     }
 }
 
 /// The reason of the one ERROR among `frames`, with its code.
-fn error(frames: &[Frame<'_>]) -> Option<(ErrorCode, String)> {
+pub(super) fn error(frames: &[Frame<'_>]) -> Option<(ErrorCode, String)> {
     let mut errors = frames.iter().filter_map(|f| match f {
         Frame::Error { code, reason } => Some((*code, reason.to_string())),
         _ => None,
@@ -144,7 +161,7 @@ fn error(frames: &[Frame<'_>]) -> Option<(ErrorCode, String)> {
     first
 }
 
-fn subscribed(frames: &[Frame<'_>]) -> bool {
+pub(super) fn subscribed(frames: &[Frame<'_>]) -> bool {
     frames.iter().any(|f| matches!(f, Frame::Subscribed { .. }))
 }
 

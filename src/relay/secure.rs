@@ -115,8 +115,18 @@ struct Slot {
 }
 
 /// The key file and the sessions opened under it.
+///
+/// Everything charged to a key names it by an index that stays the same
+/// across reloads ([`Secure::rekey`]): a key kept (same id, name and secret)
+/// keeps its index, a new or changed one gets a new index, and a removed
+/// one's index names no key from then on.
 pub(super) struct Secure {
     keys: KeyFile,
+    /// Each key index: its position in `keys`, or `None` once a reload
+    /// removed (or changed) the key.
+    table: Vec<Option<usize>>,
+    /// The index of each key id in `keys`.
+    index_of: HashMap<u32, usize>,
     required: bool,
     slots: Vec<Slot>,
     free: Vec<u16>,
@@ -159,9 +169,14 @@ impl Secure {
 
     /// Sessions under `keys`, at most `max` at once.
     pub(super) fn new(keys: KeyFile, required: bool, max: usize, idle: Duration) -> Secure {
-        let per_key = vec![0; keys.keys().len()];
+        let n = keys.keys().len();
+        let per_key = vec![0; n];
         let rates = Rates::new(keys.keys().iter().map(|k| k.quota()));
         Secure {
+            table: (0..n).map(Some).collect(),
+            index_of: (keys.keys().iter().enumerate())
+                .map(|(i, k)| (k.id(), i))
+                .collect(),
             keys,
             required,
             slots: Vec::new(),
@@ -196,22 +211,83 @@ impl Secure {
             Who::Open => None,
             Who::Anonymous => Some(self.keys.anonymous()),
             Who::Stranger => Some(&NOTHING),
-            Who::Keyed { key } => Some(
-                self.keys
-                    .keys()
-                    .get(key)
-                    .map(|k| k.permissions())
-                    .unwrap_or(&NOTHING),
-            ),
+            Who::Keyed { key } => Some(self.key(key).map_or(&NOTHING, |k| k.permissions())),
         }
+    }
+
+    /// The key at index `index`, unless a reload removed it.
+    fn key(&self, index: usize) -> Option<&auth::Key> {
+        let position = (*self.table.get(index)?)?;
+        self.keys.keys().get(position)
     }
 
     /// The quota of `who`'s key, if it is keyed.
     fn quota(&self, who: Who) -> Option<(usize, &Quota)> {
         match who {
-            Who::Keyed { key } => self.keys.keys().get(key).map(|k| (key, k.quota())),
+            Who::Keyed { key } => self.key(key).map(|k| (key, k.quota())),
             _ => None,
         }
+    }
+
+    /// Who a datagram from `addr` is: its session's key, or a plain
+    /// sender.
+    pub(super) fn who_at(&self, addr: SocketAddr) -> Who {
+        let session = (self.by_addr.get(&canonical(addr))).and_then(|&id| self.session(id));
+        match session {
+            Some(s) => Who::Keyed { key: s.key },
+            None => self.plain_sender(),
+        }
+    }
+
+    /// Takes a new key file (and whether keys are required, and the most
+    /// sessions): a key kept as it was keeps its index and its sessions; a
+    /// key removed, or whose name or secret changed, loses its sessions,
+    /// returned as (session id, address, key name) for the caller to tell
+    /// and [`Secure::end_session`]. Rates start again full.
+    pub(super) fn rekey(
+        &mut self,
+        keys: KeyFile,
+        required: bool,
+        max: usize,
+    ) -> Vec<(u32, SocketAddr, String)> {
+        let mut table = vec![None; self.table.len()];
+        let mut index_of = HashMap::with_capacity(keys.keys().len());
+        for (position, key) in keys.keys().iter().enumerate() {
+            let kept = (self.index_of.get(&key.id()).copied())
+                .filter(|&i| self.key(i).is_some_and(|old| same_key(old, key)));
+            let index = kept.unwrap_or_else(|| {
+                table.push(None);
+                table.len() - 1
+            });
+            table[index] = Some(position);
+            index_of.insert(key.id(), index);
+        }
+        let ending: Vec<(u32, SocketAddr, String)> = (self.by_addr.values())
+            .filter_map(|&id| {
+                let s = self.session(id)?;
+                let gone = table[s.key].is_none();
+                let name = self.key(s.key).map(|k| k.name().to_string());
+                gone.then(|| (id, s.addr, name.unwrap_or_default()))
+            })
+            .collect();
+        let quotas: Vec<Quota> = (table.iter())
+            .map(|p| p.map_or_else(Quota::default, |p| *keys.keys()[p].quota()))
+            .collect();
+        self.rates = Rates::new(quotas.iter());
+        self.per_key.resize(table.len(), 0);
+        self.table = table;
+        self.index_of = index_of;
+        self.keys = keys;
+        self.required = required;
+        self.max = max.min(crate::config::MAX_AUTH_SESSIONS);
+        self.last_check = None;
+        ending
+    }
+
+    /// Ends session `id` (see [`Secure::rekey`]); its address, if it had
+    /// one.
+    pub(super) fn end_session(&mut self, id: u32) -> Option<SocketAddr> {
+        self.end(id)
     }
 
     /// Who a new subscription or session of `who` is charged to besides
@@ -293,7 +369,7 @@ impl Secure {
         let Ok((key, secret)) = self.keys.secret_for(key_id, expires, now.unix_secs()) else {
             return Handshake::Refused;
         };
-        let Some(key) = self.keys.keys().iter().position(|k| k.id() == key.id()) else {
+        let Some(&key) = self.index_of.get(&key.id()) else {
             return Handshake::Refused;
         };
         if !proven {
@@ -523,6 +599,12 @@ impl Secure {
         }
         addrs
     }
+}
+
+/// True if `new` is the key `old` was: same id, name and secret (a
+/// credential made for one is good for the other).
+fn same_key(old: &auth::Key, new: &auth::Key) -> bool {
+    old.id() == new.id() && old.name() == new.name() && old.secret() == new.secret()
 }
 
 /// One peer whatever form its address takes: an IPv4-mapped IPv6 address is

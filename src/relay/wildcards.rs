@@ -106,6 +106,11 @@ impl Wildcards {
     }
 
     /// Wildcard subscription `sub_id` of `peer`, if it exists.
+    pub(super) fn get(&self, peer: SocketAddr, sub_id: u32) -> Option<&Wildcard> {
+        self.by_id.get(&(peer, sub_id))
+    }
+
+    /// Wildcard subscription `sub_id` of `peer`, if it exists, to change.
     pub(super) fn get_mut(&mut self, peer: SocketAddr, sub_id: u32) -> Option<&mut Wildcard> {
         self.by_id.get_mut(&(peer, sub_id))
     }
@@ -132,6 +137,13 @@ impl Wildcards {
     /// Takes wildcard subscription `sub_id` of `peer` out, if it exists.
     pub(super) fn remove(&mut self, peer: SocketAddr, sub_id: u32) -> Option<Wildcard> {
         self.by_id.remove(&(peer, sub_id))
+    }
+
+    /// Every wildcard subscription: (address, id), in a fixed order.
+    pub(super) fn all(&self) -> Vec<(SocketAddr, u32)> {
+        let mut all: Vec<(SocketAddr, u32)> = self.by_id.keys().copied().collect();
+        all.sort_unstable();
+        all
     }
 
     /// The ids of `peer`'s wildcard subscriptions.

@@ -276,6 +276,28 @@ pub fn udpcat(args: &[&str], input: &[u8]) -> Output {
 
 /// A `udpcat sub` running in the background that has been accepted by the
 /// relay (its "subscribed" line was seen) before this returns.
+/// Adds key `name` to the key file `keys` (`udprelay key new`, with the
+/// given flags); returns its credential.
+pub fn new_key(keys: &std::path::Path, name: &str, flags: &[&str]) -> Credential {
+    let out = Command::new(udprelay_bin())
+        .args(["key", "new", name, "--keys", keys.to_str().unwrap()])
+        .args(flags)
+        .output()
+        .expect("run udprelay key new");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    stdout
+        .lines()
+        .last()
+        .unwrap()
+        .parse()
+        .expect("a credential")
+}
+
 pub struct Subscriber {
     guard: ChildGuard,
     stderr: mpsc::Receiver<String>,
