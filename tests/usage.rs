@@ -232,21 +232,7 @@ fn stats_and_the_log_commands_speak_json_and_ls_quotes_names_with_spaces() {
     assert_eq!(stats["messages_published"], 2);
     let (_, _, dir) = relay.terminate();
     let data = dir.path().join("data");
-    let log = |args: &[&str]| {
-        let out = Command::new(udprelay_bin())
-            .arg("log")
-            .args(args)
-            .arg("--data-dir")
-            .arg(&data)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let log = |args: &[&str]| udprelay_log(&data, args);
     let listed = json_lines(log(&["ls", "--json"]));
     let names: Vec<&str> = listed
         .iter()

@@ -19,8 +19,10 @@ rounds=${3:-3}
 bench_of() {
     ls -t "$1"/release/deps/core-* 2>/dev/null | grep -v '\.d$' | head -1
 }
+# A field of the (first) run; a build from before {"runs": [...]} printed
+# the run itself.
 json_field() {
-    python3 -c "import json,sys; j=json.load(sys.stdin); print(*[round(j[k]) if isinstance(j[k], float) else j[k] for k in sys.argv[1:]])" "$@"
+    python3 -c "import json,sys; j=json.load(sys.stdin); j=j['runs'][0] if 'runs' in j else j; print(*[round(j[k]) if isinstance(j[k], float) else j[k] for k in sys.argv[1:]])" "$@"
 }
 
 for round in $(seq 1 "$rounds"); do

@@ -53,7 +53,7 @@ run() {
     shift
     local line
     line=$("$bin/udpbench" --relay "$healthy" --rate 10000 --duration 10s "$@" --json 2>/dev/null |
-        python3 -c 'import json,sys; j=json.load(sys.stdin); l=j["latency_us"]; print("sent", j["sent"], "received", j["received"], "lost", j["lost"], "p50", round(l["p50"]), "us p99", round(l["p99"]), "us")')
+        python3 -c 'import json,sys; j=json.load(sys.stdin)["runs"][0]; l=j["latency"]; print("sent", j["sent"], "received", j["received"], "lost", j["lost"], "p50", round(l["p50_us"]), "us p99", round(l["p99_us"]), "us")')
     echo "$line"
     echo "$case ${line##*p99 }" | sed 's/ us$//' >> "$dir/p99"
 }

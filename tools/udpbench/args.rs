@@ -2,6 +2,7 @@
 //! generator, tools/gen_docs.rs).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -22,7 +23,10 @@ pub(crate) struct Args {
     /// The relay measured: --relay's, or the one picked among them.
     #[arg(skip)]
     pub(crate) relay: Option<SocketAddr>,
-    /// Start a relay (the udprelay next to this binary) on a free port with a temporary data directory [default: off].
+    /// Start a relay (the udprelay next to this binary) on a free port with
+    /// a temporary data directory under TMPDIR (or /tmp), removed at the
+    /// end; the relay logs every message there, so an unpaced run writes
+    /// as fast as it sends (--rate paces it) [default: off].
     #[arg(long)]
     pub(crate) spawn: bool,
     /// A flag for the relay --spawn starts, like --relay-arg=--busy-poll=200us (repeatable) [default: none].
@@ -93,13 +97,107 @@ pub(crate) struct Args {
     /// With --relay: read the credential from this file (its first line)
     /// [default: none, plain datagrams].
     #[arg(long, value_name = "FILE")]
-    pub(crate) credential_file: Option<std::path::PathBuf>,
-    /// Print the report as one JSON object [default: off].
+    pub(crate) credential_file: Option<PathBuf>,
+    /// The channel the publishers and subscribers use. Like any channel it
+    /// stays in the log of a --relay relay (a spawned relay's log is
+    /// removed) [default: a fresh name each run, bench-PID-N, so runs never
+    /// mix].
+    #[arg(long, value_name = "NAME", value_parser = parse_channel)]
+    pub(crate) channel: Option<String>,
+    /// Print the report as one JSON object, the same shape with or without
+    /// a baseline: {"runs": [...], "ratio": ...} (see the README) [default: off].
     #[arg(long)]
     pub(crate) json: bool,
-    /// Draw throughput over time and latency percentiles to an SVG file [default: none, no plot].
-    #[arg(long, value_name = "FILE.svg")]
-    pub(crate) plot: Option<std::path::PathBuf>,
+    /// Draw two charts into FILE, a PNG or SVG picture as its extension
+    /// says (.png or .svg): messages received per second over time, and
+    /// the one-way latency distribution (50 %, 90 %, 99 %, 99.9 %, ... on
+    /// HdrHistogram's log 1/(1-p) axis); a line per run, with a legend
+    /// when a baseline runs beside the relay [default: none, no plot].
+    #[arg(long, value_name = "FILE", value_parser = parse_plot)]
+    pub(crate) plot: Option<Plot>,
+    /// Write the data --plot draws (with or without --plot) to FILE as CSV,
+    /// a header and a row a point:
+    /// run,series,x,y. Series `throughput`: x the seconds since the first
+    /// send at the start of a 0.1 s step, y the messages received per
+    /// second in it. Series `latency`: x a percentile (0 to 100), y the
+    /// one-way latency in µs. `run` is the run's name (the JSON's mode)
+    /// [default: none, no CSV].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) csv: Option<PathBuf>,
+}
+
+impl Args {
+    /// Why a flag for the relay udpbench starts cannot go with --relay,
+    /// if one is given. clap's `requires = "spawn"` lets these through
+    /// beside --relay (which conflicts with --spawn), so they are checked
+    /// here, each with its reason.
+    pub(crate) fn spawn_only_with_relay(&self) -> Option<String> {
+        self.relays.as_ref()?;
+        let refused = [
+            (
+                self.raw,
+                "--raw",
+                "a relay's raw-in port and raw-out addresses (here the \
+                 subscribers' sockets) are set when it starts, so udpbench \
+                 measures them only on a relay it starts",
+            ),
+            (
+                !self.relay_arg.is_empty(),
+                "--relay-arg",
+                "it passes a flag to the relay udpbench starts",
+            ),
+            (
+                self.in_process,
+                "--in-process",
+                "it runs the relay udpbench starts on one of its threads",
+            ),
+            (
+                self.auth,
+                "--auth",
+                "it gives the relay udpbench starts a key file; for --relay, \
+                 give --credential",
+            ),
+        ];
+        let (_, flag, why) = refused.into_iter().find(|(given, ..)| *given)?;
+        Some(format!("{flag} needs --spawn, not --relay: {why}"))
+    }
+}
+
+/// A picture `--plot` draws, in the format its file name says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Plot {
+    /// Where it is written.
+    pub(crate) path: PathBuf,
+    /// Its format, from the path's extension.
+    pub(crate) format: PlotFormat,
+}
+
+/// The formats `--plot` draws.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PlotFormat {
+    /// A bitmap, `.png`.
+    Png,
+    /// Vector graphics, `.svg`.
+    Svg,
+}
+
+/// `--plot`'s FILE, whose extension picks the format.
+fn parse_plot(file: &str) -> Result<Plot, String> {
+    let path = PathBuf::from(file);
+    let extension = path.extension().and_then(|e| e.to_str());
+    let format = match extension.map(str::to_ascii_lowercase).as_deref() {
+        Some("png") => PlotFormat::Png,
+        Some("svg") => PlotFormat::Svg,
+        _ => return Err("the file name must end in .png or .svg, the picture's format".into()),
+    };
+    Ok(Plot { path, format })
+}
+
+/// A channel name as the relay takes it.
+fn parse_channel(name: &str) -> Result<String, String> {
+    udprelay::wire::validate_channel(name.as_bytes())
+        .map(str::to_string)
+        .map_err(|_| "1 to 255 bytes of UTF-8, no control characters".to_string())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

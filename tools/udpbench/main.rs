@@ -10,7 +10,7 @@
 //! This file holds what runs (the flags are in `args`): one run, the relay beside its
 //! baseline, or the `--find-lossless` search. [`run()`] makes one run with
 //! [`publisher`]s and [`subscriber`]s exchanging [`traffic`] through what
-//! [`spawn`] started; [`report`] is its result, [`plot()`] draws it.
+//! [`spawn`] started; [`report`] is its result, [`plot`] draws it.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -29,12 +29,16 @@ mod traffic;
 mod usage;
 
 use args::{Args, Baseline};
-use plot::plot;
 use report::{Report, Run};
 use run::run;
 
 fn main() -> ExitCode {
     let mut args = usage::parse::<Args>("udpbench");
+    if let Some(refused) = args.spawn_only_with_relay() {
+        let error = <Args as clap::CommandFactory>::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, refused);
+        usage::exit("udpbench", error);
+    }
     if let Err(e) = spawn::clean_up_on_signals() {
         eprintln!("udpbench: cannot handle signals: {e}");
         return ExitCode::FAILURE;
@@ -76,6 +80,16 @@ fn pick_relay(args: &mut Args) -> Result<(), String> {
 
 /// The relay run, the baseline run, or both (then with their ratio).
 fn run_all(args: &Args) -> Result<(), String> {
+    if args.spawn && args.rate == 0 {
+        // An unpaced publisher fills the disk at its speed (hundreds of
+        // MB/s): not something to find out afterwards.
+        eprintln!(
+            "udpbench: the relay it starts logs every message to a directory under {}, \
+             removed at the end; unpaced, that is as fast as it sends (--rate N paces it, \
+             TMPDIR=DIR moves it)",
+            std::env::temp_dir().display()
+        );
+    }
     let mut runs = Vec::new();
     if args.spawn || args.relay.is_some() {
         let relay_args = Args {
@@ -96,9 +110,11 @@ fn run_all(args: &Args) -> Result<(), String> {
         runs.push(measure(&base_args)?);
     }
     let report = Report::of(runs).ok_or("give --relay ADDR, --spawn or --baseline")?;
-    if let Some(path) = &args.plot {
-        std::fs::write(path, plot(&report.runs()))
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    if let Some(picture) = &args.plot {
+        plot::draw(&report.runs, picture).map_err(|e| e.to_string())?;
+    }
+    if let Some(path) = &args.csv {
+        plot::write_csv(&report.runs, path).map_err(|e| e.to_string())?;
     }
     if args.json {
         let json = serde_json::to_string(&report).map_err(|e| e.to_string())?;

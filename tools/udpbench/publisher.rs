@@ -44,9 +44,10 @@ fn precise_sleeps() {
     }
 }
 
-/// Runs one publisher; returns how many messages it sent.
+/// Runs one publisher on `channel`; returns how many messages it sent.
 pub fn publish(
     args: &Args,
+    channel: &str,
     p: usize,
     target: SocketAddr,
     direct: &[SocketAddr],
@@ -100,7 +101,7 @@ pub fn publish(
     if args.reliable {
         let mut rp = ReliablePublisher::new(
             p as u64 + 1,
-            "bench",
+            channel,
             ArqConfig::default(),
             args.batch.max(64),
         )
@@ -156,7 +157,7 @@ pub fn publish(
     } else {
         args.batch.max(64)
     };
-    let mut publisher = Publisher::new("bench", datagram_size).map_err(|e| e.to_string())?;
+    let mut publisher = Publisher::new(channel, datagram_size).map_err(|e| e.to_string())?;
     let mut m = Vec::with_capacity(args.size.max(HEADER));
     let mut to_transmit = |payload: Vec<u8>| -> Result<Transmit, String> {
         Ok(Transmit {

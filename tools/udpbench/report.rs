@@ -49,28 +49,88 @@ impl fmt::Display for Mode {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Latency {
     /// The median.
-    pub p50: f64,
+    pub p50_us: f64,
     /// The 90th percentile.
-    pub p90: f64,
+    pub p90_us: f64,
     /// The 99th percentile.
-    pub p99: f64,
+    pub p99_us: f64,
     /// The 99.9th percentile.
-    pub p999: f64,
+    pub p999_us: f64,
     /// The slowest message.
-    pub max: f64,
+    pub max_us: f64,
 }
 
 impl Latency {
-    /// The percentiles' names, in the order of [`Latency::values`].
-    pub const NAMES: [&'static str; 5] = ["p50", "p90", "p99", "p999", "max"];
+    /// The percentiles' names as the text report prints them, in the order
+    /// of [`Latency::values`].
+    pub const NAMES: [&'static str; 5] = ["p50", "p90", "p99", "p99.9", "max"];
 
     /// The percentiles, fastest first.
     pub fn values(&self) -> [f64; 5] {
-        [self.p50, self.p90, self.p99, self.p999, self.max]
+        [
+            self.p50_us,
+            self.p90_us,
+            self.p99_us,
+            self.p999_us,
+            self.max_us,
+        ]
     }
 }
 
-/// One measured run.
+/// One point of the latency distribution: the latency `us` that
+/// `percentile` % of the received messages took at most.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Percentile {
+    /// From 0 (the fastest message) to 100 (the slowest).
+    pub percentile: f64,
+    /// One-way latency, in µs.
+    pub us: f64,
+}
+
+/// Points of the latency distribution per tenfold step towards 100 %
+/// (90 %, 99 %, 99.9 %, ...): evenly spaced on HdrHistogram's 1/(1-p) axis.
+pub const PERCENTILES_PER_NINE: u32 = 10;
+
+/// `us` microseconds in the unit that reads best (µs, ms or s) with three
+/// significant digits at most: `27.7 ms`, `7.42 µs`, `130 µs`.
+pub fn readable_us(us: f64) -> String {
+    let mut value = us;
+    for unit in ["µs", "ms"] {
+        if round3(value) < 1000.0 {
+            return format!("{} {unit}", trimmed(value));
+        }
+        value /= 1000.0;
+    }
+    format!("{} s", trimmed(value))
+}
+
+/// `v` rounded to three significant digits (whole numbers from 100 on).
+fn round3(v: f64) -> f64 {
+    let decimals = decimals3(v);
+    let scale = 10f64.powi(decimals as i32);
+    (v * scale).round() / scale
+}
+
+/// The decimals that leave `v` three significant digits.
+fn decimals3(v: f64) -> usize {
+    match v.abs() {
+        a if a < 10.0 => 2,
+        a if a < 100.0 => 1,
+        _ => 0,
+    }
+}
+
+/// `v` with three significant digits, without trailing zeros.
+fn trimmed(v: f64) -> String {
+    let text = format!("{:.*}", decimals3(v), round3(v));
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        text
+    }
+}
+
+/// One measured run. `mode` is its name: no two runs of a report share one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Run {
     /// What carried the traffic.
@@ -81,6 +141,9 @@ pub struct Run {
     pub subscribers: usize,
     /// Message size in bytes.
     pub size: usize,
+    /// The channel published and subscribed on, which stays in the
+    /// relay's log; none for a baseline (no relay).
+    pub channel: Option<String>,
     /// Messages per second per publisher; 0 was as fast as possible.
     pub rate: u64,
     /// From the first send until the last message arrived (at least the
@@ -104,12 +167,17 @@ pub struct Run {
     /// Received payload megabytes (10⁶ bytes) per second over `seconds`.
     pub delivered_mb_per_sec: f64,
     /// One-way latency percentiles.
-    pub latency_us: Latency,
+    pub latency: Latency,
+    /// The latency distribution: percentiles from 0 % up the 1/(1-p) axis
+    /// ([`PERCENTILES_PER_NINE`] a tenfold step) while a message is there to
+    /// measure them (1 - p ≥ 1 / received), then 100 % (the slowest).
+    /// Empty when nothing was received.
+    pub latency_percentiles: Vec<Percentile>,
     /// CPU time (user + system) the spawned relay used during the run; none
     /// without one.
     pub relay_cpu_seconds: Option<f64>,
     /// Messages received per second in each 0.1 s step since the first send.
-    pub timeline: Vec<f64>,
+    pub timeline_per_sec: Vec<f64>,
 }
 
 impl Run {
@@ -135,52 +203,31 @@ impl Ratio {
     pub fn of(relay: &Run, baseline: &Run) -> Ratio {
         Ratio {
             throughput: relay.delivered_per_sec / baseline.delivered_per_sec.max(1e-9),
-            latency_p50: relay.latency_us.p50 / baseline.latency_us.p50.max(1e-9),
+            latency_p50: relay.latency.p50_us / baseline.latency.p50_us.max(1e-9),
         }
     }
 }
 
-/// A relay run and a baseline run of the same traffic.
+/// What `--json` prints, one shape whatever ran: `{"runs": [...],
+/// "ratio": ...}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Comparison {
-    /// Through the relay.
-    pub relay: Run,
-    /// Without it.
-    pub baseline: Run,
-    /// The relay's figures over the baseline's.
-    pub ratio: Ratio,
-}
-
-/// What `--json` prints: one run, or a relay run and its baseline.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum Report {
-    /// `--relay`/`--spawn` and `--baseline` together.
-    Comparison(Box<Comparison>),
-    /// Only one of them.
-    Single(Run),
+pub struct Report {
+    /// The relay's run, then the baseline's; either may be alone.
+    pub runs: Vec<Run>,
+    /// With two runs, the first's figures over the second's (relay over
+    /// baseline); `null` with one.
+    pub ratio: Option<Ratio>,
 }
 
 impl Report {
-    /// The report of `runs`: one run alone, or the relay's then the baseline's.
-    pub fn of(mut runs: Vec<Run>) -> Option<Report> {
-        let last = runs.pop()?;
-        Some(match runs.pop() {
-            None => Report::Single(last),
-            Some(relay) => Report::Comparison(Box::new(Comparison {
-                ratio: Ratio::of(&relay, &last),
-                relay,
-                baseline: last,
-            })),
-        })
-    }
-
-    /// The runs, the relay's first.
-    pub fn runs(&self) -> Vec<&Run> {
-        match self {
-            Report::Comparison(c) => vec![&c.relay, &c.baseline],
-            Report::Single(r) => vec![r],
-        }
+    /// The report of `runs` (the relay's, then the baseline's), none without any.
+    pub fn of(runs: Vec<Run>) -> Option<Report> {
+        let ratio = match &runs[..] {
+            [] => return None,
+            [relay, baseline] => Some(Ratio::of(relay, baseline)),
+            _ => None,
+        };
+        Some(Report { runs, ratio })
     }
 }
 
@@ -197,11 +244,15 @@ impl Run {
 impl fmt::Display for Run {
     /// The human-readable report of a run, several lines.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
+        write!(
             f,
-            "udpbench: {} ({} publishers x {} subscribers, {} B messages)",
+            "udpbench: {} ({} publishers x {} subscribers, {} B messages",
             self.mode, self.publishers, self.subscribers, self.size
         )?;
+        match &self.channel {
+            Some(channel) => writeln!(f, ", channel {channel})")?,
+            None => writeln!(f, ")")?,
+        }
         writeln!(f, "  sent       {:>14}", self.sent)?;
         writeln!(
             f,
@@ -213,12 +264,10 @@ impl fmt::Display for Run {
             "  throughput {:>14.0} msg/s  {:.1} MB/s  over {:.2} s",
             self.delivered_per_sec, self.delivered_mb_per_sec, self.seconds
         )?;
-        let l = &self.latency_us;
-        writeln!(
-            f,
-            "  latency µs p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
-            l.p50, l.p90, l.p99, l.p999, l.max
-        )?;
+        let latency: Vec<String> = (Latency::NAMES.iter().zip(self.latency.values()))
+            .map(|(name, us)| format!("{name} {}", readable_us(us)))
+            .collect();
+        writeln!(f, "  latency    {}", latency.join("  "))?;
         if let Some(cpu) = self.relay_cpu_seconds {
             writeln!(
                 f,
@@ -242,14 +291,14 @@ impl fmt::Display for Run {
 impl fmt::Display for Report {
     /// Each run's report, then the ratio when there are two.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for run in self.runs() {
+        for run in &self.runs {
             write!(f, "{run}")?;
         }
-        if let Report::Comparison(c) = self {
+        if let Some(ratio) = &self.ratio {
             writeln!(
                 f,
                 "relay / baseline: throughput {:.2}x, latency p50 {:.3}x",
-                c.ratio.throughput, c.ratio.latency_p50
+                ratio.throughput, ratio.latency_p50
             )?;
         }
         Ok(())

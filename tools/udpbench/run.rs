@@ -18,11 +18,25 @@ use crate::subscriber::subscribe_all;
 use crate::traffic::{HEADER, Tally};
 use crate::{Args, Baseline};
 
+/// Runs made so far, numbering the fresh channel names.
+static RUNS: AtomicU64 = AtomicU64::new(0);
+
+/// The channel of one run: --channel's, or a fresh `bench-PID-N`, so that
+/// no run receives what another sent (a relay's log keeps every channel).
+fn channel(args: &Args) -> String {
+    let fresh = || {
+        let n = RUNS.fetch_add(1, Ordering::Relaxed);
+        format!("bench-{}-{n}", std::process::id())
+    };
+    args.channel.clone().unwrap_or_else(fresh)
+}
+
 /// Measures the traffic `args` describes once.
 pub fn run(args: &Args) -> Result<Run, String> {
     if args.size < HEADER {
         return Err(format!("--size must be at least {HEADER}"));
     }
+    let channel = channel(args);
     // --auth: a key file with one key that may do everything, and the
     // relay told to require it.
     let keys_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -50,7 +64,7 @@ pub fn run(args: &Args) -> Result<Run, String> {
     // relay's --raw-out needs them); every other relay starts first.
     let mut spawned = if args.spawn && args.baseline.is_none() && !args.raw {
         Some(if args.in_process {
-            run_in_process(None, keys_for_relay)?
+            run_in_process(None, &channel, keys_for_relay)?
         } else {
             spawn_relay(&relay_arg)?
         })
@@ -77,6 +91,7 @@ pub fn run(args: &Args) -> Result<Run, String> {
     let progress = Arc::new(AtomicU64::new(0));
     let (subs, sub_addrs) = subscribe_all(
         args,
+        &channel,
         target,
         epoch,
         Arc::clone(&stop),
@@ -92,12 +107,12 @@ pub fn run(args: &Args) -> Result<Run, String> {
     let mut target = target;
     if args.raw {
         let mut relay_args = args.relay_arg.clone();
-        relay_args.extend(["--raw-in".to_string(), "127.0.0.1:0=bench".to_string()]);
+        relay_args.extend(["--raw-in".to_string(), format!("127.0.0.1:0={channel}")]);
         for a in &sub_addrs {
-            relay_args.extend(["--raw-out".to_string(), format!("bench={a}")]);
+            relay_args.extend(["--raw-out".to_string(), format!("{channel}={a}")]);
         }
         let relay = if args.in_process {
-            run_in_process(Some(&sub_addrs), None)?
+            run_in_process(Some(&sub_addrs), &channel, None)?
         } else {
             spawn_relay(&relay_args)?
         };
@@ -131,8 +146,10 @@ pub fn run(args: &Args) -> Result<Run, String> {
         let mut pubs = Vec::new();
         for p in 0..args.publishers {
             let addrs = &sub_addrs;
-            let credential = credential.as_ref();
-            pubs.push(scope.spawn(move || publish(args, p, target, addrs, epoch, credential)));
+            let (credential, channel) = (credential.as_ref(), channel.as_str());
+            pubs.push(
+                scope.spawn(move || publish(args, channel, p, target, addrs, epoch, credential)),
+            );
         }
         let results: Vec<Result<u64, String>> = pubs
             .into_iter()
@@ -174,6 +191,7 @@ pub fn run(args: &Args) -> Result<Run, String> {
             publishers: args.publishers,
             subscribers: args.subscribers,
             size: args.size,
+            channel: args.baseline.is_none().then(|| channel.clone()),
             rate: args.rate,
             seconds: secs,
             publishing_seconds: publishing.as_secs_f64(),
@@ -184,9 +202,10 @@ pub fn run(args: &Args) -> Result<Run, String> {
             reordered: total.reordered,
             delivered_per_sec: total.received as f64 / secs,
             delivered_mb_per_sec: total.bytes as f64 / secs / 1e6,
-            latency_us: total.latency_us(),
+            latency: total.latency(),
+            latency_percentiles: total.latency_percentiles(),
             relay_cpu_seconds: cpu,
-            timeline: total.timeline(started.duration_since(epoch).as_nanos() as u64),
+            timeline_per_sec: total.timeline(started.duration_since(epoch).as_nanos() as u64),
         })
     })
 }

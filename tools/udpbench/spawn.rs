@@ -119,10 +119,11 @@ impl Drop for Spawned {
 
 /// Runs a relay with default settings on a thread of this process, on a
 /// free port with a temporary data directory; with `raw_out`, also a raw-in
-/// port and those raw-out addresses for channel `bench`; with `keys`, that
-/// key file, required.
+/// port and those raw-out addresses for `channel`; with `keys`, that key
+/// file, required.
 pub fn run_in_process(
     raw_out: Option<&[SocketAddr]>,
+    channel: &str,
     keys: Option<&std::path::Path>,
 ) -> Result<Spawned, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -139,8 +140,8 @@ pub fn run_in_process(
         ..RelayConfig::default()
     };
     if let Some(raw_out) = raw_out {
-        config.raw_in = vec![(localhost(0), "bench".into())];
-        config.raw_out = raw_out.iter().map(|a| ("bench".into(), *a)).collect();
+        config.raw_in = vec![(localhost(0), channel.into())];
+        config.raw_out = raw_out.iter().map(|a| (channel.into(), *a)).collect();
     }
     let sockets = BoundSockets::bind(&config).map_err(|e| e.to_string())?;
     // Not Shutdown::on_signals: Ctrl-C is udpbench's, not the relay's.

@@ -17,9 +17,11 @@ use udprelay::wire::StartPosition;
 use crate::Args;
 use crate::traffic::{Seen, Tally, epoch_ns, handshake, socket};
 
-/// Runs the subscribers until `stop`, returning their tallies.
+/// Runs the subscribers of `channel` until `stop`, returning their tallies.
+#[allow(clippy::too_many_arguments)] // one run's shared state, each used
 pub fn subscribe_all(
     args: &Args,
+    channel: &str,
     target: SocketAddr,
     epoch: Instant,
     stop: Arc<AtomicBool>,
@@ -35,6 +37,7 @@ pub fn subscribe_all(
         let publishers = args.publishers;
         let reliable = args.reliable;
         let via_relay = args.baseline.is_none() && !args.raw;
+        let channel = channel.to_string();
         let stop = Arc::clone(&stop);
         let ready = Arc::clone(&ready);
         let progress = Arc::clone(&progress);
@@ -48,10 +51,10 @@ pub fn subscribe_all(
             enable_gro(&socket);
             let now = Instant::now();
             let mut plain =
-                Subscription::new(i as u32 + 1, "bench", StartPosition::Latest, now).ok();
+                Subscription::new(i as u32 + 1, &channel, StartPosition::Latest, now).ok();
             let mut rel = ReliableSubscription::new(
                 i as u32 + 1,
-                "bench",
+                &channel,
                 StartPosition::Latest,
                 ArqConfig::default(),
                 now,

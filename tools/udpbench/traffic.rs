@@ -11,7 +11,7 @@ use hdrhistogram::Histogram;
 use udprelay::auth::Credential;
 use udprelay::client::{Handshake, Secured};
 
-use crate::report::Latency;
+use crate::report::{Latency, PERCENTILES_PER_NINE, Percentile};
 
 /// Bytes at the start of every message: publisher, number, send time.
 pub const HEADER: usize = 4 + 8 + 8;
@@ -106,16 +106,41 @@ impl Tally {
     }
 
     /// The latency percentiles, in µs.
-    pub fn latency_us(&self) -> Latency {
+    pub fn latency(&self) -> Latency {
         let h = &self.latency;
         let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
         Latency {
-            p50: us(0.5),
-            p90: us(0.9),
-            p99: us(0.99),
-            p999: us(0.999),
-            max: h.max() as f64 / 1000.0,
+            p50_us: us(0.5),
+            p90_us: us(0.9),
+            p99_us: us(0.99),
+            p999_us: us(0.999),
+            max_us: h.max() as f64 / 1000.0,
         }
+    }
+
+    /// The latency distribution, as [`crate::report::Run::latency_percentiles`]
+    /// describes it.
+    pub fn latency_percentiles(&self) -> Vec<Percentile> {
+        let h = &self.latency;
+        if h.is_empty() {
+            return Vec::new();
+        }
+        let steps = PERCENTILES_PER_NINE as f64;
+        // Step k is 1 - p = 10^(-k/steps); it has a message to show while
+        // 1 - p ≥ 1 / received (with room for rounding at a power of ten).
+        let mut points: Vec<Percentile> = (0u32..)
+            .map(|k| 10f64.powf(-f64::from(k) / steps))
+            .take_while(|tail| tail * h.len() as f64 >= 1.0 - 1e-9)
+            .map(|tail| Percentile {
+                percentile: 100.0 - 100.0 * tail,
+                us: h.value_at_quantile(1.0 - tail) as f64 / 1000.0,
+            })
+            .collect();
+        points.push(Percentile {
+            percentile: 100.0,
+            us: h.max() as f64 / 1000.0,
+        });
+        points
     }
 
     /// Messages received per second in each step, from the step that holds
