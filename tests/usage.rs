@@ -249,3 +249,32 @@ fn stats_and_the_log_commands_speak_json_and_ls_quotes_names_with_spaces() {
     assert_eq!(verified["checked"], 2);
     assert_eq!(verified["problems"], serde_json::json!([]));
 }
+
+#[test]
+fn a_dash_for_the_file_of_udpcat_pub_is_its_stdin() {
+    let relay = Relay::start(&[]);
+    let addr = relay.addr_str();
+    for (args, input) in [
+        (&["--file", "-"][..], &b"one\ntwo\n"[..]),
+        (&["-"][..], b"three\n"),
+        (&["-", "--whole"][..], b"four\nfive"),
+    ] {
+        let mut all = vec!["pub", addr.as_str(), "news"];
+        all.extend_from_slice(args);
+        let out = udpcat(&all, input);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "pub {args:?}: {stderr}");
+    }
+    let out = udpcat(
+        &["sub", &addr, "news", "--from", "earliest", "--count", "4"],
+        b"",
+    );
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "one\ntwo\nthree\nfour\nfive\n"
+    );
+    // A file and --message at once is a usage error, not a guess.
+    let both = udpcat(&["pub", &addr, "news", "-", "--message", "x"], b"");
+    assert_eq!(both.status.code(), Some(2));
+}

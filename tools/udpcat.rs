@@ -85,6 +85,7 @@ fn main() -> ExitCode {
         Command::Pub {
             addr,
             channel,
+            input,
             message,
             file,
             count,
@@ -96,7 +97,7 @@ fn main() -> ExitCode {
             bundle_limit,
             whole,
         } => {
-            let input = Input::choose(message, file, whole);
+            let input = Input::choose(message, file.or(input), whole);
             let input = match input {
                 Ok(input) => input,
                 Err(e) => {

@@ -25,10 +25,14 @@ pub enum Command {
         addr: String,
         /// Channel name.
         channel: String,
+        /// Send the lines of this file, as --file does; `-` is stdin [default: none, read stdin].
+        #[arg(value_name = "FILE", conflicts_with_all = ["file", "message"])]
+        input: Option<PathBuf>,
         /// Send this one message instead of reading stdin [default: none, read stdin].
         #[arg(long, conflicts_with = "file")]
         message: Option<String>,
-        /// Send the lines of this file instead of reading stdin [default: none, read stdin].
+        /// Send the lines of this file instead of reading stdin; `-` is stdin
+        /// (a file named `-` is `./-`) [default: none, read stdin].
         #[arg(long)]
         file: Option<PathBuf>,
         /// Send the input this many times.

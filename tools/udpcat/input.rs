@@ -17,12 +17,13 @@ pub enum Input {
 
 impl Input {
     /// The input the flags ask for: `--message`, `--file` (with `--whole`:
-    /// all of it as one message), or stdin.
+    /// all of it as one message), or stdin, which a file named `-` is too.
     pub fn choose(
         message: Option<String>,
         file: Option<PathBuf>,
         whole: bool,
     ) -> Result<Input, CatError> {
+        let file = file.filter(|f| f.as_os_str() != "-");
         match (message, file, whole) {
             (Some(m), _, _) => Ok(Input::Message(m.into_bytes())),
             (None, Some(f), true) => std::fs::read(&f)
