@@ -278,3 +278,34 @@ fn a_dash_for_the_file_of_udpcat_pub_is_its_stdin() {
     let both = udpcat(&["pub", &addr, "news", "-", "--message", "x"], b"");
     assert_eq!(both.status.code(), Some(2));
 }
+
+#[test]
+fn short_flags_count_format_and_quiet_do_what_the_long_ones_do() {
+    let relay = Relay::start(&[]);
+    let other = Relay::start(&[]);
+    let addr = relay.addr_str();
+    // Two relays: without -q udpcat says which it picked.
+    let both = format!("{addr},{}", other.addr_str());
+    let args = ["pub", &both, "news", "-c", "2", "-q", "--pick", "first"];
+    let published = udpcat(&args, b"hi\n");
+    assert!(published.status.success());
+    assert_eq!(String::from_utf8_lossy(&published.stderr), "");
+    let args = [
+        "sub", &addr, "news", "-f", "json", "-c", "2", "-q", "--from", "earliest",
+    ];
+    let got = udpcat(&args, b"");
+    assert!(got.status.success());
+    assert_eq!(String::from_utf8_lossy(&got.stderr), "", "-q: no notes");
+    let got = json_lines(&got.stdout);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got.iter().all(|m| m["payload"] == "hi"), "{got:?}");
+    let pinged = udpcat(&["ping", &both, "-c", "2", "-q", "--interval", "1ms"], b"");
+    assert!(pinged.status.success());
+    assert_eq!(String::from_utf8_lossy(&pinged.stderr), "");
+    let stdout = String::from_utf8_lossy(&pinged.stdout);
+    assert!(
+        !stdout.contains("pong from"),
+        "-q: only the totals: {stdout}"
+    );
+    assert!(stdout.contains("2 pings, 2 answered, 0% loss"), "{stdout}");
+}

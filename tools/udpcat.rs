@@ -93,6 +93,7 @@ fn main() -> ExitCode {
             reply_timeout,
             key,
             verbose,
+            quiet,
             reliable,
             bundle_limit,
             whole,
@@ -113,7 +114,7 @@ fn main() -> ExitCode {
                 verbose,
                 bundle_limit,
             };
-            Conn::open(&addr, reply_timeout, &key).and_then(|mut c| {
+            Conn::open(&addr, reply_timeout, &key, quiet).and_then(|mut c| {
                 if reliable {
                     publish_reliably(&mut c, opts)
                 } else {
@@ -132,6 +133,7 @@ fn main() -> ExitCode {
             key,
             reliable,
             verbose,
+            quiet,
             group,
             wait,
         } => {
@@ -144,9 +146,10 @@ fn main() -> ExitCode {
                 from,
                 reliable,
                 verbose,
+                quiet,
                 wait,
             };
-            Conn::open(&addr, reply_timeout, &key).and_then(|mut c| subscribe(&mut c, &opts))
+            Conn::open(&addr, reply_timeout, &key, quiet).and_then(|mut c| subscribe(&mut c, &opts))
         }
         Command::Ping {
             addr,
@@ -154,14 +157,16 @@ fn main() -> ExitCode {
             interval,
             reply_timeout,
             key,
-        } => Conn::open(&addr, reply_timeout, &key).and_then(|mut c| ping(&mut c, count, interval)),
+            quiet,
+        } => Conn::open(&addr, reply_timeout, &key, quiet)
+            .and_then(|mut c| ping(&mut c, count, interval, quiet)),
         Command::Stats {
             addr,
             reply_timeout,
             key,
             datagram_size,
             json,
-        } => Conn::open(&addr, reply_timeout, &key)
+        } => Conn::open(&addr, reply_timeout, &key, false)
             .and_then(|mut c| stats(&mut c, datagram_size, json)),
     };
     match result {
@@ -202,6 +207,8 @@ struct Conn {
     routes: Option<Arc<Mutex<Routes>>>,
     /// The credential, for the handshake with another relay.
     credential: Option<Credential>,
+    /// Say nothing of which relay of the list was picked (-q).
+    quiet: bool,
 }
 
 /// The relay of `relays` to use: the one --pick picks, or, when none
@@ -214,10 +221,11 @@ fn choose(
     how: Pick,
     reply_timeout: Duration,
     keyed: bool,
+    quiet: bool,
 ) -> Result<(SocketAddr, Option<Picker>), CatError> {
     match relays[..] {
         [one] => Ok((one, None)),
-        _ => match pick_among(relays, how, reply_timeout) {
+        _ => match pick_among(relays, how, reply_timeout, quiet) {
             Err(CatError::NoneAnswered { .. }) if keyed => Ok((relays[0], None)),
             other => other.map(|(relay, round)| (relay, Some(round))),
         },
@@ -229,8 +237,9 @@ fn pick_among(
     relays: &[SocketAddr],
     how: Pick,
     reply_timeout: Duration,
+    quiet: bool,
 ) -> Result<(SocketAddr, Picker), CatError> {
-    pick::pick("udpcat", relays, how, reply_timeout).map_err(|e| match e {
+    pick::pick("udpcat", relays, how, reply_timeout, quiet).map_err(|e| match e {
         pick::PickError::Io(e) => CatError::Io(e),
         pick::PickError::NoneAnswered { count, waited } => CatError::NoneAnswered { count, waited },
     })
@@ -249,10 +258,16 @@ struct Link {
 }
 
 impl Conn {
-    fn open(addr: &str, reply_timeout: Duration, key: &KeyArgs) -> Result<Conn, CatError> {
+    fn open(
+        addr: &str,
+        reply_timeout: Duration,
+        key: &KeyArgs,
+        quiet: bool,
+    ) -> Result<Conn, CatError> {
         let credential = credential(key)?;
         let relays = pick::resolve(addr).map_err(CatError::BadAddress)?;
-        let (relay, round) = choose(&relays, key.pick, reply_timeout, credential.is_some())?;
+        let keyed = credential.is_some();
+        let (relay, round) = choose(&relays, key.pick, reply_timeout, keyed, quiet)?;
         // Measured again while it runs, so that a move need not wait for
         // a round of pings.
         let routes = round.map(|round| pick::reprobe(&relays, key.pick, reply_timeout, &round));
@@ -271,6 +286,7 @@ impl Conn {
             pick: key.pick,
             routes,
             credential,
+            quiet,
         })
     }
 
@@ -295,7 +311,16 @@ impl Conn {
                 .and_then(|r| r.lock().ok().and_then(|mut r| r.choice(&self.others)));
             let next = match known {
                 Some(next) => next,
-                None => choose(&self.others, self.pick, self.reply_timeout, keyed)?.0,
+                None => {
+                    choose(
+                        &self.others,
+                        self.pick,
+                        self.reply_timeout,
+                        keyed,
+                        self.quiet,
+                    )?
+                    .0
+                }
             };
             self.others.retain(|&r| r != next);
             match Link::connect(next, self.credential.as_ref(), self.reply_timeout) {
@@ -759,6 +784,8 @@ struct SubOptions {
     from: StartPosition,
     reliable: bool,
     verbose: bool,
+    /// No notes on stderr, only warnings and errors.
+    quiet: bool,
     /// A start past the channel's end waits for it.
     wait: bool,
 }
@@ -926,7 +953,9 @@ fn subscribe(conn: &mut Conn, opts: &SubOptions) -> Result<(), CatError> {
                 first_offset: Some(first_offset),
                 ..
             } => {
-                eprintln!("udpcat: subscribed to {} at offset {first_offset}", opts.channel);
+                if !opts.quiet {
+                    eprintln!("udpcat: subscribed to {} at offset {first_offset}", opts.channel);
+                }
                 if let StartPosition::Offset(asked) = opts.from
                     && first_offset > asked
                 {
@@ -937,13 +966,14 @@ fn subscribe(conn: &mut Conn, opts: &SubOptions) -> Result<(), CatError> {
             }
             Event::Subscribed {
                 first_offset: None, ..
-            } => {
+            } if !opts.quiet => {
                 eprintln!("udpcat: subscribed to {} (a pattern)", opts.channel);
             }
             Event::Matched {
                 channel,
                 first_offset,
-            } => eprintln!("udpcat: following {channel} from offset {first_offset}"),
+            } if !opts.quiet => eprintln!("udpcat: following {channel} from offset {first_offset}"),
+            Event::Subscribed { .. } | Event::Matched { .. } => {}
             Event::Message {
                 channel,
                 offset,
@@ -1017,7 +1047,7 @@ fn write_message(
     }
 }
 
-fn ping(conn: &mut Conn, count: u32, interval: Duration) -> Result<(), CatError> {
+fn ping(conn: &mut Conn, count: u32, interval: Duration, quiet: bool) -> Result<(), CatError> {
     // Ctrl-C ends it with the totals, as ping(8) does.
     let interrupted = Arc::new(AtomicBool::new(false));
     let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&interrupted));
@@ -1039,6 +1069,9 @@ fn ping(conn: &mut Conn, count: u32, interval: Duration) -> Result<(), CatError>
         match conn.ping() {
             Ok(rtt) => {
                 rtts.push(rtt);
+                if quiet {
+                    continue;
+                }
                 println!(
                     "pong from {}: seq={sent} time={:.3} ms",
                     conn.relay,

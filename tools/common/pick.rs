@@ -25,13 +25,14 @@ pub fn resolve(list: &str) -> Result<Vec<SocketAddr>, String> {
 }
 
 /// Pings every relay of `relays` and picks one by `pick`; says on stderr,
-/// after `tool:`, what it measured and which it took. Returns the round as
-/// well, for a [`Routes`] table.
+/// after `tool:`, what it measured and which it took, unless `quiet`.
+/// Returns the round as well, for a [`Routes`] table.
 pub fn pick(
     tool: &str,
     relays: &[SocketAddr],
     pick: Pick,
     reply_timeout: Duration,
+    quiet: bool,
 ) -> Result<(SocketAddr, Picker), PickError> {
     let mut picker = probe(relays, pick, reply_timeout).map_err(PickError::Io)?;
     let measured: Vec<String> = (picker.candidates().iter())
@@ -52,10 +53,12 @@ pub fn pick(
         });
     };
     let chosen = relays[i];
-    eprintln!(
-        "{tool}: picked {chosen} ({pick}) of {}",
-        measured.join(", ")
-    );
+    if !quiet {
+        eprintln!(
+            "{tool}: picked {chosen} ({pick}) of {}",
+            measured.join(", ")
+        );
+    }
     Ok((chosen, picker))
 }
 

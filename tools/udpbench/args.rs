@@ -57,7 +57,7 @@ pub(crate) struct Args {
     pub(crate) duration: Duration,
     /// Stop each publisher after this many messages, or at the end of --duration if sooner
     /// [default: none, publish for --duration].
-    #[arg(long)]
+    #[arg(short, long)]
     pub(crate) count: Option<u64>,
     /// Reliable publishing and subscribing (acknowledged, retransmitted) [default: off].
     #[arg(long)]

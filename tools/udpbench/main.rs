@@ -65,14 +65,20 @@ fn pick_relay(args: &mut Args) -> Result<(), String> {
     args.relay = Some(match relays[..] {
         [one] => one,
         _ => {
-            pick::pick("udpbench", &relays, args.pick, Duration::from_secs(2))
-                .map_err(|e| match e {
-                    pick::PickError::Io(e) => e.to_string(),
-                    pick::PickError::NoneAnswered { count, waited } => {
-                        format!("none of the {count} relays answered within {waited:?}")
-                    }
-                })?
-                .0
+            pick::pick(
+                "udpbench",
+                &relays,
+                args.pick,
+                Duration::from_secs(2),
+                false,
+            )
+            .map_err(|e| match e {
+                pick::PickError::Io(e) => e.to_string(),
+                pick::PickError::NoneAnswered { count, waited } => {
+                    format!("none of the {count} relays answered within {waited:?}")
+                }
+            })?
+            .0
         }
     });
     Ok(())

@@ -36,7 +36,7 @@ pub enum Command {
         #[arg(long)]
         file: Option<PathBuf>,
         /// Send the input this many times.
-        #[arg(long, default_value_t = 1)]
+        #[arg(short, long, default_value_t = 1)]
         count: u64,
         /// Send all of the input (stdin or --file) as one message, bytes as
         /// they are, instead of one message per line. Messages larger than a
@@ -57,6 +57,10 @@ pub enum Command {
         /// Print a summary on stderr when done [default: off].
         #[arg(short, long)]
         verbose: bool,
+        /// No notes on stderr (which of several relays was picked); warnings
+        /// and errors still show [default: off].
+        #[arg(short, long, conflicts_with = "verbose")]
+        quiet: bool,
         /// Guaranteed delivery: every message is retransmitted until the relay
         /// acknowledges it (once it is in the log); exit 0 only if all were
         /// [default: off].
@@ -75,10 +79,10 @@ pub enum Command {
         channel: String,
         /// Output: `line` (payload and a newline), `raw` (payload bytes only) or
         /// `json` (one object per line: channel, offset, timestamp, payload).
-        #[arg(long, value_enum, default_value_t = Format::Line)]
+        #[arg(short, long, value_enum, default_value_t = Format::Line)]
         format: Format,
         /// Exit 0 after this many messages [default: none, run until --timeout or interrupted].
-        #[arg(long)]
+        #[arg(short, long)]
         count: Option<u64>,
         /// Stop after this long (exit 1 if --count messages had not arrived by then)
         /// [default: none, run until --count or interrupted].
@@ -112,13 +116,18 @@ pub enum Command {
         /// duplicates, out of order) on stderr when done [default: off].
         #[arg(short, long)]
         verbose: bool,
+        /// No notes on stderr (the relay picked, where the subscription
+        /// starts, each channel a pattern follows); warnings and errors
+        /// still show, and stdout is the messages either way [default: off].
+        #[arg(short, long, conflicts_with = "verbose")]
+        quiet: bool,
     },
     /// Measure the round trip to the relay.
     Ping {
         /// Relay address, like 127.0.0.1:7070, or several: A,B,C (see --pick).
         addr: String,
         /// Number of pings; 0 pings until Ctrl-C. Either way it ends with the totals: pings, answered, loss, and the round trip's min/avg/max.
-        #[arg(long, default_value_t = 3)]
+        #[arg(short, long, default_value_t = 3)]
         count: u32,
         /// Time between pings.
         #[arg(long, default_value = "200ms", value_parser = parse_duration)]
@@ -128,6 +137,10 @@ pub enum Command {
         reply_timeout: Duration,
         #[command(flatten)]
         key: KeyArgs,
+        /// Only the totals: no line for each pong, no note of the relay
+        /// picked; errors still show [default: off].
+        #[arg(short, long)]
+        quiet: bool,
     },
     /// Print the relay's counters, one `name value` per line.
     Stats {

@@ -135,11 +135,11 @@ pub(crate) enum LogCommand {
         #[arg(long, default_value_t = 0)]
         from: u64,
         /// Most messages to print [default: all].
-        #[arg(long)]
+        #[arg(short, long)]
         count: Option<u64>,
         /// `line`: offset, timestamp and payload, tab-separated; `json`: one
         /// object per line (channel, offset, timestamp, payload).
-        #[arg(long, value_enum, default_value_t = DumpFormat::Line)]
+        #[arg(short, long, value_enum, default_value_t = DumpFormat::Line)]
         format: DumpFormat,
         /// The data directory.
         #[arg(long, default_value = "./udprelay-data")]
