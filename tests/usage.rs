@@ -309,3 +309,99 @@ fn short_flags_count_format_and_quiet_do_what_the_long_ones_do() {
     );
     assert!(stdout.contains("2 pings, 2 answered, 0% loss"), "{stdout}");
 }
+
+/// A stand-in relay on a socket of the test's own that answers every ping
+/// with its pong and says on `answered` each time it has, until `stop`.
+fn answer_pings(
+    socket: std::net::UdpSocket,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    answered: std::sync::mpsc::Sender<()>,
+) -> std::thread::JoinHandle<()> {
+    use udprelay::wire::{self, Frame};
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_millis(50)))
+        .unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                continue;
+            };
+            let Ok(frames) = wire::decode_datagram(&buf[..n]) else {
+                continue;
+            };
+            for frame in frames.flatten() {
+                if let Frame::Ping { nonce, .. } = frame {
+                    let pong = wire::encode_datagram(&[Frame::Pong { nonce, load: None }]);
+                    socket.send_to(&pong.unwrap(), from).unwrap();
+                    let _ = answered.send(());
+                }
+            }
+        }
+    })
+}
+
+#[test]
+fn udpcat_ping_json_is_one_object_of_totals_also_on_ctrl_c() {
+    use std::process::Stdio;
+    use std::sync::{Arc, atomic::AtomicBool, mpsc};
+    let relay = Relay::start(&[]);
+    let out = udpcat(
+        &[
+            "ping",
+            &relay.addr_str(),
+            "--json",
+            "-c",
+            "3",
+            "--interval",
+            "1ms",
+        ],
+        b"",
+    );
+    assert!(out.status.success());
+    let totals = json_lines(&out.stdout);
+    assert_eq!(totals.len(), 1, "one object, no line per pong: {totals:?}");
+    let totals = &totals[0];
+    assert_eq!(totals["relay"], relay.addr_str());
+    assert_eq!(
+        (totals["sent"].as_u64(), totals["received"].as_u64()),
+        (Some(3), Some(3))
+    );
+    assert_eq!(totals["loss_percent"], 0.0);
+    let us = |key: &str| {
+        totals[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key}: {totals}"))
+    };
+    assert!(0.0 < us("rtt_min_us") && us("rtt_min_us") <= us("rtt_avg_us"));
+    assert!(us("rtt_avg_us") <= us("rtt_max_us"), "{totals}");
+    // Until Ctrl-C: the pongs a stand-in relay sent tell when to press it.
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap().to_string();
+    let (stop, (answered, pongs)) = (Arc::new(AtomicBool::new(false)), mpsc::channel());
+    let stand_in = answer_pings(socket, Arc::clone(&stop), answered);
+    let mut cmd = Command::new(udpcat_bin());
+    cmd.args(["ping", &addr, "--json", "-c", "0", "--interval", "20ms"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut ping = ChildGuard::spawn("udpcat ping --json", &mut cmd);
+    for n in 1..=2 {
+        pongs
+            .recv_timeout(DEADLINE)
+            .unwrap_or_else(|_| panic!("udpcat ping sent no ping {n} within {DEADLINE:?}"));
+    }
+    signal(ping.child().id(), "INT");
+    let out = ping.output_deadline(DEADLINE);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stand_in.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let totals = json_lines(&out.stdout);
+    assert_eq!(totals.len(), 1, "{totals:?}");
+    let (sent, received) = (totals[0]["sent"].as_u64(), totals[0]["received"].as_u64());
+    assert!(received >= Some(2) && received <= sent, "{totals:?}");
+    assert!(totals[0]["rtt_max_us"].as_f64().is_some(), "{totals:?}");
+}

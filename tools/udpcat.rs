@@ -28,12 +28,15 @@ mod either;
 mod input;
 #[path = "common/pick.rs"]
 mod pick;
+#[path = "udpcat/ping.rs"]
+mod ping;
 #[path = "common/usage.rs"]
 mod usage;
 
 use args::{Args, Command, Format, KeyArgs};
 use either::{Either, Event};
 use input::{Input, spawn_input};
+use ping::PingTotals;
 
 /// Why udpcat failed.
 #[derive(Debug, thiserror::Error)]
@@ -158,8 +161,9 @@ fn main() -> ExitCode {
             reply_timeout,
             key,
             quiet,
+            json,
         } => Conn::open(&addr, reply_timeout, &key, quiet)
-            .and_then(|mut c| ping(&mut c, count, interval, quiet)),
+            .and_then(|mut c| ping(&mut c, count, interval, quiet, json)),
         Command::Stats {
             addr,
             reply_timeout,
@@ -1047,16 +1051,24 @@ fn write_message(
     }
 }
 
-fn ping(conn: &mut Conn, count: u32, interval: Duration, quiet: bool) -> Result<(), CatError> {
+/// Pings `count` times (0: until Ctrl-C), then prints the totals: as
+/// ping(8) does, or as one JSON object with `json`. A line for each pong
+/// comes first unless `quiet` or `json` (stdout is then that one object).
+fn ping(
+    conn: &mut Conn,
+    count: u32,
+    interval: Duration,
+    quiet: bool,
+    json: bool,
+) -> Result<(), CatError> {
     // Ctrl-C ends it with the totals, as ping(8) does.
     let interrupted = Arc::new(AtomicBool::new(false));
     let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&interrupted));
     let stop = || interrupted.load(Ordering::Relaxed);
-    let mut rtts: Vec<Duration> = Vec::new();
-    let mut sent = 0u32;
+    let mut totals = PingTotals::new(conn.relay);
     let mut last_err = None;
-    while (count == 0 || sent < count) && !stop() {
-        if sent > 0 {
+    while (count == 0 || totals.sent < count) && !stop() {
+        if totals.sent > 0 {
             let until = Instant::now() + interval;
             while Instant::now() < until && !stop() {
                 std::thread::sleep(Duration::from_millis(10).min(interval));
@@ -1065,16 +1077,17 @@ fn ping(conn: &mut Conn, count: u32, interval: Duration, quiet: bool) -> Result<
                 break;
             }
         }
-        sent += 1;
+        totals.sent += 1;
         match conn.ping() {
             Ok(rtt) => {
-                rtts.push(rtt);
-                if quiet {
+                totals.rtts.push(rtt);
+                if quiet || json {
                     continue;
                 }
                 println!(
-                    "pong from {}: seq={sent} time={:.3} ms",
+                    "pong from {}: seq={} time={:.3} ms",
                     conn.relay,
+                    totals.sent,
                     rtt.as_secs_f64() * 1000.0
                 );
             }
@@ -1082,23 +1095,12 @@ fn ping(conn: &mut Conn, count: u32, interval: Duration, quiet: bool) -> Result<
             Err(e) => return Err(e),
         }
     }
-    let answered = rtts.len();
-    let loss = match sent {
-        0 => 0.0,
-        n => 100.0 * f64::from(n - answered as u32) / f64::from(n),
-    };
-    println!("--- {} ping statistics ---", conn.relay);
-    println!("{sent} pings, {answered} answered, {loss:.0}% loss");
-    if let (Some(min), Some(max)) = (rtts.iter().min(), rtts.iter().max()) {
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        let avg = rtts.iter().map(|&d| ms(d)).sum::<f64>() / answered as f64;
-        println!(
-            "rtt min/avg/max = {:.3}/{avg:.3}/{:.3} ms",
-            ms(*min),
-            ms(*max)
-        );
+    let mut out = io::stdout().lock();
+    match json {
+        true => writeln!(out, "{}", totals.json())?,
+        false => write!(out, "{}", totals.text())?,
     }
-    match (answered, last_err) {
+    match (totals.received(), last_err) {
         (0, Some(e)) => Err(e),
         _ => Ok(()),
     }

@@ -141,6 +141,13 @@ pub enum Command {
         /// picked; errors still show [default: off].
         #[arg(short, long)]
         quiet: bool,
+        /// The totals as one JSON object on stdout, and nothing else there
+        /// (no line for each pong), at the end or on Ctrl-C: relay, sent,
+        /// received, loss_percent, rtt_min_us, rtt_avg_us, rtt_max_us (the
+        /// round trips in microseconds, null if none was answered)
+        /// [default: off, text as ping(8) prints it].
+        #[arg(long)]
+        json: bool,
     },
     /// Print the relay's counters, one `name value` per line.
     Stats {
