@@ -14,6 +14,10 @@ use std::path::Path;
 use clap::CommandFactory;
 use clap_complete::Shell;
 
+/// `--timestamps`, which udpcat's and udprelay's command lines share.
+#[allow(dead_code)]
+#[path = "../tools/common/timestamps.rs"]
+mod timestamps;
 #[allow(dead_code)]
 #[path = "../tools/udpbench/args.rs"]
 mod udpbench_args;

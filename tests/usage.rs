@@ -405,3 +405,83 @@ fn udpcat_ping_json_is_one_object_of_totals_also_on_ctrl_c() {
     assert!(received >= Some(2) && received <= sent, "{totals:?}");
     assert!(totals[0]["rtt_max_us"].as_f64().is_some(), "{totals:?}");
 }
+
+/// What `--timestamps rfc3339` should print for `unix_nanos`: `time`'s own
+/// RFC 3339 to the second, then all nine digits of the fraction, in UTC.
+fn rfc3339_of(unix_nanos: u64) -> String {
+    use time::format_description::well_known::Rfc3339;
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_nanos)).unwrap();
+    let whole = t.format(&Rfc3339).unwrap();
+    format!("{}.{:09}Z", &whole[..19], unix_nanos % 1_000_000_000)
+}
+
+#[test]
+fn sub_and_log_dump_show_stored_timestamps_as_rfc3339_when_asked() {
+    let relay = Relay::start(&[]);
+    let addr = relay.addr_str();
+    assert!(udpcat(&["pub", &addr, "news"], b"a\nb\n").status.success());
+    let sub = |extra: &[&str]| {
+        let mut args = vec![
+            "sub",
+            addr.as_str(),
+            "news",
+            "--from",
+            "earliest",
+            "-c",
+            "2",
+            "-q",
+        ];
+        args.extend_from_slice(extra);
+        let out = udpcat(&args, b"");
+        assert!(
+            out.status.success(),
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let stored: Vec<u64> = json_lines(sub(&["-f", "json"]))
+        .iter()
+        .map(|m| m["timestamp"].as_u64().unwrap())
+        .collect();
+    let want: Vec<String> = (stored.iter().zip(["a", "b"]))
+        .map(|(&t, p)| format!("{}\t{p}", rfc3339_of(t)))
+        .collect();
+    assert_eq!(
+        sub(&["--timestamps", "rfc3339"])
+            .lines()
+            .collect::<Vec<_>>(),
+        want
+    );
+    let unix = format!("{}\ta\n{}\tb\n", stored[0], stored[1]);
+    assert_eq!(sub(&["--timestamps", "unix-ns"]), unix);
+    assert_eq!(sub(&[]), "a\nb\n", "no timestamp unless asked");
+    let json = json_lines(sub(&["-f", "json", "--timestamps", "rfc3339"]));
+    assert_eq!(json[1]["timestamp_rfc3339"], rfc3339_of(stored[1]));
+    assert_eq!(json[1]["timestamp"], stored[1], "the nanoseconds stay");
+    let raw = udpcat(
+        &["sub", &addr, "news", "-f", "raw", "--timestamps", "rfc3339"],
+        b"",
+    );
+    assert_eq!(
+        raw.status.code(),
+        Some(2),
+        "raw has no room for a timestamp"
+    );
+    assert_eq!(String::from_utf8_lossy(&raw.stderr).lines().count(), 1);
+    // The log holds the same times: dump shows them alike.
+    let (_, _, dir) = relay.terminate();
+    let data = dir.path().join("data");
+    let dump =
+        |extra: &[&str]| udprelay_log(&data, &[&["dump", "news", "-c", "1"], extra].concat());
+    assert_eq!(
+        dump(&[]),
+        format!("0\t{}\ta\n", stored[0]),
+        "unix-ns by default"
+    );
+    let rfc = dump(&["--timestamps", "rfc3339"]);
+    assert_eq!(rfc, format!("0\t{}\ta\n", rfc3339_of(stored[0])));
+    assert_eq!(dump(&["--timestamps", "none"]), "0\ta\n");
+    let json = json_lines(dump(&["-f", "json", "--timestamps", "rfc3339"]));
+    assert_eq!(json[0]["timestamp_rfc3339"], rfc3339_of(stored[0]));
+}

@@ -30,13 +30,18 @@ mod input;
 mod pick;
 #[path = "udpcat/ping.rs"]
 mod ping;
+#[path = "common/timestamps.rs"]
+mod timestamps;
 #[path = "common/usage.rs"]
 mod usage;
 
 use args::{Args, Command, Format, KeyArgs};
+use clap::CommandFactory;
+use clap::error::ErrorKind;
 use either::{Either, Event};
 use input::{Input, spawn_input};
 use ping::PingTotals;
+use timestamps::Timestamps;
 
 /// Why udpcat failed.
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +134,7 @@ fn main() -> ExitCode {
             addr,
             channel,
             format,
+            timestamps,
             count,
             timeout,
             from,
@@ -140,10 +146,18 @@ fn main() -> ExitCode {
             group,
             wait,
         } => {
+            if format == Format::Raw && timestamps != Timestamps::None {
+                let why = "--timestamps needs --format line or json: raw is the payload bytes only";
+                usage::exit(
+                    "udpcat",
+                    Args::command().error(ErrorKind::ArgumentConflict, why),
+                );
+            }
             let opts = SubOptions {
                 group,
                 channel,
                 format,
+                timestamps,
                 count,
                 timeout,
                 from,
@@ -783,6 +797,8 @@ struct SubOptions {
     group: Option<String>,
     channel: String,
     format: Format,
+    /// How each message's stored time is shown.
+    timestamps: Timestamps,
     count: Option<u64>,
     timeout: Option<Duration>,
     from: StartPosition,
@@ -990,7 +1006,7 @@ fn subscribe(conn: &mut Conn, opts: &SubOptions) -> Result<(), CatError> {
                 received += 1;
                 if write_result.is_ok() {
                     write_result =
-                        write_message(&mut out, opts.format, channel, offset, timestamp, payload);
+                        write_message(&mut out, opts, channel, offset, timestamp, payload);
                 }
             }
             Event::Error { code, reason } => {
@@ -1030,22 +1046,27 @@ fn subscribe(conn: &mut Conn, opts: &SubOptions) -> Result<(), CatError> {
     result
 }
 
+/// One message as `opts` (--format, --timestamps) asks.
 fn write_message(
     out: &mut impl Write,
-    format: Format,
+    opts: &SubOptions,
     channel: &str,
     offset: u64,
     timestamp: u64,
     payload: &[u8],
 ) -> io::Result<()> {
-    match format {
+    match opts.format {
         Format::Line => {
+            if let Some(stamp) = opts.timestamps.text(timestamp) {
+                write!(out, "{stamp}\t")?;
+            }
             out.write_all(payload)?;
             out.write_all(b"\n")
         }
         Format::Raw => out.write_all(payload),
         Format::Json => {
-            let obj = message_json(channel, offset, timestamp, payload);
+            let mut obj = message_json(channel, offset, timestamp, payload);
+            opts.timestamps.add_to(&mut obj, timestamp);
             writeln!(out, "{obj}")
         }
     }

@@ -21,6 +21,8 @@ use udprelay::subject::Pattern;
 mod cli;
 #[path = "udprelay/config_file.rs"]
 mod config_file;
+#[path = "../../tools/common/timestamps.rs"]
+mod timestamps;
 #[path = "../../tools/common/usage.rs"]
 mod usage;
 
@@ -239,6 +241,7 @@ fn log_command(cmd: LogCommand) -> Result<ExitCode> {
             from,
             count,
             format,
+            timestamps,
             data_dir,
         } => {
             require_dir(&data_dir)?;
@@ -253,18 +256,17 @@ fn log_command(cmd: LogCommand) -> Result<ExitCode> {
                         return;
                     }
                     let result = match format {
-                        DumpFormat::Line => writeln!(
-                            out,
-                            "{}\t{}\t{}",
-                            r.offset,
-                            r.timestamp,
-                            String::from_utf8_lossy(r.payload)
-                        ),
-                        DumpFormat::Json => writeln!(
-                            out,
-                            "{}",
-                            message_json(&channel, r.offset, r.timestamp, r.payload)
-                        ),
+                        DumpFormat::Line => {
+                            let stamp = (timestamps.text(r.timestamp))
+                                .map_or(String::new(), |t| format!("{t}\t"));
+                            let payload = String::from_utf8_lossy(r.payload);
+                            writeln!(out, "{}\t{stamp}{payload}", r.offset)
+                        }
+                        DumpFormat::Json => {
+                            let mut obj = message_json(&channel, r.offset, r.timestamp, r.payload);
+                            timestamps.add_to(&mut obj, r.timestamp);
+                            writeln!(out, "{obj}")
+                        }
                     };
                     if let Err(e) = result {
                         write_err = Some(e);

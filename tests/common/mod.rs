@@ -666,6 +666,21 @@ pub fn json_lines(out: impl AsRef<[u8]>) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// What `udprelay log ARGS --data-dir DATA_DIR` printed on stdout, having
+/// checked that it succeeded.
+pub fn udprelay_log(data_dir: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(udprelay_bin())
+        .arg("log")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "udprelay log {args:?}: {stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Polls `check` until it returns true, failing with `what` past the deadline.
 pub fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     let until = Instant::now() + DEADLINE;

@@ -9,6 +9,8 @@ use udprelay::config::parse_duration;
 use udprelay::reliable::ArqConfig;
 use udprelay::wire::StartPosition;
 
+use super::timestamps::Timestamps;
+
 /// netcat for udprelay: publish, subscribe, ping, stats.
 #[derive(Debug, Parser)]
 #[command(name = "udpcat", version)]
@@ -81,6 +83,12 @@ pub enum Command {
         /// `json` (one object per line: channel, offset, timestamp, payload).
         #[arg(short, long, value_enum, default_value_t = Format::Line)]
         format: Format,
+        /// Show each message's stored time (when the relay took it) before
+        /// its payload, a tab between. With --format json the `timestamp` key
+        /// (nanoseconds) is always there and rfc3339 adds
+        /// `timestamp_rfc3339`; --format raw takes none.
+        #[arg(long, value_enum, value_name = "HOW", default_value_t = Timestamps::None)]
+        timestamps: Timestamps,
         /// Exit 0 after this many messages [default: none, run until --timeout or interrupted].
         #[arg(short, long)]
         count: Option<u64>,

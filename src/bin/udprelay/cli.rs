@@ -11,6 +11,8 @@ use udprelay::log::FsyncMode;
 use udprelay::reliable::ArqConfig;
 use udprelay::subject::Pattern;
 
+use super::timestamps::Timestamps;
+
 /// A UDP datagram relay: clients publish to named channels, the relay stores
 /// every message in the channel's log and delivers it to the subscribers.
 #[derive(Debug, Parser)]
@@ -137,10 +139,17 @@ pub(crate) enum LogCommand {
         /// Most messages to print [default: all].
         #[arg(short, long)]
         count: Option<u64>,
-        /// `line`: offset, timestamp and payload, tab-separated; `json`: one
-        /// object per line (channel, offset, timestamp, payload).
+        /// `line`: offset, timestamp (see --timestamps) and payload,
+        /// tab-separated; `json`: one object per line (channel, offset,
+        /// timestamp, payload).
         #[arg(short, long, value_enum, default_value_t = DumpFormat::Line)]
         format: DumpFormat,
+        /// How the line shows each message's stored time (when the relay
+        /// took it), between offset and payload; `none` leaves the column
+        /// out. With --format json the `timestamp` key (nanoseconds) is
+        /// always there and rfc3339 adds `timestamp_rfc3339`.
+        #[arg(long, value_enum, value_name = "HOW", default_value_t = Timestamps::UnixNs)]
+        timestamps: Timestamps,
         /// The data directory.
         #[arg(long, default_value = "./udprelay-data")]
         data_dir: PathBuf,
