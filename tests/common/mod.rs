@@ -773,21 +773,3 @@ pub fn reliable_publisher(addrs: &str, channel: &str) -> (ChildGuard, std::proce
     let stdin = publisher.child().stdin.take().expect("stdin is piped");
     (publisher, stdin)
 }
-
-/// Runs `udprelay log ARGS --data-dir DATA` (beside a running relay too),
-/// which must succeed, and returns what it printed.
-pub fn udprelay_log(data: &std::path::Path, args: &[&str]) -> String {
-    let out = Command::new(udprelay_bin())
-        .arg("log")
-        .args(args)
-        .arg("--data-dir")
-        .arg(data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
