@@ -664,6 +664,7 @@ impl Driver {
         }
         self.syncer.finish(&mut self.relay);
         self.relay.sync_all();
+        self.relay.say_refused();
         self.bridge(true);
         self.send_all()?;
         if !self.send_queue.is_empty() {

@@ -101,6 +101,8 @@ pub(super) struct Channel {
     pub(super) groups: Vec<Group>,
     /// Plain-UDP destinations that get every message as-is.
     pub(super) raw_out: Vec<SocketAddr>,
+    /// A full disk refusing its messages, said once in a while.
+    full: super::flood::Quiet,
     /// Offsets below this are known to be on disk (`--fsync interval`).
     pub(super) durable_to: u64,
     /// Named in the configuration (raw ports): never forgotten.
@@ -216,8 +218,11 @@ impl Channel {
                 Ok(log) => self.storage = Storage::Open(log),
                 Err(e) => {
                     // Most likely a full disk: the channel stays empty and
-                    // the next message tries again.
-                    tracing::warn!(channel = %self.name, "cannot create log: {e}");
+                    // the next message tries again (said once in a while).
+                    if let Some(unsaid) = self.full.may_say(timestamp) {
+                        let more = super::flood::more(unsaid);
+                        tracing::warn!(channel = %self.name, "cannot create log: {e}{more}");
+                    }
                     return Err(Refused::NoSpace(e));
                 }
             }
@@ -230,7 +235,10 @@ impl Channel {
         match log.append(timestamp, session, payload) {
             Ok(offset) => Ok(offset),
             Err(e @ LogError::NoSpace(_)) => {
-                tracing::warn!(channel = %self.name, "{e}");
+                if let Some(unsaid) = self.full.may_say(timestamp) {
+                    let more = super::flood::more(unsaid);
+                    tracing::warn!(channel = %self.name, "{e}{more}");
+                }
                 Err(Refused::NoSpace(e))
             }
             Err(e) => {
@@ -441,6 +449,7 @@ impl Channels {
             subscribers: Vec::new(),
             groups: Vec::new(),
             raw_out: Vec::new(),
+            full: super::flood::Quiet::default(),
             durable_to: 0,
             pinned: false,
             holds: 0,

@@ -16,6 +16,25 @@ macro_rules! counters {
                 $( (stringify!($name), concat!($($doc),*)), )*
             ];
 
+            /// The sum of the counters of refused input ([`is_refusal`]):
+            /// what a flood of bad datagrams raises.
+            pub fn refused(&self) -> u64 {
+                let mut total = 0u64;
+                $( if const { is_refusal(stringify!($name)) } {
+                    total = total.wrapping_add(self.$name);
+                } )*
+                total
+            }
+
+            /// Every counter of refused input ([`is_refusal`]), by name.
+            pub fn refusals(&self) -> Vec<(&'static str, u64)> {
+                let mut all = Vec::new();
+                $( if const { is_refusal(stringify!($name)) } {
+                    all.push((stringify!($name), self.$name));
+                } )*
+                all
+            }
+
             /// Every counter by name, followed by the gauges `channels` and
             /// `subscriptions` that the caller supplies.
             pub fn entries(&self, channels: usize, subscriptions: usize) -> Vec<(&'static str, u64)> {
@@ -27,6 +46,29 @@ macro_rules! counters {
             }
         }
     };
+}
+
+/// True for a counter of refused input: every `dropped_*`, refused
+/// address tokens and refused handshakes.
+pub const fn is_refusal(name: &str) -> bool {
+    const fn same(a: &[u8], b: &[u8]) -> bool {
+        if a.len() != b.len() {
+            return false;
+        }
+        let mut i = 0;
+        while i < a.len() {
+            if a[i] != b[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+    let name = name.as_bytes();
+    let prefix = b"dropped_";
+    (name.len() > prefix.len() && same(name.split_at(prefix.len()).0, prefix))
+        || same(name, b"tokens_refused")
+        || same(name, b"handshakes_refused")
 }
 
 counters! {

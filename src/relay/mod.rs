@@ -65,6 +65,8 @@
 //! - `reload`: limits, raw ports and the key file from a new configuration
 //!   (what a key removed or a permission withdrawn ended, `rekey_tests`).
 //! - `replies`: the reply budget and the relay's own addresses.
+//! - `flood`: bad input said in the log once per interval, with the
+//!   sources that sent most of it.
 //! - `stats`: the paged STATS answer.
 //! - `outbox`: datagrams packed per destination; `counters`: what happened.
 
@@ -75,6 +77,7 @@ mod counters;
 mod delivery;
 mod drain;
 mod durability;
+mod flood;
 mod groups;
 mod outbox;
 mod peers;
@@ -216,6 +219,8 @@ pub struct Relay {
     outbox: Outbox,
     /// What happened, for operators.
     counters: Counters,
+    /// Refusals since the log last said what was refused.
+    flood: flood::Flood,
     /// The locked data directory, where new channel logs are created.
     data_dir: DataDir,
     /// When appended records are synced, and old segments deleted.
@@ -288,6 +293,7 @@ impl Relay {
             who: Who::Open,
             outbox: Outbox::new(config.datagram_size),
             counters: Counters::default(),
+            flood: flood::Flood::default(),
             data_dir,
             durability: Durability::new(config.log.fsync, retention.then_some(now.instant)),
             cluster: None,
@@ -406,6 +412,13 @@ impl Relay {
 
     /// Handles one datagram that arrived at the protocol socket from `from`.
     pub fn handle_datagram(&mut self, now: Now, from: SocketAddr, datagram: &[u8]) {
+        self.receive(now, from, datagram);
+        // What it made the relay refuse is charged to its source, for the
+        // log's summary.
+        (self.flood).after(now.instant, Some(from.ip()), &self.counters);
+    }
+
+    fn receive(&mut self, now: Now, from: SocketAddr, datagram: &[u8]) {
         self.counters.datagrams_received += 1;
         self.counters.bytes_received += datagram.len() as u64;
         if self.own.contains(from) {
@@ -469,6 +482,11 @@ impl Relay {
     /// Handles one datagram that arrived at raw ingest port `index` (in the
     /// order of the configuration's `raw_in`): it becomes one message.
     pub fn handle_raw(&mut self, now: Now, index: usize, datagram: &[u8]) {
+        self.receive_raw(now, index, datagram);
+        (self.flood).after(now.instant, None, &self.counters);
+    }
+
+    fn receive_raw(&mut self, now: Now, index: usize, datagram: &[u8]) {
         self.counters.raw_received += 1;
         self.counters.bytes_received += datagram.len() as u64;
         let Some(&channel) = self.raw_in.get(index) else {
@@ -492,6 +510,7 @@ impl Relay {
             self.reassembly.next_deadline(),
             self.durability.next_deadline(),
             self.secure.as_ref().and_then(Secure::next_deadline),
+            self.flood.next_deadline(),
             self.cluster
                 .as_ref()
                 .and_then(cluster::Cluster::next_deadline),
@@ -532,6 +551,18 @@ impl Relay {
                 .filter(|p| crate::subject::is_bridgeable_pattern(p))
                 .map(String::from);
             cluster.handle_timeout(now.instant, &mut self.channels, patterns);
+        }
+        (self.flood).after(now.instant, None, &self.counters);
+        if let Some(line) = self.flood.summary(now.instant, &self.counters) {
+            tracing::warn!("{line}");
+        }
+    }
+
+    /// Logs what was refused since the log last said (at shutdown: the
+    /// summary due later would never come).
+    pub fn say_refused(&mut self) {
+        if let Some(line) = self.flood.summary_now(&self.counters) {
+            tracing::warn!("{line}");
         }
     }
 
@@ -1099,7 +1130,7 @@ impl Relay {
                         start
                     }
                     Err(e) => {
-                        tracing::warn!(channel, error = %e, "resume: reading the log failed; starting at the oldest message");
+                        tracing::warn!(channel, peer = %from, error = %e, "resume: reading the log failed; starting at the oldest message");
                         log.first_offset()
                     }
                 }
@@ -1270,6 +1301,7 @@ impl Relay {
             // Acknowledged together before the next datagram goes.
             self.acks_due |= std::mem::take(&mut cluster.moved);
         }
+        (self.flood).after(now.instant, None, &self.counters);
     }
 
     /// Reads this relay's cluster id and how far its channels were bridged
@@ -1324,6 +1356,19 @@ impl Relay {
     /// `past_a_gap` (the earlier ones are given up for lost): then it is
     /// appended and the gap counted.
     pub fn handle_remote(
+        &mut self,
+        now: Now,
+        channel: &str,
+        origin: Origin,
+        past_a_gap: bool,
+        payload: &[u8],
+    ) -> Remote {
+        let taken = self.take_remote(now, channel, origin, past_a_gap, payload);
+        (self.flood).after(now.instant, None, &self.counters);
+        taken
+    }
+
+    fn take_remote(
         &mut self,
         now: Now,
         channel: &str,
