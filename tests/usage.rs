@@ -230,6 +230,16 @@ fn stats_and_the_log_commands_speak_json_and_ls_quotes_names_with_spaces() {
     let stats = udpcat(&["stats", &relay.addr_str(), "--json"], b"");
     let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("one JSON object");
     assert_eq!(stats["messages_published"], 2);
+    // Read by something that stops reading (`| head -c 10`): a quiet end.
+    let mut cmd = std::process::Command::new(udpcat_bin());
+    cmd.args(["stats", &relay.addr_str(), "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut closed = ChildGuard::spawn("udpcat stats", &mut cmd);
+    drop(closed.child().stdout.take());
+    let out = closed.output_deadline(DEADLINE);
+    assert!(out.status.success(), "{:?}", out.status);
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "", "nothing to say");
     let (_, _, dir) = relay.terminate();
     let data = dir.path().join("data");
     let log = |args: &[&str]| udprelay_log(&data, args);

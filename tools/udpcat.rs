@@ -191,6 +191,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         // Said already; the shell's code for a Ctrl-C.
         Err(CatError::Interrupted) => ExitCode::from(130),
+        // Whoever read the output stopped reading (`| head`): nothing to say.
+        Err(CatError::Io(e)) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("udpcat: {e}");
             ExitCode::FAILURE

@@ -125,7 +125,7 @@ pub(crate) enum LogCommand {
         /// The data directory.
         #[arg(long, default_value = "./udprelay-data")]
         data_dir: PathBuf,
-        /// One JSON object a channel (name, first, next, messages, segments, bytes) instead of the table [default: off].
+        /// One JSON object a channel (channel, first, next, messages, segments, bytes) instead of the table [default: off].
         #[arg(long)]
         json: bool,
     },
