@@ -846,7 +846,9 @@ impl Driver {
         if let (Some(file), Some(path)) = (keys, &new.keys) {
             let count = file.keys().len();
             let required = new.auth == crate::config::AuthMode::Required;
-            let revoked = self.relay.rekey(file, required, new.max_auth_sessions);
+            let revoked = self
+                .relay
+                .rekey(now(), file, required, new.max_auth_sessions);
             info!(
                 keys = count,
                 ended_keyed_sessions = revoked.keyed_sessions,

@@ -101,8 +101,6 @@ pub(super) struct Channel {
     pub(super) groups: Vec<Group>,
     /// Plain-UDP destinations that get every message as-is.
     pub(super) raw_out: Vec<SocketAddr>,
-    /// A full disk refusing its messages, said once in a while.
-    full: super::flood::Quiet,
     /// Offsets below this are known to be on disk (`--fsync interval`).
     pub(super) durable_to: u64,
     /// Named in the configuration (raw ports): never forgotten.
@@ -218,11 +216,8 @@ impl Channel {
                 Ok(log) => self.storage = Storage::Open(log),
                 Err(e) => {
                     // Most likely a full disk: the channel stays empty and
-                    // the next message tries again (said once in a while).
-                    if let Some(unsaid) = self.full.may_say(timestamp) {
-                        let more = super::flood::more(unsaid);
-                        tracing::warn!(channel = %self.name, "cannot create log: {e}{more}");
-                    }
+                    // the next message tries again (the caller says so,
+                    // once in a while).
                     return Err(Refused::NoSpace(e));
                 }
             }
@@ -234,13 +229,7 @@ impl Channel {
         };
         match log.append(timestamp, session, payload) {
             Ok(offset) => Ok(offset),
-            Err(e @ LogError::NoSpace(_)) => {
-                if let Some(unsaid) = self.full.may_say(timestamp) {
-                    let more = super::flood::more(unsaid);
-                    tracing::warn!(channel = %self.name, "{e}{more}");
-                }
-                Err(Refused::NoSpace(e))
-            }
+            Err(e @ LogError::NoSpace(_)) => Err(Refused::NoSpace(e)),
             Err(e) => {
                 tracing::error!(channel = %self.name, "append failed, channel stopped: {e}");
                 self.storage = Storage::Failed(e.to_string());
@@ -449,7 +438,6 @@ impl Channels {
             subscribers: Vec::new(),
             groups: Vec::new(),
             raw_out: Vec::new(),
-            full: super::flood::Quiet::default(),
             durable_to: 0,
             pinned: false,
             holds: 0,

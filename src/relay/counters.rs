@@ -48,8 +48,9 @@ macro_rules! counters {
     };
 }
 
-/// True for a counter of refused input: every `dropped_*`, refused
-/// address tokens and refused handshakes.
+/// True for a counter of refused input: every `dropped_*` but those the
+/// relay's own state causes (a full or failed log, a channel not served or
+/// a drain), refused address tokens and refused handshakes.
 pub const fn is_refusal(name: &str) -> bool {
     const fn same(a: &[u8], b: &[u8]) -> bool {
         if a.len() != b.len() {
@@ -66,7 +67,10 @@ pub const fn is_refusal(name: &str) -> bool {
     }
     let name = name.as_bytes();
     let prefix = b"dropped_";
-    (name.len() > prefix.len() && same(name.split_at(prefix.len()).0, prefix))
+    let ours = same(name, b"dropped_log_full")
+        || same(name, b"dropped_log_error")
+        || same(name, b"dropped_unavailable");
+    (name.len() > prefix.len() && same(name.split_at(prefix.len()).0, prefix) && !ours)
         || same(name, b"tokens_refused")
         || same(name, b"handshakes_refused")
 }

@@ -119,19 +119,18 @@ impl Flood {
 /// one), said at most once per [`SUMMARY_EVERY`] with how many were not.
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct Quiet {
-    /// When it was last said, in nanoseconds since the Unix epoch.
-    said_at: Option<u64>,
+    /// When it was last said.
+    said_at: Option<Instant>,
     /// Times it was not said since.
     unsaid: u64,
 }
 
 impl Quiet {
     /// `Some(times not said since the last)` if the line may be said at
-    /// `now` (nanoseconds since the Unix epoch), `None` if it is counted.
-    pub(super) fn may_say(&mut self, now: u64) -> Option<u64> {
-        let every = SUMMARY_EVERY.as_nanos() as u64;
+    /// `now`, `None` if it is counted.
+    pub(super) fn may_say(&mut self, now: Instant) -> Option<u64> {
         match self.said_at {
-            Some(at) if now.saturating_sub(at) < every => {
+            Some(at) if now.saturating_duration_since(at) < SUMMARY_EVERY => {
                 self.unsaid += 1;
                 None
             }
@@ -223,14 +222,27 @@ mod tests {
     #[test]
     fn a_line_per_message_is_said_once_per_interval_with_the_rest_counted() {
         let mut quiet = Quiet::default();
-        let second = 1_000_000_000;
-        assert_eq!(quiet.may_say(5 * second), Some(0));
+        let t = Instant::now();
+        assert_eq!(quiet.may_say(t), Some(0));
         for i in 1..1000 {
-            assert_eq!(quiet.may_say(5 * second + i), None);
+            assert_eq!(quiet.may_say(t + Duration::from_micros(i)), None);
         }
-        assert_eq!(quiet.may_say(15 * second), Some(999));
+        assert_eq!(quiet.may_say(t + SUMMARY_EVERY), Some(999));
         assert_eq!(more(999), " (and 999 more like it since)");
         assert_eq!(more(0), "");
+    }
+
+    #[test]
+    fn the_relays_own_trouble_is_not_bad_input() {
+        let names: Vec<&str> = Counters::default().refusals().iter().map(|r| r.0).collect();
+        assert!(names.contains(&"dropped_malformed") && names.contains(&"tokens_refused"));
+        for ours in [
+            "dropped_log_full",
+            "dropped_log_error",
+            "dropped_unavailable",
+        ] {
+            assert!(!names.contains(&ours), "{ours}");
+        }
     }
 
     #[test]

@@ -221,6 +221,8 @@ pub struct Relay {
     counters: Counters,
     /// Refusals since the log last said what was refused.
     flood: flood::Flood,
+    /// A full disk refusing messages, said once in a while.
+    disk_full: flood::Quiet,
     /// The locked data directory, where new channel logs are created.
     data_dir: DataDir,
     /// When appended records are synced, and old segments deleted.
@@ -294,6 +296,7 @@ impl Relay {
             outbox: Outbox::new(config.datagram_size),
             counters: Counters::default(),
             flood: flood::Flood::default(),
+            disk_full: flood::Quiet::default(),
             data_dir,
             durability: Durability::new(config.log.fsync, retention.then_some(now.instant)),
             cluster: None,
@@ -451,9 +454,9 @@ impl Relay {
                     }
                     Err(secure::Refusal::Forged) => self.counters.dropped_forged += 1,
                     Err(secure::Refusal::Replayed) => self.counters.dropped_replayed += 1,
-                    Err(secure::Refusal::Expired(addr)) => {
+                    Err(secure::Refusal::Expired(addr, id)) => {
                         self.counters.dropped_unauthenticated += 1;
-                        self.session_ended(addr);
+                        self.end_keyed_sessions(&[(id, addr, None)]);
                     }
                 }
             }
@@ -469,6 +472,50 @@ impl Relay {
         self.who = Who::Open;
         self.unproven = None;
         self.tell_lost(now);
+    }
+
+    /// Ends keyed sessions (id, address, and an ERROR `denied` to tell its
+    /// client, if any): what the outbox holds for them (that ERROR too) is
+    /// sealed first, under the session, so nothing queued goes out in the
+    /// clear once it is gone; then each address loses what it held.
+    fn end_keyed_sessions(&mut self, ending: &[(u32, SocketAddr, Option<String>)]) {
+        if ending.is_empty() {
+            return;
+        }
+        for (_, addr, why) in ending {
+            if let Some(reason) = why {
+                let frame = Frame::Error {
+                    code: ErrorCode::DENIED,
+                    reason: replies::truncate_utf8(reason, 200),
+                };
+                self.counters.errors_sent += 1;
+                self.outbox.push_frame(*addr, &frame);
+            }
+        }
+        if let Some(secure) = &mut self.secure {
+            let ends: Vec<SocketAddr> = ending.iter().map(|e| secure::canonical(e.1)).collect();
+            let mut queued = Vec::new();
+            while let Some(t) = self.outbox.pop() {
+                if ends.contains(&secure::canonical(t.destination)) {
+                    // Sealed now; once the session is gone it passes as is.
+                    match secure.seal(t) {
+                        Some(t) => queued.push(t),
+                        None => self.counters.send_errors += 1,
+                    }
+                } else {
+                    queued.push(t); // sealed when it goes, as ever
+                }
+            }
+            for &(id, _, _) in ending {
+                secure.end_session(id);
+            }
+            for t in queued {
+                self.outbox.push_raw(t.destination, &t.payload);
+            }
+        }
+        for &(_, addr, _) in ending {
+            self.session_ended(addr);
+        }
     }
 
     /// A keyed session ended: what its address held goes with it, so
@@ -528,14 +575,13 @@ impl Relay {
             self.counters.subscriptions_expired += expired as u64;
         }
         self.counters.fragments_expired += self.reassembly.expire(now.instant);
-        let ended = self
-            .secure
-            .as_mut()
+        let ended: Vec<(u32, SocketAddr, Option<String>)> = (self.secure.as_mut())
             .map(|s| s.sweep(now))
-            .unwrap_or_default();
-        for addr in ended {
-            self.session_ended(addr);
-        }
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(id, addr)| (id, addr, None))
+            .collect();
+        self.end_keyed_sessions(&ended);
         self.subscriptions.handle_timeout(
             now,
             &mut self.channels,
@@ -882,6 +928,13 @@ impl Relay {
         let channel = &mut self.channels[id];
         let first = matches!(channel.storage, Storage::Empty);
         let stored = channel.store(&self.data_dir, now.unix_nanos, session, payload);
+        if let Err(channels::Refused::NoSpace(e)) = &stored
+            && let Some(unsaid) = self.disk_full.may_say(now.instant)
+        {
+            // A full disk refuses every message: said once in a while.
+            let more = flood::more(unsaid);
+            tracing::warn!(channel = %channel.name, "cannot store: {e}{more}");
+        }
         let offset = stored.map_err(|refused| refused.counted(&mut self.counters))?;
         self.durability.appended(now.instant, id);
         if let Some(cluster) = &mut self.cluster {

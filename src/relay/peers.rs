@@ -40,7 +40,7 @@ pub(super) struct Peer {
     /// `wildcards`; counted here so that one holding nothing else keeps
     /// its lease).
     wildcards: usize,
-    /// The key (index in the key file) what the address holds is charged
+    /// The key (its stable index, see `secure::Secure`) what the address holds is charged
     /// to, if it was opened under one.
     owner: Option<usize>,
 }
@@ -66,7 +66,7 @@ impl Peer {
 /// and how much that one may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Owner {
-    /// The key (index in the key file), if the request was sealed under one.
+    /// The key (its stable index, see `secure::Secure`), if the request was sealed under one.
     pub(super) key: Option<usize>,
     /// Most subscriptions the key may hold across its addresses.
     pub(super) max_subscriptions: usize,
@@ -102,7 +102,7 @@ pub(super) struct Peers {
     leases: BinaryHeap<Reverse<(Instant, SocketAddr)>>,
     /// How long a peer lives without being heard from.
     lease: Duration,
-    /// What each key holds, by its index in the key file (grown to the
+    /// What each key holds, by its stable index (see `secure::Secure`; grown to the
     /// highest index seen: one entry per key, whatever the clients do).
     held: Vec<Held>,
 }

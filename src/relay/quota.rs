@@ -81,7 +81,7 @@ struct KeyRates {
     told: Option<Instant>,
 }
 
-/// The publishing rates of every key, by index in the key file.
+/// The publishing rates of every key, by its stable index (see `secure::Secure`).
 #[derive(Debug, Clone, Default)]
 pub(super) struct Rates {
     keys: Vec<KeyRates>,
@@ -99,6 +99,24 @@ impl Rates {
                 })
                 .collect(),
         }
+    }
+
+    /// The rates for `quotas` (by key index), keeping the buckets of each
+    /// index `kept` says is the same key whose rates did not change: a
+    /// reload gives no key a fresh burst.
+    pub(super) fn rekey(&mut self, quotas: &[Quota], kept: impl Fn(usize) -> bool) {
+        let mut fresh = Rates::new(quotas.iter());
+        for (i, new) in fresh.keys.iter_mut().enumerate() {
+            if let Some(old) = self.keys.get(i)
+                && kept(i)
+                && old.messages.as_ref().map(|r| r.per_sec)
+                    == new.messages.as_ref().map(|r| r.per_sec)
+                && old.bytes.as_ref().map(|r| r.per_sec) == new.bytes.as_ref().map(|r| r.per_sec)
+            {
+                *new = old.clone();
+            }
+        }
+        *self = fresh;
     }
 
     /// Charges one message of `len` payload bytes to key `key`: both rates

@@ -43,7 +43,7 @@ pub fn piece_cost(len: usize) -> usize {
 /// Who the pieces of a message are charged to besides the shared budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Holder {
-    /// A key (by index in the key file) that sets its own quota.
+    /// A key (by its stable index, see `secure::Secure`) that sets its own quota.
     Key(usize),
     /// The sender's address.
     Address(SocketAddr),

@@ -31,7 +31,8 @@ fn both(greedy: &str) -> String {
 }
 
 fn rekey(k: &mut Keyed, text: &str) -> super::reload::Revoked {
-    k.relay.rekey(KeyFile::parse(text).unwrap(), true, 1000)
+    k.relay
+        .rekey(k.now, KeyFile::parse(text).unwrap(), true, 1000)
 }
 
 fn subscribe(c: &mut Client, k: &mut Keyed, sub_id: u32, channel: &str) -> Vec<Frame<'static>> {
@@ -107,14 +108,14 @@ fn a_key_removed_or_changed_ends_its_sessions_with_an_error_they_can_open() {
                 a.addr,
                 (
                     ErrorCode::DENIED,
-                    "key \"greedy\" was removed from the relay's key file".into()
+                    "key \"greedy\" was removed from the relay's key file or changed".into()
                 )
             ),
             (
                 b.addr,
                 (
                     ErrorCode::DENIED,
-                    "key \"other\" was removed from the relay's key file".into()
+                    "key \"other\" was removed from the relay's key file or changed".into()
                 )
             ),
         ]
@@ -230,7 +231,8 @@ fn a_withdrawn_publish_permission_ends_the_reliable_session_that_used_it() {
 fn required_becoming_optional_and_back_judges_plain_clients() {
     let mut k = keyed();
     let text = both(EVERYTHING) + "[anonymous]\nsubscribe = [\"news.a\"]\n";
-    k.relay.rekey(KeyFile::parse(&text).unwrap(), false, 1000);
+    k.relay
+        .rekey(k.now, KeyFile::parse(&text).unwrap(), false, 1000);
     // A plain client now may subscribe to news.a.
     let addr = SocketAddr::from(([127, 0, 0, 1], 7009));
     let mut proof = crate::client::AddressProof::new();
@@ -251,7 +253,9 @@ fn required_becoming_optional_and_back_judges_plain_clients() {
     let d = crate::wire::encode_datagram(&[request]).unwrap();
     assert!(subscribed(&plain(&mut k, &mut proof, d)));
     // Keys required again: the plain subscription ends, and it is told.
-    let revoked = k.relay.rekey(KeyFile::parse(&text).unwrap(), true, 1000);
+    let revoked = k
+        .relay
+        .rekey(k.now, KeyFile::parse(&text).unwrap(), true, 1000);
     assert_eq!(revoked.subscriptions, 1);
     let told: Vec<_> = std::iter::from_fn(|| k.relay.poll_transmit()).collect();
     assert_eq!(told.len(), 1);
@@ -271,4 +275,155 @@ fn required_becoming_optional_and_back_judges_plain_clients() {
         "{frames:?}"
     );
     assert_eq!(k.relay.subscription_count(), 0);
+}
+
+#[test]
+fn a_lowered_max_auth_sessions_refuses_new_sessions() {
+    let mut k = keyed();
+    let (greedy, other) = (k.greedy.clone(), k.other.clone());
+    let _a = Client::connect(&mut k, &greedy, 7001);
+    let _b = Client::connect(&mut k, &other, 7002);
+    let _c = Client::connect(&mut k, &greedy, 7003);
+    // `other` removed (frees its slot), at most 1 session from now on.
+    let text = key_entry("greedy", 1, 5, EVERYTHING);
+    let r = k
+        .relay
+        .rekey(k.now, KeyFile::parse(&text).unwrap(), true, 1);
+    assert_eq!(r.keyed_sessions, 1);
+    while k.relay.poll_transmit().is_some() {}
+    // Two live, the maximum 1: a third must be refused.
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Client::connect(&mut k, &greedy, 7004);
+    }))
+    .is_ok();
+    assert!(
+        !opened,
+        "a new session opened with 2 live and --max-auth-sessions 1"
+    );
+}
+
+#[test]
+fn a_kept_keys_rate_is_not_refilled_by_a_reload() {
+    let text = key_entry(
+        "greedy",
+        1,
+        5,
+        &format!("{EVERYTHING}\nmessages-per-sec = 2"),
+    ) + &key_entry("other", 2, 6, EVERYTHING);
+    let mut k = relay_with_keys(&text, RelayConfig::default());
+    let greedy = k.greedy.clone();
+    let mut a = Client::connect(&mut k, &greedy, 7001);
+    let publish = Frame::Publish {
+        channel: "x",
+        payload: b"p",
+    };
+    for _ in 0..5 {
+        a.frames(&mut k, &[publish]);
+    }
+    assert_eq!(k.relay.next_offset("x"), Some(2));
+    // The same file again, at the same instant.
+    k.relay
+        .rekey(k.now, KeyFile::parse(&text).unwrap(), true, 1000);
+    for _ in 0..5 {
+        a.frames(&mut k, &[publish]);
+    }
+    assert_eq!(
+        k.relay.next_offset("x"),
+        Some(2),
+        "a reload gave the key a fresh burst"
+    );
+}
+
+#[test]
+fn a_wildcard_follows_a_channel_a_reload_allows_again() {
+    let mut k = keyed();
+    let deny = both("publish = [\">\"]\nsubscribe = [\"news.>\"]\ndeny-subscribe = [\"news.b\"]");
+    rekey(&mut k, &deny);
+    let greedy = k.greedy.clone();
+    let mut a = Client::connect(&mut k, &greedy, 7001);
+    k.relay.handle_raw(k.now, 0, b"first a");
+    k.relay.handle_raw(k.now, 1, b"first b");
+    assert!(subscribed(&subscribe(&mut a, &mut k, 9, "news.>")));
+    a.receive(&mut k);
+    assert!(feed(&mut k, &mut a, 1, b"b").is_empty());
+    rekey(&mut k, &both(EVERYTHING));
+    k.now = k.now.after(std::time::Duration::from_secs(2));
+    subscribe(&mut a, &mut k, 9, "news.>"); // a keepalive, past RETELL_EVERY
+    a.receive(&mut k);
+    assert_eq!(
+        feed(&mut k, &mut a, 1, b"b2").len(),
+        1,
+        "news.b allowed now, not followed"
+    );
+}
+
+#[test]
+fn what_was_queued_for_an_ending_session_is_not_sent_in_the_clear() {
+    let mut k = keyed();
+    let greedy = k.greedy.clone();
+    let mut a = Client::connect(&mut k, &greedy, 7001);
+    assert!(subscribed(&subscribe(&mut a, &mut k, 1, "news.a")));
+    // A delivery queued, not yet polled, when the reload comes.
+    k.relay.handle_raw(k.now, 0, b"secret payload");
+    let text = key_entry("other", 2, 6, EVERYTHING);
+    rekey(&mut k, &text);
+    let mut plain = Vec::new();
+    while let Some(t) = k.relay.poll_transmit() {
+        assert_eq!(t.destination, a.addr);
+        let sealed = a.sealed.open(&t.payload, &mut plain).is_ok();
+        assert!(
+            sealed,
+            "sent in the clear: {:?}",
+            crate::wire::decode_datagram(&t.payload).map(|f| f.collect::<Vec<_>>())
+        );
+    }
+}
+
+/// The relay's id for the channel wildcard `sub_id` follows, from MATCHED.
+fn matched(frames: &[Frame<'_>], name: &str) -> u32 {
+    frames
+        .iter()
+        .find_map(|f| match f {
+            Frame::Matched {
+                channel_sub_id,
+                channel,
+                ..
+            } if *channel == name => Some(*channel_sub_id),
+            _ => None,
+        })
+        .expect("MATCHED")
+}
+
+#[test]
+fn a_subscription_under_a_wildcards_id_is_judged_again() {
+    let mut k = keyed();
+    let greedy = k.greedy.clone();
+    let mut a = Client::connect(&mut k, &greedy, 7001);
+    k.relay.handle_raw(k.now, 0, b"first a");
+    let answer = subscribe(&mut a, &mut k, 9, "news.>");
+    let r = matched(&answer, "news.a");
+    // The client takes the relay's id for a channel of its own choosing.
+    assert!(subscribed(&subscribe(&mut a, &mut k, r, "secret.x")));
+    let text = both("publish = [\">\"]\nsubscribe = [\"news.>\"]");
+    let revoked = rekey(&mut k, &text);
+    assert_eq!(revoked.subscriptions, 1, "secret.x is no longer allowed");
+}
+
+#[test]
+fn a_subscription_under_a_wildcards_id_survives_a_channel_the_wildcard_loses() {
+    let mut k = keyed();
+    let greedy = k.greedy.clone();
+    let mut a = Client::connect(&mut k, &greedy, 7001);
+    k.relay.handle_raw(k.now, 1, b"first b");
+    let answer = subscribe(&mut a, &mut k, 9, "news.>");
+    let r = matched(&answer, "news.b");
+    assert!(subscribed(&subscribe(&mut a, &mut k, r, "news.a")));
+    let text = both("publish = [\">\"]\nsubscribe = [\">\"]\ndeny-subscribe = [\"news.b\"]");
+    rekey(&mut k, &text);
+    a.receive(&mut k);
+    // The client's own subscription under that id goes on (the wildcard
+    // follows news.a too, under an id of its own, as it would have at the
+    // channel's first message).
+    let got = feed(&mut k, &mut a, 0, b"a");
+    assert!(got.contains(&r), "news.a is still allowed: {got:?}");
 }

@@ -8,11 +8,11 @@
 
 use std::net::SocketAddr;
 
-use super::outbox::{Payload, Transmit};
-use super::{Relay, publishing, subscriptions};
+use super::subscriptions::Subscriptions;
+use super::{Now, Relay, publishing, subscriptions};
 use crate::auth::KeyFile;
 use crate::config::RelayConfig;
-use crate::wire::{self, ErrorCode, Frame};
+use crate::wire::{ErrorCode, Frame, StartPosition};
 
 /// Something an address holds for one channel, or a few.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -122,39 +122,28 @@ impl Relay {
     /// under the session that ends; then everything held is checked
     /// against the new permissions and what is no longer allowed ends, its
     /// client told why. A relay without keys ignores this.
-    pub fn rekey(&mut self, keys: KeyFile, required: bool, max_auth_sessions: usize) -> Revoked {
+    pub fn rekey(
+        &mut self,
+        now: Now,
+        keys: KeyFile,
+        required: bool,
+        max_auth_sessions: usize,
+    ) -> Revoked {
         let mut revoked = Revoked::default();
         let Some(secure) = &mut self.secure else {
             return revoked;
         };
-        let ending = secure.rekey(keys, required, max_auth_sessions);
-        for (id, addr, name) in ending {
-            let Some(secure) = &mut self.secure else {
-                break;
-            };
-            let reason = format!("key {name:?} was removed from the relay's key file");
-            // Sealed now, while the session is there: the client opens
-            // nothing else from the relay.
-            let sealed = wire::encode_datagram(&[Frame::Error {
-                code: ErrorCode::DENIED,
-                reason: &reason,
-            }])
-            .ok()
-            .and_then(|datagram| {
-                secure.seal(Transmit {
-                    destination: addr,
-                    payload: Payload::from(datagram),
-                })
-            });
-            secure.end_session(id);
-            if let Some(t) = sealed {
-                self.counters.errors_sent += 1;
-                self.outbox.push_raw(addr, &t.payload);
-            }
-            self.session_ended(addr);
-            revoked.keyed_sessions += 1;
-        }
-        self.recheck(&mut revoked);
+        let ending: Vec<(u32, SocketAddr, Option<String>)> = (secure
+            .rekey(keys, required, max_auth_sessions)
+            .into_iter())
+        .map(|(id, addr, name)| {
+            let why = format!("key {name:?} was removed from the relay's key file or changed");
+            (id, addr, Some(why))
+        })
+        .collect();
+        revoked.keyed_sessions = ending.len();
+        self.end_keyed_sessions(&ending);
+        self.recheck(now, &mut revoked);
         self.counters.revoked +=
             (revoked.keyed_sessions + revoked.subscriptions + revoked.publishing_sessions) as u64;
         revoked
@@ -165,7 +154,7 @@ impl Relay {
     /// are now denied, quietly, as a deny pattern leaves them out),
     /// single-channel subscriptions and publishing sessions of channels
     /// now denied.
-    fn recheck(&mut self, revoked: &mut Revoked) {
+    fn recheck(&mut self, now: Now, revoked: &mut Revoked) {
         let Some(secure) = &self.secure else {
             return;
         };
@@ -184,9 +173,13 @@ impl Relay {
                 _ => {
                     let denied =
                         |name: &str| permissions.is_some_and(|p| p.subscribe(name).is_err());
+                    // Only what the address still holds under the id (a
+                    // client may have taken the id for another channel).
+                    let held = (w.channels.iter())
+                        .filter(|&&(ch, id)| Subscriptions::holds(&self.peers, addr, id, ch));
                     let (gone, kept): (Vec<_>, Vec<_>) =
-                        (w.channels.iter()).partition(|&&(ch, _)| denied(&self.channels[ch].name));
-                    followed.extend(kept.iter().map(|&&(_, id)| (addr, id)));
+                        held.partition(|&&(ch, _)| denied(&self.channels[ch].name));
+                    followed.extend(kept.iter().map(|&&(ch, id)| (addr, id, ch)));
                     Ok((
                         who,
                         secure.owner(who),
@@ -204,10 +197,13 @@ impl Relay {
                     revoked.subscriptions += 1;
                 }
                 Ok((who, owner, gone)) => {
+                    let peers = &self.peers;
                     if let Some(w) = self.wildcards.get_mut(addr, sub_id) {
                         w.who = who;
                         w.owner = owner;
-                        w.channels.retain(|c| !gone.contains(c));
+                        w.channels.retain(|&(ch, id)| {
+                            !gone.contains(&(ch, id)) && Subscriptions::holds(peers, addr, id, ch)
+                        });
                     }
                     for (_, id) in gone {
                         let (channels, peers) = (&mut self.channels, &mut self.peers);
@@ -219,6 +215,8 @@ impl Relay {
                             &mut self.counters,
                         );
                     }
+                    // And the channels it may follow now and did not.
+                    self.follow_matching(now, addr, sub_id, StartPosition::Latest);
                 }
             }
         }
@@ -233,7 +231,7 @@ impl Relay {
                 continue;
             };
             for &(id, ch) in &peer.subscriptions {
-                if followed.contains(&(addr, id)) {
+                if followed.contains(&(addr, id, ch)) {
                     continue;
                 }
                 if let Err(denied) = permissions.subscribe(&self.channels[ch].name) {

@@ -54,9 +54,9 @@ pub(super) enum Who {
     Anonymous,
     /// A plain datagram where keys are required: it may only handshake.
     Stranger,
-    /// A sealed datagram of a session of key `key` (index in the file).
+    /// A sealed datagram of a session of key `key` (its stable index).
     Keyed {
-        /// The key's index in the key file.
+        /// The key's stable index (see [`Secure`]).
         key: usize,
     },
 }
@@ -92,8 +92,9 @@ pub(super) enum Refusal {
     Forged,
     /// Seen before.
     Replayed,
-    /// The session's credential has expired; the session was ended.
-    Expired(SocketAddr),
+    /// The session's credential has expired: the session (its address and
+    /// id) is to be ended ([`Secure::end_session`]).
+    Expired(SocketAddr, u32),
 }
 
 struct Session {
@@ -273,7 +274,12 @@ impl Secure {
         let quotas: Vec<Quota> = (table.iter())
             .map(|p| p.map_or_else(Quota::default, |p| *keys.keys()[p].quota()))
             .collect();
-        self.rates = Rates::new(quotas.iter());
+        // A key kept keeps its index in the new table.
+        let old_len = self.table.len();
+        let kept = |i: usize| i < old_len && self.table[i].is_some() && table[i].is_some();
+        let mut rates = std::mem::take(&mut self.rates);
+        rates.rekey(&quotas, kept);
+        self.rates = rates;
         self.per_key.resize(table.len(), 0);
         self.table = table;
         self.index_of = index_of;
@@ -394,7 +400,10 @@ impl Secure {
         }
         let replacing = self.by_addr.get(&canonical(from)).copied();
         let frees_a_slot = replacing.is_some();
-        if !frees_a_slot && self.free.is_empty() && self.slots.len() >= self.max {
+        // Live sessions against the maximum (a reload may have lowered it
+        // below the slots made before).
+        let live = self.slots.len() - self.free.len();
+        if !frees_a_slot && live >= self.max {
             return Handshake::Refused;
         }
         let replaced_key = replacing.and_then(|id| self.session(id)).map(|s| s.key);
@@ -495,7 +504,7 @@ impl Secure {
             Some(s) if canonical(s.addr) != canonical(from) => Err(Refusal::Forged),
             Some(s) => match s.sealer.open(datagram, &mut opened) {
                 Ok(()) if s.expires != 0 && now.unix_secs() >= s.expires => {
-                    Err(Refusal::Expired(from))
+                    Err(Refusal::Expired(from, id))
                 }
                 Ok(()) => {
                     s.heard = now.instant;
@@ -506,9 +515,6 @@ impl Secure {
             },
         };
         self.opened = opened;
-        if let Err(Refusal::Expired(_)) = result {
-            self.end(id);
-        }
         result
     }
 
@@ -575,29 +581,23 @@ impl Secure {
         self.next_sweep
     }
 
-    /// Ends the sessions idle too long or whose credential expired;
-    /// returns their addresses.
-    pub(super) fn sweep(&mut self, now: super::Now) -> Vec<SocketAddr> {
+    /// The sessions idle too long or whose credential expired, as (id,
+    /// address), for the caller to [`Secure::end_session`].
+    pub(super) fn sweep(&mut self, now: super::Now) -> Vec<(u32, SocketAddr)> {
         if self.next_sweep.is_none_or(|at| now.instant < at) {
             return Vec::new();
         }
         let unix = now.unix_secs();
-        let ended: Vec<u32> = self
-            .by_addr
-            .values()
-            .copied()
-            .filter(|&id| {
-                self.session(id).is_some_and(|s| {
-                    now.instant.saturating_duration_since(s.heard) >= self.idle
-                        || (s.expires != 0 && unix >= s.expires)
-                })
+        let due = (self.by_addr.values().copied())
+            .filter_map(|id| {
+                let s = self.session(id)?;
+                let idle = now.instant.saturating_duration_since(s.heard) >= self.idle;
+                let expired = s.expires != 0 && unix >= s.expires;
+                (idle || expired).then_some((id, s.addr))
             })
             .collect();
-        let addrs = ended.into_iter().filter_map(|id| self.end(id)).collect();
-        if !self.by_addr.is_empty() {
-            self.next_sweep = Some(now.instant + SWEEP_EVERY);
-        }
-        addrs
+        self.next_sweep = Some(now.instant + SWEEP_EVERY);
+        due
     }
 }
 
@@ -610,7 +610,7 @@ fn same_key(old: &auth::Key, new: &auth::Key) -> bool {
 /// One peer whatever form its address takes: an IPv4-mapped IPv6 address is
 /// its IPv4 address, so a session's address cannot be reached unsealed in
 /// another spelling (found by the `sealed` fuzz target).
-fn canonical(addr: SocketAddr) -> SocketAddr {
+pub(super) fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 

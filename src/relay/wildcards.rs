@@ -247,18 +247,32 @@ impl Relay {
             .add_wildcard(now.instant, from, request.owner.key);
         self.counters.subscriptions_opened += 1;
         self.answer_pattern(from, sub_id);
-        let Some(w) = self.wildcards.get_mut(from, sub_id) else {
+        self.follow_matching(now, from, sub_id, request.start);
+    }
+
+    /// Makes wildcard subscription `sub_id` of `from` follow, from `start`,
+    /// every open channel its pattern matches that it does not follow yet
+    /// (and its key may subscribe to), until a limit stops it.
+    pub(super) fn follow_matching(
+        &mut self,
+        now: Now,
+        from: SocketAddr,
+        sub_id: u32,
+        start: StartPosition,
+    ) {
+        let Some(w) = self.wildcards.get(from, sub_id) else {
             return;
         };
-        let pattern = w.pattern.clone();
         let matching: Vec<ChannelId> = (self.channels.ids())
             .filter(|&id| {
                 let c = &self.channels[id];
-                matches!(c.storage, Storage::Open(_)) && pattern.matches(&c.name)
+                matches!(c.storage, Storage::Open(_))
+                    && w.pattern.matches(&c.name)
+                    && !w.channels.iter().any(|&(ch, _)| ch == id)
             })
             .collect();
         for id in matching {
-            if !self.follow(now, from, sub_id, id, request.start) {
+            if !self.follow(now, from, sub_id, id, start) {
                 break;
             }
         }
