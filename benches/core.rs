@@ -78,9 +78,11 @@ fn arq(c: &mut Criterion) {
 
 fn relay_core(c: &mut Criterion) {
     let mut group = c.benchmark_group("relay_core");
-    let mut bench = RelayCoreLoop::new();
+    let mut bench = RelayCoreLoop::with_subscribers(1);
     group.throughput(Throughput::Elements(bench.per_datagram));
     group.bench_function("publish_append_fan_out_to_1", |b| b.iter(|| bench.step()));
+    let mut bench = RelayCoreLoop::with_subscribers(10);
+    group.bench_function("publish_append_fan_out_to_10", |b| b.iter(|| bench.step()));
     group.finish();
 }
 

@@ -5,7 +5,8 @@
 //! difference by the messages between them (docs/BENCHMARKS.md).
 //!
 //! `cargo build --release --example relay_core_count`, then
-//! `target/release/examples/relay_core_count [ITERATIONS]` (default 200,000).
+//! `target/release/examples/relay_core_count [ITERATIONS] [SUBSCRIBERS]`
+//! (default 200,000 and 1; more subscribers measure fan-out).
 
 #[path = "../benches/common/relay_core.rs"]
 mod relay_core;
@@ -17,7 +18,11 @@ fn main() {
         .nth(1)
         .map(|s| s.parse().expect("ITERATIONS is a number"))
         .unwrap_or(200_000);
-    let mut bench = relay_core::RelayCoreLoop::new();
+    let subscribers: u16 = std::env::args()
+        .nth(2)
+        .map(|s| s.parse().expect("SUBSCRIBERS is a number"))
+        .unwrap_or(1);
+    let mut bench = relay_core::RelayCoreLoop::with_subscribers(subscribers);
     let start = Instant::now();
     for _ in 0..iters {
         bench.step();

@@ -1,6 +1,7 @@
 //! The relay core from datagram in to datagrams out, as `benches/core.rs`
 //! measures it and `examples/relay_core_count.rs` counts it: datagrams
-//! packed with 64-byte publishes to one channel with one plain subscriber.
+//! packed with 64-byte publishes to one channel with one plain subscriber
+//! (or several: fan-out).
 
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -26,7 +27,7 @@ pub fn packed_publishes() -> (Vec<u8>, u64) {
     (b.finish(), n)
 }
 
-/// A relay with one plain subscriber, fed one packed datagram per step.
+/// A relay with plain subscribers, fed one packed datagram per step.
 pub struct RelayCoreLoop {
     /// The relay under test.
     relay: Relay,
@@ -34,9 +35,9 @@ pub struct RelayCoreLoop {
     now: Now,
     /// Where the publishes come from.
     publisher: SocketAddr,
-    /// The subscriber.
-    subscriber: SocketAddr,
-    /// The SUBSCRIBE that keeps its lease.
+    /// The subscribers.
+    subscribers: Vec<SocketAddr>,
+    /// The SUBSCRIBE that keeps their leases.
     subscribe: Vec<u8>,
     /// The packed publishes.
     datagram: Vec<u8>,
@@ -51,8 +52,9 @@ pub struct RelayCoreLoop {
 }
 
 impl RelayCoreLoop {
-    /// A relay in a fresh data directory with one subscriber on "bench".
-    pub fn new() -> RelayCoreLoop {
+    /// A relay in a fresh data directory with `n` subscribers on "bench",
+    /// each at its own address.
+    pub fn with_subscribers(n: u16) -> RelayCoreLoop {
         let (datagram, per_datagram) = packed_publishes();
         let dir = tempfile::tempdir().unwrap();
         // Retention keeps a long run from filling the disk: it runs below
@@ -68,7 +70,9 @@ impl RelayCoreLoop {
             unix_nanos: 1,
         };
         let mut relay = Relay::open(&config, now).unwrap();
-        let subscriber: SocketAddr = "127.0.0.1:2000".parse().unwrap();
+        let subscribers: Vec<SocketAddr> = (0..n)
+            .map(|i| SocketAddr::from(([127, 0, 0, 1], 2000 + i)))
+            .collect();
         let subscribe = wire::encode_datagram(&[Frame::Subscribe {
             sub_id: 1,
             mode: DeliveryMode::Unreliable,
@@ -79,13 +83,15 @@ impl RelayCoreLoop {
             resume: udprelay::wire::ResumeVector::EMPTY,
         }])
         .unwrap();
-        relay.handle_datagram(now, subscriber, &subscribe);
+        for &subscriber in &subscribers {
+            relay.handle_datagram(now, subscriber, &subscribe);
+        }
         while relay.poll_transmit().is_some() {}
         RelayCoreLoop {
             relay,
             now,
             publisher: "127.0.0.1:1000".parse().unwrap(),
-            subscriber,
+            subscribers,
             subscribe,
             datagram,
             per_datagram,
@@ -107,8 +113,10 @@ impl RelayCoreLoop {
         if self.steps.is_multiple_of(4096) {
             self.now = self.now.after(Duration::from_secs(2));
             relay.handle_timeout(self.now);
-            // Keep the subscriber's lease alive on the simulated clock.
-            relay.handle_datagram(self.now, self.subscriber, &self.subscribe);
+            // Keep the subscribers' leases alive on the simulated clock.
+            for &subscriber in &self.subscribers {
+                relay.handle_datagram(self.now, subscriber, &self.subscribe);
+            }
             while relay.poll_transmit().is_some() {}
         }
     }
