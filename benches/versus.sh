@@ -30,11 +30,13 @@
 # usage: benches/versus.sh            (a few minutes; the machine should be idle)
 # Environment: VERSUS_SECONDS (2) per search run, VERSUS_LATENCY_SECONDS
 # (5), VERSUS_REPLAY (1000000) messages replayed, VERSUS_ONLY (e.g.
-# "nats aeron" or "udprelay") to run some systems only.
+# "nats aeron" or "udprelay") to run some systems only, NATS_SERVER
+# (nats-server on PATH, else /usr/sbin/nats-server) the server to start.
 # Needs: cargo; nats-server (apt-get install nats-server) for NATS; for
-# Aeron, CMake >= 3.30 (pip install cmake), a C/C++ compiler and libclang
-# (apt-get install clang libclang-dev) for the rusteron crates, which build
-# Aeron C from the source they carry. A system that cannot be built or
+# Aeron, CMake >= 3.30 (pip install cmake), a C/C++ compiler, libclang
+# (apt-get install clang libclang-dev) and libbsd and libuuid
+# (apt-get install libbsd-dev uuid-dev) for the rusteron crates, which
+# build Aeron C from the source they carry. A system that cannot be built or
 # started is skipped with one line saying why.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -95,6 +97,8 @@ if [ "$aeron" = 1 ]; then
         skip aeron "libclang not found, bindgen needs it (apt-get install clang libclang-dev)"; aeron=0
     elif ! command -v c++ > /dev/null; then
         skip aeron "no C++ compiler (apt-get install g++)"; aeron=0
+    elif ! echo 'int main(void) { return 0; }' | cc -x c - -lbsd -luuid -o "$dir/probe" 2> /dev/null; then
+        skip aeron "Aeron C links libbsd and libuuid (apt-get install libbsd-dev uuid-dev)"; aeron=0
     fi
 fi
 if [ "$nats" = 1 ] || [ "$aeron" = 1 ]; then
@@ -117,7 +121,7 @@ fi
 # --- servers -----------------------------------------------------------------
 nats_url=
 if [ "$nats" = 1 ]; then
-    nats_bin=$(command -v nats-server || echo /usr/sbin/nats-server)
+    nats_bin=${NATS_SERVER:-$(command -v nats-server || echo /usr/sbin/nats-server)}
     if [ ! -x "$nats_bin" ]; then
         skip nats "nats-server not found (apt-get install nats-server)"; nats=0
     else
@@ -146,12 +150,18 @@ if [ "$aeron" = 1 ]; then
 fi
 
 # --- rows --------------------------------------------------------------------
+# udpbench and udpcat catch Ctrl-C, clean up and exit 130, so bash never
+# sees the signal itself: a child's 130 ends the script as Ctrl-C would.
+stop_if_interrupted() { [ "$1" != 130 ] || { say "interrupted"; exit 130; }; }
+
 # measure SYSTEM ROW OUT_FILE CMD...: runs CMD (stdout to OUT_FILE); on
 # failure says so and leaves the figure out.
 measure() {
-    local system=$1 row=$2 out=$3; shift 3
+    local system=$1 row=$2 out=$3 rc=0; shift 3
     say "$system: $row"
-    if ! "$@" > "$out" 2> "$out.err"; then
+    "$@" > "$out" 2> "$out.err" || rc=$?
+    stop_if_interrupted "$rc"
+    if [ "$rc" != 0 ]; then
         say "$system: $row failed: $(grep -v '^\s*$' "$out.err" | tail -1)"
         return 1
     fi
@@ -185,23 +195,26 @@ if wants udprelay; then
     if [ -z "$addr" ]; then
         say "udprelay: replay failed: the relay did not start: $(tail -1 "$dir/relay.err")"
     else
-        python3 -c "import sys; sys.stdout.write(''.join('%064d\n' % i for i in range($replay_n)))" > "$dir/payloads"
-        if "$bin/udpcat" pub "$addr" replay --reliable --file "$dir/payloads" > /dev/null 2> "$dir/store.err"; then
-            t0=$(date +%s.%N)
-            if "$bin/udpcat" sub "$addr" replay --reliable --from earliest --count "$replay_n" --timeout 300s \
-                > "$dir/replayed" 2> "$dir/replay.err"; then
-                t1=$(date +%s.%N)
-                got=$(wc -l < "$dir/replayed")
-                if [ "$got" = "$replay_n" ]; then
-                    R[udprelay,replay]=$(python3 -c "print(round($replay_n / ($t1 - $t0)))")
-                else
-                    say "udprelay: replay failed: $got of $replay_n arrived"
-                fi
-            else
-                say "udprelay: replay failed: $(tail -1 "$dir/replay.err")"
-            fi
-        else
+        python3 -c "import sys; sys.stdout.write(''.join('%064d\\n' % i for i in range($replay_n)))" > "$dir/payloads"
+        rc=0
+        "$bin/udpcat" pub "$addr" replay --reliable --file "$dir/payloads" > /dev/null 2> "$dir/store.err" || rc=$?
+        stop_if_interrupted "$rc"
+        if [ "$rc" != 0 ]; then
             say "udprelay: storing for the replay failed: $(tail -1 "$dir/store.err")"
+        else
+            t0=$(date +%s.%N)
+            "$bin/udpcat" sub "$addr" replay --reliable --from earliest --count "$replay_n" --timeout 300s \
+                > "$dir/replayed" 2> "$dir/replay.err" || rc=$?
+            t1=$(date +%s.%N)
+            stop_if_interrupted "$rc"
+            got=$(wc -l < "$dir/replayed")
+            if [ "$rc" != 0 ]; then
+                say "udprelay: replay failed: $(tail -1 "$dir/replay.err")"
+            elif [ "$got" != "$replay_n" ]; then
+                say "udprelay: replay failed: $got of $replay_n arrived"
+            else
+                R[udprelay,replay]=$(python3 -c "print(round($replay_n / ($t1 - $t0)))")
+            fi
         fi
         rm -f "$dir/payloads" "$dir/replayed"
     fi
