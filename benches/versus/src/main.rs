@@ -36,6 +36,12 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // One line: Aeron C's messages run over several.
+            let e = e
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
             eprintln!("versus: {mode}: {e}");
             ExitCode::FAILURE
         }

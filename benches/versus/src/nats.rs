@@ -270,7 +270,9 @@ pub fn js_replay(flags: &Flags) -> Result<(), Error> {
         while got < count {
             let mut messages = consumer
                 .batch()
-                .max_messages(batch)
+                // The last batch asks for what is left: a batch asking for
+                // more waits out its expiry.
+                .max_messages(batch.min((count - got) as usize))
                 .expires(Duration::from_secs(2))
                 .messages()
                 .await?;
