@@ -28,10 +28,13 @@
 # udprelay ahead on rates, below 1 is udprelay ahead on latency.
 #
 # usage: benches/versus.sh            (a few minutes; the machine should be idle)
-# Environment: VERSUS_SECONDS (2) per search run, VERSUS_LATENCY_SECONDS
+# Environment: VERSUS_ROUNDS (1) rounds of every row, each cell the median
+# (the issue's figures took 3: VERSUS_ROUNDS=3), VERSUS_SECONDS (2) per search run, VERSUS_LATENCY_SECONDS
 # (5), VERSUS_REPLAY (1000000) messages replayed, VERSUS_ONLY (e.g.
 # "nats aeron" or "udprelay") to run some systems only, NATS_SERVER
-# (nats-server on PATH, else /usr/sbin/nats-server) the server to start.
+# (nats-server on PATH, else /usr/sbin/nats-server) the server to start,
+# VERSUS_KEEP a directory to keep each run's JSON and its progress (the
+# lossless searches' steps) in.
 # Needs: cargo; nats-server (apt-get install nats-server) for NATS; for
 # Aeron, CMake >= 3.30 (pip install cmake), a C/C++ compiler, libclang
 # (apt-get install clang libclang-dev) and libbsd and libuuid
@@ -44,6 +47,10 @@ secs=${VERSUS_SECONDS:-2}
 lat_secs=${VERSUS_LATENCY_SECONDS:-5}
 replay_n=${VERSUS_REPLAY:-1000000}
 only=${VERSUS_ONLY:-udprelay nats aeron}
+rounds=${VERSUS_ROUNDS:-1}
+keep=${VERSUS_KEEP:-}
+[ -z "$keep" ] || mkdir -p "$keep"
+[[ $rounds =~ ^[1-9][0-9]*$ ]] || { echo "versus: VERSUS_ROUNDS must be 1 or more" >&2; exit 2; }
 bin=target/release
 versus_dir=benches/versus
 versus=$versus_dir/target/release/versus
@@ -65,7 +72,8 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # json FILE EXPR: EXPR over the JSON in FILE's last line (as `j`).
 json() { python3 -c "import json,sys; j=json.loads(open(sys.argv[1]).read().strip().splitlines()[-1]); print($2)" "$1"; }
 
-declare -A R    # R[system,row] = figure
+declare -A R    # R[system,row] = the figures of each round, space-separated
+add() { R[$1]="${R[$1]:-}${R[$1]:+ }$2"; }
 skipped=()      # "system: skipped: why" lines, printed again under the table
 
 skip() { skipped+=("$1: skipped: $2"); say "$1: skipped: $2"; }
@@ -161,65 +169,15 @@ measure() {
     say "$system: $row"
     "$@" > "$out" 2> "$out.err" || rc=$?
     stop_if_interrupted "$rc"
+    if [ -n "$keep" ]; then
+        cp "$out" "$keep/${out##*/}.round${round:-1}.json"
+        cp "$out.err" "$keep/${out##*/}.round${round:-1}.log"
+    fi
     if [ "$rc" != 0 ]; then
         say "$system: $row failed: $(grep -v '^\s*$' "$out.err" | tail -1)"
         return 1
     fi
 }
-
-udpbench=("$bin/udpbench" --size 64 --json)
-if wants udprelay; then
-    measure udprelay "1->1 lossless" "$dir/u1" "${udpbench[@]}" --spawn --find-lossless --duration "${secs}s" &&
-        R[udprelay,one]=$(json "$dir/u1" 'round(j["runs"][0]["delivered_per_sec"])')
-    measure udprelay "1->10 lossless" "$dir/u10" "${udpbench[@]}" --spawn --subscribers 10 --find-lossless --duration "${secs}s" &&
-        R[udprelay,ten]=$(json "$dir/u10" 'round(j["runs"][0]["delivered_per_sec"])')
-    if measure udprelay "latency at 10,000 msg/s (and the kernel baseline)" "$dir/ulat" \
-        "${udpbench[@]}" --spawn --rate 10000 --duration "${lat_secs}s" --baseline kernel; then
-        R[udprelay,p50]=$(json "$dir/ulat" 'round(j["runs"][0]["latency"]["p50_us"], 1)')
-        R[udprelay,p99]=$(json "$dir/ulat" 'round(j["runs"][0]["latency"]["p99_us"], 1)')
-        R[kernel,p50]=$(json "$dir/ulat" 'round(j["runs"][1]["latency"]["p50_us"], 1)')
-        R[kernel,p99]=$(json "$dir/ulat" 'round(j["runs"][1]["latency"]["p99_us"], 1)')
-    fi
-    measure udprelay "reliable publish, --fsync interval=10" "$dir/urel" \
-        "${udpbench[@]}" --spawn --reliable --relay-arg=--fsync=interval=10 --duration 3s &&
-        R[udprelay,publish]=$(json "$dir/urel" 'round(j["runs"][0]["sent"] / j["runs"][0]["publishing_seconds"])')
-
-    # Replay: a relay of the script's own, 1 M messages stored (not timed),
-    # then one reliable subscriber from the earliest.
-    say "udprelay: replay of $replay_n stored messages"
-    "$bin/udprelay" --listen 127.0.0.1:0 --data-dir "$dir/relay" --replay-rate 1G --log-level warn \
-        > "$dir/relay.out" 2> "$dir/relay.err" &
-    pids+=($!)
-    for _ in $(seq 100); do grep -q listening "$dir/relay.out" 2>/dev/null && break; sleep 0.1; done
-    addr=$(sed -n 's/^udprelay listening on //p' "$dir/relay.out")
-    if [ -z "$addr" ]; then
-        say "udprelay: replay failed: the relay did not start: $(tail -1 "$dir/relay.err")"
-    else
-        python3 -c "import sys; sys.stdout.write(''.join('%064d\\n' % i for i in range($replay_n)))" > "$dir/payloads"
-        rc=0
-        "$bin/udpcat" pub "$addr" replay --reliable --file "$dir/payloads" > /dev/null 2> "$dir/store.err" || rc=$?
-        stop_if_interrupted "$rc"
-        if [ "$rc" != 0 ]; then
-            say "udprelay: storing for the replay failed: $(tail -1 "$dir/store.err")"
-        else
-            t0=$(date +%s.%N)
-            "$bin/udpcat" sub "$addr" replay --reliable --from earliest --count "$replay_n" --timeout 300s \
-                > "$dir/replayed" 2> "$dir/replay.err" || rc=$?
-            t1=$(date +%s.%N)
-            stop_if_interrupted "$rc"
-            got=$(wc -l < "$dir/replayed")
-            if [ "$rc" != 0 ]; then
-                say "udprelay: replay failed: $(tail -1 "$dir/replay.err")"
-            elif [ "$got" != "$replay_n" ]; then
-                say "udprelay: replay failed: $got of $replay_n arrived"
-            else
-                R[udprelay,replay]=$(python3 -c "print(round($replay_n / ($t1 - $t0)))")
-            fi
-        fi
-        rm -f "$dir/payloads" "$dir/replayed"
-    fi
-    kill "${pids[-1]}" 2>/dev/null || true
-fi
 
 # core_rows SYSTEM WHERE...: rows 1 to 3 through benches/versus, whose modes
 # for SYSTEM are SYSTEM-lossless and SYSTEM-latency; WHERE is --url URL
@@ -227,23 +185,84 @@ fi
 core_rows() {
     local s=$1; shift
     measure "$s" "1->1 lossless" "$dir/${s}1" "$versus" "$s-lossless" "$@" --duration "$secs" &&
-        R[$s,one]=$(json "$dir/${s}1" 'round(j["delivered_per_sec"])')
+        add "$s,one" "$(json "$dir/${s}1" 'round(j["delivered_per_sec"])')"
     measure "$s" "1->10 lossless" "$dir/${s}10" "$versus" "$s-lossless" "$@" --subscribers 10 --duration "$secs" &&
-        R[$s,ten]=$(json "$dir/${s}10" 'round(j["delivered_per_sec"])')
+        add "$s,ten" "$(json "$dir/${s}10" 'round(j["delivered_per_sec"])')"
     if measure "$s" "latency at 10,000 msg/s" "$dir/${s}lat" "$versus" "$s-latency" "$@" --rate 10000 --duration "$lat_secs"; then
-        R[$s,p50]=$(json "$dir/${s}lat" 'round(j["p50_us"], 1)')
-        R[$s,p99]=$(json "$dir/${s}lat" 'round(j["p99_us"], 1)')
+        add "$s,p50" "$(json "$dir/${s}lat" 'round(j["p50_us"], 1)')"
+        add "$s,p99" "$(json "$dir/${s}lat" 'round(j["p99_us"], 1)')"
     fi
 }
-if [ "$nats" = 1 ]; then
-    core_rows nats --url "$nats_url"
-    measure nats "JetStream acked publish" "$dir/npub" "$versus" js-publish --url "$nats_url" --window 256 --duration 3 &&
-        R[nats,publish]=$(json "$dir/npub" 'round(j["msg_per_sec"])')
-    measure nats "JetStream replay of $replay_n" "$dir/nrep" "$versus" js-replay --url "$nats_url" --count "$replay_n" --batch 1000 &&
-        R[nats,replay]=$(json "$dir/nrep" 'round(j["msg_per_sec"])')
-fi
-# Aeron's 1 -> 10 is multi-destination-cast: one publication, 10 UDP destinations.
-if [ "$aeron" = 1 ]; then core_rows aeron --dir "$aeron_dir"; fi
+# One round: every row for every system, udprelay first.
+one_round() {
+    udpbench=("$bin/udpbench" --size 64 --json)
+    if wants udprelay; then
+        measure udprelay "1->1 lossless" "$dir/u1" "${udpbench[@]}" --spawn --find-lossless --duration "${secs}s" &&
+            add udprelay,one "$(json "$dir/u1" 'round(j["runs"][0]["delivered_per_sec"])')"
+        measure udprelay "1->10 lossless" "$dir/u10" "${udpbench[@]}" --spawn --subscribers 10 --find-lossless --duration "${secs}s" &&
+            add udprelay,ten "$(json "$dir/u10" 'round(j["runs"][0]["delivered_per_sec"])')"
+        if measure udprelay "latency at 10,000 msg/s (and the kernel baseline)" "$dir/ulat" \
+            "${udpbench[@]}" --spawn --rate 10000 --duration "${lat_secs}s" --baseline kernel; then
+            add udprelay,p50 "$(json "$dir/ulat" 'round(j["runs"][0]["latency"]["p50_us"], 1)')"
+            add udprelay,p99 "$(json "$dir/ulat" 'round(j["runs"][0]["latency"]["p99_us"], 1)')"
+            add kernel,p50 "$(json "$dir/ulat" 'round(j["runs"][1]["latency"]["p50_us"], 1)')"
+            add kernel,p99 "$(json "$dir/ulat" 'round(j["runs"][1]["latency"]["p99_us"], 1)')"
+        fi
+        measure udprelay "reliable publish, --fsync interval=10" "$dir/urel" \
+            "${udpbench[@]}" --spawn --reliable --relay-arg=--fsync=interval=10 --duration 3s &&
+            add udprelay,publish "$(json "$dir/urel" 'round(j["runs"][0]["sent"] / j["runs"][0]["publishing_seconds"])')"
+
+        # Replay: a relay of the script's own, 1 M messages stored (not timed),
+        # then one reliable subscriber from the earliest.
+        say "udprelay: replay of $replay_n stored messages"
+        "$bin/udprelay" --listen 127.0.0.1:0 --data-dir "$dir/relay" --replay-rate 1G --log-level warn \
+            > "$dir/relay.out" 2> "$dir/relay.err" &
+        pids+=($!)
+        for _ in $(seq 100); do grep -q listening "$dir/relay.out" 2>/dev/null && break; sleep 0.1; done
+        addr=$(sed -n 's/^udprelay listening on //p' "$dir/relay.out")
+        if [ -z "$addr" ]; then
+            say "udprelay: replay failed: the relay did not start: $(tail -1 "$dir/relay.err")"
+        else
+            python3 -c "import sys; sys.stdout.write(''.join('%064d\\n' % i for i in range($replay_n)))" > "$dir/payloads"
+            rc=0
+            "$bin/udpcat" pub "$addr" replay --reliable --file "$dir/payloads" > /dev/null 2> "$dir/store.err" || rc=$?
+            stop_if_interrupted "$rc"
+            if [ "$rc" != 0 ]; then
+                say "udprelay: storing for the replay failed: $(tail -1 "$dir/store.err")"
+            else
+                t0=$(date +%s.%N)
+                "$bin/udpcat" sub "$addr" replay --reliable --from earliest --count "$replay_n" --timeout 300s \
+                    > "$dir/replayed" 2> "$dir/replay.err" || rc=$?
+                t1=$(date +%s.%N)
+                stop_if_interrupted "$rc"
+                got=$(wc -l < "$dir/replayed")
+                if [ "$rc" != 0 ]; then
+                    say "udprelay: replay failed: $(tail -1 "$dir/replay.err")"
+                elif [ "$got" != "$replay_n" ]; then
+                    say "udprelay: replay failed: $got of $replay_n arrived"
+                else
+                    add udprelay,replay "$(python3 -c "print(round($replay_n / ($t1 - $t0)))")"
+                fi
+            fi
+            rm -f "$dir/payloads" "$dir/replayed"
+        fi
+        kill "${pids[-1]}" 2>/dev/null || true
+    fi
+
+    if [ "$nats" = 1 ]; then
+        core_rows nats --url "$nats_url"
+        measure nats "JetStream acked publish" "$dir/npub" "$versus" js-publish --url "$nats_url" --window 256 --duration 3 &&
+            add nats,publish "$(json "$dir/npub" 'round(j["msg_per_sec"])')"
+        measure nats "JetStream replay of $replay_n" "$dir/nrep" "$versus" js-replay --url "$nats_url" --count "$replay_n" --batch 1000 &&
+            add nats,replay "$(json "$dir/nrep" 'round(j["msg_per_sec"])')"
+    fi
+    # Aeron's 1 -> 10 is multi-destination-cast: one publication, 10 UDP destinations.
+    if [ "$aeron" = 1 ]; then core_rows aeron --dir "$aeron_dir"; fi
+}
+for round in $(seq "$rounds"); do
+    [ "$rounds" = 1 ] || say "round $round of $rounds"
+    one_round
+done
 
 # --- table -------------------------------------------------------------------
 row_names=(one ten p50 p99 publish replay)
@@ -255,14 +274,23 @@ declare -A label=(
     [publish]="reliable publish acked, msg/s"
     [replay]="replay of $replay_n, msg/s"
 )
-cell() { echo "${R[$1,$2]:-${3:--}}"; }
+# The median of a cell's rounds (the mean of the middle two of an even count).
+median() {
+    local v=${R[$1]:-}
+    [ -n "$v" ] || return 0
+    python3 -c "import statistics, sys; m = statistics.median(float(x) for x in sys.argv[1:]); print(round(m) if m >= 1000 else round(m, 1))" $v
+}
+cell() { local m; m=$(median "$1,$2"); echo "${m:-${3:--}}"; }
 ratio() {
-    local a=${R[udprelay,$2]:-} b=${R[$1,$2]:-}
+    local a b
+    a=$(median "udprelay,$2") b=$(median "$1,$2")
     [ -n "$a" ] && [ -n "$b" ] || { echo -; return; }
     python3 -c "b = $b; print(f'{$a / b:.2f}x' if b else '-')"
 }
 echo
-echo "udprelay beside NATS and Aeron: 64-byte messages, 127.0.0.1, $(date -u +%Y-%m-%dT%H:%MZ), load $(cut -d' ' -f1-3 /proc/loadavg)"
+rounds_note=
+[ "$rounds" = 1 ] || rounds_note=", median of $rounds rounds"
+echo "udprelay beside NATS and Aeron: 64-byte messages, 127.0.0.1$rounds_note, $(date -u +%Y-%m-%dT%H:%MZ), load $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%-34s %12s %12s %12s %14s %14s\n' row udprelay NATS Aeron udprelay/NATS udprelay/Aeron
 for r in "${row_names[@]}"; do
     na=
@@ -271,7 +299,7 @@ for r in "${row_names[@]}"; do
         "$(cell aeron "$r" "$na")" "$(ratio nats "$r")" "$(ratio aeron "$r")"
 done
 if [ -n "${R[kernel,p50]:-}" ]; then
-    echo "kernel baseline in the same udpbench run (no relay, one hop): p50 ${R[kernel,p50]} us, p99 ${R[kernel,p99]} us"
+    echo "kernel baseline in the same udpbench run (no relay, one hop): p50 $(median kernel,p50) us, p99 $(median kernel,p99) us"
 fi
 for s in "${skipped[@]}"; do echo "$s"; done
 echo "rates: higher is better (ratio > 1: udprelay ahead); latency: lower is better (ratio < 1: udprelay ahead)"
