@@ -7,6 +7,7 @@ use std::hint::black_box;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use udprelay::client::AddressProof;
 use udprelay::config::RelayConfig;
 use udprelay::relay::{Now, Relay};
 use udprelay::wire::{self, DatagramBuilder, DeliveryMode, Frame, StartPosition};
@@ -37,8 +38,9 @@ pub struct RelayCoreLoop {
     publisher: SocketAddr,
     /// The subscribers.
     subscribers: Vec<SocketAddr>,
-    /// The SUBSCRIBE that keeps their leases.
-    subscribe: Vec<u8>,
+    /// The SUBSCRIBE that keeps their leases, behind each one's address
+    /// token.
+    subscribe: Vec<Vec<u8>>,
     /// The packed publishes.
     datagram: Vec<u8>,
     /// Messages in each datagram.
@@ -83,10 +85,23 @@ impl RelayCoreLoop {
             resume: udprelay::wire::ResumeVector::EMPTY,
         }])
         .unwrap();
-        for &subscriber in &subscribers {
-            relay.handle_datagram(now, subscriber, &subscribe);
-        }
+        // Each subscriber proves its address first (a SUBSCRIBE without a
+        // token gets only a token), as real clients do.
+        let subscribe: Vec<Vec<u8>> = (subscribers.iter())
+            .map(|&subscriber| {
+                let mut proof = AddressProof::new();
+                relay.handle_datagram(now, subscriber, &AddressProof::hello());
+                while let Some(t) = relay.poll_transmit() {
+                    proof.handle_datagram(now.instant, &t.payload);
+                }
+                assert!(proof.is_proven(), "the relay sent a token");
+                let stamped = proof.stamp(subscribe.clone());
+                relay.handle_datagram(now, subscriber, &stamped);
+                stamped
+            })
+            .collect();
         while relay.poll_transmit().is_some() {}
+        assert_eq!(relay.subscription_count(), subscribers.len());
         RelayCoreLoop {
             relay,
             now,
@@ -114,8 +129,8 @@ impl RelayCoreLoop {
             self.now = self.now.after(Duration::from_secs(2));
             relay.handle_timeout(self.now);
             // Keep the subscribers' leases alive on the simulated clock.
-            for &subscriber in &self.subscribers {
-                relay.handle_datagram(self.now, subscriber, &self.subscribe);
+            for (&subscriber, subscribe) in self.subscribers.iter().zip(&self.subscribe) {
+                relay.handle_datagram(self.now, subscriber, subscribe);
             }
             while relay.poll_transmit().is_some() {}
         }

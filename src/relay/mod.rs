@@ -928,14 +928,16 @@ impl Relay {
         let channel = &mut self.channels[id];
         let first = matches!(channel.storage, Storage::Empty);
         let stored = channel.store(&self.data_dir, now.unix_nanos, session, payload);
-        if let Err(channels::Refused::NoSpace(e)) = &stored
-            && let Some(unsaid) = self.disk_full.may_say(now.instant)
-        {
-            // A full disk refuses every message: said once in a while.
-            let more = flood::more(unsaid);
-            tracing::warn!(channel = %channel.name, "cannot store: {e}{more}");
-        }
-        let offset = stored.map_err(|refused| refused.counted(&mut self.counters))?;
+        let offset = stored.map_err(|refused| {
+            if let channels::Refused::NoSpace(e) = &refused
+                && let Some(unsaid) = self.disk_full.may_say(now.instant)
+            {
+                // A full disk refuses every message: said once in a while.
+                let more = flood::more(unsaid);
+                tracing::warn!(channel = %channel.name, "cannot store: {e}{more}");
+            }
+            refused.counted(&mut self.counters)
+        })?;
         self.durability.appended(now.instant, id);
         if let Some(cluster) = &mut self.cluster {
             cluster.appended(&mut self.channels, id);
