@@ -50,6 +50,9 @@ pub(super) fn fan_out(
         }
     }
     let chosen: Vec<usize> = picks.into_iter().map(|(_, i, _)| i).collect();
+    // With more than one subscriber, the DELIVER frame is encoded once, on
+    // first use, and copied to each live subscriber with its id written in.
+    let mut encoded = (channel.subscribers.len() < 2).then_some(false);
     for (i, sub) in channel.subscribers.iter_mut().enumerate() {
         if sub.share.is_some() {
             continue;
@@ -73,7 +76,12 @@ pub(super) fn fan_out(
             continue;
         }
         sub.cursor += 1;
-        let queued = outbox.push_delivery(sub.peer, sub.sub_id, offset, timestamp, payload);
+        let once =
+            *encoded.get_or_insert_with(|| outbox.encode_delivery(offset, timestamp, payload));
+        let queued = match once {
+            true => outbox.push_encoded_delivery(sub.peer, sub.sub_id),
+            false => outbox.push_delivery(sub.peer, sub.sub_id, offset, timestamp, payload),
+        };
         if queued > 0 {
             counters.messages_delivered += 1;
         } else {

@@ -158,7 +158,14 @@ pub(super) struct Outbox {
     /// The last raw datagram queued: the same message to the next raw-out
     /// address shares its bytes.
     last_raw: Bytes,
+    /// One DELIVER frame encoded for fan-out ([`Outbox::encode_delivery`]),
+    /// copied to each subscriber with its id written in.
+    encoded: Vec<u8>,
 }
+
+/// Where a DELIVER frame's subscription id sits in its encoding: after the
+/// frame header.
+const SUB_ID_AT: std::ops::Range<usize> = FRAME_HEADER_LEN..FRAME_HEADER_LEN + 4;
 
 impl Outbox {
     /// Packs up to `datagram_size` from the next datagram on.
@@ -173,6 +180,7 @@ impl Outbox {
             ready: VecDeque::new(),
             arena: BytesMut::new(),
             last_raw: Bytes::new(),
+            encoded: Vec::new(),
         }
     }
 
@@ -292,6 +300,61 @@ impl Outbox {
             }
         }
         (queued, left_out)
+    }
+
+    /// Encodes the DELIVER frame of a stored message once, for
+    /// [`Outbox::push_encoded_delivery`] to every live subscriber: false if
+    /// it does not fit in one datagram (then each goes by
+    /// [`Outbox::push_delivery`], in pieces).
+    pub(super) fn encode_delivery(&mut self, offset: u64, timestamp: u64, payload: &[u8]) -> bool {
+        if payload.len() > MAX_DATAGRAM - HEADER_LEN - DELIVER_OVERHEAD {
+            return false;
+        }
+        let frame = Frame::Deliver {
+            sub_id: 0,
+            offset,
+            timestamp,
+            origin: None,
+            payload,
+        };
+        self.encoded.clear();
+        frame.encode(&mut self.encoded).is_ok()
+    }
+
+    /// Queues the frame [`Outbox::encode_delivery`] made for subscription
+    /// `sub_id` of `to`, as [`Outbox::push_delivery`] would have: the same
+    /// bytes with the id written in, packed the same way, without encoding
+    /// it again. Returns the bytes queued.
+    pub(super) fn push_encoded_delivery(&mut self, to: SocketAddr, sub_id: u32) -> usize {
+        let len = self.encoded.len();
+        if len == 0 {
+            return 0;
+        }
+        let limit = self.datagram_size;
+        let arena = &mut self.arena;
+        let pending = self.pending.entry(to);
+        let open = pending.open.get_or_insert_with(|| Self::open(arena, limit));
+        if len > limit.saturating_sub(open.buf.len()) && !open.is_empty() {
+            let full = std::mem::replace(open, Self::open(arena, limit));
+            pending.done.push(full.buf.freeze());
+        }
+        let encoded = &self.encoded;
+        let write = |buf: &mut BytesMut| {
+            let at = buf.len();
+            buf.extend_from_slice(encoded);
+            buf[at + SUB_ID_AT.start..at + SUB_ID_AT.end].copy_from_slice(&sub_id.to_le_bytes());
+        };
+        if len <= limit.saturating_sub(open.buf.len()) {
+            write(&mut open.buf);
+        } else {
+            // Larger than the packing limit: it goes alone, in a region of
+            // its own.
+            let mut alone = Self::region(arena, HEADER_LEN + len);
+            Header::default().encode(&mut alone);
+            write(&mut alone);
+            pending.done.push(alone.freeze());
+        }
+        len
     }
 
     /// Queues a stored message for `to` only if it fits in the datagram
@@ -439,6 +502,33 @@ mod tests {
 
     fn drain(outbox: &mut Outbox) -> Vec<Transmit> {
         std::iter::from_fn(|| outbox.pop()).collect()
+    }
+
+    #[test]
+    fn a_delivery_encoded_once_is_the_same_bytes_as_one_encoded_per_subscriber() {
+        // Sizes that fit many to a datagram, a few, one, one only alone
+        // (past the packing limit), interleaved across three subscribers.
+        let sizes = [0, 1, 64, 300, 1300, 1372, 1373, 5000, 64, 9000, 2];
+        let mut by_frame = Outbox::new(1400);
+        let mut once = Outbox::new(1400);
+        for (offset, &size) in sizes.iter().enumerate() {
+            let payload = vec![offset as u8; size];
+            let (offset, timestamp) = (offset as u64 + 7, 1_700_000_000_000 + offset as u64);
+            assert!(once.encode_delivery(offset, timestamp, &payload));
+            for (port, sub_id) in [(1, 3), (2, 0x0102_0304), (3, u32::MAX)] {
+                let a = by_frame.push_delivery(addr(port), sub_id, offset, timestamp, &payload);
+                let b = once.push_encoded_delivery(addr(port), sub_id);
+                assert_eq!(a, b, "bytes queued, size {size}");
+            }
+        }
+        let (a, b) = (drain(&mut by_frame), drain(&mut once));
+        assert_eq!(a.len(), b.len());
+        for (a, b) in a.iter().zip(&b) {
+            assert_eq!(a.destination, b.destination);
+            assert_eq!(a.payload, b.payload.to_vec());
+        }
+        // Too large for one datagram: the caller goes by pieces.
+        assert!(!once.encode_delivery(1, 1, &vec![0; MAX_DATAGRAM]));
     }
 
     /// The DELIVER offsets in a datagram.
