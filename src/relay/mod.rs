@@ -484,12 +484,7 @@ impl Relay {
         }
         for (_, addr, why) in ending {
             if let Some(reason) = why {
-                let frame = Frame::Error {
-                    code: ErrorCode::DENIED,
-                    reason: replies::truncate_utf8(reason, 200),
-                };
-                self.counters.errors_sent += 1;
-                self.outbox.push_frame(*addr, &frame);
+                self.tell_denied(*addr, reason);
             }
         }
         if let Some(secure) = &mut self.secure {
@@ -507,7 +502,7 @@ impl Relay {
                 }
             }
             for &(id, _, _) in ending {
-                secure.end_session(id);
+                secure.end(id);
             }
             for t in queued {
                 self.outbox.push_raw(t.destination, &t.payload);

@@ -204,30 +204,47 @@ impl Outbox {
     /// Queues `frame` for `to`; false if it cannot be encoded at all (larger
     /// than the largest datagram).
     pub(super) fn push_frame(&mut self, to: SocketAddr, frame: &Frame<'_>) -> bool {
-        let limit = self.datagram_size;
-        let arena = &mut self.arena;
-        let pending = self.pending.entry(to);
+        let (pending, arena, limit) = (&mut self.pending, &mut self.arena, self.datagram_size);
+        Self::push_written(pending, arena, limit, to, frame.encoded_len(), |buf| {
+            frame.encode(buf).is_ok()
+        })
+    }
+
+    /// Queues for `to` a frame of `len` bytes that `write` appends: in the
+    /// datagram open for `to` if it fits, else in a new one, else (larger
+    /// than the packing limit) alone, as large as UDP allows. False if it
+    /// cannot go at all.
+    fn push_written(
+        pending: &mut Pendings,
+        arena: &mut BytesMut,
+        limit: usize,
+        to: SocketAddr,
+        len: usize,
+        write: impl FnOnce(&mut BytesMut) -> bool,
+    ) -> bool {
+        let pending = pending.entry(to);
         let open = pending.open.get_or_insert_with(|| Self::open(arena, limit));
-        if open.push(frame, limit) {
-            return true;
+        if len <= limit.saturating_sub(open.buf.len()) {
+            return write(&mut open.buf);
         }
         if !open.is_empty() {
             let full = std::mem::replace(open, Self::open(arena, limit));
             pending.done.push(full.buf.freeze());
-            if open.push(frame, limit) {
-                return true;
+            if len <= limit.saturating_sub(open.buf.len()) {
+                return write(&mut open.buf);
             }
         }
-        // Larger than the packing limit: it goes alone, as large as UDP
-        // allows, in a region of its own.
-        let mut alone = OpenDatagram {
-            buf: Self::region(arena, HEADER_LEN + frame.encoded_len()),
-        };
-        Header::default().encode(&mut alone.buf);
-        if !alone.push(frame, MAX_DATAGRAM) {
+        if len > MAX_DATAGRAM - HEADER_LEN {
             return false;
         }
-        pending.done.push(alone.buf.freeze());
+        // Larger than the packing limit: it goes alone, in a region of its
+        // own.
+        let mut alone = Self::region(arena, HEADER_LEN + len);
+        Header::default().encode(&mut alone);
+        if !write(&mut alone) {
+            return false;
+        }
+        pending.done.push(alone.freeze());
         true
     }
 
@@ -326,35 +343,17 @@ impl Outbox {
     /// bytes with the id written in, packed the same way, without encoding
     /// it again. Returns the bytes queued.
     pub(super) fn push_encoded_delivery(&mut self, to: SocketAddr, sub_id: u32) -> usize {
-        let len = self.encoded.len();
-        if len == 0 {
-            return 0;
-        }
-        let limit = self.datagram_size;
-        let arena = &mut self.arena;
-        let pending = self.pending.entry(to);
-        let open = pending.open.get_or_insert_with(|| Self::open(arena, limit));
-        if len > limit.saturating_sub(open.buf.len()) && !open.is_empty() {
-            let full = std::mem::replace(open, Self::open(arena, limit));
-            pending.done.push(full.buf.freeze());
-        }
-        let encoded = &self.encoded;
-        let write = |buf: &mut BytesMut| {
-            let at = buf.len();
-            buf.extend_from_slice(encoded);
-            buf[at + SUB_ID_AT.start..at + SUB_ID_AT.end].copy_from_slice(&sub_id.to_le_bytes());
-        };
-        if len <= limit.saturating_sub(open.buf.len()) {
-            write(&mut open.buf);
-        } else {
-            // Larger than the packing limit: it goes alone, in a region of
-            // its own.
-            let mut alone = Self::region(arena, HEADER_LEN + len);
-            Header::default().encode(&mut alone);
-            write(&mut alone);
-            pending.done.push(alone.freeze());
-        }
-        len
+        let (encoded, len) = (&self.encoded, self.encoded.len());
+        let (pending, arena, limit) = (&mut self.pending, &mut self.arena, self.datagram_size);
+        let queued = len > 0
+            && Self::push_written(pending, arena, limit, to, len, |buf| {
+                let at = buf.len();
+                buf.extend_from_slice(encoded);
+                buf[at + SUB_ID_AT.start..at + SUB_ID_AT.end]
+                    .copy_from_slice(&sub_id.to_le_bytes());
+                true
+            });
+        if queued { len } else { 0 }
     }
 
     /// Queues a stored message for `to` only if it fits in the datagram

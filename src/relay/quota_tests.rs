@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::tests::subscribe_frame;
 use super::{Now, Relay};
 use crate::auth::{Credential, KeyFile, SECRET_LEN, Secret};
 use crate::client::{AddressProof, Handshake, Secured};
@@ -134,19 +135,6 @@ impl Client {
 
     pub(super) fn subscribe(&mut self, k: &mut Keyed, sub_id: u32) -> Vec<Frame<'static>> {
         self.frames(k, &[subscribe_frame(sub_id, "news")])
-    }
-}
-
-/// An unreliable subscription to `channel` from its end.
-pub(super) fn subscribe_frame(sub_id: u32, channel: &str) -> Frame<'_> {
-    Frame::Subscribe {
-        sub_id,
-        mode: DeliveryMode::Unreliable,
-        start: StartPosition::Latest,
-        channel,
-        group: None,
-        origins: false,
-        resume: crate::wire::ResumeVector::EMPTY,
     }
 }
 

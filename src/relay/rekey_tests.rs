@@ -6,8 +6,9 @@
 use std::net::SocketAddr;
 
 use super::quota_tests::{
-    Client, EVERYTHING, Keyed, error, key_entry, relay_with_keys, subscribe_frame, subscribed,
+    Client, EVERYTHING, Keyed, error, key_entry, relay_with_keys, subscribed,
 };
+use super::tests::subscribe_frame;
 use crate::auth::KeyFile;
 use crate::config::RelayConfig;
 use crate::wire::{ErrorCode, Frame};

@@ -274,13 +274,21 @@ impl Relay {
         }
     }
 
-    /// Tells `addr` that what it held ended, and why: an address that held
-    /// something has proved it receives there.
+    /// Tells `addr` that what it held ended, and why.
     fn tell_revoked(&mut self, addr: SocketAddr, why: &str) {
-        let reason = format!("{why} (withdrawn by the relay's configuration)");
+        self.tell_denied(
+            addr,
+            &format!("{why} (withdrawn by the relay's configuration)"),
+        );
+    }
+
+    /// An ERROR `denied` to `addr`, outside the reply budget: it goes only
+    /// to an address that held something (so proved it receives there),
+    /// once for each thing it held that a reload ended.
+    pub(super) fn tell_denied(&mut self, addr: SocketAddr, reason: &str) {
         let frame = Frame::Error {
             code: ErrorCode::DENIED,
-            reason: super::replies::truncate_utf8(&reason, 200),
+            reason: super::replies::truncate_utf8(reason, 200),
         };
         self.counters.errors_sent += 1;
         self.outbox.push_frame(addr, &frame);

@@ -93,7 +93,7 @@ pub(super) enum Refusal {
     /// Seen before.
     Replayed,
     /// The session's credential has expired: the session (its address and
-    /// id) is to be ended ([`Secure::end_session`]).
+    /// id) is to be ended ([`Secure::end`]).
     Expired(SocketAddr, u32),
 }
 
@@ -244,7 +244,7 @@ impl Secure {
     /// sessions): a key kept as it was keeps its index and its sessions; a
     /// key removed, or whose name or secret changed, loses its sessions,
     /// returned as (session id, address, key name) for the caller to tell
-    /// and [`Secure::end_session`]. Rates start again full.
+    /// and [`Secure::end`]. Rates start again full.
     pub(super) fn rekey(
         &mut self,
         keys: KeyFile,
@@ -288,12 +288,6 @@ impl Secure {
         self.max = max.min(crate::config::MAX_AUTH_SESSIONS);
         self.last_check = None;
         ending
-    }
-
-    /// Ends session `id` (see [`Secure::rekey`]); its address, if it had
-    /// one.
-    pub(super) fn end_session(&mut self, id: u32) -> Option<SocketAddr> {
-        self.end(id)
     }
 
     /// Who a new subscription or session of `who` is charged to besides
@@ -465,7 +459,7 @@ impl Secure {
     }
 
     /// Ends session `id`, freeing its slot; its address, if it had one.
-    fn end(&mut self, id: u32) -> Option<SocketAddr> {
+    pub(super) fn end(&mut self, id: u32) -> Option<SocketAddr> {
         let index = (id & 0xFFFF) as usize;
         let slot = self.slots.get_mut(index)?;
         if u32::from(slot.generation) != id >> 16 {
@@ -582,7 +576,7 @@ impl Secure {
     }
 
     /// The sessions idle too long or whose credential expired, as (id,
-    /// address), for the caller to [`Secure::end_session`].
+    /// address), for the caller to [`Secure::end`].
     pub(super) fn sweep(&mut self, now: super::Now) -> Vec<(u32, SocketAddr)> {
         if self.next_sweep.is_none_or(|at| now.instant < at) {
             return Vec::new();

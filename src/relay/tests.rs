@@ -60,8 +60,9 @@ fn send_unproven(relay: &mut Relay, now: Now, from: &str, frames: &[Frame<'_>]) 
     relay.handle_datagram(now, addr(from), &encode_datagram(frames).unwrap());
 }
 
-fn subscribe(relay: &mut Relay, now: Now, from: &str, sub_id: u32, channel: &str) {
-    let frame = Frame::Subscribe {
+/// An unreliable subscription to `channel` from its end.
+pub(super) fn subscribe_frame(sub_id: u32, channel: &str) -> Frame<'_> {
+    Frame::Subscribe {
         sub_id,
         mode: DeliveryMode::Unreliable,
         start: StartPosition::Latest,
@@ -69,8 +70,11 @@ fn subscribe(relay: &mut Relay, now: Now, from: &str, sub_id: u32, channel: &str
         group: None,
         origins: false,
         resume: crate::wire::ResumeVector::EMPTY,
-    };
-    send(relay, now, from, &[frame]);
+    }
+}
+
+fn subscribe(relay: &mut Relay, now: Now, from: &str, sub_id: u32, channel: &str) {
+    send(relay, now, from, &[subscribe_frame(sub_id, channel)]);
 }
 
 /// A reliable subscription `sub_id` to "news" from `start`.
