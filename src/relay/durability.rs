@@ -3,6 +3,12 @@
 //! the interval sync is due, the syncs handed to the driver's background
 //! thread) and the retention check.
 //!
+//! Under `--fsync interval=MS`, records that something waits for (a reliable
+//! publisher's acknowledgement, the cluster's copy) are synced at once, by
+//! group commit: one sync per channel at a time, and when it ends the next
+//! covers everything that arrived while it ran. Records nothing waits for
+//! are synced within MS, in one group per interval.
+//!
 //! It decides when; the channels' logs do the work. A failed sync stops its
 //! channel: writes are refused from then on, never retried into silence.
 
@@ -36,6 +42,11 @@ pub(super) struct Durability {
     dirty: Vec<ChannelId>,
     /// When the interval sync is due, if anything is dirty.
     next_sync: Option<Instant>,
+    /// Channels whose unsynced records something waits for: synced as soon
+    /// as no sync of theirs runs (group commit).
+    awaited: Vec<ChannelId>,
+    /// Channels with a sync handed out and not yet done, once per sync.
+    in_flight: Vec<ChannelId>,
     /// Syncs for the driver to run in the background.
     sync_requests: VecDeque<SyncRequest>,
     /// When retention is next checked (None: no retention configured).
@@ -50,6 +61,8 @@ impl Durability {
             fsync,
             dirty: Vec::new(),
             next_sync: None,
+            awaited: Vec::new(),
+            in_flight: Vec::new(),
             sync_requests: VecDeque::new(),
             next_retention: retention,
         }
@@ -61,13 +74,21 @@ impl Durability {
         matches!(self.fsync, FsyncMode::Interval(_))
     }
 
-    /// Notes a record appended to channel `id` at `now`.
-    pub(super) fn appended(&mut self, now: Instant, id: ChannelId) {
-        if self.fsync != FsyncMode::None && !self.dirty.contains(&id) {
+    /// Notes a record appended to channel `id` at `now`; `awaited` if
+    /// something waits for it to be durable (under `interval`, that sync
+    /// starts as soon as the channel has none running).
+    pub(super) fn appended(&mut self, now: Instant, id: ChannelId, awaited: bool) {
+        if self.fsync == FsyncMode::None {
+            return;
+        }
+        if !self.dirty.contains(&id) {
             self.dirty.push(id);
             if let FsyncMode::Interval(every) = self.fsync {
                 self.next_sync.get_or_insert(now + every);
             }
+        }
+        if awaited && self.acks_wait_for_sync() && !self.awaited.contains(&id) {
+            self.awaited.push(id);
         }
     }
 
@@ -77,6 +98,38 @@ impl Durability {
             .into_iter()
             .flatten()
             .min()
+    }
+
+    /// True if an awaited channel has no sync running: its group commit
+    /// can start.
+    fn commit_due(&self) -> bool {
+        (self.awaited.iter()).any(|id| !self.in_flight.contains(id))
+    }
+
+    /// Starts the sync of every awaited channel that has none running; the
+    /// rest start when theirs ends.
+    fn commit(&mut self, channels: &mut Channels) {
+        let mut i = 0;
+        while i < self.awaited.len() {
+            let id = self.awaited[i];
+            if self.in_flight.contains(&id) {
+                i += 1;
+                continue;
+            }
+            self.awaited.swap_remove(i);
+            self.request(channels, id);
+        }
+    }
+
+    /// Hands channel `id`'s unsynced records to the background thread.
+    fn request(&mut self, channels: &mut Channels, id: ChannelId) {
+        if let Storage::Open(log) = &mut channels[id].storage
+            && let Some(job) = log.begin_sync()
+        {
+            self.in_flight.push(id);
+            self.sync_requests
+                .push_back(SyncRequest { channel: id, job });
+        }
     }
 
     /// Hands the interval sync to the driver and checks retention, if due.
@@ -89,12 +142,7 @@ impl Durability {
         if self.next_sync.is_some_and(|at| at <= now.instant) {
             self.next_sync = None;
             for id in std::mem::take(&mut self.dirty) {
-                if let Storage::Open(log) = &mut channels[id].storage
-                    && let Some(job) = log.begin_sync()
-                {
-                    self.sync_requests
-                        .push_back(SyncRequest { channel: id, job });
-                }
+                self.request(channels, id);
             }
         }
         if self.next_retention.is_some_and(|at| at <= now.instant) {
@@ -113,8 +161,13 @@ impl Durability {
         }
     }
 
-    /// The next sync to run in the background, if any.
-    pub(super) fn poll_sync(&mut self) -> Option<SyncRequest> {
+    /// The next sync to run in the background, if any. Awaited channels
+    /// with no sync running start theirs here, after a batch of input, so
+    /// that one sync covers the batch.
+    pub(super) fn poll_sync(&mut self, channels: &mut Channels) -> Option<SyncRequest> {
+        if self.commit_due() {
+            self.commit(channels);
+        }
         self.sync_requests.pop_front()
     }
 
@@ -127,6 +180,9 @@ impl Durability {
         channel: usize,
         result: Result<u64, LogError>,
     ) -> bool {
+        if let Some(i) = self.in_flight.iter().position(|&id| id == channel) {
+            self.in_flight.swap_remove(i);
+        }
         let Some(ch) = channels.get_mut(channel) else {
             return false;
         };

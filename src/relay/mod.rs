@@ -607,9 +607,13 @@ impl Relay {
         }
     }
 
-    /// The next sync to run in the background, if any.
+    /// The next sync to run in the background, if any. Call after every
+    /// batch of input and after [`Relay::handle_sync_done`]: under
+    /// `--fsync interval`, what a reliable publisher waits for is synced by
+    /// group commit, one sync per channel at a time covering all that
+    /// arrived while the one before ran.
     pub fn poll_sync(&mut self) -> Option<SyncRequest> {
-        self.durability.poll_sync()
+        self.durability.poll_sync(&mut self.channels)
     }
 
     /// Reports how a background sync ended. A failed sync stops the channel:
@@ -933,7 +937,9 @@ impl Relay {
             }
             refused.counted(&mut self.counters)
         })?;
-        self.durability.appended(now.instant, id);
+        // A reliable publisher's ack, or the cluster's copy, waits for it.
+        let awaited = session.is_some() || self.cluster.is_some();
+        self.durability.appended(now.instant, id, awaited);
         if let Some(cluster) = &mut self.cluster {
             cluster.appended(&mut self.channels, id);
         }

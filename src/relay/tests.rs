@@ -705,6 +705,51 @@ fn reliable_publish_under_interval_fsync_is_acked_after_the_sync() {
 }
 
 #[test]
+fn interval_fsync_group_commits_what_a_reliable_publisher_waits_for() {
+    // An interval this test never reaches: every sync here is a group commit.
+    let every = Duration::from_secs(3600);
+    let (mut r, _dir) = relay_with(|c| c.log.fsync = crate::log::FsyncMode::Interval(every));
+    let t = start();
+    rpublish(&mut r, t, 7, 0, b"a");
+    Sent::collect(&mut r);
+    let first = r
+        .poll_sync()
+        .expect("an awaited record is synced at once, not at the interval");
+    assert!(r.poll_sync().is_none(), "one sync for what is dirty");
+    rpublish(&mut r, t, 7, 1, b"b");
+    rpublish(&mut r, t, 7, 2, b"c");
+    assert_eq!(
+        publish_acks(&Sent::collect(&mut r)),
+        [(0, vec![(0, 2)]), (0, vec![(0, 3)])]
+    );
+    assert!(
+        r.poll_sync().is_none(),
+        "one sync of a channel at a time: the next waits for this one"
+    );
+    let durable = first.job.run().unwrap();
+    assert_eq!(durable, 1);
+    r.handle_sync_done(first.channel, Ok(durable));
+    assert_eq!(
+        publish_acks(&Sent::collect(&mut r)),
+        [(1, vec![(1, 3)])],
+        "acknowledged as far as that sync reached"
+    );
+    let second = r
+        .poll_sync()
+        .expect("the next sync covers what arrived while the first ran");
+    assert!(r.poll_sync().is_none());
+    let durable = second.job.run().unwrap();
+    assert_eq!(durable, 3, "both later records in one sync");
+    r.handle_sync_done(second.channel, Ok(durable));
+    assert_eq!(publish_acks(&Sent::collect(&mut r)), [(3, vec![])]);
+    // A plain publish is not waited for: it waits for the interval.
+    publish(&mut r, t, "news", b"plain");
+    Sent::collect(&mut r);
+    assert!(r.poll_sync().is_none(), "nothing waits for a plain publish");
+    assert_eq!(r.counters().log_syncs, 2);
+}
+
+#[test]
 fn reliable_subscription_retransmits_from_the_log_until_acknowledged() {
     let (mut r, _dir) = relay();
     let t = start();

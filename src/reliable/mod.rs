@@ -22,7 +22,9 @@
 //! - `rtt`: the RTT estimate, RTO with backoff, probe timeout (Karn's rule).
 //! - `congestion`: the congestion window and the per-round loss rate.
 //! - `pacing`: the pacing schedule.
-//! - `sender`: the conductor of the send side, using the three above; they
+//! - `runs`: the runs of sequence numbers known selectively acknowledged,
+//!   so an acknowledgement costs what it newly covers.
+//! - `sender`: the conductor of the send side, using the four above; they
 //!   use nothing of it.
 //! - `receiver`: the receive side, on its own.
 
@@ -31,6 +33,7 @@ mod congestion;
 mod pacing;
 mod receiver;
 mod rtt;
+mod runs;
 mod sender;
 
 pub use config::{ArqConfig, MAX_ACK_RANGES};

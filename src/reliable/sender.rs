@@ -17,6 +17,7 @@ use super::config::{ArqConfig, MAX_ACK_RANGES};
 use super::congestion::Congestion;
 use super::pacing::Pacer;
 use super::rtt::RttEstimator;
+use super::runs::AckedRuns;
 use crate::timer::{TimerName, TimerTable};
 
 /// The sender's timers; every timer lives in `Sender::timers`.
@@ -97,6 +98,8 @@ pub struct Sender {
     pacer: Pacer,
     /// Highest selectively acknowledged sequence number plus one.
     highest_acked: u64,
+    /// Runs known selectively acknowledged (a subset of the `acked` slots).
+    acked_runs: AckedRuns,
     /// How far past `snd_una` the receiver allows.
     peer_window: u64,
     /// Every timer of the send side.
@@ -131,6 +134,7 @@ impl Sender {
             congestion: Congestion::new(&config, first),
             pacer: Pacer::new(),
             highest_acked: first,
+            acked_runs: AckedRuns::default(),
             peer_window: u64::from(config.receive_window),
             timers: TimerTable::new(),
             rack: None,
@@ -334,26 +338,28 @@ impl Sender {
         };
         // A hostile peer could send thousands of ranges, each spanning the
         // window: no more are read than an honest receiver sends.
+        // Only what no earlier acknowledgement covered is walked.
         for (start, end) in ranges.into_iter().take(MAX_ACK_RANGES) {
-            let start = start.max(cumulative);
             let end = end.min(self.next_seq);
-            for seq in start..end {
-                let Some(i) = seq.checked_sub(self.snd_una) else {
-                    continue;
-                };
-                let Some(slot) = self.slots.get_mut(i as usize) else {
-                    continue;
-                };
-                if !slot.acked {
-                    if !slot.lost {
-                        self.pipe -= 1;
+            let (snd_una, slots) = (self.snd_una, &mut self.slots);
+            let (pipe, in_flight_bytes) = (&mut self.pipe, &mut self.in_flight_bytes);
+            self.acked_runs
+                .insert(start.max(cumulative).max(snd_una), end, |from, to| {
+                    for seq in from..to {
+                        let Some(slot) = slots.get_mut((seq - snd_una) as usize) else {
+                            continue;
+                        };
+                        if !slot.acked {
+                            if !slot.lost {
+                                *pipe -= 1;
+                            }
+                            slot.acked = true;
+                            *in_flight_bytes -= slot.bytes;
+                            newly += 1;
+                            sample(seq, slot);
+                        }
                     }
-                    slot.acked = true;
-                    self.in_flight_bytes -= slot.bytes;
-                    newly += 1;
-                    sample(seq, slot);
-                }
-            }
+                });
             self.highest_acked = self.highest_acked.max(end);
         }
         while self.snd_una < cumulative {
@@ -371,6 +377,7 @@ impl Sender {
             }
             self.snd_una += 1;
         }
+        self.acked_runs.forget_below(self.snd_una);
         self.highest_acked = self.highest_acked.max(self.snd_una);
         if let Some((_, slot)) = newest {
             let ambiguous = slot.transmissions > 1 || slot.suspect;
@@ -418,26 +425,35 @@ impl Sender {
         let srtt = self.rtt.srtt().unwrap_or(self.config.initial_rto);
         let min_rtt = self.rtt.min_rtt().unwrap_or(srtt);
         let wait = srtt + self.reo_wnd.max(min_rtt / 4).max(Duration::from_millis(1));
-        let end = self.highest_acked.saturating_sub(self.snd_una) as usize;
         let mut next_check: Option<Instant> = None;
-        for (i, slot) in self.slots.iter_mut().enumerate().take(end) {
-            let seq = self.snd_una + i as u64;
-            if slot.acked || slot.lost || (slot.sent_at, seq) >= rack {
-                continue;
+        let (snd_una, highest_acked) = (self.snd_una, self.highest_acked);
+        let (dupthresh, reo_wnd) = (self.config.dupthresh, self.reo_wnd);
+        let (slots, lost, pipe) = (&mut self.slots, &mut self.lost, &mut self.pipe);
+        let (stats, congestion) = (&mut self.stats, &mut self.congestion);
+        // What selective acknowledgements covered cannot be lost: only the
+        // gaps between them are walked.
+        self.acked_runs.gaps(snd_una, highest_acked, |from, to| {
+            for seq in from..to {
+                let Some(slot) = slots.get_mut((seq - snd_una) as usize) else {
+                    return;
+                };
+                if slot.acked || slot.lost || (slot.sent_at, seq) >= rack {
+                    continue;
+                }
+                let dupthresh_hit = seq + dupthresh < highest_acked;
+                let deadline = slot.sent_at + wait;
+                if now < deadline && !(dupthresh_hit && reo_wnd.is_zero()) {
+                    next_check = Some(next_check.map_or(deadline, |n| n.min(deadline)));
+                    continue;
+                }
+                slot.lost = true;
+                slot.suspect = true;
+                *pipe -= 1;
+                lost.push_back(seq);
+                stats.fast_retransmits += 1;
+                congestion.on_loss_detected();
             }
-            let dupthresh_hit = seq + self.config.dupthresh < self.highest_acked;
-            let deadline = slot.sent_at + wait;
-            if now < deadline && !(dupthresh_hit && self.reo_wnd.is_zero()) {
-                next_check = Some(next_check.map_or(deadline, |n| n.min(deadline)));
-                continue;
-            }
-            slot.lost = true;
-            slot.suspect = true;
-            self.pipe -= 1;
-            self.lost.push_back(seq);
-            self.stats.fast_retransmits += 1;
-            self.congestion.on_loss_detected();
-        }
+        });
         self.timers.set_or_stop(Timer::Rack, next_check);
     }
 
@@ -449,6 +465,7 @@ impl Sender {
     /// on a new path).
     pub fn new_path(&mut self) {
         self.lost.clear();
+        self.acked_runs.clear();
         for (i, slot) in self.slots.iter_mut().enumerate() {
             if slot.acked {
                 slot.acked = false;
@@ -538,6 +555,9 @@ impl Sender {
         // on, and the session would stall until it failed. One timeout
         // alone is usually loss, and resending what arrived would waste it.
         let reneged = timeouts_in_a_row >= 2;
+        if reneged {
+            self.acked_runs.clear();
+        }
         self.lost.clear();
         let rto = self.rto();
         for (i, slot) in self.slots.iter_mut().enumerate() {

@@ -201,8 +201,11 @@ pub(crate) struct RunArgs {
     #[arg(long, default_value = "./udprelay-data")]
     pub(crate) data_dir: PathBuf,
     /// When stored messages are forced to disk: `none` (page cache: survives a
-    /// crash of the relay, not of the machine), `interval=MS` (in groups every
-    /// MS milliseconds) or `always` (before anything depending on them is sent).
+    /// crash of the relay, not of the machine), `interval=MS` (by a background
+    /// thread: what a reliable publisher or the cluster waits for at once, one
+    /// sync per channel covering all that arrived while the last ran; the rest
+    /// within MS milliseconds) or `always` (before anything depending on them
+    /// is sent).
     #[arg(long, default_value = "none", value_parser = clap::value_parser!(FsyncMode))]
     pub(crate) fsync: FsyncMode,
     /// Largest segment file of a channel's log (e.g. 64M); new channels start at 64K and double.
