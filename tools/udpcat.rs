@@ -853,8 +853,9 @@ fn subscribe(conn: &mut Conn, opts: &SubOptions) -> Result<(), CatError> {
     let stop_at = opts.timeout.map(|t| start + t);
     let mut answer_by = start + conn.reply_timeout;
     let mut received = 0u64;
-    let stdout = io::stdout();
-    let mut out = stdout.lock();
+    // Stdout is line-buffered, a write(2) per message; one per datagram
+    // (flushed below) is what a replay of millions can afford.
+    let mut out = io::BufWriter::with_capacity(64 << 10, io::stdout().lock());
     // With other relays to go to: when this one was last heard from, and
     // when it was last pinged (a quiet channel must not pass for a dead
     // relay).
@@ -1026,7 +1027,9 @@ fn subscribe(conn: &mut Conn, opts: &SubOptions) -> Result<(), CatError> {
             started_over = true;
             answer_by = Instant::now() + conn.reply_timeout;
         }
-        out.flush()?;
+        if write_result.is_ok() {
+            write_result = out.flush();
+        }
         if let Err(e) = write_result {
             // A closed stdout (udpcat sub | head -1) ends the subscription quietly.
             if e.kind() == io::ErrorKind::BrokenPipe {
