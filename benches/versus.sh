@@ -19,7 +19,7 @@
 #      means written to its file store; its fsync is every 2 minutes by
 #      default, so it promises less than --fsync interval=10.)
 #   5. replay of 1 M stored messages to one reliable subscriber: udprelay
-#      with --replay-rate 1G, `udpcat sub --reliable --from earliest`;
+#      with its default --replay-rate, `udpcat sub --reliable --from earliest`;
 #      JetStream pull consumer fetching batches of 1,000, each acknowledged
 #      by its last message (AckPolicy::All). Storing is not timed.
 #
@@ -215,7 +215,7 @@ one_round() {
         # Replay: a relay of the script's own, 1 M messages stored (not timed),
         # then one reliable subscriber from the earliest.
         say "udprelay: replay of $replay_n stored messages"
-        "$bin/udprelay" --listen 127.0.0.1:0 --data-dir "$dir/relay" --replay-rate 1G --log-level warn \
+        "$bin/udprelay" --listen 127.0.0.1:0 --data-dir "$dir/relay" --log-level warn \
             > "$dir/relay.out" 2> "$dir/relay.err" &
         pids+=($!)
         for _ in $(seq 100); do grep -q listening "$dir/relay.out" 2>/dev/null && break; sleep 0.1; done

@@ -204,7 +204,7 @@ impl Default for RelayConfig {
             busy_poll: Duration::ZERO,
             log: LogConfig::default(),
             truncate_corrupt: Vec::new(),
-            replay_rate: 32_000_000,
+            replay_rate: 256 << 20,
             arq: ArqConfig::default(),
             reassembly_memory: 64 << 20,
             session_memory: 64 << 20,

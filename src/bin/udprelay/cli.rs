@@ -221,7 +221,7 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "CHANNEL")]
     pub(crate) truncate_corrupt: Vec<String>,
     /// Bytes per second of replay (subscriptions that start in the past) one client address gets, however many replays it opens.
-    #[arg(long, default_value = "32000000", value_parser = config::parse_size)]
+    #[arg(long, default_value = "256M", value_parser = config::parse_size)]
     pub(crate) replay_rate: u64,
     /// Make this relay an edge of the NATS JetStream cluster at these servers (nats://HOST:PORT, comma-separated): every message stored here is published to the stream UDPRELAY (subject udprelay.CHANNEL), and messages published at other relays reach this relay's subscribers [default: none, a relay on its own].
     #[arg(long, value_name = "URLS", value_delimiter = ',')]
