@@ -157,7 +157,8 @@ impl Pattern {
 /// True if `name` holds a `*` or `>` token: a pattern, which a SUBSCRIBE
 /// reads as a wildcard subscription and a publish may not name.
 pub fn is_pattern(name: &str) -> bool {
-    name.split('.').any(|t| t == "*" || t == ">")
+    // Every publish asks: most names hold neither byte, and need no split.
+    name.bytes().any(|b| b == b'*' || b == b'>') && name.split('.').any(|t| t == "*" || t == ">")
 }
 
 /// A token a name may hold: not empty, not a wildcard.
@@ -235,6 +236,16 @@ mod tests {
         assert!(!p("orders.*").is_literal());
         assert!(!p("orders.>").is_literal());
         assert!(!p(">").is_literal());
+    }
+
+    #[test]
+    fn a_name_is_a_pattern_only_with_a_wildcard_token() {
+        for name in ["orders.*", "orders.>", ">", "*.eu", "a.*.b"] {
+            assert!(is_pattern(name), "{name}");
+        }
+        for name in ["orders", "orders.eu.new", "a*b", "a>", "x.*y", "a.b>"] {
+            assert!(!is_pattern(name), "{name}");
+        }
     }
 
     #[test]

@@ -124,7 +124,13 @@ pub fn validate_channel(name: &[u8]) -> Result<&str, WireError> {
         return Err(WireError::BadChannel);
     }
     let s = std::str::from_utf8(name).map_err(|_| WireError::BadChannel)?;
-    if s.chars().any(char::is_control) {
+    // Most names are ASCII: checked byte by byte, not char by char (every
+    // publish frame names its channel).
+    let control = match name.is_ascii() {
+        true => name.iter().any(u8::is_ascii_control),
+        false => s.chars().any(char::is_control),
+    };
+    if control {
         return Err(WireError::BadChannel);
     }
     Ok(s)

@@ -358,6 +358,16 @@ fn channel_names_follow_the_rules() {
     assert_eq!(validate_channel(b""), Err(WireError::BadChannel));
     assert_eq!(validate_channel(b"a\x00b"), Err(WireError::BadChannel));
     assert_eq!(validate_channel(b"\xff\xfe"), Err(WireError::BadChannel));
+    assert_eq!(
+        validate_channel(b"a\x7fb"),
+        Err(WireError::BadChannel),
+        "DEL"
+    );
+    assert_eq!(
+        validate_channel("日\u{85}本".as_bytes()),
+        Err(WireError::BadChannel),
+        "a C1 control character in a name that is not ASCII"
+    );
 }
 
 #[test]
