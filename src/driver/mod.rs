@@ -652,8 +652,10 @@ impl Driver {
                 }
             }
             self.relay.handle_timeout(now());
-            self.syncer.submit(&mut self.relay);
             self.bridge(false);
+            // After the bridge: what it stored from other relays is synced
+            // in this pass too (group commit), not at the next wake.
+            self.syncer.submit(&mut self.relay);
             self.send_all()?;
             // What was read and not answered was not answered at all.
             self.received_at = None;
