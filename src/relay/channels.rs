@@ -103,6 +103,8 @@ pub(super) struct Channel {
     pub(super) raw_out: Vec<SocketAddr>,
     /// Offsets below this are known to be on disk (`--fsync interval`).
     pub(super) durable_to: u64,
+    /// Where it stands in the durability bookkeeping.
+    pub(super) sync_marks: super::durability::SyncMarks,
     /// Named in the configuration (raw ports): never forgotten.
     pub(super) pinned: bool,
     /// Reliable publishing sessions that may still append to it: while any
@@ -439,6 +441,7 @@ impl Channels {
             groups: Vec::new(),
             raw_out: Vec::new(),
             durable_to: 0,
+            sync_marks: Default::default(),
             pinned: false,
             holds: 0,
             bridged_to: 0,

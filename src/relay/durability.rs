@@ -15,7 +15,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::channels::{ChannelId, Channels, Storage};
+use super::channels::{Channel, ChannelId, Channels, Storage};
 use super::counters::Counters;
 use crate::log::{FsyncMode, LogError, SyncJob};
 use crate::time::Now;
@@ -33,20 +33,31 @@ pub struct SyncRequest {
     pub job: SyncJob,
 }
 
+/// A channel's place in the bookkeeping, kept on the channel so that an
+/// append costs the same however many channels there are.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct SyncMarks {
+    /// In `Durability::dirty`.
+    dirty: bool,
+    /// Something waits for its unsynced records to be durable.
+    awaited: bool,
+    /// Syncs handed out and not yet done.
+    in_flight: u32,
+}
+
 /// The durability mode's state.
 #[derive(Debug)]
 pub(super) struct Durability {
     /// When appended records are synced.
     fsync: FsyncMode,
-    /// Channels with appended records not yet synced.
+    /// Channels with appended records not yet synced (each once, as its
+    /// marks say).
     dirty: Vec<ChannelId>,
     /// When the interval sync is due, if anything is dirty.
     next_sync: Option<Instant>,
-    /// Channels whose unsynced records something waits for: synced as soon
-    /// as no sync of theirs runs (group commit).
-    awaited: Vec<ChannelId>,
-    /// Channels with a sync handed out and not yet done, once per sync.
-    in_flight: Vec<ChannelId>,
+    /// Channels whose group commit may start: awaited, with no sync
+    /// running when they were put here (checked again when taken).
+    ready: Vec<ChannelId>,
     /// Syncs for the driver to run in the background.
     sync_requests: VecDeque<SyncRequest>,
     /// When retention is next checked (None: no retention configured).
@@ -61,8 +72,7 @@ impl Durability {
             fsync,
             dirty: Vec::new(),
             next_sync: None,
-            awaited: Vec::new(),
-            in_flight: Vec::new(),
+            ready: Vec::new(),
             sync_requests: VecDeque::new(),
             next_retention: retention,
         }
@@ -77,18 +87,29 @@ impl Durability {
     /// Notes a record appended to channel `id` at `now`; `awaited` if
     /// something waits for it to be durable (under `interval`, that sync
     /// starts as soon as the channel has none running).
-    pub(super) fn appended(&mut self, now: Instant, id: ChannelId, awaited: bool) {
+    pub(super) fn appended(
+        &mut self,
+        now: Instant,
+        channel: &mut Channel,
+        id: ChannelId,
+        awaited: bool,
+    ) {
         if self.fsync == FsyncMode::None {
             return;
         }
-        if !self.dirty.contains(&id) {
+        let marks = &mut channel.sync_marks;
+        if !marks.dirty {
+            marks.dirty = true;
             self.dirty.push(id);
             if let FsyncMode::Interval(every) = self.fsync {
                 self.next_sync.get_or_insert(now + every);
             }
         }
-        if awaited && self.acks_wait_for_sync() && !self.awaited.contains(&id) {
-            self.awaited.push(id);
+        if awaited && self.acks_wait_for_sync() && !marks.awaited {
+            marks.awaited = true;
+            if marks.in_flight == 0 {
+                self.ready.push(id);
+            }
         }
     }
 
@@ -100,33 +121,25 @@ impl Durability {
             .min()
     }
 
-    /// True if an awaited channel has no sync running: its group commit
-    /// can start.
-    fn commit_due(&self) -> bool {
-        (self.awaited.iter()).any(|id| !self.in_flight.contains(id))
-    }
-
-    /// Starts the sync of every awaited channel that has none running; the
-    /// rest start when theirs ends.
+    /// Starts the sync of every awaited channel that has none running; one
+    /// that has waits for it to end (`handle_sync_done` puts it back).
     fn commit(&mut self, channels: &mut Channels) {
-        let mut i = 0;
-        while i < self.awaited.len() {
-            let id = self.awaited[i];
-            if self.in_flight.contains(&id) {
-                i += 1;
-                continue;
+        for id in std::mem::take(&mut self.ready) {
+            let marks = &mut channels[id].sync_marks;
+            if marks.awaited && marks.in_flight == 0 {
+                marks.awaited = false;
+                self.request(channels, id);
             }
-            self.awaited.swap_remove(i);
-            self.request(channels, id);
         }
     }
 
     /// Hands channel `id`'s unsynced records to the background thread.
     fn request(&mut self, channels: &mut Channels, id: ChannelId) {
-        if let Storage::Open(log) = &mut channels[id].storage
+        let channel = &mut channels[id];
+        if let Storage::Open(log) = &mut channel.storage
             && let Some(job) = log.begin_sync()
         {
-            self.in_flight.push(id);
+            channel.sync_marks.in_flight += 1;
             self.sync_requests
                 .push_back(SyncRequest { channel: id, job });
         }
@@ -142,6 +155,7 @@ impl Durability {
         if self.next_sync.is_some_and(|at| at <= now.instant) {
             self.next_sync = None;
             for id in std::mem::take(&mut self.dirty) {
+                channels[id].sync_marks.dirty = false;
                 self.request(channels, id);
             }
         }
@@ -165,7 +179,7 @@ impl Durability {
     /// with no sync running start theirs here, after a batch of input, so
     /// that one sync covers the batch.
     pub(super) fn poll_sync(&mut self, channels: &mut Channels) -> Option<SyncRequest> {
-        if self.commit_due() {
+        if !self.ready.is_empty() {
             self.commit(channels);
         }
         self.sync_requests.pop_front()
@@ -180,12 +194,15 @@ impl Durability {
         channel: usize,
         result: Result<u64, LogError>,
     ) -> bool {
-        if let Some(i) = self.in_flight.iter().position(|&id| id == channel) {
-            self.in_flight.swap_remove(i);
-        }
         let Some(ch) = channels.get_mut(channel) else {
             return false;
         };
+        let marks = &mut ch.sync_marks;
+        marks.in_flight = marks.in_flight.saturating_sub(1);
+        if marks.in_flight == 0 && marks.awaited {
+            // What arrived while it ran: the next group.
+            self.ready.push(channel);
+        }
         counters.log_syncs += 1;
         match result {
             Ok(durable_to) => ch.durable_to = ch.durable_to.max(durable_to),
@@ -211,6 +228,9 @@ impl Durability {
     /// clean shutdown.
     pub(super) fn sync_all(&mut self, channels: &mut Channels, counters: &mut Counters) {
         self.dirty = channels.ids().collect();
+        for id in channels.ids() {
+            channels[id].sync_marks.dirty = true;
+        }
         self.sync_dirty(channels, counters);
     }
 
@@ -219,6 +239,7 @@ impl Durability {
         self.next_sync = None;
         for id in std::mem::take(&mut self.dirty) {
             let channel = &mut channels[id];
+            channel.sync_marks.dirty = false;
             if let Storage::Open(log) = &mut channel.storage
                 && log.is_dirty()
             {

@@ -939,7 +939,7 @@ impl Relay {
         })?;
         // A reliable publisher's ack, or the cluster's copy, waits for it.
         let awaited = session.is_some() || self.cluster.is_some();
-        self.durability.appended(now.instant, id, awaited);
+        (self.durability).appended(now.instant, &mut self.channels[id], id, awaited);
         if let Some(cluster) = &mut self.cluster {
             cluster.appended(&mut self.channels, id);
         }
