@@ -41,7 +41,8 @@
 //!   clock: its only I/O is its channels' logs.
 //! - [`reliable`]: the sans-IO ARQ over sequence numbers only, split by
 //!   state: the RTT estimator (RTO, backoff, Karn), the congestion window,
-//!   the pacer, the sender that conducts them (sequence space, RACK loss
+//!   the pacer, the runs known selectively acknowledged, the sender that
+//!   conducts them (sequence space, RACK loss
 //!   detection, tail-loss probe, flow window, bundling; its timers in one
 //!   [`timer::TimerTable`]) and the receiver (reordering, duplicate
 //!   suppression, delayed acknowledgements).

@@ -2,7 +2,7 @@
 //! served by a thread of its own (`tiny_http`), so that a scrape never
 //! waits on the event loop nor the loop on a scrape.
 //!
-//! The loop hands over a [`Snapshot`] of the relay's counters and channel
+//! The loop hands over a `Snapshot` of the relay's counters and channel
 //! figures at most every [`SNAPSHOT_EVERY`] (nothing changes while it
 //! sleeps) and observes the receive-to-send time into a histogram shared
 //! with the thread; the thread reads the process's CPU and memory and the

@@ -16,7 +16,7 @@ macro_rules! counters {
                 $( (stringify!($name), concat!($($doc),*)), )*
             ];
 
-            /// The sum of the counters of refused input ([`is_refusal`]):
+            /// The sum of the counters of refused input (`is_refusal`):
             /// what a flood of bad datagrams raises.
             pub fn refused(&self) -> u64 {
                 let mut total = 0u64;
@@ -26,7 +26,7 @@ macro_rules! counters {
                 total
             }
 
-            /// Every counter of refused input ([`is_refusal`]), by name.
+            /// Every counter of refused input (`is_refusal`), by name.
             pub fn refusals(&self) -> Vec<(&'static str, u64)> {
                 let mut all = Vec::new();
                 $( if const { is_refusal(stringify!($name)) } {
