@@ -11,7 +11,9 @@
 #      multi-destination-cast to 10 UDP destinations.
 #   3. one-way latency at 10,000 msg/s, p50 and p99 (a send time in each
 #      payload), with udpbench's kernel baseline (--baseline kernel) beside
-#      udprelay in the same udpbench run.
+#      udprelay in the same udpbench run, and then udpbench's minimal
+#      forwarder (--baseline relay: two hops through a blocking thread that
+#      only receives and sends), the floor of any relay process here.
 #   4. reliable publish, acknowledged once durable: udpbench --reliable with
 #      the relay on --fsync interval=10 (acknowledged messages over the
 #      publisher's time, its last ack included); JetStream acked publishes
@@ -208,6 +210,13 @@ one_round() {
             add kernel,p50 "$(json "$dir/ulat" 'round(j["runs"][1]["latency"]["p50_us"], 1)')"
             add kernel,p99 "$(json "$dir/ulat" 'round(j["runs"][1]["latency"]["p99_us"], 1)')"
         fi
+        # The floor of any relay process here: two hops through a thread that
+        # only receives and sends (blocking, no log, no parsing).
+        if measure udprelay "latency at 10,000 msg/s through a minimal forwarder" "$dir/uflat" \
+            "${udpbench[@]}" --baseline relay --rate 10000 --duration "${lat_secs}s"; then
+            add forwarder,p50 "$(json "$dir/uflat" 'round(j["runs"][0]["latency"]["p50_us"], 1)')"
+            add forwarder,p99 "$(json "$dir/uflat" 'round(j["runs"][0]["latency"]["p99_us"], 1)')"
+        fi
         measure udprelay "reliable publish, --fsync interval=10" "$dir/urel" \
             "${udpbench[@]}" --spawn --reliable --relay-arg=--fsync=interval=10 --duration 3s &&
             add udprelay,publish "$(json "$dir/urel" 'round(j["runs"][0]["sent"] / j["runs"][0]["publishing_seconds"])')"
@@ -300,6 +309,9 @@ for r in "${row_names[@]}"; do
 done
 if [ -n "${R[kernel,p50]:-}" ]; then
     echo "kernel baseline in the same udpbench run (no relay, one hop): p50 $(median kernel,p50) us, p99 $(median kernel,p99) us"
+fi
+if [ -n "${R[forwarder,p50]:-}" ]; then
+    echo "minimal forwarder (two hops through a thread that only receives and sends, no log): p50 $(median forwarder,p50) us, p99 $(median forwarder,p99) us"
 fi
 for s in "${skipped[@]}"; do echo "$s"; done
 echo "rates: higher is better (ratio > 1: udprelay ahead); latency: lower is better (ratio < 1: udprelay ahead)"

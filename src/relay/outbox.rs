@@ -432,7 +432,9 @@ impl Outbox {
 
 /// What each destination has queued, in first-queued order, with the last
 /// destination looked up remembered: frames for one destination mostly come
-/// in a row, and comparing an address is cheaper than hashing it.
+/// in a row, and comparing an address is cheaper than hashing it. Fan-out
+/// visits a channel's subscribers in the same order for every message, so
+/// the destination after the last one is tried next.
 #[derive(Debug, Default)]
 struct Pendings {
     /// Each destination and what it has queued.
@@ -445,14 +447,19 @@ struct Pendings {
 
 impl Pendings {
     fn position(&mut self, to: SocketAddr) -> Option<usize> {
-        match self.last {
-            Some((addr, i)) if addr == to => Some(i),
-            _ => {
-                let i = *self.index.get(&to)?;
-                self.last = Some((to, i));
-                Some(i)
+        if let Some((addr, i)) = self.last {
+            if addr == to {
+                return Some(i);
+            }
+            let next = if i + 1 < self.list.len() { i + 1 } else { 0 };
+            if self.list.get(next).is_some_and(|(a, _)| *a == to) {
+                self.last = Some((to, next));
+                return Some(next);
             }
         }
+        let i = *self.index.get(&to)?;
+        self.last = Some((to, i));
+        Some(i)
     }
 
     /// What `to` has queued, if anything.
@@ -572,6 +579,57 @@ mod tests {
             .map(|t| t.payload.len())
             .collect();
         assert!(sizes.iter().all(|&s| s == sizes[0]), "{sizes:?}");
+    }
+
+    #[test]
+    fn fan_out_order_and_every_other_order_reach_the_right_destination() {
+        // Round after round to the same destinations in the same order
+        // (what the next-destination hint guesses), with rounds that skip
+        // one, go backwards, or meet a destination that joins mid-way.
+        let mut outbox = Outbox::new(200);
+        let mut want: HashMap<SocketAddr, Vec<u64>> = HashMap::default();
+        for offset in 0..60u64 {
+            let mut round: Vec<u16> = (1..=5).collect();
+            match offset % 4 {
+                1 => round.retain(|&p| p != 3),
+                2 => round.reverse(),
+                3 if offset > 30 => round.insert(2, 9),
+                _ => {}
+            }
+            for port in round {
+                outbox.push_delivery(addr(port), u32::from(port), offset, 0, &[port as u8; 30]);
+                want.entry(addr(port)).or_default().push(offset);
+            }
+        }
+        let mut got: HashMap<SocketAddr, Vec<u64>> = HashMap::default();
+        for t in drain(&mut outbox) {
+            for frame in wire::decode_datagram(&t.payload).unwrap() {
+                let Frame::Deliver {
+                    sub_id,
+                    offset,
+                    payload,
+                    ..
+                } = frame.unwrap()
+                else {
+                    panic!("not a delivery");
+                };
+                assert_eq!(
+                    u32::from(t.destination.port()),
+                    sub_id,
+                    "frame for another destination"
+                );
+                assert!(
+                    payload
+                        .iter()
+                        .all(|&b| u16::from(b) == t.destination.port())
+                );
+                got.entry(t.destination).or_default().push(offset);
+            }
+        }
+        assert_eq!(
+            got, want,
+            "every delivery once, in order, to its own destination"
+        );
     }
 
     #[test]
