@@ -735,15 +735,6 @@ impl Driver {
                     {
                         debug!(error = %e, "send failed");
                     }
-                    // recvmmsg stops short of a full batch only when the
-                    // socket is empty (an error after some datagrams is kept
-                    // for the next read), and the next datagram raises a new
-                    // edge-triggered event: so a short batch is the last.
-                    // Saves the read that would find the socket empty, one
-                    // system call of four per message at low rates.
-                    if cfg!(target_os = "linux") && n < batch::BATCH {
-                        return false;
-                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
