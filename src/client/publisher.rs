@@ -45,11 +45,12 @@ impl Publisher {
             payload,
         };
         let mut done = Vec::new();
-        if self.builder.push(&frame) == Err(WireError::TooLarge) {
+        // The name was checked in new(); packing a message is a copy.
+        if self.builder.push_publish(&self.channel, payload) == Err(WireError::TooLarge) {
             if !self.builder.is_empty() {
                 done.push(self.builder.finish());
             }
-            if self.builder.push(&frame).is_err() {
+            if self.builder.push_publish(&self.channel, payload).is_err() {
                 let mut alone = DatagramBuilder::new(MAX_DATAGRAM);
                 alone.push(&frame).map_err(|_| ClientError::TooLarge {
                     size: payload.len(),

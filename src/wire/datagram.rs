@@ -132,6 +132,18 @@ impl DatagramBuilder {
         frame.encode(&mut self.buf)
     }
 
+    /// Appends a PUBLISH frame of `payload` to `channel`, a name the caller
+    /// has checked (a [`crate::client::Publisher`] checks it once, not per
+    /// message); the same bytes as [`DatagramBuilder::push`] of a
+    /// [`Frame::Publish`], and the same [`WireError::TooLarge`] when it does
+    /// not fit.
+    pub(crate) fn push_publish(&mut self, channel: &str, payload: &[u8]) -> Result<(), WireError> {
+        if FRAME_HEADER_LEN + 1 + channel.len() + payload.len() > self.remaining() {
+            return Err(WireError::TooLarge);
+        }
+        super::encode::encode_publish(channel, payload, &mut self.buf)
+    }
+
     /// Takes the finished datagram and leaves this builder empty, ready for the
     /// next one.
     pub fn finish(&mut self) -> Vec<u8> {

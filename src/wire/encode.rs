@@ -9,9 +9,9 @@ use bytes::BufMut;
 use super::frame::{DELIVER_FIXED, DELIVER_FRAGMENT_FIXED};
 use super::stats::{STATS_LAST_PAGE, StatEntries};
 use super::{
-    AckKind, DeliveryMode, FLAG_MORE, FLAG_ORIGIN, FRAME_HEADER_LEN, Frame, MAX_FRAME_BODY,
-    NOISE_MESSAGE_LEN, ORIGIN_LEN, STATS_FIXED, STATS_REQUEST_FIXED, StartPosition, TOKEN_LEN,
-    WireError, validate_channel,
+    AckKind, DeliveryMode, FLAG_MORE, FLAG_ORIGIN, FRAME_HEADER_LEN, Frame, FrameType,
+    MAX_FRAME_BODY, NOISE_MESSAGE_LEN, ORIGIN_LEN, STATS_FIXED, STATS_REQUEST_FIXED, StartPosition,
+    TOKEN_LEN, WireError, check_channel_str,
 };
 
 impl Frame<'_> {
@@ -73,7 +73,7 @@ impl Frame<'_> {
         match self {
             Frame::Subscribe {
                 group: Some(group), ..
-            } if validate_channel(group.as_bytes()).is_err() => {
+            } if check_channel_str(group).is_err() => {
                 return Err(WireError::BadChannel);
             }
             // A resume names one channel outside any group, and only a
@@ -93,7 +93,7 @@ impl Frame<'_> {
             | Frame::ReliablePublish { channel, .. }
             | Frame::Fragment { channel, .. }
             | Frame::Matched { channel, .. } => {
-                validate_channel(channel.as_bytes())?;
+                check_channel_str(channel)?;
             }
             Frame::Ack { ranges, .. } if !ranges.len().is_multiple_of(16) => {
                 return Err(WireError::BadLength);
@@ -307,6 +307,29 @@ impl Frame<'_> {
         }
         Ok(())
     }
+}
+
+/// The bytes of `Frame::Publish { channel, payload }` appended to `out`,
+/// without [`Frame::encode`]'s check of the name: for a caller that checked
+/// it once and sends many messages with it (the plain publisher). Fails
+/// with [`WireError::TooLarge`] for a body over 65,535 bytes, `out`
+/// unchanged.
+pub(crate) fn encode_publish(
+    channel: &str,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), WireError> {
+    debug_assert!(check_channel_str(channel).is_ok());
+    let body = 1 + channel.len() + payload.len();
+    if body > MAX_FRAME_BODY {
+        return Err(WireError::TooLarge);
+    }
+    out.reserve(FRAME_HEADER_LEN + body);
+    let [lo, hi] = (body as u16).to_le_bytes();
+    out.extend_from_slice(&[FrameType::Publish as u8, 0, lo, hi, channel.len() as u8]);
+    out.extend_from_slice(channel.as_bytes());
+    out.extend_from_slice(payload);
+    Ok(())
 }
 
 /// Appends `bytes` after a one-byte length, the form of channel and counter

@@ -120,20 +120,27 @@ pub enum WireError {
 
 /// Checks a channel name: UTF-8, 1 to 255 bytes, no control characters.
 pub fn validate_channel(name: &[u8]) -> Result<&str, WireError> {
-    if name.is_empty() || name.len() > MAX_CHANNEL_LEN {
-        return Err(WireError::BadChannel);
-    }
     let s = std::str::from_utf8(name).map_err(|_| WireError::BadChannel)?;
-    // Most names are ASCII: checked byte by byte, not char by char (every
-    // publish frame names its channel).
-    let control = match name.is_ascii() {
-        true => name.iter().any(u8::is_ascii_control),
-        false => s.chars().any(char::is_control),
-    };
-    if control {
+    check_channel_str(s)?;
+    Ok(s)
+}
+
+/// [`validate_channel`] for a name already known to be UTF-8 (a `&str`):
+/// 1 to 255 bytes, no control characters.
+pub(crate) fn check_channel_str(name: &str) -> Result<(), WireError> {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() > MAX_CHANNEL_LEN {
         return Err(WireError::BadChannel);
     }
-    Ok(s)
+    // Most names are printable ASCII: one branch-free pass over the bytes
+    // (every publish frame names its channel), chars only otherwise.
+    let printable = bytes
+        .iter()
+        .fold(true, |ok, &b| ok & (b.wrapping_sub(0x20) < 0x5f));
+    if printable || !name.chars().any(char::is_control) {
+        return Ok(());
+    }
+    Err(WireError::BadChannel)
 }
 
 #[cfg(test)]

@@ -368,6 +368,29 @@ fn channel_names_follow_the_rules() {
         Err(WireError::BadChannel),
         "a C1 control character in a name that is not ASCII"
     );
+    // The check of a name already UTF-8 agrees on every byte value, in a
+    // name of printable ASCII and in one that is not ASCII.
+    for b in 0..=0x7fu8 {
+        let ascii = format!("a{}b", b as char);
+        let wide = format!("日{}本", b as char);
+        for name in [ascii, wide] {
+            assert_eq!(
+                check_channel_str(&name).is_ok(),
+                validate_channel(name.as_bytes()).is_ok(),
+                "{name:?}"
+            );
+            assert_eq!(
+                check_channel_str(&name).is_ok(),
+                !(b as char).is_control(),
+                "{name:?}"
+            );
+        }
+    }
+    assert_eq!(check_channel_str(""), Err(WireError::BadChannel));
+    assert_eq!(
+        check_channel_str(&"a".repeat(256)),
+        Err(WireError::BadChannel)
+    );
 }
 
 #[test]
@@ -404,6 +427,38 @@ fn builder_packs_frames_up_to_its_limit() {
     assert_eq!(dgram.len(), 86);
     assert!(b.is_empty());
     assert_eq!(decode_datagram(&dgram).unwrap().count(), 3);
+}
+
+#[test]
+fn push_publish_packs_the_bytes_push_does() {
+    // Sizes around the limit, an empty payload, a name that is not ASCII.
+    for (channel, sizes) in [
+        ("c", &[20usize, 0, 61, 62, 63, 1][..]),
+        ("日本語.news", &[0, 30, 40, 1][..]),
+    ] {
+        let mut framed = DatagramBuilder::new(100);
+        let mut direct = DatagramBuilder::new(100);
+        for &size in sizes {
+            let payload = vec![0xAB; size];
+            let frame = Frame::Publish {
+                channel,
+                payload: &payload,
+            };
+            assert_eq!(
+                direct.push_publish(channel, &payload),
+                framed.push(&frame),
+                "{channel} {size}: the same verdict"
+            );
+            assert_eq!(direct.len(), framed.len(), "{channel} {size}");
+        }
+        assert_eq!(direct.finish(), framed.finish(), "{channel}");
+    }
+    let mut b = DatagramBuilder::new(MAX_DATAGRAM);
+    assert_eq!(
+        b.push_publish("c", &[0; MAX_DATAGRAM]),
+        Err(WireError::TooLarge)
+    );
+    assert!(b.is_empty(), "a frame that does not fit leaves nothing");
 }
 
 /// Decodes `input` completely, touching every field, so a bug that only shows
