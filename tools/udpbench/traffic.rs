@@ -4,7 +4,6 @@
 //! Also the socket every publisher, subscriber and forwarder uses.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -170,10 +169,10 @@ impl Seen {
         }
     }
 
-    /// Counts `message`, received `now_ns` after the epoch, into `tally`,
-    /// and a distinct one into `progress` too. A message too short for
-    /// the header or from an unknown publisher is not counted.
-    pub fn record(&mut self, tally: &mut Tally, message: &[u8], now_ns: u64, progress: &AtomicU64) {
+    /// Counts `message`, received `now_ns` after the epoch, into `tally`.
+    /// A message too short for the header or from an unknown publisher is
+    /// not counted.
+    pub fn record(&mut self, tally: &mut Tally, message: &[u8], now_ns: u64) {
         if message.len() < HEADER {
             return;
         }
@@ -200,7 +199,6 @@ impl Seen {
         }
         *highest = Some(highest.map_or(number, |h| h.max(number)));
         tally.received += 1;
-        progress.fetch_add(1, Ordering::Relaxed);
         let step = (now_ns / STEP_NS) as usize;
         if tally.buckets.len() <= step {
             tally.buckets.resize(step + 1, 0);
