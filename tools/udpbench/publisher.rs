@@ -182,8 +182,9 @@ pub fn publish(
     // from the relay and the subscribers (1 -> 10 on two cores: half the
     // deliveries). At 10,000 msg/s and below, messages are further apart
     // than a STEP and each goes at its own time. Only a burst cut short by
-    // BURST goes on at once. `benches/versus` paces NATS and Aeron, whose
-    // sends cost no system call, at most once a STEP too.
+    // BURST goes on at once. `benches/versus` paces NATS and Aeron a
+    // message at a time (their sends cost no system call): one that is
+    // ahead waits at least a STEP, then sends what fell due meanwhile.
     let mut next_send = start;
     while sent < limit {
         let now = Instant::now();
