@@ -51,12 +51,17 @@ impl Header {
 #[derive(Debug, Clone)]
 pub struct Frames<'a> {
     rest: &'a [u8],
+    /// The channel the last publish frame named, checked.
+    last_channel: Option<&'a str>,
 }
 
 impl<'a> Frames<'a> {
     /// Frames in `body`, the bytes after the datagram header.
     pub fn new(body: &'a [u8]) -> Self {
-        Frames { rest: body }
+        Frames {
+            rest: body,
+            last_channel: None,
+        }
     }
 }
 
@@ -67,10 +72,15 @@ impl<'a> Iterator for Frames<'a> {
         if self.rest.is_empty() {
             return None;
         }
-        let result = Frame::decode(self.rest);
+        let result = Frame::decode_after(self.rest, self.last_channel);
         match result {
             Ok((frame, rest)) => {
                 self.rest = rest;
+                if let Frame::Publish { channel, .. } | Frame::ReliablePublish { channel, .. } =
+                    frame
+                {
+                    self.last_channel = Some(channel);
+                }
                 Some(Ok(frame))
             }
             Err(e) => {

@@ -28,6 +28,17 @@ impl<'a> Frame<'a> {
     /// Decodes the frame at the start of `input`, returning it and the bytes
     /// after it.
     pub fn decode(input: &'a [u8]) -> Result<(Frame<'a>, &'a [u8]), WireError> {
+        Frame::decode_after(input, None)
+    }
+
+    /// [`Frame::decode`] of a frame that follows one naming channel
+    /// `last`, a name already checked: a publish frame naming the same
+    /// bytes takes it without checking them again (most datagrams carry
+    /// many messages of one channel).
+    pub(super) fn decode_after(
+        input: &'a [u8],
+        last: Option<&'a str>,
+    ) -> Result<(Frame<'a>, &'a [u8]), WireError> {
         let Some((head, rest)) = input.split_first_chunk::<FRAME_HEADER_LEN>() else {
             return Err(WireError::Truncated);
         };
@@ -49,7 +60,7 @@ impl<'a> Frame<'a> {
         let mut r = Reader::new(body);
         let frame = match kind {
             FrameType::Publish => {
-                let channel = r.channel()?;
+                let channel = r.channel_after(last)?;
                 Frame::Publish {
                     channel,
                     payload: r.rest(),
@@ -157,7 +168,7 @@ impl<'a> Frame<'a> {
                 let session = r.u64()?;
                 let seq = r.u64()?;
                 let acked_below = r.u64()?;
-                let channel = r.channel()?;
+                let channel = r.channel_after(last)?;
                 Frame::ReliablePublish {
                     session,
                     seq,

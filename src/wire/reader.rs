@@ -58,6 +58,16 @@ impl<'a> Reader<'a> {
         validate_channel(self.len_prefixed()?)
     }
 
+    /// A channel name; `last`, a name checked before, when the bytes are
+    /// the same (a comparison instead of the check).
+    pub(super) fn channel_after(&mut self, last: Option<&'a str>) -> Result<&'a str, WireError> {
+        let name = self.len_prefixed()?;
+        match last {
+            Some(last) if last.as_bytes() == name => Ok(last),
+            _ => validate_channel(name),
+        }
+    }
+
     pub(super) fn stat_entry(&mut self) -> Result<(&'a str, u64), WireError> {
         let name = std::str::from_utf8(self.len_prefixed()?)
             .map_err(|_| WireError::InvalidField("stat name"))?;

@@ -461,6 +461,49 @@ fn push_publish_packs_the_bytes_push_does() {
     assert!(b.is_empty(), "a frame that does not fit leaves nothing");
 }
 
+#[test]
+fn publish_frames_after_one_of_the_same_channel_decode_as_alone() {
+    let frames = [
+        Frame::Publish {
+            channel: "news",
+            payload: b"a",
+        },
+        Frame::Publish {
+            channel: "news",
+            payload: b"b",
+        },
+        Frame::ReliablePublish {
+            session: 1,
+            seq: 0,
+            acked_below: 0,
+            more: false,
+            channel: "news",
+            payload: b"c",
+        },
+        Frame::Publish {
+            channel: "newt",
+            payload: b"d",
+        },
+        Frame::Publish {
+            channel: "news",
+            payload: b"e",
+        },
+    ];
+    let datagram = encode_datagram(&frames).unwrap();
+    let got: Vec<Frame<'_>> = decode_datagram(&datagram)
+        .unwrap()
+        .map(|f| f.unwrap())
+        .collect();
+    assert_eq!(got, frames);
+    // After a checked name, one a byte away (a control character) is still
+    // checked, and refused.
+    let mut datagram = encode_datagram(&frames[..2]).unwrap();
+    datagram.extend_from_slice(&[0x01, 0, 6, 0, 4, b'n', b'e', b'w', 0x01, b'x']);
+    let got: Vec<_> = decode_datagram(&datagram).unwrap().collect();
+    assert_eq!(got.len(), 3);
+    assert_eq!(got[2], Err(WireError::BadChannel));
+}
+
 /// Decodes `input` completely, touching every field, so a bug that only shows
 /// when a field is read still surfaces.
 fn decode_all(input: &[u8]) -> usize {
