@@ -40,10 +40,6 @@ impl Publisher {
             return self.push_in_pieces(payload);
         }
         let max = self.max_message_size();
-        let frame = Frame::Publish {
-            channel: &self.channel,
-            payload,
-        };
         let mut done = Vec::new();
         // The name was checked in new(); packing a message is a copy.
         if self.builder.push_publish(&self.channel, payload) == Err(WireError::TooLarge) {
@@ -52,10 +48,12 @@ impl Publisher {
             }
             if self.builder.push_publish(&self.channel, payload).is_err() {
                 let mut alone = DatagramBuilder::new(MAX_DATAGRAM);
-                alone.push(&frame).map_err(|_| ClientError::TooLarge {
-                    size: payload.len(),
-                    max,
-                })?;
+                alone
+                    .push_publish(&self.channel, payload)
+                    .map_err(|_| ClientError::TooLarge {
+                        size: payload.len(),
+                        max,
+                    })?;
                 done.push(alone.finish());
             }
         }
